@@ -1,0 +1,503 @@
+//! Configuration files: the service's `outboxd.toml` and each target's manifest
+//! (`<plugins_dir>/<name>.toml`). Both are parsed strictly: an unknown key is an error that
+//! names the file and the key. Relative paths are resolved against the file's directory.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::domain::TargetName;
+use crate::policy::RetryPolicy;
+use crate::routing::Pattern;
+
+/// A configuration file that could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl ConfigError {
+    fn invalid(path: &Path, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            path: path.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The file this error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Read { path, .. } | Self::Parse { path, .. } | Self::Invalid { path, .. } => path,
+        }
+    }
+}
+
+fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+/// `outboxd.toml` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceFile {
+    listen: Option<SocketAddr>,
+    database: Option<PathBuf>,
+    plugins_dir: Option<PathBuf>,
+    max_payload_bytes: Option<usize>,
+    max_request_bytes: Option<usize>,
+    shutdown_grace_ms: Option<u64>,
+    poll_interval_ms: Option<u64>,
+    lease_margin_ms: Option<u64>,
+}
+
+/// The service configuration, with defaults applied and paths resolved.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Address of the HTTP API. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// The SQLite database file. Default `outboxd.db`.
+    pub database: PathBuf,
+    /// The directory holding plugins and target manifests. Default `plugins.d`.
+    pub plugins_dir: PathBuf,
+    /// Largest accepted event payload (serialized JSON), in bytes. Default 256 KiB.
+    pub max_payload_bytes: usize,
+    /// Largest accepted request body (a batch), in bytes. Default 8 MiB.
+    pub max_request_bytes: usize,
+    /// How long a stopping host lets in-flight attempts finish. Default 10 s.
+    pub shutdown_grace: Duration,
+    /// How often idle lanes look for due deliveries written by other processes. Default 250 ms.
+    pub poll_interval: Duration,
+    /// How much longer than a target's timeout a claim's lease lasts. Default 30 s.
+    pub lease_margin: Duration,
+}
+
+impl ServiceConfig {
+    /// Defaults, with relative paths resolved against `base`.
+    pub fn defaults_in(base: &Path) -> Self {
+        Self::from_file(ServiceFile::default(), base)
+    }
+
+    fn from_file(f: ServiceFile, base: &Path) -> Self {
+        Self {
+            listen: f
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            database: base.join(f.database.unwrap_or_else(|| "outboxd.db".into())),
+            plugins_dir: base.join(f.plugins_dir.unwrap_or_else(|| "plugins.d".into())),
+            max_payload_bytes: f.max_payload_bytes.unwrap_or(256 * 1024),
+            max_request_bytes: f.max_request_bytes.unwrap_or(8 * 1024 * 1024),
+            shutdown_grace: Duration::from_millis(f.shutdown_grace_ms.unwrap_or(10_000)),
+            poll_interval: Duration::from_millis(f.poll_interval_ms.unwrap_or(250).max(1)),
+            lease_margin: Duration::from_millis(f.lease_margin_ms.unwrap_or(30_000)),
+        }
+    }
+
+    /// Reads `path`. Relative paths inside it are resolved against its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file: ServiceFile = read_toml(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let config = Self::from_file(file, base);
+        if config.max_payload_bytes == 0 || config.max_payload_bytes > config.max_request_bytes {
+            return Err(ConfigError::invalid(
+                path,
+                "`max_payload_bytes` must be between 1 and `max_request_bytes`",
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// A target manifest as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestFile {
+    plugin: Option<String>,
+    events: Option<Vec<String>>,
+    timeout_ms: Option<u64>,
+    concurrency: Option<u32>,
+    memory_mb: Option<u32>,
+    allowed_hosts: Option<Vec<String>>,
+    retry: Option<RetryFile>,
+    config: Option<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryFile {
+    max_attempts: Option<u32>,
+    initial_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+}
+
+/// One target, fully described: what to run, for which events, under which limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetSpec {
+    pub name: TargetName,
+    /// The component file, inside the plugins directory.
+    pub plugin_path: PathBuf,
+    /// The manifest this came from; `None` for a bare `.wasm`.
+    pub manifest_path: Option<PathBuf>,
+    /// Event-type patterns this target subscribes to.
+    pub events: Vec<Pattern>,
+    /// Deadline of one attempt, the plugin's outbound HTTP included. Default 10 s.
+    pub timeout: Duration,
+    /// Attempts of this target running at once. Default 4.
+    pub concurrency: u32,
+    /// Linear-memory cap of one plugin instance, in bytes. Default 64 MiB.
+    pub memory_bytes: usize,
+    /// `host:port` pairs the plugin may reach, lower-cased. Default: none.
+    pub allowed_hosts: Vec<String>,
+    pub retry: RetryPolicy,
+    /// The manifest's `[config]` table, flattened to strings for the plugin's `config.get`.
+    pub config: BTreeMap<String, String>,
+}
+
+impl TargetSpec {
+    fn from_manifest(
+        name: TargetName,
+        file: ManifestFile,
+        dir: &Path,
+        manifest: Option<&Path>,
+    ) -> Result<Self, String> {
+        let plugin = file.plugin.unwrap_or_else(|| format!("{name}.wasm"));
+        let plugin_rel = Path::new(&plugin);
+        if plugin_rel.components().count() != 1 || plugin_rel.is_absolute() {
+            return Err(format!(
+                "`plugin` must name a file directly inside the plugins directory, not `{plugin}`"
+            ));
+        }
+        let events = file
+            .events
+            .unwrap_or_else(|| vec!["*".to_owned()])
+            .iter()
+            .map(|p| p.parse::<Pattern>().map_err(|e| format!("`events`: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if events.is_empty() {
+            return Err("`events` must list at least one pattern".into());
+        }
+        let timeout_ms = file.timeout_ms.unwrap_or(10_000);
+        if !(1..=3_600_000).contains(&timeout_ms) {
+            return Err("`timeout_ms` must be between 1 and 3600000".into());
+        }
+        let concurrency = file.concurrency.unwrap_or(4);
+        if !(1..=1024).contains(&concurrency) {
+            return Err("`concurrency` must be between 1 and 1024".into());
+        }
+        let memory_mb = file.memory_mb.unwrap_or(64);
+        if !(1..=4096).contains(&memory_mb) {
+            return Err("`memory_mb` must be between 1 and 4096".into());
+        }
+        let allowed_hosts = file
+            .allowed_hosts
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| {
+                normalize_host_port(&h)
+                    .ok_or_else(|| format!("`allowed_hosts`: `{h}` is not `host:port`"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let defaults = RetryPolicy::default();
+        let r = file.retry.unwrap_or_default();
+        let retry = RetryPolicy {
+            max_attempts: r.max_attempts.unwrap_or(defaults.max_attempts),
+            initial_backoff: r
+                .initial_backoff_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.initial_backoff),
+            max_backoff: r
+                .max_backoff_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.max_backoff),
+        };
+        if retry.max_attempts == 0 {
+            return Err("`retry.max_attempts` must be at least 1".into());
+        }
+        if retry.initial_backoff > retry.max_backoff {
+            return Err("`retry.initial_backoff_ms` must not exceed `retry.max_backoff_ms`".into());
+        }
+        let config = file
+            .config
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    toml::Value::String(s) => s,
+                    other => serde_json::to_string(&other).unwrap_or_else(|_| other.to_string()),
+                };
+                (k, text)
+            })
+            .collect();
+        Ok(Self {
+            name,
+            plugin_path: dir.join(plugin_rel),
+            manifest_path: manifest.map(Path::to_owned),
+            events,
+            timeout: Duration::from_millis(timeout_ms),
+            concurrency,
+            memory_bytes: memory_mb as usize * 1024 * 1024,
+            allowed_hosts,
+            retry,
+            config,
+        })
+    }
+}
+
+/// `Host:Port` → `host:port`, or `None` when it is not of that shape.
+pub fn normalize_host_port(s: &str) -> Option<String> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.is_empty() || bare.contains(['/', ' ', '@']) {
+        return None;
+    }
+    Some(format!("{}:{port}", host.to_ascii_lowercase()))
+}
+
+/// What scanning the plugins directory found: the targets it describes, and every file
+/// that could not be used, with the reason.
+#[derive(Debug, Default)]
+pub struct TargetScan {
+    pub targets: Vec<TargetSpec>,
+    pub errors: Vec<ConfigError>,
+}
+
+/// Reads every manifest in `dir`, and turns every `.wasm` that no manifest refers to into a
+/// bare target with defaults. A manifest's target name is its file stem.
+pub fn scan_targets(dir: &Path) -> Result<TargetScan, ConfigError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut manifests = Vec::new();
+    let mut wasm_files = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_file() {
+            continue;
+        }
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => manifests.push(path),
+            Some("wasm") => wasm_files.push(path),
+            _ => {}
+        }
+    }
+    manifests.sort();
+    wasm_files.sort();
+
+    let mut scan = TargetScan::default();
+    let mut referenced = HashSet::new();
+    for path in manifests {
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        referenced.insert(stem.clone());
+        let parsed = stem
+            .parse::<TargetName>()
+            .map_err(|e| ConfigError::invalid(&path, e.0))
+            .and_then(|name| {
+                let file: ManifestFile = read_toml(&path)?;
+                if let Some(p) = &file.plugin {
+                    referenced.insert(p.trim_end_matches(".wasm").to_owned());
+                }
+                TargetSpec::from_manifest(name, file, dir, Some(&path))
+                    .map_err(|m| ConfigError::invalid(&path, m))
+            });
+        match parsed {
+            Ok(spec) => scan.targets.push(spec),
+            Err(e) => scan.errors.push(e),
+        }
+    }
+    for path in wasm_files {
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        if referenced.contains(stem) {
+            continue;
+        }
+        match stem.parse::<TargetName>() {
+            Ok(name) => match TargetSpec::from_manifest(name, ManifestFile::default(), dir, None) {
+                Ok(spec) => scan.targets.push(spec),
+                Err(m) => scan.errors.push(ConfigError::invalid(&path, m)),
+            },
+            Err(e) => scan.errors.push(ConfigError::invalid(&path, e.0)),
+        }
+    }
+    scan.targets.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(scan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn unknown_service_key_names_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "outboxd.toml",
+            "listen = \"127.0.0.1:0\"\nlisten_port = 3\n",
+        );
+        let err = ServiceConfig::load(&dir.path().join("outboxd.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outboxd.toml"), "{err}");
+        assert!(err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn service_paths_resolve_against_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "outboxd.toml", "database = \"data/o.db\"\n");
+        let c = ServiceConfig::load(&dir.path().join("outboxd.toml")).unwrap();
+        assert_eq!(c.database, dir.path().join("data/o.db"));
+        assert_eq!(c.plugins_dir, dir.path().join("plugins.d"));
+        assert_eq!(c.listen.port(), 8080);
+    }
+
+    #[test]
+    fn manifests_bare_wasm_and_errors_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(d, "webhook.wasm", "");
+        write(d, "solo.wasm", "");
+        write(
+            d,
+            "crm.toml",
+            r#"
+plugin = "webhook.wasm"
+events = ["order.*"]
+timeout_ms = 500
+allowed_hosts = ["LocalHost:9000"]
+[retry]
+max_attempts = 3
+[config]
+url = "http://localhost:9000/crm"
+retries = 2
+"#,
+        );
+        write(
+            d,
+            "broken.toml",
+            "plugin = \"webhook.wasm\"\nevnts = [\"x\"]\n",
+        );
+        let scan = scan_targets(d).unwrap();
+        let names: Vec<_> = scan.targets.iter().map(|t| t.name.to_string()).collect();
+        assert_eq!(
+            names,
+            ["crm", "solo"],
+            "webhook.wasm is referenced, so it is no bare target"
+        );
+        let crm = &scan.targets[0];
+        assert_eq!(crm.plugin_path, d.join("webhook.wasm"));
+        assert_eq!(crm.timeout, Duration::from_millis(500));
+        assert_eq!(crm.allowed_hosts, ["localhost:9000"]);
+        assert_eq!(crm.retry.max_attempts, 3);
+        assert_eq!(
+            crm.retry.initial_backoff,
+            RetryPolicy::default().initial_backoff
+        );
+        assert_eq!(crm.config["url"], "http://localhost:9000/crm");
+        assert_eq!(crm.config["retries"], "2");
+        let solo = &scan.targets[1];
+        assert!(solo.manifest_path.is_none());
+        assert!(solo.events[0].matches("anything"));
+
+        assert_eq!(scan.errors.len(), 1);
+        let err = scan.errors[0].to_string();
+        assert!(
+            err.contains("broken.toml") && err.contains("evnts"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn manifest_values_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(d, "a.toml", "plugin = \"../x.wasm\"\n");
+        write(d, "b.toml", "allowed_hosts = [\"example.com\"]\n");
+        write(
+            d,
+            "c.toml",
+            "[retry]\ninitial_backoff_ms = 10\nmax_backoff_ms = 5\n",
+        );
+        write(d, "d.toml", "concurrency = 0\n");
+        write(d, "Bad.toml", "");
+        let scan = scan_targets(d).unwrap();
+        assert!(scan.targets.is_empty());
+        let errors: Vec<String> = scan.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 5, "{errors:#?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("a.toml") && e.contains("plugin"))
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("b.toml") && e.contains("host:port"))
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("c.toml") && e.contains("initial_backoff_ms"))
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("d.toml") && e.contains("concurrency"))
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("Bad.toml") && e.contains("target name"))
+        );
+    }
+
+    #[test]
+    fn host_port_normalisation() {
+        assert_eq!(
+            normalize_host_port("API.example.com:443").as_deref(),
+            Some("api.example.com:443")
+        );
+        assert_eq!(
+            normalize_host_port("[::1]:8080").as_deref(),
+            Some("[::1]:8080")
+        );
+        assert_eq!(normalize_host_port("example.com"), None);
+        assert_eq!(normalize_host_port("example.com:http"), None);
+        assert_eq!(normalize_host_port(":80"), None);
+    }
+}

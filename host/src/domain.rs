@@ -1,0 +1,329 @@
+//! The outbox's vocabulary: identifiers, statuses and outcomes, as validated newtypes and
+//! enums with explicit string mappings. Every other module speaks in these types; the
+//! strings they map to are what the database stores and the API shows.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use uuid::Uuid;
+
+/// Milliseconds since the Unix epoch (UTC). All persisted times use this unit.
+pub type Millis = i64;
+
+/// The current wall-clock time in [`Millis`].
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// Formats [`Millis`] as an RFC 3339 UTC timestamp with millisecond precision.
+pub fn format_ms(ms: Millis) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A value that failed validation, with a message fit for an API error body.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+/// The id of an accepted event: a UUIDv7, so ids sort by acceptance time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(Uuid);
+
+impl EventId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for EventId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.as_hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for EventId {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| InvalidValue(format!("`{s}` is not a valid event id (a UUID)")))
+    }
+}
+
+/// The name of a target: lowercase ASCII letters, digits, `-` and `_`, starting with a
+/// letter or digit, at most 64 characters. It is the manifest's file stem.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct TargetName(String);
+
+impl TargetName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TargetName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for TargetName {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let valid_char =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+        let starts_well = s
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if starts_well && s.len() <= 64 && s.chars().all(valid_char) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidValue(format!(
+                "`{s}` is not a valid target name: use 1-64 of a-z, 0-9, `-`, `_`, starting with a letter or digit"
+            )))
+        }
+    }
+}
+
+/// An event type such as `order.created`: 1-255 of ASCII letters, digits and `.` `_` `-` `:`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EventType(String);
+
+impl EventType {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for EventType {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':');
+        if s.is_empty() {
+            Err(InvalidValue("`type` must not be empty".into()))
+        } else if s.len() > 255 || !s.chars().all(ok) {
+            Err(InvalidValue(format!(
+                "`type` `{s}` is invalid: use at most 255 of letters, digits, `.`, `_`, `-`, `:`"
+            )))
+        } else {
+            Ok(Self(s))
+        }
+    }
+}
+
+impl From<EventType> for String {
+    fn from(t: EventType) -> String {
+        t.0
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A producer-supplied idempotency key: 1-255 characters. The same key always resolves to
+/// the first event accepted with it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProducerKey(String);
+
+impl ProducerKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ProducerKey {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if s.is_empty() || s.len() > 255 {
+            Err(InvalidValue("`idempotency_key` must be 1-255 bytes".into()))
+        } else {
+            Ok(Self(s))
+        }
+    }
+}
+
+impl From<ProducerKey> for String {
+    fn from(k: ProducerKey) -> String {
+        k.0
+    }
+}
+
+/// The idempotency key of one delivery, stable per (event, target) across every retry and
+/// different for each target, so receivers can deduplicate at-least-once delivery.
+/// It is derived, never stored: `<event id>.<target>`.
+pub fn delivery_key(event: &EventId, target: &TargetName) -> String {
+    format!("{event}.{target}")
+}
+
+/// Defines an enum whose variants map to fixed strings, used in SQL and JSON alike.
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The string stored in the database and shown by the API.
+            pub const fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidValue;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(InvalidValue(format!(
+                        concat!("unknown ", stringify!($name), " `{}`"), other
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+string_enum! {
+    /// Where one delivery (one event to one target) stands.
+    DeliveryStatus {
+        /// Waiting for its `next_attempt_at`.
+        Pending => "pending",
+        /// Claimed under a lease by a worker that is attempting it now.
+        InFlight => "in_flight",
+        /// The target accepted it. Final.
+        Delivered => "delivered",
+        /// Permanently failed or out of attempts. Final until replayed.
+        Dead => "dead",
+    }
+}
+
+string_enum! {
+    /// How one attempt ended, as recorded in the attempt history.
+    AttemptOutcome {
+        /// The attempt is still running.
+        Running => "running",
+        /// The plugin reported success.
+        Delivered => "delivered",
+        /// A retryable failure: from the plugin, or a trap, deadline or memory cap in the host.
+        Retry => "retry",
+        /// The plugin reported a permanent failure.
+        Permanent => "permanent",
+        /// The worker stopped (crash, shutdown, lost lease) before the attempt finished.
+        Abandoned => "abandoned",
+    }
+}
+
+/// What a delivery attempt produced, as the dispatcher sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The target accepted the event.
+    Delivered,
+    /// A transient failure; `after` is the receiver's requested delay, if any.
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// A failure that retrying cannot fix.
+    Permanent { reason: String },
+}
+
+impl Outcome {
+    /// The attempt-history outcome this maps to.
+    pub fn attempt_outcome(&self) -> AttemptOutcome {
+        match self {
+            Outcome::Delivered => AttemptOutcome::Delivered,
+            Outcome::Retry { .. } => AttemptOutcome::Retry,
+            Outcome::Permanent { .. } => AttemptOutcome::Permanent,
+        }
+    }
+
+    /// The error text to record, if any.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Outcome::Delivered => None,
+            Outcome::Retry { reason, .. } | Outcome::Permanent { reason } => Some(reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_through_their_strings() {
+        for s in DeliveryStatus::ALL {
+            assert_eq!(s.as_str().parse::<DeliveryStatus>(), Ok(*s));
+        }
+        for o in AttemptOutcome::ALL {
+            assert_eq!(o.as_str().parse::<AttemptOutcome>(), Ok(*o));
+        }
+        assert!("flying".parse::<DeliveryStatus>().is_err());
+    }
+
+    #[test]
+    fn target_names_are_validated() {
+        assert!("crm".parse::<TargetName>().is_ok());
+        assert!("billing-eu_2".parse::<TargetName>().is_ok());
+        assert!("".parse::<TargetName>().is_err());
+        assert!("Crm".parse::<TargetName>().is_err());
+        assert!("-crm".parse::<TargetName>().is_err());
+        assert!("a/b".parse::<TargetName>().is_err());
+        assert!("x".repeat(65).parse::<TargetName>().is_err());
+    }
+
+    #[test]
+    fn event_types_are_validated() {
+        assert!(EventType::try_from("order.created".to_string()).is_ok());
+        assert!(EventType::try_from(String::new()).is_err());
+        assert!(EventType::try_from("order created".to_string()).is_err());
+    }
+
+    #[test]
+    fn delivery_keys_are_stable_and_differ_per_target() {
+        let id = EventId::new();
+        let crm: TargetName = "crm".parse().unwrap();
+        let billing: TargetName = "billing".parse().unwrap();
+        assert_eq!(delivery_key(&id, &crm), delivery_key(&id, &crm));
+        assert_ne!(delivery_key(&id, &crm), delivery_key(&id, &billing));
+    }
+
+    #[test]
+    fn event_ids_parse_back() {
+        let id = EventId::new();
+        assert_eq!(id.to_string().parse::<EventId>(), Ok(id));
+        assert!("nope".parse::<EventId>().is_err());
+    }
+}

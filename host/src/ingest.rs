@@ -1,0 +1,254 @@
+//! Accepting events: parsing and validating what a producer sends (one JSON object or an
+//! array of them), then routing each to its subscribed targets. The HTTP API and the
+//! `enqueue` command both go through here, so they accept and refuse exactly the same input.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use thiserror::Error;
+
+use crate::domain::{EventId, EventType, ProducerKey};
+use crate::routing::Routes;
+use crate::store::NewEvent;
+
+/// Most events one request may carry.
+pub const MAX_BATCH: usize = 1000;
+/// Most headers one event may carry, and their size limits.
+const MAX_HEADERS: usize = 64;
+const MAX_HEADER_NAME: usize = 256;
+const MAX_HEADER_VALUE: usize = 8192;
+
+/// Why input was refused. Nothing is stored when any event of a request is refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum IngestError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+/// One event as a producer writes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventIn {
+    #[serde(rename = "type")]
+    event_type: EventType,
+    payload: Box<RawValue>,
+    #[serde(default)]
+    idempotency_key: Option<ProducerKey>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+}
+
+/// A validated event, not yet routed.
+#[derive(Debug)]
+pub struct Accepted {
+    pub event_type: EventType,
+    /// The payload's JSON text exactly as sent.
+    pub payload: String,
+    pub idempotency_key: Option<ProducerKey>,
+    /// Headers in name order.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Whether the request body was one event or an array of them.
+#[derive(Debug)]
+pub enum Batch {
+    One(Accepted),
+    Many(Vec<Accepted>),
+}
+
+impl Batch {
+    pub fn into_vec(self) -> Vec<Accepted> {
+        match self {
+            Batch::One(a) => vec![a],
+            Batch::Many(v) => v,
+        }
+    }
+}
+
+/// Parses and validates a request body: one event object, or an array of 1 to [`MAX_BATCH`].
+pub fn parse(body: &[u8], max_payload_bytes: usize) -> Result<Batch, IngestError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => Err(IngestError::Invalid(
+            "the body is empty: send a JSON event object or an array of them".into(),
+        )),
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_slice(body)
+                .map_err(|e| IngestError::Invalid(format!("invalid JSON: {e}")))?;
+            if items.is_empty() {
+                return Err(IngestError::Invalid("the batch is empty".into()));
+            }
+            if items.len() > MAX_BATCH {
+                return Err(IngestError::TooLarge(format!(
+                    "the batch has {} events; at most {MAX_BATCH} are accepted per request",
+                    items.len()
+                )));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, raw)| {
+                    one(raw.get().as_bytes(), max_payload_bytes).map_err(|e| match e {
+                        IngestError::Invalid(m) => {
+                            IngestError::Invalid(format!("event [{i}]: {m}"))
+                        }
+                        IngestError::TooLarge(m) => {
+                            IngestError::TooLarge(format!("event [{i}]: {m}"))
+                        }
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Batch::Many)
+        }
+        Some(_) => one(body, max_payload_bytes).map(Batch::One),
+    }
+}
+
+fn one(body: &[u8], max_payload_bytes: usize) -> Result<Accepted, IngestError> {
+    let e: EventIn =
+        serde_json::from_slice(body).map_err(|e| IngestError::Invalid(describe_json_error(&e)))?;
+    let payload = e.payload.get();
+    if payload.len() > max_payload_bytes {
+        return Err(IngestError::TooLarge(format!(
+            "the payload is {} bytes, over the limit of {max_payload_bytes}",
+            payload.len()
+        )));
+    }
+    let headers: Vec<(String, String)> = e.headers.unwrap_or_default().into_iter().collect();
+    if headers.len() > MAX_HEADERS {
+        return Err(IngestError::Invalid(format!(
+            "at most {MAX_HEADERS} headers are accepted"
+        )));
+    }
+    if let Some((name, _)) = headers
+        .iter()
+        .find(|(n, v)| n.is_empty() || n.len() > MAX_HEADER_NAME || v.len() > MAX_HEADER_VALUE)
+    {
+        return Err(IngestError::Invalid(format!(
+            "header `{name}`: names must be 1-{MAX_HEADER_NAME} bytes and values at most {MAX_HEADER_VALUE}"
+        )));
+    }
+    Ok(Accepted {
+        event_type: e.event_type,
+        payload: payload.to_owned(),
+        idempotency_key: e.idempotency_key,
+        headers,
+    })
+}
+
+fn describe_json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => format!("invalid JSON: {e}"),
+        Category::Data | Category::Io => e.to_string(),
+    }
+}
+
+/// Gives each accepted event an id and its subscribed targets.
+pub fn route(accepted: Vec<Accepted>, routes: &Routes) -> Vec<NewEvent> {
+    accepted
+        .into_iter()
+        .map(|a| NewEvent {
+            id: EventId::new(),
+            targets: routes.targets_for(a.event_type.as_str()),
+            event_type: a.event_type,
+            payload: a.payload,
+            headers: a.headers,
+            idempotency_key: a.idempotency_key,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> IngestError {
+        parse(body.as_bytes(), 100).unwrap_err()
+    }
+
+    #[test]
+    fn one_event_keeps_its_payload_text() {
+        let b = parse(
+            br#"{"type":"order.created","payload":{"b":1, "a":[2]},"headers":{"z":"1","a":"2"}}"#,
+            100,
+        )
+        .unwrap();
+        let Batch::One(a) = b else {
+            panic!("expected one")
+        };
+        assert_eq!(a.payload, r#"{"b":1, "a":[2]}"#);
+        assert_eq!(
+            a.headers,
+            vec![
+                ("a".to_string(), "2".to_string()),
+                ("z".to_string(), "1".to_string())
+            ]
+        );
+        assert!(a.idempotency_key.is_none());
+    }
+
+    #[test]
+    fn arrays_are_batches() {
+        let b = parse(
+            br#" [{"type":"a","payload":1},{"type":"b","payload":null,"idempotency_key":"k"}]"#,
+            100,
+        )
+        .unwrap();
+        assert!(matches!(b, Batch::Many(ref v) if v.len() == 2));
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_a_reason() {
+        assert!(matches!(err(""), IngestError::Invalid(m) if m.contains("empty")));
+        assert!(matches!(err("{"), IngestError::Invalid(m) if m.contains("invalid JSON")));
+        assert!(
+            matches!(err(r#"{"payload":{}}"#), IngestError::Invalid(m) if m.contains("missing field `type`"))
+        );
+        assert!(
+            matches!(err(r#"{"type":"a"}"#), IngestError::Invalid(m) if m.contains("missing field `payload`"))
+        );
+        assert!(
+            matches!(err(r#"{"type":"","payload":1}"#), IngestError::Invalid(m) if m.contains("must not be empty"))
+        );
+        assert!(
+            matches!(err(r#"{"type":7,"payload":1}"#), IngestError::Invalid(m) if m.contains("invalid type"))
+        );
+        assert!(
+            matches!(err(r#"{"type":"a","payload":1,"idempotencyKey":"k"}"#), IngestError::Invalid(m) if m.contains("unknown field `idempotencyKey`"))
+        );
+        assert!(matches!(
+            err(r#"{"type":"a","payload":1,"headers":{"h":1}}"#),
+            IngestError::Invalid(_)
+        ));
+        assert!(matches!(err("[]"), IngestError::Invalid(m) if m.contains("empty")));
+        assert!(
+            matches!(err(r#"[{"type":"a","payload":1},{"type":"b"}]"#), IngestError::Invalid(m) if m.starts_with("event [1]"))
+        );
+    }
+
+    #[test]
+    fn payload_size_is_limited() {
+        let big = format!(r#"{{"type":"a","payload":"{}"}}"#, "x".repeat(99));
+        assert!(matches!(err(&big), IngestError::TooLarge(m) if m.contains("101 bytes")));
+        let fits = format!(r#"{{"type":"a","payload":"{}"}}"#, "x".repeat(98));
+        assert!(parse(fits.as_bytes(), 100).is_ok());
+    }
+
+    #[test]
+    fn routing_assigns_subscribed_targets() {
+        let routes = Routes::new([("crm".parse().unwrap(), vec!["order.*".parse().unwrap()])]);
+        let b = parse(
+            br#"[{"type":"order.created","payload":1},{"type":"user.created","payload":1}]"#,
+            100,
+        )
+        .unwrap();
+        let events = route(b.into_vec(), &routes);
+        assert_eq!(events[0].targets.len(), 1);
+        assert!(events[1].targets.is_empty());
+        assert_ne!(events[0].id, events[1].id);
+    }
+}

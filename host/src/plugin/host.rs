@@ -1,0 +1,280 @@
+//! The host side of the plugin contract: the per-invocation state a `Store` carries and the
+//! imports a plugin may call (`http.send`, `log.log`, `config.get`). Outbound HTTP is
+//! allowed only to the target's `allowed_hosts`, never follows redirects, and never runs
+//! past the invocation's deadline.
+
+use std::time::{Duration, Instant};
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::Grants;
+use super::bindings::outboxd::target::{config, http, log, types};
+
+/// A response body is cut at this size; a plugin needs the status and a little text.
+const MAX_RESPONSE_BODY: usize = 1024 * 1024;
+/// At most this many log lines and requests are kept per invocation for its report.
+const MAX_TRANSCRIPT: usize = 256;
+/// Each kept log line is cut at this size.
+const MAX_LOG_LINE: usize = 4096;
+
+/// Severity of a plugin's log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// One line a plugin logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: LogLevel,
+    pub message: String,
+}
+
+/// One outbound request a plugin made, and what came of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpExchange {
+    pub method: String,
+    pub url: String,
+    /// The status, or why there was none (`denied: …`, `timeout`, `connect: …`).
+    pub result: Result<u16, String>,
+}
+
+/// What a `Store` carries for one invocation.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    grants: Grants,
+    http: reqwest::Client,
+    deadline: Instant,
+    logs: Vec<LogLine>,
+    requests: Vec<HttpExchange>,
+}
+
+impl HostState {
+    pub(crate) fn new(
+        wasi: WasiCtx,
+        table: ResourceTable,
+        limits: StoreLimits,
+        grants: Grants,
+        http: reqwest::Client,
+        deadline: Instant,
+    ) -> Self {
+        Self {
+            wasi,
+            table,
+            limits,
+            grants,
+            http,
+            deadline,
+            logs: Vec::new(),
+            requests: Vec::new(),
+        }
+    }
+
+    pub(crate) fn into_transcript(self) -> (Vec<LogLine>, Vec<HttpExchange>) {
+        (self.logs, self.requests)
+    }
+
+    fn record(&mut self, method: &str, url: &str, result: Result<u16, String>) {
+        if self.requests.len() < MAX_TRANSCRIPT {
+            self.requests.push(HttpExchange {
+                method: method.to_owned(),
+                url: url.to_owned(),
+                result,
+            });
+        }
+    }
+
+    /// Checks the URL against the grants; returns the parsed URL or why it is refused.
+    fn permit(&self, url: &str) -> Result<reqwest::Url, http::Error> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| http::Error::Other(format!("invalid URL `{url}`: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(http::Error::Denied(format!(
+                "scheme `{}` is not allowed, only http and https",
+                parsed.scheme()
+            )));
+        }
+        let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+        let port = parsed.port_or_known_default().unwrap_or(0);
+        let host_port = format!("{host}:{port}");
+        if self.grants.allowed_hosts.contains(&host_port) {
+            Ok(parsed)
+        } else {
+            Err(http::Error::Denied(format!(
+                "{host_port} is not in allowed_hosts of target `{}`",
+                self.grants.target
+            )))
+        }
+    }
+}
+
+/// Sends a permitted request, never past `deadline`. A free function: the future must not
+/// borrow the store's state, which is not `Sync`.
+async fn send_permitted(
+    client: reqwest::Client,
+    deadline: Instant,
+    url: reqwest::Url,
+    req: http::Request,
+) -> Result<http::Response, http::Error> {
+    {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(http::Error::Timeout);
+        }
+        let timeout = req
+            .timeout_ms
+            .map(|ms| Duration::from_millis(ms.into()).min(remaining))
+            .unwrap_or(remaining);
+        let method = reqwest::Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| http::Error::Other(format!("invalid method `{}`", req.method)))?;
+        let mut builder = client.request(method, url).timeout(timeout);
+        for (name, value) in &req.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let mut response = builder
+            .body(req.body)
+            .send()
+            .await
+            .map_err(map_reqwest_error)?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let mut body = Vec::new();
+        while body.len() < MAX_RESPONSE_BODY {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => return Err(map_reqwest_error(e)),
+            }
+        }
+        body.truncate(MAX_RESPONSE_BODY);
+        Ok(http::Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+fn map_reqwest_error(e: reqwest::Error) -> http::Error {
+    if e.is_timeout() {
+        http::Error::Timeout
+    } else if e.is_connect() {
+        http::Error::Connect(error_chain(&e))
+    } else if e.is_builder() || e.is_request() {
+        http::Error::Other(error_chain(&e))
+    } else {
+        http::Error::Connect(error_chain(&e))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl http::Host for HostState {
+    async fn send(&mut self, req: http::Request) -> Result<http::Response, http::Error> {
+        let (method, url) = (req.method.clone(), req.url.clone());
+        let result = match self.permit(&req.url) {
+            Ok(parsed) => send_permitted(self.http.clone(), self.deadline, parsed, req).await,
+            Err(e) => Err(e),
+        };
+        let summary = match &result {
+            Ok(r) => Ok(r.status),
+            Err(http::Error::Denied(m)) => Err(format!("denied: {m}")),
+            Err(http::Error::Timeout) => Err("timeout".to_owned()),
+            Err(http::Error::Connect(m)) => Err(format!("connect: {m}")),
+            Err(http::Error::Other(m)) => Err(format!("other: {m}")),
+        };
+        if let Err(why) = &summary {
+            tracing::debug!(target: "outboxd::plugin", plugin = %self.grants.target, %method, %url, why, "plugin request failed");
+        }
+        self.record(&method, &url, summary);
+        result
+    }
+}
+
+impl log::Host for HostState {
+    async fn log(&mut self, level: log::Level, message: String) {
+        let target = &*self.grants.target;
+        let level = match level {
+            log::Level::Debug => {
+                tracing::debug!(target: "outboxd::plugin", plugin = target, "{message}");
+                LogLevel::Debug
+            }
+            log::Level::Info => {
+                tracing::info!(target: "outboxd::plugin", plugin = target, "{message}");
+                LogLevel::Info
+            }
+            log::Level::Warn => {
+                tracing::warn!(target: "outboxd::plugin", plugin = target, "{message}");
+                LogLevel::Warn
+            }
+            log::Level::Error => {
+                tracing::error!(target: "outboxd::plugin", plugin = target, "{message}");
+                LogLevel::Error
+            }
+        };
+        if self.logs.len() < MAX_TRANSCRIPT {
+            let mut message = message;
+            if message.len() > MAX_LOG_LINE {
+                let mut cut = MAX_LOG_LINE;
+                while !message.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                message.truncate(cut);
+            }
+            self.logs.push(LogLine { level, message });
+        }
+    }
+}
+
+impl config::Host for HostState {
+    async fn get(&mut self, key: String) -> Option<String> {
+        self.grants.config.get(&key).cloned()
+    }
+}

@@ -1,0 +1,319 @@
+//! The plugin runtime: the only module that knows wasmtime. It compiles a component once
+//! (validating that it implements the `outboxd:target` world), and runs each delivery in a
+//! fresh `Store` with a deadline (epoch interruption), a memory cap and a WASI context that
+//! grants nothing: no files, no environment, no sockets. The plugin reaches the world only
+//! through the host imports in [`host`]. A trap, deadline overrun or memory-cap hit becomes a
+//! retryable [`Outcome`]; it never takes the host down.
+
+mod host;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime_wasi::WasiCtx;
+
+use crate::domain::Outcome;
+use host::HostState;
+pub use host::{HttpExchange, LogLevel, LogLine};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "target",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+use bindings::outboxd::target::types::{DeliveryError, Event as WitEvent};
+
+/// How often the epoch ticks: the granularity of deadlines and of cooperative yields.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A file that cannot be used as a plugin.
+#[derive(Debug, Error)]
+pub enum PluginError {
+    #[error("not a WebAssembly file (no `\\0asm` header)")]
+    NotWasm,
+    #[error(
+        "a core WebAssembly module, not a component: build it as a component (e.g. `--target wasm32-wasip2`)"
+    )]
+    CoreModule,
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    #[error("does not implement world `outboxd:target/target@0.1.0`: {0}")]
+    WrongWorld(String),
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+/// The WebAssembly engine, its linker with the host imports, and the shared HTTP client.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    http: reqwest::Client,
+}
+
+impl Runtime {
+    /// Sets up the engine and starts its epoch ticker (a plain thread, outside tokio, that
+    /// ends when the engine is dropped).
+    pub fn new() -> Result<Self, PluginError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        bindings::Target::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(32)
+            .build()
+            .map_err(|e| PluginError::Engine(format!("HTTP client: {e}")))?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("outboxd-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| PluginError::Engine(format!("epoch ticker: {e}")))?;
+
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                http,
+            }),
+        })
+    }
+
+    /// Compiles and validates a component. CPU-heavy and blocking: call it off the async
+    /// threads (`spawn_blocking`).
+    pub fn compile(&self, bytes: &[u8]) -> Result<Plugin, PluginError> {
+        match bytes.get(0..8) {
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(PluginError::CoreModule),
+            Some([0, b'a', b's', b'm', ..]) => {}
+            _ => return Err(PluginError::NotWasm),
+        }
+        let started = Instant::now();
+        let component = Component::new(&self.inner.engine, bytes)
+            .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
+        let pre =
+            bindings::TargetPre::new(pre).map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
+        Ok(Plugin {
+            runtime: self.clone(),
+            pre,
+            hash: content_hash(bytes),
+            size: bytes.len(),
+            compile_time: started.elapsed(),
+        })
+    }
+}
+
+/// The hex SHA-256 of a plugin file: its version identity.
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The limits and grants of one target, handed to every invocation.
+#[derive(Debug, Clone)]
+pub struct Grants {
+    /// The target's name, for log lines.
+    pub target: Arc<str>,
+    /// What the plugin's `config.get` returns.
+    pub config: Arc<BTreeMap<String, String>>,
+    /// Lower-cased `host:port` pairs the plugin may reach.
+    pub allowed_hosts: Arc<[String]>,
+    /// Deadline of one invocation, outbound HTTP included.
+    pub timeout: Duration,
+    /// Linear-memory cap of the instance, in bytes.
+    pub memory_bytes: usize,
+}
+
+/// One event as a plugin sees it.
+#[derive(Debug, Clone)]
+pub struct EventInput {
+    pub id: String,
+    pub event_type: String,
+    pub payload: String,
+    pub idempotency_key: String,
+    pub attempt: u32,
+    pub created_at_ms: u64,
+    pub headers: Vec<(String, String)>,
+}
+
+/// What one invocation did: its outcome, and what the plugin logged and requested.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub outcome: Outcome,
+    pub logs: Vec<LogLine>,
+    pub requests: Vec<HttpExchange>,
+    pub duration: Duration,
+}
+
+/// A compiled, validated plugin, ready to instantiate. Cheap to share behind an `Arc`.
+pub struct Plugin {
+    runtime: Runtime,
+    pre: bindings::TargetPre<HostState>,
+    hash: String,
+    size: usize,
+    compile_time: Duration,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("hash", &self.hash)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl Plugin {
+    /// Hex SHA-256 of the file this was compiled from.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Size of the file in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// How long compiling and validating took.
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    /// Runs `deliver` for one event in a fresh instance under `grants`.
+    pub async fn deliver(&self, grants: &Grants, event: EventInput) -> Report {
+        let started = Instant::now();
+        let deadline = started + grants.timeout;
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(grants.memory_bytes)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState::new(
+            wasi,
+            ResourceTable::new(),
+            limits,
+            grants.clone(),
+            self.runtime.inner.http.clone(),
+            deadline,
+        );
+        let mut store = Store::new(&self.runtime.inner.engine, state);
+        store.limiter(|s| &mut s.limits);
+        // Every tick: yield to the executor (a busy plugin never starves other tasks), and
+        // interrupt once the deadline has passed.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let wit_event = WitEvent {
+            id: event.id,
+            event_type: event.event_type,
+            payload: event.payload,
+            idempotency_key: event.idempotency_key,
+            attempt: event.attempt,
+            created_at_ms: event.created_at_ms,
+            headers: event.headers,
+        };
+        let call = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instance.call_deliver(&mut store, &wit_event).await
+        };
+        // Host calls honour the deadline themselves; this is the backstop for anything that
+        // would not return (grace: two ticks).
+        let result = tokio::time::timeout(grants.timeout + 2 * EPOCH_TICK, call).await;
+        let outcome = match result {
+            Err(_) => deadline_exceeded(grants.timeout),
+            Ok(Ok(Ok(()))) => Outcome::Delivered,
+            Ok(Ok(Err(DeliveryError::Retry(info)))) => Outcome::Retry {
+                reason: info.reason,
+                after: info.after_ms.map(Duration::from_millis),
+            },
+            Ok(Ok(Err(DeliveryError::Permanent(reason)))) => Outcome::Permanent { reason },
+            Ok(Err(err)) => classify_trap(&err, grants),
+        };
+        let (logs, requests) = store.into_data().into_transcript();
+        Report {
+            outcome,
+            logs,
+            requests,
+            duration: started.elapsed(),
+        }
+    }
+}
+
+fn deadline_exceeded(timeout: Duration) -> Outcome {
+    Outcome::Retry {
+        reason: format!("plugin deadline of {} ms exceeded", timeout.as_millis()),
+        after: None,
+    }
+}
+
+/// Turns a wasmtime error into a retryable outcome with a reason a person can act on.
+fn classify_trap(err: &wasmtime::Error, grants: &Grants) -> Outcome {
+    if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return deadline_exceeded(grants.timeout);
+    }
+    let text = format!("{err:#}");
+    let reason = if text.contains("forcing trap when growing memory") {
+        format!(
+            "plugin exceeded its memory limit of {} MiB",
+            grants.memory_bytes / (1024 * 1024)
+        )
+    } else {
+        let mut t = format!("plugin trapped: {}", text.replace('\n', " "));
+        if t.len() > 2_000 {
+            let mut cut = 2_000;
+            while !t.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            t.truncate(cut);
+        }
+        t
+    };
+    Outcome::Retry {
+        reason,
+        after: None,
+    }
+}

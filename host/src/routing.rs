@@ -1,0 +1,158 @@
+//! Routing: which targets subscribe to an event type. A target lists glob patterns in its
+//! manifest; `*` matches any run of characters (dots included) and `?` one character.
+//! Matching is case-sensitive. No other character is special.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::domain::{InvalidValue, TargetName};
+
+/// One compiled event-type pattern, such as `order.*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern(String);
+
+impl FromStr for Pattern {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '*' | '?');
+        if s.is_empty() || s.len() > 255 || !s.chars().all(ok) {
+            return Err(InvalidValue(format!(
+                "event pattern `{s}` is invalid: use letters, digits, `.`, `_`, `-`, `:` and the wildcards `*` and `?`"
+            )));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Pattern {
+    /// Whether `event_type` matches this pattern.
+    pub fn matches(&self, event_type: &str) -> bool {
+        glob_match(self.0.as_bytes(), event_type.as_bytes())
+    }
+}
+
+/// Iterative glob matching with single-star backtracking: linear in practice, no recursion.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// The subscription table: each target with its patterns.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    entries: Vec<(TargetName, Vec<Pattern>)>,
+}
+
+impl Routes {
+    pub fn new(entries: impl IntoIterator<Item = (TargetName, Vec<Pattern>)>) -> Self {
+        let mut entries: Vec<_> = entries.into_iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Self { entries }
+    }
+
+    /// The targets subscribed to `event_type`, in name order.
+    pub fn targets_for(&self, event_type: &str) -> Vec<TargetName> {
+        self.entries
+            .iter()
+            .filter(|(_, patterns)| patterns.iter().any(|p| p.matches(event_type)))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, t: &str) -> bool {
+        p.parse::<Pattern>().unwrap().matches(t)
+    }
+
+    #[test]
+    fn literal_patterns_match_exactly() {
+        assert!(m("order.created", "order.created"));
+        assert!(!m("order.created", "order.created.v2"));
+        assert!(!m("order.created", "Order.created"));
+    }
+
+    #[test]
+    fn star_matches_any_run_including_dots_and_nothing() {
+        assert!(m("order.*", "order.created"));
+        assert!(m("order.*", "order.line.added"));
+        assert!(m("order.*", "order."));
+        assert!(!m("order.*", "order"));
+        assert!(!m("order.*", "orders.created"));
+        assert!(m("*", "anything.at.all"));
+        assert!(m("*.paid", "invoice.paid"));
+        assert!(!m("*.paid", "invoice.paid.late"));
+        assert!(m("a*b*c", "a-x-b-y-b-c"));
+        assert!(!m("a*b*c", "a-x-b-y-b-d"));
+    }
+
+    #[test]
+    fn question_mark_matches_one_character() {
+        assert!(m("v?.order", "v1.order"));
+        assert!(!m("v?.order", "v10.order"));
+    }
+
+    #[test]
+    fn invalid_patterns_are_rejected() {
+        assert!("".parse::<Pattern>().is_err());
+        assert!("order.[ab]".parse::<Pattern>().is_err());
+        assert!("order created".parse::<Pattern>().is_err());
+    }
+
+    #[test]
+    fn routes_pick_every_subscribed_target() {
+        let routes = Routes::new([
+            ("crm".parse().unwrap(), vec!["order.*".parse().unwrap()]),
+            (
+                "billing".parse().unwrap(),
+                vec![
+                    "invoice.paid".parse().unwrap(),
+                    "order.created".parse().unwrap(),
+                ],
+            ),
+            ("analytics".parse().unwrap(), vec!["*".parse().unwrap()]),
+        ]);
+        let names = |t: &str| {
+            routes
+                .targets_for(t)
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("order.created"), ["analytics", "billing", "crm"]);
+        assert_eq!(names("order.shipped"), ["analytics", "crm"]);
+        assert_eq!(names("invoice.paid"), ["analytics", "billing"]);
+        assert_eq!(names("user.signed_up"), ["analytics"]);
+    }
+}

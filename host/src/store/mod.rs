@@ -1,0 +1,187 @@
+//! The outbox store: events, one delivery per (event, target), the attempt history and the
+//! producer idempotency ledger. [`Store`] is the seam between the dispatcher/API and a
+//! database; [`sqlite::SqliteStore`] is the embedded implementation. Every method works in
+//! batches (ingest many events, claim many deliveries, settle many outcomes) so that one
+//! transaction carries many rows.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+use crate::domain::{
+    AttemptOutcome, DeliveryStatus, EventId, EventType, Millis, ProducerKey, TargetName,
+};
+
+/// A failure of the store itself (not of a delivery).
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the database holds a value this version does not understand: {0}")]
+    Corrupt(String),
+    #[error("database {path} is in use by another `outboxd serve` (lock file {lock})")]
+    Locked { path: String, lock: String },
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database is newer (schema version {found}) than this outboxd supports ({supported})")]
+    TooNew { found: i64, supported: i64 },
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// An event to accept, already validated and routed.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub event_type: EventType,
+    /// The payload as JSON text.
+    pub payload: String,
+    pub headers: Vec<(String, String)>,
+    pub idempotency_key: Option<ProducerKey>,
+    /// The targets subscribed to this event: one delivery each.
+    pub targets: Vec<TargetName>,
+}
+
+/// What ingesting one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    /// The event's id: the new one, or the first event's for a repeated idempotency key.
+    pub id: EventId,
+    /// The idempotency key had been seen: nothing was written.
+    pub duplicate: bool,
+}
+
+/// An accepted event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub id: EventId,
+    pub event_type: String,
+    pub payload: String,
+    pub headers: Vec<(String, String)>,
+    pub idempotency_key: Option<String>,
+    pub created_at: Millis,
+}
+
+/// A delivery claimed under a lease, with its event, ready to attempt.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub delivery_id: i64,
+    pub target: TargetName,
+    /// This attempt's number, 1-based.
+    pub attempt: u32,
+    pub event: StoredEvent,
+}
+
+/// The result of one attempt, to be written if the lease is still ours.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub delivery_id: i64,
+    /// The attempt number the lease was taken for.
+    pub attempt: u32,
+    pub status: DeliveryStatus,
+    pub next_attempt_at: Millis,
+    pub last_error: Option<String>,
+    pub outcome: AttemptOutcome,
+    pub finished_at: Millis,
+    pub duration_ms: u64,
+    /// Content hash of the plugin version that ran the attempt.
+    pub plugin_hash: Option<String>,
+}
+
+/// What a settle batch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SettleReport {
+    /// Deliveries whose lease was no longer ours: their outcome was recorded in the attempt
+    /// history but did not change the delivery.
+    pub lost_leases: Vec<i64>,
+}
+
+/// One row of the attempt history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub n: u32,
+    pub started_at: Millis,
+    pub duration_ms: Option<u64>,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+    pub plugin_hash: Option<String>,
+}
+
+/// One delivery with its history, for the status API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryDetail {
+    pub target: TargetName,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<Millis>,
+    pub delivered_at: Option<Millis>,
+    pub history: Vec<AttemptRecord>,
+}
+
+/// An event with all its deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDetail {
+    pub event: StoredEvent,
+    pub deliveries: Vec<DeliveryDetail>,
+}
+
+/// Deliveries per status, per target name.
+pub type StatusCounts = BTreeMap<String, BTreeMap<DeliveryStatus, u64>>;
+
+/// The outbox's persistence. Implementations must make every method atomic.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Accepts a batch atomically: each event with one pending delivery per target, due
+    /// `now`. An event whose idempotency key is known writes nothing and reports the first id.
+    async fn ingest(&self, events: Vec<NewEvent>, now: Millis)
+    -> Result<Vec<Ingested>, StoreError>;
+
+    /// Claims up to `limit` due deliveries of `target` for `owner` until `lease_until`:
+    /// pending ones whose time has come, and in-flight ones whose lease has expired. Each
+    /// claim counts an attempt and opens its history row.
+    async fn claim(
+        &self,
+        target: &TargetName,
+        limit: usize,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// Writes attempt outcomes. A delivery changes only while `owner` still holds its lease
+    /// for that attempt.
+    async fn settle(&self, owner: &str, batch: Vec<Settlement>)
+    -> Result<SettleReport, StoreError>;
+
+    /// Extends the leases `owner` holds on these deliveries (for attempts that run long).
+    async fn extend_leases(
+        &self,
+        owner: &str,
+        deliveries: Vec<i64>,
+        lease_until: Millis,
+    ) -> Result<usize, StoreError>;
+
+    /// Returns every delivery `owner` holds to `pending`, due `now` (graceful shutdown).
+    async fn release(&self, owner: &str, now: Millis) -> Result<usize, StoreError>;
+
+    /// Returns every in-flight delivery to `pending`. Only for a store that a single host owns
+    /// exclusively, at start-up: whatever is in flight was left by a crashed predecessor.
+    async fn recover_orphans(&self, now: Millis) -> Result<usize, StoreError>;
+
+    /// The earliest `next_attempt_at` among `target`'s pending deliveries.
+    async fn next_due(&self, target: &TargetName) -> Result<Option<Millis>, StoreError>;
+
+    /// One event with its deliveries and their history.
+    async fn event(&self, id: EventId) -> Result<Option<EventDetail>, StoreError>;
+
+    /// Delivery counts per target and status.
+    async fn status_counts(&self) -> Result<StatusCounts, StoreError>;
+}

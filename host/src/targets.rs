@@ -1,0 +1,217 @@
+//! The registry of live targets: each manifest paired with its compiled plugin, and the
+//! routing table built from them. A reload scans the plugins directory, compiles what
+//! changed off to the side, and swaps in a new immutable [`Snapshot`] at once; readers never
+//! wait for a compile. Start-up is a reload from an empty registry.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+
+use crate::config::{ConfigError, TargetSpec, scan_targets};
+use crate::domain::{Millis, TargetName, now_ms};
+use crate::plugin::{Grants, Plugin, Runtime, content_hash};
+use crate::routing::Routes;
+
+/// A live target: its description, its compiled plugin and the grants derived from both.
+#[derive(Debug)]
+pub struct Target {
+    pub spec: TargetSpec,
+    pub plugin: Arc<Plugin>,
+    pub grants: Grants,
+    pub loaded_at: Millis,
+}
+
+/// A file that could not be loaded at the last reload, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub message: String,
+    pub at: Millis,
+}
+
+/// An immutable view of every live target, swapped whole on reload.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub targets: BTreeMap<TargetName, Arc<Target>>,
+    pub routes: Routes,
+    pub errors: Vec<LoadError>,
+}
+
+/// The live targets, shared by the API (routing) and the dispatcher (invocation).
+pub struct Registry {
+    runtime: Runtime,
+    dir: PathBuf,
+    current: RwLock<Arc<Snapshot>>,
+    changed: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Registry {
+    /// An empty registry over `dir`; call [`Registry::reload`] to load it.
+    pub fn new(runtime: Runtime, dir: PathBuf) -> Self {
+        let empty = Arc::new(Snapshot::default());
+        Self {
+            runtime,
+            dir,
+            current: RwLock::new(Arc::clone(&empty)),
+            changed: watch::channel(empty).0,
+        }
+    }
+
+    /// The current snapshot. Never blocks on a reload.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Notified with every new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.changed.subscribe()
+    }
+
+    /// The plugins directory this registry loads from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Rescans the plugins directory and swaps in the result. A target whose files are
+    /// broken keeps its previous version, if it had one; the errors are in the snapshot.
+    pub async fn reload(&self) -> Arc<Snapshot> {
+        let previous = self.snapshot();
+        let now = now_ms();
+        let mut errors = Vec::new();
+        let scan = match scan_targets(&self.dir) {
+            Ok(scan) => scan,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot scan the plugins directory");
+                errors.push(load_error(&e, now));
+                return self.publish(Snapshot {
+                    targets: previous.targets.clone(),
+                    routes: previous.routes.clone(),
+                    errors,
+                });
+            }
+        };
+
+        let mut targets = BTreeMap::new();
+        // Plugins compiled during this reload, by content hash: targets sharing a file
+        // compile it once.
+        let mut compiled: HashMap<String, Arc<Plugin>> = previous
+            .targets
+            .values()
+            .map(|t| (t.plugin.hash().to_owned(), Arc::clone(&t.plugin)))
+            .collect();
+        for spec in scan.targets {
+            match self.load_plugin(&spec, &mut compiled).await {
+                Ok(plugin) => {
+                    let unchanged = previous
+                        .targets
+                        .get(&spec.name)
+                        .filter(|old| old.spec == spec && Arc::ptr_eq(&old.plugin, &plugin));
+                    let target = match unchanged {
+                        Some(old) => Arc::clone(old),
+                        None => {
+                            tracing::info!(
+                                target = %spec.name,
+                                plugin = %spec.plugin_path.display(),
+                                hash = &plugin.hash()[..12],
+                                compile_ms = plugin.compile_time().as_millis() as u64,
+                                "target loaded"
+                            );
+                            Arc::new(Target {
+                                grants: grants_for(&spec),
+                                spec,
+                                plugin,
+                                loaded_at: now,
+                            })
+                        }
+                    };
+                    targets.insert(target.spec.name.clone(), target);
+                }
+                Err(message) => {
+                    tracing::error!(target = %spec.name, file = %spec.plugin_path.display(), %message, "plugin not loaded");
+                    errors.push(LoadError {
+                        file: spec.plugin_path.clone(),
+                        message,
+                        at: now,
+                    });
+                    if let Some(old) = previous.targets.get(&spec.name) {
+                        targets.insert(spec.name.clone(), Arc::clone(old));
+                    }
+                }
+            }
+        }
+        for e in scan.errors {
+            tracing::error!(error = %e, "target manifest not loaded");
+            // A broken manifest keeps its target's previous version serving.
+            if let Some(name) = e
+                .path()
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<TargetName>().ok())
+                && let Some(old) = previous.targets.get(&name)
+            {
+                targets.entry(name).or_insert_with(|| Arc::clone(old));
+            }
+            errors.push(load_error(&e, now));
+        }
+        let routes = Routes::new(
+            targets
+                .values()
+                .map(|t| (t.spec.name.clone(), t.spec.events.clone())),
+        );
+        self.publish(Snapshot {
+            targets,
+            routes,
+            errors,
+        })
+    }
+
+    async fn load_plugin(
+        &self,
+        spec: &TargetSpec,
+        compiled: &mut HashMap<String, Arc<Plugin>>,
+    ) -> Result<Arc<Plugin>, String> {
+        let path = spec.plugin_path.clone();
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let hash = content_hash(&bytes);
+        if let Some(plugin) = compiled.get(&hash) {
+            return Ok(Arc::clone(plugin));
+        }
+        let runtime = self.runtime.clone();
+        let plugin = tokio::task::spawn_blocking(move || runtime.compile(&bytes))
+            .await
+            .map_err(|e| format!("compiler task failed: {e}"))?
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let plugin = Arc::new(plugin);
+        compiled.insert(hash, Arc::clone(&plugin));
+        Ok(plugin)
+    }
+
+    fn publish(&self, snapshot: Snapshot) -> Arc<Snapshot> {
+        let snapshot = Arc::new(snapshot);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&snapshot);
+        self.changed.send_replace(Arc::clone(&snapshot));
+        snapshot
+    }
+}
+
+fn load_error(e: &ConfigError, at: Millis) -> LoadError {
+    LoadError {
+        file: e.path().to_owned(),
+        message: e.to_string(),
+        at,
+    }
+}
+
+fn grants_for(spec: &TargetSpec) -> Grants {
+    Grants {
+        target: Arc::from(spec.name.as_str()),
+        config: Arc::new(spec.config.clone()),
+        allowed_hosts: spec.allowed_hosts.clone().into(),
+        timeout: spec.timeout,
+        memory_bytes: spec.memory_bytes,
+    }
+}

@@ -1,0 +1,80 @@
+//! Misbehave: a TEST FIXTURE for the outboxd host, not an example adapter.
+//!
+//! It misbehaves on purpose so integration tests can check the host's
+//! sandbox limits and outcome handling. `config.mode` selects what it does:
+//!
+//! - `ok` (default): returns `Ok` without doing anything.
+//! - `permanent`: returns a permanent error,
+//!   `misbehave: deliberate permanent failure`.
+//! - `trap`: panics, which traps the component.
+//! - `loop`: spins forever, until the host's deadline (epoch or fuel) stops it.
+//! - `grow`: allocates and touches 1 MiB blocks until the host's memory cap
+//!   stops it (the failed allocation aborts, i.e. traps).
+//! - `call`: sends a `GET` to `config.url` through the http import. A 2xx is
+//!   `Ok`; other statuses go through the SDK's standard classifier; an http
+//!   error is `permanent("<kind>: <text>")` with kind `denied`, `timeout`,
+//!   `connect` or `other`, so a test can find e.g. `denied` in the
+//!   delivery's last error.
+//!
+//! Any other mode is a permanent error naming it.
+
+use std::hint::black_box;
+
+use outboxd_plugin::http::Request;
+use outboxd_plugin::{DeliveryError, Event, Target, config, log, outcome};
+
+/// Size of each block the `grow` mode allocates.
+const BLOCK: usize = 1 << 20;
+
+/// The misbehaving target.
+struct Misbehave;
+
+impl Target for Misbehave {
+    fn deliver(event: Event) -> Result<(), DeliveryError> {
+        let mode = config::get("mode").unwrap_or_else(|| "ok".to_owned());
+        log::debug(format!("misbehave: mode `{mode}` for event {}", event.id));
+        match mode.as_str() {
+            "ok" => Ok(()),
+            "permanent" => Err(DeliveryError::permanent(
+                "misbehave: deliberate permanent failure",
+            )),
+            "trap" => panic!("misbehave: deliberate trap"),
+            "loop" => spin(),
+            "grow" => grow(),
+            "call" => call(),
+            other => Err(DeliveryError::permanent(format!(
+                "misbehave: unknown mode `{other}`"
+            ))),
+        }
+    }
+}
+
+outboxd_plugin::export_target!(Misbehave);
+
+/// Busy-loops forever; `black_box` keeps the optimiser from removing it.
+fn spin() -> ! {
+    let mut counter = 0u64;
+    loop {
+        counter = black_box(counter.wrapping_add(1));
+    }
+}
+
+/// Allocates 1 MiB blocks, writing every byte, and keeps them all alive until
+/// an allocation fails (which aborts: a trap).
+fn grow() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let block = vec![0xA5u8; BLOCK];
+        hoard.push(black_box(block));
+        black_box(&hoard);
+    }
+}
+
+/// Sends a `GET` to `config.url` and reports the result (see the crate docs).
+fn call() -> Result<(), DeliveryError> {
+    let url = config::require("url")?;
+    match Request::get(url).send() {
+        Ok(response) => outcome::classify_response(&response),
+        Err(error) => Err(DeliveryError::permanent(error.describe())),
+    }
+}

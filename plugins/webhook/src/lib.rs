@@ -1,0 +1,91 @@
+//! Webhook target: the example outboxd adapter, built with the
+//! `outboxd-plugin` SDK.
+//!
+//! For each event it POSTs a [Standard Webhooks] request to `config.url`:
+//!
+//! - body: `{"type": <event type>, "timestamp": <RFC 3339 of created-at>,
+//!   "data": <payload>}` (see the `body` module);
+//! - headers: `content-type: application/json`, `idempotency-key` and
+//!   `webhook-id` (both the event's idempotency key), `webhook-timestamp`
+//!   (Unix seconds, now), `webhook-signature` when `config.secret` is set
+//!   (see the `signature` module), and `outboxd-event-id`, `outboxd-event-type`,
+//!   `outboxd-attempt`.
+//!
+//! Configuration: `url` (required), `secret` (optional, `whsec_…`),
+//! `timeout_ms` (optional request timeout). The response is classified by
+//! [`outboxd_plugin::outcome`]: 2xx delivered; 408, 429, 5xx, timeouts and
+//! connection failures retried (honouring `Retry-After` on 429/503); anything
+//! else permanent. One info line is logged per delivery.
+//!
+//! [Standard Webhooks]: https://www.standardwebhooks.com/
+
+mod body;
+mod signature;
+mod timestamp;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use outboxd_plugin::http::Request;
+use outboxd_plugin::{DeliveryError, Event, Target, config, log, outcome};
+
+use crate::signature::SigningKey;
+
+/// The webhook target.
+struct Webhook;
+
+impl Target for Webhook {
+    fn deliver(event: Event) -> Result<(), DeliveryError> {
+        let result = send(&event);
+        let summary = match &result {
+            Ok(()) => "delivered".to_owned(),
+            Err(DeliveryError::Retry(info)) => format!("will retry: {}", info.reason),
+            Err(DeliveryError::Permanent(reason)) => format!("failed permanently: {reason}"),
+        };
+        log::info(format!(
+            "webhook: event {} ({}) attempt {}: {summary}",
+            event.id, event.event_type, event.attempt
+        ));
+        result
+    }
+}
+
+outboxd_plugin::export_target!(Webhook);
+
+/// Builds, signs and sends the request for `event` and classifies the result.
+fn send(event: &Event) -> Result<(), DeliveryError> {
+    let url = config::require("url")?;
+    let signing_key = config::get("secret")
+        .map(|secret| SigningKey::from_secret(&secret))
+        .transpose()
+        .map_err(DeliveryError::permanent)?;
+    let timeout_ms = config::get_as::<u32>("timeout_ms")?;
+
+    let body = body::render(event)?;
+    let webhook_id = event.idempotency_key.as_str();
+    let timestamp = unix_seconds_now();
+
+    let mut request = Request::post(url)
+        .header("content-type", "application/json")
+        .header("idempotency-key", webhook_id)
+        .header("webhook-id", webhook_id)
+        .header("webhook-timestamp", timestamp.to_string());
+    if let Some(key) = &signing_key {
+        request = request.header("webhook-signature", key.sign(webhook_id, timestamp, &body));
+    }
+    let response = request
+        .header("outboxd-event-id", &event.id)
+        .header("outboxd-event-type", &event.event_type)
+        .header("outboxd-attempt", event.attempt.to_string())
+        .body(body)
+        .timeout_ms(timeout_ms)
+        .send()?;
+    outcome::classify_response(&response)
+}
+
+/// The current time in whole seconds since the Unix epoch (0 if the host's
+/// clock reads earlier).
+fn unix_seconds_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
