@@ -79,11 +79,7 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
-        (
-            status,
-            Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response()
+        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
     }
 }
 
@@ -170,8 +166,7 @@ struct EventOut {
 
 fn event_out(d: EventDetail) -> Result<EventOut, ApiError> {
     let e = d.event;
-    let payload =
-        RawValue::from_string(e.payload).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+    let payload = RawValue::from_string(e.payload).map_err(|err| StoreError::Corrupt(err.to_string()))?;
     Ok(EventOut {
         id: e.id.to_string(),
         event_type: e.event_type,
@@ -207,10 +202,7 @@ fn event_out(d: EventDetail) -> Result<EventOut, ApiError> {
     })
 }
 
-async fn get_event(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Json<EventOut>, ApiError> {
+async fn get_event(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<EventOut>, ApiError> {
     let id: EventId = id
         .parse()
         .map_err(|e: crate::domain::InvalidValue| ApiError::BadRequest(e.0))?;
@@ -259,11 +251,7 @@ async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Targ
         .map(|t| TargetOut {
             name: t.spec.name.to_string(),
             loaded: true,
-            plugin: t
-                .spec
-                .plugin_path
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned()),
+            plugin: t.spec.plugin_path.file_name().map(|f| f.to_string_lossy().into_owned()),
             hash: Some(t.plugin.hash().to_owned()),
             loaded_at: Some(format_ms(t.loaded_at)),
             events: t.spec.events.iter().map(|p| p.to_string()).collect(),

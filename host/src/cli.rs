@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use thiserror::Error;
 
-use crate::config::{ConfigError, ServiceConfig, scan_targets};
-use crate::domain::{DeliveryStatus, EventId, format_ms, now_ms};
+use crate::config::{ConfigError, ServiceConfig, normalize_host_port, scan_targets};
+use crate::domain::{DeliveryStatus, EventId, Outcome, format_ms, now_ms};
 use crate::ingest::{self, IngestError};
+use crate::plugin::{EventInput, Grants, Plugin, PluginError, Runtime};
 use crate::routing::Routes;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
@@ -19,25 +20,38 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
-    /// The service configuration file. When the default is absent, defaults apply.
-    #[arg(
-        long,
-        short,
-        global = true,
-        default_value = "outboxd.toml",
-        env = "OUTBOXD_CONFIG"
-    )]
-    pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where the service configuration is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// The service configuration file [default: ./outboxd.toml, or built-in defaults when
+    /// that file does not exist].
+    #[arg(long, short, env = "OUTBOXD_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// Loads the named file, or `./outboxd.toml` when it exists, or the defaults.
+    pub fn load(&self) -> Result<ServiceConfig, ConfigError> {
+        match &self.config {
+            Some(path) => ServiceConfig::load(path),
+            None if Path::new("outboxd.toml").exists() => ServiceConfig::load(Path::new("outboxd.toml")),
+            None => Ok(ServiceConfig::defaults_in(Path::new("."))),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: the HTTP API and the delivery workers.
-    Serve,
+    Serve(ConfigArg),
     /// Accept one event by writing it straight into the database.
     Enqueue {
+        #[command(flatten)]
+        config: ConfigArg,
         /// The event type, e.g. `order.created`.
         #[arg(long = "type")]
         event_type: String,
@@ -53,8 +67,44 @@ pub enum Command {
     },
     /// Show delivery counts per target, or one event with its deliveries.
     Status {
+        #[command(flatten)]
+        config: ConfigArg,
         /// An event id; without it, counts per target.
         event_id: Option<String>,
+    },
+    /// Inspect or try a plugin file, without a database or a server.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Say whether FILE is a valid plugin: its world, WIT version, imports, size and compile
+    /// time. Exits 1 with the reason when it is not.
+    Check { file: PathBuf },
+    /// Run one delivery through FILE with the real host imports and limits, and print the
+    /// plugin's logs, its HTTP requests and the outcome. Exits 0 when delivered, 2 on a
+    /// retryable failure, 3 on a permanent one.
+    Run {
+        file: PathBuf,
+        /// The event, as for `POST /v1/events`: `{"type": "…", "payload": …}`.
+        #[arg(long)]
+        event: String,
+        /// A `[config]` entry for the plugin, as `key=value`; repeatable.
+        #[arg(long = "config", value_parser = parse_header, value_name = "KEY=VALUE")]
+        config: Vec<(String, String)>,
+        /// A `host:port` the plugin may reach; repeatable.
+        #[arg(long = "allow-host", value_name = "HOST:PORT")]
+        allow_hosts: Vec<String>,
+        /// The attempt's deadline.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        /// The instance's memory cap.
+        #[arg(long, default_value_t = 64)]
+        memory_mb: usize,
+        /// The attempt number the plugin sees.
+        #[arg(long, default_value_t = 1)]
+        attempt: u32,
     },
 }
 
@@ -75,20 +125,18 @@ pub enum CliError {
     Input(String),
     #[error("no event with id {0}")]
     NotFound(EventId),
+    #[error("{path} is not a valid plugin: {source}")]
+    Plugin {
+        path: String,
+        #[source]
+        source: PluginError,
+    },
 }
 
 impl From<IngestError> for CliError {
     fn from(e: IngestError) -> Self {
         CliError::Input(e.to_string())
     }
-}
-
-/// Loads the service configuration; a missing *default* file means defaults.
-pub fn load_config(path: &Path, explicit: bool) -> Result<ServiceConfig, ConfigError> {
-    if !explicit && !path.exists() {
-        return Ok(ServiceConfig::defaults_in(Path::new(".")));
-    }
-    ServiceConfig::load(path)
 }
 
 async fn open_store(config: &ServiceConfig) -> Result<SqliteStore, CliError> {
@@ -108,8 +156,8 @@ pub async fn enqueue(
     idempotency_key: Option<String>,
     headers: Vec<(String, String)>,
 ) -> Result<String, CliError> {
-    let payload: Box<serde_json::value::RawValue> = serde_json::from_str(&payload)
-        .map_err(|e| CliError::Input(format!("--payload is not valid JSON: {e}")))?;
+    let payload: Box<serde_json::value::RawValue> =
+        serde_json::from_str(&payload).map_err(|e| CliError::Input(format!("--payload is not valid JSON: {e}")))?;
     let body = serde_json::json!({
         "type": event_type,
         "payload": payload,
@@ -188,17 +236,130 @@ pub async fn status(config: &ServiceConfig, event_id: Option<String>) -> Result<
                         h.n,
                         format_ms(h.started_at),
                         h.outcome.as_str(),
-                        h.duration_ms
-                            .map(|d| d.to_string())
-                            .unwrap_or_else(|| "-".into()),
-                        h.error
-                            .as_deref()
-                            .map(|e| format!(" {e}"))
-                            .unwrap_or_default()
+                        h.duration_ms.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+                        h.error.as_deref().map(|e| format!(" {e}")).unwrap_or_default()
                     );
                 }
             }
         }
     }
     Ok(out)
+}
+
+async fn compile_file(path: &Path) -> Result<Plugin, CliError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| CliError::Input(format!("cannot read {shown}: {e}")))?;
+    tokio::task::spawn_blocking(move || Runtime::new().and_then(|rt| rt.compile(&bytes)))
+        .await
+        .map_err(|e| CliError::Input(format!("compiler task failed: {e}")))?
+        .map_err(|source| CliError::Plugin { path: shown, source })
+}
+
+fn describe(plugin: &Plugin, path: &Path) -> String {
+    let info = plugin.info();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: world outboxd:target/{}@{}, {} KiB, sha256 {}, compiled in {} ms",
+        path.display(),
+        info.world.unwrap_or("?"),
+        info.wit_version.as_deref().unwrap_or("?"),
+        plugin.size().div_ceil(1024),
+        plugin.hash(),
+        plugin.compile_time().as_millis()
+    );
+    let _ = writeln!(out, "  exports: {}", info.exports.join(", "));
+    let _ = writeln!(out, "  imports:");
+    for i in &info.imports {
+        let _ = writeln!(out, "    {i}");
+    }
+    out
+}
+
+/// `outboxd plugin check FILE`.
+pub async fn plugin_check(path: &Path) -> Result<String, CliError> {
+    let plugin = compile_file(path).await?;
+    Ok(format!("valid plugin\n{}", describe(&plugin, path)))
+}
+
+/// How `outboxd plugin run` ended, as an exit code: 0 delivered, 2 retry, 3 permanent.
+pub fn outcome_exit_code(outcome: &Outcome) -> u8 {
+    match outcome {
+        Outcome::Delivered => 0,
+        Outcome::Retry { .. } => 2,
+        Outcome::Permanent { .. } => 3,
+    }
+}
+
+/// Options of `outboxd plugin run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub event: String,
+    pub config: Vec<(String, String)>,
+    pub allow_hosts: Vec<String>,
+    pub timeout_ms: u64,
+    pub memory_mb: usize,
+    pub attempt: u32,
+}
+
+/// `outboxd plugin run FILE …`: one delivery, its transcript, and its outcome.
+pub async fn plugin_run(path: &Path, opts: RunOptions) -> Result<(String, Outcome), CliError> {
+    let accepted = match ingest::parse(opts.event.as_bytes(), usize::MAX)? {
+        ingest::Batch::One(a) => a,
+        ingest::Batch::Many(_) => return Err(CliError::Input("--event takes one event object, not an array".into())),
+    };
+    let allowed_hosts = opts
+        .allow_hosts
+        .iter()
+        .map(|h| normalize_host_port(h).ok_or_else(|| CliError::Input(format!("--allow-host `{h}` is not host:port"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let plugin = compile_file(path).await?;
+    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_owned();
+    let id = EventId::new();
+    let grants = Grants {
+        target: name.as_str().into(),
+        config: std::sync::Arc::new(opts.config.into_iter().collect()),
+        allowed_hosts: allowed_hosts.into(),
+        timeout: std::time::Duration::from_millis(opts.timeout_ms),
+        memory_bytes: opts.memory_mb * 1024 * 1024,
+    };
+    let input = EventInput {
+        id: id.to_string(),
+        event_type: accepted.event_type.to_string(),
+        payload: accepted.payload,
+        idempotency_key: format!("{id}.{name}"),
+        attempt: opts.attempt,
+        created_at_ms: now_ms() as u64,
+        headers: accepted.headers,
+    };
+    let mut out = describe(&plugin, path);
+    let _ = writeln!(
+        out,
+        "event {} ({}), attempt {}, idempotency key {}",
+        input.id, input.event_type, input.attempt, input.idempotency_key
+    );
+    let report = plugin.deliver(&grants, input).await;
+    for line in &report.logs {
+        let _ = writeln!(out, "log   {:<5} {}", line.level.as_str(), line.message);
+    }
+    for r in &report.requests {
+        let result = match &r.result {
+            Ok(status) => status.to_string(),
+            Err(why) => why.clone(),
+        };
+        let _ = writeln!(out, "http  {} {} -> {}", r.method, r.url, result);
+    }
+    let took = report.duration.as_millis();
+    let _ = match &report.outcome {
+        Outcome::Delivered => writeln!(out, "outcome: delivered ({took} ms)"),
+        Outcome::Retry { reason, after } => writeln!(
+            out,
+            "outcome: retry ({took} ms): {reason}{}",
+            after
+                .map(|a| format!(" (retry after {} ms)", a.as_millis()))
+                .unwrap_or_default()
+        ),
+        Outcome::Permanent { reason } => writeln!(out, "outcome: permanent failure ({took} ms): {reason}"),
+    };
+    Ok((out, report.outcome))
 }

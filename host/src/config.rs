@@ -103,9 +103,7 @@ impl ServiceConfig {
 
     fn from_file(f: ServiceFile, base: &Path) -> Self {
         Self {
-            listen: f
-                .listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            listen: f.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             database: base.join(f.database.unwrap_or_else(|| "outboxd.db".into())),
             plugins_dir: base.join(f.plugins_dir.unwrap_or_else(|| "plugins.d".into())),
             max_payload_bytes: f.max_payload_bytes.unwrap_or(256 * 1024),
@@ -215,10 +213,7 @@ impl TargetSpec {
             .allowed_hosts
             .unwrap_or_default()
             .into_iter()
-            .map(|h| {
-                normalize_host_port(&h)
-                    .ok_or_else(|| format!("`allowed_hosts`: `{h}` is not `host:port`"))
-            })
+            .map(|h| normalize_host_port(&h).ok_or_else(|| format!("`allowed_hosts`: `{h}` is not `host:port`")))
             .collect::<Result<Vec<_>, _>>()?;
         let defaults = RetryPolicy::default();
         let r = file.retry.unwrap_or_default();
@@ -311,11 +306,7 @@ pub fn scan_targets(dir: &Path) -> Result<TargetScan, ConfigError> {
     let mut scan = TargetScan::default();
     let mut referenced = HashSet::new();
     for path in manifests {
-        let stem = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_owned();
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
         referenced.insert(stem.clone());
         let parsed = stem
             .parse::<TargetName>()
@@ -325,8 +316,7 @@ pub fn scan_targets(dir: &Path) -> Result<TargetScan, ConfigError> {
                 if let Some(p) = &file.plugin {
                     referenced.insert(p.trim_end_matches(".wasm").to_owned());
                 }
-                TargetSpec::from_manifest(name, file, dir, Some(&path))
-                    .map_err(|m| ConfigError::invalid(&path, m))
+                TargetSpec::from_manifest(name, file, dir, Some(&path)).map_err(|m| ConfigError::invalid(&path, m))
             });
         match parsed {
             Ok(spec) => scan.targets.push(spec),
@@ -334,10 +324,7 @@ pub fn scan_targets(dir: &Path) -> Result<TargetScan, ConfigError> {
         }
     }
     for path in wasm_files {
-        let stem = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default();
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
         if referenced.contains(stem) {
             continue;
         }
@@ -407,11 +394,7 @@ url = "http://localhost:9000/crm"
 retries = 2
 "#,
         );
-        write(
-            d,
-            "broken.toml",
-            "plugin = \"webhook.wasm\"\nevnts = [\"x\"]\n",
-        );
+        write(d, "broken.toml", "plugin = \"webhook.wasm\"\nevnts = [\"x\"]\n");
         let scan = scan_targets(d).unwrap();
         let names: Vec<_> = scan.targets.iter().map(|t| t.name.to_string()).collect();
         assert_eq!(
@@ -424,10 +407,7 @@ retries = 2
         assert_eq!(crm.timeout, Duration::from_millis(500));
         assert_eq!(crm.allowed_hosts, ["localhost:9000"]);
         assert_eq!(crm.retry.max_attempts, 3);
-        assert_eq!(
-            crm.retry.initial_backoff,
-            RetryPolicy::default().initial_backoff
-        );
+        assert_eq!(crm.retry.initial_backoff, RetryPolicy::default().initial_backoff);
         assert_eq!(crm.config["url"], "http://localhost:9000/crm");
         assert_eq!(crm.config["retries"], "2");
         let solo = &scan.targets[1];
@@ -436,10 +416,7 @@ retries = 2
 
         assert_eq!(scan.errors.len(), 1);
         let err = scan.errors[0].to_string();
-        assert!(
-            err.contains("broken.toml") && err.contains("evnts"),
-            "{err}"
-        );
+        assert!(err.contains("broken.toml") && err.contains("evnts"), "{err}");
     }
 
     #[test]
@@ -448,37 +425,21 @@ retries = 2
         let d = dir.path();
         write(d, "a.toml", "plugin = \"../x.wasm\"\n");
         write(d, "b.toml", "allowed_hosts = [\"example.com\"]\n");
-        write(
-            d,
-            "c.toml",
-            "[retry]\ninitial_backoff_ms = 10\nmax_backoff_ms = 5\n",
-        );
+        write(d, "c.toml", "[retry]\ninitial_backoff_ms = 10\nmax_backoff_ms = 5\n");
         write(d, "d.toml", "concurrency = 0\n");
         write(d, "Bad.toml", "");
         let scan = scan_targets(d).unwrap();
         assert!(scan.targets.is_empty());
         let errors: Vec<String> = scan.errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(errors.len(), 5, "{errors:#?}");
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("a.toml") && e.contains("plugin"))
-        );
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("b.toml") && e.contains("host:port"))
-        );
+        assert!(errors.iter().any(|e| e.contains("a.toml") && e.contains("plugin")));
+        assert!(errors.iter().any(|e| e.contains("b.toml") && e.contains("host:port")));
         assert!(
             errors
                 .iter()
                 .any(|e| e.contains("c.toml") && e.contains("initial_backoff_ms"))
         );
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("d.toml") && e.contains("concurrency"))
-        );
+        assert!(errors.iter().any(|e| e.contains("d.toml") && e.contains("concurrency")));
         assert!(
             errors
                 .iter()
@@ -492,10 +453,7 @@ retries = 2
             normalize_host_port("API.example.com:443").as_deref(),
             Some("api.example.com:443")
         );
-        assert_eq!(
-            normalize_host_port("[::1]:8080").as_deref(),
-            Some("[::1]:8080")
-        );
+        assert_eq!(normalize_host_port("[::1]:8080").as_deref(), Some("[::1]:8080"));
         assert_eq!(normalize_host_port("example.com"), None);
         assert_eq!(normalize_host_port("example.com:http"), None);
         assert_eq!(normalize_host_port(":80"), None);

@@ -60,11 +60,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let (settle_tx, settle_rx) = mpsc::channel(SETTLE_QUEUE);
-    let settler = tokio::spawn(settle_loop(
-        Arc::clone(&store),
-        config.owner.clone(),
-        settle_rx,
-    ));
+    let settler = tokio::spawn(settle_loop(Arc::clone(&store), config.owner.clone(), settle_rx));
     let shared = Arc::new(Shared {
         store,
         registry,
@@ -106,15 +102,11 @@ pub async fn run(
 /// Keeps one lane per live target, following registry changes, until `stop`.
 async fn supervise(shared: &Arc<Shared>, stop: &CancellationToken) {
     let mut changes = shared.registry.subscribe();
-    let mut lanes: HashMap<TargetName, (Arc<Target>, CancellationToken, JoinHandle<()>)> =
-        HashMap::new();
+    let mut lanes: HashMap<TargetName, (Arc<Target>, CancellationToken, JoinHandle<()>)> = HashMap::new();
     loop {
         let snapshot = changes.borrow_and_update().clone();
         lanes.retain(|name, (target, token, _)| {
-            let keep = snapshot
-                .targets
-                .get(name)
-                .is_some_and(|t| Arc::ptr_eq(t, target));
+            let keep = snapshot.targets.get(name).is_some_and(|t| Arc::ptr_eq(t, target));
             if !keep {
                 token.cancel();
             }
@@ -123,8 +115,7 @@ async fn supervise(shared: &Arc<Shared>, stop: &CancellationToken) {
         for (name, target) in &snapshot.targets {
             if !lanes.contains_key(name) {
                 let token = stop.child_token();
-                let lane =
-                    tokio::spawn(lane(Arc::clone(shared), Arc::clone(target), token.clone()));
+                let lane = tokio::spawn(lane(Arc::clone(shared), Arc::clone(target), token.clone()));
                 lanes.insert(name.clone(), (Arc::clone(target), token, lane));
             }
         }
@@ -196,12 +187,7 @@ async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken
             Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64),
             _ => shared.config.poll_interval,
         };
-        idle(
-            &token,
-            woken,
-            wait.clamp(MIN_IDLE, shared.config.poll_interval),
-        )
-        .await;
+        idle(&token, woken, wait.clamp(MIN_IDLE, shared.config.poll_interval)).await;
     }
     tracing::debug!(target = %name, "lane stopped");
 }

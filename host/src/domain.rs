@@ -85,8 +85,7 @@ impl fmt::Display for TargetName {
 impl FromStr for TargetName {
     type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let valid_char =
-            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+        let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
         let starts_well = s
             .chars()
             .next()
@@ -251,10 +250,7 @@ pub enum Outcome {
     /// The target accepted the event.
     Delivered,
     /// A transient failure; `after` is the receiver's requested delay, if any.
-    Retry {
-        reason: String,
-        after: Option<Duration>,
-    },
+    Retry { reason: String, after: Option<Duration> },
     /// A failure that retrying cannot fix.
     Permanent { reason: String },
 }

@@ -76,8 +76,8 @@ pub fn parse(body: &[u8], max_payload_bytes: usize) -> Result<Batch, IngestError
             "the body is empty: send a JSON event object or an array of them".into(),
         )),
         Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_slice(body)
-                .map_err(|e| IngestError::Invalid(format!("invalid JSON: {e}")))?;
+            let items: Vec<&RawValue> =
+                serde_json::from_slice(body).map_err(|e| IngestError::Invalid(format!("invalid JSON: {e}")))?;
             if items.is_empty() {
                 return Err(IngestError::Invalid("the batch is empty".into()));
             }
@@ -92,12 +92,8 @@ pub fn parse(body: &[u8], max_payload_bytes: usize) -> Result<Batch, IngestError
                 .enumerate()
                 .map(|(i, raw)| {
                     one(raw.get().as_bytes(), max_payload_bytes).map_err(|e| match e {
-                        IngestError::Invalid(m) => {
-                            IngestError::Invalid(format!("event [{i}]: {m}"))
-                        }
-                        IngestError::TooLarge(m) => {
-                            IngestError::TooLarge(format!("event [{i}]: {m}"))
-                        }
+                        IngestError::Invalid(m) => IngestError::Invalid(format!("event [{i}]: {m}")),
+                        IngestError::TooLarge(m) => IngestError::TooLarge(format!("event [{i}]: {m}")),
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -108,8 +104,7 @@ pub fn parse(body: &[u8], max_payload_bytes: usize) -> Result<Batch, IngestError
 }
 
 fn one(body: &[u8], max_payload_bytes: usize) -> Result<Accepted, IngestError> {
-    let e: EventIn =
-        serde_json::from_slice(body).map_err(|e| IngestError::Invalid(describe_json_error(&e)))?;
+    let e: EventIn = serde_json::from_slice(body).map_err(|e| IngestError::Invalid(describe_json_error(&e)))?;
     let payload = e.payload.get();
     if payload.len() > max_payload_bytes {
         return Err(IngestError::TooLarge(format!(
@@ -177,16 +172,11 @@ mod tests {
             100,
         )
         .unwrap();
-        let Batch::One(a) = b else {
-            panic!("expected one")
-        };
+        let Batch::One(a) = b else { panic!("expected one") };
         assert_eq!(a.payload, r#"{"b":1, "a":[2]}"#);
         assert_eq!(
             a.headers,
-            vec![
-                ("a".to_string(), "2".to_string()),
-                ("z".to_string(), "1".to_string())
-            ]
+            vec![("a".to_string(), "2".to_string()), ("z".to_string(), "1".to_string())]
         );
         assert!(a.idempotency_key.is_none());
     }
@@ -205,18 +195,12 @@ mod tests {
     fn bad_input_is_refused_with_a_reason() {
         assert!(matches!(err(""), IngestError::Invalid(m) if m.contains("empty")));
         assert!(matches!(err("{"), IngestError::Invalid(m) if m.contains("invalid JSON")));
-        assert!(
-            matches!(err(r#"{"payload":{}}"#), IngestError::Invalid(m) if m.contains("missing field `type`"))
-        );
-        assert!(
-            matches!(err(r#"{"type":"a"}"#), IngestError::Invalid(m) if m.contains("missing field `payload`"))
-        );
+        assert!(matches!(err(r#"{"payload":{}}"#), IngestError::Invalid(m) if m.contains("missing field `type`")));
+        assert!(matches!(err(r#"{"type":"a"}"#), IngestError::Invalid(m) if m.contains("missing field `payload`")));
         assert!(
             matches!(err(r#"{"type":"","payload":1}"#), IngestError::Invalid(m) if m.contains("must not be empty"))
         );
-        assert!(
-            matches!(err(r#"{"type":7,"payload":1}"#), IngestError::Invalid(m) if m.contains("invalid type"))
-        );
+        assert!(matches!(err(r#"{"type":7,"payload":1}"#), IngestError::Invalid(m) if m.contains("invalid type")));
         assert!(
             matches!(err(r#"{"type":"a","payload":1,"idempotencyKey":"k"}"#), IngestError::Invalid(m) if m.contains("unknown field `idempotencyKey`"))
         );

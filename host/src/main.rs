@@ -2,39 +2,39 @@
 
 use std::io::Write as _;
 
-use clap::{CommandFactory as _, FromArgMatches as _};
-use outboxd::cli::{self, Cli, Command};
+use clap::Parser as _;
+use outboxd::cli::{self, Cli, Command, PluginCommand};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Our error types carry their causes in their own messages.
+            eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
         }
     }
 }
 
 #[tokio::main]
-async fn run() -> anyhow::Result<()> {
-    let matches = Cli::command().get_matches();
-    let explicit_config =
-        matches.value_source("config") != Some(clap::parser::ValueSource::DefaultValue);
-    let cli = Cli::from_arg_matches(&matches)?;
+async fn run() -> anyhow::Result<u8> {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("OUTBOXD_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift_codegen=warn")),
+            EnvFilter::try_from_env("OUTBOXD_LOG").unwrap_or_else(|_| {
+                // `plugin` commands print the plugin's logs themselves.
+                let level = if matches!(cli.command, Command::Plugin(_)) { "warn" } else { "info" };
+                EnvFilter::new(format!("{level},wasmtime=warn,cranelift_codegen=warn"))
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = cli::load_config(&cli.config, explicit_config)?;
     match cli.command {
-        Command::Serve => {
+        Command::Serve(config) => {
             outboxd::serve(
-                config,
+                config.load()?,
                 |addr| {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "listening on {addr}");
@@ -45,17 +45,40 @@ async fn run() -> anyhow::Result<()> {
             .await?;
         }
         Command::Enqueue {
+            config,
             event_type,
             payload,
             idempotency_key,
             headers,
         } => println!(
             "{}",
-            cli::enqueue(&config, event_type, payload, idempotency_key, headers).await?
+            cli::enqueue(&config.load()?, event_type, payload, idempotency_key, headers).await?
         ),
-        Command::Status { event_id } => print!("{}", cli::status(&config, event_id).await?),
+        Command::Status { config, event_id } => print!("{}", cli::status(&config.load()?, event_id).await?),
+        Command::Plugin(PluginCommand::Check { file }) => print!("{}", cli::plugin_check(&file).await?),
+        Command::Plugin(PluginCommand::Run {
+            file,
+            event,
+            config,
+            allow_hosts,
+            timeout_ms,
+            memory_mb,
+            attempt,
+        }) => {
+            let opts = cli::RunOptions {
+                event,
+                config,
+                allow_hosts,
+                timeout_ms,
+                memory_mb,
+                attempt,
+            };
+            let (transcript, outcome) = cli::plugin_run(&file, opts).await?;
+            print!("{transcript}");
+            return Ok(cli::outcome_exit_code(&outcome));
+        }
     }
-    Ok(())
+    Ok(0)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -43,12 +43,7 @@ impl RetryPolicy {
     /// The wait after failed attempt number `attempt`: uniform in `[0, ceiling]` ("full
     /// jitter", which spreads retries of many deliveries that failed together), unless the
     /// receiver asked for a delay, which then wins, capped at `max_backoff`.
-    pub fn backoff(
-        &self,
-        attempt: u32,
-        retry_after: Option<Duration>,
-        rng: &mut impl Rng,
-    ) -> Duration {
+    pub fn backoff(&self, attempt: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
         if let Some(after) = retry_after {
             return after.min(self.max_backoff);
         }
@@ -68,13 +63,7 @@ pub struct Decision {
 }
 
 /// Decides the fate of a delivery whose attempt number `attempt` ended with `outcome`.
-pub fn decide(
-    policy: &RetryPolicy,
-    attempt: u32,
-    outcome: &Outcome,
-    now: Millis,
-    rng: &mut impl Rng,
-) -> Decision {
+pub fn decide(policy: &RetryPolicy, attempt: u32, outcome: &Outcome, now: Millis, rng: &mut impl Rng) -> Decision {
     match outcome {
         Outcome::Delivered => Decision {
             status: DeliveryStatus::Delivered,
@@ -133,15 +122,10 @@ mod tests {
         let p = policy();
         let mut rng = StdRng::seed_from_u64(7);
         for attempt in 1..=8 {
-            let waits: Vec<Duration> = (0..200)
-                .map(|_| p.backoff(attempt, None, &mut rng))
-                .collect();
+            let waits: Vec<Duration> = (0..200).map(|_| p.backoff(attempt, None, &mut rng)).collect();
             assert!(waits.iter().all(|w| *w <= p.ceiling(attempt)));
             let distinct: std::collections::HashSet<_> = waits.iter().collect();
-            assert!(
-                distinct.len() > 20,
-                "full jitter should spread waits, got {distinct:?}"
-            );
+            assert!(distinct.len() > 20, "full jitter should spread waits, got {distinct:?}");
             // Full jitter covers the whole range: some waits land in the lower and upper quarters.
             let c = p.ceiling(attempt);
             assert!(waits.iter().any(|w| *w < c / 4));
@@ -156,12 +140,7 @@ mod tests {
             ..policy()
         };
         let mut rng = StdRng::seed_from_u64(1);
-        let mean = |a: u32, rng: &mut StdRng| {
-            (0..500)
-                .map(|_| p.backoff(a, None, rng).as_millis())
-                .sum::<u128>()
-                / 500
-        };
+        let mean = |a: u32, rng: &mut StdRng| (0..500).map(|_| p.backoff(a, None, rng).as_millis()).sum::<u128>() / 500;
         let (m1, m3, m5) = (mean(1, &mut rng), mean(3, &mut rng), mean(5, &mut rng));
         assert!(m1 < m3 && m3 < m5, "{m1} {m3} {m5}");
     }
@@ -175,10 +154,7 @@ mod tests {
             Duration::from_millis(700),
             "a receiver's Retry-After beats the (smaller) jittered backoff"
         );
-        assert_eq!(
-            p.backoff(1, Some(Duration::from_secs(3600)), &mut rng),
-            p.max_backoff
-        );
+        assert_eq!(p.backoff(1, Some(Duration::from_secs(3600)), &mut rng), p.max_backoff);
         assert_eq!(p.backoff(4, Some(Duration::ZERO), &mut rng), Duration::ZERO);
     }
 
@@ -199,15 +175,7 @@ mod tests {
         assert_eq!(d.status, DeliveryStatus::Dead);
         assert!(d.last_error.unwrap().contains("gave up after 5 attempts"));
 
-        let d = decide(
-            &p,
-            1,
-            &Outcome::Permanent {
-                reason: "400".into(),
-            },
-            0,
-            &mut rng,
-        );
+        let d = decide(&p, 1, &Outcome::Permanent { reason: "400".into() }, 0, &mut rng);
         assert_eq!(d.status, DeliveryStatus::Dead);
 
         let d = decide(&p, 3, &Outcome::Delivered, 0, &mut rng);

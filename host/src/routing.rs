@@ -14,8 +14,7 @@ pub struct Pattern(String);
 impl FromStr for Pattern {
     type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let ok =
-            |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '*' | '?');
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '*' | '?');
         if s.is_empty() || s.len() > 255 || !s.chars().all(ok) {
             return Err(InvalidValue(format!(
                 "event pattern `{s}` is invalid: use letters, digits, `.`, `_`, `-`, `:` and the wildcards `*` and `?`"
@@ -136,20 +135,11 @@ mod tests {
             ("crm".parse().unwrap(), vec!["order.*".parse().unwrap()]),
             (
                 "billing".parse().unwrap(),
-                vec![
-                    "invoice.paid".parse().unwrap(),
-                    "order.created".parse().unwrap(),
-                ],
+                vec!["invoice.paid".parse().unwrap(), "order.created".parse().unwrap()],
             ),
             ("analytics".parse().unwrap(), vec!["*".parse().unwrap()]),
         ]);
-        let names = |t: &str| {
-            routes
-                .targets_for(t)
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-        };
+        let names = |t: &str| routes.targets_for(t).iter().map(|n| n.to_string()).collect::<Vec<_>>();
         assert_eq!(names("order.created"), ["analytics", "billing", "crm"]);
         assert_eq!(names("order.shipped"), ["analytics", "crm"]);
         assert_eq!(names("invoice.paid"), ["analytics", "billing"]);

@@ -155,11 +155,7 @@ impl Registry {
             }
             errors.push(load_error(&e, now));
         }
-        let routes = Routes::new(
-            targets
-                .values()
-                .map(|t| (t.spec.name.clone(), t.spec.events.clone())),
-        );
+        let routes = Routes::new(targets.values().map(|t| (t.spec.name.clone(), t.spec.events.clone())));
         self.publish(Snapshot {
             targets,
             routes,

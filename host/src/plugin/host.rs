@@ -104,8 +104,7 @@ impl HostState {
 
     /// Checks the URL against the grants; returns the parsed URL or why it is refused.
     fn permit(&self, url: &str) -> Result<reqwest::Url, http::Error> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| http::Error::Other(format!("invalid URL `{url}`: {e}")))?;
+        let parsed = reqwest::Url::parse(url).map_err(|e| http::Error::Other(format!("invalid URL `{url}`: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(http::Error::Denied(format!(
                 "scheme `{}` is not allowed, only http and https",
@@ -149,11 +148,7 @@ async fn send_permitted(
         for (name, value) in &req.headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
-        let mut response = builder
-            .body(req.body)
-            .send()
-            .await
-            .map_err(map_reqwest_error)?;
+        let mut response = builder.body(req.body).send().await.map_err(map_reqwest_error)?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -174,11 +169,7 @@ async fn send_permitted(
             }
         }
         body.truncate(MAX_RESPONSE_BODY);
-        Ok(http::Response {
-            status,
-            headers,
-            body,
-        })
+        Ok(http::Response { status, headers, body })
     }
 }
 

@@ -40,9 +40,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub enum PluginError {
     #[error("not a WebAssembly file (no `\\0asm` header)")]
     NotWasm,
-    #[error(
-        "a core WebAssembly module, not a component: build it as a component (e.g. `--target wasm32-wasip2`)"
-    )]
+    #[error("a core WebAssembly module, not a component: build it as a component (e.g. `--target wasm32-wasip2`)")]
     CoreModule,
     #[error("invalid component: {0}")]
     Invalid(String),
@@ -75,8 +73,7 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
         let mut linker = Linker::<HostState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         bindings::Target::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
@@ -102,11 +99,7 @@ impl Runtime {
             .map_err(|e| PluginError::Engine(format!("epoch ticker: {e}")))?;
 
         Ok(Self {
-            inner: Arc::new(RuntimeInner {
-                engine,
-                linker,
-                http,
-            }),
+            inner: Arc::new(RuntimeInner { engine, linker, http }),
         })
     }
 
@@ -119,22 +112,46 @@ impl Runtime {
             _ => return Err(PluginError::NotWasm),
         }
         let started = Instant::now();
-        let component = Component::new(&self.inner.engine, bytes)
-            .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
-        let pre =
-            bindings::TargetPre::new(pre).map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
+        let component =
+            Component::new(&self.inner.engine, bytes).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+        let info = self.describe(&component);
+        let wrong_world = |e: wasmtime::Error| {
+            let exports = if info.exports.is_empty() {
+                "nothing".to_owned()
+            } else {
+                info.exports.join(", ")
+            };
+            PluginError::WrongWorld(format!("{e:#} (the component exports: {exports})"))
+        };
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = bindings::TargetPre::new(pre).map_err(wrong_world)?;
         Ok(Plugin {
             runtime: self.clone(),
             pre,
             hash: content_hash(bytes),
             size: bytes.len(),
             compile_time: started.elapsed(),
+            info,
         })
+    }
+
+    fn describe(&self, component: &Component) -> PluginInfo {
+        let ty = component.component_type();
+        let engine = &self.inner.engine;
+        let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_owned()).collect();
+        let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
+        let wit_version = imports
+            .iter()
+            .find_map(|i| i.strip_prefix("outboxd:target/"))
+            .and_then(|i| i.split_once('@'))
+            .map(|(_, v)| v.to_owned());
+        let world = exports.iter().any(|e| e == "deliver").then_some("target");
+        PluginInfo {
+            world,
+            wit_version,
+            imports,
+            exports,
+        }
     }
 }
 
@@ -179,6 +196,17 @@ pub struct Report {
     pub duration: Duration,
 }
 
+/// What a component declares: the world it implements, the WIT version of its
+/// `outboxd:target` imports, and every import and export by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// `target` when it exports `deliver`.
+    pub world: Option<&'static str>,
+    pub wit_version: Option<String>,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
 /// A compiled, validated plugin, ready to instantiate. Cheap to share behind an `Arc`.
 pub struct Plugin {
     runtime: Runtime,
@@ -186,6 +214,7 @@ pub struct Plugin {
     hash: String,
     size: usize,
     compile_time: Duration,
+    info: PluginInfo,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -211,6 +240,11 @@ impl Plugin {
     /// How long compiling and validating took.
     pub fn compile_time(&self) -> Duration {
         self.compile_time
+    }
+
+    /// The world, WIT version, imports and exports of the component.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
     }
 
     /// Runs `deliver` for one event in a fresh instance under `grants`.
@@ -312,8 +346,5 @@ fn classify_trap(err: &wasmtime::Error, grants: &Grants) -> Outcome {
         }
         t
     };
-    Outcome::Retry {
-        reason,
-        after: None,
-    }
+    Outcome::Retry { reason, after: None }
 }

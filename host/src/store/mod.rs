@@ -11,9 +11,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use thiserror::Error;
 
-use crate::domain::{
-    AttemptOutcome, DeliveryStatus, EventId, EventType, Millis, ProducerKey, TargetName,
-};
+use crate::domain::{AttemptOutcome, DeliveryStatus, EventId, EventType, Millis, ProducerKey, TargetName};
 
 /// A failure of the store itself (not of a delivery).
 #[derive(Debug, Error)]
@@ -141,8 +139,7 @@ pub type StatusCounts = BTreeMap<String, BTreeMap<DeliveryStatus, u64>>;
 pub trait Store: Send + Sync + 'static {
     /// Accepts a batch atomically: each event with one pending delivery per target, due
     /// `now`. An event whose idempotency key is known writes nothing and reports the first id.
-    async fn ingest(&self, events: Vec<NewEvent>, now: Millis)
-    -> Result<Vec<Ingested>, StoreError>;
+    async fn ingest(&self, events: Vec<NewEvent>, now: Millis) -> Result<Vec<Ingested>, StoreError>;
 
     /// Claims up to `limit` due deliveries of `target` for `owner` until `lease_until`:
     /// pending ones whose time has come, and in-flight ones whose lease has expired. Each
@@ -158,16 +155,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes attempt outcomes. A delivery changes only while `owner` still holds its lease
     /// for that attempt.
-    async fn settle(&self, owner: &str, batch: Vec<Settlement>)
-    -> Result<SettleReport, StoreError>;
+    async fn settle(&self, owner: &str, batch: Vec<Settlement>) -> Result<SettleReport, StoreError>;
 
     /// Extends the leases `owner` holds on these deliveries (for attempts that run long).
-    async fn extend_leases(
-        &self,
-        owner: &str,
-        deliveries: Vec<i64>,
-        lease_until: Millis,
-    ) -> Result<usize, StoreError>;
+    async fn extend_leases(&self, owner: &str, deliveries: Vec<i64>, lease_until: Millis) -> Result<usize, StoreError>;
 
     /// Returns every delivery `owner` holds to `pending`, due `now` (graceful shutdown).
     async fn release(&self, owner: &str, now: Millis) -> Result<usize, StoreError>;

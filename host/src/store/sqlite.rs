@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AttemptRecord, Claimed, DeliveryDetail, EventDetail, Ingested, NewEvent, SettleReport,
-    Settlement, StatusCounts, Store, StoreError, StoredEvent,
+    AttemptRecord, Claimed, DeliveryDetail, EventDetail, Ingested, NewEvent, SettleReport, Settlement, StatusCounts,
+    Store, StoreError, StoredEvent,
 };
 use crate::domain::{AttemptOutcome, DeliveryStatus, EventId, Millis, TargetName};
 
@@ -198,8 +198,7 @@ fn parse<T: std::str::FromStr>(s: String) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
 {
-    s.parse()
-        .map_err(|e: T::Err| StoreError::Corrupt(e.to_string()))
+    s.parse().map_err(|e: T::Err| StoreError::Corrupt(e.to_string()))
 }
 
 fn load_event(conn: &Connection, id: &str) -> Result<Option<StoredEvent>, StoreError> {
@@ -216,19 +215,16 @@ fn load_event(conn: &Connection, id: &str) -> Result<Option<StoredEvent>, StoreE
             ))
         })
         .optional()?;
-    row.map(
-        |(id, event_type, payload, headers, idempotency_key, created_at)| {
-            Ok(StoredEvent {
-                id: parse(id)?,
-                event_type,
-                payload,
-                headers: serde_json::from_str(&headers)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                idempotency_key,
-                created_at,
-            })
-        },
-    )
+    row.map(|(id, event_type, payload, headers, idempotency_key, created_at)| {
+        Ok(StoredEvent {
+            id: parse(id)?,
+            event_type,
+            payload,
+            headers: serde_json::from_str(&headers).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            idempotency_key,
+            created_at,
+        })
+    })
     .transpose()
 }
 
@@ -254,11 +250,7 @@ fn abandon_running(
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn ingest(
-        &self,
-        events: Vec<NewEvent>,
-        now: Millis,
-    ) -> Result<Vec<Ingested>, StoreError> {
+    async fn ingest(&self, events: Vec<NewEvent>, now: Millis) -> Result<Vec<Ingested>, StoreError> {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut out = Vec::with_capacity(events.len());
@@ -354,8 +346,9 @@ impl Store for SqliteStore {
                 ))?;
                 for (delivery_id, event_id, attempt) in claimed {
                     open_attempt.execute(params![delivery_id, attempt, now])?;
-                    let event = load_event(&tx, &event_id)?
-                        .ok_or_else(|| StoreError::Corrupt(format!("delivery {delivery_id} has no event {event_id}")))?;
+                    let event = load_event(&tx, &event_id)?.ok_or_else(|| {
+                        StoreError::Corrupt(format!("delivery {delivery_id} has no event {event_id}"))
+                    })?;
                     out.push(Claimed {
                         delivery_id,
                         target: target.clone(),
@@ -371,11 +364,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn settle(
-        &self,
-        owner: &str,
-        batch: Vec<Settlement>,
-    ) -> Result<SettleReport, StoreError> {
+    async fn settle(&self, owner: &str, batch: Vec<Settlement>) -> Result<SettleReport, StoreError> {
         let owner = owner.to_owned();
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -424,12 +413,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn extend_leases(
-        &self,
-        owner: &str,
-        deliveries: Vec<i64>,
-        lease_until: Millis,
-    ) -> Result<usize, StoreError> {
+    async fn extend_leases(&self, owner: &str, deliveries: Vec<i64>, lease_until: Millis) -> Result<usize, StoreError> {
         let owner = owner.to_owned();
         self.write(move |conn| {
             let tx = conn.transaction()?;
@@ -543,16 +527,7 @@ impl Store for SqliteStore {
                  FROM attempts WHERE delivery_id = ?1 ORDER BY n",
             )?;
             let mut deliveries = Vec::with_capacity(rows.len());
-            for (
-                delivery_id,
-                target,
-                status,
-                attempts,
-                last_error,
-                next_attempt_at,
-                delivered_at,
-            ) in rows
-            {
+            for (delivery_id, target, status, attempts, last_error, next_attempt_at, delivered_at) in rows {
                 let status: DeliveryStatus = parse(status)?;
                 let history = history_stmt
                     .query_map([delivery_id], |r| {
@@ -596,9 +571,7 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let mut counts = StatusCounts::new();
             let rows: Vec<(String, String, u64)> = conn
-                .prepare_cached(
-                    "SELECT target, status, COUNT(*) FROM deliveries GROUP BY target, status",
-                )?
+                .prepare_cached("SELECT target, status, COUNT(*) FROM deliveries GROUP BY target, status")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<_, _>>()?;
             for (target, status, n) in rows {
@@ -636,12 +609,7 @@ mod tests {
         (dir, s)
     }
 
-    fn settlement(
-        c: &Claimed,
-        status: DeliveryStatus,
-        outcome: AttemptOutcome,
-        at: Millis,
-    ) -> Settlement {
+    fn settlement(c: &Claimed, status: DeliveryStatus, outcome: AttemptOutcome, at: Millis) -> Settlement {
         Settlement {
             delivery_id: c.delivery_id,
             attempt: c.attempt,
@@ -676,16 +644,8 @@ mod tests {
         );
         let detail = s.event(first[0].id).await.unwrap().unwrap();
         assert_eq!(detail.deliveries.len(), 2);
-        assert!(
-            detail
-                .deliveries
-                .iter()
-                .all(|d| d.status == DeliveryStatus::Pending)
-        );
-        assert_eq!(
-            detail.event.headers,
-            vec![("x-source".to_string(), "test".to_string())]
-        );
+        assert!(detail.deliveries.iter().all(|d| d.status == DeliveryStatus::Pending));
+        assert_eq!(detail.event.headers, vec![("x-source".to_string(), "test".to_string())]);
         let counts = s.status_counts().await.unwrap();
         assert_eq!(counts["crm"][&DeliveryStatus::Pending], 1);
     }
@@ -697,12 +657,7 @@ mod tests {
         let a = s.claim(&t("crm"), 10, "a", 100, 1_000).await.unwrap();
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].attempt, 1);
-        assert!(
-            s.claim(&t("crm"), 10, "b", 500, 2_000)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(s.claim(&t("crm"), 10, "b", 500, 2_000).await.unwrap().is_empty());
         // After expiry another worker takes it over; the first attempt is abandoned.
         let b = s.claim(&t("crm"), 10, "b", 1_000, 2_000).await.unwrap();
         assert_eq!(b.len(), 1);
@@ -740,10 +695,7 @@ mod tests {
         assert_eq!(d.status, DeliveryStatus::Delivered);
         assert_eq!(d.delivered_at, Some(1_200));
         let outcomes: Vec<_> = d.history.iter().map(|h| h.outcome).collect();
-        assert_eq!(
-            outcomes,
-            [AttemptOutcome::Permanent, AttemptOutcome::Delivered]
-        );
+        assert_eq!(outcomes, [AttemptOutcome::Permanent, AttemptOutcome::Delivered]);
     }
 
     #[tokio::test]
@@ -752,26 +704,10 @@ mod tests {
         s.ingest((0..5).map(|_| event(None, &["crm"])).collect(), 100)
             .await
             .unwrap();
-        assert!(
-            s.claim(&t("crm"), 10, "a", 99, 1_000)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(
-            s.claim(&t("crm"), 3, "a", 100, 1_000).await.unwrap().len(),
-            3
-        );
-        assert_eq!(
-            s.claim(&t("crm"), 3, "a", 100, 1_000).await.unwrap().len(),
-            2
-        );
-        assert!(
-            s.claim(&t("billing"), 3, "a", 100, 1_000)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(s.claim(&t("crm"), 10, "a", 99, 1_000).await.unwrap().is_empty());
+        assert_eq!(s.claim(&t("crm"), 3, "a", 100, 1_000).await.unwrap().len(), 3);
+        assert_eq!(s.claim(&t("crm"), 3, "a", 100, 1_000).await.unwrap().len(), 2);
+        assert!(s.claim(&t("billing"), 3, "a", 100, 1_000).await.unwrap().is_empty());
     }
 
     #[tokio::test]
