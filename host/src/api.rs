@@ -215,67 +215,85 @@ async fn get_event(State(state): State<Arc<AppState>>, Path(id): Path<String>) -
 }
 
 #[derive(Serialize)]
+struct ReloadErrorOut {
+    file: String,
+    message: String,
+    at: String,
+}
+
+#[derive(Serialize, Default)]
 struct TargetOut {
     name: String,
-    /// Whether a plugin is loaded for it; `false` for a name that only has deliveries.
+    /// Whether a plugin is loaded for it; `false` for a target that only has deliveries
+    /// (its files were removed) or whose files have never loaded.
     loaded: bool,
     plugin: Option<String>,
+    /// Content hash (SHA-256) of the plugin version serving now.
     hash: Option<String>,
     loaded_at: Option<String>,
+    /// Whether the serving version was compiled or came from the compile cache.
+    compiled_from: Option<&'static str>,
     events: Vec<String>,
     timeout_ms: Option<u64>,
     concurrency: Option<u32>,
     allowed_hosts: Vec<String>,
+    /// Deliveries per status.
     counts: BTreeMap<&'static str, u64>,
+    /// Attempts run by each plugin version (content hash), over the store's lifetime.
+    versions: BTreeMap<String, u64>,
+    /// Why the target's files could not be loaded at the last reload; the previous version,
+    /// if any, keeps serving meanwhile. `null` once a good file is in place.
+    last_reload_error: Option<ReloadErrorOut>,
 }
 
 async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Json<Vec<TargetOut>>, ApiError> {
     let snapshot = state.registry.snapshot();
     let mut counts = state.store.status_counts().await?;
-    let zeroed = || {
-        DeliveryStatus::ALL
+    let mut versions = state.store.version_attempts().await?;
+    let mut names: std::collections::BTreeSet<String> = snapshot.targets.keys().map(|n| n.to_string()).collect();
+    names.extend(counts.keys().cloned());
+    names.extend(
+        snapshot
+            .errors
             .iter()
-            .map(|s| (s.as_str(), 0))
-            .collect::<BTreeMap<_, _>>()
-    };
-    let with_counts = |name: &str, counts: &mut crate::store::StatusCounts| {
-        let mut c = zeroed();
-        for (status, n) in counts.remove(name).unwrap_or_default() {
-            c.insert(status.as_str(), n);
-        }
-        c
-    };
-    let mut out: Vec<TargetOut> = snapshot
-        .targets
-        .values()
-        .map(|t| TargetOut {
-            name: t.spec.name.to_string(),
-            loaded: true,
-            plugin: t.spec.plugin_path.file_name().map(|f| f.to_string_lossy().into_owned()),
-            hash: Some(t.plugin.hash().to_owned()),
-            loaded_at: Some(format_ms(t.loaded_at)),
-            events: t.spec.events.iter().map(|p| p.to_string()).collect(),
-            timeout_ms: Some(t.spec.timeout.as_millis() as u64),
-            concurrency: Some(t.spec.concurrency),
-            allowed_hosts: t.spec.allowed_hosts.clone(),
-            counts: with_counts(t.spec.name.as_str(), &mut counts),
+            .filter_map(|e| e.target.as_ref().map(|t| t.to_string())),
+    );
+    let out = names
+        .into_iter()
+        .map(|name| {
+            let mut t = TargetOut {
+                counts: DeliveryStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect(),
+                ..TargetOut::default()
+            };
+            for (status, n) in counts.remove(&name).unwrap_or_default() {
+                t.counts.insert(status.as_str(), n);
+            }
+            t.versions = versions.remove(&name).unwrap_or_default();
+            t.last_reload_error = snapshot
+                .errors
+                .iter()
+                .rfind(|e| e.target.as_ref().is_some_and(|n| n.as_str() == name))
+                .map(|e| ReloadErrorOut {
+                    file: e.file.display().to_string(),
+                    message: e.message.clone(),
+                    at: format_ms(e.at),
+                });
+            if let Some(live) = name.parse().ok().and_then(|n| snapshot.targets.get(&n)) {
+                let spec = &live.spec;
+                t.loaded = true;
+                t.plugin = spec.plugin_path.file_name().map(|f| f.to_string_lossy().into_owned());
+                t.hash = Some(live.plugin.hash().to_owned());
+                t.loaded_at = Some(format_ms(live.loaded_at));
+                t.compiled_from = Some(if live.plugin.from_cache() { "cache" } else { "compile" });
+                t.events = spec.events.iter().map(|p| p.to_string()).collect();
+                t.timeout_ms = Some(spec.timeout.as_millis() as u64);
+                t.concurrency = Some(spec.concurrency);
+                t.allowed_hosts = spec.allowed_hosts.clone();
+            }
+            t.name = name;
+            t
         })
         .collect();
-    let leftover: Vec<String> = counts.keys().cloned().collect();
-    for name in leftover {
-        out.push(TargetOut {
-            counts: with_counts(&name, &mut counts),
-            name,
-            loaded: false,
-            plugin: None,
-            hash: None,
-            loaded_at: None,
-            events: Vec::new(),
-            timeout_ms: None,
-            concurrency: None,
-            allowed_hosts: Vec::new(),
-        });
-    }
     Ok(Json(out))
 }
 

@@ -249,7 +249,7 @@ pub async fn status(config: &ServiceConfig, event_id: Option<String>) -> Result<
 async fn compile_file(path: &Path) -> Result<Plugin, CliError> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| CliError::Input(format!("cannot read {shown}: {e}")))?;
-    tokio::task::spawn_blocking(move || Runtime::new().and_then(|rt| rt.compile(&bytes)))
+    tokio::task::spawn_blocking(move || Runtime::new(None).and_then(|rt| rt.compile(&bytes)))
         .await
         .map_err(|e| CliError::Input(format!("compiler task failed: {e}")))?
         .map_err(|source| CliError::Plugin { path: shown, source })

@@ -72,6 +72,9 @@ struct ServiceFile {
     shutdown_grace_ms: Option<u64>,
     poll_interval_ms: Option<u64>,
     lease_margin_ms: Option<u64>,
+    cache_dir: Option<PathBuf>,
+    watch_plugins: Option<bool>,
+    reload_debounce_ms: Option<u64>,
 }
 
 /// The service configuration, with defaults applied and paths resolved.
@@ -93,6 +96,12 @@ pub struct ServiceConfig {
     pub poll_interval: Duration,
     /// How much longer than a target's timeout a claim's lease lasts. Default 30 s.
     pub lease_margin: Duration,
+    /// Where compiled plugins are cached across restarts. Default `outboxd-cache`.
+    pub cache_dir: PathBuf,
+    /// Whether to reload when files in `plugins_dir` change. Default true.
+    pub watch_plugins: bool,
+    /// How long the plugins directory must be quiet before a reload. Default 200 ms.
+    pub reload_debounce: Duration,
 }
 
 impl ServiceConfig {
@@ -111,6 +120,9 @@ impl ServiceConfig {
             shutdown_grace: Duration::from_millis(f.shutdown_grace_ms.unwrap_or(10_000)),
             poll_interval: Duration::from_millis(f.poll_interval_ms.unwrap_or(250).max(1)),
             lease_margin: Duration::from_millis(f.lease_margin_ms.unwrap_or(30_000)),
+            cache_dir: base.join(f.cache_dir.unwrap_or_else(|| "outboxd-cache".into())),
+            watch_plugins: f.watch_plugins.unwrap_or(true),
+            reload_debounce: Duration::from_millis(f.reload_debounce_ms.unwrap_or(200)),
         }
     }
 

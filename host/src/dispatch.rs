@@ -105,6 +105,20 @@ async fn supervise(shared: &Arc<Shared>, stop: &CancellationToken) {
     let mut lanes: HashMap<TargetName, (Arc<Target>, CancellationToken, JoinHandle<()>)> = HashMap::new();
     loop {
         let snapshot = changes.borrow_and_update().clone();
+        // Deliveries of removed targets wait as `paused`; those of targets that are back resume.
+        match shared
+            .store
+            .sync_paused(snapshot.targets.keys().cloned().collect())
+            .await
+        {
+            Ok((0, 0)) => {}
+            Ok((paused, resumed)) => tracing::info!(
+                paused,
+                resumed,
+                "paused deliveries of removed targets, resumed those of present ones"
+            ),
+            Err(e) => tracing::error!(error = %e, "could not pause or resume deliveries"),
+        }
         lanes.retain(|name, (target, token, _)| {
             let keep = snapshot.targets.get(name).is_some_and(|t| Arc::ptr_eq(t, target));
             if !keep {
@@ -208,13 +222,9 @@ async fn idle(
 async fn attempt(shared: &Shared, delivery: Claimed, lane_target: Arc<Target>) {
     // The newest version of the target runs the attempt; the lane's is the fallback when the
     // target has just been removed.
-    let target = shared
-        .registry
-        .snapshot()
-        .targets
-        .get(&delivery.target)
-        .cloned()
-        .unwrap_or(lane_target);
+    let current = shared.registry.snapshot().targets.get(&delivery.target).cloned();
+    let removed = current.is_none();
+    let target = current.unwrap_or(lane_target);
     let event = &delivery.event;
     let input = EventInput {
         id: event.id.to_string(),
@@ -230,15 +240,21 @@ async fn attempt(shared: &Shared, delivery: Claimed, lane_target: Arc<Target>) {
         _ = shared.abort.cancelled() => return, // released at shutdown
     };
     let now = now_ms();
-    let decision = policy::decide(
+    let mut decision = policy::decide(
         &target.spec.retry,
         delivery.attempt,
         &report.outcome,
         now,
         &mut rand::rng(),
     );
+    // A target removed while this attempt ran gets no further attempts until it is back.
+    let still_removed = removed && !shared.registry.snapshot().targets.contains_key(&delivery.target);
+    if still_removed && decision.status == DeliveryStatus::Pending {
+        decision.status = DeliveryStatus::Paused;
+    }
     log_outcome(&delivery, &report.outcome, decision.status, report.duration);
     let settlement = Settlement {
+        target: delivery.target.clone(),
         delivery_id: delivery.delivery_id,
         attempt: delivery.attempt,
         status: decision.status,

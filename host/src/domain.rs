@@ -225,6 +225,9 @@ string_enum! {
         Delivered => "delivered",
         /// Permanently failed or out of attempts. Final until replayed.
         Dead => "dead",
+        /// Its target is not loaded (its plugin was removed): kept, not attempted, and
+        /// pending again as soon as the target is back.
+        Paused => "paused",
     }
 }
 

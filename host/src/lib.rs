@@ -10,6 +10,7 @@ pub mod domain;
 pub mod ingest;
 pub mod plugin;
 pub mod policy;
+pub mod reload;
 pub mod routing;
 pub mod store;
 pub mod targets;
@@ -47,6 +48,8 @@ pub enum ServeError {
     },
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    #[error(transparent)]
+    Watch(#[from] reload::WatchError),
 }
 
 /// Runs the service until `shutdown` resolves, then stops gracefully: the API stops
@@ -72,7 +75,8 @@ pub async fn serve(
 
     // Start-up is a reload from an empty registry. At start-up every file must load: a
     // target that silently failed to load would silently receive nothing.
-    let registry = Arc::new(Registry::new(Runtime::new()?, config.plugins_dir.clone()));
+    let runtime = Runtime::new(Some(config.cache_dir.clone()))?;
+    let registry = Arc::new(Registry::new(runtime, config.plugins_dir.clone()));
     let snapshot = registry.reload().await;
     if !snapshot.errors.is_empty() {
         return Err(ServeError::Targets {
@@ -109,12 +113,21 @@ pub async fn serve(
     ));
     let app = api::router(Arc::new(api::AppState {
         store,
-        registry,
+        registry: Arc::clone(&registry),
         wake,
         max_payload_bytes: config.max_payload_bytes,
         max_request_bytes: config.max_request_bytes,
     }));
 
+    let reloader = if config.watch_plugins {
+        Some(reload::spawn(
+            Arc::clone(&registry),
+            config.reload_debounce,
+            stop.clone(),
+        )?)
+    } else {
+        None
+    };
     let trigger = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -127,6 +140,9 @@ pub async fn serve(
         .with_graceful_shutdown(stop.clone().cancelled_owned())
         .await;
     stop.cancel();
+    if let Some(reloader) = reloader {
+        let _ = reloader.await;
+    }
     if let Err(e) = dispatcher.await {
         tracing::error!(error = %e, "dispatcher task failed");
     }

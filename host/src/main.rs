@@ -21,13 +21,15 @@ fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<u8> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("OUTBOXD_LOG").unwrap_or_else(|_| {
-                // `plugin` commands print the plugin's logs themselves.
-                let level = if matches!(cli.command, Command::Plugin(_)) { "warn" } else { "info" };
-                EnvFilter::new(format!("{level},wasmtime=warn,cranelift_codegen=warn"))
-            }),
-        )
+        .with_env_filter(EnvFilter::try_from_env("OUTBOXD_LOG").unwrap_or_else(|_| {
+            // `plugin` commands print the plugin's logs themselves.
+            let level = if matches!(cli.command, Command::Plugin(_)) {
+                "warn"
+            } else {
+                "info"
+            };
+            EnvFilter::new(format!("{level},wasmtime=warn,cranelift_codegen=warn"))
+        }))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

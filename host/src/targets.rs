@@ -26,6 +26,8 @@ pub struct Target {
 /// A file that could not be loaded at the last reload, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadError {
+    /// The target the file belongs to, when that can be told.
+    pub target: Option<TargetName>,
     pub file: PathBuf,
     pub message: String,
     pub at: Millis,
@@ -84,7 +86,7 @@ impl Registry {
             Ok(scan) => scan,
             Err(e) => {
                 tracing::error!(error = %e, "cannot scan the plugins directory");
-                errors.push(load_error(&e, now));
+                errors.push(load_error(&e, None, now));
                 return self.publish(Snapshot {
                     targets: previous.targets.clone(),
                     routes: previous.routes.clone(),
@@ -115,7 +117,8 @@ impl Registry {
                                 target = %spec.name,
                                 plugin = %spec.plugin_path.display(),
                                 hash = &plugin.hash()[..12],
-                                compile_ms = plugin.compile_time().as_millis() as u64,
+                                source = if plugin.from_cache() { "cache" } else { "compiled" },
+                                load_ms = plugin.compile_time().as_millis() as u64,
                                 "target loaded"
                             );
                             Arc::new(Target {
@@ -131,6 +134,7 @@ impl Registry {
                 Err(message) => {
                     tracing::error!(target = %spec.name, file = %spec.plugin_path.display(), %message, "plugin not loaded");
                     errors.push(LoadError {
+                        target: Some(spec.name.clone()),
                         file: spec.plugin_path.clone(),
                         message,
                         at: now,
@@ -144,16 +148,20 @@ impl Registry {
         for e in scan.errors {
             tracing::error!(error = %e, "target manifest not loaded");
             // A broken manifest keeps its target's previous version serving.
-            if let Some(name) = e
+            let name = e
                 .path()
                 .file_stem()
                 .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<TargetName>().ok())
-                && let Some(old) = previous.targets.get(&name)
+                .and_then(|s| s.parse::<TargetName>().ok());
+            if let Some(name) = &name
+                && let Some(old) = previous.targets.get(name)
             {
-                targets.entry(name).or_insert_with(|| Arc::clone(old));
+                targets.entry(name.clone()).or_insert_with(|| Arc::clone(old));
             }
-            errors.push(load_error(&e, now));
+            errors.push(load_error(&e, name, now));
+        }
+        for name in previous.targets.keys().filter(|n| !targets.contains_key(*n)) {
+            tracing::info!(target = %name, "target removed; its pending deliveries are paused");
         }
         let routes = Routes::new(targets.values().map(|t| (t.spec.name.clone(), t.spec.events.clone())));
         self.publish(Snapshot {
@@ -194,8 +202,9 @@ impl Registry {
     }
 }
 
-fn load_error(e: &ConfigError, at: Millis) -> LoadError {
+fn load_error(e: &ConfigError, target: Option<TargetName>, at: Millis) -> LoadError {
     LoadError {
+        target,
         file: e.path().to_owned(),
         message: e.to_string(),
         at,

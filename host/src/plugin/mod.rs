@@ -5,9 +5,11 @@
 //! through the host imports in [`host`]. A trap, deadline overrun or memory-cap hit becomes a
 //! retryable [`Outcome`]; it never takes the host down.
 
+mod cache;
 mod host;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,12 +63,14 @@ struct RuntimeInner {
     engine: Engine,
     linker: Linker<HostState>,
     http: reqwest::Client,
+    cache: Option<cache::CompileCache>,
 }
 
 impl Runtime {
     /// Sets up the engine and starts its epoch ticker (a plain thread, outside tokio, that
-    /// ends when the engine is dropped).
-    pub fn new() -> Result<Self, PluginError> {
+    /// ends when the engine is dropped). With `cache_dir`, compiled plugins are kept there
+    /// and reused across restarts.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -98,8 +102,14 @@ impl Runtime {
             })
             .map_err(|e| PluginError::Engine(format!("epoch ticker: {e}")))?;
 
+        let cache = cache_dir.map(|dir| cache::CompileCache::new(dir, &engine));
         Ok(Self {
-            inner: Arc::new(RuntimeInner { engine, linker, http }),
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                http,
+                cache,
+            }),
         })
     }
 
@@ -112,8 +122,16 @@ impl Runtime {
             _ => return Err(PluginError::NotWasm),
         }
         let started = Instant::now();
-        let component =
-            Component::new(&self.inner.engine, bytes).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+        let hash = content_hash(bytes);
+        let cache = self.inner.cache.as_ref();
+        let (component, from_cache) = match cache.and_then(|c| c.load(&self.inner.engine, &hash)) {
+            Some(component) => (component, true),
+            None => {
+                let component =
+                    Component::new(&self.inner.engine, bytes).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+                (component, false)
+            }
+        };
         let info = self.describe(&component);
         let wrong_world = |e: wasmtime::Error| {
             let exports = if info.exports.is_empty() {
@@ -125,12 +143,17 @@ impl Runtime {
         };
         let pre = self.inner.linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = bindings::TargetPre::new(pre).map_err(wrong_world)?;
+        // Only a component that passed validation is worth caching.
+        if let (Some(cache), false) = (cache, from_cache) {
+            cache.store(&hash, &component);
+        }
         Ok(Plugin {
             runtime: self.clone(),
             pre,
-            hash: content_hash(bytes),
+            hash,
             size: bytes.len(),
             compile_time: started.elapsed(),
+            from_cache,
             info,
         })
     }
@@ -214,6 +237,7 @@ pub struct Plugin {
     hash: String,
     size: usize,
     compile_time: Duration,
+    from_cache: bool,
     info: PluginInfo,
 }
 
@@ -240,6 +264,11 @@ impl Plugin {
     /// How long compiling and validating took.
     pub fn compile_time(&self) -> Duration {
         self.compile_time
+    }
+
+    /// Whether the compiled code came from the on-disk cache rather than a compile.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
     }
 
     /// The world, WIT version, imports and exports of the component.

@@ -80,6 +80,7 @@ pub struct Claimed {
 /// The result of one attempt, to be written if the lease is still ours.
 #[derive(Debug, Clone)]
 pub struct Settlement {
+    pub target: TargetName,
     pub delivery_id: i64,
     /// The attempt number the lease was taken for.
     pub attempt: u32,
@@ -134,6 +135,9 @@ pub struct EventDetail {
 /// Deliveries per status, per target name.
 pub type StatusCounts = BTreeMap<String, BTreeMap<DeliveryStatus, u64>>;
 
+/// Attempts per plugin content hash, per target name.
+pub type VersionAttempts = BTreeMap<String, BTreeMap<String, u64>>;
+
 /// The outbox's persistence. Implementations must make every method atomic.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -166,6 +170,13 @@ pub trait Store: Send + Sync + 'static {
     /// Returns every in-flight delivery to `pending`. Only for a store that a single host owns
     /// exclusively, at start-up: whatever is in flight was left by a crashed predecessor.
     async fn recover_orphans(&self, now: Millis) -> Result<usize, StoreError>;
+
+    /// Pauses the pending deliveries of every target not in `live`, and resumes the paused
+    /// ones of every target in it. Returns (paused, resumed).
+    async fn sync_paused(&self, live: Vec<TargetName>) -> Result<(usize, usize), StoreError>;
+
+    /// How many attempts each plugin version of each target has run.
+    async fn version_attempts(&self) -> Result<VersionAttempts, StoreError>;
 
     /// The earliest `next_attempt_at` among `target`'s pending deliveries.
     async fn next_due(&self, target: &TargetName) -> Result<Option<Millis>, StoreError>;

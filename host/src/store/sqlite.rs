@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     AttemptRecord, Claimed, DeliveryDetail, EventDetail, Ingested, NewEvent, SettleReport, Settlement, StatusCounts,
-    Store, StoreError, StoredEvent,
+    Store, StoreError, StoredEvent, VersionAttempts,
 };
 use crate::domain::{AttemptOutcome, DeliveryStatus, EventId, Millis, TargetName};
 
@@ -40,7 +40,7 @@ CREATE TABLE deliveries (
     id               INTEGER PRIMARY KEY,
     event_id         TEXT NOT NULL REFERENCES events(id),
     target           TEXT NOT NULL,
-    status           TEXT NOT NULL CHECK (status IN ('pending', 'in_flight', 'delivered', 'dead')),
+    status           TEXT NOT NULL CHECK (status IN ('pending', 'in_flight', 'delivered', 'dead', 'paused')),
     attempts         INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  INTEGER NOT NULL,
     lease_owner      TEXT,
@@ -61,6 +61,14 @@ CREATE TABLE attempts (
     error       TEXT,
     plugin_hash TEXT,
     PRIMARY KEY (delivery_id, n)
+) STRICT;
+
+-- Attempts per plugin version of each target, kept up by settle.
+CREATE TABLE version_attempts (
+    target      TEXT NOT NULL,
+    plugin_hash TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    PRIMARY KEY (target, plugin_hash)
 ) STRICT;
 "#];
 
@@ -383,6 +391,10 @@ impl Store for SqliteStore {
                     "UPDATE attempts SET outcome = ?1, error = ?2, duration_ms = ?3, plugin_hash = ?4
                      WHERE delivery_id = ?5 AND n = ?6",
                 )?;
+                let mut count_version = tx.prepare_cached(
+                    "INSERT INTO version_attempts (target, plugin_hash, attempts) VALUES (?1, ?2, 1)
+                     ON CONFLICT (target, plugin_hash) DO UPDATE SET attempts = attempts + 1",
+                )?;
                 for s in batch {
                     let changed = update.execute(params![
                         s.status.as_str(),
@@ -405,6 +417,9 @@ impl Store for SqliteStore {
                         s.delivery_id,
                         s.attempt,
                     ])?;
+                    if let Some(hash) = &s.plugin_hash {
+                        count_version.execute(params![s.target.as_str(), hash])?;
+                    }
                 }
             }
             tx.commit()?;
@@ -481,6 +496,58 @@ impl Store for SqliteStore {
             )?;
             tx.commit()?;
             Ok(n)
+        })
+        .await
+    }
+
+    async fn sync_paused(&self, live: Vec<TargetName>) -> Result<(usize, usize), StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS live_targets (name TEXT PRIMARY KEY)",
+                [],
+            )?;
+            tx.execute("DELETE FROM live_targets", [])?;
+            {
+                let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO live_targets (name) VALUES (?1)")?;
+                for name in &live {
+                    insert.execute([name.as_str()])?;
+                }
+            }
+            let pending = DeliveryStatus::Pending.as_str();
+            let paused = DeliveryStatus::Paused.as_str();
+            let n_paused = tx.execute(
+                &format!(
+                    "UPDATE deliveries SET status = '{paused}'
+                     WHERE status = '{pending}' AND target NOT IN (SELECT name FROM live_targets)"
+                ),
+                [],
+            )?;
+            let n_resumed = tx.execute(
+                &format!(
+                    "UPDATE deliveries SET status = '{pending}'
+                     WHERE status = '{paused}' AND target IN (SELECT name FROM live_targets)"
+                ),
+                [],
+            )?;
+            tx.execute("DELETE FROM live_targets", [])?;
+            tx.commit()?;
+            Ok((n_paused, n_resumed))
+        })
+        .await
+    }
+
+    async fn version_attempts(&self) -> Result<VersionAttempts, StoreError> {
+        self.read(|conn| {
+            let mut out = VersionAttempts::new();
+            let rows: Vec<(String, String, u64)> = conn
+                .prepare_cached("SELECT target, plugin_hash, attempts FROM version_attempts")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            for (target, hash, n) in rows {
+                out.entry(target).or_default().insert(hash, n);
+            }
+            Ok(out)
         })
         .await
     }
@@ -611,6 +678,7 @@ mod tests {
 
     fn settlement(c: &Claimed, status: DeliveryStatus, outcome: AttemptOutcome, at: Millis) -> Settlement {
         Settlement {
+            target: c.target.clone(),
             delivery_id: c.delivery_id,
             attempt: c.attempt,
             status,
