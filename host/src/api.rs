@@ -13,20 +13,23 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use crate::domain::{DeliveryStatus, EventId, format_ms, now_ms};
+use crate::breaker::Breakers;
+use crate::domain::{DeliveryStatus, EventId, InvalidValue, TargetName, format_ms, now_ms, parse_time};
 use crate::ingest::{self, Batch, IngestError};
-use crate::store::{EventDetail, Ingested, Store, StoreError};
+use crate::store::{EventDetail, FailedFilter, Ingested, Store, StoreError};
 use crate::targets::Registry;
 
 /// What the handlers share.
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
+    /// Circuit breakers, for `GET /v1/targets`.
+    pub breakers: Arc<Breakers>,
     /// Notified after every ingest, to wake idle dispatcher lanes.
     pub wake: Arc<Notify>,
     pub max_payload_bytes: usize,
@@ -40,6 +43,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events", post(post_events))
         .route("/v1/events/{id}", get(get_event))
         .route("/v1/targets", get(get_targets))
+        .route("/v1/targets/{name}/pause", post(pause_target))
+        .route("/v1/targets/{name}/resume", post(resume_target))
+        .route("/v1/deliveries/failed", get(list_failed))
+        .route("/v1/deliveries/replay", post(replay))
         .route("/healthz", get(healthz))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(limit))
@@ -221,6 +228,12 @@ struct ReloadErrorOut {
     at: String,
 }
 
+#[derive(Serialize)]
+struct BreakerOut {
+    state: &'static str,
+    consecutive_failures: u32,
+}
+
 #[derive(Serialize, Default)]
 struct TargetOut {
     name: String,
@@ -237,6 +250,13 @@ struct TargetOut {
     timeout_ms: Option<u64>,
     concurrency: Option<u32>,
     allowed_hosts: Vec<String>,
+    class: Option<&'static str>,
+    ordered: Option<bool>,
+    rate_per_sec: Option<f64>,
+    /// Paused by hand (`POST /v1/targets/{name}/pause`): its lane claims nothing.
+    paused: bool,
+    /// The circuit breaker: `closed`, `open` or `half_open`, with the consecutive failures.
+    breaker: Option<BreakerOut>,
     /// Deliveries per status.
     counts: BTreeMap<&'static str, u64>,
     /// Attempts run by each plugin version (content hash), over the store's lifetime.
@@ -250,6 +270,7 @@ async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Targ
     let snapshot = state.registry.snapshot();
     let mut counts = state.store.status_counts().await?;
     let mut versions = state.store.version_attempts().await?;
+    let paused = state.store.paused_targets().await?;
     let mut names: std::collections::BTreeSet<String> = snapshot.targets.keys().map(|n| n.to_string()).collect();
     names.extend(counts.keys().cloned());
     names.extend(
@@ -269,6 +290,14 @@ async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Targ
                 t.counts.insert(status.as_str(), n);
             }
             t.versions = versions.remove(&name).unwrap_or_default();
+            t.paused = paused.contains(&name);
+            t.breaker = state
+                .breakers
+                .status(&name)
+                .map(|(state, consecutive_failures)| BreakerOut {
+                    state,
+                    consecutive_failures,
+                });
             t.last_reload_error = snapshot
                 .errors
                 .iter()
@@ -289,12 +318,166 @@ async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Targ
                 t.timeout_ms = Some(spec.timeout.as_millis() as u64);
                 t.concurrency = Some(spec.concurrency);
                 t.allowed_hosts = spec.allowed_hosts.clone();
+                t.class = Some(spec.class.as_str());
+                t.ordered = Some(spec.ordered);
+                t.rate_per_sec = spec.rate_per_sec;
             }
             t.name = name;
             t
         })
         .collect();
     Ok(Json(out))
+}
+
+async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Json<serde_json::Value>, ApiError> {
+    let target: TargetName = name.parse().map_err(|e: InvalidValue| ApiError::BadRequest(e.0))?;
+    let changed = state.store.set_target_paused(&target, paused, now_ms()).await?;
+    if !paused {
+        state.wake.notify_waiters();
+    }
+    Ok(Json(
+        serde_json::json!({ "target": target, "paused": paused, "changed": changed }),
+    ))
+}
+
+async fn pause_target(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    set_paused(&state, &name, true).await
+}
+
+async fn resume_target(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    set_paused(&state, &name, false).await
+}
+
+/// A failed-delivery filter as the API takes it (query string or JSON body).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterIn {
+    /// `dead` or `discarded`; both when absent.
+    pub status: Option<String>,
+    pub target: Option<String>,
+    /// Event-type glob.
+    pub event_type: Option<String>,
+    /// RFC 3339 or epoch milliseconds: failed at or after.
+    pub since: Option<String>,
+    /// RFC 3339 or epoch milliseconds: failed before.
+    pub until: Option<String>,
+    /// Text the last error contains (case-insensitive).
+    pub error: Option<String>,
+    #[serde(default)]
+    pub delivery_ids: Vec<i64>,
+    /// Only deliveries with an id above this (paging).
+    pub after: Option<i64>,
+    /// At most this many: a page of the listing (default 100, at most 1000), or a cap on
+    /// the replay (default: all that match).
+    pub limit: Option<usize>,
+}
+
+impl FilterIn {
+    /// Validates into a store filter.
+    pub fn into_filter(self) -> Result<FailedFilter, InvalidValue> {
+        let statuses = match self.status.as_deref() {
+            None => Vec::new(),
+            Some(s) => {
+                let status: DeliveryStatus = s.parse()?;
+                if !matches!(status, DeliveryStatus::Dead | DeliveryStatus::Discarded) {
+                    return Err(InvalidValue(format!(
+                        "`status` must be `dead` or `discarded`, not `{s}`"
+                    )));
+                }
+                vec![status]
+            }
+        };
+        if let Some(t) = &self.event_type {
+            t.parse::<crate::routing::Pattern>()?;
+        }
+        Ok(FailedFilter {
+            statuses,
+            target: self.target.map(|t| t.parse()).transpose()?,
+            event_type: self.event_type,
+            since: self.since.as_deref().map(parse_time).transpose()?,
+            until: self.until.as_deref().map(parse_time).transpose()?,
+            error_contains: self.error,
+            delivery_ids: self.delivery_ids,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct FailedOut {
+    delivery_id: i64,
+    event_id: String,
+    event_type: String,
+    target: String,
+    status: &'static str,
+    attempts: u32,
+    last_error: Option<String>,
+    failed_at: String,
+}
+
+async fn list_failed(
+    State(state): State<Arc<AppState>>,
+    query: Result<axum::extract::Query<FilterIn>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let (after, limit) = (q.after.unwrap_or(0), q.limit.unwrap_or(100).clamp(1, 1000));
+    let filter = q.into_filter().map_err(|e| ApiError::BadRequest(e.0))?;
+    let rows = state.store.list_failed(filter, after, limit).await?;
+    let next_after = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.delivery_id))
+        .flatten();
+    let deliveries: Vec<FailedOut> = rows
+        .into_iter()
+        .map(|r| FailedOut {
+            delivery_id: r.delivery_id,
+            event_id: r.event_id.to_string(),
+            event_type: r.event_type,
+            target: r.target.to_string(),
+            status: r.status.as_str(),
+            attempts: r.attempts,
+            last_error: r.last_error,
+            failed_at: format_ms(r.failed_at),
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "deliveries": deliveries, "next_after": next_after }),
+    ))
+}
+
+/// Replays in chunks of this many, one transaction each.
+pub const REPLAY_CHUNK: usize = 1000;
+
+async fn replay(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let filter: FilterIn = if body.iter().all(u8::is_ascii_whitespace) {
+        FilterIn::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid replay filter: {e}")))?
+    };
+    let mut cap = filter.limit.unwrap_or(usize::MAX);
+    let filter = filter.into_filter().map_err(|e| ApiError::BadRequest(e.0))?;
+    let mut replayed = 0;
+    while cap > 0 {
+        let chunk = REPLAY_CHUNK.min(cap);
+        let n = state.store.replay(filter.clone(), chunk, now_ms()).await?;
+        replayed += n;
+        cap -= n;
+        if n < chunk {
+            break;
+        }
+    }
+    if replayed > 0 {
+        state.wake.notify_waiters();
+    }
+    Ok(Json(serde_json::json!({ "replayed": replayed })))
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {

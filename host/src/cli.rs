@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use thiserror::Error;
 
+use crate::api::FilterIn;
 use crate::config::{ConfigError, ServiceConfig, normalize_host_port, scan_targets};
 use crate::domain::{DeliveryStatus, EventId, Outcome, format_ms, now_ms};
 use crate::ingest::{self, IngestError};
 use crate::plugin::{EventInput, Grants, Plugin, PluginError, Runtime};
 use crate::routing::Routes;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Store, StoreError};
+use crate::store::{FailedFilter, Store, StoreError};
 
 /// outboxd: persist events first, then deliver them to every target through sandboxed
 /// WebAssembly plugins.
@@ -75,6 +76,94 @@ pub enum Command {
     /// Inspect or try a plugin file, without a database or a server.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// List and replay dead and discarded deliveries.
+    #[command(subcommand)]
+    Dead(DeadCommand),
+    /// Pause or resume a target by hand.
+    #[command(subcommand)]
+    Target(TargetCommand),
+}
+
+/// Which failed deliveries a command applies to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FilterArgs {
+    /// `dead` or `discarded` (default: both).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only this target's deliveries.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Only events whose type matches this glob, e.g. `order.*`.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// Failed at or after this time (RFC 3339 or epoch ms).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Failed before this time (RFC 3339 or epoch ms).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// The last error contains this text (case-insensitive).
+    #[arg(long)]
+    pub error: Option<String>,
+    /// Only this delivery; repeatable.
+    #[arg(long = "delivery")]
+    pub delivery_ids: Vec<i64>,
+}
+
+impl FilterArgs {
+    fn into_filter(self) -> Result<FailedFilter, CliError> {
+        FilterIn {
+            status: self.status,
+            target: self.target,
+            event_type: self.event_type,
+            since: self.since,
+            until: self.until,
+            error: self.error,
+            delivery_ids: self.delivery_ids,
+            after: None,
+            limit: None,
+        }
+        .into_filter()
+        .map_err(|e| CliError::Input(e.0))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// List failed deliveries, oldest first.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Make matching failed deliveries pending again, attempt count reset, history kept.
+    /// Shows progress; replaying twice does nothing more.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TargetCommand {
+    /// Stop claiming the target's deliveries; they stay pending.
+    Pause {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+    },
+    /// Claim the target's deliveries again.
+    Resume {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -362,4 +451,72 @@ pub async fn plugin_run(path: &Path, opts: RunOptions) -> Result<(String, Outcom
         Outcome::Permanent { reason } => writeln!(out, "outcome: permanent failure ({took} ms): {reason}"),
     };
     Ok((out, report.outcome))
+}
+
+/// `outboxd dead list`.
+pub async fn dead_list(config: &ServiceConfig, filter: FilterArgs, limit: usize) -> Result<String, CliError> {
+    let store = open_store(config).await?;
+    let rows = store.list_failed(filter.into_filter()?, 0, limit).await?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>10}  {:<36}  {:<20}  {:<24}  {:<9}  {:>8}  {:<24}  LAST ERROR",
+        "DELIVERY", "EVENT", "TARGET", "TYPE", "STATUS", "ATTEMPTS", "FAILED AT"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:>10}  {:<36}  {:<20}  {:<24}  {:<9}  {:>8}  {:<24}  {}",
+            r.delivery_id,
+            r.event_id.to_string(),
+            r.target.as_str(),
+            r.event_type,
+            r.status.as_str(),
+            r.attempts,
+            format_ms(r.failed_at),
+            r.last_error.unwrap_or_default()
+        );
+    }
+    Ok(out)
+}
+
+/// `outboxd dead replay`: replays in chunks, reporting progress on stderr.
+pub async fn dead_replay(config: &ServiceConfig, filter: FilterArgs) -> Result<String, CliError> {
+    const CHUNK: usize = 500;
+    let store = open_store(config).await?;
+    let filter = filter.into_filter()?;
+    let total = store.count_failed(filter.clone()).await?;
+    let mut done = 0u64;
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    loop {
+        let n = store.replay(filter.clone(), CHUNK, now_ms()).await?;
+        done += n as u64;
+        if interactive {
+            eprint!("\rreplayed {done}/{total}");
+        } else {
+            eprintln!("replayed {done}/{total}");
+        }
+        if n < CHUNK {
+            break;
+        }
+    }
+    if interactive {
+        eprintln!();
+    }
+    Ok(format!("replayed {done} deliveries\n"))
+}
+
+/// `outboxd target pause|resume`.
+pub async fn set_target_paused(config: &ServiceConfig, name: &str, paused: bool) -> Result<String, CliError> {
+    let target: crate::domain::TargetName = name
+        .parse()
+        .map_err(|e: crate::domain::InvalidValue| CliError::Input(e.0))?;
+    let store = open_store(config).await?;
+    let changed = store.set_target_paused(&target, paused, now_ms()).await?;
+    let word = if paused { "paused" } else { "resumed" };
+    Ok(if changed {
+        format!("target {target} {word}\n")
+    } else {
+        format!("target {target} was already {word}\n")
+    })
 }

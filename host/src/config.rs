@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::domain::TargetName;
+use crate::breaker::BreakerConfig;
+use crate::domain::{TargetClass, TargetName};
 use crate::policy::RetryPolicy;
 use crate::routing::Pattern;
 
@@ -75,6 +76,7 @@ struct ServiceFile {
     cache_dir: Option<PathBuf>,
     watch_plugins: Option<bool>,
     reload_debounce_ms: Option<u64>,
+    max_in_flight: Option<usize>,
 }
 
 /// The service configuration, with defaults applied and paths resolved.
@@ -102,6 +104,9 @@ pub struct ServiceConfig {
     pub watch_plugins: bool,
     /// How long the plugins directory must be quiet before a reload. Default 200 ms.
     pub reload_debounce: Duration,
+    /// Attempts running at once across all non-slow targets (the shared pool). When it is
+    /// saturated, critical targets are served before batched, then best-effort. Default 64.
+    pub max_in_flight: usize,
 }
 
 impl ServiceConfig {
@@ -123,6 +128,7 @@ impl ServiceConfig {
             cache_dir: base.join(f.cache_dir.unwrap_or_else(|| "outboxd-cache".into())),
             watch_plugins: f.watch_plugins.unwrap_or(true),
             reload_debounce: Duration::from_millis(f.reload_debounce_ms.unwrap_or(200)),
+            max_in_flight: f.max_in_flight.unwrap_or(64).max(1),
         }
     }
 
@@ -151,8 +157,21 @@ struct ManifestFile {
     concurrency: Option<u32>,
     memory_mb: Option<u32>,
     allowed_hosts: Option<Vec<String>>,
+    class: Option<String>,
+    ordered: Option<bool>,
+    rate_per_sec: Option<f64>,
+    max_batch: Option<u32>,
+    linger_ms: Option<u64>,
     retry: Option<RetryFile>,
+    breaker: Option<BreakerFile>,
     config: Option<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakerFile {
+    failures: Option<u32>,
+    cooldown_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +180,7 @@ struct RetryFile {
     max_attempts: Option<u32>,
     initial_backoff_ms: Option<u64>,
     max_backoff_ms: Option<u64>,
+    multiplier: Option<f64>,
 }
 
 /// One target, fully described: what to run, for which events, under which limits.
@@ -181,7 +201,18 @@ pub struct TargetSpec {
     pub memory_bytes: usize,
     /// `host:port` pairs the plugin may reach, lower-cased. Default: none.
     pub allowed_hosts: Vec<String>,
+    /// How the target fails: its default schedule, deadline and claim priority.
+    pub class: TargetClass,
     pub retry: RetryPolicy,
+    pub breaker: BreakerConfig,
+    /// Per-key FIFO: a delivery waits for every earlier one with the same ordering key.
+    pub ordered: bool,
+    /// Attempts per second at most (a smooth token bucket); `None` for no limit.
+    pub rate_per_sec: Option<f64>,
+    /// Batched class: most events per call.
+    pub max_batch: u32,
+    /// Batched class: how long to wait for a batch to fill.
+    pub linger: Duration,
     /// The manifest's `[config]` table, flattened to strings for the plugin's `config.get`.
     pub config: BTreeMap<String, String>,
 }
@@ -209,7 +240,13 @@ impl TargetSpec {
         if events.is_empty() {
             return Err("`events` must list at least one pattern".into());
         }
-        let timeout_ms = file.timeout_ms.unwrap_or(10_000);
+        let class = match file.class.as_deref() {
+            None => TargetClass::Critical,
+            Some(c) => c
+                .parse::<TargetClass>()
+                .map_err(|_| format!("`class` must be one of critical, best-effort, slow, batched, not `{c}`"))?,
+        };
+        let timeout_ms = file.timeout_ms.unwrap_or(class.default_timeout().as_millis() as u64);
         if !(1..=3_600_000).contains(&timeout_ms) {
             return Err("`timeout_ms` must be between 1 and 3600000".into());
         }
@@ -227,9 +264,12 @@ impl TargetSpec {
             .into_iter()
             .map(|h| normalize_host_port(&h).ok_or_else(|| format!("`allowed_hosts`: `{h}` is not `host:port`")))
             .collect::<Result<Vec<_>, _>>()?;
-        let defaults = RetryPolicy::default();
+        let defaults = class.default_retry();
         let r = file.retry.unwrap_or_default();
         let retry = RetryPolicy {
+            multiplier: r.multiplier.unwrap_or(defaults.multiplier),
+            jitter: defaults.jitter,
+            give_up: defaults.give_up,
             max_attempts: r.max_attempts.unwrap_or(defaults.max_attempts),
             initial_backoff: r
                 .initial_backoff_ms
@@ -246,6 +286,32 @@ impl TargetSpec {
         if retry.initial_backoff > retry.max_backoff {
             return Err("`retry.initial_backoff_ms` must not exceed `retry.max_backoff_ms`".into());
         }
+        if !(1.0..=100.0).contains(&retry.multiplier) {
+            return Err("`retry.multiplier` must be between 1 and 100".into());
+        }
+        let b = file.breaker.unwrap_or_default();
+        let breaker_defaults = BreakerConfig::default();
+        let breaker = BreakerConfig {
+            failures: b.failures.unwrap_or(breaker_defaults.failures),
+            cooldown: b
+                .cooldown_ms
+                .map(Duration::from_millis)
+                .unwrap_or(breaker_defaults.cooldown),
+        };
+        if let Some(rate) = file.rate_per_sec
+            && !(rate > 0.0 && rate <= 1_000_000.0)
+        {
+            return Err("`rate_per_sec` must be above 0 and at most 1000000".into());
+        }
+        let batch_keys = file.max_batch.is_some() || file.linger_ms.is_some();
+        if batch_keys && class != TargetClass::Batched {
+            return Err("`max_batch` and `linger_ms` apply only to `class = \"batched\"`".into());
+        }
+        let max_batch = file.max_batch.unwrap_or(100);
+        if !(1..=10_000).contains(&max_batch) {
+            return Err("`max_batch` must be between 1 and 10000".into());
+        }
+        let linger = Duration::from_millis(file.linger_ms.unwrap_or(1_000));
         let config = file
             .config
             .unwrap_or_default()
@@ -267,7 +333,13 @@ impl TargetSpec {
             concurrency,
             memory_bytes: memory_mb as usize * 1024 * 1024,
             allowed_hosts,
+            class,
             retry,
+            breaker,
+            ordered: file.ordered.unwrap_or(false),
+            rate_per_sec: file.rate_per_sec,
+            max_batch,
+            linger,
             config,
         })
     }
@@ -420,6 +492,7 @@ retries = 2
         assert_eq!(crm.allowed_hosts, ["localhost:9000"]);
         assert_eq!(crm.retry.max_attempts, 3);
         assert_eq!(crm.retry.initial_backoff, RetryPolicy::default().initial_backoff);
+        assert_eq!(crm.class, TargetClass::Critical);
         assert_eq!(crm.config["url"], "http://localhost:9000/crm");
         assert_eq!(crm.config["retries"], "2");
         let solo = &scan.targets[1];

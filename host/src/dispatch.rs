@@ -1,22 +1,32 @@
 //! The dispatcher: one lane per live target, each claiming due deliveries under a lease up
-//! to the target's concurrency, running them through the target's plugin, and handing the
-//! outcomes to one settler that writes them in batches. Lanes are independent, so a slow
-//! or failing target never holds up another. Shutdown stops claiming, lets running
-//! attempts finish within a grace period, then releases every lease still held.
+//! to the target's concurrency (and, except for slow targets, a slot of the shared priority
+//! pool), running them through the target's plugin, and handing the outcomes to one settler
+//! that writes them in batches. A lane honours its target's circuit breaker, rate limit,
+//! per-key ordering and, for batched targets, batch size and linger. Lanes are independent,
+//! so a slow or failing target never holds up another. A heartbeat keeps this process's
+//! leases alive and a sweeper returns leases whose worker is gone. Shutdown stops claiming,
+//! lets running attempts finish within a grace period, then releases every lease still held.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{DeliveryStatus, Millis, Outcome, TargetName, delivery_key, now_ms};
-use crate::plugin::EventInput;
+use crate::breaker::{Admit, Breakers, Transition};
+use crate::domain::{
+    DeliveryStatus, EventId, EventType, Millis, Outcome, ProducerKey, TargetClass, TargetName, delivery_key, now_ms,
+};
+use crate::plugin::{BatchReport, EventInput, Report};
 use crate::policy;
-use crate::store::{Claimed, Settlement, Store};
+use crate::pool::{PoolPermit, PriorityPool};
+use crate::ratelimit::TokenBucket;
+use crate::routing::OPERATIONAL_PREFIX;
+use crate::store::{Claimed, NewEvent, Settlement, Store};
 use crate::targets::{Registry, Target};
 
 /// Most outcomes written in one settle transaction.
@@ -33,15 +43,20 @@ pub struct DispatchConfig {
     pub owner: String,
     /// How often an idle lane looks for work that no wake-up announced.
     pub poll_interval: Duration,
-    /// How much longer than the target's timeout a lease lasts.
+    /// How much longer than the target's timeout a lease lasts; the heartbeat keeps at least
+    /// this much ahead of now.
     pub lease_margin: Duration,
     /// How long running attempts may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Size of the shared pool of attempt slots.
+    pub max_in_flight: usize,
 }
 
 struct Shared {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
+    breakers: Arc<Breakers>,
+    pool: Arc<PriorityPool>,
     config: DispatchConfig,
     wake: Arc<Notify>,
     settle_tx: mpsc::Sender<Settlement>,
@@ -55,6 +70,7 @@ struct Shared {
 pub async fn run(
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
+    breakers: Arc<Breakers>,
     config: DispatchConfig,
     wake: Arc<Notify>,
     stop: CancellationToken,
@@ -64,16 +80,19 @@ pub async fn run(
     let shared = Arc::new(Shared {
         store,
         registry,
+        breakers,
+        pool: PriorityPool::new(config.max_in_flight),
         config,
         wake,
         settle_tx,
         attempts: TaskTracker::new(),
         abort: CancellationToken::new(),
     });
+    let keeper = tokio::spawn(keep_leases(Arc::clone(&shared), stop.clone()));
 
     supervise(&shared, &stop).await;
 
-    // Stop claiming is done (every lane has returned); let running attempts finish.
+    // Claiming has stopped (every lane has returned); let running attempts finish.
     shared.attempts.close();
     if tokio::time::timeout(shared.config.shutdown_grace, shared.attempts.wait())
         .await
@@ -86,6 +105,7 @@ pub async fn run(
         shared.abort.cancel();
         shared.attempts.wait().await;
     }
+    let _ = keeper.await;
     let store = Arc::clone(&shared.store);
     let owner = shared.config.owner.clone();
     drop(shared); // the last settle sender: the settler drains and ends
@@ -96,6 +116,35 @@ pub async fn run(
         Ok(0) => {}
         Ok(n) => tracing::info!(released = n, "released leases of unfinished attempts"),
         Err(e) => tracing::error!(error = %e, "could not release leases; they will expire"),
+    }
+}
+
+/// The heartbeat and the sweeper: keeps this process's leases at least `lease_margin` ahead
+/// of now while it lives, and returns expired leases of vanished workers to pending.
+async fn keep_leases(shared: Arc<Shared>, stop: CancellationToken) {
+    let margin = shared.config.lease_margin;
+    let period = (margin / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.cancelled() => return,
+        }
+        let now = now_ms();
+        if let Err(e) = shared
+            .store
+            .extend_leases(&shared.config.owner, now + margin.as_millis() as Millis)
+            .await
+        {
+            tracing::error!(error = %e, "lease heartbeat failed");
+        }
+        match shared.store.sweep_expired(now).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(returned = n, "swept deliveries whose lease expired back to pending");
+                shared.wake.notify_waiters();
+            }
+            Err(e) => tracing::error!(error = %e, "lease sweep failed"),
+        }
     }
 }
 
@@ -144,11 +193,20 @@ async fn supervise(shared: &Arc<Shared>, stop: &CancellationToken) {
     }
 }
 
+/// What a lane holds for one attempt (one delivery, or one batch): released on drop.
+struct Slot {
+    _target: OwnedSemaphorePermit,
+    _pool: Option<PoolPermit>,
+}
+
 /// Claims and runs `target`'s due deliveries until `token` is cancelled.
 async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken) {
-    let name = target.spec.name.clone();
-    let permits = Arc::new(Semaphore::new(target.spec.concurrency as usize));
-    let lease = target.spec.timeout + shared.config.lease_margin;
+    let spec = &target.spec;
+    let name = spec.name.clone();
+    let permits = Arc::new(Semaphore::new(spec.concurrency as usize));
+    let lease = spec.timeout + shared.config.lease_margin;
+    let batched = spec.class == TargetClass::Batched;
+    let mut bucket = spec.rate_per_sec.map(|r| TokenBucket::new(r, Instant::now()));
     tracing::debug!(target = %name, "lane started");
     while !token.is_cancelled() {
         // Arm the wake-up before looking for work, so an ingest in between is not missed.
@@ -160,42 +218,122 @@ async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken
             p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = token.cancelled() => break,
         };
-        let mut held = vec![first];
-        while let Ok(p) = Arc::clone(&permits).try_acquire_owned() {
-            held.push(p);
-        }
-        let now = now_ms();
-        let claimed = shared
-            .store
-            .claim(
-                &name,
-                held.len(),
-                &shared.config.owner,
-                now,
-                now + lease.as_millis() as Millis,
-            )
-            .await;
-        let claimed = match claimed {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(target = %name, error = %e, "claim failed; retrying");
-                drop(held);
+        let admit = shared
+            .breakers
+            .with(name.as_str(), spec.breaker, |b| b.admit(Instant::now()));
+        let probe = match admit {
+            Admit::Any => false,
+            Admit::Probe => true,
+            Admit::WaitUntil(until) => {
+                drop(first);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = token.cancelled() => {}
+                }
+                continue;
+            }
+            Admit::Hold => {
+                drop(first);
                 idle(&token, woken, shared.config.poll_interval).await;
                 continue;
             }
         };
-        let full = claimed.len() == held.len();
-        for (delivery, permit) in claimed.into_iter().zip(held.drain(..)) {
-            let shared = Arc::clone(&shared);
-            let fallback = Arc::clone(&target);
-            shared.attempts.clone().spawn(async move {
-                attempt(&shared, delivery, fallback).await;
-                drop(permit);
+        let mut held = vec![first];
+        if !probe && !batched {
+            while let Ok(p) = Arc::clone(&permits).try_acquire_owned() {
+                held.push(p);
+            }
+        }
+        // Deliveries wanted: one per permit, or a whole batch on one permit.
+        let mut want = if probe {
+            1
+        } else if batched {
+            spec.max_batch as usize
+        } else {
+            held.len()
+        };
+        if let Some(bucket) = bucket.as_mut() {
+            let granted = bucket.take(want, Instant::now());
+            if granted == 0 {
+                let wait = bucket.wait_for_one(Instant::now());
+                drop(held);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.max(MIN_IDLE)) => {}
+                    _ = token.cancelled() => {}
+                }
+                continue;
+            }
+            want = granted;
+            if !batched {
+                held.truncate(want);
+            }
+        }
+        // Slots of the shared pool: critical lanes are served first when it is saturated.
+        let mut slots = Vec::with_capacity(held.len());
+        for permit in held {
+            let pool = if spec.class == TargetClass::Slow {
+                None
+            } else if slots.is_empty() {
+                tokio::select! {
+                    p = shared.pool.acquire(spec.class.priority()) => Some(p),
+                    _ = token.cancelled() => break,
+                }
+            } else {
+                match shared.pool.try_acquire() {
+                    Some(p) => Some(p),
+                    None => break,
+                }
+            };
+            slots.push(Slot {
+                _target: permit,
+                _pool: pool,
             });
         }
-        drop(held);
-        if full {
+        if slots.is_empty() {
+            break; // cancelled while waiting for the pool
+        }
+        if !batched {
+            want = want.min(slots.len());
+        }
+
+        let claimed = claim(&shared, &name, want, lease, spec.ordered).await;
+        let mut claimed = match claimed {
+            Ok(c) => c,
+            Err(()) => {
+                drop(slots);
+                idle(&token, woken, shared.config.poll_interval).await;
+                continue;
+            }
+        };
+        if batched && !claimed.is_empty() && claimed.len() < want && !probe {
+            linger(&shared, &target, &mut claimed, want, lease, &token).await;
+        }
+        if probe {
+            shared
+                .breakers
+                .with(name.as_str(), spec.breaker, |b| b.probe_started(!claimed.is_empty()));
+        }
+        if let Some(bucket) = bucket.as_mut() {
+            bucket.give_back(want.saturating_sub(claimed.len()));
+        }
+        let full = !claimed.is_empty() && claimed.len() == want;
+        let got_any = !claimed.is_empty();
+        if batched {
+            if got_any {
+                let slot = slots.swap_remove(0);
+                spawn_attempt(&shared, &target, claimed, slot);
+            }
+        } else {
+            for (delivery, slot) in claimed.into_iter().zip(slots.drain(..)) {
+                spawn_attempt(&shared, &target, vec![delivery], slot);
+            }
+        }
+        drop(slots);
+        if full && !probe {
             continue; // there may be more due work: claim again as permits free up
+        }
+        if got_any && !probe {
+            continue;
         }
         let wait = match shared.store.next_due(&name).await {
             Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64),
@@ -204,6 +342,67 @@ async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken
         idle(&token, woken, wait.clamp(MIN_IDLE, shared.config.poll_interval)).await;
     }
     tracing::debug!(target = %name, "lane stopped");
+}
+
+async fn claim(
+    shared: &Shared,
+    name: &TargetName,
+    want: usize,
+    lease: Duration,
+    ordered: bool,
+) -> Result<Vec<Claimed>, ()> {
+    let now = now_ms();
+    shared
+        .store
+        .claim(
+            name,
+            want,
+            &shared.config.owner,
+            now,
+            now + lease.as_millis() as Millis,
+            ordered,
+        )
+        .await
+        .map_err(|e| tracing::error!(target = %name, error = %e, "claim failed; retrying"))
+}
+
+/// Batched targets: with fewer than a full batch claimed, keeps claiming until the batch is
+/// full or the linger time since the first claim is over.
+async fn linger(
+    shared: &Shared,
+    target: &Target,
+    claimed: &mut Vec<Claimed>,
+    want: usize,
+    lease: Duration,
+    token: &CancellationToken,
+) {
+    let deadline = Instant::now() + target.spec.linger;
+    while claimed.len() < want {
+        let woken = shared.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let wait = (deadline - now).min(shared.config.poll_interval);
+        tokio::select! {
+            _ = woken => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = token.cancelled() => break,
+        }
+        if let Ok(more) = claim(
+            shared,
+            &target.spec.name,
+            want - claimed.len(),
+            lease,
+            target.spec.ordered,
+        )
+        .await
+        {
+            claimed.extend(more);
+        }
+    }
 }
 
 async fn idle(
@@ -218,15 +417,18 @@ async fn idle(
     }
 }
 
-/// Runs one claimed delivery and queues its settlement.
-async fn attempt(shared: &Shared, delivery: Claimed, lane_target: Arc<Target>) {
-    // The newest version of the target runs the attempt; the lane's is the fallback when the
-    // target has just been removed.
-    let current = shared.registry.snapshot().targets.get(&delivery.target).cloned();
-    let removed = current.is_none();
-    let target = current.unwrap_or(lane_target);
+fn spawn_attempt(shared: &Arc<Shared>, lane_target: &Arc<Target>, deliveries: Vec<Claimed>, slot: Slot) {
+    let shared_for_task = Arc::clone(shared);
+    let fallback = Arc::clone(lane_target);
+    shared.attempts.spawn(async move {
+        attempt(&shared_for_task, deliveries, fallback).await;
+        drop(slot);
+    });
+}
+
+fn input_for(delivery: &Claimed) -> EventInput {
     let event = &delivery.event;
-    let input = EventInput {
+    EventInput {
         id: event.id.to_string(),
         event_type: event.event_type.clone(),
         payload: event.payload.clone(),
@@ -234,42 +436,129 @@ async fn attempt(shared: &Shared, delivery: Claimed, lane_target: Arc<Target>) {
         attempt: delivery.attempt,
         created_at_ms: event.created_at.max(0) as u64,
         headers: event.headers.clone(),
-    };
+    }
+}
+
+/// Runs claimed deliveries (one, or a batch) and queues their settlements.
+async fn attempt(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Target>) {
+    let Some(first) = deliveries.first() else { return };
+    let name = first.target.clone();
+    // The newest version of the target runs the attempt; the lane's is the fallback when the
+    // target has just been removed.
+    let current = shared.registry.snapshot().targets.get(&name).cloned();
+    let removed = current.is_none();
+    let target = current.unwrap_or(lane_target);
+    let inputs: Vec<EventInput> = deliveries.iter().map(input_for).collect();
+    let batched = target.spec.class == TargetClass::Batched;
     let report = tokio::select! {
-        r = target.plugin.deliver(&target.grants, input) => r,
+        r = async {
+            let r: CallReport = if batched {
+                target.plugin.deliver_batch(&target.grants, inputs).await.into()
+            } else {
+                let mut inputs = inputs;
+                target.plugin.deliver(&target.grants, inputs.remove(0)).await.into()
+            };
+            r
+        } => r,
         _ = shared.abort.cancelled() => return, // released at shutdown
     };
-    let now = now_ms();
-    let mut decision = policy::decide(
-        &target.spec.retry,
-        delivery.attempt,
-        &report.outcome,
-        now,
-        &mut rand::rng(),
-    );
-    // A target removed while this attempt ran gets no further attempts until it is back.
-    let still_removed = removed && !shared.registry.snapshot().targets.contains_key(&delivery.target);
-    if still_removed && decision.status == DeliveryStatus::Pending {
-        decision.status = DeliveryStatus::Paused;
-    }
-    log_outcome(&delivery, &report.outcome, decision.status, report.duration);
-    let settlement = Settlement {
-        target: delivery.target.clone(),
-        delivery_id: delivery.delivery_id,
-        attempt: delivery.attempt,
-        status: decision.status,
-        next_attempt_at: decision.next_attempt_at,
-        last_error: decision.last_error,
-        outcome: report.outcome.attempt_outcome(),
-        finished_at: now,
-        duration_ms: report.duration.as_millis() as u64,
-        plugin_hash: Some(target.plugin.hash().to_owned()),
+
+    // The breaker learns from the call as a whole: any success is a sign of health.
+    let any_success = report.outcomes.contains(&Outcome::Delivered);
+    let any_retry = report.outcomes.iter().any(|o| matches!(o, Outcome::Retry { .. }));
+    let transition = if any_success || any_retry {
+        shared.breakers.with(name.as_str(), target.spec.breaker, |b| {
+            b.record(any_success, Instant::now())
+        })
+    } else {
+        None
     };
-    if shared.settle_tx.send(settlement).await.is_err() {
-        tracing::error!(
-            delivery = delivery.delivery_id,
-            "settler gone; the lease will expire and the delivery be retried"
-        );
+    let mut recovered = None;
+    match transition {
+        Some(Transition::Opened { consecutive_failures }) => tracing::warn!(
+            target = %name, consecutive_failures,
+            cooldown_ms = target.spec.breaker.cooldown.as_millis() as u64,
+            "circuit breaker opened: no attempts until the cool-down is over"
+        ),
+        Some(Transition::Recovered { failures }) => {
+            tracing::info!(target = %name, failures, "circuit breaker closed: target recovered");
+            recovered = Some(operational_event(
+                shared,
+                "outboxd.target.recovered",
+                serde_json::json!({ "target": name.as_str(), "failures": failures }),
+                format!("outboxd.target.recovered:{name}:{}", now_ms()),
+            ));
+        }
+        None => {}
+    }
+
+    let now = now_ms();
+    let duration_ms = report.duration.as_millis() as u64;
+    // A target removed while this attempt ran gets no further attempts until it is back.
+    let still_removed = removed && !shared.registry.snapshot().targets.contains_key(&name);
+    for (i, (delivery, outcome)) in deliveries.iter().zip(report.outcomes).enumerate() {
+        let mut decision = policy::decide(&target.spec.retry, delivery.attempt, &outcome, now, &mut rand::rng());
+        if still_removed && decision.status == DeliveryStatus::Pending {
+            decision.status = DeliveryStatus::Paused;
+        }
+        log_outcome(delivery, &outcome, decision.status, report.duration);
+        let mut emit = Vec::new();
+        if i == 0
+            && let Some(ev) = recovered.take()
+        {
+            emit.push(ev);
+        }
+        if decision.status == DeliveryStatus::Dead
+            && target.spec.class == TargetClass::Critical
+            && !delivery.event.event_type.starts_with(OPERATIONAL_PREFIX)
+        {
+            emit.push(operational_event(
+                shared,
+                "outboxd.delivery.dead",
+                serde_json::json!({
+                    "event_id": delivery.event.id.to_string(),
+                    "event_type": delivery.event.event_type,
+                    "target": name.as_str(),
+                    "attempts": delivery.attempt,
+                    "last_error": decision.last_error,
+                    "idempotency_key": delivery_key(&delivery.event.id, &name),
+                }),
+                format!("outboxd.delivery.dead:{}:{}", delivery.delivery_id, delivery.seq),
+            ));
+        }
+        let settlement = Settlement {
+            target: name.clone(),
+            delivery_id: delivery.delivery_id,
+            seq: delivery.seq,
+            status: decision.status,
+            next_attempt_at: decision.next_attempt_at,
+            last_error: decision.last_error,
+            outcome: outcome.attempt_outcome(),
+            finished_at: now,
+            duration_ms,
+            plugin_hash: Some(target.plugin.hash().to_owned()),
+            emit,
+        };
+        if shared.settle_tx.send(settlement).await.is_err() {
+            tracing::error!(
+                delivery = delivery.delivery_id,
+                "settler gone; the lease will expire and the delivery be retried"
+            );
+        }
+    }
+}
+
+/// An event of outboxd's own, routed to the targets that subscribe to it.
+fn operational_event(shared: &Shared, event_type: &str, payload: serde_json::Value, key: String) -> NewEvent {
+    let targets = shared.registry.snapshot().routes.targets_for(event_type);
+    NewEvent {
+        id: EventId::new(),
+        event_type: EventType::try_from(event_type.to_owned()).expect("operational event types are valid"),
+        payload: payload.to_string(),
+        headers: Vec::new(),
+        idempotency_key: ProducerKey::try_from(key).ok(),
+        ordering_key: None,
+        targets,
     }
 }
 
@@ -279,9 +568,9 @@ fn log_outcome(d: &Claimed, outcome: &Outcome, status: DeliveryStatus, took: Dur
         (Outcome::Delivered, _) => {
             tracing::info!(target = %d.target, event = %d.event.id, attempt = d.attempt, took_ms, "delivered")
         }
-        (_, DeliveryStatus::Dead) => tracing::warn!(
-            target = %d.target, event = %d.event.id, attempt = d.attempt, took_ms,
-            error = outcome.error().unwrap_or_default(), "delivery dead"
+        (_, DeliveryStatus::Dead | DeliveryStatus::Discarded) => tracing::warn!(
+            target = %d.target, event = %d.event.id, attempt = d.attempt, took_ms, status = status.as_str(),
+            error = outcome.error().unwrap_or_default(), "delivery gave up"
         ),
         _ => tracing::info!(
             target = %d.target, event = %d.event.id, attempt = d.attempt, took_ms,
@@ -319,5 +608,30 @@ async fn settle_loop(store: Arc<dyn Store>, owner: String, mut rx: mpsc::Receive
             }
         }
         batch.clear();
+    }
+}
+
+/// What one call to a plugin produced, one outcome per event.
+#[derive(Debug)]
+pub struct CallReport {
+    pub outcomes: Vec<Outcome>,
+    pub duration: Duration,
+}
+
+impl From<Report> for CallReport {
+    fn from(r: Report) -> Self {
+        Self {
+            outcomes: vec![r.outcome],
+            duration: r.duration,
+        }
+    }
+}
+
+impl From<BatchReport> for CallReport {
+    fn from(r: BatchReport) -> Self {
+        Self {
+            outcomes: r.outcomes,
+            duration: r.duration,
+        }
     }
 }

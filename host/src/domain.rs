@@ -27,6 +27,23 @@ pub fn format_ms(ms: Millis) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// Parses a time given as RFC 3339 (`2026-11-28T10:00:00Z`) or as milliseconds since the
+/// Unix epoch.
+pub fn parse_time(s: &str) -> Result<Millis, InvalidValue> {
+    if let Ok(ms) = s.parse::<Millis>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as Millis)
+        .ok_or_else(|| {
+            InvalidValue(format!(
+                "`{s}` is not a time: use RFC 3339 or milliseconds since the epoch"
+            ))
+        })
+}
+
 /// A value that failed validation, with a message fit for an API error body.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{0}")]
@@ -225,9 +242,33 @@ string_enum! {
         Delivered => "delivered",
         /// Permanently failed or out of attempts. Final until replayed.
         Dead => "dead",
+        /// A best-effort target gave up on it. Final until replayed; counted, not alerted.
+        Discarded => "discarded",
         /// Its target is not loaded (its plugin was removed): kept, not attempted, and
         /// pending again as soon as the target is back.
         Paused => "paused",
+    }
+}
+
+impl DeliveryStatus {
+    /// Whether nothing more will happen to the delivery unless it is replayed.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Delivered | Self::Dead | Self::Discarded)
+    }
+}
+
+string_enum! {
+    /// How a target fails, and so how it is retried and scheduled.
+    TargetClass {
+        /// Must eventually succeed: a long retry schedule, then `dead` and an
+        /// `outboxd.delivery.dead` event.
+        Critical => "critical",
+        /// A few quick attempts, then `discarded`.
+        BestEffort => "best-effort",
+        /// Long deadlines; runs only on its own concurrency, never on the shared pool.
+        Slow => "slow",
+        /// The plugin takes many events per call (`batch-target` world).
+        Batched => "batched",
     }
 }
 
@@ -317,6 +358,14 @@ mod tests {
         let billing: TargetName = "billing".parse().unwrap();
         assert_eq!(delivery_key(&id, &crm), delivery_key(&id, &crm));
         assert_ne!(delivery_key(&id, &crm), delivery_key(&id, &billing));
+    }
+
+    #[test]
+    fn times_parse_from_rfc3339_or_millis() {
+        assert_eq!(parse_time("1000"), Ok(1000));
+        assert_eq!(parse_time("1970-01-01T00:00:01Z"), Ok(1000));
+        assert_eq!(parse_time(&format_ms(1_795_830_393_612)), Ok(1_795_830_393_612));
+        assert!(parse_time("yesterday").is_err());
     }
 
     #[test]

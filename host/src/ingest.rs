@@ -12,6 +12,9 @@ use crate::domain::{EventId, EventType, ProducerKey};
 use crate::routing::Routes;
 use crate::store::NewEvent;
 
+/// Event types outboxd emits itself; producers may not use them.
+pub const RESERVED_PREFIX: &str = crate::routing::OPERATIONAL_PREFIX;
+
 /// Most events one request may carry.
 pub const MAX_BATCH: usize = 1000;
 /// Most headers one event may carry, and their size limits.
@@ -39,6 +42,8 @@ struct EventIn {
     idempotency_key: Option<ProducerKey>,
     #[serde(default)]
     headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    ordering_key: Option<String>,
 }
 
 /// A validated event, not yet routed.
@@ -50,6 +55,7 @@ pub struct Accepted {
     pub idempotency_key: Option<ProducerKey>,
     /// Headers in name order.
     pub headers: Vec<(String, String)>,
+    pub ordering_key: Option<String>,
 }
 
 /// Whether the request body was one event or an array of them.
@@ -105,6 +111,16 @@ pub fn parse(body: &[u8], max_payload_bytes: usize) -> Result<Batch, IngestError
 
 fn one(body: &[u8], max_payload_bytes: usize) -> Result<Accepted, IngestError> {
     let e: EventIn = serde_json::from_slice(body).map_err(|e| IngestError::Invalid(describe_json_error(&e)))?;
+    if e.event_type.as_str().starts_with(RESERVED_PREFIX) {
+        return Err(IngestError::Invalid(format!(
+            "event types starting with `{RESERVED_PREFIX}` are reserved for outboxd's own operational events"
+        )));
+    }
+    if let Some(k) = &e.ordering_key
+        && (k.is_empty() || k.len() > 255)
+    {
+        return Err(IngestError::Invalid("`ordering_key` must be 1-255 bytes".into()));
+    }
     let payload = e.payload.get();
     if payload.len() > max_payload_bytes {
         return Err(IngestError::TooLarge(format!(
@@ -131,6 +147,7 @@ fn one(body: &[u8], max_payload_bytes: usize) -> Result<Accepted, IngestError> {
         payload: payload.to_owned(),
         idempotency_key: e.idempotency_key,
         headers,
+        ordering_key: e.ordering_key,
     })
 }
 
@@ -153,6 +170,7 @@ pub fn route(accepted: Vec<Accepted>, routes: &Routes) -> Vec<NewEvent> {
             payload: a.payload,
             headers: a.headers,
             idempotency_key: a.idempotency_key,
+            ordering_key: a.ordering_key,
         })
         .collect()
 }
@@ -209,6 +227,12 @@ mod tests {
             IngestError::Invalid(_)
         ));
         assert!(matches!(err("[]"), IngestError::Invalid(m) if m.contains("empty")));
+        assert!(
+            matches!(err(r#"{"type":"outboxd.delivery.dead","payload":1}"#), IngestError::Invalid(m) if m.contains("reserved"))
+        );
+        assert!(
+            matches!(err(r#"{"type":"a","payload":1,"ordering_key":""}"#), IngestError::Invalid(m) if m.contains("ordering_key"))
+        );
         assert!(
             matches!(err(r#"[{"type":"a","payload":1},{"type":"b"}]"#), IngestError::Invalid(m) if m.starts_with("event [1]"))
         );

@@ -3,6 +3,7 @@
 //! WebAssembly plugins with retries, backoff and leases. See `docs/architecture.md`.
 
 pub mod api;
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
@@ -10,6 +11,8 @@ pub mod domain;
 pub mod ingest;
 pub mod plugin;
 pub mod policy;
+pub mod pool;
+pub mod ratelimit;
 pub mod reload;
 pub mod routing;
 pub mod store;
@@ -23,6 +26,7 @@ use thiserror::Error;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::Breakers;
 use crate::config::ServiceConfig;
 use crate::dispatch::DispatchConfig;
 use crate::domain::now_ms;
@@ -99,14 +103,17 @@ pub async fn serve(
     let stop = CancellationToken::new();
     let wake = Arc::new(Notify::new());
     let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
+    let breakers = Arc::new(Breakers::default());
     let dispatcher = tokio::spawn(dispatch::run(
         Arc::clone(&store),
         Arc::clone(&registry),
+        Arc::clone(&breakers),
         DispatchConfig {
             owner,
             poll_interval: config.poll_interval,
             lease_margin: config.lease_margin,
             shutdown_grace: config.shutdown_grace,
+            max_in_flight: config.max_in_flight,
         },
         Arc::clone(&wake),
         stop.clone(),
@@ -114,6 +121,7 @@ pub async fn serve(
     let app = api::router(Arc::new(api::AppState {
         store,
         registry: Arc::clone(&registry),
+        breakers,
         wake,
         max_payload_bytes: config.max_payload_bytes,
         max_request_bytes: config.max_request_bytes,

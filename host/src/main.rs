@@ -3,7 +3,7 @@
 use std::io::Write as _;
 
 use clap::Parser as _;
-use outboxd::cli::{self, Cli, Command, PluginCommand};
+use outboxd::cli::{self, Cli, Command, DeadCommand, PluginCommand, TargetCommand};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +57,18 @@ async fn run() -> anyhow::Result<u8> {
             cli::enqueue(&config.load()?, event_type, payload, idempotency_key, headers).await?
         ),
         Command::Status { config, event_id } => print!("{}", cli::status(&config.load()?, event_id).await?),
+        Command::Dead(DeadCommand::List { config, filter, limit }) => {
+            print!("{}", cli::dead_list(&config.load()?, filter, limit).await?)
+        }
+        Command::Dead(DeadCommand::Replay { config, filter }) => {
+            print!("{}", cli::dead_replay(&config.load()?, filter).await?)
+        }
+        Command::Target(TargetCommand::Pause { config, name }) => {
+            print!("{}", cli::set_target_paused(&config.load()?, &name, true).await?)
+        }
+        Command::Target(TargetCommand::Resume { config, name }) => {
+            print!("{}", cli::set_target_paused(&config.load()?, &name, false).await?)
+        }
         Command::Plugin(PluginCommand::Check { file }) => print!("{}", cli::plugin_check(&file).await?),
         Command::Plugin(PluginCommand::Run {
             file,

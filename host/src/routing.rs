@@ -31,11 +31,19 @@ impl fmt::Display for Pattern {
 }
 
 impl Pattern {
-    /// Whether `event_type` matches this pattern.
+    /// Whether `event_type` matches this pattern. outboxd's own operational events
+    /// (`outboxd.…`) match only patterns that name that namespace explicitly, so a target
+    /// subscribed to `*` is not sent them by surprise.
     pub fn matches(&self, event_type: &str) -> bool {
+        if event_type.starts_with(OPERATIONAL_PREFIX) && !self.0.starts_with(OPERATIONAL_PREFIX) {
+            return false;
+        }
         glob_match(self.0.as_bytes(), event_type.as_bytes())
     }
 }
+
+/// The namespace of outboxd's own operational events.
+pub const OPERATIONAL_PREFIX: &str = "outboxd.";
 
 /// Iterative glob matching with single-star backtracking: linear in practice, no recursion.
 fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
@@ -114,6 +122,14 @@ mod tests {
         assert!(!m("*.paid", "invoice.paid.late"));
         assert!(m("a*b*c", "a-x-b-y-b-c"));
         assert!(!m("a*b*c", "a-x-b-y-b-d"));
+    }
+
+    #[test]
+    fn operational_events_need_an_explicit_subscription() {
+        assert!(!m("*", "outboxd.delivery.dead"));
+        assert!(!m("*.dead", "outboxd.delivery.dead"));
+        assert!(m("outboxd.*", "outboxd.delivery.dead"));
+        assert!(m("outboxd.target.recovered", "outboxd.target.recovered"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 use crate::config::{ConfigError, TargetSpec, scan_targets};
-use crate::domain::{Millis, TargetName, now_ms};
+use crate::domain::{Millis, TargetClass, TargetName, now_ms};
 use crate::plugin::{Grants, Plugin, Runtime, content_hash};
 use crate::routing::Routes;
 
@@ -104,7 +104,17 @@ impl Registry {
             .map(|t| (t.plugin.hash().to_owned(), Arc::clone(&t.plugin)))
             .collect();
         for spec in scan.targets {
-            match self.load_plugin(&spec, &mut compiled).await {
+            let loaded = self.load_plugin(&spec, &mut compiled).await.and_then(|plugin| {
+                if spec.class == TargetClass::Batched && !plugin.is_batch() {
+                    Err(format!(
+                        "{}: `class = \"batched\"` needs a plugin of world `batch-target` (exporting `deliver-batch`)",
+                        spec.plugin_path.display()
+                    ))
+                } else {
+                    Ok(plugin)
+                }
+            });
+            match loaded {
                 Ok(plugin) => {
                     let unchanged = previous
                         .targets

@@ -32,7 +32,28 @@ mod bindings {
     });
 }
 
+mod batch_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "batch-target",
+        imports: { default: async },
+        exports: { default: async },
+        with: {
+            "outboxd:target/types": super::bindings::outboxd::target::types,
+            "outboxd:target/http": super::bindings::outboxd::target::http,
+            "outboxd:target/log": super::bindings::outboxd::target::log,
+            "outboxd:target/config": super::bindings::outboxd::target::config,
+        },
+    });
+}
+
 use bindings::outboxd::target::types::{DeliveryError, Event as WitEvent};
+
+/// Which world a compiled plugin implements.
+enum Kind {
+    Single(bindings::TargetPre<HostState>),
+    Batch(batch_bindings::BatchTargetPre<HostState>),
+}
 
 /// How often the epoch ticks: the granularity of deadlines and of cooperative yields.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -46,7 +67,7 @@ pub enum PluginError {
     CoreModule,
     #[error("invalid component: {0}")]
     Invalid(String),
-    #[error("does not implement world `outboxd:target/target@0.1.0`: {0}")]
+    #[error("does not implement world `outboxd:target/target@0.1.0` or `outboxd:target/batch-target@0.1.0`: {0}")]
     WrongWorld(String),
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
@@ -142,14 +163,20 @@ impl Runtime {
             PluginError::WrongWorld(format!("{e:#} (the component exports: {exports})"))
         };
         let pre = self.inner.linker.instantiate_pre(&component).map_err(wrong_world)?;
-        let pre = bindings::TargetPre::new(pre).map_err(wrong_world)?;
+        let kind = match bindings::TargetPre::new(pre.clone()) {
+            Ok(single) => Kind::Single(single),
+            Err(single_err) => match batch_bindings::BatchTargetPre::new(pre) {
+                Ok(batch) => Kind::Batch(batch),
+                Err(_) => return Err(wrong_world(single_err)),
+            },
+        };
         // Only a component that passed validation is worth caching.
         if let (Some(cache), false) = (cache, from_cache) {
             cache.store(&hash, &component);
         }
         Ok(Plugin {
             runtime: self.clone(),
-            pre,
+            kind,
             hash,
             size: bytes.len(),
             compile_time: started.elapsed(),
@@ -168,7 +195,13 @@ impl Runtime {
             .find_map(|i| i.strip_prefix("outboxd:target/"))
             .and_then(|i| i.split_once('@'))
             .map(|(_, v)| v.to_owned());
-        let world = exports.iter().any(|e| e == "deliver").then_some("target");
+        let world = if exports.iter().any(|e| e == "deliver") {
+            Some("target")
+        } else if exports.iter().any(|e| e == "deliver-batch") {
+            Some("batch-target")
+        } else {
+            None
+        };
         PluginInfo {
             world,
             wit_version,
@@ -210,6 +243,16 @@ pub struct EventInput {
     pub headers: Vec<(String, String)>,
 }
 
+/// What one batch invocation did: one outcome per event, in order, and what the plugin
+/// logged and requested.
+#[derive(Debug, Clone)]
+pub struct BatchReport {
+    pub outcomes: Vec<Outcome>,
+    pub logs: Vec<LogLine>,
+    pub requests: Vec<HttpExchange>,
+    pub duration: Duration,
+}
+
 /// What one invocation did: its outcome, and what the plugin logged and requested.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -223,7 +266,7 @@ pub struct Report {
 /// `outboxd:target` imports, and every import and export by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginInfo {
-    /// `target` when it exports `deliver`.
+    /// `target` when it exports `deliver`, `batch-target` when it exports `deliver-batch`.
     pub world: Option<&'static str>,
     pub wit_version: Option<String>,
     pub imports: Vec<String>,
@@ -233,7 +276,7 @@ pub struct PluginInfo {
 /// A compiled, validated plugin, ready to instantiate. Cheap to share behind an `Arc`.
 pub struct Plugin {
     runtime: Runtime,
-    pre: bindings::TargetPre<HostState>,
+    kind: Kind,
     hash: String,
     size: usize,
     compile_time: Duration,
@@ -276,8 +319,29 @@ impl Plugin {
         &self.info
     }
 
-    /// Runs `deliver` for one event in a fresh instance under `grants`.
+    /// Whether the plugin implements the `batch-target` world.
+    pub fn is_batch(&self) -> bool {
+        matches!(self.kind, Kind::Batch(_))
+    }
+
+    /// Runs one event in a fresh instance under `grants`.
     pub async fn deliver(&self, grants: &Grants, event: EventInput) -> Report {
+        let r = self.deliver_batch(grants, vec![event]).await;
+        Report {
+            outcome: r.outcomes.into_iter().next().unwrap_or(Outcome::Retry {
+                reason: "the plugin returned no result".into(),
+                after: None,
+            }),
+            logs: r.logs,
+            requests: r.requests,
+            duration: r.duration,
+        }
+    }
+
+    /// Runs events in one fresh instance under `grants`: one `deliver-batch` call for a
+    /// batch plugin, one `deliver` call after another for a single-event plugin. A trap,
+    /// deadline overrun or memory-cap hit fails every event of the call (retryable).
+    pub async fn deliver_batch(&self, grants: &Grants, events: Vec<EventInput>) -> BatchReport {
         let started = Instant::now();
         let deadline = started + grants.timeout;
         let wasi = WasiCtx::builder()
@@ -310,35 +374,63 @@ impl Plugin {
             }
         });
 
-        let wit_event = WitEvent {
-            id: event.id,
-            event_type: event.event_type,
-            payload: event.payload,
-            idempotency_key: event.idempotency_key,
-            attempt: event.attempt,
-            created_at_ms: event.created_at_ms,
-            headers: event.headers,
-        };
+        let count = events.len();
+        let wit_events: Vec<WitEvent> = events
+            .into_iter()
+            .map(|event| WitEvent {
+                id: event.id,
+                event_type: event.event_type,
+                payload: event.payload,
+                idempotency_key: event.idempotency_key,
+                attempt: event.attempt,
+                created_at_ms: event.created_at_ms,
+                headers: event.headers,
+            })
+            .collect();
         let call = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            instance.call_deliver(&mut store, &wit_event).await
+            match &self.kind {
+                Kind::Single(pre) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let mut results = Vec::with_capacity(count);
+                    for event in &wit_events {
+                        results.push(instance.call_deliver(&mut store, event).await?);
+                    }
+                    Ok::<_, wasmtime::Error>(results)
+                }
+                Kind::Batch(pre) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    instance.call_deliver_batch(&mut store, &wit_events).await
+                }
+            }
         };
         // Host calls honour the deadline themselves; this is the backstop for anything that
         // would not return (grace: two ticks).
         let result = tokio::time::timeout(grants.timeout + 2 * EPOCH_TICK, call).await;
-        let outcome = match result {
-            Err(_) => deadline_exceeded(grants.timeout),
-            Ok(Ok(Ok(()))) => Outcome::Delivered,
-            Ok(Ok(Err(DeliveryError::Retry(info)))) => Outcome::Retry {
-                reason: info.reason,
-                after: info.after_ms.map(Duration::from_millis),
-            },
-            Ok(Ok(Err(DeliveryError::Permanent(reason)))) => Outcome::Permanent { reason },
-            Ok(Err(err)) => classify_trap(&err, grants),
+        let outcomes = match result {
+            Err(_) => vec![deadline_exceeded(grants.timeout); count],
+            Ok(Err(err)) => vec![classify_trap(&err, grants); count],
+            Ok(Ok(results)) if results.len() != count => vec![
+                Outcome::Retry {
+                    reason: format!("the plugin returned {} results for {count} events", results.len()),
+                    after: None,
+                };
+                count
+            ],
+            Ok(Ok(results)) => results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(()) => Outcome::Delivered,
+                    Err(DeliveryError::Retry(info)) => Outcome::Retry {
+                        reason: info.reason,
+                        after: info.after_ms.map(Duration::from_millis),
+                    },
+                    Err(DeliveryError::Permanent(reason)) => Outcome::Permanent { reason },
+                })
+                .collect(),
         };
         let (logs, requests) = store.into_data().into_transcript();
-        Report {
-            outcome,
+        BatchReport {
+            outcomes,
             logs,
             requests,
             duration: started.elapsed(),

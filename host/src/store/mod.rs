@@ -43,6 +43,8 @@ pub struct NewEvent {
     pub payload: String,
     pub headers: Vec<(String, String)>,
     pub idempotency_key: Option<ProducerKey>,
+    /// Events with the same key reach an `ordered` target one after another, in order.
+    pub ordering_key: Option<String>,
     /// The targets subscribed to this event: one delivery each.
     pub targets: Vec<TargetName>,
 }
@@ -64,6 +66,7 @@ pub struct StoredEvent {
     pub payload: String,
     pub headers: Vec<(String, String)>,
     pub idempotency_key: Option<String>,
+    pub ordering_key: Option<String>,
     pub created_at: Millis,
 }
 
@@ -72,8 +75,11 @@ pub struct StoredEvent {
 pub struct Claimed {
     pub delivery_id: i64,
     pub target: TargetName,
-    /// This attempt's number, 1-based.
+    /// This attempt's number towards the retry budget, 1-based (a replay starts again at 1).
     pub attempt: u32,
+    /// This attempt's number over the delivery's whole history: its history row, and the
+    /// lease's identity.
+    pub seq: u32,
     pub event: StoredEvent,
 }
 
@@ -82,8 +88,8 @@ pub struct Claimed {
 pub struct Settlement {
     pub target: TargetName,
     pub delivery_id: i64,
-    /// The attempt number the lease was taken for.
-    pub attempt: u32,
+    /// The history number (`Claimed::seq`) the lease was taken for.
+    pub seq: u32,
     pub status: DeliveryStatus,
     pub next_attempt_at: Millis,
     pub last_error: Option<String>,
@@ -92,6 +98,9 @@ pub struct Settlement {
     pub duration_ms: u64,
     /// Content hash of the plugin version that ran the attempt.
     pub plugin_hash: Option<String>,
+    /// Events to accept in the same transaction, if the lease was still ours (operational
+    /// events such as `outboxd.delivery.dead`).
+    pub emit: Vec<NewEvent>,
 }
 
 /// What a settle batch did.
@@ -138,6 +147,39 @@ pub type StatusCounts = BTreeMap<String, BTreeMap<DeliveryStatus, u64>>;
 /// Attempts per plugin content hash, per target name.
 pub type VersionAttempts = BTreeMap<String, BTreeMap<String, u64>>;
 
+/// Which failed (dead or discarded) deliveries a listing or replay applies to. Every field
+/// narrows the set; the default matches every failed delivery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailedFilter {
+    /// Only these statuses (each `dead` or `discarded`); empty for both.
+    pub statuses: Vec<DeliveryStatus>,
+    pub target: Option<TargetName>,
+    /// Event-type glob (`*`, `?`), as in manifests.
+    pub event_type: Option<String>,
+    /// Failed at or after this time.
+    pub since: Option<Millis>,
+    /// Failed before this time.
+    pub until: Option<Millis>,
+    /// The last error contains this text (case-insensitive).
+    pub error_contains: Option<String>,
+    /// Only these deliveries.
+    pub delivery_ids: Vec<i64>,
+}
+
+/// A failed delivery, for the dead-letter listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedDelivery {
+    pub delivery_id: i64,
+    pub event_id: EventId,
+    pub event_type: String,
+    pub target: TargetName,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// When it failed for good.
+    pub failed_at: Millis,
+}
+
 /// The outbox's persistence. Implementations must make every method atomic.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -147,7 +189,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims up to `limit` due deliveries of `target` for `owner` until `lease_until`:
     /// pending ones whose time has come, and in-flight ones whose lease has expired. Each
-    /// claim counts an attempt and opens its history row.
+    /// claim counts an attempt and opens its history row. With `ordered`, a delivery with an
+    /// ordering key is due only when every earlier delivery of the same key to the target
+    /// is final. Nothing is claimed while the target is paused by hand.
     async fn claim(
         &self,
         target: &TargetName,
@@ -155,14 +199,41 @@ pub trait Store: Send + Sync + 'static {
         owner: &str,
         now: Millis,
         lease_until: Millis,
+        ordered: bool,
     ) -> Result<Vec<Claimed>, StoreError>;
 
     /// Writes attempt outcomes. A delivery changes only while `owner` still holds its lease
     /// for that attempt.
     async fn settle(&self, owner: &str, batch: Vec<Settlement>) -> Result<SettleReport, StoreError>;
 
-    /// Extends the leases `owner` holds on these deliveries (for attempts that run long).
-    async fn extend_leases(&self, owner: &str, deliveries: Vec<i64>, lease_until: Millis) -> Result<usize, StoreError>;
+    /// The heartbeat: extends every lease `owner` holds to at least `lease_until`.
+    async fn extend_leases(&self, owner: &str, lease_until: Millis) -> Result<usize, StoreError>;
+
+    /// The sweeper: returns in-flight deliveries whose lease expired (their worker is gone)
+    /// to pending, whatever their target.
+    async fn sweep_expired(&self, now: Millis) -> Result<usize, StoreError>;
+
+    /// Pauses (`true`) or resumes a target by hand. Returns whether that changed anything.
+    async fn set_target_paused(&self, target: &TargetName, paused: bool, now: Millis) -> Result<bool, StoreError>;
+
+    /// Targets paused by hand.
+    async fn paused_targets(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Failed deliveries matching `filter` with an id above `after`, oldest first.
+    async fn list_failed(
+        &self,
+        filter: FailedFilter,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<FailedDelivery>, StoreError>;
+
+    /// How many failed deliveries match `filter`.
+    async fn count_failed(&self, filter: FailedFilter) -> Result<u64, StoreError>;
+
+    /// Replays up to `limit` failed deliveries matching `filter`: each is pending again, due
+    /// `now`, with its attempt count reset and its history kept. Returns how many; a delivery
+    /// that is not failed (already replayed) is left alone, so replay is idempotent.
+    async fn replay(&self, filter: FailedFilter, limit: usize, now: Millis) -> Result<usize, StoreError>;
 
     /// Returns every delivery `owner` holds to `pending`, due `now` (graceful shutdown).
     async fn release(&self, owner: &str, now: Millis) -> Result<usize, StoreError>;

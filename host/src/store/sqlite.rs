@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AttemptRecord, Claimed, DeliveryDetail, EventDetail, Ingested, NewEvent, SettleReport, Settlement, StatusCounts,
-    Store, StoreError, StoredEvent, VersionAttempts,
+    AttemptRecord, Claimed, DeliveryDetail, EventDetail, FailedDelivery, FailedFilter, Ingested, NewEvent,
+    SettleReport, Settlement, StatusCounts, Store, StoreError, StoredEvent, VersionAttempts,
 };
 use crate::domain::{AttemptOutcome, DeliveryStatus, EventId, Millis, TargetName};
 
@@ -26,6 +26,7 @@ CREATE TABLE events (
     payload         TEXT NOT NULL,
     headers         TEXT NOT NULL,
     idempotency_key TEXT,
+    ordering_key    TEXT,
     created_at      INTEGER NOT NULL
 ) STRICT;
 
@@ -40,17 +41,26 @@ CREATE TABLE deliveries (
     id               INTEGER PRIMARY KEY,
     event_id         TEXT NOT NULL REFERENCES events(id),
     target           TEXT NOT NULL,
-    status           TEXT NOT NULL CHECK (status IN ('pending', 'in_flight', 'delivered', 'dead', 'paused')),
+    status           TEXT NOT NULL
+                     CHECK (status IN ('pending', 'in_flight', 'delivered', 'dead', 'discarded', 'paused')),
+    -- attempts counts towards the retry budget (a replay resets it); attempt_seq numbers
+    -- the history and never goes back.
     attempts         INTEGER NOT NULL DEFAULT 0,
+    attempt_seq      INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  INTEGER NOT NULL,
     lease_owner      TEXT,
     lease_expires_at INTEGER,
     last_error       TEXT,
     delivered_at     INTEGER,
+    ordering_key     TEXT,
+    updated_at       INTEGER NOT NULL,
     UNIQUE (event_id, target)
 ) STRICT;
 CREATE INDEX deliveries_due ON deliveries (target, status, next_attempt_at);
 CREATE INDEX deliveries_lease ON deliveries (lease_owner) WHERE lease_owner IS NOT NULL;
+CREATE INDEX deliveries_expiry ON deliveries (lease_expires_at) WHERE status = 'in_flight';
+CREATE INDEX deliveries_order ON deliveries (target, ordering_key, id) WHERE ordering_key IS NOT NULL;
+CREATE INDEX deliveries_failed ON deliveries (status, updated_at) WHERE status IN ('dead', 'discarded');
 
 CREATE TABLE attempts (
     delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
@@ -69,6 +79,13 @@ CREATE TABLE version_attempts (
     plugin_hash TEXT NOT NULL,
     attempts    INTEGER NOT NULL,
     PRIMARY KEY (target, plugin_hash)
+) STRICT;
+
+-- Targets paused by hand: their lanes claim nothing.
+CREATE TABLE target_state (
+    target     TEXT PRIMARY KEY,
+    paused     INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
 ) STRICT;
 "#];
 
@@ -211,7 +228,9 @@ where
 
 fn load_event(conn: &Connection, id: &str) -> Result<Option<StoredEvent>, StoreError> {
     let row = conn
-        .prepare_cached("SELECT id, type, payload, headers, idempotency_key, created_at FROM events WHERE id = ?1")?
+        .prepare_cached(
+            "SELECT id, type, payload, headers, idempotency_key, ordering_key, created_at FROM events WHERE id = ?1",
+        )?
         .query_row([id], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -219,21 +238,83 @@ fn load_event(conn: &Connection, id: &str) -> Result<Option<StoredEvent>, StoreE
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
                 r.get::<_, Option<String>>(4)?,
-                r.get::<_, i64>(5)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, i64>(6)?,
             ))
         })
         .optional()?;
-    row.map(|(id, event_type, payload, headers, idempotency_key, created_at)| {
-        Ok(StoredEvent {
-            id: parse(id)?,
-            event_type,
-            payload,
-            headers: serde_json::from_str(&headers).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            idempotency_key,
-            created_at,
-        })
-    })
+    row.map(
+        |(id, event_type, payload, headers, idempotency_key, ordering_key, created_at)| {
+            Ok(StoredEvent {
+                id: parse(id)?,
+                event_type,
+                payload,
+                headers: serde_json::from_str(&headers).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                idempotency_key,
+                ordering_key,
+                created_at,
+            })
+        },
+    )
     .transpose()
+}
+
+/// Writes events, their idempotency keys and one pending delivery per target, inside the
+/// caller's transaction. Events with a known idempotency key write nothing.
+fn insert_events(tx: &Connection, events: Vec<NewEvent>, now: Millis) -> Result<Vec<Ingested>, StoreError> {
+    let mut out = Vec::with_capacity(events.len());
+    let mut find_key = tx.prepare_cached("SELECT event_id FROM idempotency_keys WHERE key = ?1")?;
+    let mut insert_event = tx.prepare_cached(
+        "INSERT INTO events (id, type, payload, headers, idempotency_key, ordering_key, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut insert_key =
+        tx.prepare_cached("INSERT INTO idempotency_keys (key, event_id, created_at) VALUES (?1, ?2, ?3)")?;
+    let mut insert_delivery = tx.prepare_cached(
+        "INSERT INTO deliveries (event_id, target, status, next_attempt_at, ordering_key, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?4)",
+    )?;
+    for e in events {
+        if let Some(key) = &e.idempotency_key {
+            let known: Option<String> = find_key.query_row([key.as_str()], |r| r.get(0)).optional()?;
+            if let Some(first) = known {
+                out.push(Ingested {
+                    id: parse(first)?,
+                    duplicate: true,
+                });
+                continue;
+            }
+        }
+        let id = e.id.to_string();
+        let headers = serde_json::to_string(&e.headers).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let key = e.idempotency_key.as_ref().map(|k| k.as_str());
+        insert_event.execute(params![
+            id,
+            e.event_type.as_str(),
+            e.payload,
+            headers,
+            key,
+            e.ordering_key,
+            now
+        ])?;
+        if let Some(key) = key {
+            insert_key.execute(params![key, id, now])?;
+        }
+        for target in &e.targets {
+            insert_delivery.execute(params![
+                id,
+                target.as_str(),
+                DeliveryStatus::Pending.as_str(),
+                now,
+                e.ordering_key
+            ])?;
+        }
+        out.push(Ingested {
+            id: e.id,
+            duplicate: false,
+        });
+    }
+    Ok(out)
 }
 
 /// Marks the running history rows of the deliveries matched by `where_clause` (which may use
@@ -256,50 +337,95 @@ fn abandon_running(
     Ok(())
 }
 
+/// Returns in-flight deliveries matched by `where_clause` to pending, due `now`, abandoning
+/// their running attempts with `why`.
+fn return_in_flight(
+    tx: &Connection,
+    where_clause: &str,
+    bind: &[(&str, &dyn rusqlite::ToSql)],
+    now: Millis,
+    why: &str,
+) -> Result<usize, StoreError> {
+    let in_flight = DeliveryStatus::InFlight.as_str();
+    let clause = format!("status = '{in_flight}' AND {where_clause}");
+    abandon_running(tx, &clause, bind, why)?;
+    let sql = format!(
+        "UPDATE deliveries SET status = '{pending}', lease_owner = NULL, lease_expires_at = NULL,
+            next_attempt_at = :now, updated_at = :now
+         WHERE {clause}",
+        pending = DeliveryStatus::Pending.as_str(),
+    );
+    let mut all = bind.to_vec();
+    all.push((":now", &now));
+    Ok(tx.prepare_cached(&sql)?.execute(all.as_slice())?)
+}
+
+/// The WHERE clause and parameters of a [`FailedFilter`] over `deliveries d`.
+/// Named SQL parameters, owned.
+type NamedParams = Vec<(String, Box<dyn rusqlite::ToSql>)>;
+
+fn failed_where(f: &FailedFilter) -> (String, NamedParams) {
+    let statuses: Vec<DeliveryStatus> = if f.statuses.is_empty() {
+        vec![DeliveryStatus::Dead, DeliveryStatus::Discarded]
+    } else {
+        f.statuses
+            .iter()
+            .copied()
+            .filter(|s| matches!(s, DeliveryStatus::Dead | DeliveryStatus::Discarded))
+            .collect()
+    };
+    let list = statuses
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut clauses = vec![format!(
+        "d.status IN ({})",
+        if list.is_empty() { "NULL".into() } else { list }
+    )];
+    let mut params: NamedParams = Vec::new();
+    if let Some(t) = &f.target {
+        clauses.push("d.target = :target".into());
+        params.push((":target".into(), Box::new(t.to_string())));
+    }
+    if let Some(t) = &f.event_type {
+        clauses.push("d.event_id IN (SELECT id FROM events WHERE type GLOB :type)".into());
+        params.push((":type".into(), Box::new(t.clone())));
+    }
+    if let Some(since) = f.since {
+        clauses.push("d.updated_at >= :since".into());
+        params.push((":since".into(), Box::new(since)));
+    }
+    if let Some(until) = f.until {
+        clauses.push("d.updated_at < :until".into());
+        params.push((":until".into(), Box::new(until)));
+    }
+    if let Some(text) = &f.error_contains {
+        clauses.push("instr(lower(d.last_error), lower(:error)) > 0".into());
+        params.push((":error".into(), Box::new(text.clone())));
+    }
+    if !f.delivery_ids.is_empty() {
+        let ids = f
+            .delivery_ids
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        clauses.push(format!("d.id IN ({ids})"));
+    }
+    (clauses.join(" AND "), params)
+}
+
+fn bind_refs(params: &[(String, Box<dyn rusqlite::ToSql>)]) -> Vec<(&str, &dyn rusqlite::ToSql)> {
+    params.iter().map(|(k, v)| (k.as_str(), v.as_ref())).collect()
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ingest(&self, events: Vec<NewEvent>, now: Millis) -> Result<Vec<Ingested>, StoreError> {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut out = Vec::with_capacity(events.len());
-            {
-                let mut find_key = tx.prepare_cached("SELECT event_id FROM idempotency_keys WHERE key = ?1")?;
-                let mut insert_event = tx.prepare_cached(
-                    "INSERT INTO events (id, type, payload, headers, idempotency_key, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?;
-                let mut insert_key =
-                    tx.prepare_cached("INSERT INTO idempotency_keys (key, event_id, created_at) VALUES (?1, ?2, ?3)")?;
-                let mut insert_delivery = tx.prepare_cached(
-                    "INSERT INTO deliveries (event_id, target, status, next_attempt_at) VALUES (?1, ?2, ?3, ?4)",
-                )?;
-                for e in events {
-                    if let Some(key) = &e.idempotency_key {
-                        let known: Option<String> = find_key.query_row([key.as_str()], |r| r.get(0)).optional()?;
-                        if let Some(first) = known {
-                            out.push(Ingested {
-                                id: parse(first)?,
-                                duplicate: true,
-                            });
-                            continue;
-                        }
-                    }
-                    let id = e.id.to_string();
-                    let headers = serde_json::to_string(&e.headers).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    let key = e.idempotency_key.as_ref().map(|k| k.as_str());
-                    insert_event.execute(params![id, e.event_type.as_str(), e.payload, headers, key, now])?;
-                    if let Some(key) = key {
-                        insert_key.execute(params![key, id, now])?;
-                    }
-                    for target in &e.targets {
-                        insert_delivery.execute(params![id, target.as_str(), DeliveryStatus::Pending.as_str(), now])?;
-                    }
-                    out.push(Ingested {
-                        id: e.id,
-                        duplicate: false,
-                    });
-                }
-            }
+            let out = insert_events(&tx, events, now)?;
             tx.commit()?;
             Ok(out)
         })
@@ -313,11 +439,20 @@ impl Store for SqliteStore {
         owner: &str,
         now: Millis,
         lease_until: Millis,
+        ordered: bool,
     ) -> Result<Vec<Claimed>, StoreError> {
         let target = target.clone();
         let owner = owner.to_owned();
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let paused: bool = tx
+                .prepare_cached("SELECT paused FROM target_state WHERE target = ?1")?
+                .query_row([target.as_str()], |r| r.get::<_, i64>(0))
+                .optional()?
+                .is_some_and(|p| p != 0);
+            if paused {
+                return Ok(Vec::new());
+            }
             let pending = DeliveryStatus::Pending.as_str();
             let in_flight = DeliveryStatus::InFlight.as_str();
             // Expired leases: the attempt they covered never reported back.
@@ -327,33 +462,45 @@ impl Store for SqliteStore {
                 &[(":target", &target.as_str()), (":now", &now)],
                 "lease expired before the attempt reported back",
             )?;
-            let claimed: Vec<(i64, String, u32)> = tx
+            // For an ordered target, a keyed delivery waits for every earlier one of its key.
+            let fifo = if ordered {
+                format!(
+                    "AND (d.ordering_key IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM deliveries e
+                        WHERE e.target = d.target AND e.ordering_key = d.ordering_key AND e.id < d.id
+                          AND e.status IN ('{pending}', '{in_flight}', '{paused}')))",
+                    paused = DeliveryStatus::Paused.as_str()
+                )
+            } else {
+                String::new()
+            };
+            let claimed: Vec<(i64, String, u32, u32)> = tx
                 .prepare_cached(&format!(
                     "UPDATE deliveries
-                     SET status = '{in_flight}', lease_owner = ?2, lease_expires_at = ?3, attempts = attempts + 1
+                     SET status = '{in_flight}', lease_owner = ?2, lease_expires_at = ?3, attempts = attempts + 1,
+                         attempt_seq = attempt_seq + 1, updated_at = ?4
                      WHERE id IN (
-                         SELECT id FROM deliveries
-                         WHERE target = ?1 AND (
-                             (status = '{pending}' AND next_attempt_at <= ?4)
-                             OR (status = '{in_flight}' AND lease_expires_at <= ?4))
-                         ORDER BY next_attempt_at, id
+                         SELECT d.id FROM deliveries d
+                         WHERE d.target = ?1 AND (
+                             (d.status = '{pending}' AND d.next_attempt_at <= ?4)
+                             OR (d.status = '{in_flight}' AND d.lease_expires_at <= ?4))
+                         {fifo}
+                         ORDER BY d.next_attempt_at, d.id
                          LIMIT ?5)
-                     RETURNING id, event_id, attempts"
+                     RETURNING id, event_id, attempts, attempt_seq"
                 ))?
                 .query_map(params![target.as_str(), owner, lease_until, now, limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })?
                 .collect::<Result<_, _>>()?;
             let mut out = Vec::with_capacity(claimed.len());
             {
                 let mut open_attempt = tx.prepare_cached(&format!(
-                    "INSERT INTO attempts (delivery_id, n, started_at, outcome) VALUES (?1, ?2, ?3, '{}')
-                     ON CONFLICT (delivery_id, n) DO UPDATE SET started_at = excluded.started_at,
-                        outcome = excluded.outcome, error = NULL, duration_ms = NULL",
+                    "INSERT INTO attempts (delivery_id, n, started_at, outcome) VALUES (?1, ?2, ?3, '{}')",
                     AttemptOutcome::Running.as_str()
                 ))?;
-                for (delivery_id, event_id, attempt) in claimed {
-                    open_attempt.execute(params![delivery_id, attempt, now])?;
+                for (delivery_id, event_id, attempt, seq) in claimed {
+                    open_attempt.execute(params![delivery_id, seq, now])?;
                     let event = load_event(&tx, &event_id)?.ok_or_else(|| {
                         StoreError::Corrupt(format!("delivery {delivery_id} has no event {event_id}"))
                     })?;
@@ -361,6 +508,7 @@ impl Store for SqliteStore {
                         delivery_id,
                         target: target.clone(),
                         attempt,
+                        seq,
                         event,
                     });
                 }
@@ -377,13 +525,14 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut report = SettleReport::default();
+            let mut emitted = Vec::new();
             {
                 let mut update = tx.prepare_cached(&format!(
                     "UPDATE deliveries
                      SET status = ?1, next_attempt_at = ?2, last_error = ?3,
                          delivered_at = CASE WHEN ?1 = '{delivered}' THEN ?4 ELSE delivered_at END,
-                         lease_owner = NULL, lease_expires_at = NULL
-                     WHERE id = ?5 AND lease_owner = ?6 AND attempts = ?7 AND status = '{in_flight}'",
+                         lease_owner = NULL, lease_expires_at = NULL, updated_at = ?4
+                     WHERE id = ?5 AND lease_owner = ?6 AND attempt_seq = ?7 AND status = '{in_flight}'",
                     delivered = DeliveryStatus::Delivered.as_str(),
                     in_flight = DeliveryStatus::InFlight.as_str(),
                 ))?;
@@ -403,10 +552,12 @@ impl Store for SqliteStore {
                         s.finished_at,
                         s.delivery_id,
                         owner,
-                        s.attempt,
+                        s.seq,
                     ])?;
                     if changed == 0 {
                         report.lost_leases.push(s.delivery_id);
+                    } else {
+                        emitted.extend(s.emit);
                     }
                     // The attempt happened either way: the history keeps what it did.
                     record.execute(params![
@@ -415,34 +566,46 @@ impl Store for SqliteStore {
                         s.duration_ms as i64,
                         s.plugin_hash,
                         s.delivery_id,
-                        s.attempt,
+                        s.seq,
                     ])?;
                     if let Some(hash) = &s.plugin_hash {
                         count_version.execute(params![s.target.as_str(), hash])?;
                     }
                 }
             }
+            let now = emitted.first().map(|_| crate::domain::now_ms()).unwrap_or_default();
+            insert_events(&tx, emitted, now)?;
             tx.commit()?;
             Ok(report)
         })
         .await
     }
 
-    async fn extend_leases(&self, owner: &str, deliveries: Vec<i64>, lease_until: Millis) -> Result<usize, StoreError> {
+    async fn extend_leases(&self, owner: &str, lease_until: Millis) -> Result<usize, StoreError> {
         let owner = owner.to_owned();
         self.write(move |conn| {
-            let tx = conn.transaction()?;
-            let mut n = 0;
-            {
-                let mut stmt = tx.prepare_cached(&format!(
-                    "UPDATE deliveries SET lease_expires_at = ?1
-                     WHERE id = ?2 AND lease_owner = ?3 AND status = '{}'",
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE deliveries SET lease_expires_at = MAX(lease_expires_at, ?1)
+                     WHERE lease_owner = ?2 AND status = '{}'",
                     DeliveryStatus::InFlight.as_str()
-                ))?;
-                for id in deliveries {
-                    n += stmt.execute(params![lease_until, id, owner])?;
-                }
-            }
+                ))?
+                .execute(params![lease_until, owner])?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn sweep_expired(&self, now: Millis) -> Result<usize, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = return_in_flight(
+                &tx,
+                "lease_expires_at <= :expiry",
+                &[(":expiry", &now)],
+                now,
+                "lease expired: the worker stopped without reporting back",
+            )?;
             tx.commit()?;
             Ok(n)
         })
@@ -453,21 +616,12 @@ impl Store for SqliteStore {
         let owner = owner.to_owned();
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let in_flight = DeliveryStatus::InFlight.as_str();
-            abandon_running(
+            let n = return_in_flight(
                 &tx,
-                &format!("lease_owner = :owner AND status = '{in_flight}'"),
+                "lease_owner = :owner",
                 &[(":owner", &owner)],
+                now,
                 "host stopped before the attempt finished",
-            )?;
-            let n = tx.execute(
-                &format!(
-                    "UPDATE deliveries SET status = '{pending}', lease_owner = NULL, lease_expires_at = NULL,
-                        next_attempt_at = ?2
-                     WHERE lease_owner = ?1 AND status = '{in_flight}'",
-                    pending = DeliveryStatus::Pending.as_str(),
-                ),
-                params![owner, now],
             )?;
             tx.commit()?;
             Ok(n)
@@ -478,22 +632,127 @@ impl Store for SqliteStore {
     async fn recover_orphans(&self, now: Millis) -> Result<usize, StoreError> {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let in_flight = DeliveryStatus::InFlight.as_str();
-            abandon_running(
+            let n = return_in_flight(
                 &tx,
-                &format!("status = '{in_flight}'"),
+                "1 = 1",
                 &[],
+                now,
                 "the host stopped during the attempt (crash or kill)",
             )?;
-            let n = tx.execute(
-                &format!(
-                    "UPDATE deliveries SET status = '{pending}', lease_owner = NULL, lease_expires_at = NULL,
-                        next_attempt_at = ?1
-                     WHERE status = '{in_flight}'",
-                    pending = DeliveryStatus::Pending.as_str(),
-                ),
-                params![now],
-            )?;
+            tx.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn set_target_paused(&self, target: &TargetName, paused: bool, now: Millis) -> Result<bool, StoreError> {
+        let target = target.clone();
+        self.write(move |conn| {
+            let before: bool = conn
+                .prepare_cached("SELECT paused FROM target_state WHERE target = ?1")?
+                .query_row([target.as_str()], |r| r.get::<_, i64>(0))
+                .optional()?
+                .is_some_and(|p| p != 0);
+            conn.prepare_cached(
+                "INSERT INTO target_state (target, paused, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (target) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+            )?
+            .execute(params![target.as_str(), paused as i64, now])?;
+            Ok(before != paused)
+        })
+        .await
+    }
+
+    async fn paused_targets(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| {
+            let names = conn
+                .prepare_cached("SELECT target FROM target_state WHERE paused = 1 ORDER BY target")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn list_failed(
+        &self,
+        filter: FailedFilter,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<FailedDelivery>, StoreError> {
+        self.read(move |conn| {
+            let (clause, params) = failed_where(&filter);
+            let sql = format!(
+                "SELECT d.id, d.event_id, e.type, d.target, d.status, d.attempts, d.last_error, d.updated_at
+                 FROM deliveries d JOIN events e ON e.id = d.event_id
+                 WHERE {clause} AND d.id > :after ORDER BY d.id LIMIT :limit"
+            );
+            let limit = limit as i64;
+            let mut bind = bind_refs(&params);
+            bind.push((":after", &after));
+            bind.push((":limit", &limit));
+            let mut stmt = conn.prepare(&sql)?;
+            let rows: Vec<_> = stmt
+                .query_map(bind.as_slice(), |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, u32>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                        r.get::<_, i64>(7)?,
+                    ))
+                })?
+                .collect::<Result<_, _>>()?;
+            rows.into_iter()
+                .map(
+                    |(delivery_id, event_id, event_type, target, status, attempts, last_error, failed_at)| {
+                        Ok(FailedDelivery {
+                            delivery_id,
+                            event_id: parse(event_id)?,
+                            event_type,
+                            target: parse(target)?,
+                            status: parse(status)?,
+                            attempts,
+                            last_error,
+                            failed_at,
+                        })
+                    },
+                )
+                .collect()
+        })
+        .await
+    }
+
+    async fn count_failed(&self, filter: FailedFilter) -> Result<u64, StoreError> {
+        self.read(move |conn| {
+            let (clause, params) = failed_where(&filter);
+            let sql = format!("SELECT COUNT(*) FROM deliveries d WHERE {clause}");
+            let n = conn
+                .prepare(&sql)?
+                .query_row(bind_refs(&params).as_slice(), |r| r.get(0))?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn replay(&self, filter: FailedFilter, limit: usize, now: Millis) -> Result<usize, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (clause, params) = failed_where(&filter);
+            let sql = format!(
+                "UPDATE deliveries
+                 SET status = '{pending}', attempts = 0, next_attempt_at = :now, updated_at = :now
+                 WHERE id IN (SELECT d.id FROM deliveries d WHERE {clause} ORDER BY d.id LIMIT :limit)",
+                pending = DeliveryStatus::Pending.as_str()
+            );
+            let limit = limit as i64;
+            let mut bind = bind_refs(&params);
+            bind.push((":now", &now));
+            bind.push((":limit", &limit));
+            let n = tx.prepare(&sql)?.execute(bind.as_slice())?;
             tx.commit()?;
             Ok(n)
         })
@@ -654,6 +913,7 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::domain::{EventType, ProducerKey};
+    use crate::store::FailedFilter;
 
     fn t(name: &str) -> TargetName {
         name.parse().unwrap()
@@ -666,6 +926,7 @@ mod tests {
             payload: r#"{"n":1}"#.into(),
             headers: vec![("x-source".into(), "test".into())],
             idempotency_key: key.map(|k| ProducerKey::try_from(k.to_string()).unwrap()),
+            ordering_key: None,
             targets: targets.iter().map(|n| t(n)).collect(),
         }
     }
@@ -680,7 +941,7 @@ mod tests {
         Settlement {
             target: c.target.clone(),
             delivery_id: c.delivery_id,
-            attempt: c.attempt,
+            seq: c.seq,
             status,
             next_attempt_at: at,
             last_error: None,
@@ -688,6 +949,7 @@ mod tests {
             finished_at: at,
             duration_ms: 3,
             plugin_hash: Some("abc".into()),
+            emit: Vec::new(),
         }
     }
 
@@ -722,12 +984,12 @@ mod tests {
     async fn a_lease_is_exclusive_until_it_expires() {
         let (_d, s) = store();
         s.ingest(vec![event(None, &["crm"])], 0).await.unwrap();
-        let a = s.claim(&t("crm"), 10, "a", 100, 1_000).await.unwrap();
+        let a = s.claim(&t("crm"), 10, "a", 100, 1_000, false).await.unwrap();
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].attempt, 1);
-        assert!(s.claim(&t("crm"), 10, "b", 500, 2_000).await.unwrap().is_empty());
+        assert!(s.claim(&t("crm"), 10, "b", 500, 2_000, false).await.unwrap().is_empty());
         // After expiry another worker takes it over; the first attempt is abandoned.
-        let b = s.claim(&t("crm"), 10, "b", 1_000, 2_000).await.unwrap();
+        let b = s.claim(&t("crm"), 10, "b", 1_000, 2_000, false).await.unwrap();
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].attempt, 2);
         // The first worker's late outcome cannot change the delivery any more...
@@ -772,10 +1034,15 @@ mod tests {
         s.ingest((0..5).map(|_| event(None, &["crm"])).collect(), 100)
             .await
             .unwrap();
-        assert!(s.claim(&t("crm"), 10, "a", 99, 1_000).await.unwrap().is_empty());
-        assert_eq!(s.claim(&t("crm"), 3, "a", 100, 1_000).await.unwrap().len(), 3);
-        assert_eq!(s.claim(&t("crm"), 3, "a", 100, 1_000).await.unwrap().len(), 2);
-        assert!(s.claim(&t("billing"), 3, "a", 100, 1_000).await.unwrap().is_empty());
+        assert!(s.claim(&t("crm"), 10, "a", 99, 1_000, false).await.unwrap().is_empty());
+        assert_eq!(s.claim(&t("crm"), 3, "a", 100, 1_000, false).await.unwrap().len(), 3);
+        assert_eq!(s.claim(&t("crm"), 3, "a", 100, 1_000, false).await.unwrap().len(), 2);
+        assert!(
+            s.claim(&t("billing"), 3, "a", 100, 1_000, false)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]
@@ -784,7 +1051,7 @@ mod tests {
         s.ingest(vec![event(None, &["crm"]), event(None, &["crm"])], 0)
             .await
             .unwrap();
-        let c = s.claim(&t("crm"), 1, "a", 0, 1_000).await.unwrap();
+        let c = s.claim(&t("crm"), 1, "a", 0, 1_000, false).await.unwrap();
         let mut retry = settlement(&c[0], DeliveryStatus::Pending, AttemptOutcome::Retry, 10);
         retry.next_attempt_at = 500;
         retry.last_error = Some("503".into());
@@ -795,13 +1062,13 @@ mod tests {
             "the other delivery is still due"
         );
 
-        let other = s.claim(&t("crm"), 1, "a", 10, 1_000).await.unwrap();
+        let other = s.claim(&t("crm"), 1, "a", 10, 1_000, false).await.unwrap();
         assert_eq!(other.len(), 1);
         assert_eq!(s.next_due(&t("crm")).await.unwrap(), Some(500));
         assert_eq!(s.release("a", 20).await.unwrap(), 1);
         assert_eq!(s.next_due(&t("crm")).await.unwrap(), Some(20));
 
-        let again = s.claim(&t("crm"), 5, "b", 600, 2_000).await.unwrap();
+        let again = s.claim(&t("crm"), 5, "b", 600, 2_000, false).await.unwrap();
         assert_eq!(again.len(), 2);
         assert_eq!(s.recover_orphans(700).await.unwrap(), 2);
         let detail = s.event(again[0].event.id).await.unwrap().unwrap();
@@ -819,5 +1086,149 @@ mod tests {
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
         // A client (the CLI) may still open it beside the server.
         SqliteStore::open(&path).unwrap();
+    }
+
+    fn keyed(key: &str) -> NewEvent {
+        NewEvent {
+            ordering_key: Some(key.into()),
+            ..event(None, &["crm"])
+        }
+    }
+
+    #[tokio::test]
+    async fn ordered_claims_wait_for_earlier_deliveries_of_the_same_key() {
+        let (_d, s) = store();
+        s.ingest(vec![keyed("A"), keyed("A"), keyed("B"), event(None, &["crm"])], 0)
+            .await
+            .unwrap();
+        let first = s.claim(&t("crm"), 10, "w", 0, 1_000, true).await.unwrap();
+        let keys: Vec<_> = first.iter().map(|c| c.event.ordering_key.clone()).collect();
+        assert_eq!(keys, [Some("A".into()), Some("B".into()), None], "the second A waits");
+        // The head of A fails and is rescheduled: A stays blocked, nothing else is.
+        let head = &first[0];
+        let mut retry = settlement(head, DeliveryStatus::Pending, AttemptOutcome::Retry, 1);
+        retry.next_attempt_at = 500;
+        s.settle("w", vec![retry]).await.unwrap();
+        assert!(s.claim(&t("crm"), 10, "w", 100, 1_000, true).await.unwrap().is_empty());
+        // Unordered claiming ignores keys.
+        assert_eq!(s.claim(&t("crm"), 10, "x", 100, 1_000, false).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn ordered_head_that_dies_unblocks_its_key() {
+        let (_d, s) = store();
+        s.ingest(vec![keyed("A"), keyed("A")], 0).await.unwrap();
+        let head = s.claim(&t("crm"), 10, "w", 0, 1_000, true).await.unwrap();
+        assert_eq!(head.len(), 1);
+        s.settle(
+            "w",
+            vec![settlement(&head[0], DeliveryStatus::Dead, AttemptOutcome::Permanent, 1)],
+        )
+        .await
+        .unwrap();
+        let next = s.claim(&t("crm"), 10, "w", 2, 1_000, true).await.unwrap();
+        assert_eq!(next.len(), 1);
+        assert_ne!(next[0].delivery_id, head[0].delivery_id);
+    }
+
+    #[tokio::test]
+    async fn replay_resets_attempts_keeps_history_and_is_idempotent() {
+        let (_d, s) = store();
+        s.ingest(vec![event(None, &["crm", "billing"]), event(None, &["crm"])], 0)
+            .await
+            .unwrap();
+        for target in ["crm", "billing"] {
+            for c in s.claim(&t(target), 10, "w", 0, 1_000, false).await.unwrap() {
+                let mut dead = settlement(&c, DeliveryStatus::Dead, AttemptOutcome::Permanent, 10);
+                dead.last_error = Some(format!("permanent failure: HTTP 400 from {target}"));
+                s.settle("w", vec![dead]).await.unwrap();
+            }
+        }
+        let only_crm = FailedFilter {
+            target: Some(t("crm")),
+            error_contains: Some("http 400".into()),
+            ..FailedFilter::default()
+        };
+        assert_eq!(s.count_failed(only_crm.clone()).await.unwrap(), 2);
+        assert_eq!(s.list_failed(FailedFilter::default(), 0, 10).await.unwrap().len(), 3);
+        assert_eq!(
+            s.replay(only_crm.clone(), 1, 20).await.unwrap(),
+            1,
+            "limit caps a chunk"
+        );
+        assert_eq!(s.replay(only_crm.clone(), 100, 20).await.unwrap(), 1);
+        assert_eq!(
+            s.replay(only_crm, 100, 20).await.unwrap(),
+            0,
+            "replaying again does nothing"
+        );
+
+        let again = s.claim(&t("crm"), 10, "w", 30, 1_000, false).await.unwrap();
+        assert_eq!(again.len(), 2);
+        assert!(
+            again.iter().all(|c| c.attempt == 1 && c.seq == 2),
+            "count reset, history numbering goes on"
+        );
+        let detail = s.event(again[0].event.id).await.unwrap().unwrap();
+        let crm = detail.deliveries.iter().find(|d| d.target.as_str() == "crm").unwrap();
+        assert_eq!(crm.history.len(), 2, "the first attempt's record is kept");
+    }
+
+    #[tokio::test]
+    async fn paused_targets_claim_nothing_until_resumed() {
+        let (_d, s) = store();
+        s.ingest(vec![event(None, &["crm"])], 0).await.unwrap();
+        assert!(s.set_target_paused(&t("crm"), true, 0).await.unwrap());
+        assert!(
+            !s.set_target_paused(&t("crm"), true, 0).await.unwrap(),
+            "already paused"
+        );
+        assert_eq!(s.paused_targets().await.unwrap(), ["crm"]);
+        assert!(s.claim(&t("crm"), 10, "w", 0, 1_000, false).await.unwrap().is_empty());
+        s.set_target_paused(&t("crm"), false, 0).await.unwrap();
+        assert_eq!(s.claim(&t("crm"), 10, "w", 0, 1_000, false).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn heartbeat_keeps_leases_and_sweeper_returns_expired_ones() {
+        let (_d, s) = store();
+        s.ingest(vec![event(None, &["crm"]), event(None, &["billing"])], 0)
+            .await
+            .unwrap();
+        s.claim(&t("crm"), 1, "alive", 0, 100, false).await.unwrap();
+        s.claim(&t("billing"), 1, "gone", 0, 100, false).await.unwrap();
+        assert_eq!(s.extend_leases("alive", 1_000).await.unwrap(), 1);
+        assert_eq!(
+            s.sweep_expired(500).await.unwrap(),
+            1,
+            "only the dead worker's lease expired"
+        );
+        assert_eq!(s.next_due(&t("billing")).await.unwrap(), Some(500));
+        assert_eq!(s.next_due(&t("crm")).await.unwrap(), None, "still in flight");
+    }
+
+    #[tokio::test]
+    async fn settle_emits_events_only_when_the_lease_holds() {
+        let (_d, s) = store();
+        s.ingest(vec![event(None, &["crm"])], 0).await.unwrap();
+        let c = s.claim(&t("crm"), 1, "w", 0, 100, false).await.unwrap();
+        let op = |key: &str| NewEvent {
+            event_type: EventType::try_from("outboxd.delivery.dead".to_string()).unwrap(),
+            idempotency_key: Some(ProducerKey::try_from(key.to_string()).unwrap()),
+            ..event(None, &["alerts"])
+        };
+        let mut lost = settlement(&c[0], DeliveryStatus::Dead, AttemptOutcome::Permanent, 1);
+        lost.emit = vec![op("k-lost")];
+        let report = s.settle("someone-else", vec![lost]).await.unwrap();
+        assert_eq!(report.lost_leases.len(), 1);
+        assert!(
+            !s.status_counts().await.unwrap().contains_key("alerts"),
+            "no event from a lost lease"
+        );
+
+        let mut held = settlement(&c[0], DeliveryStatus::Dead, AttemptOutcome::Permanent, 1);
+        held.emit = vec![op("k-held")];
+        s.settle("w", vec![held]).await.unwrap();
+        assert_eq!(s.status_counts().await.unwrap()["alerts"][&DeliveryStatus::Pending], 1);
     }
 }
