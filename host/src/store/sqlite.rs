@@ -89,11 +89,27 @@ CREATE TABLE target_state (
 ) STRICT;
 "#];
 
+/// A connection and the gate that lets one call at a time use it.
+#[derive(Clone)]
+struct Gated {
+    conn: Arc<Mutex<Connection>>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Gated {
+    fn new(conn: Connection) -> Self {
+        Self {
+            conn: Arc::new(Mutex::new(conn)),
+            gate: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
+    }
+}
+
 /// The embedded SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: Arc<Mutex<Connection>>,
-    reader: Arc<Mutex<Connection>>,
+    writer: Gated,
+    reader: Gated,
     /// The exclusive `serve` lock, held for this store's life when taken.
     _lock: Option<Arc<File>>,
 }
@@ -180,19 +196,26 @@ impl SqliteStore {
         migrate(&mut writer)?;
         let reader = open_connection(path)?;
         Ok(Self {
-            writer: Arc::new(Mutex::new(writer)),
-            reader: Arc::new(Mutex::new(reader)),
+            writer: Gated::new(writer),
+            reader: Gated::new(reader),
             _lock: lock,
         })
     }
 
-    async fn run<R, F>(conn: &Arc<Mutex<Connection>>, f: F) -> Result<R, StoreError>
+    async fn run<R, F>(gated: &Gated, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(conn);
+        // Callers queue here, asynchronously, rather than each parking a blocking thread on
+        // the mutex: at most one blocking thread per connection.
+        let permit = Arc::clone(&gated.gate)
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        let conn = Arc::clone(&gated.conn);
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             // A poisoned mutex only means another call panicked mid-way; SQLite rolled its
             // transaction back, so the connection is still sound.
             let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
