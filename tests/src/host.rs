@@ -1,0 +1,1018 @@
+//! [`Host`]: the real `outboxd` binary, run in a fresh temporary directory.
+//!
+//! A `Host` owns a temp dir laid out like a user's installation:
+//!
+//! ```text
+//! <tmp>/outboxd.toml          service config (listen = "127.0.0.1:0")
+//! <tmp>/outboxd.db            database
+//! <tmp>/plugins.d/*.wasm      components, copied from the plugins build
+//! <tmp>/plugins.d/*.toml      target manifests
+//! <tmp>/outboxd.stderr.log    the child's stderr, across restarts
+//! ```
+//!
+//! `start()` spawns `outboxd serve --config <tmp>/outboxd.toml`, waits for the
+//! `listening on ADDR` line on stdout and talks to the HTTP API at that
+//! address. The child is killed when the `Host` is dropped; if the test is
+//! panicking at that moment, the child's stderr is printed so that failures
+//! are diagnosable from CI logs.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+use crate::{artifacts, default_timeout, scaled};
+
+const CONFIG_FILE: &str = "outboxd.toml";
+const DATABASE_FILE: &str = "outboxd.db";
+const PLUGINS_DIR: &str = "plugins.d";
+const STDERR_FILE: &str = "outboxd.stderr.log";
+
+/// How long `start()` waits for the `listening on` line.
+fn start_timeout() -> Duration {
+    scaled(Duration::from_secs(90))
+}
+
+/// The `[retry]` table of a target manifest.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Retry {
+    /// `max_attempts`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// `initial_backoff_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_backoff_ms: Option<u64>,
+    /// `max_backoff_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_backoff_ms: Option<u64>,
+    /// `multiplier`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<f64>,
+}
+
+/// The `[breaker]` table of a target manifest.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Breaker {
+    /// `failures`: consecutive retryable failures that open the breaker (0 disables it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+    /// `cooldown_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cooldown_ms: Option<u64>,
+}
+
+/// A target manifest (`plugins.d/<name>.toml`), serialised as TOML.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    /// Component file, relative to the plugins dir (e.g. `webhook.wasm`).
+    pub plugin: String,
+    /// Event type globs.
+    pub events: Vec<String>,
+    /// `timeout_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// `concurrency`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// `memory_mb`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+    /// `allowed_hosts` (`host:port`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    /// `class`: `critical`, `best-effort`, `slow` or `batched`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// `ordered`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordered: Option<bool>,
+    /// `rate_per_sec`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_per_sec: Option<f64>,
+    /// `max_batch` (batched class).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u32>,
+    /// `linger_ms` (batched class).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linger_ms: Option<u64>,
+    /// `[retry]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// `[breaker]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<Breaker>,
+    /// `[config]`, handed to the plugin.
+    #[serde(skip_serializing_if = "toml::Table::is_empty")]
+    pub config: toml::Table,
+}
+
+impl Target {
+    /// A target of component `plugin` receiving every event type.
+    pub fn new(plugin: &str) -> Self {
+        Self {
+            plugin: plugin.to_owned(),
+            events: vec!["*".to_owned()],
+            timeout_ms: None,
+            concurrency: None,
+            memory_mb: None,
+            allowed_hosts: Vec::new(),
+            class: None,
+            ordered: None,
+            rate_per_sec: None,
+            max_batch: None,
+            linger_ms: None,
+            retry: None,
+            breaker: None,
+            config: toml::Table::new(),
+        }
+    }
+
+    /// A `webhook.wasm` target posting to `url`, with `url`'s `host:port`
+    /// allowed.
+    pub fn webhook(url: &str) -> Self {
+        let mut t = Self::new("webhook.wasm").config("url", url);
+        if let Some(authority) = authority_of(url) {
+            t.allowed_hosts.push(authority);
+        }
+        t
+    }
+
+    /// A `webhook_batch.wasm` target (world `batch-target`, `class = "batched"`)
+    /// posting batches to `url`, with `url`'s `host:port` allowed.
+    pub fn webhook_batch(url: &str) -> Self {
+        let mut t = Self::webhook(url).class("batched");
+        t.plugin = "webhook_batch.wasm".to_owned();
+        t
+    }
+
+    /// A `misbehave.wasm` target in `mode` (`loop`, `call`, `trap`, `grow`, `ok`, `permanent`).
+    pub fn misbehave(mode: &str) -> Self {
+        Self::new("misbehave.wasm").config("mode", mode)
+    }
+
+    /// Replace the event globs.
+    pub fn events(mut self, globs: &[&str]) -> Self {
+        self.events = globs.iter().map(|g| (*g).to_owned()).collect();
+        self
+    }
+
+    /// Set `timeout_ms`.
+    pub fn timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout_ms = Some(ms);
+        self
+    }
+
+    /// Set `concurrency`.
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = Some(n);
+        self
+    }
+
+    /// Set `memory_mb`.
+    pub fn memory_mb(mut self, mb: u32) -> Self {
+        self.memory_mb = Some(mb);
+        self
+    }
+
+    /// Add a `host:port` to `allowed_hosts`.
+    pub fn allow(mut self, authority: &str) -> Self {
+        self.allowed_hosts.push(authority.to_owned());
+        self
+    }
+
+    /// Replace `allowed_hosts`.
+    pub fn allowed_hosts(mut self, hosts: &[&str]) -> Self {
+        self.allowed_hosts = hosts.iter().map(|h| (*h).to_owned()).collect();
+        self
+    }
+
+    /// Set the whole `[retry]` table.
+    pub fn retry(mut self, max_attempts: u32, initial_backoff_ms: u64, max_backoff_ms: u64) -> Self {
+        self.retry = Some(Retry {
+            max_attempts: Some(max_attempts),
+            initial_backoff_ms: Some(initial_backoff_ms),
+            max_backoff_ms: Some(max_backoff_ms),
+            multiplier: None,
+        });
+        self
+    }
+
+    /// Set `class` (`critical`, `best-effort`, `slow`, `batched`).
+    pub fn class(mut self, class: &str) -> Self {
+        self.class = Some(class.to_owned());
+        self
+    }
+
+    /// Set `ordered`.
+    pub fn ordered(mut self, ordered: bool) -> Self {
+        self.ordered = Some(ordered);
+        self
+    }
+
+    /// Set `rate_per_sec`.
+    pub fn rate_per_sec(mut self, rate: f64) -> Self {
+        self.rate_per_sec = Some(rate);
+        self
+    }
+
+    /// Set `max_batch` and `linger_ms` (batched class).
+    pub fn batch(mut self, max_batch: u32, linger_ms: u64) -> Self {
+        self.max_batch = Some(max_batch);
+        self.linger_ms = Some(linger_ms);
+        self
+    }
+
+    /// Set the `[breaker]` table.
+    pub fn breaker(mut self, failures: u32, cooldown_ms: u64) -> Self {
+        self.breaker = Some(Breaker {
+            failures: Some(failures),
+            cooldown_ms: Some(cooldown_ms),
+        });
+        self
+    }
+
+    /// Quick retries for tests: `initial_backoff_ms = 50`, `max_backoff_ms = 200`.
+    pub fn fast_retry(self, max_attempts: u32) -> Self {
+        self.retry(max_attempts, 50, 200)
+    }
+
+    /// Set a `[config]` value.
+    pub fn config(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.config.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Set `[config] secret`.
+    pub fn secret(self, secret: &str) -> Self {
+        self.config("secret", secret)
+    }
+
+    /// The manifest text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a manifest serialises to TOML")
+    }
+}
+
+/// `host:port` of an `http://` URL (port 80/443 implied if absent).
+fn authority_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.is_empty() {
+        return None;
+    }
+    if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        Some(authority.to_owned())
+    } else {
+        let port = if scheme == "https" { 443 } else { 80 };
+        Some(format!("{authority}:{port}"))
+    }
+}
+
+/// Why `outboxd serve` did not come up.
+#[derive(Debug)]
+pub enum StartError {
+    /// The process could not be spawned.
+    Spawn(String),
+    /// The process exited before printing `listening on`.
+    Exited {
+        /// Its exit status.
+        status: ExitStatus,
+        /// Everything it wrote on stderr (this run).
+        stderr: String,
+        /// Everything it wrote on stdout.
+        stdout: String,
+    },
+    /// No `listening on` line within the timeout (the process was killed).
+    Timeout {
+        /// How long it waited.
+        after: Duration,
+        /// Everything it wrote on stderr (this run).
+        stderr: String,
+    },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Spawn(e) => write!(f, "cannot spawn outboxd: {e}"),
+            StartError::Exited { status, stderr, stdout } => write!(
+                f,
+                "outboxd serve exited ({status}) before listening\n--- stderr ---\n{stderr}\n--- stdout ---\n{stdout}"
+            ),
+            StartError::Timeout { after, stderr } => write!(
+                f,
+                "outboxd serve printed no `listening on` line within {after:?}\n--- stderr ---\n{stderr}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// The result of running an `outboxd` subcommand to completion.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl fmt::Display for CliOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "exit: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A running (or stopped) `outboxd serve` in its own temporary directory.
+pub struct Host {
+    dir: Option<tempfile::TempDir>,
+    root: PathBuf,
+    config: toml::Table,
+    extra_config: String,
+    plugin_files: BTreeSet<String>,
+    child: Option<Child>,
+    addr: Option<SocketAddr>,
+    stdout_lines: Arc<Mutex<Vec<String>>>,
+    stderr_offset: u64,
+    starts: usize,
+    http: reqwest::Client,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Host {
+    /// A host in a fresh temp dir with test-friendly defaults:
+    /// `listen = "127.0.0.1:0"`, `poll_interval_ms = 50`, `shutdown_grace_ms = 3000`.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("outboxd-e2e-")
+            .tempdir()
+            .expect("create a temp dir");
+        let root = dir.path().to_path_buf();
+        fs::create_dir_all(root.join(PLUGINS_DIR)).expect("create plugins dir");
+        let mut config = toml::Table::new();
+        config.insert("listen".into(), "127.0.0.1:0".into());
+        config.insert("database".into(), DATABASE_FILE.into());
+        config.insert("plugins_dir".into(), PLUGINS_DIR.into());
+        config.insert("poll_interval_ms".into(), 50.into());
+        config.insert("shutdown_grace_ms".into(), 3000.into());
+        // Compiled plugins are shared by every test host (entries are keyed by content hash,
+        // written atomically): large components compile once per run, not once per test.
+        let cache = artifacts::target_dir().join("outboxd-test-cache");
+        config.insert("cache_dir".into(), cache.display().to_string().into());
+        let http = reqwest::Client::builder()
+            .timeout(scaled(Duration::from_secs(20)))
+            .build()
+            .expect("build HTTP client");
+        Self {
+            dir: Some(dir),
+            root,
+            config,
+            extra_config: String::new(),
+            plugin_files: BTreeSet::new(),
+            child: None,
+            addr: None,
+            stdout_lines: Arc::default(),
+            stderr_offset: 0,
+            starts: 0,
+            http,
+        }
+    }
+
+    /// The temp dir.
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<dir>/outboxd.toml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join(CONFIG_FILE)
+    }
+
+    /// `<dir>/plugins.d`.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.root.join(PLUGINS_DIR)
+    }
+
+    /// `<dir>/outboxd.db`.
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join(DATABASE_FILE)
+    }
+
+    /// Set a key of `outboxd.toml` (written at the next start).
+    pub fn set_config(&mut self, key: &str, value: impl Into<toml::Value>) -> &mut Self {
+        self.config.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Append raw text to `outboxd.toml` (for testing invalid configs).
+    pub fn append_config_raw(&mut self, text: &str) -> &mut Self {
+        self.extra_config.push_str(text);
+        if !text.ends_with('\n') {
+            self.extra_config.push('\n');
+        }
+        self
+    }
+
+    /// Add target `name`: writes `plugins.d/<name>.toml` now; its component is
+    /// copied from the plugins build before the next start.
+    pub fn add_target(&mut self, name: &str, target: &Target) -> &mut Self {
+        self.add_target_raw(name, &target.plugin.clone(), &target.to_toml())
+    }
+
+    /// Add target `name` with a raw manifest text; `plugin_file` (a built
+    /// component's file name, or `""` for none) is copied into `plugins.d`.
+    pub fn add_target_raw(&mut self, name: &str, plugin_file: &str, manifest: &str) -> &mut Self {
+        if !plugin_file.is_empty() {
+            self.plugin_files.insert(plugin_file.to_owned());
+        }
+        let path = self.plugins_dir().join(format!("{name}.toml"));
+        fs::write(&path, manifest).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        self
+    }
+
+    /// Add a bare component `plugins.d/<name>.wasm` (no manifest): a target
+    /// `name` with default settings. `plugin_file` is a built component.
+    pub fn add_bare_plugin(&mut self, name: &str, plugin_file: &str) -> &mut Self {
+        let src = artifacts::plugin(plugin_file);
+        let dst = self.plugins_dir().join(format!("{name}.wasm"));
+        fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copy {} to {}: {e}", src.display(), dst.display()));
+        self
+    }
+
+    /// Remove target `name`'s manifest (takes effect at the next start or reload).
+    pub fn remove_target(&mut self, name: &str) -> &mut Self {
+        let _ = fs::remove_file(self.plugins_dir().join(format!("{name}.toml")));
+        self
+    }
+
+    /// Write `outboxd.toml` and copy the needed components into `plugins.d`.
+    fn prepare(&mut self) {
+        let mut text = toml::to_string(&self.config).expect("config serialises");
+        text.push_str(&self.extra_config);
+        fs::write(self.config_path(), text).expect("write outboxd.toml");
+        for file in &self.plugin_files {
+            let dst = self.plugins_dir().join(file);
+            if dst.exists() {
+                continue;
+            }
+            let src = artifacts::plugin(file);
+            fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copy {} to {}: {e}", src.display(), dst.display()));
+        }
+    }
+
+    async fn prepare_async(&mut self) -> PathBuf {
+        // Locating the artifacts may run cargo builds: keep them off the runtime.
+        let files: Vec<String> = self.plugin_files.iter().cloned().collect();
+        let bin = tokio::task::spawn_blocking(move || {
+            for f in &files {
+                artifacts::plugin(f);
+            }
+            artifacts::outboxd_bin().to_path_buf()
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        self.prepare();
+        bin
+    }
+
+    /// Whether the child is running (as far as we know).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Start `outboxd serve`; panics (with its stderr) if it does not come up.
+    pub async fn start(&mut self) -> &mut Self {
+        if let Err(e) = self.try_start().await {
+            panic!("{e}\n(test dir: {})", self.root.display());
+        }
+        self
+    }
+
+    /// Start `outboxd serve` and wait for its `listening on` line.
+    pub async fn try_start(&mut self) -> Result<SocketAddr, StartError> {
+        assert!(
+            !self.is_running(),
+            "outboxd is already running; stop it first or use restart()"
+        );
+        let bin = self.prepare_async().await;
+        self.starts += 1;
+        let stderr_path = self.root.join(STDERR_FILE);
+        let mut stderr_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .map_err(|e| StartError::Spawn(format!("open {}: {e}", stderr_path.display())))?;
+        {
+            use std::io::Write as _;
+            let _ = writeln!(stderr_file, "===== testkit: start #{} =====", self.starts);
+        }
+        self.stderr_offset = fs::metadata(&stderr_path).map(|m| m.len()).unwrap_or(0);
+        let mut cmd = Command::new(&bin);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(self.config_path())
+            .current_dir(&self.root)
+            .env("RUST_BACKTRACE", "1")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr_file))
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| StartError::Spawn(format!("{}: {e}", bin.display())))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = oneshot::channel::<SocketAddr>();
+        let lines = self.stdout_lines.clone();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Some(addr) = parse_listening(&line)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr);
+                }
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        let timeout = start_timeout();
+        let outcome = tokio::select! {
+            addr = rx => Ok(addr),
+            status = child.wait() => Err(status),
+            () = tokio::time::sleep(timeout) => Err(Err(std::io::Error::other("timeout"))),
+        };
+        match outcome {
+            Ok(Ok(addr)) => {
+                self.addr = Some(addr);
+                self.child = Some(child);
+                Ok(addr)
+            }
+            // The stdout reader ended without a `listening on` line: the
+            // process is exiting (or closed stdout); report how it ended.
+            Ok(Err(_)) => {
+                let status = tokio::time::timeout(scaled(Duration::from_secs(10)), child.wait())
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                match status {
+                    Some(status) => Err(self.exited(status).await),
+                    None => {
+                        let _ = child.start_kill();
+                        Err(StartError::Timeout {
+                            after: timeout,
+                            stderr: self.stderr_this_run(),
+                        })
+                    }
+                }
+            }
+            Err(Ok(status)) => Err(self.exited(status).await),
+            Err(Err(_)) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                Err(StartError::Timeout {
+                    after: timeout,
+                    stderr: self.stderr_this_run(),
+                })
+            }
+        }
+    }
+
+    async fn exited(&self, status: ExitStatus) -> StartError {
+        // Give the stdout reader a moment to drain what was printed.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        StartError::Exited {
+            status,
+            stderr: self.stderr_this_run(),
+            stdout: self.stdout(),
+        }
+    }
+
+    /// Everything the child printed on stdout (all runs).
+    pub fn stdout(&self) -> String {
+        self.stdout_lines.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+    }
+
+    /// Everything the child wrote on stderr (all runs, with separators).
+    pub fn stderr(&self) -> String {
+        fs::read(self.root.join(STDERR_FILE))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// What the current (or last) run wrote on stderr.
+    pub fn stderr_this_run(&self) -> String {
+        let all = fs::read(self.root.join(STDERR_FILE)).unwrap_or_default();
+        let from = (self.stderr_offset as usize).min(all.len());
+        String::from_utf8_lossy(&all[from..]).into_owned()
+    }
+
+    /// The last `max_lines` lines of stderr, for failure messages.
+    pub fn stderr_tail(&self, max_lines: usize) -> String {
+        let all = self.stderr();
+        let lines: Vec<&str> = all.lines().collect();
+        let from = lines.len().saturating_sub(max_lines);
+        lines[from..].join("\n")
+    }
+
+    /// Wait until the child's stderr (this run) contains every needle, or the timeout passes.
+    pub async fn wait_for_stderr(&self, needles: &[&str], timeout: Duration) -> Result<String, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let err = self.stderr_this_run();
+            if needles.iter().all(|n| err.contains(n)) {
+                return Ok(err);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The API address of the running host.
+    ///
+    /// # Panics
+    /// If the host has not been started.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("host not started")
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    fn signal(&self, sig: Signal) {
+        let pid = self.pid().expect("outboxd is not running");
+        let pid = i32::try_from(pid).expect("pid fits i32");
+        signal::kill(Pid::from_raw(pid), sig).unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
+    }
+
+    /// `kill -9` the child and reap it.
+    pub async fn kill_9(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGKILL);
+        let mut child = self.child.take().expect("running");
+        let status = child.wait().await.expect("wait for outboxd");
+        self.addr = None;
+        status
+    }
+
+    async fn stop_with(&mut self, sig: Signal) -> ExitStatus {
+        self.signal(sig);
+        let grace = self
+            .config
+            .get("shutdown_grace_ms")
+            .and_then(toml::Value::as_integer)
+            .unwrap_or(10_000);
+        let limit = Duration::from_millis(grace.max(0) as u64) + scaled(Duration::from_secs(20));
+        let mut child = self.child.take().expect("running");
+        match tokio::time::timeout(limit, child.wait()).await {
+            Ok(status) => {
+                self.addr = None;
+                status.expect("wait for outboxd")
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                panic!(
+                    "outboxd did not exit within {limit:?} of {sig}\n--- stderr (tail) ---\n{}",
+                    self.stderr_tail(80)
+                );
+            }
+        }
+    }
+
+    /// Send SIGTERM and wait for the exit (panics if it takes longer than the
+    /// grace period plus a margin).
+    pub async fn sigterm(&mut self) -> ExitStatus {
+        self.stop_with(Signal::SIGTERM).await
+    }
+
+    /// Send SIGINT and wait for the exit.
+    pub async fn sigint(&mut self) -> ExitStatus {
+        self.stop_with(Signal::SIGINT).await
+    }
+
+    /// SIGTERM and assert a clean (code 0) exit.
+    pub async fn stop(&mut self) {
+        let status = self.sigterm().await;
+        assert!(
+            status.success(),
+            "outboxd exited with {status} after SIGTERM\n--- stderr (tail) ---\n{}",
+            self.stderr_tail(80)
+        );
+    }
+
+    /// Start again in the same directory (stopping gracefully first if running).
+    pub async fn restart(&mut self) -> &mut Self {
+        if self.is_running() {
+            self.stop().await;
+        }
+        self.child = None;
+        self.start().await
+    }
+
+    /// A read-only connection to the database (5 s busy timeout).
+    pub fn db(&self) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.db_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .unwrap_or_else(|e| panic!("open {} read-only: {e}", self.db_path().display()));
+        conn.busy_timeout(Duration::from_secs(5)).expect("set busy timeout");
+        conn
+    }
+
+    /// `SELECT count(*) FROM <table>` on a read-only connection.
+    pub fn count_rows(&self, table: &str) -> i64 {
+        self.db()
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("count rows of {table}: {e}"))
+    }
+
+    /// Run `outboxd <args[0]> --config <dir>/outboxd.toml <args[1..]>` to completion.
+    pub async fn run_cli(&mut self, args: &[&str]) -> CliOutput {
+        assert!(!args.is_empty(), "run_cli needs a subcommand");
+        let bin = self.prepare_async().await;
+        let mut cmd = Command::new(&bin);
+        cmd.arg(args[0])
+            .arg("--config")
+            .arg(self.config_path())
+            .args(&args[1..])
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let limit = scaled(Duration::from_secs(60));
+        let out = tokio::time::timeout(limit, cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("outboxd {args:?} did not finish within {limit:?}"))
+            .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+        CliOutput {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> (u16, Value) {
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}\n--- stderr (tail) ---\n{}", self.stderr_tail(40)));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, json)
+    }
+
+    /// `POST /v1/events` with a JSON body (an object or an array); returns the
+    /// status and the response body (JSON, or a JSON string holding the raw
+    /// text if it is not JSON).
+    pub async fn post_event(&self, body: &Value) -> (u16, Value) {
+        let req = self.http.post(self.url("/v1/events")).json(body);
+        self.send(req, "POST /v1/events").await
+    }
+
+    /// `POST /v1/events` with a raw body and content type.
+    pub async fn post_raw(&self, body: impl Into<reqwest::Body>, content_type: &str) -> (u16, Value) {
+        let req = self
+            .http
+            .post(self.url("/v1/events"))
+            .header("content-type", content_type)
+            .body(body);
+        self.send(req, "POST /v1/events").await
+    }
+
+    /// Post `{"type": event_type, "payload": payload}`, assert 202, return the id.
+    pub async fn enqueue(&self, event_type: &str, payload: Value) -> String {
+        let (status, body) = self
+            .post_event(&serde_json::json!({"type": event_type, "payload": payload}))
+            .await;
+        assert_eq!(status, 202, "POST /v1/events answered {status}: {body}");
+        body["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("POST /v1/events answer has no id: {body}"))
+            .to_owned()
+    }
+
+    /// `GET /v1/events/{id}`: status and body.
+    pub async fn get_event_raw(&self, id: &str) -> (u16, Value) {
+        let req = self.http.get(self.url(&format!("/v1/events/{id}")));
+        self.send(req, "GET /v1/events/{id}").await
+    }
+
+    /// `GET /v1/events/{id}`, asserting 200.
+    pub async fn get_event(&self, id: &str) -> Value {
+        let (status, body) = self.get_event_raw(id).await;
+        assert_eq!(status, 200, "GET /v1/events/{id} answered {status}: {body}");
+        body
+    }
+
+    /// `GET /v1/targets`, asserting 200.
+    pub async fn targets(&self) -> Value {
+        let req = self.http.get(self.url("/v1/targets"));
+        let (status, body) = self.send(req, "GET /v1/targets").await;
+        assert_eq!(status, 200, "GET /v1/targets answered {status}: {body}");
+        body
+    }
+
+    /// `GET /healthz`: status and body; `None` if no answer within `timeout`.
+    pub async fn healthz(&self, timeout: Duration) -> Option<(u16, Value)> {
+        let req = self.http.get(self.url("/healthz")).timeout(timeout);
+        let resp = req.send().await.ok()?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    /// Poll `GET /v1/events/{id}` until `pred` holds; returns that document.
+    ///
+    /// # Panics
+    /// On timeout, with the last document and the child's stderr.
+    pub async fn wait_for(&self, id: &str, timeout: Duration, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (status, body) = self.get_event_raw(id).await;
+            if status == 200 && pred(&body) {
+                return body;
+            }
+            let last = if status == 200 {
+                body
+            } else {
+                serde_json::json!({"http_status": status, "body": body})
+            };
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "event {id}: condition not met within {timeout:?}; last document:\n{}\n--- outboxd stderr (tail) ---\n{}",
+                    serde_json::to_string_pretty(&last).unwrap_or_default(),
+                    self.stderr_tail(60)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait (default timeout) until the event's deliveries to exactly these
+    /// targets all have a final status (`delivered` or `dead`).
+    pub async fn wait_settled(&self, id: &str, targets: &[&str]) -> Value {
+        self.wait_for(id, default_timeout(), |ev| {
+            targets
+                .iter()
+                .all(|t| matches!(crate::json::status_of(ev, t), Some("delivered") | Some("dead")))
+        })
+        .await
+    }
+
+    /// Wait (default timeout) until the event is `delivered` to every target listed.
+    pub async fn wait_delivered(&self, id: &str, targets: &[&str]) -> Value {
+        self.wait_for(id, default_timeout(), |ev| {
+            targets
+                .iter()
+                .all(|t| crate::json::status_of(ev, t) == Some("delivered"))
+        })
+        .await
+    }
+
+    /// Poll `GET /v1/targets` until `pred` holds; returns that document.
+    pub async fn wait_for_targets(&self, timeout: Duration, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let body = self.targets().await;
+            if pred(&body) {
+                return body;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "GET /v1/targets: condition not met within {timeout:?}; last:\n{}\n--- outboxd stderr (tail) ---\n{}",
+                    serde_json::to_string_pretty(&body).unwrap_or_default(),
+                    self.stderr_tail(60)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// `listening on 127.0.0.1:PORT` (tolerating an `http://` prefix or a trailing `/`).
+fn parse_listening(line: &str) -> Option<SocketAddr> {
+    let rest = line.split_once("listening on ")?.1.trim();
+    let rest = rest.strip_prefix("http://").unwrap_or(rest);
+    let rest = rest.split_whitespace().next()?.trim_end_matches('/');
+    rest.parse().ok()
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        if std::thread::panicking() && self.starts > 0 {
+            let keep = std::env::var("OUTBOXD_KEEP_TEST_DIR").is_ok_and(|v| !v.is_empty() && v != "0");
+            eprintln!(
+                "\n===== outboxd stderr ({}) =====\n{}\n===== outboxd stdout =====\n{}\n===== end of outboxd output{} =====",
+                self.root.join(STDERR_FILE).display(),
+                self.stderr_tail(300),
+                self.stdout(),
+                if keep { "; test dir kept" } else { "" }
+            );
+            if keep && let Some(dir) = self.dir.take() {
+                let _ = dir.keep();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listening_lines() {
+        let a: SocketAddr = "127.0.0.1:4321".parse().unwrap();
+        assert_eq!(parse_listening("listening on 127.0.0.1:4321"), Some(a));
+        assert_eq!(parse_listening("listening on http://127.0.0.1:4321/"), Some(a));
+        assert_eq!(parse_listening("starting"), None);
+    }
+
+    #[test]
+    fn authority_from_url() {
+        assert_eq!(
+            authority_of("http://127.0.0.1:9000/crm").as_deref(),
+            Some("127.0.0.1:9000")
+        );
+        assert_eq!(
+            authority_of("https://example.com/x").as_deref(),
+            Some("example.com:443")
+        );
+    }
+
+    #[test]
+    fn manifest_serialises_tables_last() {
+        let t = Target::webhook("http://127.0.0.1:9/a")
+            .events(&["order.*"])
+            .fast_retry(5)
+            .secret("whsec_AAAA");
+        let text = t.to_toml();
+        let parsed: toml::Table = text.parse().expect("valid TOML");
+        assert_eq!(parsed["plugin"].as_str(), Some("webhook.wasm"));
+        assert_eq!(parsed["retry"]["initial_backoff_ms"].as_integer(), Some(50));
+        assert_eq!(parsed["config"]["url"].as_str(), Some("http://127.0.0.1:9/a"));
+        assert_eq!(parsed["allowed_hosts"][0].as_str(), Some("127.0.0.1:9"));
+        assert!(parsed.get("timeout_ms").is_none());
+    }
+
+    #[test]
+    fn manifest_serialises_failure_class_keys() {
+        let t = Target::webhook_batch("http://127.0.0.1:9/b")
+            .batch(10, 300)
+            .ordered(true)
+            .fast_retry(5)
+            .breaker(3, 1000);
+        let parsed: toml::Table = t.to_toml().parse().expect("valid TOML");
+        assert_eq!(parsed["plugin"].as_str(), Some("webhook_batch.wasm"));
+        assert_eq!(parsed["class"].as_str(), Some("batched"));
+        assert_eq!(parsed["max_batch"].as_integer(), Some(10));
+        assert_eq!(parsed["linger_ms"].as_integer(), Some(300));
+        assert_eq!(parsed["ordered"].as_bool(), Some(true));
+        assert_eq!(parsed["breaker"]["failures"].as_integer(), Some(3));
+        assert_eq!(parsed["breaker"]["cooldown_ms"].as_integer(), Some(1000));
+        assert_eq!(parsed["retry"]["max_attempts"].as_integer(), Some(5));
+        assert!(parsed.get("rate_per_sec").is_none());
+    }
+}

@@ -1,0 +1,46 @@
+//! Small accessors for the JSON documents of the HTTP API (`GET /v1/events/{id}`).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// The `deliveries` of an event document, keyed by target name.
+pub fn deliveries_by_target(event: &Value) -> BTreeMap<String, Value> {
+    event["deliveries"]
+        .as_array()
+        .map(|ds| {
+            ds.iter()
+                .filter_map(|d| Some((d["target"].as_str()?.to_owned(), d.clone())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The delivery of `event` to `target`.
+///
+/// # Panics
+/// With the whole document if there is no such delivery.
+pub fn delivery<'a>(event: &'a Value, target: &str) -> &'a Value {
+    event["deliveries"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["target"] == target))
+        .unwrap_or_else(|| {
+            panic!(
+                "event has no delivery to target {target:?}:\n{}",
+                serde_json::to_string_pretty(event).unwrap_or_default()
+            )
+        })
+}
+
+/// The status of the delivery of `event` to `target`, if there is one.
+pub fn status_of<'a>(event: &'a Value, target: &str) -> Option<&'a str> {
+    event["deliveries"].as_array()?.iter().find(|d| d["target"] == target)?["status"].as_str()
+}
+
+/// The attempt history of the delivery of `event` to `target` (empty if none).
+pub fn history(event: &Value, target: &str) -> Vec<Value> {
+    delivery(event, target)["history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}

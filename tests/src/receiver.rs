@@ -1,0 +1,664 @@
+//! A scriptable, recording HTTP receiver that plays "the external system".
+//!
+//! [`Receiver`] is a real axum server on `127.0.0.1` (port 0 by default). It
+//! accepts any method at any path, records every request (method, path,
+//! headers, body, arrival time) before deciding how to answer, and answers
+//! according to the [`Behavior`] configured for that path: a status, failures
+//! for the first K requests, `429`/`503` with `Retry-After`, hanging, delays,
+//! failures for a seeded-random fraction of requests, or a JSON body computed
+//! from the request ([`Behavior::respond_with`]).
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use testkit::{Behavior, Receiver};
+//! let rx = Receiver::builder()
+//!     .path("/crm", Behavior::ok().fail_first(2, 500))
+//!     .path("/slow", Behavior::ok().hang_fraction(0.5).seed(7))
+//!     .start()
+//!     .await;
+//! let url = rx.url("/crm");
+//! // ... point a target at `url`, then:
+//! let reqs = rx.expect_requests("/crm", 3).await;
+//! # }
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::default_timeout;
+
+/// How the receiver answers one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Answer with this status code (and a short text body).
+    Status(u16),
+    /// Answer with this status code and a `Retry-After: secs` header.
+    RetryAfter {
+        /// Status code, usually 429 or 503.
+        status: u16,
+        /// Value of the `Retry-After` header, in seconds.
+        secs: u64,
+    },
+    /// Never answer (the request stays open until the client gives up or
+    /// the receiver is dropped).
+    Hang,
+    /// Sleep this long, then answer with the behaviour's default status.
+    Delay(Duration),
+    /// Answer with what the behaviour's responder ([`Behavior::respond_with`])
+    /// computed from the request: this status and this JSON body.
+    Computed {
+        /// Status code.
+        status: u16,
+        /// Response body, sent as `application/json`.
+        body: String,
+    },
+}
+
+/// Computes a reply from a request: `(status, JSON body)`; see [`Behavior::respond_with`].
+#[derive(Clone)]
+pub struct Responder(Arc<dyn Fn(&RecordedRequest) -> (u16, String) + Send + Sync>);
+
+impl fmt::Debug for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Responder(..)")
+    }
+}
+
+#[derive(Clone, Debug)]
+enum When {
+    FirstN(usize),
+    Fraction(f64),
+    Always,
+}
+
+/// The scripted behaviour of one path. Rules are checked in the order they
+/// were added; the first that matches decides the reply; if none matches,
+/// the default status is answered. "First K" rules count requests at this
+/// path since the behaviour was installed.
+#[derive(Clone, Debug)]
+pub struct Behavior {
+    default_status: u16,
+    rules: Vec<(When, Reply)>,
+    seed: u64,
+    responder: Option<Responder>,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Self::ok()
+    }
+}
+
+impl Behavior {
+    /// Answer 200 to everything.
+    pub fn ok() -> Self {
+        Self::status(200)
+    }
+
+    /// Answer `status` to everything (unless a rule added later says otherwise).
+    pub fn status(status: u16) -> Self {
+        Self {
+            default_status: status,
+            rules: Vec::new(),
+            seed: 0x5eed,
+            responder: None,
+        }
+    }
+
+    fn rule(mut self, when: When, reply: Reply) -> Self {
+        self.rules.push((when, reply));
+        self
+    }
+
+    /// Answer `status` to the first `k` requests, then behave as otherwise scripted.
+    pub fn fail_first(self, k: usize, status: u16) -> Self {
+        self.rule(When::FirstN(k), Reply::Status(status))
+    }
+
+    /// Answer `status` with `Retry-After: secs` to the first `k` requests.
+    pub fn retry_after_first(self, k: usize, status: u16, secs: u64) -> Self {
+        self.rule(When::FirstN(k), Reply::RetryAfter { status, secs })
+    }
+
+    /// Answer `status` with `Retry-After: secs` to every request.
+    pub fn retry_after(self, status: u16, secs: u64) -> Self {
+        self.rule(When::Always, Reply::RetryAfter { status, secs })
+    }
+
+    /// Answer `status` with `Retry-After: secs` to a random fraction `p` of requests.
+    pub fn retry_after_fraction(self, p: f64, status: u16, secs: u64) -> Self {
+        self.rule(When::Fraction(p), Reply::RetryAfter { status, secs })
+    }
+
+    /// Never answer the first `k` requests.
+    pub fn hang_first(self, k: usize) -> Self {
+        self.rule(When::FirstN(k), Reply::Hang)
+    }
+
+    /// Never answer a random fraction `p` (0..=1) of requests (see [`Behavior::seed`]).
+    pub fn hang_fraction(self, p: f64) -> Self {
+        self.rule(When::Fraction(p), Reply::Hang)
+    }
+
+    /// Never answer any request.
+    pub fn hang(self) -> Self {
+        self.rule(When::Always, Reply::Hang)
+    }
+
+    /// Sleep `d` before answering the first `k` requests.
+    pub fn delay_first(self, k: usize, d: Duration) -> Self {
+        self.rule(When::FirstN(k), Reply::Delay(d))
+    }
+
+    /// Sleep `d` before answering a random fraction `p` of requests.
+    pub fn delay_fraction(self, p: f64, d: Duration) -> Self {
+        self.rule(When::Fraction(p), Reply::Delay(d))
+    }
+
+    /// Sleep `d` before answering every request.
+    pub fn delay(self, d: Duration) -> Self {
+        self.rule(When::Always, Reply::Delay(d))
+    }
+
+    /// Answer `status` to a random fraction `p` of requests.
+    pub fn fail_fraction(self, p: f64, status: u16) -> Self {
+        self.rule(When::Fraction(p), Reply::Status(status))
+    }
+
+    /// Seed of the random generator used by the `*_fraction` rules (default fixed).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Answer every request that no rule claims with what `f` computes from it:
+    /// `(status, body)`, the body sent as `application/json` (recorded as
+    /// [`Reply::Computed`]). Rules added with the other methods still come
+    /// first. `f` runs while the receiver records the request, so it must not
+    /// call back into the [`Receiver`]; it may keep state of its own (e.g. to
+    /// fail an item only the first time it is seen).
+    pub fn respond_with(mut self, f: impl Fn(&RecordedRequest) -> (u16, String) + Send + Sync + 'static) -> Self {
+        self.responder = Some(Responder(Arc::new(f)));
+        self
+    }
+
+    /// The reply to `record`, whose `reply` holds what the rules decided: a
+    /// default reply (no rule matched) is computed by the responder, if any.
+    fn finish(&self, record: &mut RecordedRequest, by_rule: bool) {
+        if let (false, Some(responder)) = (by_rule, &self.responder) {
+            let (status, body) = (responder.0)(record);
+            record.reply = Reply::Computed { status, body };
+        }
+    }
+
+    /// The reply by the rules, and whether a rule (rather than the default) decided it.
+    fn decide_by_rule(&self, index: usize, rng: &mut StdRng) -> (Reply, bool) {
+        for (when, reply) in &self.rules {
+            let hit = match when {
+                When::FirstN(k) => index < *k,
+                When::Fraction(p) => rng.random::<f64>() < *p,
+                When::Always => true,
+            };
+            if hit {
+                return (reply.clone(), true);
+            }
+        }
+        (Reply::Status(self.default_status), false)
+    }
+}
+
+/// One request as the receiver saw it.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// Position among all requests to this receiver, from 0.
+    pub seq: usize,
+    /// Position among requests to this path since its behaviour was set, from 0.
+    pub index: usize,
+    /// HTTP method.
+    pub method: Method,
+    /// Request path (without query).
+    pub path: String,
+    /// Query string, if any.
+    pub query: Option<String>,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// Raw request body.
+    pub body: Bytes,
+    /// When the request arrived (monotonic).
+    pub received_at: Instant,
+    /// When the request arrived (wall clock).
+    pub received_at_wall: SystemTime,
+    /// How the receiver decided to answer it.
+    pub reply: Reply,
+}
+
+impl RecordedRequest {
+    /// The value of header `name` (case-insensitive) if present and valid text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `idempotency-key` header.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.header("idempotency-key")
+    }
+
+    /// The `outboxd-event-id` header.
+    pub fn event_id(&self) -> Option<&str> {
+        self.header("outboxd-event-id")
+    }
+
+    /// The `outboxd-attempt` header, parsed.
+    pub fn attempt(&self) -> Option<u32> {
+        self.header("outboxd-attempt")?.trim().parse().ok()
+    }
+
+    /// The body as (lossy) UTF-8 text.
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body parsed as JSON.
+    ///
+    /// # Panics
+    /// With the body text if it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "request #{} to {} has a body that is not JSON ({e}): {}",
+                self.seq,
+                self.path,
+                self.body_text()
+            )
+        })
+    }
+}
+
+impl fmt::Display for RecordedRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let body = self.body_text();
+        let excerpt: String = body.chars().take(160).collect();
+        write!(
+            f,
+            "#{} {} {} key={} event={} attempt={} -> {:?} body={}",
+            self.seq,
+            self.method,
+            self.path,
+            self.idempotency_key().unwrap_or("-"),
+            self.event_id().unwrap_or("-"),
+            self.header("outboxd-attempt").unwrap_or("-"),
+            self.reply,
+            excerpt
+        )
+    }
+}
+
+/// Called for every request as it arrives (used by `demo-receiver` to print).
+pub type OnRequest = Arc<dyn Fn(&RecordedRequest) + Send + Sync>;
+
+struct PathState {
+    behavior: Behavior,
+    rng: StdRng,
+    count: usize,
+}
+
+impl PathState {
+    fn new(behavior: Behavior) -> Self {
+        let rng = StdRng::seed_from_u64(behavior.seed);
+        Self {
+            behavior,
+            rng,
+            count: 0,
+        }
+    }
+}
+
+struct Inner {
+    requests: Vec<RecordedRequest>,
+    paths: HashMap<String, PathState>,
+    default_behavior: Behavior,
+    default_rng: StdRng,
+    default_counts: HashMap<String, usize>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    arrivals: watch::Sender<usize>,
+    on_request: Option<OnRequest>,
+    keep_requests: bool,
+}
+
+/// Configures a [`Receiver`] before it starts.
+pub struct ReceiverBuilder {
+    addr: SocketAddr,
+    paths: Vec<(String, Behavior)>,
+    default_behavior: Behavior,
+    on_request: Option<OnRequest>,
+    keep_requests: bool,
+}
+
+impl ReceiverBuilder {
+    /// Listen on `addr` instead of `127.0.0.1:0`.
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Script the behaviour of `path` (exact match, e.g. `/crm`).
+    pub fn path(mut self, path: &str, behavior: Behavior) -> Self {
+        self.paths.push((path.to_owned(), behavior));
+        self
+    }
+
+    /// Behaviour of every path not scripted with [`ReceiverBuilder::path`] (default: 200).
+    pub fn default_behavior(mut self, behavior: Behavior) -> Self {
+        self.default_behavior = behavior;
+        self
+    }
+
+    /// Call `f` for every request as it arrives, before it is answered.
+    pub fn on_request(mut self, f: impl Fn(&RecordedRequest) + Send + Sync + 'static) -> Self {
+        self.on_request = Some(Arc::new(f));
+        self
+    }
+
+    /// Whether to keep requests in memory (default true; a long-running demo may not want to).
+    pub fn keep_requests(mut self, keep: bool) -> Self {
+        self.keep_requests = keep;
+        self
+    }
+
+    /// Bind and start serving on the current tokio runtime.
+    ///
+    /// # Panics
+    /// If the address cannot be bound.
+    pub async fn start(self) -> Receiver {
+        self.try_start().await.unwrap_or_else(|e| panic!("receiver: {e}"))
+    }
+
+    /// Bind and start serving on the current tokio runtime.
+    pub async fn try_start(self) -> std::io::Result<Receiver> {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", self.addr)))?;
+        let addr = listener.local_addr()?;
+        let default_rng = StdRng::seed_from_u64(self.default_behavior.seed);
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                requests: Vec::new(),
+                paths: self.paths.into_iter().map(|(p, b)| (p, PathState::new(b))).collect(),
+                default_behavior: self.default_behavior,
+                default_rng,
+                default_counts: HashMap::new(),
+            }),
+            arrivals: watch::channel(0).0,
+            on_request: self.on_request,
+            keep_requests: self.keep_requests,
+        });
+        let app = Router::new()
+            .fallback(handle)
+            .layer(DefaultBodyLimit::disable())
+            .with_state(shared.clone());
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                eprintln!("receiver on {addr} stopped: {e}");
+            }
+        });
+        Ok(Receiver { addr, shared, server })
+    }
+}
+
+/// A running recording HTTP server; stops when dropped.
+pub struct Receiver {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let received_at = Instant::now();
+    let received_at_wall = SystemTime::now();
+    let path = uri.path().to_owned();
+    let (record, default_status) = {
+        let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = inner.requests.len();
+        let inner = &mut *inner;
+        let (index, (reply, by_rule), behavior) = match inner.paths.get_mut(&path) {
+            Some(state) => {
+                let index = state.count;
+                state.count += 1;
+                let decided = state.behavior.decide_by_rule(index, &mut state.rng);
+                (index, decided, state.behavior.clone())
+            }
+            None => {
+                let count = inner.default_counts.entry(path.clone()).or_default();
+                let index = *count;
+                *count += 1;
+                let decided = inner.default_behavior.decide_by_rule(index, &mut inner.default_rng);
+                (index, decided, inner.default_behavior.clone())
+            }
+        };
+        let default_status = behavior.default_status;
+        let mut record = RecordedRequest {
+            seq,
+            index,
+            method,
+            path,
+            query: uri.query().map(str::to_owned),
+            headers,
+            body,
+            received_at,
+            received_at_wall,
+            reply,
+        };
+        behavior.finish(&mut record, by_rule);
+        if shared.keep_requests {
+            inner.requests.push(record.clone());
+        } else {
+            // Keep the sequence numbering without keeping the bodies.
+            inner.requests.push(RecordedRequest {
+                body: Bytes::new(),
+                headers: HeaderMap::new(),
+                ..record.clone()
+            });
+        }
+        (record, default_status)
+    };
+    shared.arrivals.send_modify(|n| *n += 1);
+    if let Some(cb) = &shared.on_request {
+        cb(&record);
+    }
+    match record.reply {
+        Reply::Status(s) => status_response(s, None),
+        Reply::RetryAfter { status, secs } => status_response(status, Some(secs)),
+        Reply::Hang => {
+            std::future::pending::<()>().await;
+            unreachable!("pending() never completes")
+        }
+        Reply::Delay(d) => {
+            tokio::time::sleep(d).await;
+            status_response(default_status, None)
+        }
+        Reply::Computed { status, body } => {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (code, [("content-type", "application/json")], body).into_response()
+        }
+    }
+}
+
+fn status_response(status: u16, retry_after: Option<u64>) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = format!("receiver says {status}\n");
+    let mut resp = (code, body).into_response();
+    if let Some(secs) = retry_after {
+        resp.headers_mut().insert("retry-after", HeaderValue::from(secs));
+    }
+    resp
+}
+
+impl Receiver {
+    /// A receiver on `127.0.0.1:0`, answering 200 everywhere.
+    pub async fn start() -> Receiver {
+        Self::builder().start().await
+    }
+
+    /// Configure a receiver.
+    pub fn builder() -> ReceiverBuilder {
+        ReceiverBuilder {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            paths: Vec::new(),
+            default_behavior: Behavior::ok(),
+            on_request: None,
+            keep_requests: true,
+        }
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `127.0.0.1:PORT`, as written in a manifest's `allowed_hosts`.
+    pub fn authority(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Replace the behaviour of `path` now; "first K" rules count from here.
+    pub fn behave(&self, path: &str, behavior: Behavior) {
+        let mut inner = self.lock();
+        inner.paths.insert(path.to_owned(), PathState::new(behavior));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.shared.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.lock().requests.clone()
+    }
+
+    /// The requests to `path` so far, in arrival order.
+    pub fn requests_at(&self, path: &str) -> Vec<RecordedRequest> {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    /// How many requests reached `path`.
+    pub fn count_at(&self, path: &str) -> usize {
+        self.lock().requests.iter().filter(|r| r.path == path).count()
+    }
+
+    /// How many requests reached the receiver.
+    pub fn total(&self) -> usize {
+        self.lock().requests.len()
+    }
+
+    /// Distinct `idempotency-key` header values seen at `path`.
+    pub fn idempotency_keys_at(&self, path: &str) -> BTreeSet<String> {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.path == path)
+            .filter_map(|r| r.idempotency_key().map(str::to_owned))
+            .collect()
+    }
+
+    /// Distinct `idempotency-key` header values seen anywhere.
+    pub fn idempotency_keys(&self) -> BTreeSet<String> {
+        self.lock()
+            .requests
+            .iter()
+            .filter_map(|r| r.idempotency_key().map(str::to_owned))
+            .collect()
+    }
+
+    /// A readable dump of every request, for failure messages.
+    pub fn describe(&self) -> String {
+        let reqs = self.requests();
+        if reqs.is_empty() {
+            return "  (no requests)".to_owned();
+        }
+        reqs.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Wait until `pred` holds over all requests, or `timeout` passes.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&[RecordedRequest]) -> bool,
+    ) -> Result<Vec<RecordedRequest>, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut arrivals = self.shared.arrivals.subscribe();
+        loop {
+            arrivals.borrow_and_update();
+            {
+                let inner = self.lock();
+                if pred(&inner.requests) {
+                    return Ok(inner.requests.clone());
+                }
+            }
+            match tokio::time::timeout_at(deadline, arrivals.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err("receiver stopped".to_owned()),
+                Err(_) => {
+                    return Err(format!(
+                        "condition not met after {timeout:?}; the receiver saw {} request(s):\n{}",
+                        self.total(),
+                        self.describe()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Wait until at least `n` requests reached `path`; returns those requests.
+    pub async fn wait_for(&self, path: &str, n: usize, timeout: Duration) -> Result<Vec<RecordedRequest>, String> {
+        self.wait_until(timeout, |reqs| reqs.iter().filter(|r| r.path == path).count() >= n)
+            .await
+            .map(|_| self.requests_at(path))
+            .map_err(|e| format!("waiting for {n} request(s) at {path}: {e}"))
+    }
+
+    /// Like [`Receiver::wait_for`] with the default timeout, panicking on timeout.
+    pub async fn expect_requests(&self, path: &str, n: usize) -> Vec<RecordedRequest> {
+        match self.wait_for(path, n, default_timeout()).await {
+            Ok(reqs) => reqs,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
