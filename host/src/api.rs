@@ -1,6 +1,8 @@
 //! The HTTP API: ingest (`POST /v1/events`), event status (`GET /v1/events/{id}`), targets
-//! (`GET /v1/targets`) and liveness (`GET /healthz`). Every error is a JSON body
-//! `{"error": "…"}` with a 4xx or 5xx status, and a refused request stores nothing.
+//! (`GET /v1/targets`, `POST /v1/targets/{name}/pause|resume`), dead letters
+//! (`GET /v1/deliveries/failed`, `POST /v1/deliveries/replay`) and liveness (`GET /healthz`).
+//! Every error is a JSON body `{"error": "…"}` with a 4xx or 5xx status, and a refused
+//! request changes nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,6 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/deliveries/replay", post(replay))
         .route("/healthz", get(healthz))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -62,6 +65,8 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -81,6 +86,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store failure while serving a request");
                 StatusCode::SERVICE_UNAVAILABLE
@@ -369,9 +375,10 @@ pub struct FilterIn {
     pub until: Option<String>,
     /// Text the last error contains (case-insensitive).
     pub error: Option<String>,
+    /// Only these deliveries (JSON bodies only: a query string cannot carry a list).
     #[serde(default)]
     pub delivery_ids: Vec<i64>,
-    /// Only deliveries with an id above this (paging).
+    /// Listing only: deliveries with an id above this (paging).
     pub after: Option<i64>,
     /// At most this many: a page of the listing (default 100, at most 1000), or a cap on
     /// the replay (default: all that match).

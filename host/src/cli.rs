@@ -1,5 +1,6 @@
-//! The command line: `serve`, `enqueue` and `status`. `enqueue` and `status` open the
-//! database directly, so they work with or without a running `serve`.
+//! The command line: `serve`, `enqueue`, `status`, `dead list|replay`, `target
+//! pause|resume` and `plugin check|run`. The commands other than `serve` and `plugin` open
+//! the database directly, so they work with or without a running `serve`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,9 @@ pub enum Command {
         /// A producer idempotency key: the same key always yields the first event.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Events with the same key reach `ordered` targets one after another, in order.
+        #[arg(long)]
+        ordering_key: Option<String>,
         /// A header for the plugin, as `name=value`; repeatable.
         #[arg(long = "header", value_parser = parse_header)]
         headers: Vec<(String, String)>,
@@ -172,8 +176,8 @@ pub enum PluginCommand {
     /// time. Exits 1 with the reason when it is not.
     Check { file: PathBuf },
     /// Run one delivery through FILE with the real host imports and limits, and print the
-    /// plugin's logs, its HTTP requests and the outcome. Exits 0 when delivered, 2 on a
-    /// retryable failure, 3 on a permanent one.
+    /// plugin's logs, its HTTP requests and the outcome. Exits 0 when delivered, 3 on a
+    /// retryable failure, 4 on a permanent one.
     Run {
         file: PathBuf,
         /// The event, as for `POST /v1/events`: `{"type": "…", "payload": …}`.
@@ -243,17 +247,30 @@ pub async fn enqueue(
     event_type: String,
     payload: String,
     idempotency_key: Option<String>,
+    ordering_key: Option<String>,
     headers: Vec<(String, String)>,
 ) -> Result<String, CliError> {
     let payload: Box<serde_json::value::RawValue> =
         serde_json::from_str(&payload).map_err(|e| CliError::Input(format!("--payload is not valid JSON: {e}")))?;
-    let body = serde_json::json!({
-        "type": event_type,
-        "payload": payload,
-        "idempotency_key": idempotency_key,
-        "headers": headers.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-    });
-    let batch = ingest::parse(body.to_string().as_bytes(), config.max_payload_bytes)?;
+    // Serialised with the payload as raw text, so it is stored exactly as given.
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        #[serde(rename = "type")]
+        event_type: String,
+        payload: &'a serde_json::value::RawValue,
+        idempotency_key: Option<String>,
+        ordering_key: Option<String>,
+        headers: std::collections::BTreeMap<String, String>,
+    }
+    let body = serde_json::to_vec(&Body {
+        event_type,
+        payload: &payload,
+        idempotency_key,
+        ordering_key,
+        headers: headers.into_iter().collect(),
+    })
+    .map_err(|e| CliError::Input(e.to_string()))?;
+    let batch = ingest::parse(&body, config.max_payload_bytes)?;
     let scan = scan_targets(&config.plugins_dir)?;
     for e in &scan.errors {
         eprintln!("warning: {e}");
@@ -371,12 +388,13 @@ pub async fn plugin_check(path: &Path) -> Result<String, CliError> {
     Ok(format!("valid plugin\n{}", describe(&plugin, path)))
 }
 
-/// How `outboxd plugin run` ended, as an exit code: 0 delivered, 2 retry, 3 permanent.
+/// How `outboxd plugin run` ended, as an exit code: 0 delivered, 3 retry, 4 permanent
+/// (1 is an error, 2 a usage error).
 pub fn outcome_exit_code(outcome: &Outcome) -> u8 {
     match outcome {
         Outcome::Delivered => 0,
-        Outcome::Retry { .. } => 2,
-        Outcome::Permanent { .. } => 3,
+        Outcome::Retry { .. } => 3,
+        Outcome::Permanent { .. } => 4,
     }
 }
 

@@ -356,6 +356,19 @@ pub fn normalize_host_port(s: &str) -> Option<String> {
     Some(format!("{}:{port}", host.to_ascii_lowercase()))
 }
 
+/// The `plugin = "…"` a manifest names, read leniently: from the TOML if it parses at all
+/// (unknown keys and wrong types do not matter here), else from a `plugin = "…"` line.
+fn claimed_plugin(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    if let Ok(table) = text.parse::<toml::Table>() {
+        return table.get("plugin").and_then(|v| v.as_str()).map(str::to_owned);
+    }
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "plugin").then(|| value.trim().trim_matches(['"', '\'']).to_owned())
+    })
+}
+
 /// What scanning the plugins directory found: the targets it describes, and every file
 /// that could not be used, with the reason.
 #[derive(Debug, Default)]
@@ -396,6 +409,11 @@ pub fn scan_targets(dir: &Path) -> Result<TargetScan, ConfigError> {
             .parse::<TargetName>()
             .map_err(|e| ConfigError::invalid(&path, e.0))
             .and_then(|name| {
+                // Whatever else is wrong with it, a manifest still claims its plugin file, so
+                // that file never turns into a bare catch-all target.
+                if let Some(plugin) = claimed_plugin(&path) {
+                    referenced.insert(plugin.trim_end_matches(".wasm").to_owned());
+                }
                 let file: ManifestFile = read_toml(&path)?;
                 if let Some(p) = &file.plugin {
                     referenced.insert(p.trim_end_matches(".wasm").to_owned());
@@ -463,6 +481,8 @@ mod tests {
         let d = dir.path();
         write(d, "webhook.wasm", "");
         write(d, "solo.wasm", "");
+        write(d, "other.wasm", "");
+        write(d, "lonely.wasm", "");
         write(
             d,
             "crm.toml",
@@ -478,14 +498,12 @@ url = "http://localhost:9000/crm"
 retries = 2
 "#,
         );
-        write(d, "broken.toml", "plugin = \"webhook.wasm\"\nevnts = [\"x\"]\n");
+        // Broken manifests still claim their plugin files: those never become bare targets.
+        write(d, "broken.toml", "plugin = \"solo.wasm\"\nevnts = [\"x\"]\n");
+        write(d, "garbled.toml", "plugin = \"other.wasm\"\nevents = [\n");
         let scan = scan_targets(d).unwrap();
         let names: Vec<_> = scan.targets.iter().map(|t| t.name.to_string()).collect();
-        assert_eq!(
-            names,
-            ["crm", "solo"],
-            "webhook.wasm is referenced, so it is no bare target"
-        );
+        assert_eq!(names, ["crm", "lonely"], "only an unclaimed .wasm is a bare target");
         let crm = &scan.targets[0];
         assert_eq!(crm.plugin_path, d.join("webhook.wasm"));
         assert_eq!(crm.timeout, Duration::from_millis(500));
@@ -495,13 +513,17 @@ retries = 2
         assert_eq!(crm.class, TargetClass::Critical);
         assert_eq!(crm.config["url"], "http://localhost:9000/crm");
         assert_eq!(crm.config["retries"], "2");
-        let solo = &scan.targets[1];
-        assert!(solo.manifest_path.is_none());
-        assert!(solo.events[0].matches("anything"));
+        let lonely = &scan.targets[1];
+        assert!(lonely.manifest_path.is_none());
+        assert!(lonely.events[0].matches("anything"));
 
-        assert_eq!(scan.errors.len(), 1);
-        let err = scan.errors[0].to_string();
-        assert!(err.contains("broken.toml") && err.contains("evnts"), "{err}");
+        let errors: Vec<String> = scan.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(
+            errors.iter().any(|e| e.contains("broken.toml") && e.contains("evnts")),
+            "{errors:#?}"
+        );
+        assert!(errors.iter().any(|e| e.contains("garbled.toml")), "{errors:#?}");
     }
 
     #[test]

@@ -168,6 +168,23 @@ async fn supervise(shared: &Arc<Shared>, stop: &CancellationToken) {
             ),
             Err(e) => tracing::error!(error = %e, "could not pause or resume deliveries"),
         }
+        // Attempts of a removed target that are still running settle after this sync; they
+        // mark themselves paused, and one more sync once they must have ended closes the race.
+        let removed_timeout = lanes
+            .iter()
+            .filter(|(name, _)| !snapshot.targets.contains_key(*name))
+            .map(|(_, (target, _, _))| target.spec.timeout)
+            .max();
+        if let Some(timeout) = removed_timeout {
+            let shared = Arc::clone(shared);
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout + Duration::from_secs(2)).await;
+                let live = shared.registry.snapshot().targets.keys().cloned().collect();
+                if let Err(e) = shared.store.sync_paused(live).await {
+                    tracing::error!(error = %e, "could not pause deliveries of removed targets");
+                }
+            });
+        }
         lanes.retain(|name, (target, token, _)| {
             let keep = snapshot.targets.get(name).is_some_and(|t| Arc::ptr_eq(t, target));
             if !keep {
@@ -446,7 +463,6 @@ async fn attempt(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Tar
     // The newest version of the target runs the attempt; the lane's is the fallback when the
     // target has just been removed.
     let current = shared.registry.snapshot().targets.get(&name).cloned();
-    let removed = current.is_none();
     let target = current.unwrap_or(lane_target);
     let inputs: Vec<EventInput> = deliveries.iter().map(input_for).collect();
     let batched = target.spec.class == TargetClass::Batched;
@@ -495,7 +511,7 @@ async fn attempt(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Tar
     let now = now_ms();
     let duration_ms = report.duration.as_millis() as u64;
     // A target removed while this attempt ran gets no further attempts until it is back.
-    let still_removed = removed && !shared.registry.snapshot().targets.contains_key(&name);
+    let still_removed = !shared.registry.snapshot().targets.contains_key(&name);
     for (i, (delivery, outcome)) in deliveries.iter().zip(report.outcomes).enumerate() {
         let mut decision = policy::decide(&target.spec.retry, delivery.attempt, &outcome, now, &mut rand::rng());
         if still_removed && decision.status == DeliveryStatus::Pending {
@@ -508,10 +524,8 @@ async fn attempt(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Tar
         {
             emit.push(ev);
         }
-        if decision.status == DeliveryStatus::Dead
-            && target.spec.class == TargetClass::Critical
-            && !delivery.event.event_type.starts_with(OPERATIONAL_PREFIX)
-        {
+        // Dead (not discarded: best-effort gives up quietly) needs an operator's attention.
+        if decision.status == DeliveryStatus::Dead && !delivery.event.event_type.starts_with(OPERATIONAL_PREFIX) {
             emit.push(operational_event(
                 shared,
                 "outboxd.delivery.dead",

@@ -51,10 +51,19 @@ async fn run() -> anyhow::Result<u8> {
             event_type,
             payload,
             idempotency_key,
+            ordering_key,
             headers,
         } => println!(
             "{}",
-            cli::enqueue(&config.load()?, event_type, payload, idempotency_key, headers).await?
+            cli::enqueue(
+                &config.load()?,
+                event_type,
+                payload,
+                idempotency_key,
+                ordering_key,
+                headers
+            )
+            .await?
         ),
         Command::Status { config, event_id } => print!("{}", cli::status(&config.load()?, event_id).await?),
         Command::Dead(DeadCommand::List { config, filter, limit }) => {

@@ -1,5 +1,6 @@
-//! Retry policy: how long to wait before the next attempt (exponential backoff with full
-//! jitter, a receiver's `Retry-After` taking precedence) and what a finished attempt means
+//! Retry policy: the failure classes' schedules, how long to wait before the next attempt
+//! (exponential backoff with full or equal jitter, a receiver's `Retry-After` taking
+//! precedence) and what a finished attempt means
 //! for its delivery (delivered, retry later, or dead). Pure functions, no I/O, no clock:
 //! callers pass `now` and the randomness in.
 

@@ -153,3 +153,49 @@ pub fn plugin(file: &str) -> PathBuf {
     }
     path
 }
+
+fn resolve_polyglot_dir() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("OUTBOXD_POLYGLOT_DIR").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        return if dir.is_dir() {
+            Ok(dir)
+        } else {
+            Err(format!("OUTBOXD_POLYGLOT_DIR={} is not a directory", dir.display()))
+        };
+    }
+    let script = workspace_root().join("plugins").join("build-polyglot.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed ({}); it needs node + npm and python3 (set OUTBOXD_POLYGLOT_DIR to use \
+             prebuilt components)\n--- stderr ---\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    // The script prints the output directory as its only line on stdout.
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(format!("{} printed {dir:?}, not a directory", script.display()))
+    }
+}
+
+/// The directory holding the JavaScript and Python components (`crm-js.wasm`,
+/// `analytics-py.wasm`): `OUTBOXD_POLYGLOT_DIR`, or built by `plugins/build-polyglot.sh`
+/// at most once per test process.
+pub async fn polyglot_dir() -> &'static Path {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = tokio::task::spawn_blocking(|| DIR.get_or_init(resolve_polyglot_dir))
+        .await
+        .expect("locating the polyglot components");
+    match dir {
+        Ok(dir) => dir,
+        Err(e) => panic!("{e}"),
+    }
+}

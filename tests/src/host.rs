@@ -767,14 +767,22 @@ impl Host {
     }
 
     /// Run `outboxd <args[0]> --config <dir>/outboxd.toml <args[1..]>` to completion.
+    /// For the commands with subcommands of their own (`dead list|replay`,
+    /// `target pause|resume`), `--config` follows the subcommand:
+    /// `run_cli(&["dead", "replay", "--target", "crm"])`.
     pub async fn run_cli(&mut self, args: &[&str]) -> CliOutput {
         assert!(!args.is_empty(), "run_cli needs a subcommand");
         let bin = self.prepare_async().await;
+        let words = if matches!(args[0], "dead" | "target") && args.len() > 1 {
+            2
+        } else {
+            1
+        };
         let mut cmd = Command::new(&bin);
-        cmd.arg(args[0])
+        cmd.args(&args[..words])
             .arg("--config")
             .arg(self.config_path())
-            .args(&args[1..])
+            .args(&args[words..])
             .current_dir(&self.root)
             .stdin(Stdio::null())
             .kill_on_drop(true);

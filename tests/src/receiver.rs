@@ -67,9 +67,12 @@ pub enum Reply {
     },
 }
 
+/// The function behind a [`Responder`].
+type RespondFn = dyn Fn(&RecordedRequest) -> (u16, String) + Send + Sync;
+
 /// Computes a reply from a request: `(status, JSON body)`; see [`Behavior::respond_with`].
 #[derive(Clone)]
-pub struct Responder(Arc<dyn Fn(&RecordedRequest) -> (u16, String) + Send + Sync>);
+pub struct Responder(Arc<RespondFn>);
 
 impl fmt::Debug for Responder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

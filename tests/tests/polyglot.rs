@@ -8,58 +8,10 @@
 //! process (which needs node + npm and python3, and installs the pinned
 //! toolchains into the repo on first use).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use testkit::{Behavior, Host, Receiver, Target, artifacts, delivery, history};
-
-fn resolve_polyglot_dir() -> Result<PathBuf, String> {
-    if let Some(dir) = std::env::var_os("OUTBOXD_POLYGLOT_DIR").filter(|d| !d.is_empty()) {
-        let dir = PathBuf::from(dir);
-        return if dir.is_dir() {
-            Ok(dir)
-        } else {
-            Err(format!("OUTBOXD_POLYGLOT_DIR={} is not a directory", dir.display()))
-        };
-    }
-    let script = artifacts::workspace_root().join("plugins").join("build-polyglot.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} failed ({}); it needs node + npm and python3 (set OUTBOXD_POLYGLOT_DIR to use \
-             prebuilt components)\n--- stderr ---\n{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    // The script prints the output directory as its only line on stdout.
-    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    if dir.is_dir() {
-        Ok(dir)
-    } else {
-        Err(format!("{} printed {dir:?}, not a directory", script.display()))
-    }
-}
-
-/// The directory holding `crm-js.wasm` and `analytics-py.wasm`, built at most once.
-async fn polyglot_dir() -> &'static Path {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = tokio::task::spawn_blocking(|| DIR.get_or_init(resolve_polyglot_dir))
-        .await
-        .expect("locating the polyglot components");
-    match dir {
-        Ok(dir) => dir,
-        Err(e) => panic!("{e}"),
-    }
-}
 
 /// One component under three targets, at `<rx>/ok`, `<rx>/flaky` (500 once) and
 /// `<rx>/reject` (always 400).
@@ -76,7 +28,7 @@ const TARGETS: [&str; 3] = ["ok", "flaky", "reject"];
 /// with `config` plus `url`, posts one `order.created` event with `payload`
 /// and waits until all three deliveries are settled.
 async fn run_scenario(component: &str, config: &[(&str, &str)], payload: Value) -> Scenario {
-    let src = polyglot_dir().await.join(component);
+    let src = artifacts::polyglot_dir().await.join(component);
     assert!(src.is_file(), "{} was not built", src.display());
     let rx = scripted_receiver().await;
     let mut host = Host::new();

@@ -25,6 +25,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test [ARGS...]   install the wasm target, build plugins and host, run `cargo test --workspace`
+                   and the plugins' unit tests
                    (extra ARGS go to cargo test, e.g. `-p outboxd-tests --test fanout -- --nocapture`)
   demo [--fresh] [--debug]
                    build everything and run outboxd + demo-receiver in demo/ until Ctrl-C
@@ -243,6 +244,21 @@ fn cmd_test(extra: &[String]) -> Result<ExitCode> {
             .unwrap_or_default()
     ));
     let status = cmd.status().map_err(|e| format!("cannot run cargo test: {e}"))?;
+    if !status.success() || selects_packages {
+        return Ok(exit_code(status));
+    }
+    // The plugins workspace's own unit tests (SDK, adapters), natively.
+    step("running the plugins' unit tests");
+    let plugins_dir = root().join("plugins");
+    let status = cargo()
+        .current_dir(&plugins_dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .args(["test", "--workspace", "--manifest-path"])
+        .arg(plugins_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(plugins_dir.join("target"))
+        .status()
+        .map_err(|e| format!("cannot run cargo test for the plugins: {e}"))?;
     Ok(exit_code(status))
 }
 

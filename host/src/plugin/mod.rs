@@ -67,6 +67,10 @@ pub enum PluginError {
     CoreModule,
     #[error("invalid component: {0}")]
     Invalid(String),
+    #[error(
+        "imports something the host does not provide: {0} (the host provides outboxd:target/{{http,log,config}}@0.1.0 and WASI 0.2 without files, environment or sockets; no wasi:http)"
+    )]
+    Imports(String),
     #[error("does not implement world `outboxd:target/target@0.1.0` or `outboxd:target/batch-target@0.1.0`: {0}")]
     WrongWorld(String),
     #[error("cannot set up the WebAssembly engine: {0}")]
@@ -162,7 +166,11 @@ impl Runtime {
             };
             PluginError::WrongWorld(format!("{e:#} (the component exports: {exports})"))
         };
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::Imports(format!("{e:#}")))?;
         let kind = match bindings::TargetPre::new(pre.clone()) {
             Ok(single) => Kind::Single(single),
             Err(single_err) => match batch_bindings::BatchTargetPre::new(pre) {

@@ -35,16 +35,12 @@ impl Target for Misbehave {
         log::debug(format!("misbehave: mode `{mode}` for event {}", event.id));
         match mode.as_str() {
             "ok" => Ok(()),
-            "permanent" => Err(DeliveryError::permanent(
-                "misbehave: deliberate permanent failure",
-            )),
+            "permanent" => Err(DeliveryError::permanent("misbehave: deliberate permanent failure")),
             "trap" => panic!("misbehave: deliberate trap"),
             "loop" => spin(),
             "grow" => grow(),
             "call" => call(),
-            other => Err(DeliveryError::permanent(format!(
-                "misbehave: unknown mode `{other}`"
-            ))),
+            other => Err(DeliveryError::permanent(format!("misbehave: unknown mode `{other}`"))),
         }
     }
 }

@@ -69,9 +69,6 @@ mod tests {
         assert_eq!(parse::<u32>("timeout_ms", "5000"), Ok(5000));
         let err = parse::<u32>("timeout_ms", "soon").unwrap_err();
         assert!(!err.is_retry());
-        assert!(
-            err.reason()
-                .starts_with("invalid config key `timeout_ms`: ")
-        );
+        assert!(err.reason().starts_with("invalid config key `timeout_ms`: "));
     }
 }

@@ -17,8 +17,8 @@ impl DeliveryError {
     /// A transient failure where the receiver asked to wait at least
     /// `after_ms` milliseconds before the next attempt (e.g. `Retry-After`).
     ///
-    /// The host waits at least this long, but never longer than the target's
-    /// maximum backoff.
+    /// The host waits this long instead of its own backoff, but never longer
+    /// than the target's `max_backoff_ms`.
     pub fn retry_after(reason: impl Into<String>, after_ms: u64) -> Self {
         Self::Retry(RetryInfo {
             reason: reason.into(),
@@ -26,8 +26,8 @@ impl DeliveryError {
         })
     }
 
-    /// A failure that retrying will not fix: the delivery is marked dead at
-    /// once with `reason`.
+    /// A failure that retrying will not fix: the delivery gives up at once
+    /// with `reason` (`dead`, or `discarded` for a best-effort target).
     pub fn permanent(reason: impl Into<String>) -> Self {
         Self::Permanent(reason.into())
     }

@@ -172,10 +172,7 @@ mod tests {
         );
         assert_eq!(HttpError::Timeout.kind(), "timeout");
         assert!(HttpError::Timeout.describe().starts_with("timeout: "));
-        assert_eq!(
-            HttpError::Connect("refused".to_owned()).describe(),
-            "connect: refused"
-        );
+        assert_eq!(HttpError::Connect("refused".to_owned()).describe(), "connect: refused");
         assert_eq!(HttpError::Other("bad url".to_owned()).kind(), "other");
     }
 }

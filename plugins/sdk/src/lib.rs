@@ -83,8 +83,9 @@ pub trait Target {
     /// [`DeliveryError::retry`] / [`DeliveryError::retry_after`] for a
     /// transient failure the host should retry with backoff, and
     /// [`DeliveryError::permanent`] for a failure that retrying cannot fix
-    /// (the delivery is marked dead at once). A panic traps the component
-    /// instance, so the attempt ends without an outcome from the adapter.
+    /// (the delivery gives up at once: `dead`, or `discarded` for a best-effort
+    /// target). A panic traps the component instance: the host counts that
+    /// attempt as a retryable failure.
     fn deliver(event: Event) -> Result<(), DeliveryError>;
 }
 

@@ -25,12 +25,10 @@ pub fn classify_response(response: &Response) -> Result<(), DeliveryError> {
         None => format!("HTTP {status}"),
     };
     match status {
-        429 | 503 => Err(
-            match response.header("retry-after").and_then(parse_retry_after) {
-                Some(after_ms) => DeliveryError::retry_after(reason, after_ms),
-                None => DeliveryError::retry(reason),
-            },
-        ),
+        429 | 503 => Err(match response.header("retry-after").and_then(parse_retry_after) {
+            Some(after_ms) => DeliveryError::retry_after(reason, after_ms),
+            None => DeliveryError::retry(reason),
+        }),
         408 | 500..=599 => Err(DeliveryError::retry(reason)),
         _ => Err(DeliveryError::permanent(reason)),
     }
@@ -110,20 +108,15 @@ mod tests {
     #[test]
     fn transient_statuses_are_retried() {
         for status in [408, 500, 502, 504, 599] {
-            let err =
-                classify_response(&response(status, &[("retry-after", "7")], "")).unwrap_err();
+            let err = classify_response(&response(status, &[("retry-after", "7")], "")).unwrap_err();
             assert_eq!(err, DeliveryError::retry(format!("HTTP {status}")));
         }
     }
 
     #[test]
     fn retry_after_is_honoured_for_429_and_503() {
-        let err =
-            classify_response(&response(429, &[("retry-after", "30")], "slow down")).unwrap_err();
-        assert_eq!(
-            err,
-            DeliveryError::retry_after("HTTP 429: slow down", 30_000)
-        );
+        let err = classify_response(&response(429, &[("retry-after", "30")], "slow down")).unwrap_err();
+        assert_eq!(err, DeliveryError::retry_after("HTTP 429: slow down", 30_000));
 
         let err = classify_response(&response(503, &[("Retry-After", " 2 ")], "")).unwrap_err();
         assert_eq!(err, DeliveryError::retry_after("HTTP 503", 2_000));
@@ -138,11 +131,7 @@ mod tests {
         let err = classify_response(&response(404, &[], "  no such\n\thook ")).unwrap_err();
         assert_eq!(err, DeliveryError::permanent("HTTP 404: no such hook"));
         for status in [100, 301, 400, 401, 403, 409, 422] {
-            assert!(
-                !classify_response(&response(status, &[], ""))
-                    .unwrap_err()
-                    .is_retry()
-            );
+            assert!(!classify_response(&response(status, &[], "")).unwrap_err().is_retry());
         }
     }
 

@@ -30,8 +30,7 @@ pub fn render(event: &Event) -> Result<Vec<u8>, DeliveryError> {
         timestamp: rfc3339_millis(event.created_at_ms),
         data,
     };
-    serde_json::to_vec(&body)
-        .map_err(|err| DeliveryError::permanent(format!("cannot serialize the body: {err}")))
+    serde_json::to_vec(&body).map_err(|err| DeliveryError::permanent(format!("cannot serialize the body: {err}")))
 }
 
 #[cfg(test)]

@@ -73,10 +73,7 @@ mod tests {
     #[test]
     fn invalid_secrets_are_rejected_without_being_quoted() {
         let err = SigningKey::from_secret("whsec_not base64!").err().unwrap();
-        assert!(
-            err.starts_with("config key `secret` is not valid base64"),
-            "{err}"
-        );
+        assert!(err.starts_with("config key `secret` is not valid base64"), "{err}");
         assert!(!err.contains("not base64!"));
         assert!(SigningKey::from_secret("whsec_").is_err());
     }

@@ -40,26 +40,11 @@ mod tests {
         assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_millis(1), "1970-01-01T00:00:00.001Z");
         assert_eq!(rfc3339_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(
-            rfc3339_millis(1_614_265_330_000),
-            "2021-02-25T15:02:10.000Z"
-        );
-        assert_eq!(
-            rfc3339_millis(1_700_000_000_123),
-            "2023-11-14T22:13:20.123Z"
-        );
-        assert_eq!(
-            rfc3339_millis(1_795_827_723_456),
-            "2026-11-28T01:02:03.456Z"
-        );
-        assert_eq!(
-            rfc3339_millis(4_102_444_799_999),
-            "2099-12-31T23:59:59.999Z"
-        );
-        assert_eq!(
-            rfc3339_millis(4_107_542_400_000),
-            "2100-03-01T00:00:00.000Z"
-        );
+        assert_eq!(rfc3339_millis(1_614_265_330_000), "2021-02-25T15:02:10.000Z");
+        assert_eq!(rfc3339_millis(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339_millis(1_795_827_723_456), "2026-11-28T01:02:03.456Z");
+        assert_eq!(rfc3339_millis(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_millis(4_107_542_400_000), "2100-03-01T00:00:00.000Z");
     }
 
     #[test]
@@ -73,11 +58,7 @@ mod tests {
             let next_day = (y, m, d) == (py, pm, pd + 1);
             let next_month = (y, m, d) == (py, pm + 1, 1);
             let next_year = (y, m, d) == (py + 1, 1, 1) && (pm, pd) == (12, 31);
-            assert!(
-                next_day || next_month || next_year,
-                "{previous:?} -> {:?}",
-                (y, m, d)
-            );
+            assert!(next_day || next_month || next_year, "{previous:?} -> {:?}", (y, m, d));
             let days_in_month = match pm {
                 2 if py % 4 == 0 && (py % 100 != 0 || py % 400 == 0) => 29,
                 2 => 28,
