@@ -198,6 +198,10 @@ pub enum PluginCommand {
         /// The attempt number the plugin sees.
         #[arg(long, default_value_t = 1)]
         attempt: u32,
+        /// Run the delivery this many times, each in a fresh instance, and report the
+        /// per-delivery time (min, median, max). The transcript shown is the first run's.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
     },
 }
 
@@ -407,6 +411,7 @@ pub struct RunOptions {
     pub timeout_ms: u64,
     pub memory_mb: usize,
     pub attempt: u32,
+    pub repeat: u32,
 }
 
 /// `outboxd plugin run FILE …`: one delivery, its transcript, and its outcome.
@@ -445,7 +450,11 @@ pub async fn plugin_run(path: &Path, opts: RunOptions) -> Result<(String, Outcom
         "event {} ({}), attempt {}, idempotency key {}",
         input.id, input.event_type, input.attempt, input.idempotency_key
     );
-    let report = plugin.deliver(&grants, input).await;
+    let report = plugin.deliver(&grants, input.clone()).await;
+    let mut times = vec![report.duration];
+    for _ in 1..opts.repeat.max(1) {
+        times.push(plugin.deliver(&grants, input.clone()).await.duration);
+    }
     for line in &report.logs {
         let _ = writeln!(out, "log   {:<5} {}", line.level.as_str(), line.message);
     }
@@ -468,6 +477,18 @@ pub async fn plugin_run(path: &Path, opts: RunOptions) -> Result<(String, Outcom
         ),
         Outcome::Permanent { reason } => writeln!(out, "outcome: permanent failure ({took} ms): {reason}"),
     };
+    if times.len() > 1 {
+        times.sort();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let _ = writeln!(
+            out,
+            "{} deliveries, each in a fresh instance: min {:.1} ms, median {:.1} ms, max {:.1} ms",
+            times.len(),
+            ms(times[0]),
+            ms(times[times.len() / 2]),
+            ms(times[times.len() - 1])
+        );
+    }
     Ok((out, report.outcome))
 }
 

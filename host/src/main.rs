@@ -87,6 +87,7 @@ async fn run() -> anyhow::Result<u8> {
             timeout_ms,
             memory_mb,
             attempt,
+            repeat,
         }) => {
             let opts = cli::RunOptions {
                 event,
@@ -95,6 +96,7 @@ async fn run() -> anyhow::Result<u8> {
                 timeout_ms,
                 memory_mb,
                 attempt,
+                repeat,
             };
             let (transcript, outcome) = cli::plugin_run(&file, opts).await?;
             print!("{transcript}");
