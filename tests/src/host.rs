@@ -817,6 +817,18 @@ impl Host {
         self.send(req, "POST /v1/events").await
     }
 
+    /// `GET <path>` (any API route): status and body.
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let req = self.http.get(self.url(path));
+        self.send(req, &format!("GET {path}")).await
+    }
+
+    /// `POST <path>` with a JSON body (any API route): status and body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let req = self.http.post(self.url(path)).json(body);
+        self.send(req, &format!("POST {path}")).await
+    }
+
     /// `POST /v1/events` with a raw body and content type.
     pub async fn post_raw(&self, body: impl Into<reqwest::Body>, content_type: &str) -> (u16, Value) {
         let req = self

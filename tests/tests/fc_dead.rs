@@ -7,62 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use testkit::{Behavior, Host, Receiver, Target, default_timeout, scaled};
+use testkit::{Behavior, Host, Receiver, Target, default_timeout};
 
 /// Dead deliveries in the bulk test.
 const BULK: usize = 10_000;
 /// Events per `POST /v1/events` in the bulk test.
 const POST_CHUNK: usize = 1_000;
-
-/// A small client for the API routes the `Host` helpers do not cover.
-struct Api {
-    client: reqwest::Client,
-}
-
-impl Api {
-    fn new() -> Self {
-        Self {
-            client: reqwest::Client::builder()
-                .timeout(scaled(Duration::from_secs(60)))
-                .build()
-                .expect("HTTP client"),
-        }
-    }
-
-    async fn get(&self, host: &Host, path: &str) -> (u16, Value) {
-        let resp = self
-            .client
-            .get(host.url(path))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn post(&self, host: &Host, path: &str, body: &Value) -> (u16, Value) {
-        let resp = self
-            .client
-            .post(host.url(path))
-            .json(body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    /// `GET /v1/deliveries/failed?<query>`, asserting 200; returns (deliveries, next_after).
-    async fn failed(&self, host: &Host, query: &str) -> (Vec<Value>, Value) {
-        let (status, body) = self.get(host, &format!("/v1/deliveries/failed?{query}")).await;
-        assert_eq!(status, 200, "GET /v1/deliveries/failed?{query}: {body}");
-        let list = body["deliveries"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no deliveries list: {body}"))
-            .clone();
-        (list, body["next_after"].clone())
-    }
-}
 
 /// The entry of `targets` (a `GET /v1/targets` document) called `name`.
 fn target<'a>(targets: &'a Value, name: &str) -> &'a Value {
@@ -89,7 +39,6 @@ async fn ten_thousand_dead_deliveries_replayed_by_the_cli_arrive_exactly_once() 
     let mut host = Host::new();
     host.add_target("bulk", &Target::webhook(&rx.url("/bulk")).concurrency(16).fast_retry(5));
     host.start().await;
-    let api = Api::new();
 
     // 10,000 events, in batches of 1,000: each delivery dies at its first attempt (400).
     let started = Instant::now();
@@ -124,9 +73,7 @@ async fn ten_thousand_dead_deliveries_replayed_by_the_cli_arrive_exactly_once() 
     assert_eq!(seen, expected_keys, "the receiver saw every delivery's key once");
 
     // The listing: filtered by error text and target, paged.
-    let (page, next_after) = api
-        .failed(&host, "target=bulk&status=dead&error=http%20400&limit=1000")
-        .await;
+    let (page, next_after) = failed(&host, "target=bulk&status=dead&error=http%20400&limit=1000").await;
     assert_eq!(page.len(), 1000, "a full page");
     assert!(next_after.is_i64(), "a full page has a next_after: {next_after}");
     for d in &page {
@@ -136,12 +83,11 @@ async fn ten_thousand_dead_deliveries_replayed_by_the_cli_arrive_exactly_once() 
         let err = d["last_error"].as_str().unwrap_or_default();
         assert!(err.contains("400"), "last_error mentions the 400: {d}");
     }
-    let (next, _) = api
-        .failed(
-            &host,
-            &format!("target=bulk&error=HTTP%20400&limit=1000&after={next_after}"),
-        )
-        .await;
+    let (next, _) = failed(
+        &host,
+        &format!("target=bulk&error=HTTP%20400&limit=1000&after={next_after}"),
+    )
+    .await;
     assert_eq!(next.len(), 1000, "the second page");
     let first_ids: BTreeSet<i64> = page.iter().filter_map(|d| d["delivery_id"].as_i64()).collect();
     assert!(
@@ -149,7 +95,7 @@ async fn ten_thousand_dead_deliveries_replayed_by_the_cli_arrive_exactly_once() 
             .all(|d| d["delivery_id"].as_i64().is_some_and(|id| !first_ids.contains(&id))),
         "pages do not overlap"
     );
-    let (none, _) = api.failed(&host, "target=bulk&error=timeout").await;
+    let (none, _) = failed(&host, "target=bulk&error=timeout").await;
     assert!(none.is_empty(), "no bulk delivery failed by a timeout: {none:?}");
 
     // The receiver heals; replay with the CLI while serve runs.
@@ -221,8 +167,8 @@ async fn ten_thousand_dead_deliveries_replayed_by_the_cli_arrive_exactly_once() 
         out.stderr.contains("replayed 0/0") && out.stdout.contains("replayed 0"),
         "a second replay finds nothing:\n{out}"
     );
-    let (status, body) = api
-        .post(&host, "/v1/deliveries/replay", &json!({"target": "bulk"}))
+    let (status, body) = host
+        .post_json("/v1/deliveries/replay", &json!({"target": "bulk"}))
         .await;
     assert_eq!((status, body.clone()), (200, json!({"replayed": 0})), "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -253,7 +199,6 @@ async fn dead_critical_deliveries_are_listed_announced_and_replayable() {
             &Target::webhook(&rx.url("/alerts")).events(&["outboxd.*"]).fast_retry(5),
         );
     host.start().await;
-    let api = Api::new();
 
     let before = now_ms();
     let mut ids = Vec::new();
@@ -272,33 +217,33 @@ async fn dead_critical_deliveries_are_listed_announced_and_replayable() {
     }
 
     // Filters: by error text (case-insensitive), target, type glob, status, time.
-    let (rejected, _) = api.failed(&host, "error=http%20400&status=dead").await;
+    let (rejected, _) = failed(&host, "error=http%20400&status=dead").await;
     let targets: BTreeSet<&str> = rejected.iter().filter_map(|d| d["target"].as_str()).collect();
     assert_eq!(rejected.len(), 5, "billing's five 400s: {rejected:#?}");
     assert_eq!(targets, BTreeSet::from(["billing"]));
-    let (gave_up, _) = api.failed(&host, "error=GAVE%20UP").await;
+    let (gave_up, _) = failed(&host, "error=GAVE%20UP").await;
     assert_eq!(gave_up.len(), 5, "ledger ran out of attempts five times: {gave_up:#?}");
     for d in &gave_up {
         assert_eq!(d["target"], "ledger", "{d}");
         assert_eq!(d["attempts"], 2, "{d}");
         assert!(d["last_error"].as_str().unwrap_or_default().contains("503"), "{d}");
     }
-    let (invoices, _) = api.failed(&host, "target=billing&event_type=invoice.*").await;
+    let (invoices, _) = failed(&host, "target=billing&event_type=invoice.*").await;
     assert_eq!(invoices.len(), 2, "{invoices:#?}");
     assert!(invoices.iter().all(|d| d["event_type"] == "invoice.paid"));
-    let (discarded, _) = api.failed(&host, "status=discarded").await;
+    let (discarded, _) = failed(&host, "status=discarded").await;
     assert_eq!(discarded.len(), 5, "best-effort failures are discarded: {discarded:#?}");
     assert!(discarded.iter().all(|d| d["target"] == "metrics"));
-    let (all, _) = api.failed(&host, &format!("since={before}")).await;
+    let (all, _) = failed(&host, &format!("since={before}")).await;
     assert_eq!(all.len(), 15, "everything failed after `before`");
-    let (earlier, _) = api.failed(&host, &format!("until={before}")).await;
+    let (earlier, _) = failed(&host, &format!("until={before}")).await;
     assert!(earlier.is_empty(), "nothing failed before `before`: {earlier:#?}");
-    let (page, next_after) = api.failed(&host, "limit=4").await;
+    let (page, next_after) = failed(&host, "limit=4").await;
     assert_eq!(page.len(), 4);
-    let (rest, end) = api.failed(&host, &format!("after={next_after}")).await;
+    let (rest, end) = failed(&host, &format!("after={next_after}")).await;
     assert_eq!(rest.len(), 11, "the rest after the first page");
     assert!(end.is_null(), "the last page has no next_after: {end}");
-    let (status, body) = api.get(&host, "/v1/deliveries/failed?status=pending").await;
+    let (status, body) = host.get_json("/v1/deliveries/failed?status=pending").await;
     assert_eq!(status, 400, "only dead or discarded can be listed: {body}");
     // The CLI lists the same, beside the running service.
     let out = host
@@ -356,12 +301,8 @@ async fn dead_critical_deliveries_are_listed_announced_and_replayable() {
 
     // Replay through the API, filtered by error text: only billing's come back.
     rx.behave("/billing", Behavior::ok());
-    let (status, body) = api
-        .post(
-            &host,
-            "/v1/deliveries/replay",
-            &json!({"error": "HTTP 400", "status": "dead"}),
-        )
+    let (status, body) = host
+        .post_json("/v1/deliveries/replay", &json!({"error": "HTTP 400", "status": "dead"}))
         .await;
     assert_eq!((status, body.clone()), (200, json!({"replayed": 5})), "{body}");
     for id in &ids {
@@ -369,12 +310,19 @@ async fn dead_critical_deliveries_are_listed_announced_and_replayable() {
         assert_eq!(testkit::status_of(&ev, "billing"), Some("delivered"), "{ev:#}");
         assert_eq!(testkit::status_of(&ev, "ledger"), Some("dead"), "{ev:#}");
     }
-    let (status, body) = api
-        .post(
-            &host,
-            "/v1/deliveries/replay",
-            &json!({"error": "HTTP 400", "status": "dead"}),
-        )
+    let (status, body) = host
+        .post_json("/v1/deliveries/replay", &json!({"error": "HTTP 400", "status": "dead"}))
         .await;
     assert_eq!((status, body.clone()), (200, json!({"replayed": 0})), "{body}");
+}
+
+/// `GET /v1/deliveries/failed?<query>`, asserting 200; returns (deliveries, next_after).
+async fn failed(host: &Host, query: &str) -> (Vec<Value>, Value) {
+    let (status, body) = host.get_json(&format!("/v1/deliveries/failed?{query}")).await;
+    assert_eq!(status, 200, "GET /v1/deliveries/failed?{query}: {body}");
+    let list = body["deliveries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no deliveries list: {body}"))
+        .clone();
+    (list, body["next_after"].clone())
 }

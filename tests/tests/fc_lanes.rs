@@ -10,34 +10,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use testkit::{Behavior, Host, Receiver, RecordedRequest, Reply, Target, default_timeout, history, scaled};
 
-/// A small client for the API routes the `Host` helpers do not cover.
-struct Api {
-    client: reqwest::Client,
-}
-
-impl Api {
-    fn new() -> Self {
-        Self {
-            client: reqwest::Client::builder()
-                .timeout(scaled(Duration::from_secs(20)))
-                .build()
-                .expect("HTTP client"),
-        }
-    }
-
-    async fn post(&self, host: &Host, path: &str, body: &Value) -> (u16, Value) {
-        let resp = self
-            .client
-            .post(host.url(path))
-            .json(body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-}
-
 /// The entry of `targets` (a `GET /v1/targets` document) called `name`.
 fn target<'a>(targets: &'a Value, name: &str) -> &'a Value {
     targets
@@ -502,17 +474,16 @@ async fn a_paused_target_holds_its_deliveries_until_resumed() {
     host.add_target("crm", &Target::webhook(&rx.url("/crm")).fast_retry(5))
         .add_target("billing", &Target::webhook(&rx.url("/billing")).fast_retry(5));
     host.start().await;
-    let api = Api::new();
     let quiet = Duration::from_millis(800);
 
-    let (status, body) = api.post(&host, "/v1/targets/crm/pause", &json!({})).await;
+    let (status, body) = host.post_json("/v1/targets/crm/pause", &json!({})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         (body["paused"].clone(), body["changed"].clone()),
         (json!(true), json!(true)),
         "{body}"
     );
-    let (_, again) = api.post(&host, "/v1/targets/crm/pause", &json!({})).await;
+    let (_, again) = host.post_json("/v1/targets/crm/pause", &json!({})).await;
     assert_eq!(again["changed"], false, "pausing twice changes nothing: {again}");
     assert_eq!(target(&host.targets().await, "crm")["paused"], true);
 
@@ -540,7 +511,7 @@ async fn a_paused_target_holds_its_deliveries_until_resumed() {
         "no attempt was burned: {ev:#}"
     );
 
-    let (status, body) = api.post(&host, "/v1/targets/crm/resume", &json!({})).await;
+    let (status, body) = host.post_json("/v1/targets/crm/resume", &json!({})).await;
     assert_eq!((status, body["changed"].clone()), (200, json!(true)), "{body}");
     for id in &ids {
         host.wait_delivered(id, &["crm"]).await;
