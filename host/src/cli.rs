@@ -180,28 +180,8 @@ pub enum PluginCommand {
     /// retryable failure, 4 on a permanent one.
     Run {
         file: PathBuf,
-        /// The event, as for `POST /v1/events`: `{"type": "…", "payload": …}`.
-        #[arg(long)]
-        event: String,
-        /// A `[config]` entry for the plugin, as `key=value`; repeatable.
-        #[arg(long = "config", value_parser = parse_header, value_name = "KEY=VALUE")]
-        config: Vec<(String, String)>,
-        /// A `host:port` the plugin may reach; repeatable.
-        #[arg(long = "allow-host", value_name = "HOST:PORT")]
-        allow_hosts: Vec<String>,
-        /// The attempt's deadline.
-        #[arg(long, default_value_t = 10_000)]
-        timeout_ms: u64,
-        /// The instance's memory cap.
-        #[arg(long, default_value_t = 64)]
-        memory_mb: usize,
-        /// The attempt number the plugin sees.
-        #[arg(long, default_value_t = 1)]
-        attempt: u32,
-        /// Run the delivery this many times, each in a fresh instance, and report the
-        /// per-delivery time (min, median, max). The transcript shown is the first run's.
-        #[arg(long, default_value_t = 1)]
-        repeat: u32,
+        #[command(flatten)]
+        options: RunOptions,
     },
 }
 
@@ -402,15 +382,30 @@ pub fn outcome_exit_code(outcome: &Outcome) -> u8 {
     }
 }
 
-/// Options of `outboxd plugin run`.
-#[derive(Debug, Clone)]
+/// Options of `outboxd plugin run`: what the manifest and the event would say.
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunOptions {
+    /// The event, as for `POST /v1/events`: `{"type": "…", "payload": …}`.
+    #[arg(long)]
     pub event: String,
+    /// A `[config]` entry for the plugin, as `key=value`; repeatable.
+    #[arg(long = "config", value_parser = parse_header, value_name = "KEY=VALUE")]
     pub config: Vec<(String, String)>,
+    /// A `host:port` the plugin may reach; repeatable.
+    #[arg(long = "allow-host", value_name = "HOST:PORT")]
     pub allow_hosts: Vec<String>,
+    /// The attempt's deadline.
+    #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// The instance's memory cap.
+    #[arg(long, default_value_t = 64)]
     pub memory_mb: usize,
+    /// The attempt number the plugin sees.
+    #[arg(long, default_value_t = 1)]
     pub attempt: u32,
+    /// Run the delivery this many times, each in a fresh instance, and report the
+    /// per-delivery time (min, median, max). The transcript shown is the first run's.
+    #[arg(long, default_value_t = 1)]
     pub repeat: u32,
 }
 

@@ -79,26 +79,8 @@ async fn run() -> anyhow::Result<u8> {
             print!("{}", cli::set_target_paused(&config.load()?, &name, false).await?)
         }
         Command::Plugin(PluginCommand::Check { file }) => print!("{}", cli::plugin_check(&file).await?),
-        Command::Plugin(PluginCommand::Run {
-            file,
-            event,
-            config,
-            allow_hosts,
-            timeout_ms,
-            memory_mb,
-            attempt,
-            repeat,
-        }) => {
-            let opts = cli::RunOptions {
-                event,
-                config,
-                allow_hosts,
-                timeout_ms,
-                memory_mb,
-                attempt,
-                repeat,
-            };
-            let (transcript, outcome) = cli::plugin_run(&file, opts).await?;
+        Command::Plugin(PluginCommand::Run { file, options }) => {
+            let (transcript, outcome) = cli::plugin_run(&file, options).await?;
             print!("{transcript}");
             return Ok(cli::outcome_exit_code(&outcome));
         }

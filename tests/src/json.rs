@@ -44,3 +44,16 @@ pub fn history(event: &Value, target: &str) -> Vec<Value> {
         .cloned()
         .unwrap_or_default()
 }
+
+/// The entry called `name` of a `GET /v1/targets` document; panics naming the document if absent.
+pub fn target_entry<'a>(targets: &'a Value, name: &str) -> &'a Value {
+    targets
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
+        .unwrap_or_else(|| panic!("no target {name} in {targets:#}"))
+}
+
+/// Target `name`'s delivery count in `status`, from a `GET /v1/targets` document.
+pub fn target_count(targets: &Value, name: &str, status: &str) -> u64 {
+    target_entry(targets, name)["counts"][status].as_u64().unwrap_or(0)
+}

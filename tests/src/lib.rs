@@ -24,7 +24,7 @@ pub mod receiver;
 pub mod signature;
 
 pub use host::{Breaker, CliOutput, Host, Retry, StartError, Target};
-pub use json::{deliveries_by_target, delivery, history, status_of};
+pub use json::{deliveries_by_target, delivery, history, status_of, target_count, target_entry};
 pub use receiver::{Behavior, Receiver, RecordedRequest, Reply};
 pub use signature::{sign_standard_webhook, verify_standard_webhook};
 

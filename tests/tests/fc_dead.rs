@@ -7,24 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use testkit::{Behavior, Host, Receiver, Target, default_timeout};
+use testkit::{Behavior, Host, Receiver, Target, default_timeout, target_count};
 
 /// Dead deliveries in the bulk test.
 const BULK: usize = 10_000;
 /// Events per `POST /v1/events` in the bulk test.
 const POST_CHUNK: usize = 1_000;
-
-/// The entry of `targets` (a `GET /v1/targets` document) called `name`.
-fn target<'a>(targets: &'a Value, name: &str) -> &'a Value {
-    targets
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
-        .unwrap_or_else(|| panic!("no target {name} in {targets:#}"))
-}
-
-fn count(targets: &Value, name: &str, status: &str) -> u64 {
-    target(targets, name)["counts"][status].as_u64().unwrap_or(0)
-}
 
 fn now_ms() -> u128 {
     SystemTime::now()
@@ -57,7 +45,7 @@ async fn ten_thousand_dead_deliveries_replayed_by_the_cli_arrive_exactly_once() 
     assert_eq!(expected_keys.len(), BULK, "event ids are unique");
 
     let long = default_timeout() * 6;
-    host.wait_for_targets(long, |ts| count(ts, "bulk", "dead") == BULK as u64)
+    host.wait_for_targets(long, |ts| target_count(ts, "bulk", "dead") == BULK as u64)
         .await;
     eprintln!("{BULK} deliveries dead after {:?}", started.elapsed());
     let first_round = rx.requests_at("/bulk");
@@ -124,13 +112,13 @@ async fn ten_thousand_dead_deliveries_replayed_by_the_cli_arrive_exactly_once() 
         "the summary names the count:\n{out}"
     );
 
-    host.wait_for_targets(long, |ts| count(ts, "bulk", "delivered") == BULK as u64)
+    host.wait_for_targets(long, |ts| target_count(ts, "bulk", "delivered") == BULK as u64)
         .await;
     eprintln!("replayed and delivered in {:?}", replay_started.elapsed());
     let targets = host.targets().await;
-    assert_eq!(count(&targets, "bulk", "dead"), 0, "{targets:#}");
-    assert_eq!(count(&targets, "bulk", "pending"), 0, "{targets:#}");
-    assert_eq!(count(&targets, "bulk", "in_flight"), 0, "{targets:#}");
+    assert_eq!(target_count(&targets, "bulk", "dead"), 0, "{targets:#}");
+    assert_eq!(target_count(&targets, "bulk", "pending"), 0, "{targets:#}");
+    assert_eq!(target_count(&targets, "bulk", "in_flight"), 0, "{targets:#}");
 
     let after: Vec<_> = rx.requests().into_iter().skip(mark).collect();
     let mut per_key: BTreeMap<String, usize> = BTreeMap::new();

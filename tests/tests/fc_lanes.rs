@@ -8,19 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use testkit::{Behavior, Host, Receiver, RecordedRequest, Reply, Target, default_timeout, history, scaled};
-
-/// The entry of `targets` (a `GET /v1/targets` document) called `name`.
-fn target<'a>(targets: &'a Value, name: &str) -> &'a Value {
-    targets
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
-        .unwrap_or_else(|| panic!("no target {name} in {targets:#}"))
-}
-
-fn count(targets: &Value, name: &str, status: &str) -> u64 {
-    target(targets, name)["counts"][status].as_u64().unwrap_or(0)
-}
+use testkit::{
+    Behavior, Host, Receiver, RecordedRequest, Reply, Target, default_timeout, history, scaled, target_count,
+    target_entry,
+};
 
 /// Posts `events` (JSON objects) as one batch, asserting 202; returns their ids in order.
 async fn post_batch(host: &Host, events: Vec<Value>) -> Vec<String> {
@@ -122,11 +113,11 @@ async fn a_hung_slow_target_does_not_delay_a_critical_one() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let targets = host
-        .wait_for_targets(default_timeout(), |ts| count(ts, "critical", "delivered") == 101)
+        .wait_for_targets(default_timeout(), |ts| target_count(ts, "critical", "delivered") == 101)
         .await;
-    assert_eq!(count(&targets, "slow", "delivered"), 0, "{targets:#}");
-    assert_eq!(count(&targets, "slow", "in_flight"), 4, "{targets:#}");
-    assert_eq!(count(&targets, "slow", "pending"), 46, "{targets:#}");
+    assert_eq!(target_count(&targets, "slow", "delivered"), 0, "{targets:#}");
+    assert_eq!(target_count(&targets, "slow", "in_flight"), 4, "{targets:#}");
+    assert_eq!(target_count(&targets, "slow", "pending"), 46, "{targets:#}");
     assert_eq!(
         rx.count_at("/slow"),
         4,
@@ -197,13 +188,13 @@ async fn batched_delivery_groups_events_and_retries_only_the_failed_one() {
     );
     host.start().await;
     let targets = host.targets().await;
-    assert_eq!(target(&targets, "batch")["class"], "batched", "{targets:#}");
+    assert_eq!(target_entry(&targets, "batch")["class"], "batched", "{targets:#}");
 
     let mut ids = Vec::new();
     for n in 0..EVENTS {
         ids.push(host.enqueue("order.created", json!({"n": n})).await);
     }
-    host.wait_for_targets(default_timeout(), |ts| count(ts, "batch", "delivered") == EVENTS)
+    host.wait_for_targets(default_timeout(), |ts| target_count(ts, "batch", "delivered") == EVENTS)
         .await;
 
     let reqs = rx.requests_at("/batch");
@@ -389,10 +380,12 @@ async fn the_breaker_opens_rests_probes_and_announces_recovery() {
         ids.push(host.enqueue("order.created", json!({"n": n})).await);
     }
     let targets = host
-        .wait_for_targets(default_timeout(), |ts| target(ts, "main")["breaker"]["state"] == "open")
+        .wait_for_targets(default_timeout(), |ts| {
+            target_entry(ts, "main")["breaker"]["state"] == "open"
+        })
         .await;
     let seen_open = Instant::now();
-    let breaker = &target(&targets, "main")["breaker"];
+    let breaker = &target_entry(&targets, "main")["breaker"];
     assert!(
         breaker["consecutive_failures"].as_u64().is_some_and(|n| n >= 3),
         "{breaker}"
@@ -419,11 +412,11 @@ async fn the_breaker_opens_rests_probes_and_announces_recovery() {
     }
     let targets = host
         .wait_for_targets(default_timeout(), |ts| {
-            target(ts, "main")["breaker"]["state"] == "closed"
+            target_entry(ts, "main")["breaker"]["state"] == "closed"
         })
         .await;
     assert_eq!(
-        target(&targets, "main")["breaker"]["consecutive_failures"],
+        target_entry(&targets, "main")["breaker"]["consecutive_failures"],
         0,
         "{targets:#}"
     );
@@ -485,7 +478,7 @@ async fn a_paused_target_holds_its_deliveries_until_resumed() {
     );
     let (_, again) = host.post_json("/v1/targets/crm/pause", &json!({})).await;
     assert_eq!(again["changed"], false, "pausing twice changes nothing: {again}");
-    assert_eq!(target(&host.targets().await, "crm")["paused"], true);
+    assert_eq!(target_entry(&host.targets().await, "crm")["paused"], true);
 
     let mut ids = Vec::new();
     for n in 0..5 {
@@ -502,8 +495,8 @@ async fn a_paused_target_holds_its_deliveries_until_resumed() {
         rx.describe()
     );
     let targets = host.targets().await;
-    assert_eq!(count(&targets, "crm", "pending"), 5, "{targets:#}");
-    assert_eq!(count(&targets, "crm", "in_flight"), 0, "{targets:#}");
+    assert_eq!(target_count(&targets, "crm", "pending"), 5, "{targets:#}");
+    assert_eq!(target_count(&targets, "crm", "in_flight"), 0, "{targets:#}");
     let ev = host.get_event(&ids[0]).await;
     assert_eq!(
         testkit::delivery(&ev, "crm")["attempts"],
@@ -516,12 +509,12 @@ async fn a_paused_target_holds_its_deliveries_until_resumed() {
     for id in &ids {
         host.wait_delivered(id, &["crm"]).await;
     }
-    assert_eq!(target(&host.targets().await, "crm")["paused"], false);
+    assert_eq!(target_entry(&host.targets().await, "crm")["paused"], false);
 
     // The same from the command line, beside the running service.
     let out = host.run_cli(&["target", "pause", "crm"]).await;
     assert!(out.status.success() && out.stdout.contains("paused"), "{out}");
-    assert_eq!(target(&host.targets().await, "crm")["paused"], true);
+    assert_eq!(target_entry(&host.targets().await, "crm")["paused"], true);
     let late = host.enqueue("order.created", json!({"n": 99})).await;
     host.wait_delivered(&late, &["billing"]).await;
     tokio::time::sleep(quiet).await;
