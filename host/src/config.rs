@@ -10,10 +10,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::breaker::BreakerConfig;
+use crate::dispatch::breaker::BreakerConfig;
+use crate::dispatch::policy::RetryPolicy;
 use crate::domain::{TargetClass, TargetName};
-use crate::policy::RetryPolicy;
-use crate::routing::Pattern;
+use crate::targets::routing::Pattern;
 
 /// A configuration file that could not be used.
 #[derive(Debug, Error)]

@@ -9,11 +9,11 @@ use serde_json::value::RawValue;
 use thiserror::Error;
 
 use crate::domain::{EventId, EventType, ProducerKey};
-use crate::routing::Routes;
 use crate::store::NewEvent;
+use crate::targets::routing::Routes;
 
 /// Event types outboxd emits itself; producers may not use them.
-pub const RESERVED_PREFIX: &str = crate::routing::OPERATIONAL_PREFIX;
+pub const RESERVED_PREFIX: &str = crate::targets::routing::OPERATIONAL_PREFIX;
 
 /// Most events one request may carry.
 pub const MAX_BATCH: usize = 1000;

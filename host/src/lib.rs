@@ -3,18 +3,12 @@
 //! WebAssembly plugins with retries, backoff and leases. See `docs/architecture.md`.
 
 pub mod api;
-pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod ingest;
 pub mod plugin;
-pub mod policy;
-pub mod pool;
-pub mod ratelimit;
-pub mod reload;
-pub mod routing;
 pub mod store;
 pub mod targets;
 
@@ -26,9 +20,9 @@ use thiserror::Error;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::Breakers;
 use crate::config::ServiceConfig;
 use crate::dispatch::DispatchConfig;
+use crate::dispatch::breaker::Breakers;
 use crate::domain::now_ms;
 use crate::plugin::{PluginError, Runtime};
 use crate::store::sqlite::SqliteStore;
@@ -53,7 +47,7 @@ pub enum ServeError {
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
     #[error(transparent)]
-    Watch(#[from] reload::WatchError),
+    Watch(#[from] targets::watch::WatchError),
 }
 
 /// Runs the service until `shutdown` resolves, then stops gracefully: the API stops
@@ -128,7 +122,7 @@ pub async fn serve(
     }));
 
     let reloader = if config.watch_plugins {
-        Some(reload::spawn(
+        Some(targets::watch::spawn(
             Arc::clone(&registry),
             config.reload_debounce,
             stop.clone(),

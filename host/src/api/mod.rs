@@ -20,7 +20,7 @@ use serde_json::value::RawValue;
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use crate::breaker::Breakers;
+use crate::dispatch::breaker::Breakers;
 use crate::domain::{DeliveryStatus, EventId, InvalidValue, TargetName, format_ms, now_ms, parse_time};
 use crate::ingest::{self, Batch, IngestError};
 use crate::store::{EventDetail, FailedFilter, Ingested, Store, StoreError};
@@ -401,7 +401,7 @@ impl FilterIn {
             }
         };
         if let Some(t) = &self.event_type {
-            t.parse::<crate::routing::Pattern>()?;
+            t.parse::<crate::targets::routing::Pattern>()?;
         }
         Ok(FailedFilter {
             statuses,

@@ -7,6 +7,11 @@
 //! leases alive and a sweeper returns leases whose worker is gone. Shutdown stops claiming,
 //! lets running attempts finish within a grace period, then releases every lease still held.
 
+pub mod breaker;
+pub mod policy;
+pub mod pool;
+pub mod ratelimit;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,16 +22,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::breaker::{Admit, Breakers, Transition};
+use self::breaker::{Admit, Breakers, Transition};
+use self::pool::{PoolPermit, PriorityPool};
+use self::ratelimit::TokenBucket;
 use crate::domain::{
     DeliveryStatus, EventId, EventType, Millis, Outcome, ProducerKey, TargetClass, TargetName, delivery_key, now_ms,
 };
 use crate::plugin::{BatchReport, EventInput, Report};
-use crate::policy;
-use crate::pool::{PoolPermit, PriorityPool};
-use crate::ratelimit::TokenBucket;
-use crate::routing::OPERATIONAL_PREFIX;
 use crate::store::{Claimed, NewEvent, Settlement, Store};
+use crate::targets::routing::OPERATIONAL_PREFIX;
 use crate::targets::{Registry, Target};
 
 /// Most outcomes written in one settle transaction.

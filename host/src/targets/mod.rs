@@ -3,16 +3,19 @@
 //! changed off to the side, and swaps in a new immutable [`Snapshot`] at once; readers never
 //! wait for a compile. Start-up is a reload from an empty registry.
 
+pub mod routing;
+pub mod watch;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
+use self::routing::Routes;
 use crate::config::{ConfigError, TargetSpec, scan_targets};
 use crate::domain::{Millis, TargetClass, TargetName, now_ms};
 use crate::plugin::{Grants, Plugin, Runtime, content_hash};
-use crate::routing::Routes;
 
 /// A live target: its description, its compiled plugin and the grants derived from both.
 #[derive(Debug)]
