@@ -122,7 +122,12 @@ pub struct ServiceConfig {
 }
 
 /// `"7d"`, `"90m"`, … (humantime), or `"off"`.
-fn parse_age(path: &Path, key: &str, value: Option<&str>, default: Option<Duration>) -> Result<Option<Duration>, ConfigError> {
+fn parse_age(
+    path: &Path,
+    key: &str,
+    value: Option<&str>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
     match value.map(str::trim) {
         None => Ok(default),
         Some("off") => Ok(None),
@@ -148,7 +153,11 @@ impl ServiceConfig {
             strict_start: f.strict_start.unwrap_or(false),
             retention: RetentionConfig {
                 batch: f.retention_batch.unwrap_or(d.batch).max(1),
-                interval: f.retention_interval_ms.map(Duration::from_millis).unwrap_or(d.interval).max(Duration::from_millis(10)),
+                interval: f
+                    .retention_interval_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(d.interval)
+                    .max(Duration::from_millis(10)),
                 ..d
             },
             listen: f.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -711,7 +720,10 @@ retries = 2
         let by_name = |n: &str| scan.targets.iter().find(|t| t.name.as_str() == n).unwrap();
         let rate = by_name("rate");
         assert_eq!(rate.breaker.failure_rate, 0.6);
-        assert_eq!((rate.breaker.window, rate.breaker.min_attempts, rate.breaker.probes), (40, 10, 2));
+        assert_eq!(
+            (rate.breaker.window, rate.breaker.min_attempts, rate.breaker.probes),
+            (40, 10, 2)
+        );
         assert!(!rate.breaker.pause_target);
         assert_eq!(rate.log_budget.max_lines, 5);
         assert_eq!(rate.log_budget.max_bytes, 1000);
@@ -723,15 +735,34 @@ retries = 2
         );
         let errors: Vec<String> = scan.errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(errors.len(), 3, "{errors:#?}");
-        assert!(errors.iter().any(|e| e.contains("mixed.toml") && e.contains("failure_rate")), "{errors:#?}");
-        assert!(errors.iter().any(|e| e.contains("badrate.toml") && e.contains("failure_rate")), "{errors:#?}");
-        assert!(errors.iter().any(|e| e.contains("badlog.toml") && e.contains("max_line_bytes")), "{errors:#?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("mixed.toml") && e.contains("failure_rate")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("badrate.toml") && e.contains("failure_rate")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("badlog.toml") && e.contains("max_line_bytes")),
+            "{errors:#?}"
+        );
     }
 
     #[test]
     fn retention_keys_take_durations_or_off() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "a.toml", "retention = \"1m\"\nidempotency_retention = \"off\"\nstrict_start = true\n");
+        write(
+            dir.path(),
+            "a.toml",
+            "retention = \"1m\"\nidempotency_retention = \"off\"\nstrict_start = true\n",
+        );
         let c = ServiceConfig::load(&dir.path().join("a.toml")).unwrap();
         assert_eq!(c.retention.retention, Some(Duration::from_secs(60)));
         assert_eq!(c.retention.idempotency_retention, None);

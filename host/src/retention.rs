@@ -99,7 +99,11 @@ pub async fn run(store: Arc<dyn Store>, config: RetentionConfig, stop: Cancellat
         }
         match prune_once(store.as_ref(), &config, now_ms(), &stop).await {
             Ok(Pruned { events: 0, keys: 0 }) => {}
-            Ok(p) => tracing::info!(events = p.events, keys = p.keys, "retention: deleted old events and keys"),
+            Ok(p) => tracing::info!(
+                events = p.events,
+                keys = p.keys,
+                "retention: deleted old events and keys"
+            ),
             Err(e) => tracing::error!(error = %e, "retention pass failed; retrying at the next one"),
         }
     }
@@ -174,7 +178,10 @@ mod tests {
         let pruned = prune_once(&store, &config, t0 + 8 * DAY, &stop).await.unwrap();
         assert_eq!(pruned, Pruned { events: 2, keys: 0 }, "in batches of one");
         assert!(store.event(old[0].id).await.unwrap().is_none(), "delivered: deleted");
-        assert!(store.event(old[2].id).await.unwrap().is_none(), "no deliveries: deleted");
+        assert!(
+            store.event(old[2].id).await.unwrap().is_none(),
+            "no deliveries: deleted"
+        );
         assert!(store.event(old[1].id).await.unwrap().is_some(), "dead: kept");
         assert!(store.event(young[0].id).await.unwrap().is_some(), "young: kept");
 

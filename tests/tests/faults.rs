@@ -90,7 +90,11 @@ async fn flaky_targets_keep_flowing_and_a_dead_one_gets_a_probe_per_cooldown() {
     host.add_target_raw(
         "dead",
         "webhook.wasm",
-        &format!("{}\n[breaker]\ncooldown_ms = {}\n", dead.to_toml(), COOLDOWN.as_millis()),
+        &format!(
+            "{}\n[breaker]\ncooldown_ms = {}\n",
+            dead.to_toml(),
+            COOLDOWN.as_millis()
+        ),
     );
     host.start().await;
 
@@ -176,12 +180,9 @@ async fn flaky_targets_keep_flowing_and_a_dead_one_gets_a_probe_per_cooldown() {
 async fn a_flooding_plugin_is_held_to_its_log_budget_and_errors_are_capped() {
     let rx = Receiver::start().await;
     let mut host = Host::new();
-    host.add_target(
-        "flood",
-        &Target::misbehave("flood").timeout_ms(1_500).retry(2, 50, 100),
-    )
-    .add_target("shout", &Target::misbehave("shout").retry(1, 50, 100))
-    .add_target("hook", &Target::webhook(&rx.url("/hook")));
+    host.add_target("flood", &Target::misbehave("flood").timeout_ms(1_500).retry(2, 50, 100))
+        .add_target("shout", &Target::misbehave("shout").retry(1, 50, 100))
+        .add_target("hook", &Target::webhook(&rx.url("/hook")));
     host.start().await;
     let before = host.stderr().len();
 
@@ -212,7 +213,11 @@ async fn a_flooding_plugin_is_held_to_its_log_budget_and_errors_are_capped() {
     let shout = delivery(&ev, "shout");
     let last_error = shout["last_error"].as_str().expect("last_error");
     assert!(last_error.len() <= 4096, "{} bytes stored", last_error.len());
-    assert!(last_error.contains("[cut from "), "{}", &last_error[last_error.len() - 60..]);
+    assert!(
+        last_error.contains("[cut from "),
+        "{}",
+        &last_error[last_error.len() - 60..]
+    );
     let history_error = shout["history"][0]["error"].as_str().expect("history error");
     assert!(history_error.len() <= 4096);
 }
@@ -240,7 +245,10 @@ async fn a_start_with_a_broken_plugin_serves_the_rest_and_holds_its_deliveries()
     host.set_config("strict_start", true);
     match host.try_start().await {
         Err(StartError::Exited { stderr, .. }) => {
-            assert!(stderr.contains("crm.wasm") && stderr.contains("garbled.toml"), "{stderr}")
+            assert!(
+                stderr.contains("crm.wasm") && stderr.contains("garbled.toml"),
+                "{stderr}"
+            )
         }
         other => panic!("strict_start should refuse to start: {other:?}"),
     }
@@ -259,11 +267,7 @@ async fn a_start_with_a_broken_plugin_serves_the_rest_and_holds_its_deliveries()
         .collect();
     assert!(files.iter().any(|f| f.ends_with("crm.wasm")), "{health}");
     assert!(files.iter().any(|f| f.ends_with("garbled.toml")), "{health}");
-    assert!(
-        host.stderr().contains("STARTING DEGRADED"),
-        "{}",
-        host.stderr_tail(20)
-    );
+    assert!(host.stderr().contains("STARTING DEGRADED"), "{}", host.stderr_tail(20));
 
     let id = host.enqueue("order.created", json!({"n": 1})).await;
     host.wait_delivered(&id, &["hook"]).await;
@@ -276,7 +280,11 @@ async fn a_start_with_a_broken_plugin_serves_the_rest_and_holds_its_deliveries()
         "the load error is the reason: {held}"
     );
     assert!(
-        ev["deliveries"].as_array().unwrap().iter().all(|d| d["target"] != "garbled"),
+        ev["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["target"] != "garbled"),
         "a manifest that does not parse routes nothing: {ev:#}"
     );
     let targets = host.targets().await;
@@ -318,18 +326,18 @@ async fn retention_deletes_finished_events_keeps_dead_ones_and_prune_removes_the
 
     let deadline = Instant::now() + scaled(Duration::from_secs(20));
     while host.count_rows("events") > 1 {
-        assert!(
-            Instant::now() < deadline,
-            "{} events left",
-            host.count_rows("events")
-        );
+        assert!(Instant::now() < deadline, "{} events left", host.count_rows("events"));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (code, _) = host.get_event_raw(&first_id).await;
     assert_eq!(code, 404, "a delivered event is gone after its retention");
     let (code, ev) = host.get_event_raw(&dead_id).await;
     assert_eq!(code, 200, "a dead one is kept: {ev}");
-    assert_eq!(host.count_rows("attempts"), 1, "only the dead delivery's history is left");
+    assert_eq!(
+        host.count_rows("attempts"),
+        1,
+        "only the dead delivery's history is left"
+    );
 
     let (code, again) = host
         .post_event(&json!({"type": "order.created", "payload": {}, "idempotency_key": "k-1"}))
@@ -338,7 +346,10 @@ async fn retention_deletes_finished_events_keeps_dead_ones_and_prune_removes_the
     assert_eq!(again["id"], first_id.as_str());
 
     let refused = host.run_cli(&["prune"]).await;
-    assert!(!refused.status.success() && refused.stderr.contains("--all"), "{refused}");
+    assert!(
+        !refused.status.success() && refused.stderr.contains("--all"),
+        "{refused}"
+    );
     let pruned = host.run_cli(&["prune", "--target", "bad"]).await;
     assert!(pruned.status.success(), "{pruned}");
     assert!(pruned.stdout.contains("pruned 1 deliveries"), "{pruned}");
@@ -359,7 +370,12 @@ async fn every_refusal_is_json_and_names_the_parameter() {
     let (code, body) = host.post_json("/v1/targets/%FF/pause", &json!({})).await;
     assert_eq!(code, 400, "{body}");
     assert!(body["error"].is_string(), "{body}");
-    for (query, word) in [("limit=0", "limit"), ("limit=100000", "limit"), ("after=-1", "after"), ("limit=x", "limit")] {
+    for (query, word) in [
+        ("limit=0", "limit"),
+        ("limit=100000", "limit"),
+        ("after=-1", "after"),
+        ("limit=x", "limit"),
+    ] {
         let (code, body) = host.get_json(&format!("/v1/deliveries/failed?{query}")).await;
         assert_eq!(code, 400, "{query}: {body}");
         let msg = body["error"].as_str().unwrap_or_default();

@@ -31,7 +31,11 @@ pub fn paging(after: Option<i64>, limit: Option<usize>, default: usize, max: usi
     let limit = match limit {
         None => default,
         Some(l) if (1..=max).contains(&l) => l,
-        Some(l) => return Err(ApiError::BadRequest(format!("`limit` must be between 1 and {max}, not {l}"))),
+        Some(l) => {
+            return Err(ApiError::BadRequest(format!(
+                "`limit` must be between 1 and {max}, not {l}"
+            )));
+        }
     };
     let after = match after {
         None => 0,
@@ -53,7 +57,11 @@ mod tests {
     fn paging_refuses_values_outside_the_documented_ranges_naming_them() {
         assert_eq!(paging(None, None, 100, 1000).unwrap(), (0, 100));
         assert_eq!(paging(Some(7), Some(1000), 100, 1000).unwrap(), (7, 1000));
-        for (after, limit, word) in [(None, Some(0), "`limit`"), (None, Some(100_000), "`limit`"), (Some(-1), None, "`after`")] {
+        for (after, limit, word) in [
+            (None, Some(0), "`limit`"),
+            (None, Some(100_000), "`limit`"),
+            (Some(-1), None, "`after`"),
+        ] {
             let e = paging(after, limit, 100, 1000).unwrap_err().to_string();
             assert!(e.contains(word), "{e}");
         }

@@ -308,16 +308,13 @@ async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Targ
             }
             t.versions = versions.remove(&name).unwrap_or_default();
             t.paused = paused.contains(&name);
-            t.breaker = state
-                .breakers
-                .status(&name)
-                .map(|b| BreakerOut {
-                    state: b.state,
-                    consecutive_failures: b.consecutive_failures,
-                    window_failures: b.window_failures,
-                    window_attempts: b.window_attempts,
-                    paused_ms: b.paused_for.map(|d| d.as_millis() as u64),
-                });
+            t.breaker = state.breakers.status(&name).map(|b| BreakerOut {
+                state: b.state,
+                consecutive_failures: b.consecutive_failures,
+                window_failures: b.window_failures,
+                window_attempts: b.window_attempts,
+                paused_ms: b.paused_for.map(|d| d.as_millis() as u64),
+            });
             t.last_reload_error = snapshot
                 .errors
                 .iter()
@@ -490,7 +487,9 @@ async fn replay(
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid replay filter: {e}")))?
     };
     if filter.limit == Some(0) {
-        return Err(ApiError::BadRequest("`limit` must be at least 1 (leave it out to replay every match)".into()));
+        return Err(ApiError::BadRequest(
+            "`limit` must be at least 1 (leave it out to replay every match)".into(),
+        ));
     }
     let mut cap = filter.limit.unwrap_or(usize::MAX);
     let filter = filter.into_filter().map_err(|e| ApiError::BadRequest(e.0))?;

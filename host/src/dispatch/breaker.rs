@@ -81,9 +81,14 @@ impl BreakerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     Closed,
-    Open { until: Instant },
+    Open {
+        until: Instant,
+    },
     /// Probing: `probing` while a probe runs, `passed` probes have succeeded so far.
-    HalfOpen { probing: bool, passed: u32 },
+    HalfOpen {
+        probing: bool,
+        passed: u32,
+    },
 }
 
 impl BreakerState {
@@ -411,7 +416,11 @@ mod tests {
         // the time at 25 %, and each opened the former consecutive-failures breaker.
         let mut b = rate_breaker();
         for i in 0..10_000u32 {
-            let signal = if i % 400 < 5 { Signal::Failure } else { quarter_failing(i) };
+            let signal = if i % 400 < 5 {
+                Signal::Failure
+            } else {
+                quarter_failing(i)
+            };
             assert_eq!(b.record(signal, Instant::now()), None, "attempt {i}");
             assert_eq!(b.admit(Instant::now()), Admit::Any);
             tokio::time::advance(Duration::from_millis(3)).await;
@@ -507,7 +516,11 @@ mod tests {
             }
         }
         assert_eq!(b.admit(Instant::now()), Admit::Any);
-        assert_eq!(b.status(Instant::now()).window_attempts, 0, "a closed breaker starts afresh");
+        assert_eq!(
+            b.status(Instant::now()).window_attempts,
+            0,
+            "a closed breaker starts afresh"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -549,7 +562,11 @@ mod tests {
             assert!(!matches!(t, Some(Transition::Opened { .. })));
         }
         let until = Instant::now() + Duration::from_secs(1);
-        assert_eq!(b.admit(Instant::now()), Admit::WaitUntil(until), "the whole target waits");
+        assert_eq!(
+            b.admit(Instant::now()),
+            Admit::WaitUntil(until),
+            "the whole target waits"
+        );
         assert_eq!(b.status(Instant::now()).window_attempts, 0, "not counted");
         // A shorter request does not shorten the pause.
         assert_eq!(
@@ -569,7 +586,10 @@ mod tests {
             pause_target: false,
             ..BreakerConfig::default()
         });
-        assert_eq!(b.record(Signal::Backpressure(Duration::from_secs(1)), Instant::now()), None);
+        assert_eq!(
+            b.record(Signal::Backpressure(Duration::from_secs(1)), Instant::now()),
+            None
+        );
         assert_eq!(b.admit(Instant::now()), Admit::Any);
     }
 

@@ -32,7 +32,9 @@ pub(super) async fn hold_lane(
         woken.as_mut().enable();
         match store.hold_target(&target, &reason, now_ms()).await {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(target = %target, held = n, "held deliveries of a target whose plugin does not load"),
+            Ok(n) => {
+                tracing::debug!(target = %target, held = n, "held deliveries of a target whose plugin does not load")
+            }
             Err(e) => tracing::error!(target = %target, error = %e, "could not hold deliveries"),
         }
         tokio::select! {

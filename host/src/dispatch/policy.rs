@@ -263,7 +263,11 @@ mod tests {
         let d = decide(&policy(), 5, &Outcome::Retry { reason, after: None }, 0, &mut rng);
         let e = d.last_error.unwrap();
         assert!(e.starts_with("gave up after 5 attempts: yyy"));
-        assert!(e.len() <= crate::domain::MAX_ERROR_TEXT && e.ends_with("[cut from 1048602 bytes]"), "{}", &e[e.len() - 40..]);
+        assert!(
+            e.len() <= crate::domain::MAX_ERROR_TEXT && e.ends_with("[cut from 1048602 bytes]"),
+            "{}",
+            &e[e.len() - 40..]
+        );
     }
 
     #[test]

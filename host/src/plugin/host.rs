@@ -10,8 +10,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Grants;
-use super::logbudget::LogMeter;
 use super::bindings::outboxd::target::{config, http, log, types};
+use super::logbudget::LogMeter;
 
 /// A response body is cut at this size; a plugin needs the status and a little text.
 const MAX_RESPONSE_BODY: usize = 1024 * 1024;

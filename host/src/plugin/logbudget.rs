@@ -139,7 +139,11 @@ mod tests {
         assert_eq!(m.admit("ab").as_deref(), Some("ab"));
         assert_eq!(m.admit("aéé").as_deref(), Some("aé… [cut from 5 bytes]"));
         assert_eq!(m.admit("c"), None);
-        assert!(m.summary().unwrap().starts_with("log budget: 1 lines (1 bytes) suppressed and 1 lines cut"));
+        assert!(
+            m.summary()
+                .unwrap()
+                .starts_with("log budget: 1 lines (1 bytes) suppressed and 1 lines cut")
+        );
         let quiet = LogMeter::new(LogBudget::default());
         assert_eq!(quiet.summary(), None);
     }

@@ -22,8 +22,8 @@ use wasmtime_wasi::WasiCtx;
 
 use crate::domain::{MAX_REASON_TEXT, Outcome, cap_text};
 use host::HostState;
-pub use logbudget::LogBudget;
 pub use host::{HttpExchange, LogLevel, LogLine};
+pub use logbudget::LogBudget;
 
 mod bindings {
     wasmtime::component::bindgen!({

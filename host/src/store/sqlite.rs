@@ -19,7 +19,8 @@ use super::{
 use crate::domain::{AttemptOutcome, DeliveryStatus, EventId, Millis, TargetName};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts the applied ones.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     id              TEXT PRIMARY KEY,
     type            TEXT NOT NULL,
@@ -87,7 +88,8 @@ CREATE TABLE target_state (
     paused     INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 ) STRICT;
-"#, r#"
+"#,
+    r#"
 -- Retention: events are deleted by age, and the idempotency ledger keeps its keys for a
 -- window of its own, so a key may outlive its event: the ledger no longer references events.
 CREATE TABLE idempotency_keys_v2 (
@@ -101,7 +103,8 @@ DROP TABLE idempotency_keys;
 ALTER TABLE idempotency_keys_v2 RENAME TO idempotency_keys;
 CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at);
 CREATE INDEX events_age ON events (created_at);
-"#];
+"#,
+];
 
 /// A connection and the gate that lets one call at a time use it.
 #[derive(Clone)]

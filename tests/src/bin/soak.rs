@@ -46,8 +46,14 @@ async fn main() -> ExitCode {
         p.push("-wal");
         std::path::PathBuf::from(p)
     };
-    eprintln!("soak: {events} events at {rate}/s, retention {retention}, database {}", db.display());
-    println!("{:>6} {:>9} {:>9} {:>12} {:>12}", "secs", "posted", "in_db", "db_bytes", "wal_bytes");
+    eprintln!(
+        "soak: {events} events at {rate}/s, retention {retention}, database {}",
+        db.display()
+    );
+    println!(
+        "{:>6} {:>9} {:>9} {:>12} {:>12}",
+        "secs", "posted", "in_db", "db_bytes", "wal_bytes"
+    );
 
     let client = reqwest::Client::new();
     let url = host.url("/v1/events");
