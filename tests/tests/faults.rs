@@ -72,6 +72,8 @@ async fn flaky_targets_keep_flowing_and_a_dead_one_gets_a_probe_per_cooldown() {
         .start()
         .await;
     let mut host = Host::new();
+    // `target` (the default) or `delivery`: what a `Retry-After` pauses.
+    let retry_after = std::env::var("OUTBOXD_FLAKY_RETRY_AFTER").unwrap_or_else(|_| "target".into());
     for (name, class) in [("c1", "critical"), ("c2", "critical"), ("be", "best-effort")] {
         let mut t = Target::webhook(&rx.url(&format!("/{name}")))
             .events(&["order.*"])
@@ -81,7 +83,11 @@ async fn flaky_targets_keep_flowing_and_a_dead_one_gets_a_probe_per_cooldown() {
         if class == "critical" {
             t = t.retry(100, 200, 2_000);
         }
-        host.add_target(name, &t);
+        host.add_target_raw(
+            name,
+            "webhook.wasm",
+            &format!("{}\n[breaker]\nretry_after = \"{retry_after}\"\n", t.to_toml()),
+        );
     }
     let dead = Target::webhook(&rx.url("/dead"))
         .events(&["order.*"])
@@ -122,7 +128,7 @@ async fn flaky_targets_keep_flowing_and_a_dead_one_gets_a_probe_per_cooldown() {
         .await;
     let drained = started.elapsed();
     eprintln!(
-        "{n} events, {kills} kills: drained in {drained:?}; best-effort discarded {}",
+        "{n} events, {kills} kills, retry_after = {retry_after}: drained in {drained:?}; best-effort discarded {}",
         count_at(&targets, "be", "discarded")
     );
 

@@ -46,14 +46,19 @@ pub struct BreakerConfig {
     pub pause_target: bool,
 }
 
+/// The defaults (half of the last 100 attempts, once at least 40 are known) are chosen so
+/// that a target failing a quarter of its requests at random practically never opens: 20 or
+/// more failures among 40 attempts at a 25 % rate has a probability of about 6e-4, 50 among
+/// 100 below 1e-7 (10 among 20, the first choice, about 1.4 %: it opened flaky targets). A dead target opens after 40 attempts, which at
+/// any real load takes seconds.
 impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
             enabled: true,
             failure_rate: 0.5,
-            window: 20,
+            window: 100,
             window_age: Duration::from_secs(60),
-            min_attempts: 20,
+            min_attempts: 40,
             cooldown: Duration::from_secs(30),
             probes: 3,
             pause_target: true,
@@ -430,41 +435,46 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn opens_on_the_rate_only_with_enough_volume() {
         let mut b = rate_breaker();
-        // 19 failures: below the minimum volume of 20.
-        for _ in 0..19 {
+        // 39 failures: below the minimum volume of 40.
+        for _ in 0..39 {
             assert_eq!(b.record(Signal::Failure, Instant::now()), None);
         }
         assert_eq!(
             b.record(Signal::Failure, Instant::now()),
             Some(Transition::Opened {
-                failures: 20,
-                attempts: 20
+                failures: 40,
+                attempts: 40
             })
         );
         assert!(matches!(b.admit(Instant::now()), Admit::WaitUntil(_)));
 
-        // Half and half over the window opens too (rate 0.5 reached), 9 of 20 does not.
-        let mut b = rate_breaker();
-        for i in 0..20 {
-            let s = if i % 2 == 0 { Signal::Success } else { Signal::Failure };
-            let t = b.record(s, Instant::now());
-            assert_eq!(t.is_some(), i == 19, "attempt {i}: {t:?}");
-        }
+        // Half and half over the window opens too (rate 0.5 reached)…
         let mut b = rate_breaker();
         for i in 0..40 {
-            let s = if i % 20 < 9 { Signal::Failure } else { Signal::Success };
-            assert_eq!(b.record(s, Instant::now()), None, "attempt {i}");
+            let s = if i % 2 == 0 { Signal::Success } else { Signal::Failure };
+            let t = b.record(s, Instant::now());
+            assert_eq!(t.is_some(), i == 39, "attempt {i}: {t:?}");
+        }
+        // …49 of every 100 does not, however they bunch up.
+        let mut b = rate_breaker();
+        for i in 0..1000 {
+            let s = if i % 100 < 49 { Signal::Failure } else { Signal::Success };
+            if i >= 100 {
+                assert_eq!(b.record(s, Instant::now()), None, "attempt {i}");
+            } else {
+                b.record(s, Instant::now());
+            }
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn old_outcomes_leave_the_window() {
         let mut b = rate_breaker();
-        for _ in 0..15 {
+        for _ in 0..35 {
             b.record(Signal::Failure, Instant::now());
         }
         tokio::time::advance(Duration::from_secs(61)).await;
-        // The 15 old failures are forgotten: 5 new ones are not enough volume.
+        // The 35 old failures are forgotten: 5 new ones are not enough volume.
         for _ in 0..5 {
             assert_eq!(b.record(Signal::Failure, Instant::now()), None);
         }
@@ -474,7 +484,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_dead_target_gets_one_probe_per_cooldown_and_closes_after_enough_successes() {
         let mut b = rate_breaker();
-        for _ in 0..20 {
+        for _ in 0..40 {
             b.record(Signal::Failure, Instant::now());
         }
         let opened = Instant::now();
@@ -512,7 +522,7 @@ mod tests {
                 assert_eq!(t, None);
                 assert_eq!(b.state().as_str(), "half_open");
             } else {
-                assert!(matches!(t, Some(Transition::Recovered { failures }) if failures >= 20));
+                assert!(matches!(t, Some(Transition::Recovered { failures }) if failures >= 40));
             }
         }
         assert_eq!(b.admit(Instant::now()), Admit::Any);
@@ -526,7 +536,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failed_probe_among_successes_reopens() {
         let mut b = rate_breaker();
-        for _ in 0..20 {
+        for _ in 0..40 {
             b.record(Signal::Failure, Instant::now());
         }
         tokio::time::advance(COOLDOWN).await;
@@ -545,7 +555,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_probe_with_nothing_to_claim_does_not_block() {
         let mut b = rate_breaker();
-        for _ in 0..20 {
+        for _ in 0..40 {
             b.record(Signal::Failure, Instant::now());
         }
         tokio::time::advance(COOLDOWN).await;
