@@ -1,6 +1,7 @@
 //! `soak`: the retention soak scenario. Runs the real `outboxd serve` (see `testkit` for
-//! `OUTBOXD_BIN` / `OUTBOXD_PLUGINS_DIR`) with a short retention, posts events at a steady
-//! rate to a webhook target on a local receiver, and samples the database file's size. It
+//! `OUTBOXD_BIN` / `OUTBOXD_PLUGINS_DIR`) with a short retention, posts events (each with a
+//! producer idempotency key) at a steady rate to a batched webhook target on a local
+//! receiver, and samples the database file's size. It
 //! passes when the file stays within `SOAK_MAX_GROWTH` (default 2) × its size at
 //! `SOAK_BASELINE_S` (default 60) seconds.
 //!
@@ -15,7 +16,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use testkit::{Host, Receiver, Target};
+use testkit::{Behavior, Host, Receiver, Target};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
@@ -34,11 +35,25 @@ async fn main() -> ExitCode {
     let max_growth: f64 = env("SOAK_MAX_GROWTH", 2.0);
     let sample_every = Duration::from_secs(env("SOAK_SAMPLE_S", 10));
 
-    let rx = Receiver::builder().keep_requests(false).start().await;
+    // A batch receiver answers JSON; `{}` accepts every event of the batch.
+    let rx = Receiver::builder()
+        .default_behavior(Behavior::ok().respond_with(|_| (200, "{}".to_owned())))
+        .keep_requests(false)
+        .start()
+        .await;
     let mut host = Host::new();
+    // The ledger's window as well (`SOAK_KEY_RETENTION`, default the same as `retention`): a
+    // 7-day ledger legitimately grows by every key posted during the soak.
+    let key_retention: String = env("SOAK_KEY_RETENTION", retention.clone());
     host.set_config("retention", retention.as_str())
+        .set_config("idempotency_retention", key_retention.as_str())
         .set_config("retention_interval_ms", 5_000)
-        .add_target("hook", &Target::webhook(&rx.url("/hook")).concurrency(16));
+        // Batched, so that delivery keeps up with the rate even on a small machine: the soak is
+        // about what retention does to the file, not about delivery throughput.
+        .add_target(
+            "hook",
+            &Target::webhook_batch(&rx.url("/hook")).concurrency(4).batch(200, 100),
+        );
     host.start().await;
     let db = host.db_path();
     let wal = {
@@ -47,7 +62,7 @@ async fn main() -> ExitCode {
         std::path::PathBuf::from(p)
     };
     eprintln!(
-        "soak: {events} events at {rate}/s, retention {retention}, database {}",
+        "soak: {events} events at {rate}/s, retention {retention}, idempotency_retention {key_retention}, database {}",
         db.display()
     );
     println!(
