@@ -13,6 +13,8 @@ use thiserror::Error;
 use crate::dispatch::breaker::BreakerConfig;
 use crate::dispatch::policy::RetryPolicy;
 use crate::domain::{TargetClass, TargetName};
+use crate::plugin::LogBudget;
+use crate::retention::RetentionConfig;
 use crate::targets::routing::Pattern;
 
 /// A configuration file that could not be used.
@@ -77,6 +79,11 @@ struct ServiceFile {
     watch_plugins: Option<bool>,
     reload_debounce_ms: Option<u64>,
     max_in_flight: Option<usize>,
+    strict_start: Option<bool>,
+    retention: Option<String>,
+    idempotency_retention: Option<String>,
+    retention_batch: Option<usize>,
+    retention_interval_ms: Option<u64>,
 }
 
 /// The service configuration, with defaults applied and paths resolved.
@@ -107,6 +114,31 @@ pub struct ServiceConfig {
     /// Attempts running at once across all non-slow targets (the shared pool). When it is
     /// saturated, critical targets are served before batched, then best-effort. Default 64.
     pub max_in_flight: usize,
+    /// Refuse to start when any file in `plugins_dir` cannot be loaded (`serve --strict`).
+    /// Default false: start with what loads, hold the rest.
+    pub strict_start: bool,
+    /// Retention of finished events and of the idempotency ledger.
+    pub retention: RetentionConfig,
+}
+
+/// `"7d"`, `"90m"`, … (humantime), or `"off"`.
+fn parse_age(
+    path: &Path,
+    key: &str,
+    value: Option<&str>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
+    match value.map(str::trim) {
+        None => Ok(default),
+        Some("off") => Ok(None),
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => Ok(Some(d)),
+            _ => Err(ConfigError::invalid(
+                path,
+                format!("`{key}` must be a duration such as \"7d\" or \"12h\", or \"off\", not `{text}`"),
+            )),
+        },
+    }
 }
 
 impl ServiceConfig {
@@ -116,7 +148,18 @@ impl ServiceConfig {
     }
 
     fn from_file(f: ServiceFile, base: &Path) -> Self {
+        let d = RetentionConfig::default();
         Self {
+            strict_start: f.strict_start.unwrap_or(false),
+            retention: RetentionConfig {
+                batch: f.retention_batch.unwrap_or(d.batch).max(1),
+                interval: f
+                    .retention_interval_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(d.interval)
+                    .max(Duration::from_millis(10)),
+                ..d
+            },
             listen: f.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             database: base.join(f.database.unwrap_or_else(|| "outboxd.db".into())),
             plugins_dir: base.join(f.plugins_dir.unwrap_or_else(|| "plugins.d".into())),
@@ -136,7 +179,17 @@ impl ServiceConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file: ServiceFile = read_toml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let config = Self::from_file(file, base);
+        let d = RetentionConfig::default();
+        let retention = parse_age(path, "retention", file.retention.as_deref(), d.retention)?;
+        let idempotency_retention = parse_age(
+            path,
+            "idempotency_retention",
+            file.idempotency_retention.as_deref(),
+            d.idempotency_retention,
+        )?;
+        let mut config = Self::from_file(file, base);
+        config.retention.retention = retention;
+        config.retention.idempotency_retention = idempotency_retention;
         if config.max_payload_bytes == 0 || config.max_payload_bytes > config.max_request_bytes {
             return Err(ConfigError::invalid(
                 path,
@@ -164,14 +217,113 @@ struct ManifestFile {
     linger_ms: Option<u64>,
     retry: Option<RetryFile>,
     breaker: Option<BreakerFile>,
+    log: Option<LogFile>,
     config: Option<toml::Table>,
+}
+
+/// A manifest's `[log]` table: the target's per-attempt log budget.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFile {
+    max_lines: Option<u32>,
+    max_bytes: Option<usize>,
+    max_line_bytes: Option<usize>,
+}
+
+impl LogFile {
+    fn into_budget(self) -> Result<LogBudget, String> {
+        let d = LogBudget::default();
+        let b = LogBudget {
+            max_lines: self.max_lines.unwrap_or(d.max_lines),
+            max_bytes: self.max_bytes.unwrap_or(d.max_bytes),
+            max_line_bytes: self.max_line_bytes.unwrap_or(d.max_line_bytes),
+        };
+        if b.max_lines > 100_000 {
+            return Err("`log.max_lines` must be at most 100000".into());
+        }
+        if b.max_bytes > 64 * 1024 * 1024 {
+            return Err("`log.max_bytes` must be at most 67108864".into());
+        }
+        if !(16..=1024 * 1024).contains(&b.max_line_bytes) {
+            return Err("`log.max_line_bytes` must be between 16 and 1048576".into());
+        }
+        Ok(b)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BreakerFile {
+    /// Former key: consecutive failures (kept working; not combinable with the new keys).
     failures: Option<u32>,
+    enabled: Option<bool>,
+    failure_rate: Option<f64>,
+    window: Option<u32>,
+    window_ms: Option<u64>,
+    min_attempts: Option<u32>,
     cooldown_ms: Option<u64>,
+    probes: Option<u32>,
+    retry_after: Option<String>,
+}
+
+impl BreakerFile {
+    fn into_config(self) -> Result<BreakerConfig, String> {
+        let d = BreakerConfig::default();
+        let cooldown = self.cooldown_ms.map(Duration::from_millis).unwrap_or(d.cooldown);
+        let pause_target = match self.retry_after.as_deref() {
+            None | Some("target") => true,
+            Some("delivery") => false,
+            Some(other) => {
+                return Err(format!(
+                    "`breaker.retry_after` must be `target` or `delivery`, not `{other}`"
+                ));
+            }
+        };
+        let rate_keys = self.enabled.is_some()
+            || self.failure_rate.is_some()
+            || self.window.is_some()
+            || self.window_ms.is_some()
+            || self.min_attempts.is_some()
+            || self.probes.is_some();
+        if let Some(failures) = self.failures {
+            if rate_keys {
+                return Err("`breaker.failures` (consecutive failures) cannot be combined with \
+                            `enabled`, `failure_rate`, `window`, `window_ms`, `min_attempts` or `probes`: \
+                            use the new keys only"
+                    .into());
+            }
+            return Ok(BreakerConfig {
+                pause_target,
+                ..BreakerConfig::consecutive(failures, cooldown)
+            });
+        }
+        let c = BreakerConfig {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            failure_rate: self.failure_rate.unwrap_or(d.failure_rate),
+            window: self.window.unwrap_or(d.window),
+            window_age: self.window_ms.map(Duration::from_millis).unwrap_or(d.window_age),
+            min_attempts: self.min_attempts.unwrap_or(d.min_attempts),
+            cooldown,
+            probes: self.probes.unwrap_or(d.probes),
+            pause_target,
+        };
+        if !(c.failure_rate > 0.0 && c.failure_rate <= 1.0) {
+            return Err("`breaker.failure_rate` must be above 0 and at most 1".into());
+        }
+        if !(1..=10_000).contains(&c.window) {
+            return Err("`breaker.window` must be between 1 and 10000".into());
+        }
+        if c.min_attempts < 1 || c.min_attempts > c.window {
+            return Err("`breaker.min_attempts` must be between 1 and `breaker.window`".into());
+        }
+        if c.window_age.is_zero() {
+            return Err("`breaker.window_ms` must be at least 1".into());
+        }
+        if !(1..=100).contains(&c.probes) {
+            return Err("`breaker.probes` must be between 1 and 100".into());
+        }
+        Ok(c)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +357,8 @@ pub struct TargetSpec {
     pub class: TargetClass,
     pub retry: RetryPolicy,
     pub breaker: BreakerConfig,
+    /// What one attempt may write to the log.
+    pub log_budget: LogBudget,
     /// Per-key FIFO: a delivery waits for every earlier one with the same ordering key.
     pub ordered: bool,
     /// Attempts per second at most (a smooth token bucket); `None` for no limit.
@@ -289,15 +443,8 @@ impl TargetSpec {
         if !(1.0..=100.0).contains(&retry.multiplier) {
             return Err("`retry.multiplier` must be between 1 and 100".into());
         }
-        let b = file.breaker.unwrap_or_default();
-        let breaker_defaults = BreakerConfig::default();
-        let breaker = BreakerConfig {
-            failures: b.failures.unwrap_or(breaker_defaults.failures),
-            cooldown: b
-                .cooldown_ms
-                .map(Duration::from_millis)
-                .unwrap_or(breaker_defaults.cooldown),
-        };
+        let breaker = file.breaker.unwrap_or_default().into_config()?;
+        let log_budget = file.log.unwrap_or_default().into_budget()?;
         if let Some(rate) = file.rate_per_sec
             && !(rate > 0.0 && rate <= 1_000_000.0)
         {
@@ -336,6 +483,7 @@ impl TargetSpec {
             class,
             retry,
             breaker,
+            log_budget,
             ordered: file.ordered.unwrap_or(false),
             rate_per_sec: file.rate_per_sec,
             max_batch,
@@ -552,6 +700,79 @@ retries = 2
                 .iter()
                 .any(|e| e.contains("Bad.toml") && e.contains("target name"))
         );
+    }
+
+    #[test]
+    fn breaker_and_log_keys_old_and_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(
+            d,
+            "rate.toml",
+            "[breaker]\nfailure_rate = 0.6\nwindow = 40\nmin_attempts = 10\nprobes = 2\nretry_after = \"delivery\"\n\
+             [log]\nmax_lines = 5\nmax_bytes = 1000\n",
+        );
+        write(d, "old.toml", "[breaker]\nfailures = 3\ncooldown_ms = 1000\n");
+        write(d, "mixed.toml", "[breaker]\nfailures = 3\nfailure_rate = 0.5\n");
+        write(d, "badrate.toml", "[breaker]\nfailure_rate = 1.5\n");
+        write(d, "badlog.toml", "[log]\nmax_line_bytes = 1\n");
+        let scan = scan_targets(d).unwrap();
+        let by_name = |n: &str| scan.targets.iter().find(|t| t.name.as_str() == n).unwrap();
+        let rate = by_name("rate");
+        assert_eq!(rate.breaker.failure_rate, 0.6);
+        assert_eq!(
+            (rate.breaker.window, rate.breaker.min_attempts, rate.breaker.probes),
+            (40, 10, 2)
+        );
+        assert!(!rate.breaker.pause_target);
+        assert_eq!(rate.log_budget.max_lines, 5);
+        assert_eq!(rate.log_budget.max_bytes, 1000);
+        assert_eq!(rate.log_budget.max_line_bytes, LogBudget::default().max_line_bytes);
+        assert_eq!(
+            by_name("old").breaker,
+            BreakerConfig::consecutive(3, Duration::from_secs(1)),
+            "the former key keeps its meaning"
+        );
+        let errors: Vec<String> = scan.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("mixed.toml") && e.contains("failure_rate")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("badrate.toml") && e.contains("failure_rate")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("badlog.toml") && e.contains("max_line_bytes")),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn retention_keys_take_durations_or_off() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "a.toml",
+            "retention = \"1m\"\nidempotency_retention = \"off\"\nstrict_start = true\n",
+        );
+        let c = ServiceConfig::load(&dir.path().join("a.toml")).unwrap();
+        assert_eq!(c.retention.retention, Some(Duration::from_secs(60)));
+        assert_eq!(c.retention.idempotency_retention, None);
+        assert!(c.strict_start);
+        let d = ServiceConfig::defaults_in(dir.path());
+        assert_eq!(d.retention.retention, Some(Duration::from_secs(7 * 24 * 3600)));
+        assert!(!d.strict_start);
+        write(dir.path(), "b.toml", "retention = \"soon\"\n");
+        let e = ServiceConfig::load(&dir.path().join("b.toml")).unwrap_err().to_string();
+        assert!(e.contains("b.toml") && e.contains("`retention`"), "{e}");
     }
 
     #[test]

@@ -288,6 +288,33 @@ string_enum! {
     }
 }
 
+/// Longest error text kept for a delivery (`last_error`, history), in bytes.
+pub const MAX_ERROR_TEXT: usize = 4096;
+
+/// Longest failure reason taken from a plugin: room is left for the prefix the retry
+/// decision adds (`gave up after N attempts: `), so the stored text keeps the original length.
+pub const MAX_REASON_TEXT: usize = MAX_ERROR_TEXT - 256;
+
+/// Cuts `text` to at most `max` bytes (at a character boundary), ending with
+/// `… [cut from N bytes]`, so that a plugin cannot fill the database or the log with one
+/// reason. A text that fits is returned as it is.
+pub fn cap_text(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let note = format!("… [cut from {} bytes]", text.len());
+    let mut cut = max.saturating_sub(note.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{note}", &text[..cut])
+}
+
+/// [`cap_text`] at [`MAX_ERROR_TEXT`]: what is stored as a delivery's error.
+pub fn cap_error_text(text: String) -> String {
+    cap_text(text, MAX_ERROR_TEXT)
+}
+
 /// What a delivery attempt produced, as the dispatcher sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -321,6 +348,14 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_error_texts_are_capped_noting_their_length() {
+        assert_eq!(cap_error_text("HTTP 500".into()), "HTTP 500");
+        let capped = cap_error_text("é".repeat(100_000));
+        assert!(capped.len() <= MAX_ERROR_TEXT, "{}", capped.len());
+        assert!(capped.ends_with("… [cut from 200000 bytes]"), "{capped}");
+    }
 
     #[test]
     fn statuses_round_trip_through_their_strings() {

@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod ingest;
 pub mod plugin;
+pub mod retention;
 pub mod store;
 pub mod targets;
 
@@ -71,18 +72,29 @@ pub async fn serve(
         );
     }
 
-    // Start-up is a reload from an empty registry. At start-up every file must load: a
-    // target that silently failed to load would silently receive nothing.
+    // Start-up is a reload from an empty registry. By default the host starts with what
+    // loads: targets whose plugin fails are routed and held (see `targets::HeldTarget`);
+    // `strict_start` refuses to start instead.
     let runtime = Runtime::new(Some(config.cache_dir.clone()))?;
     let registry = Arc::new(Registry::new(runtime, config.plugins_dir.clone()));
     let snapshot = registry.reload().await;
     if !snapshot.errors.is_empty() {
-        return Err(ServeError::Targets {
-            dir: config.plugins_dir.display().to_string(),
-            errors: snapshot.errors.iter().map(|e| e.message.clone()).collect(),
-        });
+        if config.strict_start {
+            return Err(ServeError::Targets {
+                dir: config.plugins_dir.display().to_string(),
+                errors: snapshot.errors.iter().map(|e| e.message.clone()).collect(),
+            });
+        }
+        tracing::error!(
+            dir = %config.plugins_dir.display(),
+            broken_files = snapshot.errors.len(),
+            held_targets = ?snapshot.held.keys().map(|n| n.as_str()).collect::<Vec<_>>(),
+            "STARTING DEGRADED: some files in the plugins directory cannot be loaded (see the errors above, \
+             GET /v1/targets and GET /healthz); targets whose manifest is valid get deliveries, held paused \
+             until a good plugin file appears; a manifest that does not parse routes nothing"
+        );
     }
-    if snapshot.targets.is_empty() {
+    if snapshot.targets.is_empty() && snapshot.held.is_empty() {
         tracing::warn!(dir = %config.plugins_dir.display(), "no targets: events are stored but go nowhere");
     }
 
@@ -98,6 +110,7 @@ pub async fn serve(
     let wake = Arc::new(Notify::new());
     let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
     let breakers = Arc::new(Breakers::default());
+    let retention = tokio::spawn(retention::run(Arc::clone(&store), config.retention, stop.clone()));
     let dispatcher = tokio::spawn(dispatch::run(
         Arc::clone(&store),
         Arc::clone(&registry),
@@ -145,6 +158,7 @@ pub async fn serve(
     if let Some(reloader) = reloader {
         let _ = reloader.await;
     }
+    let _ = retention.await;
     if let Err(e) = dispatcher.await {
         tracing::error!(error = %e, "dispatcher task failed");
     }

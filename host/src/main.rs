@@ -34,9 +34,9 @@ async fn run() -> anyhow::Result<u8> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Serve(config) => {
+        Command::Serve(args) => {
             outboxd::serve(
-                config.load()?,
+                args.load()?,
                 |addr| {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "listening on {addr}");
@@ -72,6 +72,7 @@ async fn run() -> anyhow::Result<u8> {
         Command::Dead(DeadCommand::Replay { config, filter }) => {
             print!("{}", cli::dead_replay(&config.load()?, filter).await?)
         }
+        Command::Prune { config, filter, all } => print!("{}", cli::prune(&config.load()?, filter, all).await?),
         Command::Target(TargetCommand::Pause { config, name }) => {
             print!("{}", cli::set_target_paused(&config.load()?, &name, true).await?)
         }

@@ -11,7 +11,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +25,9 @@ use crate::domain::{DeliveryStatus, EventId, InvalidValue, TargetName, format_ms
 use crate::ingest::{self, Batch, IngestError};
 use crate::store::{EventDetail, FailedFilter, Ingested, Store, StoreError};
 use crate::targets::Registry;
+
+mod extract;
+use extract::PathParam;
 
 /// What the handlers share.
 pub struct AppState {
@@ -215,7 +218,7 @@ fn event_out(d: EventDetail) -> Result<EventOut, ApiError> {
     })
 }
 
-async fn get_event(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<EventOut>, ApiError> {
+async fn get_event(State(state): State<Arc<AppState>>, PathParam(id): PathParam) -> Result<Json<EventOut>, ApiError> {
     let id: EventId = id
         .parse()
         .map_err(|e: crate::domain::InvalidValue| ApiError::BadRequest(e.0))?;
@@ -238,6 +241,11 @@ struct ReloadErrorOut {
 struct BreakerOut {
     state: &'static str,
     consecutive_failures: u32,
+    /// Failures and attempts among the remembered ones (the sliding window).
+    window_failures: u32,
+    window_attempts: u32,
+    /// Milliseconds the target stays paused because its receiver asked (`Retry-After`).
+    paused_ms: Option<u64>,
 }
 
 #[derive(Serialize, Default)]
@@ -270,6 +278,9 @@ struct TargetOut {
     /// Why the target's files could not be loaded at the last reload; the previous version,
     /// if any, keeps serving meanwhile. `null` once a good file is in place.
     last_reload_error: Option<ReloadErrorOut>,
+    /// Its manifest is valid but its plugin has never loaded: it is routed, and its
+    /// deliveries are held `paused` until a good plugin file appears.
+    held: bool,
 }
 
 async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Json<Vec<TargetOut>>, ApiError> {
@@ -297,13 +308,13 @@ async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Targ
             }
             t.versions = versions.remove(&name).unwrap_or_default();
             t.paused = paused.contains(&name);
-            t.breaker = state
-                .breakers
-                .status(&name)
-                .map(|(state, consecutive_failures)| BreakerOut {
-                    state,
-                    consecutive_failures,
-                });
+            t.breaker = state.breakers.status(&name).map(|b| BreakerOut {
+                state: b.state,
+                consecutive_failures: b.consecutive_failures,
+                window_failures: b.window_failures,
+                window_attempts: b.window_attempts,
+                paused_ms: b.paused_for.map(|d| d.as_millis() as u64),
+            });
             t.last_reload_error = snapshot
                 .errors
                 .iter()
@@ -313,6 +324,12 @@ async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Targ
                     message: e.message.clone(),
                     at: format_ms(e.at),
                 });
+            if let Some(h) = name.parse().ok().and_then(|n| snapshot.held.get(&n)) {
+                t.held = true;
+                t.plugin = h.spec.plugin_path.file_name().map(|f| f.to_string_lossy().into_owned());
+                t.events = h.spec.events.iter().map(|p| p.to_string()).collect();
+                t.class = Some(h.spec.class.as_str());
+            }
             if let Some(live) = name.parse().ok().and_then(|n| snapshot.targets.get(&n)) {
                 let spec = &live.spec;
                 t.loaded = true;
@@ -348,14 +365,14 @@ async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Json<s
 
 async fn pause_target(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     set_paused(&state, &name, true).await
 }
 
 async fn resume_target(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     set_paused(&state, &name, false).await
 }
@@ -432,7 +449,7 @@ async fn list_failed(
     query: Result<axum::extract::Query<FilterIn>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let axum::extract::Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let (after, limit) = (q.after.unwrap_or(0), q.limit.unwrap_or(100).clamp(1, 1000));
+    let (after, limit) = extract::paging(q.after, q.limit, 100, 1000)?;
     let filter = q.into_filter().map_err(|e| ApiError::BadRequest(e.0))?;
     let rows = state.store.list_failed(filter, after, limit).await?;
     let next_after = (rows.len() == limit)
@@ -469,6 +486,11 @@ async fn replay(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid replay filter: {e}")))?
     };
+    if filter.limit == Some(0) {
+        return Err(ApiError::BadRequest(
+            "`limit` must be at least 1 (leave it out to replay every match)".into(),
+        ));
+    }
     let mut cap = filter.limit.unwrap_or(usize::MAX);
     let filter = filter.into_filter().map_err(|e| ApiError::BadRequest(e.0))?;
     let mut replayed = 0;
@@ -487,9 +509,33 @@ async fn replay(
     Ok(Json(serde_json::json!({ "replayed": replayed })))
 }
 
+/// `200` in both cases: `ok`, or `degraded` with the files that did not load and the
+/// targets held because of them. A degraded host still accepts and delivers for every other
+/// target, so it must not be taken out of a load balancer's rotation.
 async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let snapshot = state.registry.snapshot();
+    if snapshot.errors.is_empty() {
+        return Json(serde_json::json!({
+            "status": "ok",
+            "targets": snapshot.targets.len(),
+        }));
+    }
+    let errors: Vec<serde_json::Value> = snapshot
+        .errors
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "target": e.target.as_ref().map(|t| t.as_str()),
+                "file": e.file.display().to_string(),
+                "message": e.message,
+                "at": format_ms(e.at),
+            })
+        })
+        .collect();
     Json(serde_json::json!({
-        "status": "ok",
-        "targets": state.registry.snapshot().targets.len(),
+        "status": "degraded",
+        "targets": snapshot.targets.len(),
+        "held": snapshot.held.keys().map(|n| n.as_str()).collect::<Vec<_>>(),
+        "errors": errors,
     }))
 }

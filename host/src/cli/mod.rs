@@ -1,4 +1,4 @@
-//! The command line: `serve`, `enqueue`, `status`, `dead list|replay`, `target
+//! The command line: `serve`, `enqueue`, `status`, `dead list|replay`, `prune`, `target
 //! pause|resume` and `plugin check|run`. The commands other than `serve` and `plugin` open
 //! the database directly, so they work with or without a running `serve`.
 
@@ -50,10 +50,30 @@ impl ConfigArg {
     }
 }
 
+/// `outboxd serve`'s arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Refuse to start when any file in the plugins directory cannot be loaded (as the
+    /// `strict_start = true` configuration key). By default the host starts with what loads.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+impl ServeArgs {
+    /// The configuration, with `--strict` applied.
+    pub fn load(&self) -> Result<ServiceConfig, ConfigError> {
+        let mut config = self.config.load()?;
+        config.strict_start |= self.strict;
+        Ok(config)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: the HTTP API and the delivery workers.
-    Serve(ConfigArg),
+    Serve(ServeArgs),
     /// Accept one event by writing it straight into the database.
     Enqueue {
         #[command(flatten)]
@@ -90,6 +110,17 @@ pub enum Command {
     /// Pause or resume a target by hand.
     #[command(subcommand)]
     Target(TargetCommand),
+    /// Delete dead and discarded deliveries matching a filter, with their history, and their
+    /// events once no delivery is left. Retention never deletes them on its own.
+    Prune {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Prune every failed delivery (required when no filter is given).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// Which failed deliveries a command applies to.
@@ -391,6 +422,30 @@ pub async fn dead_replay(config: &ServiceConfig, filter: FilterArgs) -> Result<S
         eprintln!();
     }
     Ok(format!("replayed {done} deliveries\n"))
+}
+
+/// `outboxd prune`: deletes matching failed deliveries in chunks, reporting progress on
+/// stderr. Without a filter it refuses unless `all`.
+pub async fn prune(config: &ServiceConfig, filter: FilterArgs, all: bool) -> Result<String, CliError> {
+    const CHUNK: usize = 500;
+    let filter = filter.into_filter()?;
+    if filter == FailedFilter::default() && !all {
+        return Err(CliError::Input(
+            "prune needs a filter (--status, --target, --type, --since, --until, --error, --delivery) or --all".into(),
+        ));
+    }
+    let store = open_store(config).await?;
+    let total = store.count_failed(filter.clone()).await?;
+    let mut done = 0u64;
+    loop {
+        let n = store.prune_failed(filter.clone(), CHUNK).await?;
+        done += n as u64;
+        eprintln!("pruned {done}/{total}");
+        if n < CHUNK {
+            break;
+        }
+    }
+    Ok(format!("pruned {done} deliveries\n"))
 }
 
 /// `outboxd target pause|resume`.

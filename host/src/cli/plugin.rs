@@ -103,6 +103,7 @@ pub async fn plugin_run(path: &Path, opts: RunOptions) -> Result<(String, Outcom
         allowed_hosts: allowed_hosts.into(),
         timeout: std::time::Duration::from_millis(opts.timeout_ms),
         memory_bytes: opts.memory_mb * 1024 * 1024,
+        log_budget: crate::plugin::LogBudget::default(),
     };
     let input = EventInput {
         id: id.to_string(),

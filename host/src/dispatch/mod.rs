@@ -8,6 +8,7 @@
 //! lets running attempts finish within a grace period, then releases every lease still held.
 
 pub mod breaker;
+mod held;
 pub mod policy;
 pub mod pool;
 pub mod ratelimit;
@@ -22,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::breaker::{Admit, Breakers, Transition};
+use self::breaker::{Admit, Breakers, Signal, Transition};
 use self::pool::{PoolPermit, PriorityPool};
 use self::ratelimit::TokenBucket;
 use crate::domain::{
@@ -156,8 +157,31 @@ async fn keep_leases(shared: Arc<Shared>, stop: CancellationToken) {
 async fn supervise(shared: &Arc<Shared>, stop: &CancellationToken) {
     let mut changes = shared.registry.subscribe();
     let mut lanes: HashMap<TargetName, (Arc<Target>, CancellationToken, JoinHandle<()>)> = HashMap::new();
+    // Targets whose plugin does not load: (reason, lane).
+    let mut held_lanes: HashMap<TargetName, (String, CancellationToken)> = HashMap::new();
     loop {
         let snapshot = changes.borrow_and_update().clone();
+        held_lanes.retain(|name, (reason, token)| {
+            let keep = snapshot.held.get(name).is_some_and(|h| &h.reason == reason);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for (name, h) in &snapshot.held {
+            if !held_lanes.contains_key(name) {
+                let token = stop.child_token();
+                tokio::spawn(held::hold_lane(
+                    Arc::clone(&shared.store),
+                    Arc::clone(&shared.wake),
+                    name.clone(),
+                    h.reason.clone(),
+                    shared.config.poll_interval,
+                    token.clone(),
+                ));
+                held_lanes.insert(name.clone(), (h.reason.clone(), token));
+            }
+        }
         // Deliveries of removed targets wait as `paused`; those of targets that are back resume.
         match shared
             .store
@@ -483,22 +507,22 @@ async fn attempt(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Tar
         _ = shared.abort.cancelled() => return, // released at shutdown
     };
 
-    // The breaker learns from the call as a whole: any success is a sign of health.
-    let any_success = report.outcomes.contains(&Outcome::Delivered);
-    let any_retry = report.outcomes.iter().any(|o| matches!(o, Outcome::Retry { .. }));
-    let transition = if any_success || any_retry {
-        shared.breakers.with(name.as_str(), target.spec.breaker, |b| {
-            b.record(any_success, Instant::now())
-        })
-    } else {
-        None
-    };
+    // The breaker learns from the call as a whole (see `breaker::Signal::of_call`).
+    let transition = Signal::of_call(&report.outcomes, target.spec.retry.max_backoff).and_then(|signal| {
+        shared
+            .breakers
+            .with(name.as_str(), target.spec.breaker, |b| b.record(signal, Instant::now()))
+    });
     let mut recovered = None;
     match transition {
-        Some(Transition::Opened { consecutive_failures }) => tracing::warn!(
-            target = %name, consecutive_failures,
+        Some(Transition::Opened { failures, attempts }) => tracing::warn!(
+            target = %name, failures, attempts,
             cooldown_ms = target.spec.breaker.cooldown.as_millis() as u64,
             "circuit breaker opened: no attempts until the cool-down is over"
+        ),
+        Some(Transition::Paused { pause, .. }) => tracing::info!(
+            target = %name, pause_ms = pause.as_millis() as u64,
+            "the receiver asked for a pause (Retry-After): no attempts to this target until it is over"
         ),
         Some(Transition::Recovered { failures }) => {
             tracing::info!(target = %name, failures, "circuit breaker closed: target recovered");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::domain::{DeliveryStatus, Millis, Outcome, TargetClass};
+use crate::domain::{DeliveryStatus, Millis, Outcome, TargetClass, cap_error_text};
 
 /// How a wait is drawn below its ceiling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +126,14 @@ pub struct Decision {
 }
 
 /// Decides the fate of a delivery whose attempt number `attempt` ended with `outcome`.
+/// The error text kept is capped (`domain::MAX_ERROR_TEXT`).
 pub fn decide(policy: &RetryPolicy, attempt: u32, outcome: &Outcome, now: Millis, rng: &mut impl Rng) -> Decision {
+    let mut d = decide_uncapped(policy, attempt, outcome, now, rng);
+    d.last_error = d.last_error.map(cap_error_text);
+    d
+}
+
+fn decide_uncapped(policy: &RetryPolicy, attempt: u32, outcome: &Outcome, now: Millis, rng: &mut impl Rng) -> Decision {
     match outcome {
         Outcome::Delivered => Decision {
             status: DeliveryStatus::Delivered,
@@ -247,6 +254,20 @@ mod tests {
         let d = decide(&p, 3, &Outcome::Delivered, 0, &mut rng);
         assert_eq!(d.status, DeliveryStatus::Delivered);
         assert_eq!(d.last_error, None);
+    }
+
+    #[test]
+    fn a_huge_reason_is_stored_capped() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let reason = "y".repeat(1 << 20);
+        let d = decide(&policy(), 5, &Outcome::Retry { reason, after: None }, 0, &mut rng);
+        let e = d.last_error.unwrap();
+        assert!(e.starts_with("gave up after 5 attempts: yyy"));
+        assert!(
+            e.len() <= crate::domain::MAX_ERROR_TEXT && e.ends_with("[cut from 1048602 bytes]"),
+            "{}",
+            &e[e.len() - 40..]
+        );
     }
 
     #[test]

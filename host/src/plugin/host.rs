@@ -11,6 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Grants;
 use super::bindings::outboxd::target::{config, http, log, types};
+use super::logbudget::LogMeter;
 
 /// A response body is cut at this size; a plugin needs the status and a little text.
 const MAX_RESPONSE_BODY: usize = 1024 * 1024;
@@ -65,6 +66,8 @@ pub(crate) struct HostState {
     deadline: Instant,
     logs: Vec<LogLine>,
     requests: Vec<HttpExchange>,
+    /// This invocation's log budget (see `logbudget`); captured guest output shares it.
+    pub(crate) log_meter: LogMeter,
 }
 
 impl HostState {
@@ -80,6 +83,7 @@ impl HostState {
             wasi,
             table,
             limits,
+            log_meter: LogMeter::new(grants.log_budget),
             grants,
             http,
             deadline,
@@ -88,7 +92,18 @@ impl HostState {
         }
     }
 
-    pub(crate) fn into_transcript(self) -> (Vec<LogLine>, Vec<HttpExchange>) {
+    /// Ends the invocation: logs the one line saying what the log budget suppressed, if
+    /// anything, and hands back what the plugin logged and requested.
+    pub(crate) fn into_transcript(mut self) -> (Vec<LogLine>, Vec<HttpExchange>) {
+        if let Some(summary) = self.log_meter.summary() {
+            tracing::warn!(target: "outboxd::plugin", plugin = %self.grants.target, "{summary}");
+            if self.logs.len() < MAX_TRANSCRIPT {
+                self.logs.push(LogLine {
+                    level: LogLevel::Warn,
+                    message: summary,
+                });
+            }
+        }
         (self.logs, self.requests)
     }
 
@@ -231,6 +246,10 @@ impl http::Host for HostState {
 
 impl log::Host for HostState {
     async fn log(&mut self, level: log::Level, message: String) {
+        // Over the budget: counted for the closing summary, not logged.
+        let Some(message) = self.log_meter.admit(&message) else {
+            return;
+        };
         let target = &*self.grants.target;
         let level = match level {
             log::Level::Debug => {
@@ -251,14 +270,7 @@ impl log::Host for HostState {
             }
         };
         if self.logs.len() < MAX_TRANSCRIPT {
-            let mut message = message;
-            if message.len() > MAX_LOG_LINE {
-                let mut cut = MAX_LOG_LINE;
-                while !message.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                message.truncate(cut);
-            }
+            let message = super::logbudget::cut_at_boundary(&message, MAX_LOG_LINE).to_owned();
             self.logs.push(LogLine { level, message });
         }
     }

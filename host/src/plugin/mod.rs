@@ -7,6 +7,7 @@
 
 mod cache;
 mod host;
+pub mod logbudget;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,9 +20,10 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 
-use crate::domain::Outcome;
+use crate::domain::{MAX_REASON_TEXT, Outcome, cap_text};
 use host::HostState;
 pub use host::{HttpExchange, LogLevel, LogLine};
+pub use logbudget::LogBudget;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -237,6 +239,8 @@ pub struct Grants {
     pub timeout: Duration,
     /// Linear-memory cap of the instance, in bytes.
     pub memory_bytes: usize,
+    /// What one invocation may write to the log.
+    pub log_budget: LogBudget,
 }
 
 /// One event as a plugin sees it.
@@ -429,10 +433,12 @@ impl Plugin {
                 .map(|r| match r {
                     Ok(()) => Outcome::Delivered,
                     Err(DeliveryError::Retry(info)) => Outcome::Retry {
-                        reason: info.reason,
+                        reason: cap_text(info.reason, MAX_REASON_TEXT),
                         after: info.after_ms.map(Duration::from_millis),
                     },
-                    Err(DeliveryError::Permanent(reason)) => Outcome::Permanent { reason },
+                    Err(DeliveryError::Permanent(reason)) => Outcome::Permanent {
+                        reason: cap_text(reason, MAX_REASON_TEXT),
+                    },
                 })
                 .collect(),
         };

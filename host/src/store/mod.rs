@@ -257,4 +257,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Delivery counts per target and status.
     async fn status_counts(&self) -> Result<StatusCounts, StoreError>;
+
+    /// Holds a target whose plugin does not load: its `pending` deliveries become `paused`
+    /// with `reason` as their last error (as do paused ones with another last error). [`Store::sync_paused`] resumes them once the target
+    /// is live. Returns how many were held.
+    async fn hold_target(&self, target: &TargetName, reason: &str, now: Millis) -> Result<usize, StoreError>;
+
+    /// Retention: deletes up to `limit` events created before `before` whose deliveries are
+    /// all `delivered` or `discarded` (or that have none), with their deliveries and attempt
+    /// history, in one short transaction. Events with a `dead`, pending, in-flight or paused
+    /// delivery are kept. Idempotency-ledger entries are not touched (see
+    /// [`Store::prune_idempotency_keys`]). Returns how many events were deleted; call again
+    /// while it returns `limit`.
+    async fn prune_finished(&self, before: Millis, limit: usize) -> Result<usize, StoreError>;
+
+    /// Retention of the idempotency ledger: deletes up to `limit` producer keys recorded
+    /// before `before`. A key outlives its event when the ledger's window is longer, so a
+    /// late producer retry is still recognised as a duplicate. Returns how many.
+    async fn prune_idempotency_keys(&self, before: Millis, limit: usize) -> Result<usize, StoreError>;
+
+    /// `outboxd prune`: deletes up to `limit` failed (`dead`/`discarded`) deliveries matching
+    /// `filter`, with their history, and then every event left with no delivery. Returns how
+    /// many deliveries were deleted; call again while it returns `limit`.
+    async fn prune_failed(&self, filter: FailedFilter, limit: usize) -> Result<usize, StoreError>;
 }

@@ -19,7 +19,8 @@ use super::{
 use crate::domain::{AttemptOutcome, DeliveryStatus, EventId, Millis, TargetName};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts the applied ones.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     id              TEXT PRIMARY KEY,
     type            TEXT NOT NULL,
@@ -87,7 +88,23 @@ CREATE TABLE target_state (
     paused     INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 ) STRICT;
-"#];
+"#,
+    r#"
+-- Retention: events are deleted by age, and the idempotency ledger keeps its keys for a
+-- window of its own, so a key may outlive its event: the ledger no longer references events.
+CREATE TABLE idempotency_keys_v2 (
+    key        TEXT PRIMARY KEY,
+    event_id   TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+INSERT INTO idempotency_keys_v2 (key, event_id, created_at)
+    SELECT key, event_id, created_at FROM idempotency_keys;
+DROP TABLE idempotency_keys;
+ALTER TABLE idempotency_keys_v2 RENAME TO idempotency_keys;
+CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at);
+CREATE INDEX events_age ON events (created_at);
+"#,
+];
 
 /// A connection and the gate that lets one call at a time use it.
 #[derive(Clone)]
@@ -381,6 +398,23 @@ fn return_in_flight(
     let mut all = bind.to_vec();
     all.push((":now", &now));
     Ok(tx.prepare_cached(&sql)?.execute(all.as_slice())?)
+}
+
+/// Deletes the events listed in the temporary table `prune_events`, with their deliveries
+/// and attempt history, and empties the list.
+fn delete_pruned_events(tx: &Connection) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM attempts WHERE delivery_id IN
+             (SELECT d.id FROM deliveries d JOIN prune_events p ON d.event_id = p.id)",
+        [],
+    )?;
+    tx.execute(
+        "DELETE FROM deliveries WHERE event_id IN (SELECT id FROM prune_events)",
+        [],
+    )?;
+    tx.execute("DELETE FROM events WHERE id IN (SELECT id FROM prune_events)", [])?;
+    tx.execute("DELETE FROM prune_events", [])?;
+    Ok(())
 }
 
 /// The WHERE clause and parameters of a [`FailedFilter`] over `deliveries d`.
@@ -912,6 +946,104 @@ impl Store for SqliteStore {
                 });
             }
             Ok(Some(EventDetail { event, deliveries }))
+        })
+        .await
+    }
+
+    async fn hold_target(&self, target: &TargetName, reason: &str, now: Millis) -> Result<usize, StoreError> {
+        let (target, reason) = (target.to_string(), reason.to_owned());
+        self.write(move |conn| {
+            let n = conn.execute(
+                &format!(
+                    "UPDATE deliveries SET status = '{paused}', last_error = ?2, updated_at = ?3
+                     WHERE target = ?1
+                       AND (status = '{pending}' OR (status = '{paused}' AND last_error IS NOT ?2))",
+                    paused = DeliveryStatus::Paused.as_str(),
+                    pending = DeliveryStatus::Pending.as_str(),
+                ),
+                params![target, reason, now],
+            )?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn prune_finished(&self, before: Millis, limit: usize) -> Result<usize, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("CREATE TEMP TABLE IF NOT EXISTS prune_events (id TEXT PRIMARY KEY)", [])?;
+            tx.execute("DELETE FROM prune_events", [])?;
+            let n = tx.execute(
+                &format!(
+                    "INSERT INTO prune_events (id)
+                     SELECT e.id FROM events e
+                     WHERE e.created_at < ?1
+                       AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                       WHERE d.event_id = e.id AND d.status NOT IN ('{delivered}', '{discarded}'))
+                     ORDER BY e.created_at LIMIT ?2",
+                    delivered = DeliveryStatus::Delivered.as_str(),
+                    discarded = DeliveryStatus::Discarded.as_str(),
+                ),
+                params![before, limit as i64],
+            )?;
+            delete_pruned_events(&tx)?;
+            tx.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn prune_idempotency_keys(&self, before: Millis, limit: usize) -> Result<usize, StoreError> {
+        self.write(move |conn| {
+            let n = conn.execute(
+                "DELETE FROM idempotency_keys WHERE rowid IN
+                     (SELECT rowid FROM idempotency_keys WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)",
+                params![before, limit as i64],
+            )?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn prune_failed(&self, filter: FailedFilter, limit: usize) -> Result<usize, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS prune_deliveries (id INTEGER PRIMARY KEY, event_id TEXT NOT NULL)",
+                [],
+            )?;
+            tx.execute("DELETE FROM prune_deliveries", [])?;
+            let (clause, params) = failed_where(&filter);
+            let limit = limit as i64;
+            let mut bind = bind_refs(&params);
+            bind.push((":limit", &limit));
+            let n = tx
+                .prepare(&format!(
+                    "INSERT INTO prune_deliveries (id, event_id)
+                     SELECT d.id, d.event_id FROM deliveries d WHERE {clause} ORDER BY d.id LIMIT :limit"
+                ))?
+                .execute(bind.as_slice())?;
+            tx.execute(
+                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM prune_deliveries)",
+                [],
+            )?;
+            tx.execute(
+                "DELETE FROM deliveries WHERE id IN (SELECT id FROM prune_deliveries)",
+                [],
+            )?;
+            // Events left with no delivery at all go too.
+            tx.execute("CREATE TEMP TABLE IF NOT EXISTS prune_events (id TEXT PRIMARY KEY)", [])?;
+            tx.execute("DELETE FROM prune_events", [])?;
+            tx.execute(
+                "INSERT OR IGNORE INTO prune_events (id)
+                 SELECT p.event_id FROM prune_deliveries p
+                 WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = p.event_id)",
+                [],
+            )?;
+            delete_pruned_events(&tx)?;
+            tx.execute("DELETE FROM prune_deliveries", [])?;
+            tx.commit()?;
+            Ok(n)
         })
         .await
     }

@@ -36,10 +36,22 @@ pub struct LoadError {
     pub at: Millis,
 }
 
+/// A target whose manifest is valid but whose plugin has never loaded: it is routed (its
+/// events get deliveries) and its deliveries are held `paused`, with `reason`, until a good
+/// plugin file appears.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldTarget {
+    pub spec: TargetSpec,
+    /// Why the plugin did not load.
+    pub reason: String,
+}
+
 /// An immutable view of every live target, swapped whole on reload.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub targets: BTreeMap<TargetName, Arc<Target>>,
+    /// Valid manifests whose plugin failed to load, with no earlier version to serve.
+    pub held: BTreeMap<TargetName, HeldTarget>,
     pub routes: Routes,
     pub errors: Vec<LoadError>,
 }
@@ -92,6 +104,7 @@ impl Registry {
                 errors.push(load_error(&e, None, now));
                 return self.publish(Snapshot {
                     targets: previous.targets.clone(),
+                    held: previous.held.clone(),
                     routes: previous.routes.clone(),
                     errors,
                 });
@@ -99,6 +112,7 @@ impl Registry {
         };
 
         let mut targets = BTreeMap::new();
+        let mut held = BTreeMap::new();
         // Plugins compiled during this reload, by content hash: targets sharing a file
         // compile it once.
         let mut compiled: HashMap<String, Arc<Plugin>> = previous
@@ -149,11 +163,15 @@ impl Registry {
                     errors.push(LoadError {
                         target: Some(spec.name.clone()),
                         file: spec.plugin_path.clone(),
-                        message,
+                        message: message.clone(),
                         at: now,
                     });
                     if let Some(old) = previous.targets.get(&spec.name) {
                         targets.insert(spec.name.clone(), Arc::clone(old));
+                    } else {
+                        // Nothing to serve with: route by the manifest all the same and hold
+                        // the deliveries until a good plugin file appears.
+                        held.insert(spec.name.clone(), HeldTarget { spec, reason: message });
                     }
                 }
             }
@@ -170,15 +188,27 @@ impl Registry {
                 && let Some(old) = previous.targets.get(name)
             {
                 targets.entry(name.clone()).or_insert_with(|| Arc::clone(old));
+            } else if let Some(name) = &name
+                && let Some(old) = previous.held.get(name)
+            {
+                // A held target whose manifest broke keeps being held as it was.
+                held.entry(name.clone()).or_insert_with(|| old.clone());
             }
             errors.push(load_error(&e, name, now));
         }
         for name in previous.targets.keys().filter(|n| !targets.contains_key(*n)) {
             tracing::info!(target = %name, "target removed; its pending deliveries are paused");
         }
-        let routes = Routes::new(targets.values().map(|t| (t.spec.name.clone(), t.spec.events.clone())));
+        let routes = Routes::new(
+            targets
+                .values()
+                .map(|t| &t.spec)
+                .chain(held.values().map(|h| &h.spec))
+                .map(|spec| (spec.name.clone(), spec.events.clone())),
+        );
         self.publish(Snapshot {
             targets,
+            held,
             routes,
             errors,
         })
@@ -231,5 +261,6 @@ fn grants_for(spec: &TargetSpec) -> Grants {
         allowed_hosts: spec.allowed_hosts.clone().into(),
         timeout: spec.timeout,
         memory_bytes: spec.memory_bytes,
+        log_budget: spec.log_budget,
     }
 }

@@ -10,6 +10,11 @@
 //! - `loop`: spins forever, until the host's deadline (epoch or fuel) stops it.
 //! - `grow`: allocates and touches 1 MiB blocks until the host's memory cap
 //!   stops it (the failed allocation aborts, i.e. traps).
+//! - `flood`: logs 64 KiB lines in a loop (each naming its number), forever,
+//!   until the host's deadline stops it: the host's per-attempt log budget
+//!   must keep this from filling the disk.
+//! - `shout`: returns a retryable failure whose reason is 1 MiB long: the host
+//!   must store it capped.
 //! - `call`: sends a `GET` to `config.url` through the http import. A 2xx is
 //!   `Ok`; other statuses go through the SDK's standard classifier; an http
 //!   error is `permanent("<kind>: <text>")` with kind `denied`, `timeout`,
@@ -40,6 +45,8 @@ impl Target for Misbehave {
             "loop" => spin(),
             "grow" => grow(),
             "call" => call(),
+            "flood" => flood(),
+            "shout" => Err(DeliveryError::retry(format!("misbehave: {}", "!".repeat(1 << 20)))),
             other => Err(DeliveryError::permanent(format!("misbehave: unknown mode `{other}`"))),
         }
     }
@@ -63,6 +70,16 @@ fn grow() -> ! {
         let block = vec![0xA5u8; BLOCK];
         hoard.push(black_box(block));
         black_box(&hoard);
+    }
+}
+
+/// Logs 64 KiB lines forever.
+fn flood() -> ! {
+    let filler = "f".repeat(64 * 1024);
+    let mut n = 0u64;
+    loop {
+        n = black_box(n + 1);
+        log::info(format!("flood line {n}: {filler}"));
     }
 }
 

@@ -1,0 +1,207 @@
+//! Retention: a background task that deletes what the outbox no longer needs. Events whose
+//! deliveries are all `delivered` or `discarded` (or that have none) and that are older
+//! than `retention` are deleted with their deliveries and attempt history; producer
+//! idempotency keys older than `idempotency_retention` leave the ledger. `dead` deliveries
+//! (and so their events) are kept until replayed or pruned by hand (`outboxd prune`).
+//!
+//! Work is done in small batches, one short transaction each, with a pause between batches,
+//! so that ingest and claims, which share the database's single writer, never wait long.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{Millis, now_ms};
+use crate::store::{Store, StoreError};
+
+/// How retention behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Finished events older than this are deleted; `None` keeps everything.
+    pub retention: Option<Duration>,
+    /// Producer idempotency keys are remembered this long; `None` forever.
+    pub idempotency_retention: Option<Duration>,
+    /// Events (or keys) deleted per transaction.
+    pub batch: usize,
+    /// How often a pass runs.
+    pub interval: Duration,
+    /// Pause between two batches of one pass, leaving the writer to ingest and claims.
+    pub pause: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            idempotency_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            batch: 500,
+            interval: Duration::from_secs(10),
+            pause: Duration::from_millis(20),
+        }
+    }
+}
+
+/// What one pass deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: usize,
+    pub keys: usize,
+}
+
+fn cutoff(now: Millis, age: Duration) -> Millis {
+    now - age.as_millis().min(i64::MAX as u128) as Millis
+}
+
+/// One retention pass at `now`: deletes in batches until nothing old is left (or `stop`).
+pub async fn prune_once(
+    store: &dyn Store,
+    config: &RetentionConfig,
+    now: Millis,
+    stop: &CancellationToken,
+) -> Result<Pruned, StoreError> {
+    let mut pruned = Pruned::default();
+    let batch = config.batch.max(1);
+    if let Some(age) = config.retention {
+        let before = cutoff(now, age);
+        loop {
+            let n = store.prune_finished(before, batch).await?;
+            pruned.events += n;
+            if n < batch || stop.is_cancelled() {
+                break;
+            }
+            tokio::time::sleep(config.pause).await;
+        }
+    }
+    if let Some(age) = config.idempotency_retention {
+        let before = cutoff(now, age);
+        loop {
+            let n = store.prune_idempotency_keys(before, batch).await?;
+            pruned.keys += n;
+            if n < batch || stop.is_cancelled() {
+                break;
+            }
+            tokio::time::sleep(config.pause).await;
+        }
+    }
+    Ok(pruned)
+}
+
+/// Runs retention passes every `interval` until `stop`.
+pub async fn run(store: Arc<dyn Store>, config: RetentionConfig, stop: CancellationToken) {
+    if config.retention.is_none() && config.idempotency_retention.is_none() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(config.interval) => {}
+            _ = stop.cancelled() => return,
+        }
+        match prune_once(store.as_ref(), &config, now_ms(), &stop).await {
+            Ok(Pruned { events: 0, keys: 0 }) => {}
+            Ok(p) => tracing::info!(
+                events = p.events,
+                keys = p.keys,
+                "retention: deleted old events and keys"
+            ),
+            Err(e) => tracing::error!(error = %e, "retention pass failed; retrying at the next one"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AttemptOutcome, DeliveryStatus, EventId, EventType, ProducerKey, TargetName};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{NewEvent, Settlement};
+
+    fn event(key: &str, targets: &[&str]) -> NewEvent {
+        NewEvent {
+            id: EventId::new(),
+            event_type: EventType::try_from("order.created".to_owned()).unwrap(),
+            payload: "{}".into(),
+            headers: Vec::new(),
+            idempotency_key: Some(ProducerKey::try_from(key.to_owned()).unwrap()),
+            ordering_key: None,
+            targets: targets.iter().map(|t| t.parse().unwrap()).collect(),
+        }
+    }
+
+    async fn finish(store: &SqliteStore, target: &str, status: DeliveryStatus, at: Millis) {
+        let t: TargetName = target.parse().unwrap();
+        let claimed = store.claim(&t, 1000, "me", at, at + 60_000, false).await.unwrap();
+        let batch = claimed
+            .iter()
+            .map(|c| Settlement {
+                target: t.clone(),
+                delivery_id: c.delivery_id,
+                seq: c.seq,
+                status,
+                next_attempt_at: at,
+                last_error: None,
+                outcome: AttemptOutcome::Delivered,
+                finished_at: at,
+                duration_ms: 1,
+                plugin_hash: None,
+                emit: Vec::new(),
+            })
+            .collect();
+        store.settle("me", batch).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn deletes_old_finished_events_keeps_dead_and_young_ones_and_keys_for_their_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("o.db")).unwrap();
+        const DAY: Millis = 24 * 3_600_000;
+        let t0: Millis = 1_000 * DAY;
+        // Old: one delivered everywhere, one with a dead delivery, one routed nowhere.
+        let old = store
+            .ingest(vec![event("a", &["ok"]), event("b", &["bad"]), event("c", &[])], t0)
+            .await
+            .unwrap();
+        finish(&store, "ok", DeliveryStatus::Delivered, t0).await;
+        finish(&store, "bad", DeliveryStatus::Dead, t0).await;
+        // Young, delivered.
+        let young = store.ingest(vec![event("d", &["ok"])], t0 + 6 * DAY).await.unwrap();
+        finish(&store, "ok", DeliveryStatus::Delivered, t0 + 6 * DAY).await;
+
+        let config = RetentionConfig {
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            idempotency_retention: Some(Duration::from_secs(30 * 24 * 3600)),
+            batch: 1,
+            pause: Duration::ZERO,
+            ..RetentionConfig::default()
+        };
+        let stop = CancellationToken::new();
+        let pruned = prune_once(&store, &config, t0 + 8 * DAY, &stop).await.unwrap();
+        assert_eq!(pruned, Pruned { events: 2, keys: 0 }, "in batches of one");
+        assert!(store.event(old[0].id).await.unwrap().is_none(), "delivered: deleted");
+        assert!(
+            store.event(old[2].id).await.unwrap().is_none(),
+            "no deliveries: deleted"
+        );
+        assert!(store.event(old[1].id).await.unwrap().is_some(), "dead: kept");
+        assert!(store.event(young[0].id).await.unwrap().is_some(), "young: kept");
+
+        // The ledger still knows the deleted event's key: a late retry is a duplicate.
+        let again = store.ingest(vec![event("a", &["ok"])], t0 + 8 * DAY).await.unwrap();
+        assert!(again[0].duplicate);
+        assert_eq!(again[0].id, old[0].id);
+        // Past the ledger's window, the key is forgotten.
+        let pruned = prune_once(&store, &config, t0 + 31 * DAY, &stop).await.unwrap();
+        assert_eq!(pruned.keys, 3, "{pruned:?}");
+        let counts = store.status_counts().await.unwrap();
+        assert_eq!(counts["bad"][&DeliveryStatus::Dead], 1);
+
+        // `outboxd prune` removes the dead one and its event.
+        let filter = crate::store::FailedFilter {
+            target: Some("bad".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(store.prune_failed(filter.clone(), 10).await.unwrap(), 1);
+        assert!(store.event(old[1].id).await.unwrap().is_none());
+        assert_eq!(store.prune_failed(filter, 10).await.unwrap(), 0);
+    }
+}
