@@ -74,7 +74,11 @@ async fn scaffold_round_trip(lang: &str, native_test: &[&str], test_passed: &str
     let args = args.iter().map(|a| (*a).to_owned()).collect();
     let out = run_in(&project, &xdg, (*program).into(), args).await;
     let all = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && all.contains(test_passed), "{}", show("native test", &out));
+    assert!(
+        out.status.success() && all.contains(test_passed),
+        "{}",
+        show("native test", &out)
+    );
 
     let out = outboxd(&project, &xdg, &["plugin", "check", &wasm]).await;
     assert!(out.status.success(), "{}", show("plugin check", &out));
@@ -84,9 +88,16 @@ async fn scaffold_round_trip(lang: &str, native_test: &[&str], test_passed: &str
         show("plugin check", &out)
     );
     let cached = std::fs::read_dir(xdg.join("outboxd"))
-        .map(|d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "cwasm")).count())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+                .count()
+        })
         .unwrap_or(0);
-    assert_eq!(cached, 1, "check stored the compiled component in $XDG_CACHE_HOME/outboxd");
+    assert_eq!(
+        cached, 1,
+        "check stored the compiled component in $XDG_CACHE_HOME/outboxd"
+    );
 
     let rx = Receiver::builder().path("/hook", Behavior::ok()).start().await;
     let url = format!("url={}", rx.url("/hook"));
@@ -109,7 +120,10 @@ async fn scaffold_round_trip(lang: &str, native_test: &[&str], test_passed: &str
         assert_eq!(out.status.code(), Some(0), "{text}");
         let stdout = stdout(&out);
         assert!(stdout.contains("outcome: delivered"), "{text}");
-        assert!(stdout.contains("loaded from the compile cache"), "run {run} used the cache: {text}");
+        assert!(
+            stdout.contains("loaded from the compile cache"),
+            "run {run} used the cache: {text}"
+        );
         assert!(!stdout.contains("imports:"), "imports only with --verbose: {text}");
         assert!(
             stdout.contains(&format!("http  POST {} -> 200", rx.url("/hook"))),
@@ -177,11 +191,15 @@ async fn a_guest_failure_message_reaches_plugin_run_and_last_error() {
     let fixtures = boom_fixtures().await;
     let work = tempfile::tempdir().expect("tempdir");
     let xdg = work.path().join("xdg");
+    // The compile cache of the test hosts: `serve` below then loads what `plugin run` compiled.
+    let cache = artifacts::target_dir().join("outboxd-test-cache").display().to_string();
     for (name, file, config) in &fixtures {
         let file = file.display().to_string();
         let mut args = vec![
             "plugin",
             "run",
+            "--cache-dir",
+            &cache,
             &file,
             "--event",
             r#"{"type":"order.created","payload":{}}"#,
@@ -200,7 +218,9 @@ async fn a_guest_failure_message_reaches_plugin_run_and_last_error() {
             "the reason carries the message: {text}"
         );
         assert!(
-            stdout.lines().any(|l| l.starts_with("stderr ") && l.contains("boom 42")),
+            stdout
+                .lines()
+                .any(|l| l.starts_with("stderr ") && l.contains("boom 42")),
             "the guest's stderr is shown: {text}"
         );
     }

@@ -185,7 +185,10 @@ fn write_output(out: &mut String, stream: &str, tail: &Tail) {
         let _ = writeln!(out, "{stream} (the first {} bytes were not kept)", tail.dropped);
     }
     for line in tail.text.lines() {
-        let _ = writeln!(out, "{stream} {line}");
+        let _ = match line.trim_end() {
+            "" => writeln!(out, "{stream}"),
+            line => writeln!(out, "{stream} {line}"),
+        };
     }
 }
 

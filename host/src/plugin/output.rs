@@ -197,9 +197,8 @@ mod tests {
         let tail = pipe.tail();
         assert_eq!(tail.text.len(), TAIL_BYTES);
         assert!(tail.text.ends_with("ValueError: boom 42\n"));
-        let written: u64 = (0..10_000).map(|i| format!("line {i}\n").len() as u64).sum::<u64>()
-            + 3 * TAIL_BYTES as u64
-            + 21;
+        let written: u64 =
+            (0..10_000).map(|i| format!("line {i}\n").len() as u64).sum::<u64>() + 3 * TAIL_BYTES as u64 + 21;
         assert_eq!(tail.dropped + tail.text.len() as u64, written);
         let line = tail.one_line(30);
         assert!(line.starts_with('…') && line.ends_with("ValueError: boom 42"), "{line}");
