@@ -59,7 +59,7 @@ enum Kind {
 }
 
 /// At most this many bytes of the guest's stderr go into a trap's reason.
-const TRAP_STDERR_CHARS: usize = 1000;
+const TRAP_STDERR_BYTES: usize = 1000;
 
 /// How often the epoch ticks: the granularity of deadlines and of cooperative yields.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -490,7 +490,7 @@ fn classify_trap(err: &wasmtime::Error, grants: &Grants, stderr: &Tail) -> Outco
         } else {
             format!(
                 "plugin trapped: {}; {}",
-                stderr.one_line(TRAP_STDERR_CHARS),
+                stderr.one_line(TRAP_STDERR_BYTES),
                 text.replace('\n', " ")
             )
         };
