@@ -4,6 +4,8 @@
 #
 #   plugins/js/crm/crm.js         --componentize-js-->  plugins/target/polyglot/crm-js.wasm
 #   plugins/python/analytics/*.py --componentize-py-->  plugins/target/polyglot/analytics-py.wasm
+#   plugins/js/boom/boom.js, plugins/python/boom/app.py (test fixtures that throw/raise
+#   "boom 42")                                      -->  boom-js.wasm, boom-py.wasm
 #
 # Toolchains (pinned, installed on first use or when their pins change):
 #   plugins/js/node_modules     `npm ci` from plugins/js/package-lock.json
@@ -30,7 +32,7 @@ FORCE=0
 case "${1:-}" in
   "") ;;
   --force) FORCE=1 ;;
-  -h | --help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "build-polyglot: unknown argument: $1 (try --help)" >&2; exit 2 ;;
 esac
 
@@ -120,27 +122,41 @@ build() {
 # The WIT files, sorted, as absolute paths.
 wit_files() { find "$WIT" -name '*.wit' -type f | LC_ALL=C sort; }
 
+# build_js_app DIR ENTRY NAME: plugins/js/DIR/ENTRY -> NAME.wasm
+build_js_app() {
+  local dir="$1" entry="$2" name="$3"
+  local -a inputs
+  mapfile -t inputs < <(find "$JS/$dir" -name '*.js' -type f | LC_ALL=C sort; wit_files)
+  # `http` and `fetch-event` are disabled: the host grants no wasi:http.
+  build "$name" "$(digest "${inputs[@]}" "$JS/package-lock.json" "${BASH_SOURCE[0]}")" \
+    "$JS/node_modules/.bin/componentize-js" "$JS/$dir/$entry" \
+    --wit "$WIT" --world-name target --disable http fetch-event \
+    --out "$OUT/$name.wasm.tmp"
+}
+
 build_js() {
   ensure_js_toolchain
+  build_js_app crm crm.js crm-js
+  build_js_app boom boom.js boom-js
+}
+
+# build_python_app DIR NAME: plugins/python/DIR/app.py -> NAME.wasm
+build_python_app() {
+  local dir="$1" name="$2"
   local -a inputs
-  mapfile -t inputs < <(find "$JS/crm" -name '*.js' -type f | LC_ALL=C sort; wit_files)
-  # `http` and `fetch-event` are disabled: the host grants no wasi:http.
-  build crm-js "$(digest "${inputs[@]}" "$JS/package-lock.json" "${BASH_SOURCE[0]}")" \
-    "$JS/node_modules/.bin/componentize-js" "$JS/crm/crm.js" \
-    --wit "$WIT" --world-name target --disable http fetch-event \
-    --out "$OUT/crm-js.wasm.tmp"
+  mapfile -t inputs < <(find "$PY/$dir" -name '*.py' -type f | LC_ALL=C sort; wit_files)
+  # Only the app's own directory is on the Python path: the venv's
+  # site-packages (pip, the tool itself) must not be bundled.
+  build "$name" "$(digest "${inputs[@]}" "$PY/requirements.txt" "${BASH_SOURCE[0]}")" \
+    env -u VIRTUAL_ENV PYTHONDONTWRITEBYTECODE=1 "$VENV/bin/componentize-py" --quiet \
+    --wit-path "$WIT" --world target componentize --python-path "$PY/$dir" app \
+    --output "$OUT/$name.wasm.tmp"
 }
 
 build_python() {
   ensure_python_toolchain
-  local -a inputs
-  mapfile -t inputs < <(find "$PY/analytics" -name '*.py' -type f | LC_ALL=C sort; wit_files)
-  # Only the app's own directory is on the Python path: the venv's
-  # site-packages (pip, the tool itself) must not be bundled.
-  build analytics-py "$(digest "${inputs[@]}" "$PY/requirements.txt" "${BASH_SOURCE[0]}")" \
-    env -u VIRTUAL_ENV PYTHONDONTWRITEBYTECODE=1 "$VENV/bin/componentize-py" --quiet \
-    --wit-path "$WIT" --world target componentize --python-path "$PY/analytics" app \
-    --output "$OUT/analytics-py.wasm.tmp"
+  build_python_app analytics analytics-py
+  build_python_app boom boom-py
 }
 
 mkdir -p "$OUT"

@@ -79,11 +79,15 @@ async fn run() -> anyhow::Result<u8> {
         Command::Target(TargetCommand::Resume { config, name }) => {
             print!("{}", cli::set_target_paused(&config.load()?, &name, false).await?)
         }
-        Command::Plugin(PluginCommand::Check { file }) => print!("{}", cli::plugin_check(&file).await?),
+        Command::Plugin(PluginCommand::Check { file, cache }) => print!("{}", cli::plugin_check(&file, &cache).await?),
         Command::Plugin(PluginCommand::Run { file, options }) => {
-            let (transcript, outcome) = cli::plugin_run(&file, options).await?;
+            let (transcript, outcomes) = cli::plugin_run(&file, options).await?;
             print!("{transcript}");
-            return Ok(cli::outcome_exit_code(&outcome));
+            return Ok(cli::run_exit_code(&outcomes));
+        }
+        Command::Plugin(PluginCommand::Wit { out }) => print!("{}", cli::plugin_wit(out.as_deref())?),
+        Command::Plugin(PluginCommand::New(options)) => {
+            print!("{}", cli::plugin_new(&options, &std::env::current_dir()?)?)
         }
     }
     Ok(0)

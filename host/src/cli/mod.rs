@@ -1,10 +1,12 @@
 //! The command line: `serve`, `enqueue`, `status`, `dead list|replay`, `prune`, `target
-//! pause|resume` and `plugin check|run`. The commands other than `serve` and `plugin` open
+//! pause|resume` and `plugin check|run|wit|new`. The commands other than `serve` and `plugin` open
 //! the database directly, so they work with or without a running `serve`.
 
 mod plugin;
+mod scaffold;
 
-pub use plugin::{RunOptions, outcome_exit_code, plugin_check, plugin_run};
+pub use plugin::{CacheOptions, RunOptions, outcome_exit_code, plugin_check, plugin_run, run_exit_code};
+pub use scaffold::{Lang, NewOptions, World, plugin_new, plugin_wit};
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -209,15 +211,30 @@ pub enum TargetCommand {
 pub enum PluginCommand {
     /// Say whether FILE is a valid plugin: its world, WIT version, imports, size and compile
     /// time. Exits 1 with the reason when it is not.
-    Check { file: PathBuf },
-    /// Run one delivery through FILE with the real host imports and limits, and print the
-    /// plugin's logs, its HTTP requests and the outcome. Exits 0 when delivered, 3 on a
-    /// retryable failure, 4 on a permanent one.
+    Check {
+        file: PathBuf,
+        #[command(flatten)]
+        cache: CacheOptions,
+    },
+    /// Run deliveries through FILE with the real host imports and limits, each in a fresh
+    /// instance, and print the plugin's logs, its HTTP requests, what it wrote to stdout and
+    /// stderr, and the outcome. Exits 0 when all were delivered, 4 when any failed
+    /// permanently, else 3 (a retryable failure).
     Run {
         file: PathBuf,
         #[command(flatten)]
         options: RunOptions,
     },
+    /// Print the WIT contract (`outboxd:target@0.1.0`) this binary implements, or write it as
+    /// `DIR/target.wit`.
+    Wit {
+        /// Write `DIR/target.wit` instead of printing it.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Create a plugin project in ./NAME: the WIT, an adapter that POSTs each event to
+    /// `config.url`, a build script, native unit tests and a sample manifest.
+    New(NewOptions),
 }
 
 pub(crate) fn parse_header(s: &str) -> Result<(String, String), String> {

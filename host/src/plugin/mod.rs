@@ -8,6 +8,7 @@
 mod cache;
 mod host;
 pub mod logbudget;
+mod output;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ use crate::domain::{MAX_REASON_TEXT, Outcome, cap_text};
 use host::HostState;
 pub use host::{HttpExchange, LogLevel, LogLine};
 pub use logbudget::LogBudget;
+use output::TailPipe;
+pub use output::{GuestOutput, Tail};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -56,6 +59,9 @@ enum Kind {
     Single(bindings::TargetPre<HostState>),
     Batch(batch_bindings::BatchTargetPre<HostState>),
 }
+
+/// At most this many bytes of the guest's stderr go into a trap's reason.
+const TRAP_STDERR_BYTES: usize = 1000;
 
 /// How often the epoch ticks: the granularity of deadlines and of cooperative yields.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -263,6 +269,8 @@ pub struct BatchReport {
     pub logs: Vec<LogLine>,
     pub requests: Vec<HttpExchange>,
     pub duration: Duration,
+    /// The end of what the guest wrote to stdout and stderr.
+    pub output: GuestOutput,
 }
 
 /// What one invocation did: its outcome, and what the plugin logged and requested.
@@ -272,6 +280,8 @@ pub struct Report {
     pub logs: Vec<LogLine>,
     pub requests: Vec<HttpExchange>,
     pub duration: Duration,
+    /// The end of what the guest wrote to stdout and stderr.
+    pub output: GuestOutput,
 }
 
 /// What a component declares: the world it implements, the WIT version of its
@@ -347,6 +357,7 @@ impl Plugin {
             logs: r.logs,
             requests: r.requests,
             duration: r.duration,
+            output: r.output,
         }
     }
 
@@ -356,7 +367,10 @@ impl Plugin {
     pub async fn deliver_batch(&self, grants: &Grants, events: Vec<EventInput>) -> BatchReport {
         let started = Instant::now();
         let deadline = started + grants.timeout;
+        let (stdout, stderr) = (TailPipe::new(), TailPipe::new());
         let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -420,7 +434,7 @@ impl Plugin {
         let result = tokio::time::timeout(grants.timeout + 2 * EPOCH_TICK, call).await;
         let outcomes = match result {
             Err(_) => vec![deadline_exceeded(grants.timeout); count],
-            Ok(Err(err)) => vec![classify_trap(&err, grants); count],
+            Ok(Err(err)) => vec![classify_trap(&err, grants, &stderr.tail()); count],
             Ok(Ok(results)) if results.len() != count => vec![
                 Outcome::Retry {
                     reason: format!("the plugin returned {} results for {count} events", results.len()),
@@ -448,6 +462,10 @@ impl Plugin {
             logs,
             requests,
             duration: started.elapsed(),
+            output: GuestOutput {
+                stdout: stdout.tail(),
+                stderr: stderr.tail(),
+            },
         }
     }
 }
@@ -459,8 +477,10 @@ fn deadline_exceeded(timeout: Duration) -> Outcome {
     }
 }
 
-/// Turns a wasmtime error into a retryable outcome with a reason a person can act on.
-fn classify_trap(err: &wasmtime::Error, grants: &Grants) -> Outcome {
+/// Turns a wasmtime error into a retryable outcome with a reason a person can act on: for a
+/// trap, the end of the guest's stderr (where runtimes print an uncaught exception, a
+/// traceback or a panic message) comes first, then wasmtime's account.
+fn classify_trap(err: &wasmtime::Error, grants: &Grants, stderr: &Tail) -> Outcome {
     if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return deadline_exceeded(grants.timeout);
     }
@@ -471,7 +491,15 @@ fn classify_trap(err: &wasmtime::Error, grants: &Grants) -> Outcome {
             grants.memory_bytes / (1024 * 1024)
         )
     } else {
-        let mut t = format!("plugin trapped: {}", text.replace('\n', " "));
+        let mut t = if stderr.is_empty() {
+            format!("plugin trapped: {}", text.replace('\n', " "))
+        } else {
+            format!(
+                "plugin trapped: {}; {}",
+                stderr.one_line(TRAP_STDERR_BYTES),
+                text.replace('\n', " ")
+            )
+        };
         if t.len() > 2_000 {
             let mut cut = 2_000;
             while !t.is_char_boundary(cut) {

@@ -6,7 +6,8 @@
 //! - `ok` (default): returns `Ok` without doing anything.
 //! - `permanent`: returns a permanent error,
 //!   `misbehave: deliberate permanent failure`.
-//! - `trap`: panics, which traps the component.
+//! - `trap`: panics with `config.message` (default `misbehave: deliberate trap`), which
+//!   traps the component; the panic message goes to stderr.
 //! - `loop`: spins forever, until the host's deadline (epoch or fuel) stops it.
 //! - `grow`: allocates and touches 1 MiB blocks until the host's memory cap
 //!   stops it (the failed allocation aborts, i.e. traps).
@@ -41,7 +42,10 @@ impl Target for Misbehave {
         match mode.as_str() {
             "ok" => Ok(()),
             "permanent" => Err(DeliveryError::permanent("misbehave: deliberate permanent failure")),
-            "trap" => panic!("misbehave: deliberate trap"),
+            "trap" => {
+                let message = config::get("message").unwrap_or_else(|| "misbehave: deliberate trap".to_owned());
+                panic!("{message}")
+            }
             "loop" => spin(),
             "grow" => grow(),
             "call" => call(),
