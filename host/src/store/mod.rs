@@ -257,4 +257,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Delivery counts per target and status.
     async fn status_counts(&self) -> Result<StatusCounts, StoreError>;
+
+    /// Per target, the earliest `next_attempt_at` among its `pending` deliveries that are due
+    /// at `now` (the lag metric: how long the oldest due delivery has been waiting). Targets
+    /// with nothing due are absent.
+    async fn oldest_due(&self, now: Millis) -> Result<BTreeMap<String, Millis>, StoreError>;
 }

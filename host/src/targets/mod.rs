@@ -177,6 +177,7 @@ impl Registry {
             tracing::info!(target = %name, "target removed; its pending deliveries are paused");
         }
         let routes = Routes::new(targets.values().map(|t| (t.spec.name.clone(), t.spec.events.clone())));
+        crate::api::metrics::reload_finished(errors.len());
         self.publish(Snapshot {
             targets,
             routes,
@@ -202,6 +203,7 @@ impl Registry {
             .await
             .map_err(|e| format!("compiler task failed: {e}"))?
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        crate::api::metrics::plugin_loaded(plugin.from_cache(), plugin.compile_time());
         let plugin = Arc::new(plugin);
         compiled.insert(hash, Arc::clone(&plugin));
         Ok(plugin)
