@@ -84,6 +84,7 @@ struct ServiceFile {
     idempotency_retention: Option<String>,
     retention_batch: Option<usize>,
     retention_interval_ms: Option<u64>,
+    api: Option<crate::api::auth::ApiFile>,
 }
 
 /// The service configuration, with defaults applied and paths resolved.
@@ -119,6 +120,9 @@ pub struct ServiceConfig {
     pub strict_start: bool,
     /// Retention of finished events and of the idempotency ledger.
     pub retention: RetentionConfig,
+    /// `[api]`: tokens and their scopes, endpoints left open. Default: no tokens (open API,
+    /// loopback addresses only).
+    pub api: crate::api::auth::AuthConfig,
 }
 
 /// `"7d"`, `"90m"`, … (humantime), or `"off"`.
@@ -172,12 +176,13 @@ impl ServiceConfig {
             watch_plugins: f.watch_plugins.unwrap_or(true),
             reload_debounce: Duration::from_millis(f.reload_debounce_ms.unwrap_or(200)),
             max_in_flight: f.max_in_flight.unwrap_or(64).max(1),
+            api: crate::api::auth::AuthConfig::default(),
         }
     }
 
     /// Reads `path`. Relative paths inside it are resolved against its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file: ServiceFile = read_toml(path)?;
+        let mut file: ServiceFile = read_toml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let d = RetentionConfig::default();
         let retention = parse_age(path, "retention", file.retention.as_deref(), d.retention)?;
@@ -187,9 +192,15 @@ impl ServiceConfig {
             file.idempotency_retention.as_deref(),
             d.idempotency_retention,
         )?;
+        let api = file.api.take().unwrap_or_default();
         let mut config = Self::from_file(file, base);
         config.retention.retention = retention;
         config.retention.idempotency_retention = idempotency_retention;
+        config.api = crate::api::auth::AuthConfig::from_file(api).map_err(|m| ConfigError::invalid(path, m))?;
+        config
+            .api
+            .check_listen(config.listen)
+            .map_err(|m| ConfigError::invalid(path, m))?;
         if config.max_payload_bytes == 0 || config.max_payload_bytes > config.max_request_bytes {
             return Err(ConfigError::invalid(
                 path,

@@ -32,17 +32,26 @@ pub enum IngestError {
 }
 
 /// One event as a producer writes it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EventIn {
+pub(crate) struct EventIn {
+    /// ASCII letters, digits, `.`, `_`, `-`, `:`; not starting with `outboxd.` (reserved).
     #[serde(rename = "type")]
+    #[schema(value_type = String, min_length = 1, max_length = 255, pattern = r"^[A-Za-z0-9._:-]+$")]
     event_type: EventType,
+    /// Any JSON value, kept byte for byte; at most `max_payload_bytes` of JSON text.
+    #[schema(value_type = serde_json::Value)]
     payload: Box<RawValue>,
+    /// A key seen before returns the first event's id with `duplicate: true` and writes nothing.
     #[serde(default)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
     idempotency_key: Option<ProducerKey>,
+    /// At most 64; handed to plugins sorted by name.
     #[serde(default)]
     headers: Option<BTreeMap<String, String>>,
+    /// Events with the same key reach an `ordered` target in order.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255)]
     ordering_key: Option<String>,
 }
 

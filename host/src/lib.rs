@@ -132,6 +132,7 @@ pub async fn serve(
         wake,
         max_payload_bytes: config.max_payload_bytes,
         max_request_bytes: config.max_request_bytes,
+        auth: Arc::new(config.api.clone()),
     }));
 
     let reloader = if config.watch_plugins {

@@ -4,7 +4,8 @@
 //!   needed, build the plugins (Rust, then JavaScript/Python through
 //!   `plugins/build-polyglot.sh` if present) and the host, then run
 //!   `cargo test` with `OUTBOXD_BIN`, `OUTBOXD_PLUGINS_DIR` and
-//!   `OUTBOXD_POLYGLOT_DIR` set.
+//!   `OUTBOXD_POLYGLOT_DIR` set; `tests/install-tools.sh` first installs the
+//!   operator-view test tools (`OUTBOXD_TEST_BROWSER_DIR`, `OUTBOXD_TEST_PYTHON`).
 //! - `cargo xtask demo [--fresh] [--debug]`: build everything, lay out `demo/`, start
 //!   `demo-receiver` and `outboxd serve`, post a sample event, and run until
 //!   Ctrl-C.
@@ -214,9 +215,40 @@ fn build_rust_plugins() -> Result<PathBuf> {
 // ---------------------------------------------------------------------------
 // cargo xtask test
 
+/// The tools of the operator-view tests (browser driver, schemathesis, metrics parser).
+struct TestTools {
+    /// `tests/browser`, with playwright-core in its `node_modules`.
+    browser: PathBuf,
+    /// The `python` of the venv holding schemathesis and prometheus_client.
+    python: PathBuf,
+}
+
+impl TestTools {
+    fn export(&self, cmd: &mut Command) {
+        cmd.env("OUTBOXD_TEST_BROWSER_DIR", &self.browser);
+        cmd.env("OUTBOXD_TEST_PYTHON", &self.python);
+    }
+}
+
+/// `tests/install-tools.sh`: pinned playwright-core (npm) and schemathesis +
+/// prometheus_client (pip), installed into the repo on first use.
+fn install_test_tools() -> Result<TestTools> {
+    let tests = root().join("tests");
+    step("installing the test tools (tests/install-tools.sh)");
+    run(Command::new("bash")
+        .arg(tests.join("install-tools.sh"))
+        .current_dir(root()))
+    .map_err(|e| format!("{e}\n(the operator-view tests need node + npm and python3 3.11+ on PATH)"))?;
+    Ok(TestTools {
+        browser: tests.join("browser"),
+        python: tests.join(".tools").join("venv").join("bin").join("python"),
+    })
+}
+
 fn cmd_test(extra: &[String]) -> Result<ExitCode> {
     ensure_wasm_target()?;
     let plugins = build_plugins(true)?;
+    let tools = install_test_tools()?;
     step("building outboxd");
     run(cargo().args(["build", "-p", "outboxd", "--bin", "outboxd"]))?;
     let bin = target_dir().join("debug").join(exe("outboxd"));
@@ -233,6 +265,7 @@ fn cmd_test(extra: &[String]) -> Result<ExitCode> {
     }
     cmd.args(extra).env("OUTBOXD_BIN", &bin);
     plugins.export(&mut cmd);
+    tools.export(&mut cmd);
     step(&format!(
         "running tests (OUTBOXD_BIN={}, OUTBOXD_PLUGINS_DIR={}{})",
         bin.display(),
@@ -593,6 +626,10 @@ fn cmd_demo(args: &[String]) -> Result<ExitCode> {
     let config = demo.join("outboxd.toml");
     println!(
         "\noutboxd is running on http://{DEMO_API}; deliveries appear below as demo-receiver prints them.\n\
+         \n\
+         dashboard:                   http://{DEMO_API}/\n\
+         Prometheus metrics:          curl -s http://{DEMO_API}/metrics\n\
+         OpenAPI document:            curl -s http://{DEMO_API}/v1/openapi.json\n\
          \n\
          post another event:\n\
          \x20 curl -s -X POST http://{DEMO_API}/v1/events -H 'content-type: application/json' \\\n\

@@ -3,6 +3,15 @@
 //! (`GET /v1/deliveries/failed`, `POST /v1/deliveries/replay`) and liveness (`GET /healthz`).
 //! Every error is a JSON body `{"error": "…"}` with a 4xx or 5xx status, and a refused
 //! request changes nothing.
+//!
+//! Submodules: `auth` (tokens and scopes), `metrics` (`GET /metrics`), `openapi` (the
+//! OpenAPI document, `GET /v1/openapi.json`, built from the `#[utoipa::path]` annotations
+//! of the handlers here) and `dashboard` (the web page at `/`).
+
+pub mod auth;
+pub mod dashboard;
+pub mod metrics;
+pub mod openapi;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,11 +23,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use thiserror::Error;
 use tokio::sync::Notify;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::dispatch::breaker::Breakers;
 use crate::domain::{DeliveryStatus, EventId, InvalidValue, TargetName, format_ms, now_ms, parse_time};
@@ -39,20 +50,44 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     pub max_payload_bytes: usize,
     pub max_request_bytes: usize,
+    /// Tokens and scopes (`[api]`).
+    pub auth: Arc<auth::AuthConfig>,
 }
 
-/// The API router.
+/// The documented API, grouped by the scope a token needs for it. Every route goes through
+/// `routes!` so that it is in the OpenAPI document.
+pub fn api_routes(auth: Arc<auth::AuthConfig>) -> OpenApiRouter<Arc<AppState>> {
+    let guarded = |scope, routes: OpenApiRouter<Arc<AppState>>| {
+        routes.route_layer(axum::middleware::from_fn_with_state(
+            auth::Guard::new(Arc::clone(&auth), scope),
+            auth::require,
+        ))
+    };
+    let ingest = OpenApiRouter::new()
+        .routes(routes!(post_events))
+        .route_layer(axum::middleware::from_fn(metrics::time_ingest));
+    let read = OpenApiRouter::new()
+        .routes(routes!(get_event))
+        .routes(routes!(get_targets))
+        .routes(routes!(list_failed))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics::get_metrics));
+    let admin = OpenApiRouter::new()
+        .routes(routes!(pause_target))
+        .routes(routes!(resume_target))
+        .routes(routes!(replay));
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(guarded(auth::Scope::Ingest, ingest))
+        .merge(guarded(auth::Scope::Read, read))
+        .merge(guarded(auth::Scope::Admin, admin))
+}
+
+/// The API router: the documented API, its document, and the dashboard.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_request_bytes;
-    Router::new()
-        .route("/v1/events", post(post_events))
-        .route("/v1/events/{id}", get(get_event))
-        .route("/v1/targets", get(get_targets))
-        .route("/v1/targets/{name}/pause", post(pause_target))
-        .route("/v1/targets/{name}/resume", post(resume_target))
-        .route("/v1/deliveries/failed", get(list_failed))
-        .route("/v1/deliveries/replay", post(replay))
-        .route("/healthz", get(healthz))
+    let (api, doc) = api_routes(Arc::clone(&state.auth)).split_for_parts();
+    api.merge(openapi::router(doc))
+        .merge(dashboard::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
@@ -99,9 +134,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct IngestedOut {
+/// What ingesting one event did.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct IngestedOut {
+    /// The event's id (UUIDv7): the new one, or the first event's for a known idempotency key.
     id: String,
+    /// The idempotency key had been seen before: nothing was written.
     duplicate: bool,
 }
 
@@ -114,6 +152,25 @@ impl From<Ingested> for IngestedOut {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    summary = "Ingest one event or a batch",
+    description = "One event object, or an array of 1 to 1000 of them (atomic: one invalid event refuses all). \
+                   `202` when anything new was stored, `200` when every event was a duplicate.",
+    request_body(content = openapi::EventsIn, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored (an array answers an array, in order)", body = openapi::IngestedAnswer),
+        (status = 200, description = "Every event was a known idempotency key", body = openapi::IngestedAnswer),
+        (status = 400, description = "Invalid input; nothing stored", body = openapi::ErrorBody),
+        (status = 401, description = "A token is required", body = openapi::ErrorBody),
+        (status = 403, description = "The token lacks the `ingest` scope", body = openapi::ErrorBody),
+        (status = 413, description = "Payload or request too large", body = openapi::ErrorBody),
+        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+    ),
+    security(("bearer" = ["ingest"]), ()),
+)]
 async fn post_events(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
@@ -132,6 +189,7 @@ async fn post_events(
     let single = matches!(batch, Batch::One(_));
     let events = ingest::route(batch.into_vec(), &state.registry.snapshot().routes);
     let ingested = state.store.ingest(events, now_ms()).await?;
+    metrics::events_ingested(&ingested);
     state.wake.notify_waiters();
     let status = if ingested.iter().any(|i| !i.duplicate) {
         StatusCode::ACCEPTED
@@ -146,19 +204,26 @@ async fn post_events(
     })
 }
 
-#[derive(Serialize)]
+/// One attempt of a delivery.
+#[derive(Serialize, ToSchema)]
 struct AttemptOut {
+    /// History number: keeps counting across replays.
     n: u32,
     started_at: String,
     duration_ms: Option<u64>,
+    /// `running`, `delivered`, `retry`, `permanent` or `abandoned`.
+    #[schema(value_type = String)]
     outcome: &'static str,
     error: Option<String>,
     plugin_hash: Option<String>,
 }
 
-#[derive(Serialize)]
+/// One delivery of an event, with its attempt history.
+#[derive(Serialize, ToSchema)]
 struct DeliveryOut {
     target: String,
+    /// `pending`, `in_flight`, `delivered`, `dead`, `discarded` or `paused`.
+    #[schema(value_type = String)]
     status: &'static str,
     attempts: u32,
     last_error: Option<String>,
@@ -168,11 +233,14 @@ struct DeliveryOut {
     history: Vec<AttemptOut>,
 }
 
-#[derive(Serialize)]
+/// An event with its deliveries.
+#[derive(Serialize, ToSchema)]
 struct EventOut {
     id: String,
     #[serde(rename = "type")]
     event_type: String,
+    /// The payload exactly as sent.
+    #[schema(value_type = serde_json::Value)]
     payload: Box<RawValue>,
     headers: BTreeMap<String, String>,
     idempotency_key: Option<String>,
@@ -218,6 +286,22 @@ fn event_out(d: EventDetail) -> Result<EventOut, ApiError> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/events/{id}",
+    tag = "events",
+    summary = "An event, its deliveries and their attempt history",
+    params(("id" = String, Path, description = "The event id (a UUID)")),
+    responses(
+        (status = 200, description = "The event", body = EventOut),
+        (status = 400, description = "Not a UUID", body = openapi::ErrorBody),
+        (status = 401, description = "A token is required", body = openapi::ErrorBody),
+        (status = 403, description = "The token lacks the `read` scope", body = openapi::ErrorBody),
+        (status = 404, description = "No such event", body = openapi::ErrorBody),
+        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+    ),
+    security(("bearer" = ["read"]), ()),
+)]
 async fn get_event(State(state): State<Arc<AppState>>, PathParam(id): PathParam) -> Result<Json<EventOut>, ApiError> {
     let id: EventId = id
         .parse()
@@ -230,15 +314,19 @@ async fn get_event(State(state): State<Arc<AppState>>, PathParam(id): PathParam)
     Ok(Json(event_out(detail)?))
 }
 
-#[derive(Serialize)]
+/// A file of the target that failed at the last reload.
+#[derive(Serialize, ToSchema)]
 struct ReloadErrorOut {
     file: String,
     message: String,
     at: String,
 }
 
-#[derive(Serialize)]
+/// A target's circuit breaker.
+#[derive(Serialize, ToSchema)]
 struct BreakerOut {
+    /// `closed`, `open` or `half_open`.
+    #[schema(value_type = String)]
     state: &'static str,
     consecutive_failures: u32,
     /// Failures and attempts among the remembered ones (the sliding window).
@@ -248,7 +336,8 @@ struct BreakerOut {
     paused_ms: Option<u64>,
 }
 
-#[derive(Serialize, Default)]
+/// A target: what is loaded, its settings, counts and health.
+#[derive(Serialize, Default, ToSchema)]
 struct TargetOut {
     name: String,
     /// Whether a plugin is loaded for it; `false` for a target that only has deliveries
@@ -259,11 +348,13 @@ struct TargetOut {
     hash: Option<String>,
     loaded_at: Option<String>,
     /// Whether the serving version was compiled or came from the compile cache.
+    #[schema(value_type = Option<String>)]
     compiled_from: Option<&'static str>,
     events: Vec<String>,
     timeout_ms: Option<u64>,
     concurrency: Option<u32>,
     allowed_hosts: Vec<String>,
+    #[schema(value_type = Option<String>)]
     class: Option<&'static str>,
     ordered: Option<bool>,
     rate_per_sec: Option<f64>,
@@ -272,6 +363,7 @@ struct TargetOut {
     /// The circuit breaker: `closed`, `open` or `half_open`, with the consecutive failures.
     breaker: Option<BreakerOut>,
     /// Deliveries per status.
+    #[schema(value_type = BTreeMap<String, u64>)]
     counts: BTreeMap<&'static str, u64>,
     /// Attempts run by each plugin version (content hash), over the store's lifetime.
     versions: BTreeMap<String, u64>,
@@ -281,10 +373,40 @@ struct TargetOut {
     /// Its manifest is valid but its plugin has never loaded: it is routed, and its
     /// deliveries are held `paused` until a good plugin file appears.
     held: bool,
+    /// Age of the oldest due pending delivery in milliseconds; 0 when nothing is due.
+    lag_ms: u64,
+    /// Attempts of the last five minutes in this process.
+    recent: RecentOut,
 }
 
+/// Attempt outcomes of a target over the last five minutes (since start-up if shorter).
+#[derive(Serialize, Default, ToSchema)]
+struct RecentOut {
+    delivered: u64,
+    /// Retryable and permanent failures.
+    failed: u64,
+    /// `delivered / (delivered + failed)`; null without attempts.
+    success_rate: Option<f64>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/targets",
+    tag = "targets",
+    summary = "Every target: loaded version, settings, counts, breaker, lag, recent success",
+    responses(
+        (status = 200, description = "Targets by name", body = Vec<TargetOut>),
+        (status = 401, description = "A token is required", body = openapi::ErrorBody),
+        (status = 403, description = "The token lacks the `read` scope", body = openapi::ErrorBody),
+        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+    ),
+    security(("bearer" = ["read"]), ()),
+)]
 async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Json<Vec<TargetOut>>, ApiError> {
     let snapshot = state.registry.snapshot();
+    let now = now_ms();
+    let oldest_due = state.store.oldest_due(now).await?;
+    let mut recent = metrics::recent_outcomes();
     let mut counts = state.store.status_counts().await?;
     let mut versions = state.store.version_attempts().await?;
     let paused = state.store.paused_targets().await?;
@@ -307,6 +429,13 @@ async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Targ
                 t.counts.insert(status.as_str(), n);
             }
             t.versions = versions.remove(&name).unwrap_or_default();
+            t.lag_ms = oldest_due.get(&name).map_or(0, |due| (now - due).max(0) as u64);
+            let r = recent.remove(&name).unwrap_or_default();
+            t.recent = RecentOut {
+                delivered: r.delivered,
+                failed: r.failed,
+                success_rate: r.success_rate(),
+            };
             t.paused = paused.contains(&name);
             t.breaker = state.breakers.status(&name).map(|b| BreakerOut {
                 state: b.state,
@@ -363,6 +492,21 @@ async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Json<s
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/targets/{name}/pause",
+    tag = "targets",
+    summary = "Pause a target by hand (stored; survives restarts)",
+    params(("name" = String, Path, description = "Target name")),
+    responses(
+        (status = 200, description = "Paused", body = openapi::PausedOut),
+        (status = 400, description = "Not a valid target name", body = openapi::ErrorBody),
+        (status = 401, description = "A token is required", body = openapi::ErrorBody),
+        (status = 403, description = "The token lacks the `admin` scope", body = openapi::ErrorBody),
+        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+    ),
+    security(("bearer" = ["admin"]), ()),
+)]
 async fn pause_target(
     State(state): State<Arc<AppState>>,
     PathParam(name): PathParam,
@@ -370,6 +514,21 @@ async fn pause_target(
     set_paused(&state, &name, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/targets/{name}/resume",
+    tag = "targets",
+    summary = "Resume a target paused by hand",
+    params(("name" = String, Path, description = "Target name")),
+    responses(
+        (status = 200, description = "Resumed", body = openapi::PausedOut),
+        (status = 400, description = "Not a valid target name", body = openapi::ErrorBody),
+        (status = 401, description = "A token is required", body = openapi::ErrorBody),
+        (status = 403, description = "The token lacks the `admin` scope", body = openapi::ErrorBody),
+        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+    ),
+    security(("bearer" = ["admin"]), ()),
+)]
 async fn resume_target(
     State(state): State<Arc<AppState>>,
     PathParam(name): PathParam,
@@ -378,8 +537,9 @@ async fn resume_target(
 }
 
 /// A failed-delivery filter as the API takes it (query string or JSON body).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FilterIn {
     /// `dead` or `discarded`; both when absent.
     pub status: Option<String>,
@@ -394,6 +554,7 @@ pub struct FilterIn {
     pub error: Option<String>,
     /// Only these deliveries (JSON bodies only: a query string cannot carry a list).
     #[serde(default)]
+    #[param(ignore)]
     pub delivery_ids: Vec<i64>,
     /// Listing only: deliveries with an id above this (paging).
     pub after: Option<i64>,
@@ -432,18 +593,36 @@ impl FilterIn {
     }
 }
 
-#[derive(Serialize)]
-struct FailedOut {
+/// A failed (dead or discarded) delivery.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct FailedOut {
     delivery_id: i64,
     event_id: String,
     event_type: String,
     target: String,
+    /// `dead` or `discarded`.
+    #[schema(value_type = String)]
     status: &'static str,
     attempts: u32,
     last_error: Option<String>,
     failed_at: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/failed",
+    tag = "dead letters",
+    summary = "Dead and discarded deliveries, oldest first, paged",
+    params(FilterIn),
+    responses(
+        (status = 200, description = "One page", body = openapi::FailedPage),
+        (status = 400, description = "Invalid filter", body = openapi::ErrorBody),
+        (status = 401, description = "A token is required", body = openapi::ErrorBody),
+        (status = 403, description = "The token lacks the `read` scope", body = openapi::ErrorBody),
+        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+    ),
+    security(("bearer" = ["read"]), ()),
+)]
 async fn list_failed(
     State(state): State<Arc<AppState>>,
     query: Result<axum::extract::Query<FilterIn>, axum::extract::rejection::QueryRejection>,
@@ -476,6 +655,23 @@ async fn list_failed(
 /// Replays in chunks of this many, one transaction each.
 pub const REPLAY_CHUNK: usize = 1000;
 
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/replay",
+    tag = "dead letters",
+    summary = "Make matching dead/discarded deliveries pending again",
+    description = "The body is a filter (the listing's fields plus `delivery_ids` and `limit`). \
+                   An empty body or `{}` replays every failed delivery.",
+    request_body(content = Option<FilterIn>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "How many were replayed", body = openapi::ReplayedOut),
+        (status = 400, description = "Invalid filter", body = openapi::ErrorBody),
+        (status = 401, description = "A token is required", body = openapi::ErrorBody),
+        (status = 403, description = "The token lacks the `admin` scope", body = openapi::ErrorBody),
+        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+    ),
+    security(("bearer" = ["admin"]), ()),
+)]
 async fn replay(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
@@ -512,6 +708,18 @@ async fn replay(
 /// `200` in both cases: `ok`, or `degraded` with the files that did not load and the
 /// targets held because of them. A degraded host still accepts and delivers for every other
 /// target, so it must not be taken out of a load balancer's rotation.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness, and the number of loaded targets",
+    responses(
+        (status = 200, description = "Up: `ok`, or `degraded` with the files that did not load and the targets held because of them", body = openapi::HealthOut),
+        (status = 401, description = "A token is required (unless `/healthz` is in `[api] open`)", body = openapi::ErrorBody),
+        (status = 403, description = "The token lacks the `read` scope", body = openapi::ErrorBody),
+    ),
+    security(("bearer" = ["read"]), ()),
+)]
 async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let snapshot = state.registry.snapshot();
     if snapshot.errors.is_empty() {

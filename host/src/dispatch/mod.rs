@@ -546,6 +546,7 @@ async fn attempt(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Tar
             decision.status = DeliveryStatus::Paused;
         }
         log_outcome(delivery, &outcome, decision.status, report.duration);
+        crate::api::metrics::attempt_finished(name.as_str(), outcome.attempt_outcome(), report.duration);
         let mut emit = Vec::new();
         if i == 0
             && let Some(ev) = recovered.take()

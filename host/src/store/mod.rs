@@ -280,4 +280,9 @@ pub trait Store: Send + Sync + 'static {
     /// `filter`, with their history, and then every event left with no delivery. Returns how
     /// many deliveries were deleted; call again while it returns `limit`.
     async fn prune_failed(&self, filter: FailedFilter, limit: usize) -> Result<usize, StoreError>;
+
+    /// Per target, the earliest `next_attempt_at` among its `pending` deliveries that are due
+    /// at `now` (the lag metric: how long the oldest due delivery has been waiting). Targets
+    /// with nothing due are absent.
+    async fn oldest_due(&self, now: Millis) -> Result<BTreeMap<String, Millis>, StoreError>;
 }

@@ -1062,6 +1062,21 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn oldest_due(&self, now: Millis) -> Result<std::collections::BTreeMap<String, Millis>, StoreError> {
+        self.read(move |conn| {
+            let rows = conn
+                .prepare_cached(&format!(
+                    "SELECT target, MIN(next_attempt_at) FROM deliveries \
+                     WHERE status = '{}' AND next_attempt_at <= ?1 GROUP BY target",
+                    DeliveryStatus::Pending.as_str()
+                ))?
+                .query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Millis>(1)?)))?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -206,6 +206,7 @@ impl Registry {
                 .chain(held.values().map(|h| &h.spec))
                 .map(|spec| (spec.name.clone(), spec.events.clone())),
         );
+        crate::api::metrics::reload_finished(errors.len());
         self.publish(Snapshot {
             targets,
             held,
@@ -232,6 +233,7 @@ impl Registry {
             .await
             .map_err(|e| format!("compiler task failed: {e}"))?
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        crate::api::metrics::plugin_loaded(plugin.from_cache(), plugin.compile_time());
         let plugin = Arc::new(plugin);
         compiled.insert(hash, Arc::clone(&plugin));
         Ok(plugin)

@@ -1,0 +1,405 @@
+//! API tokens: the `[api]` section of `outboxd.toml`, the scopes (`ingest`, `read`,
+//! `admin`), and the middleware that checks `Authorization: Bearer …` on every protected
+//! route. Missing or unknown tokens get a JSON `401`, a token without the route's scope a
+//! JSON `403`. With no tokens configured the API is open, which is allowed only on a
+//! loopback address unless `allow_unauthenticated = true`.
+//!
+//! Tokens are kept as SHA-256 digests: a presented token is hashed and looked up, so the
+//! comparison never runs over the secret itself and the configuration may hold digests only.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// `POST /v1/events`.
+    Ingest,
+    /// Every `GET` of the API, and `/metrics`.
+    Read,
+    /// Everything: pause, resume and replay, plus what `ingest` and `read` allow.
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: &'static [Scope] = &[Scope::Ingest, Scope::Read, Scope::Admin];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Scope::Ingest => "ingest",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Scope::ALL
+            .iter()
+            .copied()
+            .find(|scope| scope.as_str() == s)
+            .ok_or_else(|| format!("unknown scope `{s}` (expected ingest, read or admin)"))
+    }
+}
+
+/// Endpoints that may be left open (answered without a token) by `[api] open`.
+pub const OPENABLE: &[&str] = &["/healthz", "/metrics"];
+
+/// The `[api]` section as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiFile {
+    /// Start even on a non-loopback `listen` address without any token.
+    allow_unauthenticated: Option<bool>,
+    /// Endpoints answered without a token even when tokens are configured.
+    open: Option<Vec<String>>,
+    #[serde(default)]
+    tokens: Vec<TokenFile>,
+}
+
+/// One `[[api.tokens]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    name: String,
+    scopes: Vec<String>,
+    /// The secret itself.
+    token: Option<String>,
+    /// Or its SHA-256, hex.
+    sha256: Option<String>,
+}
+
+/// Shortest accepted `token`: a guessable token is no protection.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+#[derive(Debug, Clone)]
+struct Token {
+    name: String,
+    scopes: Vec<Scope>,
+}
+
+/// The API's access rules, built from `[api]`.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    tokens: HashMap<[u8; 32], Token>,
+    open: Vec<String>,
+    allow_unauthenticated: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            tokens: HashMap::new(),
+            open: vec!["/healthz".into()],
+            allow_unauthenticated: false,
+        }
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl AuthConfig {
+    /// Validates `[api]`; the message names the offending key.
+    pub fn from_file(file: ApiFile) -> Result<Self, String> {
+        let mut config = AuthConfig {
+            allow_unauthenticated: file.allow_unauthenticated.unwrap_or(false),
+            ..AuthConfig::default()
+        };
+        if let Some(open) = file.open {
+            for path in &open {
+                if !OPENABLE.contains(&path.as_str()) {
+                    return Err(format!(
+                        "`api.open`: `{path}` cannot be opened (only {})",
+                        OPENABLE.join(", ")
+                    ));
+                }
+            }
+            config.open = open;
+        }
+        for (i, t) in file.tokens.into_iter().enumerate() {
+            let at = format!("`api.tokens[{i}]` (`{}`)", t.name);
+            if t.name.trim().is_empty() {
+                return Err(format!("`api.tokens[{i}].name` must not be empty"));
+            }
+            let digest = match (t.token, t.sha256) {
+                (Some(token), None) => {
+                    if token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                        return Err(format!(
+                            "{at}: `token` must be at least {MIN_TOKEN_LEN} characters without spaces"
+                        ));
+                    }
+                    digest(&token)
+                }
+                (None, Some(hex_digest)) => hex::decode(hex_digest.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| format!("{at}: `sha256` must be 64 hex digits"))?,
+                _ => return Err(format!("{at}: give exactly one of `token` and `sha256`")),
+            };
+            if t.scopes.is_empty() {
+                return Err(format!("{at}: `scopes` must list at least one of ingest, read, admin"));
+            }
+            let scopes = t
+                .scopes
+                .iter()
+                .map(|s| s.parse::<Scope>().map_err(|e| format!("{at}: `scopes`: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            if config.tokens.contains_key(&digest) {
+                return Err(format!("{at}: the same token is configured twice"));
+            }
+            config.tokens.insert(digest, Token { name: t.name, scopes });
+        }
+        Ok(config)
+    }
+
+    /// Whether requests must carry a token.
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// Refuses an open API on an address other machines can reach.
+    pub fn check_listen(&self, listen: SocketAddr) -> Result<(), String> {
+        if self.enabled() || self.allow_unauthenticated || listen.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(format!(
+            "`listen = \"{listen}\"` is not a loopback address and no API tokens are configured: \
+             anyone who can reach it could ingest, pause targets and replay dead letters. \
+             Add `[[api.tokens]]`, or set `[api] allow_unauthenticated = true` if the network is trusted"
+        ))
+    }
+
+    /// The token's name and scopes, if `presented` is a configured token.
+    fn lookup(&self, presented: &str) -> Option<&Token> {
+        self.tokens.get(&digest(presented))
+    }
+}
+
+/// What a route needs: its scope, shared with the middleware.
+#[derive(Clone)]
+pub struct Guard {
+    auth: Arc<AuthConfig>,
+    scope: Scope,
+}
+
+impl Guard {
+    pub fn new(auth: Arc<AuthConfig>, scope: Scope) -> Self {
+        Self { auth, scope }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// No token, or not a configured one: `401`.
+    Unauthenticated(&'static str),
+    /// A valid token without the needed scope: `403`.
+    Forbidden { token: String, scope: Scope },
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Denied::Unauthenticated(why) => {
+                let mut response = (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(serde_json::json!({ "error": why })),
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"outboxd\""));
+                response
+            }
+            Denied::Forbidden { token, scope } => (
+                StatusCode::FORBIDDEN,
+                axum::Json(serde_json::json!({
+                    "error": format!("token `{token}` lacks the `{}` scope this endpoint needs", scope.as_str())
+                })),
+            )
+                .into_response(),
+        }
+    }
+}
+
+/// Decides one request: `Ok` to serve it.
+pub fn check(auth: &AuthConfig, scope: Scope, path: &str, authorization: Option<&HeaderValue>) -> Result<(), Denied> {
+    if !auth.enabled() || auth.open.iter().any(|p| p == path) {
+        return Ok(());
+    }
+    let header = authorization.ok_or(Denied::Unauthenticated(
+        "this endpoint needs a token: send `Authorization: Bearer <token>`",
+    ))?;
+    let presented = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .ok_or(Denied::Unauthenticated(
+            "the Authorization header must be `Bearer <token>`",
+        ))?;
+    let token = auth.lookup(presented).ok_or(Denied::Unauthenticated("unknown token"))?;
+    if token.scopes.contains(&Scope::Admin) || token.scopes.contains(&scope) {
+        Ok(())
+    } else {
+        Err(Denied::Forbidden {
+            token: token.name.clone(),
+            scope,
+        })
+    }
+}
+
+/// The middleware: serves the request if its token has the guard's scope.
+pub async fn require(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    match check(
+        &guard.auth,
+        guard.scope,
+        request.uri().path(),
+        request.headers().get(AUTHORIZATION),
+    ) {
+        Ok(()) => next.run(request).await,
+        Err(denied) => denied.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml_text: &str) -> Result<AuthConfig, String> {
+        let file: ApiFile = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        AuthConfig::from_file(file)
+    }
+
+    const TOKENS: &str = r#"
+        open = ["/healthz", "/metrics"]
+        [[tokens]]
+        name = "producer"
+        token = "ingest-token-0123456789"
+        scopes = ["ingest"]
+        [[tokens]]
+        name = "ops"
+        sha256 = "SHA"
+        scopes = ["admin"]
+        [[tokens]]
+        name = "grafana"
+        token = "read-token-0123456789"
+        scopes = ["read"]
+    "#;
+
+    fn tokens() -> AuthConfig {
+        let sha = hex::encode(digest("admin-token-0123456789"));
+        config(&TOKENS.replace("SHA", &sha)).unwrap()
+    }
+
+    fn bearer(t: &str) -> HeaderValue {
+        HeaderValue::from_str(&format!("Bearer {t}")).unwrap()
+    }
+
+    #[test]
+    fn scopes_decide_what_a_token_may_do() {
+        let auth = tokens();
+        let ingest = bearer("ingest-token-0123456789");
+        let admin = bearer("admin-token-0123456789");
+        let read = bearer("read-token-0123456789");
+        assert_eq!(check(&auth, Scope::Ingest, "/v1/events", Some(&ingest)), Ok(()));
+        assert_eq!(
+            check(&auth, Scope::Admin, "/v1/deliveries/replay", Some(&ingest)),
+            Err(Denied::Forbidden {
+                token: "producer".into(),
+                scope: Scope::Admin
+            })
+        );
+        assert!(check(&auth, Scope::Read, "/v1/targets", Some(&ingest)).is_err());
+        assert_eq!(check(&auth, Scope::Read, "/v1/targets", Some(&read)), Ok(()));
+        assert!(check(&auth, Scope::Ingest, "/v1/events", Some(&read)).is_err());
+        for scope in Scope::ALL {
+            assert_eq!(
+                check(&auth, *scope, "/v1/x", Some(&admin)),
+                Ok(()),
+                "admin may {scope:?}"
+            );
+        }
+        assert!(matches!(
+            check(&auth, Scope::Read, "/v1/targets", None),
+            Err(Denied::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            check(&auth, Scope::Read, "/v1/targets", Some(&bearer("nope-nope-nope-nope"))),
+            Err(Denied::Unauthenticated("unknown token"))
+        ));
+        let basic = HeaderValue::from_static("Basic dXNlcjpwYXNz");
+        assert!(matches!(
+            check(&auth, Scope::Read, "/v1/targets", Some(&basic)),
+            Err(Denied::Unauthenticated(_))
+        ));
+        // Opened by configuration.
+        assert_eq!(check(&auth, Scope::Read, "/metrics", None), Ok(()));
+        assert_eq!(check(&auth, Scope::Read, "/healthz", None), Ok(()));
+    }
+
+    #[test]
+    fn without_tokens_everything_is_open_but_only_on_loopback() {
+        let auth = config("").unwrap();
+        assert_eq!(check(&auth, Scope::Admin, "/v1/deliveries/replay", None), Ok(()));
+        assert!(auth.check_listen("127.0.0.1:8080".parse().unwrap()).is_ok());
+        assert!(auth.check_listen("[::1]:8080".parse().unwrap()).is_ok());
+        let err = auth.check_listen("0.0.0.0:8080".parse().unwrap()).unwrap_err();
+        assert!(err.contains("allow_unauthenticated"), "{err}");
+        assert!(
+            config("allow_unauthenticated = true")
+                .unwrap()
+                .check_listen("0.0.0.0:8080".parse().unwrap())
+                .is_ok()
+        );
+        assert!(tokens().check_listen("0.0.0.0:8080".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn bad_sections_are_refused_naming_the_key() {
+        let cases = [
+            ("open = [\"/v1/targets\"]", "api.open"),
+            (
+                "[[tokens]]\nname = \"a\"\ntoken = \"short\"\nscopes = [\"read\"]",
+                "at least 16",
+            ),
+            (
+                "[[tokens]]\nname = \"a\"\ntoken = \"0123456789abcdefg\"\nscopes = [\"root\"]",
+                "unknown scope `root`",
+            ),
+            (
+                "[[tokens]]\nname = \"a\"\ntoken = \"0123456789abcdefg\"\nscopes = []",
+                "at least one",
+            ),
+            ("[[tokens]]\nname = \"a\"\nscopes = [\"read\"]", "exactly one of"),
+            (
+                "[[tokens]]\nname = \"a\"\nsha256 = \"abc\"\nscopes = [\"read\"]",
+                "64 hex digits",
+            ),
+            (
+                "[[tokens]]\nname = \"a\"\ntoken = \"0123456789abcdefg\"\nscopes = [\"read\"]\nrole = 1",
+                "unknown field `role`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = config(text).unwrap_err();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,259 @@
+// outboxd dashboard: a small page over the JSON API (no framework, no build step).
+// It polls the API every few seconds. The API token, if the server needs one, lives in
+// sessionStorage only: it is gone when the tab is closed.
+"use strict";
+
+const POLL_MS = 3000;
+const TOKEN_KEY = "outboxd.token";
+const $ = (sel) => document.querySelector(sel);
+
+let deadFilter = {};
+let shownEvent = null;
+let pendingReplay = null;
+
+class Unauthorized extends Error {}
+
+function token() { return sessionStorage.getItem(TOKEN_KEY); }
+
+async function api(method, path, body) {
+  const headers = {};
+  const t = token();
+  if (t) headers["Authorization"] = "Bearer " + t;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  let data = null;
+  try { data = await res.json(); } catch (_) { /* not JSON */ }
+  if (res.status === 401) {
+    showLogin(data && data.error);
+    throw new Unauthorized(data ? data.error : "401");
+  }
+  if (!res.ok) throw new Error((data && data.error) || (method + " " + path + ": HTTP " + res.status));
+  return data;
+}
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c ?? "")));
+  return e;
+}
+
+function duration(ms) {
+  if (ms < 1000) return ms + " ms";
+  const s = ms / 1000;
+  if (s < 120) return s.toFixed(1) + " s";
+  if (s < 7200) return Math.round(s / 60) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
+
+function showLogin(message) {
+  $("#login").hidden = false;
+  $("#app").hidden = true;
+  $("#forget-token").hidden = true;
+  if (message && token()) setError("token refused: " + message);
+}
+
+function setError(message) {
+  const e = $("#error");
+  e.textContent = message || "";
+  e.hidden = !message;
+}
+
+// ---- targets ----
+
+async function setPaused(name, paused) {
+  await api("POST", "/v1/targets/" + encodeURIComponent(name) + (paused ? "/pause" : "/resume"));
+  await refresh();
+}
+
+function renderTargets(targets) {
+  const body = $("#targets tbody");
+  body.replaceChildren(...targets.map((t) => {
+    const c = t.counts || {};
+    const backlog = (c.pending || 0) + (c.in_flight || 0) + (c.paused || 0);
+    const rate = t.recent && t.recent.success_rate !== null && t.recent.success_rate !== undefined
+      ? Math.round(t.recent.success_rate * 100) + "% of " + (t.recent.delivered + t.recent.failed)
+      : "–";
+    const breaker = t.breaker ? t.breaker.state : "closed";
+    const err = t.last_reload_error;
+    const version = t.loaded ? (t.hash || "").slice(0, 12) + " (" + t.compiled_from + ")" : "not loaded";
+    return el("tr", { "data-target": t.name },
+      el("td", {}, el("strong", { text: t.name })),
+      el("td", { class: "mono", title: t.hash || "" }, version),
+      el("td", { text: t.class || "–" }),
+      el("td", { class: "num backlog", text: backlog }),
+      el("td", { class: "num" + ((c.dead || 0) > 0 ? " s-dead" : ""), text: c.dead || 0 }),
+      el("td", { class: "num", text: rate }),
+      el("td", { class: "num lag", text: t.lag_ms ? duration(t.lag_ms) : "0" }),
+      el("td", { class: "b-" + breaker, text: breaker.replace("_", " ") + (t.breaker && t.breaker.consecutive_failures ? " (" + t.breaker.consecutive_failures + ")" : "") }),
+      el("td", { class: "paused", text: t.paused ? "paused" : "no" }),
+      el("td", { class: "wrap error", title: err ? err.file : null, text: err ? err.message : "" }),
+      el("td", {}, el("button", {
+        type: "button", class: t.paused ? "resume" : "pause",
+        onclick: () => setPaused(t.name, !t.paused).catch(report),
+      }, t.paused ? "Resume" : "Pause")),
+    );
+  }));
+}
+
+// ---- one event ----
+
+async function loadEvent(id) {
+  shownEvent = id;
+  $("#event-id").value = id;
+  let ev;
+  try {
+    ev = await api("GET", "/v1/events/" + encodeURIComponent(id));
+  } catch (e) {
+    if (!(e instanceof Unauthorized)) $("#event").replaceChildren(el("p", { class: "error", text: e.message }));
+    return;
+  }
+  if (shownEvent !== id) return;
+  const rows = [];
+  for (const d of ev.deliveries) {
+    rows.push(el("tr", { "data-target": d.target, "data-status": d.status },
+      el("td", {}, el("strong", { text: d.target })),
+      el("td", { class: "status s-" + d.status, text: d.status }),
+      el("td", { class: "num", text: d.attempts }),
+      el("td", { class: "wrap", text: d.last_error || "" }),
+      el("td", { class: "mono", text: d.delivered_at || d.next_attempt_at || "" }),
+    ));
+    const history = d.history.map((h) => "#" + h.n + " " + h.started_at + " " + h.outcome +
+      (h.duration_ms !== null ? " " + h.duration_ms + " ms" : "") + (h.error ? ": " + h.error : ""));
+    rows.push(el("tr", { class: "history-row" }, el("td", { colspan: 5 },
+      ...history.map((line) => el("div", { class: "history mono", text: line })))));
+  }
+  $("#event").replaceChildren(
+    el("p", {}, el("span", { class: "mono", text: ev.id }), " ", el("strong", { text: ev.type }),
+      el("span", { class: "muted", text: " accepted " + ev.created_at })),
+    el("table", { id: "event-deliveries" },
+      el("thead", {}, el("tr", {}, ...["target", "status", "attempts", "last error", "delivered / next attempt"].map((h) => el("th", { text: h })))),
+      el("tbody", {}, ...rows)),
+  );
+}
+
+// ---- dead letters ----
+
+function query(filter) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(filter)) if (v) q.set(k, v);
+  return q.toString();
+}
+
+function selectedIds() {
+  return [...document.querySelectorAll("#dead tbody input[type=checkbox]:checked")].map((c) => Number(c.value));
+}
+
+function renderDead(page) {
+  const selected = new Set(selectedIds());
+  $("#dead tbody").replaceChildren(...page.deliveries.map((d) => el("tr", {
+    "data-delivery": d.delivery_id, "data-event": d.event_id, "data-target": d.target, "data-status": d.status,
+  },
+    el("td", {}, el("input", { type: "checkbox", value: d.delivery_id, checked: selected.has(d.delivery_id), onchange: updateButtons })),
+    el("td", { class: "num", text: d.delivery_id }),
+    el("td", {}, el("a", { href: "#", class: "mono", onclick: (e) => { e.preventDefault(); loadEvent(d.event_id).catch(report); } }, d.event_id)),
+    el("td", { text: d.event_type }),
+    el("td", { text: d.target }),
+    el("td", { class: "s-" + d.status, text: d.status }),
+    el("td", { class: "num", text: d.attempts }),
+    el("td", { class: "wrap", text: d.last_error || "" }),
+    el("td", { class: "mono", text: d.failed_at }),
+  )));
+  $("#dead-more").hidden = page.next_after === null;
+  updateButtons();
+}
+
+function updateButtons() {
+  $("#replay-selected").disabled = selectedIds().length === 0;
+}
+
+function askReplay(body, text) {
+  pendingReplay = body;
+  $("#confirm-text").textContent = text;
+  $("#confirm").hidden = false;
+}
+
+async function doReplay() {
+  const body = pendingReplay;
+  pendingReplay = null;
+  $("#confirm").hidden = true;
+  if (!body) return;
+  const res = await api("POST", "/v1/deliveries/replay", body);
+  $("#replay-result").textContent = "Replayed " + res.replayed + (res.replayed === 1 ? " delivery" : " deliveries");
+  $("#dead-all").checked = false;
+  await refresh();
+  if (shownEvent) await loadEvent(shownEvent);
+}
+
+// ---- polling ----
+
+function report(e) {
+  if (!(e instanceof Unauthorized)) setError(e.message);
+}
+
+async function refresh() {
+  const [targets, dead] = await Promise.all([
+    api("GET", "/v1/targets"),
+    api("GET", "/v1/deliveries/failed?" + query({ ...deadFilter, limit: 100 })),
+  ]);
+  renderTargets(targets);
+  renderDead(dead);
+  $("#login").hidden = true;
+  $("#app").hidden = false;
+  $("#forget-token").hidden = !token();
+  setError("");
+  $("#updated").textContent = "updated " + new Date().toLocaleTimeString() + " · every " + POLL_MS / 1000 + " s";
+}
+
+async function tick() {
+  try {
+    await refresh();
+    if (shownEvent) await loadEvent(shownEvent);
+  } catch (e) {
+    report(e);
+  }
+  setTimeout(tick, POLL_MS);
+}
+
+$("#token-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, $("#token-input").value.trim());
+  $("#token-input").value = "";
+  refresh().catch(report);
+});
+$("#forget-token").addEventListener("click", () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  showLogin();
+});
+$("#event-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  loadEvent($("#event-id").value.trim()).catch(report);
+});
+$("#dead-filter").addEventListener("submit", (e) => {
+  e.preventDefault();
+  deadFilter = Object.fromEntries(new FormData(e.target).entries());
+  refresh().catch(report);
+});
+$("#dead-all").addEventListener("change", (e) => {
+  for (const c of document.querySelectorAll("#dead tbody input[type=checkbox]")) c.checked = e.target.checked;
+  updateButtons();
+});
+$("#replay-selected").addEventListener("click", () => {
+  const ids = selectedIds();
+  askReplay({ delivery_ids: ids }, "Replay " + ids.length + " selected " + (ids.length === 1 ? "delivery" : "deliveries") + "?");
+});
+$("#replay-all").addEventListener("click", () => {
+  const filter = Object.fromEntries(Object.entries(deadFilter).filter(([, v]) => v));
+  const described = Object.entries(filter).map(([k, v]) => k + "=" + v).join(", ");
+  askReplay(filter, "Replay every failed delivery" + (described ? " matching " + described : "") + "?");
+});
+$("#confirm-yes").addEventListener("click", () => doReplay().catch(report));
+$("#confirm-no").addEventListener("click", () => { pendingReplay = null; $("#confirm").hidden = true; });
+
+tick();

@@ -1,0 +1,195 @@
+//! The OpenAPI 3.1 document of the HTTP API, served at `GET /v1/openapi.json`.
+//!
+//! The paths come from the handlers themselves: each carries a `#[utoipa::path]` annotation
+//! and is mounted with `utoipa_axum::routes!` (see `api_routes`), which registers the route
+//! and its documentation in one step, so a route cannot exist without being documented. The
+//! request and response schemas are derived (`ToSchema`) from the types the handlers
+//! serialize and deserialize. The few answers built as `serde_json::json!` values are
+//! described by the types below; the schemathesis run in CI checks every response against
+//! the document.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder};
+
+use super::{FailedOut, IngestedOut};
+
+/// Every error: a 4xx or 5xx status with this body.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // describes an answer built with `json!` (or `ApiError`); schemathesis checks it
+pub(crate) struct ErrorBody {
+    /// What went wrong; for a batch, which event.
+    pub error: String,
+}
+
+/// The body of `POST /v1/events`: one event, or an array of 1 to 1000.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // documentation only: the handler parses the body with `ingest::parse`
+pub(crate) enum EventsIn {
+    One(crate::ingest::EventIn),
+    Many(Vec<crate::ingest::EventIn>),
+}
+
+/// The answer to `POST /v1/events`: one result for one event, an array for an array.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // documentation of the handler's answer
+pub(crate) enum IngestedAnswer {
+    One(IngestedOut),
+    Many(Vec<IngestedOut>),
+}
+
+/// The answer to pause and resume.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // describes an answer built with `json!` (or `ApiError`); schemathesis checks it
+pub(crate) struct PausedOut {
+    pub target: String,
+    /// The state now.
+    pub paused: bool,
+    /// False when the target already was in that state.
+    pub changed: bool,
+}
+
+/// One page of failed deliveries.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // describes an answer built with `json!` (or `ApiError`); schemathesis checks it
+pub(crate) struct FailedPage {
+    pub deliveries: Vec<FailedOut>,
+    /// The `after` of the next page when this one is full, else null.
+    pub next_after: Option<i64>,
+}
+
+/// The answer to a replay.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // describes an answer built with `json!` (or `ApiError`); schemathesis checks it
+pub(crate) struct ReplayedOut {
+    /// How many deliveries are pending again.
+    pub replayed: u64,
+}
+
+/// The answer of `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // describes an answer built with `json!` (or `ApiError`); schemathesis checks it
+pub(crate) struct HealthOut {
+    /// Always `ok`.
+    pub status: String,
+    /// Loaded targets.
+    pub targets: u64,
+}
+
+/// The document's frame: info and the bearer security scheme. The paths are added by
+/// `api_routes`.
+pub fn base() -> OpenApi {
+    let mut doc = OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("outboxd")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "Transactional outbox delivery service. Every error is `{\"error\": \"…\"}`. \
+                     With `[api]` tokens configured, requests carry `Authorization: Bearer <token>`; \
+                     each operation names the scope it needs (`admin` includes the others).",
+                ))
+                .build(),
+        )
+        .build();
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    doc
+}
+
+/// `GET /v1/openapi.json`: the document, rendered once. Open to all: it holds no data.
+pub fn router<S: Clone + Send + Sync + 'static>(doc: OpenApi) -> Router<S> {
+    let json = Bytes::from(doc.to_pretty_json().unwrap_or_else(|e| {
+        // Serializing plain data structures cannot fail; keep the endpoint answering anyway.
+        format!("{{\"error\":\"cannot render the OpenAPI document: {e}\"}}")
+    }));
+    let json = Arc::new(json);
+    Router::new().route(
+        "/v1/openapi.json",
+        get(move || {
+            let json = Bytes::clone(&json);
+            async move { ([(CONTENT_TYPE, "application/json")], json) }
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::api::auth::AuthConfig;
+
+    /// Every route of the API, as (method, path). A route added to `api_routes` appears in
+    /// the document by construction; this list makes adding one a visible decision.
+    const ROUTES: &[(&str, &str)] = &[
+        ("post", "/v1/events"),
+        ("get", "/v1/events/{id}"),
+        ("get", "/v1/targets"),
+        ("post", "/v1/targets/{name}/pause"),
+        ("post", "/v1/targets/{name}/resume"),
+        ("get", "/v1/deliveries/failed"),
+        ("post", "/v1/deliveries/replay"),
+        ("get", "/healthz"),
+        ("get", "/metrics"),
+    ];
+
+    fn document() -> serde_json::Value {
+        let (_, doc) = crate::api::api_routes(Arc::new(AuthConfig::default())).split_for_parts();
+        serde_json::from_str(&doc.to_json().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_document_lists_every_route_and_nothing_else() {
+        let doc = document();
+        assert!(
+            doc["openapi"].as_str().unwrap().starts_with("3.1"),
+            "{}",
+            doc["openapi"]
+        );
+        let mut listed = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                listed.insert((method.clone(), path.clone()));
+            }
+        }
+        let expected: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        assert_eq!(listed, expected);
+    }
+
+    #[test]
+    fn every_operation_documents_auth_failures_and_its_scope() {
+        let doc = document();
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let responses = op["responses"].as_object().unwrap();
+                for status in ["401", "403"] {
+                    assert!(responses.contains_key(status), "{method} {path} documents {status}");
+                }
+                let scopes = &op["security"][0]["bearer"];
+                assert_eq!(scopes.as_array().map(Vec::len), Some(1), "{method} {path}: {scopes}");
+            }
+        }
+        let ingest = &doc["paths"]["/v1/events"]["post"];
+        assert_eq!(ingest["security"][0]["bearer"][0], "ingest");
+        assert_eq!(
+            doc["paths"]["/v1/deliveries/replay"]["post"]["security"][0]["bearer"][0],
+            "admin"
+        );
+        // The request body schema is the producer's event type, with its fields.
+        let event = &doc["components"]["schemas"]["EventIn"];
+        assert!(event["properties"]["type"].is_object(), "{event}");
+        assert!(event["properties"]["payload"].is_object(), "{event}");
+    }
+}

@@ -1,0 +1,85 @@
+// Drives the outboxd dashboard in real headless Chromium (Debian's /usr/bin/chromium) through
+// playwright-core. Run by tests/tests/dashboard.rs, which starts outboxd with three targets,
+// one of whose deliveries is dead, and checks what this script prints.
+//
+// Environment: DASHBOARD_URL, DASHBOARD_TOKEN (an admin token), SCREENSHOT (output path),
+// CHROMIUM (default /usr/bin/chromium), TIMEOUT_MS (default 30000).
+import { chromium } from "playwright-core";
+
+const url = process.env.DASHBOARD_URL;
+const token = process.env.DASHBOARD_TOKEN;
+const screenshot = process.env.SCREENSHOT;
+const timeout = Number(process.env.TIMEOUT_MS || 30000);
+if (!url || !token || !screenshot) {
+  console.error("DASHBOARD_URL, DASHBOARD_TOKEN and SCREENSHOT are required");
+  process.exit(2);
+}
+
+const step = (what) => console.log("step: " + what);
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-first-run",
+  ],
+});
+let page;
+try {
+  const context = await browser.newContext({ viewport: { width: 1440, height: 900 } });
+  page = await context.newPage();
+  page.setDefaultTimeout(timeout);
+  const offsite = [];
+  page.on("request", (r) => { if (!r.url().startsWith(url)) offsite.push(r.url()); });
+  page.on("pageerror", (e) => console.error("page error: " + e.message));
+
+  step("open the dashboard");
+  await page.goto(url);
+  step("it asks for a token");
+  await page.waitForSelector("#login:not([hidden])");
+  await page.fill("#token-input", token);
+  await page.click("#token-save");
+
+  step("three targets");
+  await page.waitForFunction(() => document.querySelectorAll("#targets tbody tr").length === 3);
+  const names = await page.$$eval("#targets tbody tr", (rows) => rows.map((r) => r.dataset.target));
+  console.log("targets: " + names.join(","));
+
+  step("a dead delivery");
+  const dead = page.locator('#dead tbody tr[data-status="dead"]').first();
+  await dead.waitFor();
+  const eventId = await dead.getAttribute("data-event");
+  const target = await dead.getAttribute("data-target");
+  console.log("dead: " + target + " " + eventId);
+
+  step("select it and replay with the button, confirming");
+  await dead.locator("input[type=checkbox]").check();
+  await page.click("#replay-selected");
+  await page.waitForSelector("#confirm:not([hidden])");
+  console.log("confirm: " + (await page.textContent("#confirm-text")));
+  await page.click("#confirm-yes");
+  await page.waitForFunction(() => document.querySelector("#replay-result").textContent.startsWith("Replayed"));
+  console.log("result: " + (await page.textContent("#replay-result")));
+
+  step("the event shows the delivery delivered");
+  await page.fill("#event-id", eventId);
+  await page.click("#event-lookup");
+  await page.waitForSelector(`#event-deliveries tr[data-target="${target}"][data-status="delivered"]`);
+  const statuses = await page.$$eval("#event-deliveries tr[data-target]", (rows) =>
+    rows.map((r) => r.dataset.target + "=" + r.dataset.status));
+  console.log("event: " + statuses.join(","));
+  step("the dead-letter list no longer shows it");
+  await page.waitForFunction((id) => !document.querySelector(`#dead tbody tr[data-event="${id}"]`), eventId);
+
+  await page.screenshot({ path: screenshot, fullPage: true });
+  console.log("screenshot: " + screenshot);
+  console.log("offsite requests: " + offsite.length + (offsite.length ? " " + offsite.join(" ") : ""));
+} catch (e) {
+  console.error("FAILED: " + e.message);
+  if (page) await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

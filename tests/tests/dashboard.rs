@@ -1,0 +1,139 @@
+//! The dashboard in a real browser: Debian's headless Chromium, driven by playwright-core
+//! (`tests/browser/dashboard.mjs`). outboxd runs with API tokens and the three demo targets;
+//! `billing` refuses the event (422) so its delivery is dead. The browser signs in with an
+//! admin token, sees the three targets, finds the dead delivery, replays it with the button
+//! (confirming), and sees it delivered. The screenshot is kept in
+//! `target/test-artifacts/dashboard.png`.
+//!
+//! Needs `/usr/bin/chromium` (or `CHROMIUM`), node, and `tests/browser/node_modules`
+//! (`cargo xtask test` runs `npm ci` there and sets `OUTBOXD_TEST_BROWSER_DIR`).
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use testkit::{Behavior, Host, Receiver, Target, artifacts, default_timeout, scaled, target_count};
+
+const ADMIN: &str = "admin-token-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
+    let browser_dir = std::env::var_os("OUTBOXD_TEST_BROWSER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "OUTBOXD_TEST_BROWSER_DIR is not set: run the tests through `cargo xtask test`, which \
+             installs playwright-core into tests/browser (and needs Debian's chromium)"
+            )
+        });
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).is_file(),
+        "{chromium} is missing: install Debian's `chromium` package (.ci/run does)"
+    );
+
+    let rx = Receiver::builder()
+        .default_behavior(Behavior::ok())
+        .path("/billing", Behavior::status(422))
+        .start()
+        .await;
+    let mut host = Host::new();
+    for name in ["crm", "analytics", "billing"] {
+        host.add_target(
+            name,
+            &Target::webhook(&rx.url(&format!("/{name}")))
+                .events(&["order.*"])
+                .fast_retry(3),
+        );
+    }
+    host.append_config_raw(&format!(
+        "[api]\n[[api.tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nscopes = [\"admin\"]\n"
+    ));
+    host.start().await;
+
+    let client = reqwest::Client::new();
+    let posted: serde_json::Value = client
+        .post(host.url("/v1/events"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"type": "order.created", "payload": {"order_id": 1001}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = posted["id"].as_str().expect("event id").to_owned();
+    let deadline = std::time::Instant::now() + default_timeout();
+    loop {
+        let targets: serde_json::Value = client
+            .get(host.url("/v1/targets"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if target_count(&targets, "billing", "dead") == 1
+            && target_count(&targets, "crm", "delivered") == 1
+            && target_count(&targets, "analytics", "delivered") == 1
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "billing never died: {targets}");
+        tokio::time::sleep(scaled(std::time::Duration::from_millis(100))).await;
+    }
+    // The receiver is fixed; the operator replays from the dashboard.
+    rx.behave("/billing", Behavior::ok());
+
+    let artifacts_dir = artifacts::target_dir().join("test-artifacts");
+    std::fs::create_dir_all(&artifacts_dir).unwrap();
+    let screenshot = artifacts_dir.join("dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let out = tokio::process::Command::new("node")
+        .arg(browser_dir.join("dashboard.mjs"))
+        .current_dir(&browser_dir)
+        .env("DASHBOARD_URL", host.url("/"))
+        .env("DASHBOARD_TOKEN", ADMIN)
+        .env("SCREENSHOT", &screenshot)
+        .env("CHROMIUM", &chromium)
+        .env("TIMEOUT_MS", default_timeout().as_millis().to_string())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run node tests/browser/dashboard.mjs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "the browser run failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("targets: analytics,billing,crm"), "{stdout}");
+    assert!(stdout.contains(&format!("dead: billing {id}")), "{stdout}");
+    assert!(stdout.contains("confirm: Replay 1 selected delivery?"), "{stdout}");
+    assert!(stdout.contains("result: Replayed 1 delivery"), "{stdout}");
+    assert!(stdout.contains("billing=delivered"), "{stdout}");
+    assert!(
+        stdout.contains("offsite requests: 0"),
+        "the page loads nothing from elsewhere: {stdout}"
+    );
+    assert!(screenshot.is_file(), "no screenshot at {}", screenshot.display());
+
+    // The replay really happened: billing got the event a second time, and it is delivered.
+    let event: serde_json::Value = client
+        .get(host.url(&format!("/v1/events/{id}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(testkit::status_of(&event, "billing"), Some("delivered"), "{event}");
+    assert_eq!(
+        rx.requests_at("/billing").len(),
+        2,
+        "the 422, then the replayed delivery"
+    );
+}
