@@ -77,6 +77,7 @@ struct ServiceFile {
     watch_plugins: Option<bool>,
     reload_debounce_ms: Option<u64>,
     max_in_flight: Option<usize>,
+    sources: Option<Vec<crate::source::config::SourceFile>>,
 }
 
 /// The service configuration, with defaults applied and paths resolved.
@@ -107,6 +108,8 @@ pub struct ServiceConfig {
     /// Attempts running at once across all non-slow targets (the shared pool). When it is
     /// saturated, critical targets are served before batched, then best-effort. Default 64.
     pub max_in_flight: usize,
+    /// `[[sources]]`: application outbox tables to relay (see `source/config.rs`).
+    pub sources: Vec<crate::source::SourceConfig>,
 }
 
 impl ServiceConfig {
@@ -129,14 +132,18 @@ impl ServiceConfig {
             watch_plugins: f.watch_plugins.unwrap_or(true),
             reload_debounce: Duration::from_millis(f.reload_debounce_ms.unwrap_or(200)),
             max_in_flight: f.max_in_flight.unwrap_or(64).max(1),
+            sources: Vec::new(),
         }
     }
 
     /// Reads `path`. Relative paths inside it are resolved against its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file: ServiceFile = read_toml(path)?;
+        let mut file: ServiceFile = read_toml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let config = Self::from_file(file, base);
+        let sources = file.sources.take().unwrap_or_default();
+        let mut config = Self::from_file(file, base);
+        config.sources =
+            crate::source::config::from_files(sources, base).map_err(|m| ConfigError::invalid(path, m))?;
         if config.max_payload_bytes == 0 || config.max_payload_bytes > config.max_request_bytes {
             return Err(ConfigError::invalid(
                 path,

@@ -4,6 +4,8 @@
 //! Every error is a JSON body `{"error": "…"}` with a 4xx or 5xx status, and a refused
 //! request changes nothing.
 
+pub mod sources;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -34,6 +36,8 @@ pub struct AppState {
     pub breakers: Arc<Breakers>,
     /// Notified after every ingest, to wake idle dispatcher lanes.
     pub wake: Arc<Notify>,
+    /// Relay status of every `[[sources]]` entry, for `GET /v1/sources`.
+    pub sources: Arc<crate::source::Sources>,
     pub max_payload_bytes: usize,
     pub max_request_bytes: usize,
 }
@@ -49,6 +53,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/targets/{name}/resume", post(resume_target))
         .route("/v1/deliveries/failed", get(list_failed))
         .route("/v1/deliveries/replay", post(replay))
+        .route("/v1/sources", get(sources::get_sources))
         .route("/healthz", get(healthz))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

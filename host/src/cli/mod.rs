@@ -3,8 +3,10 @@
 //! the database directly, so they work with or without a running `serve`.
 
 mod plugin;
+mod source;
 
 pub use plugin::{RunOptions, outcome_exit_code, plugin_check, plugin_run};
+pub use source::source_status;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -90,6 +92,21 @@ pub enum Command {
     /// Pause or resume a target by hand.
     #[command(subcommand)]
     Target(TargetCommand),
+    /// Relay status of the application outbox tables (`[[sources]]`).
+    #[command(subcommand)]
+    Source(SourceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SourceCommand {
+    /// Ask the running service (`GET /v1/sources` at `listen`) how each source is doing.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The service's base URL [default: http://<listen> from the configuration].
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 /// Which failed deliveries a command applies to.
@@ -204,6 +221,8 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Input(String),
+    #[error("{0}")]
+    Service(String),
     #[error("no event with id {0}")]
     NotFound(EventId),
     #[error("{path} is not a valid plugin: {source}")]
