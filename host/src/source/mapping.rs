@@ -131,7 +131,10 @@ mod tests {
         assert_eq!(e.ordering_key.as_deref(), Some("order-9"));
         assert_eq!(
             e.headers,
-            vec![("aggregate-type".into(), "order".into()), ("x-tenant".into(), "acme".into())]
+            vec![
+                ("aggregate-type".to_owned(), "order".to_owned()),
+                ("x-tenant".to_owned(), "acme".to_owned())
+            ]
         );
     }
 

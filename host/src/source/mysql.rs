@@ -88,7 +88,7 @@ impl MySource {
         .await
         .map_err(q)?
         .into_iter()
-        .map(|r| r.try_get(0))
+        .map(|r| r.try_get::<String, _>(0))
         .collect::<Result<_, sqlx::Error>>()
         .map_err(q)?;
         if columns.is_empty() {

@@ -96,7 +96,7 @@ impl PgSource {
         .await
         .map_err(q)?
         .into_iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
         .collect::<Result<_, sqlx::Error>>()
         .map_err(q)?;
         if columns.is_empty() {
