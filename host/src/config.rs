@@ -142,8 +142,7 @@ impl ServiceConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         let sources = file.sources.take().unwrap_or_default();
         let mut config = Self::from_file(file, base);
-        config.sources =
-            crate::source::config::from_files(sources, base).map_err(|m| ConfigError::invalid(path, m))?;
+        config.sources = crate::source::config::from_files(sources, base).map_err(|m| ConfigError::invalid(path, m))?;
         if config.max_payload_bytes == 0 || config.max_payload_bytes > config.max_request_bytes {
             return Err(ConfigError::invalid(
                 path,

@@ -84,7 +84,10 @@ async fn broken_sources_and_bad_rows_are_reported_while_the_others_relay() {
                 sqlite("deleting.db")
             ),
         ))
-        .append_config_raw(&source("missing-table", &format!("{}\ntable = \"no_such_table\"", sqlite("other.db"))))
+        .append_config_raw(&source(
+            "missing-table",
+            &format!("{}\ntable = \"no_such_table\"", sqlite("other.db")),
+        ))
         .append_config_raw(&source(
             "missing-column",
             &format!("{}\n[sources.columns]\nheaders = \"hdrs\"", sqlite("other.db")),
@@ -93,7 +96,10 @@ async fn broken_sources_and_bad_rows_are_reported_while_the_others_relay() {
             "pg-down",
             "kind = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:1/app\"",
         ))
-        .append_config_raw(&source("mysql-down", "kind = \"mysql\"\nurl = \"mysql://root@127.0.0.1:1/app\""));
+        .append_config_raw(&source(
+            "mysql-down",
+            "kind = \"mysql\"\nurl = \"mysql://root@127.0.0.1:1/app\"",
+        ));
     host.start().await;
 
     let sources = wait_sources(&host, |s| {
@@ -137,7 +143,10 @@ async fn broken_sources_and_bad_rows_are_reported_while_the_others_relay() {
     let d = entry(&sources, "deleting");
     assert_eq!(d["rows_failed"], 1, "{d:#}");
     assert!(
-        d["last_bad_row"]["message"].as_str().unwrap_or_default().contains("not JSON"),
+        d["last_bad_row"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not JSON"),
         "{d:#}"
     );
     let left: Vec<String> = deleting

@@ -174,9 +174,6 @@ async fn debezium_table_keeps_per_aggregate_order_to_an_ordered_target() {
     // The aggregate id is the ordering key; the aggregate type a header.
     let id = rx.requests_at("/ledger")[0].event_id().unwrap().to_owned();
     let event = host.get_event(&id).await;
-    assert!(
-        event["headers"].to_string().contains("aggregate-type"),
-        "{event:#}"
-    );
+    assert!(event["headers"].to_string().contains("aggregate-type"), "{event:#}");
     host.stop().await;
 }

@@ -64,7 +64,10 @@ async fn php_orders_in_sqlite_reach_every_target_and_rows_end_done() {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        (statuses == vec![("done".to_owned(), ORDERS as i64)], format!("{statuses:?}"))
+        (
+            statuses == vec![("done".to_owned(), ORDERS as i64)],
+            format!("{statuses:?}"),
+        )
     })
     .await;
     let journal: String = app.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
@@ -98,6 +101,9 @@ async fn php_orders_in_sqlite_reach_every_target_and_rows_end_done() {
         .lines()
         .find(|l| l.starts_with("shop "))
         .unwrap_or_else(|| panic!("no line for shop: {cli}"));
-    assert!(line.contains("sqlite") && line.contains(&format!(" {ORDERS} ")), "{cli}");
+    assert!(
+        line.contains("sqlite") && line.contains(&format!(" {ORDERS} ")),
+        "{cli}"
+    );
     host.stop().await;
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use crate::domain::format_ms;
-use crate::source::{Stamped, SourceStatus};
+use crate::source::{SourceStatus, Stamped};
 
 /// A message with its time, as the API shows it.
 #[derive(Debug, Serialize, Deserialize)]

@@ -241,9 +241,12 @@ pub fn valid_identifier(s: &str, allow_schema: bool) -> bool {
 impl SourceConfig {
     /// Applies defaults and checks one entry. `base` resolves a relative SQLite `path`.
     pub fn from_file(f: SourceFile, base: &Path) -> Result<Self, String> {
-        f.name
-            .parse::<TargetName>()
-            .map_err(|_| format!("`name` `{}`: use 1-64 of a-z, 0-9, `-`, `_`, starting with a letter or digit", f.name))?;
+        f.name.parse::<TargetName>().map_err(|_| {
+            format!(
+                "`name` `{}`: use 1-64 of a-z, 0-9, `-`, `_`, starting with a letter or digit",
+                f.name
+            )
+        })?;
         let kind: SourceKind = f.kind.parse()?;
         let location = match (kind, f.path, f.url) {
             (SourceKind::Sqlite, Some(p), None) => Location::SqlitePath(base.join(p)),
@@ -266,7 +269,11 @@ impl SourceConfig {
         if !valid_identifier(&table, kind != SourceKind::Sqlite) {
             return Err(format!(
                 "`table` `{table}` must be a plain name (letters, digits, `_`, `$`){}",
-                if kind == SourceKind::Sqlite { "" } else { ", optionally `schema.table`" }
+                if kind == SourceKind::Sqlite {
+                    ""
+                } else {
+                    ", optionally `schema.table`"
+                }
             ));
         }
         let schema = match f.schema.as_deref() {
@@ -311,9 +318,7 @@ impl SourceConfig {
         let pending_value = f.pending_value.unwrap_or_else(|| "pending".into());
         let done_value = f.done_value.unwrap_or_else(|| "done".into());
         let failed_value = f.failed_value.unwrap_or_else(|| "failed".into());
-        if columns.status.is_some()
-            && (pending_value == done_value || pending_value == failed_value)
-        {
+        if columns.status.is_some() && (pending_value == done_value || pending_value == failed_value) {
             return Err("`pending_value` must differ from `done_value` and `failed_value`".into());
         }
         let batch_size = f.batch_size.unwrap_or(500);
@@ -428,7 +433,10 @@ mod tests {
         let c = crate::config::ServiceConfig::load(&path).unwrap();
         assert_eq!(c.sources.len(), 1);
         let s = &c.sources[0];
-        assert_eq!((s.name.as_str(), s.kind, s.table.as_str()), ("shop", SourceKind::Sqlite, "outbox"));
+        assert_eq!(
+            (s.name.as_str(), s.kind, s.table.as_str()),
+            ("shop", SourceKind::Sqlite, "outbox")
+        );
         assert_eq!(s.location, Location::SqlitePath(path.parent().unwrap().join("app.db")));
         assert_eq!(s.columns.created_at.as_deref(), Some("created_at"));
     }
@@ -437,16 +445,26 @@ mod tests {
     fn errors_in_outboxd_toml_name_the_file_and_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("outboxd.toml");
-        std::fs::write(&path, "[[sources]]\nname = \"a\"\nkind = \"sqlite\"\npath = \"a.db\"\npoll_ms = 5\n").unwrap();
+        std::fs::write(
+            &path,
+            "[[sources]]\nname = \"a\"\nkind = \"sqlite\"\npath = \"a.db\"\npoll_ms = 5\n",
+        )
+        .unwrap();
         let e = crate::config::ServiceConfig::load(&path).unwrap_err().to_string();
-        assert!(e.contains("outboxd.toml") && e.contains("unknown field `poll_ms`"), "{e}");
+        assert!(
+            e.contains("outboxd.toml") && e.contains("unknown field `poll_ms`"),
+            "{e}"
+        );
         std::fs::write(
             &path,
             "[[sources]]\nname = \"a\"\nkind = \"sqlite\"\npath = \"a.db\"\n[[sources]]\nname = \"a\"\nkind = \"sqlite\"\npath = \"b.db\"\n",
         )
         .unwrap();
         let e = crate::config::ServiceConfig::load(&path).unwrap_err().to_string();
-        assert!(e.contains("outboxd.toml") && e.contains("sources[1] `a`: another source"), "{e}");
+        assert!(
+            e.contains("outboxd.toml") && e.contains("sources[1] `a`: another source"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -69,8 +69,7 @@ pub fn to_event(source: &str, row: &SourceRow, max_payload_bytes: usize) -> Resu
     let id = row.id.as_ref().ok_or("the id column is NULL")?;
     let event_type = row.event_type.as_deref().ok_or("the event type column is NULL")?;
     let payload_text = row.payload.as_deref().ok_or("the payload column is NULL")?;
-    let payload: &RawValue =
-        serde_json::from_str(payload_text).map_err(|e| format!("the payload is not JSON: {e}"))?;
+    let payload: &RawValue = serde_json::from_str(payload_text).map_err(|e| format!("the payload is not JSON: {e}"))?;
     let mut headers: Option<BTreeMap<String, String>> = match row.headers.as_deref() {
         None => None,
         Some(text) => Some(

@@ -151,7 +151,10 @@ impl SourceDb for MySource {
                     if ids.is_empty() {
                         continue;
                     }
-                    let sql = format!("UPDATE {table} SET {status} = ? WHERE {id} IN ({})", placeholders(ids.len()));
+                    let sql = format!(
+                        "UPDATE {table} SET {status} = ? WHERE {id} IN ({})",
+                        placeholders(ids.len())
+                    );
                     let mut query = sqlx::query(&sql).bind(value);
                     for i in ids {
                         query = query.bind(i.to_string());

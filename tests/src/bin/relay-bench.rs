@@ -41,7 +41,9 @@ fn parse_args() -> Result<Args, String> {
             "--batch" => a.batch = value()?.parse().map_err(|e| format!("--batch: {e}"))?,
             "--kinds" => a.kinds = value()?.split(',').map(str::to_owned).collect(),
             "-h" | "--help" => {
-                return Err("usage: relay-bench [--rows N] [--app-rows M] [--batch B] [--kinds sqlite,postgres]".into());
+                return Err(
+                    "usage: relay-bench [--rows N] [--app-rows M] [--batch B] [--kinds sqlite,postgres]".into(),
+                );
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -55,7 +57,9 @@ fn parse_args() -> Result<Args, String> {
 /// Runs the PHP producer for `count` orders; returns how long it took.
 fn php(count: usize, dsn: &str, user: Option<&str>) -> Duration {
     let mut cmd = std::process::Command::new("php");
-    cmd.arg(php_example_dir().join("producer.php")).arg(count.to_string()).arg(dsn);
+    cmd.arg(php_example_dir().join("producer.php"))
+        .arg(count.to_string())
+        .arg(dsn);
     if let Some(u) = user {
         cmd.arg(u);
     }
@@ -66,7 +70,11 @@ fn php(count: usize, dsn: &str, user: Option<&str>) -> Duration {
 }
 
 fn payload(i: usize) -> String {
-    format!(r#"{{"order_id":{i},"customer":"customer-{}","total":"{}.99","currency":"EUR"}}"#, i % 50, i % 1000)
+    format!(
+        r#"{{"order_id":{i},"customer":"customer-{}","total":"{}.99","currency":"EUR"}}"#,
+        i % 50,
+        i % 1000
+    )
 }
 
 async fn run_kind(kind: &str, args: &Args) -> Value {
@@ -173,7 +181,10 @@ async fn main() -> std::process::ExitCode {
             eprintln!("unknown kind {kind}: use sqlite, postgres");
             return std::process::ExitCode::from(2);
         }
-        eprintln!("relay-bench: {kind}, {} backlog rows, {} app orders…", args.rows, args.app_rows);
+        eprintln!(
+            "relay-bench: {kind}, {} backlog rows, {} app orders…",
+            args.rows, args.app_rows
+        );
         results.push(run_kind(kind, &args).await);
     }
     println!(
