@@ -85,6 +85,7 @@ struct ServiceFile {
     retention_batch: Option<usize>,
     retention_interval_ms: Option<u64>,
     api: Option<crate::api::auth::ApiFile>,
+    sources: Option<Vec<crate::source::config::SourceFile>>,
 }
 
 /// The service configuration, with defaults applied and paths resolved.
@@ -123,6 +124,8 @@ pub struct ServiceConfig {
     /// `[api]`: tokens and their scopes, endpoints left open. Default: no tokens (open API,
     /// loopback addresses only).
     pub api: crate::api::auth::AuthConfig,
+    /// `[[sources]]`: application outbox tables to relay (see `source/config.rs`).
+    pub sources: Vec<crate::source::SourceConfig>,
 }
 
 /// `"7d"`, `"90m"`, … (humantime), or `"off"`.
@@ -177,6 +180,7 @@ impl ServiceConfig {
             reload_debounce: Duration::from_millis(f.reload_debounce_ms.unwrap_or(200)),
             max_in_flight: f.max_in_flight.unwrap_or(64).max(1),
             api: crate::api::auth::AuthConfig::default(),
+            sources: Vec::new(),
         }
     }
 
@@ -193,6 +197,7 @@ impl ServiceConfig {
             d.idempotency_retention,
         )?;
         let api = file.api.take().unwrap_or_default();
+        let sources = file.sources.take().unwrap_or_default();
         let mut config = Self::from_file(file, base);
         config.retention.retention = retention;
         config.retention.idempotency_retention = idempotency_retention;
@@ -201,6 +206,7 @@ impl ServiceConfig {
             .api
             .check_listen(config.listen)
             .map_err(|m| ConfigError::invalid(path, m))?;
+        config.sources = crate::source::config::from_files(sources, base).map_err(|m| ConfigError::invalid(path, m))?;
         if config.max_payload_bytes == 0 || config.max_payload_bytes > config.max_request_bytes {
             return Err(ConfigError::invalid(
                 path,

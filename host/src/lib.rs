@@ -10,6 +10,7 @@ pub mod domain;
 pub mod ingest;
 pub mod plugin;
 pub mod retention;
+pub mod source;
 pub mod store;
 pub mod targets;
 
@@ -125,11 +126,22 @@ pub async fn serve(
         Arc::clone(&wake),
         stop.clone(),
     ));
+    let (sources, relays) = source::spawn_all(
+        &config.sources,
+        source::RelayContext {
+            store: Arc::clone(&store),
+            registry: Arc::clone(&registry),
+            wake: Arc::clone(&wake),
+            max_payload_bytes: config.max_payload_bytes,
+        },
+        stop.clone(),
+    );
     let app = api::router(Arc::new(api::AppState {
         store,
         registry: Arc::clone(&registry),
         breakers,
         wake,
+        sources,
         max_payload_bytes: config.max_payload_bytes,
         max_request_bytes: config.max_request_bytes,
         auth: Arc::new(config.api.clone()),
@@ -160,6 +172,9 @@ pub async fn serve(
         let _ = reloader.await;
     }
     let _ = retention.await;
+    for relay in relays {
+        let _ = relay.await;
+    }
     if let Err(e) = dispatcher.await {
         tracing::error!(error = %e, "dispatcher task failed");
     }

@@ -3,7 +3,7 @@
 use std::io::Write as _;
 
 use clap::Parser as _;
-use outboxd::cli::{self, Cli, Command, DeadCommand, PluginCommand, TargetCommand};
+use outboxd::cli::{self, Cli, Command, DeadCommand, PluginCommand, SourceCommand, TargetCommand};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -78,6 +78,9 @@ async fn run() -> anyhow::Result<u8> {
         }
         Command::Target(TargetCommand::Resume { config, name }) => {
             print!("{}", cli::set_target_paused(&config.load()?, &name, false).await?)
+        }
+        Command::Source(SourceCommand::Status { config, url, token }) => {
+            print!("{}", cli::source_status(&config.load()?, url, token).await?)
         }
         Command::Plugin(PluginCommand::Check { file, cache }) => print!("{}", cli::plugin_check(&file, &cache).await?),
         Command::Plugin(PluginCommand::Run { file, options }) => {

@@ -773,7 +773,7 @@ impl Host {
     pub async fn run_cli(&mut self, args: &[&str]) -> CliOutput {
         assert!(!args.is_empty(), "run_cli needs a subcommand");
         let bin = self.prepare_async().await;
-        let words = if matches!(args[0], "dead" | "target") && args.len() > 1 {
+        let words = if matches!(args[0], "dead" | "target" | "source") && args.len() > 1 {
             2
         } else {
             1

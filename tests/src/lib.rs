@@ -22,6 +22,7 @@ pub mod host;
 pub mod json;
 pub mod receiver;
 pub mod signature;
+pub mod sources;
 
 pub use host::{Breaker, CliOutput, Host, Retry, StartError, Target};
 pub use json::{deliveries_by_target, delivery, history, status_of, target_count, target_entry};

@@ -1,10 +1,12 @@
 //! The HTTP API: ingest (`POST /v1/events`), event status (`GET /v1/events/{id}`), targets
 //! (`GET /v1/targets`, `POST /v1/targets/{name}/pause|resume`), dead letters
-//! (`GET /v1/deliveries/failed`, `POST /v1/deliveries/replay`) and liveness (`GET /healthz`).
+//! (`GET /v1/deliveries/failed`, `POST /v1/deliveries/replay`), sources (`GET /v1/sources`)
+//! and liveness (`GET /healthz`).
 //! Every error is a JSON body `{"error": "…"}` with a 4xx or 5xx status, and a refused
 //! request changes nothing.
 //!
-//! Submodules: `auth` (tokens and scopes), `metrics` (`GET /metrics`), `openapi` (the
+//! Submodules: `auth` (tokens and scopes), `metrics` (`GET /metrics`), `sources` (`GET
+//! /v1/sources`), `openapi` (the
 //! OpenAPI document, `GET /v1/openapi.json`, built from the `#[utoipa::path]` annotations
 //! of the handlers here) and `dashboard` (the web page at `/`).
 
@@ -12,6 +14,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod metrics;
 pub mod openapi;
+pub mod sources;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,6 +51,8 @@ pub struct AppState {
     pub breakers: Arc<Breakers>,
     /// Notified after every ingest, to wake idle dispatcher lanes.
     pub wake: Arc<Notify>,
+    /// Relay status of every `[[sources]]` entry, for `GET /v1/sources`.
+    pub sources: Arc<crate::source::Sources>,
     pub max_payload_bytes: usize,
     pub max_request_bytes: usize,
     /// Tokens and scopes (`[api]`).
@@ -70,6 +75,7 @@ pub fn api_routes(auth: Arc<auth::AuthConfig>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(get_event))
         .routes(routes!(get_targets))
         .routes(routes!(list_failed))
+        .routes(routes!(sources::get_sources))
         .routes(routes!(healthz))
         .routes(routes!(metrics::get_metrics));
     let admin = OpenApiRouter::new()

@@ -140,6 +140,7 @@ mod tests {
         ("post", "/v1/targets/{name}/resume"),
         ("get", "/v1/deliveries/failed"),
         ("post", "/v1/deliveries/replay"),
+        ("get", "/v1/sources"),
         ("get", "/healthz"),
         ("get", "/metrics"),
     ];

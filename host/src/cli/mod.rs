@@ -1,12 +1,14 @@
 //! The command line: `serve`, `enqueue`, `status`, `dead list|replay`, `prune`, `target
-//! pause|resume` and `plugin check|run|wit|new`. The commands other than `serve` and `plugin` open
+//! pause|resume`, `source status` and `plugin check|run|wit|new`. The commands other than `serve` and `plugin` open
 //! the database directly, so they work with or without a running `serve`.
 
 mod plugin;
 mod scaffold;
+mod source;
 
 pub use plugin::{CacheOptions, RunOptions, outcome_exit_code, plugin_check, plugin_run, run_exit_code};
 pub use scaffold::{Lang, NewOptions, World, plugin_new, plugin_wit};
+pub use source::source_status;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -122,6 +124,24 @@ pub enum Command {
         /// Prune every failed delivery (required when no filter is given).
         #[arg(long)]
         all: bool,
+    },
+    /// Relay status of the application outbox tables (`[[sources]]`).
+    #[command(subcommand)]
+    Source(SourceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SourceCommand {
+    /// Ask the running service (`GET /v1/sources` at `listen`) how each source is doing.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The service's base URL [default: http://<listen> from the configuration].
+        #[arg(long)]
+        url: Option<String>,
+        /// An API token with the `read` scope, when `[api]` has tokens.
+        #[arg(long, env = "OUTBOXD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -252,6 +272,8 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Input(String),
+    #[error("{0}")]
+    Service(String),
     #[error("no event with id {0}")]
     NotFound(EventId),
     #[error("{path} is not a valid plugin: {source}")]

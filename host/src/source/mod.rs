@@ -1,0 +1,387 @@
+//! Sources: relaying an application's own outbox table (SQLite, PostgreSQL, MySQL/MariaDB)
+//! into outboxd. One task per `[[sources]]` entry reads pending rows in `order_by` order, in
+//! batches; validates each row into an event ([`mapping`]); commits the good ones through
+//! [`Store::ingest`] with a producer idempotency key derived from the source and the row id;
+//! and only then marks (or deletes) the rows, in one short transaction of the application's
+//! database. A crash in between re-reads the rows, finds their events by key, and only marks
+//! them: each row becomes at most one event. A bad row is marked failed (or, in delete mode,
+//! skipped), never lost and never blocking; a database error is retried with backoff without
+//! touching any other source. [`Sources`] is the per-source status the API shows.
+
+pub mod config;
+pub mod mapping;
+mod mysql;
+mod postgres;
+mod sqlite;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use thiserror::Error;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{Millis, now_ms};
+use crate::ingest;
+use crate::store::{Store, StoreError};
+use crate::targets::Registry;
+
+pub use config::{OnRelayed, SourceConfig, SourceKind};
+use mapping::{RowId, SourceRow};
+
+/// Why one relay cycle of a source failed. The source retries with backoff.
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("table `{0}` does not exist")]
+    MissingTable(String),
+    #[error("table `{table}` has no column `{column}`")]
+    MissingColumn { table: String, column: String },
+    #[error("query failed: {0}")]
+    Query(String),
+    #[error("outboxd's store: {0}")]
+    Store(#[from] StoreError),
+    #[error("relay task failed: {0}")]
+    Task(String),
+}
+
+/// Where a source's relay is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceState {
+    /// Not polled yet.
+    Starting,
+    /// The last cycle succeeded.
+    Relaying,
+    /// The last cycle failed; retrying with backoff.
+    Failing,
+}
+
+impl SourceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Relaying => "relaying",
+            Self::Failing => "failing",
+        }
+    }
+}
+
+/// A message with when it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamped {
+    pub message: String,
+    pub at: Millis,
+}
+
+/// What `GET /v1/sources` shows of one source. Counters start at zero with the process.
+#[derive(Debug, Clone)]
+pub struct SourceStatus {
+    pub name: String,
+    pub kind: SourceKind,
+    pub table: String,
+    pub schema: config::SchemaPreset,
+    pub on_relayed: OnRelayed,
+    pub state: SourceState,
+    /// Rows that became events (or were found to be events already) and were marked/deleted.
+    pub rows_relayed: u64,
+    /// Of those, rows whose event already existed (re-read after a crash, or a repeated
+    /// application idempotency key).
+    pub rows_duplicate: u64,
+    /// Rows refused as events (bad JSON, bad type, …).
+    pub rows_failed: u64,
+    /// Age of the oldest row still pending at the last poll (0 when none was).
+    pub lag_ms: Option<i64>,
+    pub last_poll_at: Option<Millis>,
+    pub last_error: Option<Stamped>,
+    /// The last row refused, `<id>: <reason>`.
+    pub last_bad_row: Option<Stamped>,
+}
+
+/// The status of every configured source, shared by the relays and the API.
+#[derive(Debug, Default)]
+pub struct Sources {
+    entries: Vec<Arc<Mutex<SourceStatus>>>,
+}
+
+impl Sources {
+    /// A copy of every source's status, in configuration order.
+    pub fn snapshot(&self) -> Vec<SourceStatus> {
+        self.entries
+            .iter()
+            .map(|e| e.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
+    }
+}
+
+fn update(status: &Mutex<SourceStatus>, f: impl FnOnce(&mut SourceStatus)) {
+    f(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
+}
+
+/// One source's database: reading pending rows and recording what became of them.
+#[async_trait]
+pub(crate) trait SourceDb: Send {
+    /// Up to `limit` pending rows, in `order_by` order. Connects (and checks that the table
+    /// and every mapped column exist) when not connected.
+    async fn fetch(&mut self, limit: usize) -> Result<Vec<SourceRow>, SourceError>;
+    /// In one transaction: `relayed` rows marked done (or deleted), `failed` rows marked
+    /// failed (mark mode only).
+    async fn finish(&mut self, relayed: Vec<RowId>, failed: Vec<RowId>) -> Result<(), SourceError>;
+    /// Waits up to `timeout` for new rows (PostgreSQL: a notification), or just sleeps.
+    async fn wait(&mut self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+    }
+    /// Drops the connection after an error; the next fetch reconnects.
+    fn reset(&mut self);
+}
+
+fn open(config: Arc<SourceConfig>) -> Box<dyn SourceDb> {
+    match config.kind {
+        SourceKind::Sqlite => Box::new(sqlite::SqliteSource::new(config)),
+        SourceKind::Postgres => Box::new(postgres::PgSource::new(config)),
+        SourceKind::Mysql => Box::new(mysql::MySource::new(config)),
+    }
+}
+
+/// What a relay needs from the service.
+#[derive(Clone)]
+pub struct RelayContext {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    /// Notified after events were stored, to wake idle lanes.
+    pub wake: Arc<Notify>,
+    pub max_payload_bytes: usize,
+}
+
+/// Starts one relay task per source. The tasks end when `stop` is cancelled (between
+/// cycles: a cycle that started finishes).
+pub fn spawn_all(
+    configs: &[SourceConfig],
+    ctx: RelayContext,
+    stop: CancellationToken,
+) -> (Arc<Sources>, Vec<JoinHandle<()>>) {
+    let mut sources = Sources::default();
+    let mut tasks = Vec::new();
+    for c in configs {
+        let status = Arc::new(Mutex::new(SourceStatus {
+            name: c.name.clone(),
+            kind: c.kind,
+            table: c.table.clone(),
+            schema: c.schema,
+            on_relayed: c.on_relayed,
+            state: SourceState::Starting,
+            rows_relayed: 0,
+            rows_duplicate: 0,
+            rows_failed: 0,
+            lag_ms: None,
+            last_poll_at: None,
+            last_error: None,
+            last_bad_row: None,
+        }));
+        sources.entries.push(Arc::clone(&status));
+        let config = Arc::new(c.clone());
+        let relay = Relay {
+            db: open(Arc::clone(&config)),
+            config,
+            ctx: ctx.clone(),
+            status,
+            skipped: HashSet::new(),
+            behind_since: None,
+        };
+        tasks.push(tokio::spawn(relay.run(stop.clone())));
+    }
+    (Arc::new(sources), tasks)
+}
+
+/// Backoff after the `n`th consecutive failure (1-based): 100 ms doubling, at most 30 s.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << n.saturating_sub(1).min(9)).min(30_000))
+}
+
+/// What one cycle did.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Cycle {
+    /// Rows read (skipped bad rows not counted).
+    read: usize,
+}
+
+struct Relay {
+    config: Arc<SourceConfig>,
+    db: Box<dyn SourceDb>,
+    ctx: RelayContext,
+    status: Arc<Mutex<SourceStatus>>,
+    /// Delete mode: bad rows left in place, not read again by this process.
+    skipped: HashSet<String>,
+    /// Without a `created_at` column: since when every poll has found rows pending.
+    behind_since: Option<Millis>,
+}
+
+impl Relay {
+    async fn run(mut self, stop: CancellationToken) {
+        let name = self.config.name.clone();
+        tracing::info!(source = %name, kind = self.config.kind.as_str(), table = %self.config.table, "relaying source");
+        let mut failures = 0u32;
+        while !stop.is_cancelled() {
+            let limit = self.config.batch_size as usize;
+            let pause = match self.cycle(limit).await {
+                Ok(c) => {
+                    if failures > 0 {
+                        tracing::info!(source = %name, "source recovered");
+                    }
+                    failures = 0;
+                    update(&self.status, |s| s.state = SourceState::Relaying);
+                    if c.read >= limit {
+                        continue;
+                    }
+                    None
+                }
+                Err(e) => {
+                    failures += 1;
+                    self.db.reset();
+                    let wait = backoff(failures);
+                    tracing::warn!(source = %name, error = %e, retry_in_ms = wait.as_millis() as u64, "source relay failed");
+                    update(&self.status, |s| {
+                        s.state = SourceState::Failing;
+                        s.last_error = Some(Stamped {
+                            message: e.to_string(),
+                            at: now_ms(),
+                        });
+                    });
+                    Some(wait)
+                }
+            };
+            match pause {
+                Some(wait) => {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                None => {
+                    let poll = self.config.poll_interval;
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = self.db.wait(poll) => {}
+                    }
+                }
+            }
+        }
+        tracing::debug!(source = %name, "source relay stopped");
+    }
+
+    /// Reads one batch, stores its events, then marks the rows.
+    async fn cycle(&mut self, limit: usize) -> Result<Cycle, SourceError> {
+        let rows = self.db.fetch(limit + self.skipped.len()).await?;
+        let polled_at = now_ms();
+        let rows: Vec<SourceRow> = rows
+            .into_iter()
+            .filter(|r| r.id.as_ref().is_none_or(|id| !self.skipped.contains(&id.to_string())))
+            .take(limit)
+            .collect();
+        let lag = match rows.first() {
+            None => {
+                self.behind_since = None;
+                0
+            }
+            Some(first) => {
+                let since = *self.behind_since.get_or_insert(polled_at);
+                polled_at - first.created_at_ms.unwrap_or(since)
+            }
+        };
+
+        let mut good_ids = Vec::with_capacity(rows.len());
+        let mut accepted = Vec::with_capacity(rows.len());
+        let mut bad_ids = Vec::new();
+        let mut last_bad = None;
+        for row in &rows {
+            let Some(id) = row.id.clone() else {
+                // A NULL id cannot be marked or deleted; nothing to do but say so.
+                last_bad = Some("(NULL id): the id column is NULL".to_owned());
+                continue;
+            };
+            match mapping::to_event(&self.config.name, row, self.ctx.max_payload_bytes) {
+                Ok(a) => {
+                    good_ids.push(id);
+                    accepted.push(a);
+                }
+                Err(reason) => {
+                    tracing::warn!(source = %self.config.name, row = %id, %reason, "source row refused");
+                    last_bad = Some(format!("{id}: {reason}"));
+                    bad_ids.push(id);
+                }
+            }
+        }
+
+        let mut duplicates = 0;
+        if !accepted.is_empty() {
+            let events = ingest::route(accepted, &self.ctx.registry.snapshot().routes);
+            let ingested = self.ctx.store.ingest(events, now_ms()).await?;
+            duplicates = ingested.iter().filter(|i| i.duplicate).count() as u64;
+            self.ctx.wake.notify_waiters();
+        }
+        // The events are committed: from here a crash only repeats the marking.
+        let failed_count = bad_ids.len() as u64;
+        let failed_to_mark = match self.config.on_relayed {
+            OnRelayed::Mark => bad_ids,
+            OnRelayed::Delete => {
+                self.skipped.extend(bad_ids.iter().map(ToString::to_string));
+                Vec::new()
+            }
+        };
+        let relayed = good_ids.len() as u64;
+        if relayed > 0 || !failed_to_mark.is_empty() {
+            self.db.finish(good_ids, failed_to_mark).await?;
+        }
+        crate::api::metrics::source_lag(&self.config.name, Duration::from_millis(lag.max(0) as u64));
+        update(&self.status, |s| {
+            s.rows_relayed += relayed;
+            s.rows_duplicate += duplicates;
+            s.rows_failed += failed_count;
+            s.lag_ms = Some(lag.max(0));
+            s.last_poll_at = Some(polled_at);
+            if let Some(m) = last_bad {
+                s.last_bad_row = Some(Stamped {
+                    message: m,
+                    at: polled_at,
+                });
+            }
+        });
+        if rows.len() < limit {
+            // Everything pending was read: caught up.
+            self.behind_since = None;
+        }
+        Ok(Cycle { read: rows.len() })
+    }
+}
+
+/// `"name"` / `"schema"."name"` (SQLite, PostgreSQL) or with backquotes (MySQL). Only for
+/// names that passed [`config::valid_identifier`], which contain no quote characters.
+pub(crate) fn quote(ident: &str, q: char) -> String {
+    ident
+        .split('.')
+        .map(|p| format!("{q}{p}{q}"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_thirty_seconds() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(5), Duration::from_millis(1600));
+        assert_eq!(backoff(50), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn identifiers_are_quoted_per_part() {
+        assert_eq!(quote("app.outbox", '"'), "\"app\".\"outbox\"");
+        assert_eq!(quote("outbox", '`'), "`outbox`");
+    }
+}

@@ -1,0 +1,220 @@
+//! A source table in PostgreSQL, through sqlx (no compile-time-checked queries: there is no
+//! database at build time). One pooled connection for reading and marking, plus, when
+//! `notify_channel` is set, a `LISTEN` connection that wakes the relay as soon as the
+//! application (or a trigger) sends `NOTIFY`; polling stays the fallback. Ids are read as
+//! text and cast back to the id column's own type in SQL, so lookups use its index.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row as _;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+
+use super::config::{Location, OnRelayed, SourceConfig};
+use super::mapping::{RowId, SourceRow};
+use super::{SourceDb, SourceError, quote};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) struct PgSource {
+    config: Arc<SourceConfig>,
+    pool: Option<PgPool>,
+    listener: Option<PgListener>,
+    /// `UPDATE … WHERE id = ANY($2::text[]::<id type>[])`, set once connected.
+    mark: String,
+    delete: String,
+    select: String,
+}
+
+fn url(config: &SourceConfig) -> &str {
+    match &config.location {
+        Location::Url(u) => u,
+        Location::SqlitePath(_) => "",
+    }
+}
+
+fn q(e: sqlx::Error) -> SourceError {
+    SourceError::Query(e.to_string())
+}
+
+impl PgSource {
+    pub(crate) fn new(config: Arc<SourceConfig>) -> Self {
+        let c = &config.columns;
+        let col = |name: &Option<String>| {
+            name.as_deref()
+                .map_or_else(|| "NULL::text".to_owned(), |n| format!("{}::text", quote(n, '"')))
+        };
+        let created = c.created_at.as_deref().map_or_else(
+            || "NULL::bigint".to_owned(),
+            |n| format!("(extract(epoch from {}) * 1000)::bigint", quote(n, '"')),
+        );
+        let filter = match &c.status {
+            Some(s) => format!("WHERE {} = $1", quote(s, '"')),
+            None => "WHERE $1::text IS NOT NULL".to_owned(),
+        };
+        let select = format!(
+            "SELECT {}::text, {}::text, {}::text, {}, {}, {}, {}, {created} FROM {} {filter} ORDER BY {} LIMIT $2",
+            quote(&c.id, '"'),
+            quote(&c.event_type, '"'),
+            quote(&c.payload, '"'),
+            col(&c.headers),
+            col(&c.idempotency_key),
+            col(&c.ordering_key),
+            col(&c.aggregate_type),
+            quote(&config.table, '"'),
+            quote(&config.order_by, '"'),
+        );
+        Self {
+            config,
+            pool: None,
+            listener: None,
+            mark: String::new(),
+            delete: String::new(),
+            select,
+        }
+    }
+
+    async fn connect(&mut self) -> Result<PgPool, SourceError> {
+        if let Some(p) = &self.pool {
+            return Ok(p.clone());
+        }
+        let config = Arc::clone(&self.config);
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect(url(&config))
+            .await
+            .map_err(|e| SourceError::Connect(e.to_string()))?;
+        let table = quote(&config.table, '"');
+        let columns: Vec<(String, String)> = sqlx::query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+        )
+        .bind(&table)
+        .fetch_all(&pool)
+        .await
+        .map_err(q)?
+        .into_iter()
+        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(q)?;
+        if columns.is_empty() {
+            return Err(SourceError::MissingTable(config.table.clone()));
+        }
+        for c in config.columns.all().into_iter().chain([config.order_by.as_str()]) {
+            if !columns.iter().any(|(have, _)| have == c) {
+                return Err(SourceError::MissingColumn {
+                    table: config.table.clone(),
+                    column: c.to_owned(),
+                });
+            }
+        }
+        let id_type = columns
+            .iter()
+            .find(|(n, _)| n == &config.columns.id)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| "text".into());
+        let id = quote(&config.columns.id, '"');
+        let cast = format!("ANY($2::text[]::{id_type}[])");
+        if let Some(status) = &config.columns.status {
+            self.mark = format!("UPDATE {table} SET {} = $1 WHERE {id} = {cast}", quote(status, '"'));
+        }
+        self.delete = format!("DELETE FROM {table} WHERE $1::text IS NOT NULL AND {id} = {cast}");
+        if let Some(channel) = &config.notify_channel
+            && self.listener.is_none()
+        {
+            match PgListener::connect(url(&config)).await {
+                Ok(mut l) => match l.listen(channel).await {
+                    Ok(()) => self.listener = Some(l),
+                    Err(e) => tracing::warn!(source = %config.name, error = %e, "LISTEN failed; polling only"),
+                },
+                Err(e) => tracing::warn!(source = %config.name, error = %e, "LISTEN connection failed; polling only"),
+            }
+        }
+        self.pool = Some(pool.clone());
+        Ok(pool)
+    }
+}
+
+fn texts(ids: &[RowId]) -> Vec<String> {
+    ids.iter().map(ToString::to_string).collect()
+}
+
+#[async_trait]
+impl SourceDb for PgSource {
+    async fn fetch(&mut self, limit: usize) -> Result<Vec<SourceRow>, SourceError> {
+        let pool = self.connect().await?;
+        let rows = sqlx::query(&self.select)
+            .bind(&self.config.pending_value)
+            .bind(limit as i64)
+            .fetch_all(&pool)
+            .await
+            .map_err(q)?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(SourceRow {
+                    id: r.try_get::<Option<String>, _>(0)?.map(RowId::Text),
+                    event_type: r.try_get(1)?,
+                    payload: r.try_get(2)?,
+                    headers: r.try_get(3)?,
+                    idempotency_key: r.try_get(4)?,
+                    ordering_key: r.try_get(5)?,
+                    aggregate_type: r.try_get(6)?,
+                    created_at_ms: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(q)
+    }
+
+    async fn finish(&mut self, relayed: Vec<RowId>, failed: Vec<RowId>) -> Result<(), SourceError> {
+        let pool = self.connect().await?;
+        let mut tx = pool.begin().await.map_err(q)?;
+        let c = &self.config;
+        match c.on_relayed {
+            OnRelayed::Mark => {
+                for (value, ids) in [(&c.done_value, &relayed), (&c.failed_value, &failed)] {
+                    if !ids.is_empty() {
+                        sqlx::query(&self.mark)
+                            .bind(value)
+                            .bind(texts(ids))
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(q)?;
+                    }
+                }
+            }
+            OnRelayed::Delete => {
+                if !relayed.is_empty() {
+                    sqlx::query(&self.delete)
+                        .bind("delete")
+                        .bind(texts(&relayed))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q)?;
+                }
+            }
+        }
+        tx.commit().await.map_err(q)
+    }
+
+    async fn wait(&mut self, timeout: Duration) {
+        let Some(listener) = &mut self.listener else {
+            tokio::time::sleep(timeout).await;
+            return;
+        };
+        match tokio::time::timeout(timeout, listener.recv()).await {
+            Err(_) | Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(source = %self.config.name, error = %e, "LISTEN connection lost; polling until it is back");
+                self.listener = None;
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.pool = None;
+        self.listener = None;
+    }
+}

@@ -1,0 +1,203 @@
+//! Helpers for the source (application outbox table) tests: throwaway PostgreSQL and
+//! MariaDB databases, created and dropped through the `psql` and `mariadb` command-line
+//! clients so that every test owns its database, and the PHP example producer.
+//!
+//! Servers: PostgreSQL at `OUTBOXD_TEST_PG` (default `127.0.0.1:5432`, user `postgres`,
+//! trust auth) and MariaDB/MySQL at `OUTBOXD_TEST_MYSQL` (default `127.0.0.1:3306`, user
+//! `root` without a password).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::artifacts::workspace_root;
+
+/// Which server a [`TempDb`] lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    Postgres,
+    Mariadb,
+}
+
+/// A database made for one test and dropped when this value is dropped.
+pub struct TempDb {
+    server: Server,
+    name: String,
+    host: String,
+    port: String,
+}
+
+fn host_port(var: &str, default: &str) -> (String, String) {
+    let v = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    let (h, p) = v.rsplit_once(':').unwrap_or((v.as_str(), ""));
+    (h.to_owned(), p.to_owned())
+}
+
+fn check(out: std::io::Result<Output>, what: &str) -> String {
+    let out = out.unwrap_or_else(|e| panic!("{what}: cannot run the client: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl TempDb {
+    /// A fresh PostgreSQL database named `<prefix>_<pid>_<n>`.
+    pub fn postgres(prefix: &str) -> Self {
+        let (host, port) = host_port("OUTBOXD_TEST_PG", "127.0.0.1:5432");
+        Self::create(Server::Postgres, prefix, host, port)
+    }
+
+    /// A fresh MariaDB/MySQL database named `<prefix>_<pid>_<n>`.
+    pub fn mariadb(prefix: &str) -> Self {
+        let (host, port) = host_port("OUTBOXD_TEST_MYSQL", "127.0.0.1:3306");
+        Self::create(Server::Mariadb, prefix, host, port)
+    }
+
+    fn create(server: Server, prefix: &str, host: String, port: String) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}_{}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>() % 100_000
+        );
+        let db = Self {
+            server,
+            name,
+            host,
+            port,
+        };
+        db.admin(&format!("CREATE DATABASE {}", db.name));
+        db
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The URL outboxd's `[[sources]] url` takes.
+    pub fn url(&self) -> String {
+        match self.server {
+            Server::Postgres => format!("postgres://postgres@{}:{}/{}", self.host, self.port, self.name),
+            Server::Mariadb => format!("mysql://root@{}:{}/{}", self.host, self.port, self.name),
+        }
+    }
+
+    /// The PDO DSN and user the PHP producer takes.
+    pub fn pdo(&self) -> (String, &'static str) {
+        match self.server {
+            Server::Postgres => (
+                format!("pgsql:host={};port={};dbname={}", self.host, self.port, self.name),
+                "postgres",
+            ),
+            Server::Mariadb => (
+                format!("mysql:host={};port={};dbname={}", self.host, self.port, self.name),
+                "root",
+            ),
+        }
+    }
+
+    fn client(&self, database: Option<&str>) -> Command {
+        match self.server {
+            Server::Postgres => {
+                let mut c = Command::new("psql");
+                c.args(["-X", "-q", "-At", "-F", "\t", "-v", "ON_ERROR_STOP=1"])
+                    .args(["-h", &self.host, "-p", &self.port, "-U", "postgres"])
+                    .args(["-d", database.unwrap_or("postgres")]);
+                c
+            }
+            Server::Mariadb => {
+                let mut c = Command::new("mariadb");
+                c.args(["-N", "-B", "-h", &self.host, "-P", &self.port, "-u", "root"]);
+                if let Some(d) = database {
+                    c.arg(d);
+                }
+                c
+            }
+        }
+    }
+
+    fn flag(&self) -> &'static str {
+        match self.server {
+            Server::Postgres => "-c",
+            Server::Mariadb => "-e",
+        }
+    }
+
+    fn admin(&self, sql: &str) {
+        check(self.client(None).args([self.flag(), sql]).output(), sql);
+    }
+
+    /// Runs SQL (several statements allowed) in the database; panics on failure.
+    pub fn exec(&self, sql: &str) {
+        check(self.client(Some(&self.name)).args([self.flag(), sql]).output(), sql);
+    }
+
+    /// Runs a query; one `Vec` of column texts per row (NULL as `NULL` for MariaDB, empty
+    /// for PostgreSQL).
+    pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
+        check(self.client(Some(&self.name)).args([self.flag(), sql]).output(), sql)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('\t').map(str::to_owned).collect())
+            .collect()
+    }
+
+    /// `SELECT count(*) …` as a number.
+    pub fn count(&self, sql: &str) -> i64 {
+        let rows = self.query(sql);
+        rows.first()
+            .and_then(|r| r.first())
+            .and_then(|c| c.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{sql} gave {rows:?}"))
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        let sql = match self.server {
+            Server::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            Server::Mariadb => format!("DROP DATABASE IF EXISTS {}", self.name),
+        };
+        let _ = self.client(None).args([self.flag(), &sql]).output();
+    }
+}
+
+/// `examples/php` in the workspace.
+pub fn php_example_dir() -> PathBuf {
+    workspace_root().join("examples").join("php")
+}
+
+/// Runs the PHP example producer (`php producer.php COUNT DSN [USER]`) to completion on a
+/// blocking thread; panics with its output if it fails.
+pub async fn run_php_producer(count: usize, dsn: &str, user: Option<&str>) {
+    let mut cmd = Command::new("php");
+    cmd.arg(php_example_dir().join("producer.php"))
+        .arg(count.to_string())
+        .arg(dsn);
+    if let Some(u) = user {
+        cmd.arg(u);
+    }
+    tokio::task::spawn_blocking(move || check(cmd.output(), "php producer.php"))
+        .await
+        .expect("php producer task");
+}
+
+/// Polls `check` (a blocking look at a database) until it returns true, at most the default
+/// timeout; panics with `what` and the last value `check` reported otherwise.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> (bool, String)) {
+    let deadline = tokio::time::Instant::now() + crate::default_timeout();
+    loop {
+        let (ok, seen) = check();
+        if ok {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: still {seen}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

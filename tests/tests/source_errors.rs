@@ -1,0 +1,182 @@
+//! A source's failures stay that source's: a missing table, a missing column and an
+//! unreachable server are clear errors in `GET /v1/sources` (retried with backoff), a row
+//! with invalid JSON or an invalid type is marked `failed` (or, in delete mode, left in
+//! place) with its reason, and meanwhile the healthy sources keep relaying.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::{Host, Receiver, Target, default_timeout};
+
+fn app_db(path: &std::path::Path, with_status: bool) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).expect("open app db");
+    let status = if with_status {
+        ", status TEXT NOT NULL DEFAULT 'pending'"
+    } else {
+        ""
+    };
+    conn.execute_batch(&format!(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event_type TEXT NOT NULL, payload TEXT{status});"
+    ))
+    .expect("create outbox");
+    conn
+}
+
+fn insert(conn: &rusqlite::Connection, event_type: &str, payload: &str) {
+    conn.execute(
+        "INSERT INTO outbox (event_type, payload) VALUES (?1, ?2)",
+        [event_type, payload],
+    )
+    .expect("insert");
+}
+
+fn source(name: &str, body: &str) -> String {
+    format!("[[sources]]\nname = \"{name}\"\npoll_interval_ms = 20\n{body}\n")
+}
+
+fn entry<'a>(sources: &'a Value, name: &str) -> &'a Value {
+    sources
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no source {name} in {sources:#}"))
+}
+
+async fn wait_sources(host: &Host, mut pred: impl FnMut(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + default_timeout();
+    loop {
+        let (status, body) = host.get_json("/v1/sources").await;
+        assert_eq!(status, 200, "{body}");
+        if pred(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sources never reached the expected state: {body:#}\n{}",
+            host.stderr_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_sources_and_bad_rows_are_reported_while_the_others_relay() {
+    let rx = Receiver::start().await;
+    let mut host = Host::new();
+    host.add_target("sink", &Target::webhook(&rx.url("/sink")));
+    let dir = host.dir().to_path_buf();
+    let good = app_db(&dir.join("good.db"), true);
+    let deleting = app_db(&dir.join("deleting.db"), false);
+    let _other = app_db(&dir.join("other.db"), true);
+    // Rows written before the start: good, bad JSON, bad type, good.
+    insert(&good, "order.created", r#"{"n":1}"#);
+    insert(&good, "order.created", "{not json");
+    insert(&good, "order created", r#"{"n":3}"#);
+    insert(&good, "order.created", r#"{"n":4}"#);
+    insert(&deleting, "order.created", "[1, 2");
+    insert(&deleting, "order.created", r#"{"n":6}"#);
+
+    let sqlite = |p: &str| format!("kind = \"sqlite\"\npath = {:?}", dir.join(p).display().to_string());
+    host.append_config_raw(&source("good", &sqlite("good.db")))
+        .append_config_raw(&source(
+            "deleting",
+            &format!(
+                "{}\non_relayed = \"delete\"\n[sources.columns]\nstatus = \"\"",
+                sqlite("deleting.db")
+            ),
+        ))
+        .append_config_raw(&source(
+            "missing-table",
+            &format!("{}\ntable = \"no_such_table\"", sqlite("other.db")),
+        ))
+        .append_config_raw(&source(
+            "missing-column",
+            &format!("{}\n[sources.columns]\nheaders = \"hdrs\"", sqlite("other.db")),
+        ))
+        .append_config_raw(&source(
+            "pg-down",
+            "kind = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:1/app\"",
+        ))
+        .append_config_raw(&source(
+            "mysql-down",
+            "kind = \"mysql\"\nurl = \"mysql://root@127.0.0.1:1/app\"",
+        ));
+    host.start().await;
+
+    let sources = wait_sources(&host, |s| {
+        entry(s, "good")["rows_relayed"] == 2
+            && entry(s, "deleting")["rows_relayed"] == 1
+            && ["missing-table", "missing-column", "pg-down", "mysql-down"]
+                .iter()
+                .all(|n| entry(s, n)["last_error"].is_object())
+    })
+    .await;
+
+    let good_s = entry(&sources, "good");
+    assert_eq!(good_s["rows_failed"], 2, "{good_s:#}");
+    assert_eq!(good_s["state"], "relaying", "{good_s:#}");
+    assert!(good_s["last_error"].is_null(), "{good_s:#}");
+    let bad = good_s["last_bad_row"]["message"].as_str().unwrap_or_default();
+    assert!(bad.starts_with("3: ") && bad.contains("`type`"), "{good_s:#}");
+    let statuses: Vec<(i64, String)> = good
+        .prepare("SELECT id, status FROM outbox ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        statuses,
+        vec![
+            (1, "done".to_owned()),
+            (2, "failed".to_owned()),
+            (3, "failed".to_owned()),
+            (4, "done".to_owned())
+        ]
+    );
+    assert!(
+        host.stderr().contains("the payload is not JSON"),
+        "the reason is logged:\n{}",
+        host.stderr_tail(40)
+    );
+
+    // Delete mode: the good row is gone, the bad one stays where it was.
+    let d = entry(&sources, "deleting");
+    assert_eq!(d["rows_failed"], 1, "{d:#}");
+    assert!(
+        d["last_bad_row"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not JSON"),
+        "{d:#}"
+    );
+    let left: Vec<String> = deleting
+        .prepare("SELECT payload FROM outbox")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(left, vec!["[1, 2".to_owned()]);
+
+    let err = |name: &str| {
+        let e = entry(&sources, name);
+        assert_eq!(e["state"], "failing", "{e:#}");
+        e["last_error"]["message"].as_str().unwrap_or_default().to_owned()
+    };
+    assert_eq!(err("missing-table"), "table `no_such_table` does not exist");
+    assert_eq!(err("missing-column"), "table `outbox` has no column `hdrs`");
+    assert!(err("pg-down").starts_with("cannot connect: "), "{sources:#}");
+    assert!(err("mysql-down").starts_with("cannot connect: "), "{sources:#}");
+
+    // The healthy sources keep relaying what is written now.
+    insert(&good, "order.created", r#"{"n":5}"#);
+    insert(&deleting, "order.created", r#"{"n":7}"#);
+    let reqs = rx
+        .wait_for("/sink", 5, default_timeout())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", host.stderr_tail(40)));
+    let mut ns: Vec<i64> = reqs.iter().map(|r| r.json()["data"]["n"].as_i64().unwrap()).collect();
+    ns.sort();
+    assert_eq!(ns, vec![1, 4, 5, 6, 7]);
+    host.stop().await;
+}

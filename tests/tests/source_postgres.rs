@@ -1,0 +1,179 @@
+//! PostgreSQL sources, each test in its own database: the PHP example's `simple` table woken
+//! by `LISTEN`/`NOTIFY` (the trigger the README shows), and a Debezium-shaped table whose
+//! events keep their per-`aggregateid` order to an `ordered = true` target.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::sources::{TempDb, eventually, php_example_dir, run_php_producer};
+use testkit::{Behavior, Host, Receiver, Reply, Target, default_timeout};
+
+const ORDERS: usize = 200;
+
+/// The trigger from the README: one NOTIFY per inserting statement.
+const NOTIFY_TRIGGER: &str = "
+CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('outbox', ''); RETURN NULL; END $$;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();";
+
+async fn wait_source(host: &Host, name: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + default_timeout();
+    loop {
+        let (_, body) = host.get_json("/v1/sources").await;
+        if let Some(s) = body.as_array().and_then(|a| a.iter().find(|s| s["name"] == name))
+            && pred(s)
+        {
+            return s.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "source {name} never got there: {body:#}\n{}",
+            host.stderr_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn php_orders_in_postgres_reach_every_target_woken_by_notify() {
+    let db = TempDb::postgres("outboxd_src_pg");
+    let (dsn, user) = db.pdo();
+    run_php_producer(0, &dsn, Some(user)).await;
+    db.exec(NOTIFY_TRIGGER);
+
+    let rx = Receiver::start().await;
+    let mut host = Host::new();
+    for (name, events) in [
+        ("crm", &["order.*"][..]),
+        ("analytics", &["*"][..]),
+        ("billing", &["order.created"][..]),
+    ] {
+        host.add_target(name, &Target::webhook(&rx.url(&format!("/{name}"))).events(events));
+    }
+    // Polling once a minute: only NOTIFY can make the relay this quick.
+    host.append_config_raw(&format!(
+        "[[sources]]\nname = \"shop\"\nkind = \"postgres\"\nurl = \"{}\"\nnotify_channel = \"outbox\"\n\
+         poll_interval_ms = 60000\n[sources.columns]\ncreated_at = \"created_at\"\n",
+        db.url()
+    ));
+    host.start().await;
+    wait_source(&host, "shop", |s| s["state"] == "relaying").await;
+
+    tokio::join!(
+        run_php_producer(ORDERS / 2, &dsn, Some(user)),
+        run_php_producer(ORDERS / 2, &dsn, Some(user))
+    );
+    for path in ["/crm", "/analytics", "/billing"] {
+        rx.wait_for(path, ORDERS, default_timeout())
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}\n{}", host.stderr_tail(40)));
+        let ids: BTreeSet<i64> = rx
+            .requests_at(path)
+            .iter()
+            .map(|r| r.json()["data"]["order_id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, (1..=ORDERS as i64).collect(), "{path}");
+        assert_eq!(rx.count_at(path), ORDERS, "{path}: no order twice");
+    }
+    let all_done = vec![vec!["done".to_owned(), ORDERS.to_string()]];
+    eventually("every outbox row done", || {
+        let rows = db.query("SELECT status, count(*) FROM outbox GROUP BY status");
+        (rows == all_done, format!("{rows:?}"))
+    })
+    .await;
+    let s = wait_source(&host, "shop", |s| s["rows_relayed"] == ORDERS as u64).await;
+    assert_eq!(s["kind"], "postgres", "{s:#}");
+    assert!(s["lag_ms"].is_i64(), "{s:#}");
+    assert!(php_example_dir().join("schema.pgsql.sql").is_file());
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_table_keeps_per_aggregate_order_to_an_ordered_target() {
+    const AGGREGATES: i64 = 4;
+    const PER_AGGREGATE: i64 = 25;
+    let db = TempDb::postgres("outboxd_src_dbz");
+    db.exec(
+        "CREATE TABLE outboxevent (
+            id            uuid PRIMARY KEY,
+            seq           bigserial NOT NULL,
+            aggregatetype varchar(255) NOT NULL,
+            aggregateid   varchar(255) NOT NULL,
+            type          varchar(255) NOT NULL,
+            payload       jsonb
+        )",
+    );
+    // Interleaved aggregates, in several transactions, before and after outboxd starts.
+    let insert = |from: i64, to: i64| {
+        db.exec(&format!(
+            "INSERT INTO outboxevent (id, aggregatetype, aggregateid, type, payload)
+             SELECT gen_random_uuid(), 'order', 'order-' || (i % {AGGREGATES}), 'order.updated',
+                    jsonb_build_object('agg', 'order-' || (i % {AGGREGATES}), 'n', i / {AGGREGATES})
+             FROM generate_series({from}, {to}) AS i ORDER BY i"
+        ))
+    };
+    insert(0, 39);
+
+    let rx = Receiver::builder()
+        .default_behavior(Behavior::ok().fail_fraction(0.3, 503).seed(11))
+        .start()
+        .await;
+    let mut host = Host::new();
+    host.add_target(
+        "ledger",
+        &Target::webhook(&rx.url("/ledger"))
+            .ordered(true)
+            .concurrency(8)
+            .fast_retry(50),
+    );
+    host.append_config_raw(&format!(
+        "[[sources]]\nname = \"orders\"\nkind = \"postgres\"\nurl = \"{}\"\ntable = \"public.outboxevent\"\n\
+         schema = \"debezium\"\norder_by = \"seq\"\nbatch_size = 7\npoll_interval_ms = 20\n",
+        db.url()
+    ));
+    host.start().await;
+    insert(40, 69);
+    insert(70, AGGREGATES * PER_AGGREGATE - 1);
+
+    let total = (AGGREGATES * PER_AGGREGATE) as usize;
+    rx.wait_until(default_timeout(), |reqs| {
+        reqs.iter()
+            .filter(|r| matches!(r.reply, Reply::Status(s) if s < 300))
+            .count()
+            >= total
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", host.stderr_tail(40)));
+
+    let mut delivered: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for r in rx.requests_at("/ledger") {
+        if matches!(r.reply, Reply::Status(s) if s < 300) {
+            let data = &r.json()["data"];
+            delivered
+                .entry(data["agg"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(data["n"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(delivered.len(), AGGREGATES as usize);
+    for (agg, ns) in &delivered {
+        assert_eq!(
+            ns,
+            &(0..PER_AGGREGATE).collect::<Vec<_>>(),
+            "{agg}: delivered out of the order the application wrote"
+        );
+    }
+    eventually("relayed rows are deleted", || {
+        let n = db.count("SELECT count(*) FROM outboxevent");
+        (n == 0, format!("{n} rows"))
+    })
+    .await;
+
+    // The aggregate id is the ordering key; the aggregate type a header.
+    let id = rx.requests_at("/ledger")[0].event_id().unwrap().to_owned();
+    let event = host.get_event(&id).await;
+    assert!(event["headers"].to_string().contains("aggregate-type"), "{event:#}");
+    host.stop().await;
+}
