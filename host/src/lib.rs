@@ -46,7 +46,7 @@ pub enum ServeError {
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
     #[error(transparent)]
-    Watch(#[from] targets::watch::WatchError),
+    Watch(#[from] targets::watcher::WatchError),
 }
 
 /// Runs the service until `shutdown` resolves, then stops gracefully: the API stops
@@ -127,7 +127,7 @@ pub async fn serve(
     }));
 
     let reloader = if config.watch_plugins {
-        Some(targets::watch::spawn(
+        Some(targets::watcher::spawn(
             Arc::clone(&registry),
             config.reload_debounce,
             stop.clone(),

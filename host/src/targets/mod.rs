@@ -4,7 +4,7 @@
 //! wait for a compile. Start-up is a reload from an empty registry.
 
 pub mod routing;
-pub mod watch;
+pub mod watcher;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
