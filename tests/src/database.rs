@@ -140,7 +140,8 @@ impl TestDatabase {
             .first()
             .and_then(|r| r.first())
             .unwrap_or_else(|| panic!("{sql}: no row"));
-        cell.parse().unwrap_or_else(|e| panic!("{sql}: {cell:?} is not an integer: {e}"))
+        cell.parse()
+            .unwrap_or_else(|e| panic!("{sql}: {cell:?} is not an integer: {e}"))
     }
 }
 
@@ -162,7 +163,19 @@ impl Drop for TestDatabase {
 fn psql(url: &str, sql: &str) -> Result<String, String> {
     let out = Command::new("psql")
         .arg(url)
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-F", "\u{1f}", "-R", "\u{1e}", "-c"])
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-F",
+            "\u{1f}",
+            "-R",
+            "\u{1e}",
+            "-c",
+        ])
         .arg(sql)
         .output()
         .map_err(|e| format!("cannot run psql (the PostgreSQL client): {e}"))?;

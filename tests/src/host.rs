@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! <tmp>/outboxd.toml          service config (listen = "127.0.0.1:0")
-//! <tmp>/outboxd.db            database
+//! <tmp>/outboxd.db            database (SQLite; with `OUTBOXD_TEST_STORE=postgres` a
+//!                             PostgreSQL database of its own instead, see `database`)
 //! <tmp>/plugins.d/*.wasm      components, copied from the plugins build
 //! <tmp>/plugins.d/*.toml      target manifests
 //! <tmp>/outboxd.stderr.log    the child's stderr, across restarts

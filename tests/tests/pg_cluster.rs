@@ -186,7 +186,11 @@ async fn three_hosts_deliver_everything_through_ten_kill_9s() {
     assert!(owners > HOSTS as i64, "only {owners} lease owners ran attempts");
 
     // Every delivery reached its target (deduplicated by its idempotency key).
-    let ids: BTreeSet<String> = h.sql("SELECT id FROM events").into_iter().map(|r| r[0].clone()).collect();
+    let ids: BTreeSet<String> = h
+        .sql("SELECT id FROM events")
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
     for t in CRITICAL {
         let seen: BTreeSet<String> = rx
             .requests_at(&format!("/{t}"))
@@ -294,7 +298,10 @@ async fn an_ordered_target_keeps_per_key_order_across_three_hosts() {
             *expected += 1;
         }
     }
-    assert!(next.values().all(|&v| v == PER_KEY as u64), "every event delivered: {next:?}");
+    assert!(
+        next.values().all(|&v| v == PER_KEY as u64),
+        "every event delivered: {next:?}"
+    );
     let owners = hosts[0].sql_i64("SELECT count(DISTINCT owner) FROM attempts");
     assert!(owners >= 2, "the hosts shared the ordered target ({owners} owner)");
 }
@@ -333,7 +340,9 @@ async fn rate_per_sec_limits_the_target_not_each_host() {
     let first = reqs.iter().map(|r| r.received_at).min().expect("requests");
     let mut windows: BTreeMap<u64, usize> = BTreeMap::new();
     for r in &reqs {
-        *windows.entry(r.received_at.duration_since(first).as_secs()).or_default() += 1;
+        *windows
+            .entry(r.received_at.duration_since(first).as_secs())
+            .or_default() += 1;
     }
     eprintln!("attempts per second: {windows:?}");
     for (&second, &n) in &windows {
@@ -344,7 +353,12 @@ async fn rate_per_sec_limits_the_target_not_each_host() {
         );
     }
     // Three hosts each limiting on their own would need only a third of this.
-    let span = reqs.iter().map(|r| r.received_at).max().expect("requests").duration_since(first);
+    let span = reqs
+        .iter()
+        .map(|r| r.received_at)
+        .max()
+        .expect("requests")
+        .duration_since(first);
     let floor = Duration::from_secs_f64((EVENTS - RATE) as f64 / RATE as f64 * 0.9);
     assert!(span >= floor, "{EVENTS} attempts took only {span:?}");
     let owners = hosts[0].sql_i64("SELECT count(DISTINCT owner) FROM attempts");

@@ -29,7 +29,12 @@ impl Limiter {
 
     /// Takes up to `want` tokens: `Ok(granted)` with at least one, or `Err(wait)` until one is
     /// due. A store that fails is treated as an empty bucket for a moment.
-    pub(crate) async fn take(&mut self, store: &dyn Store, target: &TargetName, want: usize) -> Result<usize, Duration> {
+    pub(crate) async fn take(
+        &mut self,
+        store: &dyn Store,
+        target: &TargetName,
+        want: usize,
+    ) -> Result<usize, Duration> {
         match self {
             Self::Local(bucket) => match bucket.take(want, Instant::now()) {
                 0 => Err(bucket.wait_for_one(Instant::now())),

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres, QueryBuilder, Row};
+use sqlx::{Connection, Executor as _, Postgres, QueryBuilder, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -163,19 +163,17 @@ impl std::fmt::Debug for PgStore {
 
 /// `url` with any password replaced by `***`, for messages.
 pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or_default();
-                if userinfo.contains(':') {
-                    format!("{scheme}://{user}:***@{host}")
-                } else {
-                    format!("{scheme}://{userinfo}@{host}")
-                }
-            }
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -222,15 +220,13 @@ impl PgStore {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Config(format!("database URL {}: {e}", redact(url))))?
             .application_name("outboxd");
-        let mut conn = PgConnection::connect_with(&options).await.map_err(|e| StoreError::Connect {
-            url: redact(url),
-            source: e,
-        })?;
-        let migrated = migrate(&mut conn).await;
-        // The advisory lock belongs to this session: closing it releases the lock whatever
-        // happened.
-        let _ = conn.close().await;
-        migrated?;
+        let conn = PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| StoreError::Connect {
+                url: redact(url),
+                source: e,
+            })?;
+        migrate(conn).await?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
@@ -247,16 +243,22 @@ impl PgStore {
     }
 }
 
-async fn migrate(conn: &mut PgConnection) -> Result<(), StoreError> {
+/// Applies the missing migrations on `conn`, its own session, and closes it: the advisory lock
+/// belongs to the session, so closing it releases the lock whatever happened.
+async fn migrate(mut conn: PgConnection) -> Result<(), StoreError> {
+    let migrated = migrate_locked(&mut conn).await;
+    let _ = conn.close().await;
+    migrated
+}
+
+async fn migrate_locked(conn: &mut PgConnection) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(MIGRATION_LOCK)
         .execute(&mut *conn)
         .await?;
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS outboxd_schema (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",
-    )
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS outboxd_schema (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")
+        .execute(&mut *conn)
+        .await?;
     let version: i32 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM outboxd_schema")
         .fetch_one(&mut *conn)
         .await?;
@@ -267,9 +269,9 @@ async fn migrate(conn: &mut PgConnection) -> Result<(), StoreError> {
             supported,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for i in version as usize..MIGRATIONS.len() {
         let mut tx = conn.begin().await?;
-        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        tx.execute(MIGRATIONS[i]).await?;
         sqlx::query("INSERT INTO outboxd_schema (version, applied_at) VALUES ($1, $2)")
             .bind((i + 1) as i32)
             .bind(now_ms())
@@ -278,10 +280,6 @@ async fn migrate(conn: &mut PgConnection) -> Result<(), StoreError> {
         tx.commit().await?;
         tracing::info!(version = i + 1, "applied PostgreSQL schema migration");
     }
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(MIGRATION_LOCK)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
@@ -618,9 +616,10 @@ impl PgStore {
             .map_err(|e: crate::domain::InvalidValue| sqlx::Error::Decode(e.0.into()))?;
         let mut out = Vec::with_capacity(claimed.len());
         for (delivery_id, event_id, attempt, seq) in claimed {
-            let event = events.get(&event_id).cloned().ok_or_else(|| {
-                sqlx::Error::Decode(format!("delivery {delivery_id} has no event {event_id}").into())
-            })?;
+            let event = events
+                .get(&event_id)
+                .cloned()
+                .ok_or_else(|| sqlx::Error::Decode(format!("delivery {delivery_id} has no event {event_id}").into()))?;
             out.push(Claimed {
                 delivery_id,
                 target: target_name.clone(),
@@ -729,9 +728,8 @@ impl PgStore {
 
     async fn replay_once(&self, filter: &FailedFilter, limit: i64, now: Millis) -> Result<usize, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
-            "WITH chosen AS MATERIALIZED (SELECT d.id FROM deliveries d WHERE ",
-        );
+        let mut q: QueryBuilder<Postgres> =
+            QueryBuilder::new("WITH chosen AS MATERIALIZED (SELECT d.id FROM deliveries d WHERE ");
         push_failed_where(&mut q, filter);
         q.push(" ORDER BY d.id LIMIT ")
             .push_bind(limit)
@@ -817,14 +815,12 @@ impl PgStore {
         let tokens = (tokens + elapsed * rate).min(burst);
         let granted = (tokens.floor().max(0.0) as usize).min(want);
         let left = tokens - granted as f64;
-        sqlx::query(
-            "UPDATE rate_buckets SET tokens = $2, updated_at = updated_at + $3 WHERE target = $1",
-        )
-        .bind(target)
-        .bind(left)
-        .bind(elapsed)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("UPDATE rate_buckets SET tokens = $2, updated_at = updated_at + $3 WHERE target = $1")
+            .bind(target)
+            .bind(left)
+            .bind(elapsed)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         let wait = if granted > 0 || left >= 1.0 {
             Duration::ZERO
@@ -889,16 +885,15 @@ impl Store for PgStore {
 
     async fn set_target_paused(&self, target: &TargetName, paused: bool, now: Millis) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut changed = sqlx::query(
-            "UPDATE target_state SET paused = $2, updated_at = $3 WHERE target = $1 AND paused <> $2",
-        )
-        .bind(target.as_str())
-        .bind(paused)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
+        let mut changed =
+            sqlx::query("UPDATE target_state SET paused = $2, updated_at = $3 WHERE target = $1 AND paused <> $2")
+                .bind(target.as_str())
+                .bind(paused)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
         if !changed && paused {
             changed = sqlx::query(
                 "INSERT INTO target_state (target, paused, updated_at) VALUES ($1, TRUE, $2)
@@ -973,11 +968,7 @@ impl Store for PgStore {
     }
 
     async fn release(&self, owner: &str, now: Millis) -> Result<usize, StoreError> {
-        let n = retrying!(self.return_once(
-            InFlight::Owner(owner),
-            now,
-            "host stopped before the attempt finished"
-        ))?;
+        let n = retrying!(self.return_once(InFlight::Owner(owner), now, "host stopped before the attempt finished"))?;
         sqlx::query("DELETE FROM cluster_hosts WHERE host = $1")
             .bind(&self.host_id)
             .execute(&self.pool)
@@ -1011,12 +1002,12 @@ impl Store for PgStore {
     }
 
     async fn next_due(&self, target: &TargetName) -> Result<Option<Millis>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM deliveries WHERE target = $1 AND status = 'pending'",
+        Ok(
+            sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM deliveries WHERE target = $1 AND status = 'pending'")
+                .bind(target.as_str())
+                .fetch_one(&self.pool)
+                .await?,
         )
-        .bind(target.as_str())
-        .fetch_one(&self.pool)
-        .await?)
     }
 
     async fn event(&self, id: EventId) -> Result<Option<EventDetail>, StoreError> {
@@ -1080,7 +1071,10 @@ impl Store for PgStore {
                 .await?;
         let mut counts = StatusCounts::new();
         for (target, status, n) in rows {
-            counts.entry(target).or_default().insert(parse(&status)?, n.max(0) as u64);
+            counts
+                .entry(target)
+                .or_default()
+                .insert(parse(&status)?, n.max(0) as u64);
         }
         Ok(counts)
     }
@@ -1201,7 +1195,10 @@ mod tests {
             let (server, name) = (self.server.clone(), self.name.clone());
             // Dropped from within a test's runtime: do it on a thread with a runtime of its own.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 rt.block_on(async {
                     if let Ok(mut admin) = PgConnection::connect(&format!("{server}/postgres")).await {
                         let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -1277,12 +1274,18 @@ mod tests {
     #[tokio::test]
     async fn leases_are_exclusive_across_hosts_and_a_lost_lease_settles_nothing() {
         let db = TempDb::new().await;
-        let (a, b) = (PgStore::open(&db.url()).await.unwrap(), PgStore::open(&db.url()).await.unwrap());
-        a.ingest((0..6).map(|_| event(None, &["crm"])).collect(), 0).await.unwrap();
+        let (a, b) = (
+            PgStore::open(&db.url()).await.unwrap(),
+            PgStore::open(&db.url()).await.unwrap(),
+        );
+        a.ingest((0..6).map(|_| event(None, &["crm"])).collect(), 0)
+            .await
+            .unwrap();
         // Two hosts claiming at once get disjoint deliveries.
+        let crm = t("crm");
         let (x, y) = tokio::join!(
-            a.claim(&t("crm"), 4, "a", 100, 1_000, false),
-            b.claim(&t("crm"), 4, "b", 100, 1_000, false)
+            a.claim(&crm, 4, "a", 100, 1_000, false),
+            b.claim(&crm, 4, "b", 100, 1_000, false)
         );
         let (x, y) = (x.unwrap(), y.unwrap());
         assert_eq!(x.len() + y.len(), 6);
@@ -1291,14 +1294,23 @@ mod tests {
 
         // After expiry, b takes over one of a's; a's late outcome changes nothing.
         let first = x.first().or(y.first()).unwrap().clone();
-        let holder = if x.iter().any(|c| c.delivery_id == first.delivery_id) { "a" } else { "b" };
+        let holder = if x.iter().any(|c| c.delivery_id == first.delivery_id) {
+            "a"
+        } else {
+            "b"
+        };
         let taker = if holder == "a" { "b" } else { "a" };
         let again = b.claim(&t("crm"), 10, taker, 1_000, 2_000, false).await.unwrap();
         assert_eq!(again.len(), 6, "every expired lease is taken over");
         let report = a
             .settle(
                 holder,
-                vec![settlement(&first, DeliveryStatus::Dead, AttemptOutcome::Permanent, 1_100)],
+                vec![settlement(
+                    &first,
+                    DeliveryStatus::Dead,
+                    AttemptOutcome::Permanent,
+                    1_100,
+                )],
             )
             .await
             .unwrap();
@@ -1308,7 +1320,12 @@ mod tests {
         let report = b
             .settle(
                 taker,
-                vec![settlement(now_held, DeliveryStatus::Delivered, AttemptOutcome::Delivered, 1_200)],
+                vec![settlement(
+                    now_held,
+                    DeliveryStatus::Delivered,
+                    AttemptOutcome::Delivered,
+                    1_200,
+                )],
             )
             .await
             .unwrap();
@@ -1343,7 +1360,10 @@ mod tests {
             assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1, "{results:?}");
             assert!(results.iter().all(|r| r.id == results[0].id), "{results:?}");
         }
-        assert_eq!(stores[0].status_counts().await.unwrap()["crm"][&DeliveryStatus::Pending], 10);
+        assert_eq!(
+            stores[0].status_counts().await.unwrap()["crm"][&DeliveryStatus::Pending],
+            10
+        );
     }
 
     #[tokio::test]
@@ -1364,7 +1384,12 @@ mod tests {
         assert_eq!(head.len(), 1);
         s.settle(
             "w",
-            vec![settlement(&head[0], DeliveryStatus::Dead, AttemptOutcome::Permanent, 601)],
+            vec![settlement(
+                &head[0],
+                DeliveryStatus::Dead,
+                AttemptOutcome::Permanent,
+                601,
+            )],
         )
         .await
         .unwrap();
@@ -1376,13 +1401,22 @@ mod tests {
     #[tokio::test]
     async fn pause_replay_and_filters_hold_for_every_host() {
         let db = TempDb::new().await;
-        let (a, b) = (PgStore::open(&db.url()).await.unwrap(), PgStore::open(&db.url()).await.unwrap());
+        let (a, b) = (
+            PgStore::open(&db.url()).await.unwrap(),
+            PgStore::open(&db.url()).await.unwrap(),
+        );
         a.ingest(vec![event(None, &["crm", "billing"]), event(None, &["crm"])], 0)
             .await
             .unwrap();
         assert!(a.set_target_paused(&t("crm"), true, 0).await.unwrap());
-        assert!(!b.set_target_paused(&t("crm"), true, 0).await.unwrap(), "already paused");
-        assert!(!b.set_target_paused(&t("billing"), false, 0).await.unwrap(), "never paused");
+        assert!(
+            !b.set_target_paused(&t("crm"), true, 0).await.unwrap(),
+            "already paused"
+        );
+        assert!(
+            !b.set_target_paused(&t("billing"), false, 0).await.unwrap(),
+            "never paused"
+        );
         assert!(b.claim(&t("crm"), 10, "w", 0, 1_000, false).await.unwrap().is_empty());
         assert!(b.set_target_paused(&t("crm"), false, 0).await.unwrap());
         for target in ["crm", "billing"] {
@@ -1409,13 +1443,19 @@ mod tests {
         assert_eq!(b.replay(only_crm.clone(), 100, 20).await.unwrap(), 1);
         assert_eq!(a.replay(only_crm, 100, 20).await.unwrap(), 0, "replay is idempotent");
         let again = b.claim(&t("crm"), 10, "w", 30, 1_000, false).await.unwrap();
-        assert!(again.iter().all(|c| c.attempt == 1 && c.seq == 2), "count reset, history kept");
+        assert!(
+            again.iter().all(|c| c.attempt == 1 && c.seq == 2),
+            "count reset, history kept"
+        );
     }
 
     #[tokio::test]
     async fn a_target_is_paused_only_when_no_live_host_has_it() {
         let db = TempDb::new().await;
-        let (a, b) = (PgStore::open(&db.url()).await.unwrap(), PgStore::open(&db.url()).await.unwrap());
+        let (a, b) = (
+            PgStore::open(&db.url()).await.unwrap(),
+            PgStore::open(&db.url()).await.unwrap(),
+        );
         a.ingest(vec![event(None, &["crm", "billing"])], 0).await.unwrap();
         assert_eq!(a.sync_paused(vec![t("crm"), t("billing")]).await.unwrap(), (0, 0));
         // Host b (in the middle of a deploy) has only crm: billing is still delivered by a.
@@ -1429,14 +1469,20 @@ mod tests {
     #[tokio::test]
     async fn the_rate_limit_is_one_bucket_for_all_hosts() {
         let db = TempDb::new().await;
-        let (a, b) = (PgStore::open(&db.url()).await.unwrap(), PgStore::open(&db.url()).await.unwrap());
+        let (a, b) = (
+            PgStore::open(&db.url()).await.unwrap(),
+            PgStore::open(&db.url()).await.unwrap(),
+        );
         let grant = a.take_tokens(&t("crm"), 5.0, 4).await.unwrap().unwrap();
         assert_eq!(grant.granted, 4, "the bucket starts full (burst 5)");
         let grant = b.take_tokens(&t("crm"), 5.0, 4).await.unwrap().unwrap();
         assert_eq!(grant.granted, 1, "the other host shares what is left");
         let grant = a.take_tokens(&t("crm"), 5.0, 4).await.unwrap().unwrap();
         assert_eq!(grant.granted, 0);
-        assert!(grant.wait > Duration::ZERO && grant.wait <= Duration::from_millis(200), "{grant:?}");
+        assert!(
+            grant.wait > Duration::ZERO && grant.wait <= Duration::from_millis(200),
+            "{grant:?}"
+        );
         b.give_back_tokens(&t("crm"), 5.0, 2).await.unwrap();
         assert_eq!(a.take_tokens(&t("crm"), 5.0, 4).await.unwrap().unwrap().granted, 2);
     }
@@ -1444,14 +1490,21 @@ mod tests {
     #[tokio::test]
     async fn sweeper_and_heartbeat_work_on_any_hosts_leases() {
         let db = TempDb::new().await;
-        let (a, b) = (PgStore::open(&db.url()).await.unwrap(), PgStore::open(&db.url()).await.unwrap());
+        let (a, b) = (
+            PgStore::open(&db.url()).await.unwrap(),
+            PgStore::open(&db.url()).await.unwrap(),
+        );
         a.ingest(vec![event(None, &["crm"]), event(None, &["billing"])], 0)
             .await
             .unwrap();
         a.claim(&t("crm"), 1, "alive", 0, 100, false).await.unwrap();
         a.claim(&t("billing"), 1, "gone", 0, 100, false).await.unwrap();
         assert_eq!(a.extend_leases("alive", 1_000).await.unwrap(), 1);
-        assert_eq!(b.sweep_expired(500).await.unwrap(), 1, "only the dead host's lease expired");
+        assert_eq!(
+            b.sweep_expired(500).await.unwrap(),
+            1,
+            "only the dead host's lease expired"
+        );
         assert_eq!(b.next_due(&t("billing")).await.unwrap(), Some(0));
         assert_eq!(b.next_due(&t("crm")).await.unwrap(), None, "still in flight");
     }
@@ -1471,5 +1524,9 @@ mod tests {
         );
         assert_eq!(redact("postgres://app@db/outbox"), "postgres://app@db/outbox");
         assert_eq!(redact("postgres://db/outbox"), "postgres://db/outbox");
+        assert_eq!(
+            redact("postgres://u:p@ss@db/x?sslmode=require"),
+            "postgres://u:***@db/x?sslmode=require"
+        );
     }
 }
