@@ -269,9 +269,9 @@ async fn migrate_locked(conn: &mut PgConnection) -> Result<(), StoreError> {
             supported,
         });
     }
-    for i in version as usize..MIGRATIONS.len() {
+    for (i, sql) in MIGRATIONS.iter().copied().enumerate().skip(version as usize) {
         let mut tx = conn.begin().await?;
-        tx.execute(MIGRATIONS[i]).await?;
+        tx.execute(sql).await?;
         sqlx::query("INSERT INTO outboxd_schema (version, applied_at) VALUES ($1, $2)")
             .bind((i + 1) as i32)
             .bind(now_ms())
