@@ -68,7 +68,7 @@ fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError
 #[serde(deny_unknown_fields)]
 struct ServiceFile {
     listen: Option<SocketAddr>,
-    database: Option<PathBuf>,
+    database: Option<String>,
     plugins_dir: Option<PathBuf>,
     max_payload_bytes: Option<usize>,
     max_request_bytes: Option<usize>,
@@ -93,8 +93,8 @@ struct ServiceFile {
 pub struct ServiceConfig {
     /// Address of the HTTP API. Default `127.0.0.1:8080`.
     pub listen: SocketAddr,
-    /// The SQLite database file. Default `outboxd.db`.
-    pub database: PathBuf,
+    /// The database: a SQLite file (default `outboxd.db`) or a PostgreSQL URL.
+    pub database: DatabaseLocation,
     /// The directory holding plugins and target manifests. Default `plugins.d`.
     pub plugins_dir: PathBuf,
     /// Largest accepted event payload (serialized JSON), in bytes. Default 256 KiB.
@@ -168,7 +168,7 @@ impl ServiceConfig {
                 ..d
             },
             listen: f.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            database: base.join(f.database.unwrap_or_else(|| "outboxd.db".into())),
+            database: DatabaseLocation::parse(f.database.as_deref().unwrap_or("outboxd.db"), base),
             plugins_dir: base.join(f.plugins_dir.unwrap_or_else(|| "plugins.d".into())),
             max_payload_bytes: f.max_payload_bytes.unwrap_or(256 * 1024),
             max_request_bytes: f.max_request_bytes.unwrap_or(8 * 1024 * 1024),
@@ -214,6 +214,45 @@ impl ServiceConfig {
             ));
         }
         Ok(config)
+    }
+}
+
+/// Where the store is: `database` in `outboxd.toml`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    /// A SQLite file, owned by one `serve` at a time.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (`postgres://` or `postgresql://`), shared by any number of hosts.
+    Postgres(String),
+}
+
+impl DatabaseLocation {
+    /// A `postgres://` or `postgresql://` URL, or else a file path resolved against `base`.
+    pub fn parse(value: &str, base: &Path) -> Self {
+        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            Self::Postgres(value.to_owned())
+        } else {
+            Self::Sqlite(base.join(value))
+        }
+    }
+}
+
+impl std::fmt::Display for DatabaseLocation {
+    /// The path, or the URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "{}", path.display()),
+            Self::Postgres(url) => f.write_str(&crate::store::postgres::redact(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(_) => f.debug_tuple("Postgres").field(&self.to_string()).finish(),
+        }
     }
 }
 
@@ -635,9 +674,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "outboxd.toml", "database = \"data/o.db\"\n");
         let c = ServiceConfig::load(&dir.path().join("outboxd.toml")).unwrap();
-        assert_eq!(c.database, dir.path().join("data/o.db"));
+        assert_eq!(c.database, DatabaseLocation::Sqlite(dir.path().join("data/o.db")));
         assert_eq!(c.plugins_dir, dir.path().join("plugins.d"));
         assert_eq!(c.listen.port(), 8080);
+    }
+
+    #[test]
+    fn a_postgres_url_selects_the_shared_store() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "outboxd.toml",
+            "database = \"postgresql://app:pw@db.internal/outbox\"\n",
+        );
+        let c = ServiceConfig::load(&dir.path().join("outboxd.toml")).unwrap();
+        assert_eq!(
+            c.database,
+            DatabaseLocation::Postgres("postgresql://app:pw@db.internal/outbox".into())
+        );
+        assert_eq!(c.database.to_string(), "postgresql://app:***@db.internal/outbox");
+        assert!(!format!("{c:?}").contains("pw@"), "no password in debug output");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! outboxd: a transactional outbox delivery service. Events are persisted first (SQLite,
-//! one delivery per subscribed target), then delivered to every target by sandboxed
+//! outboxd: a transactional outbox delivery service. Events are persisted first (SQLite or
+//! PostgreSQL, one delivery per subscribed target), then delivered to every target by sandboxed
 //! WebAssembly plugins with retries, backoff and leases. See `docs/architecture.md`.
 
 pub mod api;
@@ -27,8 +27,7 @@ use crate::dispatch::DispatchConfig;
 use crate::dispatch::breaker::Breakers;
 use crate::domain::now_ms;
 use crate::plugin::{PluginError, Runtime};
-use crate::store::sqlite::SqliteStore;
-use crate::store::{Store, StoreError};
+use crate::store::{Access, Store, StoreError};
 use crate::targets::Registry;
 
 /// Why the service could not start or run.
@@ -60,17 +59,18 @@ pub async fn serve(
     on_listening: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let db = config.database.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open_exclusive(&db))
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
-    let store: Arc<dyn Store> = Arc::new(store);
-    let recovered = store.recover_orphans(now_ms()).await?;
-    if recovered > 0 {
-        tracing::warn!(
-            recovered,
-            "returned deliveries left in flight by a previous run to pending"
-        );
+    let store: Arc<dyn Store> = store::open(&config.database, Access::Serve).await?;
+    // A store of its own (SQLite, under the lock file): whatever is in flight was left by a
+    // crashed predecessor. A shared store may have other hosts' work in flight: expired
+    // leases are returned by the sweeper instead.
+    if !store.is_shared() {
+        let recovered = store.recover_orphans(now_ms()).await?;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "returned deliveries left in flight by a previous run to pending"
+            );
+        }
     }
 
     // Start-up is a reload from an empty registry. By default the host starts with what
@@ -112,6 +112,11 @@ pub async fn serve(
     let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
     let breakers = Arc::new(Breakers::default());
     let retention = tokio::spawn(retention::run(Arc::clone(&store), config.retention, stop.clone()));
+    // Wake-ups announced by other processes (other hosts' ingests, the CLI) wake idle lanes.
+    let wakeups = {
+        let (store, wake, stop) = (Arc::clone(&store), Arc::clone(&wake), stop.clone());
+        tokio::spawn(async move { store.forward_wakeups(wake, stop).await })
+    };
     let dispatcher = tokio::spawn(dispatch::run(
         Arc::clone(&store),
         Arc::clone(&registry),
@@ -162,7 +167,7 @@ pub async fn serve(
         tracing::info!("shutting down");
         trigger.cancel();
     });
-    tracing::info!(%addr, targets = snapshot.targets.len(), "outboxd is up");
+    tracing::info!(%addr, targets = snapshot.targets.len(), database = %config.database, "outboxd is up");
     on_listening(addr);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(stop.clone().cancelled_owned())
@@ -178,5 +183,6 @@ pub async fn serve(
     if let Err(e) = dispatcher.await {
         tracing::error!(error = %e, "dispatcher task failed");
     }
+    let _ = wakeups.await;
     served.map_err(ServeError::Http)
 }

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! <tmp>/outboxd.toml          service config (listen = "127.0.0.1:0")
-//! <tmp>/outboxd.db            database
+//! <tmp>/outboxd.db            database (SQLite; with `OUTBOXD_TEST_STORE=postgres` a
+//!                             PostgreSQL database of its own instead, see `database`)
 //! <tmp>/plugins.d/*.wasm      components, copied from the plugins build
 //! <tmp>/plugins.d/*.toml      target manifests
 //! <tmp>/outboxd.stderr.log    the child's stderr, across restarts
@@ -33,6 +34,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
+use crate::database::{StoreKind, TestDatabase};
 use crate::{artifacts, default_timeout, scaled};
 
 const CONFIG_FILE: &str = "outboxd.toml";
@@ -358,6 +360,8 @@ pub struct Host {
     stderr_offset: u64,
     starts: usize,
     http: reqwest::Client,
+    /// Shared by the hosts of one cluster; a PostgreSQL database is dropped with the last.
+    database: Arc<TestDatabase>,
 }
 
 impl Default for Host {
@@ -368,8 +372,35 @@ impl Default for Host {
 
 impl Host {
     /// A host in a fresh temp dir with test-friendly defaults:
-    /// `listen = "127.0.0.1:0"`, `poll_interval_ms = 50`, `shutdown_grace_ms = 3000`.
+    /// `listen = "127.0.0.1:0"`, `poll_interval_ms = 50`, `shutdown_grace_ms = 3000`, on the
+    /// store `OUTBOXD_TEST_STORE` names (see [`crate::database`]).
     pub fn new() -> Self {
+        match StoreKind::from_env() {
+            StoreKind::Sqlite => Self::with_database(None),
+            StoreKind::Postgres => Self::on_postgres(),
+        }
+    }
+
+    /// A host on a fresh PostgreSQL database of its own, whatever `OUTBOXD_TEST_STORE` says.
+    pub fn on_postgres() -> Self {
+        Self::with_database(Some(Arc::new(TestDatabase::postgres())))
+    }
+
+    /// Another host (its own directory, plugins and API) on `other`'s PostgreSQL database: a
+    /// cluster. Its targets must be added as for any host.
+    ///
+    /// # Panics
+    /// If `other` runs on SQLite, which one host owns at a time.
+    pub fn sharing_database(other: &Host) -> Self {
+        assert_eq!(
+            other.database.kind(),
+            StoreKind::Postgres,
+            "only a PostgreSQL database can be shared by several hosts"
+        );
+        Self::with_database(Some(Arc::clone(&other.database)))
+    }
+
+    fn with_database(database: Option<Arc<TestDatabase>>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("outboxd-e2e-")
             .tempdir()
@@ -378,7 +409,18 @@ impl Host {
         fs::create_dir_all(root.join(PLUGINS_DIR)).expect("create plugins dir");
         let mut config = toml::Table::new();
         config.insert("listen".into(), "127.0.0.1:0".into());
-        config.insert("database".into(), DATABASE_FILE.into());
+        let database = database.unwrap_or_else(|| Arc::new(TestDatabase::sqlite(&root.join(DATABASE_FILE))));
+        match database.kind() {
+            StoreKind::Sqlite => {
+                config.insert("database".into(), DATABASE_FILE.into());
+            }
+            StoreKind::Postgres => {
+                config.insert("database".into(), database.config_value().into());
+                // No start-up recovery on a shared store: a killed host's leases expire. A
+                // short margin keeps the tests that kill hosts quick.
+                config.insert("lease_margin_ms".into(), 3000.into());
+            }
+        }
         config.insert("plugins_dir".into(), PLUGINS_DIR.into());
         config.insert("poll_interval_ms".into(), 50.into());
         config.insert("shutdown_grace_ms".into(), 3000.into());
@@ -402,6 +444,7 @@ impl Host {
             stderr_offset: 0,
             starts: 0,
             http,
+            database,
         }
     }
 
@@ -748,8 +791,37 @@ impl Host {
         self.start().await
     }
 
-    /// A read-only connection to the database (5 s busy timeout).
+    /// Which store this host runs on.
+    pub fn store_kind(&self) -> StoreKind {
+        self.database.kind()
+    }
+
+    /// The test database (shared by the hosts of a cluster).
+    pub fn database(&self) -> &TestDatabase {
+        &self.database
+    }
+
+    /// Runs `sql` on the database, whichever store it is: every row as text (see
+    /// [`TestDatabase::query`]).
+    pub fn sql(&self, sql: &str) -> Vec<Vec<String>> {
+        self.database.query(sql)
+    }
+
+    /// The single integer `sql` returns, whichever store it is.
+    pub fn sql_i64(&self, sql: &str) -> i64 {
+        self.database.query_i64(sql)
+    }
+
+    /// A read-only connection to the SQLite database (5 s busy timeout).
+    ///
+    /// # Panics
+    /// On PostgreSQL: use [`Host::sql`], which works on both.
     pub fn db(&self) -> rusqlite::Connection {
+        assert_eq!(
+            self.database.kind(),
+            StoreKind::Sqlite,
+            "Host::db() is SQLite only; use Host::sql()"
+        );
         let conn = rusqlite::Connection::open_with_flags(
             self.db_path(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -759,11 +831,9 @@ impl Host {
         conn
     }
 
-    /// `SELECT count(*) FROM <table>` on a read-only connection.
+    /// `SELECT count(*) FROM <table>`, whichever store it is.
     pub fn count_rows(&self, table: &str) -> i64 {
-        self.db()
-            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap_or_else(|e| panic!("count rows of {table}: {e}"))
+        self.sql_i64(&format!("SELECT count(*) FROM {table}"))
     }
 
     /// Run `outboxd <args[0]> --config <dir>/outboxd.toml <args[1..]>` to completion.

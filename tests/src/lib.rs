@@ -16,14 +16,19 @@
 //! - `OUTBOXD_TEST_TIMEOUT_SCALE`: multiplies every wait (e.g. `3` on a slow
 //!   machine).
 //! - `OUTBOXD_KEEP_TEST_DIR=1`: keep the temporary directory of a failing test.
+//! - `OUTBOXD_TEST_STORE=postgres`: run every host on a PostgreSQL database of its own
+//!   (created on `OUTBOXD_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432`, and
+//!   dropped after); see [`database`].
 
 pub mod artifacts;
+pub mod database;
 pub mod host;
 pub mod json;
 pub mod receiver;
 pub mod signature;
 pub mod sources;
 
+pub use database::{StoreKind, TestDatabase};
 pub use host::{Breaker, CliOutput, Host, Retry, StartError, Target};
 pub use json::{deliveries_by_target, delivery, history, status_of, target_count, target_entry};
 pub use receiver::{Behavior, Receiver, RecordedRequest, Reply};

@@ -126,13 +126,6 @@ async fn kill_9_with_deliveries_in_flight_then_restart_delivers_everything() {
     host.stop().await;
     assert_eq!(host.count_rows("events"), EVENTS as i64);
     assert_eq!(host.count_rows("deliveries"), expected as i64);
-    let unsettled: i64 = host
-        .db()
-        .query_row(
-            "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'in_flight')",
-            [],
-            |r| r.get(0),
-        )
-        .expect("query deliveries");
+    let unsettled = host.sql_i64("SELECT count(*) FROM deliveries WHERE status IN ('pending', 'in_flight')");
     assert_eq!(unsettled, 0);
 }

@@ -87,14 +87,10 @@ async fn post_all(addr: Arc<Mutex<Option<SocketAddr>>>) -> Vec<String> {
 
 /// (target, status, event id) of every delivery, straight from the database.
 fn deliveries(host: &Host) -> Vec<(String, String, String)> {
-    let db = host.db();
-    let mut stmt = db
-        .prepare("SELECT target, status, event_id FROM deliveries")
-        .expect("prepare");
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows")
+    host.sql("SELECT target, status, event_id FROM deliveries")
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
+        .collect()
 }
 
 fn counts_of(targets: &Value, name: &str) -> BTreeMap<String, u64> {
@@ -197,12 +193,7 @@ async fn nothing_is_lost_across_random_failures_and_ten_kill_9s() {
     eprintln!("everything settled after {:?}", started.elapsed());
 
     // The database agrees: N events (retried posts were deduplicated), 3N deliveries, all final.
-    let db = host.db();
-    let events: i64 = db
-        .query_row("SELECT count(*) FROM events WHERE type NOT LIKE 'outboxd.%'", [], |r| {
-            r.get(0)
-        })
-        .expect("count events");
+    let events = host.sql_i64("SELECT count(*) FROM events WHERE type NOT LIKE 'outboxd.%'");
     assert_eq!(events, N as i64, "one event per producer idempotency key");
     let rows = deliveries(&host);
     assert_eq!(rows.len(), 3 * N, "one delivery per event and target");

@@ -313,12 +313,7 @@ async fn replacing_the_plugin_under_load_loses_nothing_and_switches_within_a_sec
     for status in ["pending", "in_flight", "dead", "paused", "discarded"] {
         assert_eq!(count(live, status), 0, "no delivery may be {status}: {live:#}");
     }
-    let failed_attempts: i64 = host
-        .db()
-        .query_row("SELECT count(*) FROM attempts WHERE outcome != 'delivered'", [], |r| {
-            r.get(0)
-        })
-        .expect("count failed attempts");
+    let failed_attempts = host.sql_i64("SELECT count(*) FROM attempts WHERE outcome != 'delivered'");
     assert_eq!(failed_attempts, 0, "no attempt may fail across the replacements");
 
     let reqs = rx.requests_at("/live");

@@ -6,6 +6,8 @@
 //!   `cargo test` with `OUTBOXD_BIN`, `OUTBOXD_PLUGINS_DIR` and
 //!   `OUTBOXD_POLYGLOT_DIR` set; `tests/install-tools.sh` first installs the
 //!   operator-view test tools (`OUTBOXD_TEST_BROWSER_DIR`, `OUTBOXD_TEST_PYTHON`).
+//!   Then the store suites run again on PostgreSQL
+//!   (`OUTBOXD_TEST_STORE=postgres`; `OUTBOXD_TEST_PG=skip` skips that pass).
 //! - `cargo xtask demo [--fresh] [--debug]`: build everything, lay out `demo/`, start
 //!   `demo-receiver` and `outboxd serve`, post a sample event, and run until
 //!   Ctrl-C.
@@ -25,7 +27,8 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test [ARGS...]   install the wasm target, build plugins and host, run `cargo test --workspace`
+  test [ARGS...]   install the wasm target, build plugins and host, run `cargo test --workspace`,
+                   the store suites again on PostgreSQL (OUTBOXD_TEST_PG=skip skips them)
                    and the plugins' unit tests
                    (extra ARGS go to cargo test, e.g. `-p outboxd-tests --test fanout -- --nocapture`)
   demo [--fresh] [--debug]
@@ -245,6 +248,20 @@ fn install_test_tools() -> Result<TestTools> {
     })
 }
 
+/// The end-to-end suites run a second time with `OUTBOXD_TEST_STORE=postgres`. Not
+/// `crash_recovery`: it tests SQLite's start-up recovery of a 60 s lease (on PostgreSQL a
+/// killed host's leases expire instead, which `fc_chaos` and `pg_cluster` exercise).
+const PG_SUITES: &[&str] = &[
+    "ingest",
+    "fanout",
+    "retries",
+    "cli",
+    "fc_dead",
+    "fc_lanes",
+    "fc_chaos",
+    "hot_reload",
+];
+
 fn cmd_test(extra: &[String]) -> Result<ExitCode> {
     ensure_wasm_target()?;
     let plugins = build_plugins(true)?;
@@ -279,6 +296,29 @@ fn cmd_test(extra: &[String]) -> Result<ExitCode> {
     let status = cmd.status().map_err(|e| format!("cannot run cargo test: {e}"))?;
     if !status.success() || selects_packages {
         return Ok(exit_code(status));
+    }
+    // The suites that exercise the store, again on PostgreSQL (each test on a database of its
+    // own). The others (plugins, sandbox, receiver) do not depend on the store.
+    if env::var("OUTBOXD_TEST_PG").is_ok_and(|v| v == "skip") {
+        step("OUTBOXD_TEST_PG=skip: not running the store suites on PostgreSQL");
+    } else {
+        step(&format!(
+            "running the store suites on PostgreSQL ({})",
+            PG_SUITES.join(", ")
+        ));
+        let mut cmd = cargo();
+        cmd.args(["test", "-p", "outboxd-tests"]);
+        for suite in PG_SUITES {
+            cmd.args(["--test", suite]);
+        }
+        cmd.args(extra)
+            .env("OUTBOXD_BIN", &bin)
+            .env("OUTBOXD_TEST_STORE", "postgres");
+        plugins.export(&mut cmd);
+        let status = cmd.status().map_err(|e| format!("cannot run cargo test: {e}"))?;
+        if !status.success() {
+            return Ok(exit_code(status));
+        }
     }
     // The plugins workspace's own unit tests (SDK, adapters), natively.
     step("running the plugins' unit tests");

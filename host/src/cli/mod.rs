@@ -21,8 +21,7 @@ use crate::config::{ConfigError, ServiceConfig, scan_targets};
 use crate::domain::{DeliveryStatus, EventId, format_ms, now_ms};
 use crate::ingest::{self, IngestError};
 use crate::plugin::PluginError;
-use crate::store::sqlite::SqliteStore;
-use crate::store::{FailedFilter, Store, StoreError};
+use crate::store::{self, Access, FailedFilter, Store, StoreError};
 use crate::targets::routing::Routes;
 
 /// outboxd: persist events first, then deliver them to every target through sandboxed
@@ -290,12 +289,8 @@ impl From<IngestError> for CliError {
     }
 }
 
-async fn open_store(config: &ServiceConfig) -> Result<SqliteStore, CliError> {
-    let path = config.database.clone();
-    tokio::task::spawn_blocking(move || SqliteStore::open(&path))
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
-        .map_err(Into::into)
+async fn open_store(config: &ServiceConfig) -> Result<std::sync::Arc<dyn Store>, CliError> {
+    Ok(store::open(&config.database, Access::Client).await?)
 }
 
 /// `outboxd enqueue`: validates exactly as the API does, routes by the manifests in the

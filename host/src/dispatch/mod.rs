@@ -9,6 +9,7 @@
 
 pub mod breaker;
 mod held;
+mod limiter;
 pub mod policy;
 pub mod pool;
 pub mod ratelimit;
@@ -24,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::breaker::{Admit, Breakers, Signal, Transition};
+use self::limiter::Limiter;
 use self::pool::{PoolPermit, PriorityPool};
-use self::ratelimit::TokenBucket;
 use crate::domain::{
     DeliveryStatus, EventId, EventType, Millis, Outcome, ProducerKey, TargetClass, TargetName, delivery_key, now_ms,
 };
@@ -251,7 +252,7 @@ async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken
     let permits = Arc::new(Semaphore::new(spec.concurrency as usize));
     let lease = spec.timeout + shared.config.lease_margin;
     let batched = spec.class == TargetClass::Batched;
-    let mut bucket = spec.rate_per_sec.map(|r| TokenBucket::new(r, Instant::now()));
+    let mut bucket = spec.rate_per_sec.map(|r| Limiter::new(&shared.store, r));
     tracing::debug!(target = %name, "lane started");
     while !token.is_cancelled() {
         // Arm the wake-up before looking for work, so an ingest in between is not missed.
@@ -298,9 +299,9 @@ async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken
             held.len()
         };
         if let Some(bucket) = bucket.as_mut() {
-            let granted = bucket.take(want, Instant::now());
-            if granted == 0 {
-                let wait = bucket.wait_for_one(Instant::now());
+            let taken = bucket.take(shared.store.as_ref(), &name, want).await;
+            let granted = taken.unwrap_or(0);
+            if let Err(wait) = taken {
                 drop(held);
                 tokio::select! {
                     _ = tokio::time::sleep(wait.max(MIN_IDLE)) => {}
@@ -359,7 +360,9 @@ async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken
                 .with(name.as_str(), spec.breaker, |b| b.probe_started(!claimed.is_empty()));
         }
         if let Some(bucket) = bucket.as_mut() {
-            bucket.give_back(want.saturating_sub(claimed.len()));
+            bucket
+                .give_back(shared.store.as_ref(), &name, want.saturating_sub(claimed.len()))
+                .await;
         }
         let full = !claimed.is_empty() && claimed.len() == want;
         let got_any = !claimed.is_empty();

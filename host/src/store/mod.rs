@@ -2,14 +2,22 @@
 //! producer idempotency ledger. [`Store`] is the seam between the dispatcher/API and a
 //! database; [`sqlite::SqliteStore`] is the embedded implementation. Every method works in
 //! batches (ingest many events, claim many deliveries, settle many outcomes) so that one
-//! transaction carries many rows.
+//! transaction carries many rows. [`postgres::PgStore`] is the shared implementation for
+//! several hosts on one PostgreSQL database; [`open`] picks the one the configuration names.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use thiserror::Error;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DatabaseLocation;
 
 use crate::domain::{AttemptOutcome, DeliveryStatus, EventId, EventType, Millis, ProducerKey, TargetName};
 
@@ -32,6 +40,52 @@ pub enum StoreError {
     TooNew { found: i64, supported: i64 },
     #[error("database task failed: {0}")]
     Task(String),
+    #[error("PostgreSQL error: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("cannot connect to PostgreSQL at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Who opens the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `outboxd serve`: for SQLite, exclusively (the lock file).
+    Serve,
+    /// A command of the CLI, which may run beside any number of `serve` processes.
+    Client,
+}
+
+/// Opens the store `location` names: SQLite (created with its directory if missing) or
+/// PostgreSQL (schema created or migrated).
+pub async fn open(location: &DatabaseLocation, access: Access) -> Result<Arc<dyn Store>, StoreError> {
+    match location {
+        DatabaseLocation::Sqlite(path) => {
+            let path = path.clone();
+            let store = tokio::task::spawn_blocking(move || match access {
+                Access::Serve => sqlite::SqliteStore::open_exclusive(&path),
+                Access::Client => sqlite::SqliteStore::open(&path),
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+            Ok(Arc::new(store))
+        }
+        DatabaseLocation::Postgres(url) => Ok(Arc::new(postgres::PgStore::open(url).await?)),
+    }
+}
+
+/// What a shared rate limit granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenGrant {
+    /// Tokens taken (at most those asked for); 0 when the bucket is empty.
+    pub granted: usize,
+    /// With nothing granted, how long until one token is due.
+    pub wait: Duration,
 }
 
 /// An event to accept, already validated and routed.
@@ -285,4 +339,34 @@ pub trait Store: Send + Sync + 'static {
     /// at `now` (the lag metric: how long the oldest due delivery has been waiting). Targets
     /// with nothing due are absent.
     async fn oldest_due(&self, now: Millis) -> Result<BTreeMap<String, Millis>, StoreError>;
+
+    /// Whether several hosts may serve from this store at once. A shared store has no
+    /// exclusive owner: `serve` does not call [`Store::recover_orphans`] (leases expire and
+    /// the sweeper of any host returns them), and rate limits are kept in the store.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Takes up to `want` tokens of `target`'s rate limit (`rate` per second, burst
+    /// `max(rate, 1)`) for the whole cluster. `None`: this store keeps no rate limits and the
+    /// lane keeps its own bucket.
+    async fn take_tokens(
+        &self,
+        _target: &TargetName,
+        _rate: f64,
+        _want: usize,
+    ) -> Result<Option<TokenGrant>, StoreError> {
+        Ok(None)
+    }
+
+    /// Gives back `n` tokens taken by [`Store::take_tokens`] but not used.
+    async fn give_back_tokens(&self, _target: &TargetName, _rate: f64, _n: usize) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Wakes `wake` whenever another process announces new due work, until `stop`. The
+    /// default has no such channel (lanes poll).
+    async fn forward_wakeups(&self, _wake: Arc<Notify>, stop: CancellationToken) {
+        stop.cancelled().await
+    }
 }
