@@ -30,7 +30,11 @@ fn base_url(config: &ServiceConfig, url: Option<String>) -> Result<String, CliEr
 }
 
 /// Fetches `GET /v1/sources` and prints one line per source.
-pub async fn source_status(config: &ServiceConfig, url: Option<String>, token: Option<String>) -> Result<String, CliError> {
+pub async fn source_status(
+    config: &ServiceConfig,
+    url: Option<String>,
+    token: Option<String>,
+) -> Result<String, CliError> {
     let base = base_url(config, url)?;
     let endpoint = format!("{base}/v1/sources");
     let unreachable = |e: reqwest::Error| CliError::Service(format!("{endpoint}: {e} (is `outboxd serve` running?)"));

@@ -839,7 +839,9 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         let mut q: QueryBuilder<Postgres> = QueryBuilder::new("SELECT d.id, d.event_id FROM deliveries d WHERE ");
         push_failed_where(&mut q, filter);
-        q.push(" ORDER BY d.id LIMIT ").push_bind(limit).push(" FOR UPDATE SKIP LOCKED");
+        q.push(" ORDER BY d.id LIMIT ")
+            .push_bind(limit)
+            .push(" FOR UPDATE SKIP LOCKED");
         let chosen: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
         let ids: Vec<i64> = chosen.iter().map(|(id, _)| *id).collect();
         let events: Vec<String> = chosen.into_iter().map(|(_, e)| e).collect();
