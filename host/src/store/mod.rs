@@ -4,6 +4,7 @@
 //! batches (ingest many events, claim many deliveries, settle many outcomes) so that one
 //! transaction carries many rows.
 
+mod group_commit;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
