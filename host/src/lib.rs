@@ -26,9 +26,13 @@ use crate::config::ServiceConfig;
 use crate::dispatch::DispatchConfig;
 use crate::dispatch::breaker::Breakers;
 use crate::domain::now_ms;
-use crate::plugin::{PluginError, Runtime};
+use crate::plugin::{PluginError, PoolSize, Runtime};
 use crate::store::{Access, Store, StoreError};
 use crate::targets::Registry;
+
+/// Plugin instances kept for `slow` targets, which run outside the shared pool of
+/// `max_in_flight` attempts (beyond them, slow attempts wait for a free instance).
+const SLOW_INSTANCES: u32 = 192;
 
 /// Why the service could not start or run.
 #[derive(Debug, Error)]
@@ -76,7 +80,13 @@ pub async fn serve(
     // Start-up is a reload from an empty registry. By default the host starts with what
     // loads: targets whose plugin fails are routed and held (see `targets::HeldTarget`);
     // `strict_start` refuses to start instead.
-    let runtime = Runtime::new(Some(config.cache_dir.clone()))?;
+    // Instances for every attempt the shared pool admits, and for `slow` targets beside it.
+    let pool = PoolSize {
+        instances: u32::try_from(config.max_in_flight)
+            .unwrap_or(u32::MAX)
+            .saturating_add(SLOW_INSTANCES),
+    };
+    let runtime = Runtime::with_pool(Some(config.cache_dir.clone()), pool)?;
     let registry = Arc::new(Registry::new(runtime, config.plugins_dir.clone()));
     let snapshot = registry.reload().await;
     if !snapshot.errors.is_empty() {

@@ -11,6 +11,9 @@
 //! - `cargo xtask demo [--fresh] [--debug]`: build everything, lay out `demo/`, start
 //!   `demo-receiver` and `outboxd serve`, post a sample event, and run until
 //!   Ctrl-C.
+//! - `cargo xtask bench [--debug] [BENCH ARGS...]`: build the plugins, outboxd and
+//!   `outboxd-bench` in release (debug with `--debug`), run the benchmark, and
+//!   write `target/bench.json` (see `docs/performance.md`).
 
 use std::env;
 use std::ffi::OsString;
@@ -34,6 +37,10 @@ commands:
   demo [--fresh] [--debug]
                    build everything and run outboxd + demo-receiver in demo/ until Ctrl-C
                    (--fresh deletes demo/outboxd.db first; --debug uses debug builds, quicker to build)
+  bench [--debug] [ARGS...]
+                   build plugins, outboxd and outboxd-bench in release and run the benchmark: prints a
+                   table and writes target/bench.json (--debug uses the debug build; ARGS go to
+                   outboxd-bench, e.g. --quick, --events N; see docs/performance.md)
   help             this text";
 
 type Result<T, E = String> = std::result::Result<T, E>;
@@ -45,6 +52,7 @@ fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "test" => cmd_test(&rest),
         "demo" => cmd_demo(&rest),
+        "bench" => cmd_bench(&rest),
         "" | "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -332,6 +340,39 @@ fn cmd_test(extra: &[String]) -> Result<ExitCode> {
         .arg(plugins_dir.join("target"))
         .status()
         .map_err(|e| format!("cannot run cargo test for the plugins: {e}"))?;
+    Ok(exit_code(status))
+}
+
+// ---------------------------------------------------------------------------
+// cargo xtask bench
+
+fn cmd_bench(args: &[String]) -> Result<ExitCode> {
+    let debug = args.iter().any(|a| a == "--debug");
+    let mut rest: Vec<String> = args.iter().filter(|a| *a != "--debug").cloned().collect();
+    ensure_wasm_target()?;
+    let plugins = build_plugins(true)?;
+    let profile = if debug { "debug" } else { "release" };
+    step(&format!("building outboxd and outboxd-bench ({profile})"));
+    let mut build = cargo();
+    build.arg("build");
+    if !debug {
+        build.arg("--release");
+    }
+    run(build.args(["-p", "outboxd", "-p", "outboxd-bench", "--bins"]))?;
+    let bins = target_dir().join(profile);
+    if !rest.iter().any(|a| a == "--json" || a.starts_with("--json=")) {
+        rest.push("--json".into());
+        rest.push(target_dir().join("bench.json").display().to_string());
+    }
+    let mut cmd = Command::new(bins.join(exe("outboxd-bench")));
+    cmd.arg("--outboxd").arg(bins.join(exe("outboxd")));
+    cmd.arg("--plugins").arg(&plugins.rust);
+    if let Some(dir) = &plugins.polyglot {
+        cmd.arg("--polyglot").arg(dir);
+    }
+    cmd.args(&rest).current_dir(root());
+    step(&format!("running {cmd:?}"));
+    let status = cmd.status().map_err(|e| format!("cannot run outboxd-bench: {e}"))?;
     Ok(exit_code(status))
 }
 

@@ -39,6 +39,11 @@ use crate::targets::{Registry, Target};
 const SETTLE_BATCH: usize = 256;
 /// Outcomes waiting to be written; a full queue makes attempts wait (backpressure).
 const SETTLE_QUEUE: usize = 4096;
+/// Least time between the starts of two settle transactions. Each one ends with an fsync
+/// that holds the single writer (and so every claim) for about a millisecond; pacing them
+/// lets outcomes gather into fewer, larger transactions under load. Outcomes wait at most
+/// this long; leases keep their deliveries safe meanwhile.
+const SETTLE_PACE: Duration = Duration::from_millis(4);
 /// Shortest pause of an idle lane, so that a lane never spins.
 const MIN_IDLE: Duration = Duration::from_millis(5);
 
@@ -629,7 +634,19 @@ fn log_outcome(d: &Claimed, outcome: &Outcome, status: DeliveryStatus, took: Dur
 /// transaction. A failed write is retried; the leases keep the deliveries safe meanwhile.
 async fn settle_loop(store: Arc<dyn Store>, owner: String, mut rx: mpsc::Receiver<Settlement>) {
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    let mut last = Instant::now();
     while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        // Under load, give the next outcomes a moment to join this transaction.
+        if batch.len() < SETTLE_BATCH && last.elapsed() < SETTLE_PACE {
+            tokio::time::sleep_until(last + SETTLE_PACE).await;
+            while batch.len() < SETTLE_BATCH {
+                match rx.try_recv() {
+                    Ok(s) => batch.push(s),
+                    Err(_) => break,
+                }
+            }
+        }
+        last = Instant::now();
         let mut failures = 0u32;
         loop {
             match store.settle(&owner, batch.clone()).await {

@@ -9,6 +9,7 @@ mod cache;
 mod host;
 pub mod logbudget;
 mod output;
+mod pool;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ pub use host::{HttpExchange, LogLevel, LogLine};
 pub use logbudget::LogBudget;
 use output::TailPipe;
 pub use output::{GuestOutput, Tail};
+pub use pool::PoolSize;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -97,16 +99,23 @@ struct RuntimeInner {
     linker: Linker<HostState>,
     http: reqwest::Client,
     cache: Option<cache::CompileCache>,
+    slots: pool::Slots,
 }
 
 impl Runtime {
-    /// Sets up the engine and starts its epoch ticker (a plain thread, outside tokio, that
-    /// ends when the engine is dropped). With `cache_dir`, compiled plugins are kept there
-    /// and reused across restarts.
+    /// A runtime for one plugin run at a time (`plugin check|run`): see [`Runtime::with_pool`].
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
+        Self::with_pool(cache_dir, PoolSize::SMALL)
+    }
+
+    /// Sets up the engine with an instance pool of `pool` and starts its epoch ticker (a plain
+    /// thread, outside tokio, that ends when the engine is dropped). With `cache_dir`,
+    /// compiled plugins are kept there and reused across restarts.
+    pub fn with_pool(cache_dir: Option<PathBuf>, pool: PoolSize) -> Result<Self, PluginError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        pool::configure(&mut config, pool);
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
         let mut linker = Linker::<HostState>::new(&engine);
@@ -114,14 +123,7 @@ impl Runtime {
         bindings::Target::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(32)
-            .build()
-            .map_err(|e| PluginError::Engine(format!("HTTP client: {e}")))?;
+        let http = http_client()?;
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -142,6 +144,7 @@ impl Runtime {
                 linker,
                 http,
                 cache,
+                slots: pool::Slots::new(pool),
             }),
         })
     }
@@ -165,6 +168,7 @@ impl Runtime {
                 (component, false)
             }
         };
+        pool::check(&component)?;
         let info = self.describe(&component);
         let wrong_world = |e: wasmtime::Error| {
             let exports = if info.exports.is_empty() {
@@ -225,6 +229,20 @@ impl Runtime {
             exports,
         }
     }
+}
+
+/// The HTTP client behind `http.send`, shared by every plugin of a runtime: pooled
+/// keep-alive connections (idle ones closed after 90 s; at most as many per host as requests
+/// ran at once, which the targets' concurrency bounds), a 10 s connect timeout, no redirects
+/// followed, proxy variables ignored. Public so that the benchmark measures the same stack.
+pub fn http_client() -> Result<reqwest::Client, PluginError> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+        .map_err(|e| PluginError::Engine(format!("HTTP client: {e}")))
 }
 
 /// The hex SHA-256 of a plugin file: its version identity.
@@ -367,6 +385,17 @@ impl Plugin {
     pub async fn deliver_batch(&self, grants: &Grants, events: Vec<EventInput>) -> BatchReport {
         let started = Instant::now();
         let deadline = started + grants.timeout;
+        let count = events.len();
+        // A free instance of the pool; waiting for one counts against the deadline.
+        let Ok(_slot) = tokio::time::timeout(grants.timeout, self.runtime.inner.slots.acquire()).await else {
+            return BatchReport {
+                outcomes: vec![deadline_exceeded(grants.timeout); count],
+                logs: Vec::new(),
+                requests: Vec::new(),
+                duration: started.elapsed(),
+                output: GuestOutput::default(),
+            };
+        };
         let (stdout, stderr) = (TailPipe::new(), TailPipe::new());
         let wasi = WasiCtx::builder()
             .stdout(stdout.clone())
@@ -400,7 +429,6 @@ impl Plugin {
             }
         });
 
-        let count = events.len();
         let wit_events: Vec<WitEvent> = events
             .into_iter()
             .map(|event| WitEvent {

@@ -5,6 +5,7 @@
 //! transaction carries many rows. [`postgres::PgStore`] is the shared implementation for
 //! several hosts on one PostgreSQL database; [`open`] picks the one the configuration names.
 
+mod group_commit;
 pub mod postgres;
 pub mod sqlite;
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::group_commit::{GroupCommit, Waiter};
 use super::{
     AttemptRecord, Claimed, DeliveryDetail, EventDetail, FailedDelivery, FailedFilter, Ingested, NewEvent,
     SettleReport, Settlement, StatusCounts, Store, StoreError, StoredEvent, VersionAttempts,
@@ -122,11 +123,24 @@ impl Gated {
     }
 }
 
+/// One ingest request (its events and their acceptance time) and its answer.
+type IngestRequest = (Vec<NewEvent>, Millis);
+type IngestAnswer = Result<Vec<Ingested>, StoreError>;
+/// Concurrent ingests, written together (see [`GroupCommit`]).
+type IngestGroup = GroupCommit<IngestRequest, IngestAnswer>;
+
 /// The embedded SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: Gated,
+    /// Claims: a second writing connection with `synchronous = NORMAL`, behind the writer's
+    /// gate (so never writing at the same time). A claim's commit is not flushed to disk; the
+    /// next flushed commit (a settle, an ingest) makes it durable with everything before it.
+    /// Losing a claim to power loss is harmless: the delivery is pending again, as if it had
+    /// never been claimed, and at-least-once delivery already allows the repeat.
+    claimer: Gated,
     reader: Gated,
+    ingests: Arc<IngestGroup>,
     /// The exclusive `serve` lock, held for this store's life when taken.
     _lock: Option<Arc<File>>,
 }
@@ -138,10 +152,14 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    open_connection_with(path, "FULL")
+}
+
+fn open_connection_with(path: &Path, synchronous: &str) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: an acknowledged ingest survives power loss, not only a process crash.
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(conn)
@@ -212,9 +230,16 @@ impl SqliteStore {
         let mut writer = open_connection(path)?;
         migrate(&mut writer)?;
         let reader = open_connection(path)?;
+        let writer = Gated::new(writer);
+        let claimer = Gated {
+            conn: Arc::new(Mutex::new(open_connection_with(path, "NORMAL")?)),
+            gate: Arc::clone(&writer.gate),
+        };
         Ok(Self {
-            writer: Gated::new(writer),
+            writer,
+            claimer,
             reader: Gated::new(reader),
+            ingests: Arc::default(),
             _lock: lock,
         })
     }
@@ -357,6 +382,47 @@ fn insert_events(tx: &Connection, events: Vec<NewEvent>, now: Millis) -> Result<
     Ok(out)
 }
 
+/// Writes a group of ingest requests in one transaction, each inside its own savepoint so
+/// that one failing request (all or nothing, as alone) does not undo the others, and answers
+/// every request once the transaction has committed.
+fn ingest_group(conn: &mut Connection, group: Vec<Waiter<IngestRequest, IngestAnswer>>) {
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let message = e.to_string();
+            let mut first = Some(e);
+            for w in group {
+                let err = first
+                    .take()
+                    .map(StoreError::from)
+                    .unwrap_or_else(|| StoreError::Task(message.clone()));
+                w.answer(Err(err));
+            }
+            return;
+        }
+    };
+    let mut done = Vec::with_capacity(group.len());
+    for mut w in group {
+        let (events, now) = std::mem::take(&mut w.request);
+        let result = tx.savepoint().map_err(StoreError::from).and_then(|mut sp| {
+            sp.set_drop_behavior(rusqlite::DropBehavior::Rollback);
+            let out = insert_events(&sp, events, now)?;
+            sp.commit()?;
+            Ok(out)
+        });
+        done.push((w, result));
+    }
+    match tx.commit() {
+        Ok(()) => done.into_iter().for_each(|(w, r)| w.answer(r)),
+        Err(e) => {
+            let message = format!("commit failed: {e}");
+            for (w, r) in done {
+                w.answer(r.and_then(|_| Err(StoreError::Task(message.clone()))));
+            }
+        }
+    }
+}
+
 /// Marks the running history rows of the deliveries matched by `where_clause` (which may use
 /// the named parameters in `bind`) as abandoned, with `why` as their error.
 fn abandon_running(
@@ -480,13 +546,19 @@ fn bind_refs(params: &[(String, Box<dyn rusqlite::ToSql>)]) -> Vec<(&str, &dyn r
 #[async_trait]
 impl Store for SqliteStore {
     async fn ingest(&self, events: Vec<NewEvent>, now: Millis) -> Result<Vec<Ingested>, StoreError> {
-        self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = insert_events(&tx, events, now)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
+        // Concurrent ingests share one transaction and one fsync; each is answered only
+        // after that commit, so an acknowledged event is as durable as before.
+        let conn = Arc::clone(&self.writer.conn);
+        self.ingests
+            .submit((events, now), &self.writer.gate, move |permit, group| {
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
+                    ingest_group(&mut guard, group);
+                });
+            })
+            .await
+            .unwrap_or_else(|| Err(StoreError::Task("the ingest was dropped before its commit".into())))
     }
 
     async fn claim(
@@ -500,7 +572,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Claimed>, StoreError> {
         let target = target.clone();
         let owner = owner.to_owned();
-        self.write(move |conn| {
+        Self::run(&self.claimer, move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let paused: bool = tx
                 .prepare_cached("SELECT paused FROM target_state WHERE target = ?1")?
@@ -531,25 +603,37 @@ impl Store for SqliteStore {
             } else {
                 String::new()
             };
-            let claimed: Vec<(i64, String, u32, u32)> = tx
-                .prepare_cached(&format!(
-                    "UPDATE deliveries
-                     SET status = '{in_flight}', lease_owner = ?2, lease_expires_at = ?3, attempts = attempts + 1,
-                         attempt_seq = attempt_seq + 1, updated_at = ?4
-                     WHERE id IN (
-                         SELECT d.id FROM deliveries d
-                         WHERE d.target = ?1 AND (
-                             (d.status = '{pending}' AND d.next_attempt_at <= ?4)
-                             OR (d.status = '{in_flight}' AND d.lease_expires_at <= ?4))
-                         {fifo}
-                         ORDER BY d.next_attempt_at, d.id
-                         LIMIT ?5)
-                     RETURNING id, event_id, attempts, attempt_seq"
-                ))?
-                .query_map(params![target.as_str(), owner, lease_until, now, limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })?
-                .collect::<Result<_, _>>()?;
+            // Expired leases first (rare), then due pending deliveries. Two statements rather
+            // than one with an OR, so that each walks the due index in order and stops at the
+            // limit instead of sorting every due delivery of the target.
+            let mut claimed: Vec<(i64, String, u32, u32)> = Vec::new();
+            for due in [
+                format!("d.status = '{in_flight}' AND d.lease_expires_at <= ?4"),
+                format!("d.status = '{pending}' AND d.next_attempt_at <= ?4"),
+            ] {
+                let left = limit.saturating_sub(claimed.len());
+                if left == 0 {
+                    break;
+                }
+                let rows = tx
+                    .prepare_cached(&format!(
+                        "UPDATE deliveries
+                         SET status = '{in_flight}', lease_owner = ?2, lease_expires_at = ?3, attempts = attempts + 1,
+                             attempt_seq = attempt_seq + 1, updated_at = ?4
+                         WHERE id IN (
+                             SELECT d.id FROM deliveries d
+                             WHERE d.target = ?1 AND {due}
+                             {fifo}
+                             ORDER BY d.next_attempt_at, d.id
+                             LIMIT ?5)
+                         RETURNING id, event_id, attempts, attempt_seq"
+                    ))?
+                    .query_map(params![target.as_str(), owner, lease_until, now, left as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                claimed.extend(rows);
+            }
             let mut out = Vec::with_capacity(claimed.len());
             {
                 let mut open_attempt = tx.prepare_cached(&format!(
@@ -597,10 +681,8 @@ impl Store for SqliteStore {
                     "UPDATE attempts SET outcome = ?1, error = ?2, duration_ms = ?3, plugin_hash = ?4
                      WHERE delivery_id = ?5 AND n = ?6",
                 )?;
-                let mut count_version = tx.prepare_cached(
-                    "INSERT INTO version_attempts (target, plugin_hash, attempts) VALUES (?1, ?2, 1)
-                     ON CONFLICT (target, plugin_hash) DO UPDATE SET attempts = attempts + 1",
-                )?;
+                // Attempts per (target, plugin version) of this batch: one upsert each.
+                let mut versions: Vec<(TargetName, String, i64)> = Vec::new();
                 for s in batch {
                     let changed = update.execute(params![
                         s.status.as_str(),
@@ -625,9 +707,19 @@ impl Store for SqliteStore {
                         s.delivery_id,
                         s.seq,
                     ])?;
-                    if let Some(hash) = &s.plugin_hash {
-                        count_version.execute(params![s.target.as_str(), hash])?;
+                    if let Some(hash) = s.plugin_hash {
+                        match versions.iter_mut().find(|(t, h, _)| *t == s.target && *h == hash) {
+                            Some((_, _, n)) => *n += 1,
+                            None => versions.push((s.target, hash, 1)),
+                        }
                     }
+                }
+                let mut count_version = tx.prepare_cached(
+                    "INSERT INTO version_attempts (target, plugin_hash, attempts) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (target, plugin_hash) DO UPDATE SET attempts = attempts + excluded.attempts",
+                )?;
+                for (target, hash, n) in versions {
+                    count_version.execute(params![target.as_str(), hash, n])?;
                 }
             }
             let now = emitted.first().map(|_| crate::domain::now_ms()).unwrap_or_default();

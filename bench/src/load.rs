@@ -1,0 +1,187 @@
+//! Load generators: the raw-ceiling client loop (outboxd's own HTTP client stack posting the
+//! webhook body straight to the sink), and producers posting events to outboxd's API, one per
+//! request or in arrays, with latency percentiles.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The event payload every benchmark event carries (about 200 bytes, the shape of the
+/// README's examples; the JavaScript adapter needs `customer.email`).
+pub fn payload(i: u64) -> Value {
+    json!({
+        "id": format!("ord_{i}"),
+        "total": 42.5,
+        "currency": "EUR",
+        "customer": {"id": 7, "email": "ada@example.com", "name": "Ada Lovelace"},
+        "items": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}]
+    })
+}
+
+/// One event for `POST /v1/events`.
+pub fn event(i: u64) -> Value {
+    json!({"type": "order.created", "payload": payload(i)})
+}
+
+/// The body the webhook plugin sends for [`event`]: `{"type", "timestamp", "data"}`.
+pub fn webhook_body(i: u64) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "type": "order.created",
+        "timestamp": "2026-11-28T01:02:03.456Z",
+        "data": payload(i),
+    }))
+    .expect("serializable")
+}
+
+/// What a timed load produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Throughput {
+    pub count: u64,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub errors: u64,
+}
+
+impl Throughput {
+    pub fn new(count: u64, took: Duration, errors: u64) -> Self {
+        let seconds = took.as_secs_f64();
+        Self {
+            count,
+            seconds,
+            per_second: count as f64 / seconds.max(1e-9),
+            errors,
+        }
+    }
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    pub fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort_unstable();
+        let at = |q: f64| {
+            samples
+                .get(((samples.len() as f64 * q).ceil() as usize).saturating_sub(1))
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        Self {
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
+    }
+}
+
+/// The raw ceiling: `concurrency` tasks POSTing the webhook body (with the webhook's
+/// headers) to the sink through `client` until `total` requests are done.
+pub async fn ceiling(client: reqwest::Client, urls: Vec<String>, concurrency: usize, total: u64) -> Throughput {
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let body = axum::body::Bytes::from(webhook_body(1));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for t in 0..concurrency {
+        let (client, next, errors, body) = (client.clone(), Arc::clone(&next), Arc::clone(&errors), body.clone());
+        let url = urls[t % urls.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let key = "01a2200a-c31e-724e-b564-e1df5db6fbb0.hook-a";
+                let sent = client
+                    .post(&url)
+                    .timeout(Duration::from_secs(10))
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", key)
+                    .header("webhook-id", key)
+                    .header("webhook-timestamp", "1795827723")
+                    .header("outboxd-event-id", "01a2200a-c31e-724e-b564-e1df5db6fbb0")
+                    .header("outboxd-event-type", "order.created")
+                    .header("outboxd-attempt", "1")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let ok = match sent {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Throughput::new(total, started.elapsed(), errors.load(Ordering::Relaxed))
+}
+
+/// Producers: `connections` tasks posting `total` events to `POST /v1/events`, `per_request`
+/// events per request (1: single objects, otherwise arrays), numbered from `first`.
+/// Returns the events/s and the latency of each request.
+pub async fn ingest(
+    client: reqwest::Client,
+    base: &str,
+    connections: usize,
+    total: u64,
+    per_request: u64,
+    first: u64,
+) -> (Throughput, Latency) {
+    let requests = total.div_ceil(per_request);
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let url = format!("{base}/v1/events");
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (client, next, errors, url) = (client.clone(), Arc::clone(&next), Arc::clone(&errors), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                let r = next.fetch_add(1, Ordering::Relaxed);
+                if r >= requests {
+                    break;
+                }
+                let lo = r * per_request;
+                let hi = (lo + per_request).min(total);
+                let body = if per_request == 1 {
+                    serde_json::to_vec(&event(first + lo))
+                } else {
+                    serde_json::to_vec(&(lo..hi).map(|i| event(first + i)).collect::<Vec<_>>())
+                }
+                .expect("serializable");
+                let t0 = Instant::now();
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                let ok = match sent {
+                    Ok(resp) => resp.status().as_u16() == 202 && resp.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                samples.push(t0.elapsed());
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            samples
+        }));
+    }
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(t.await.unwrap_or_default());
+    }
+    (
+        Throughput::new(total, started.elapsed(), errors.load(Ordering::Relaxed)),
+        Latency::of(samples),
+    )
+}

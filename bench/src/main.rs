@@ -1,0 +1,553 @@
+//! `outboxd-bench`: outboxd's throughput benchmark, in one run on one machine (run it through
+//! `cargo xtask bench`, which builds everything in release first). It starts its own HTTP
+//! sink on loopback and the real `outboxd serve`, and measures, in this order:
+//!
+//! 1. RSS of the idle service;
+//! 2. single-event ingest (`POST /v1/events`, one event per request, 16 connections):
+//!    events/s, p50 and p99, with the targets paused so that only ingest runs;
+//! 3. batched ingest (arrays of 1000), topping the backlog up to `--events`;
+//! 4. RSS with all those deliveries pending (3 per event);
+//! 5. the drain: the three webhook targets (concurrency 16 each, one signing) resumed, until
+//!    the sink has every delivery: deliveries/s, and outboxd's CPU;
+//! 6. RSS after the drain;
+//! 7. end to end: 16 producers posting single events while the targets deliver them;
+//! 8. the raw ceiling: the same HTTP client stack (`outboxd::plugin::http_client`) posting
+//!    the webhook body and headers to the same sink at the same total concurrency (48);
+//! 9. per-delivery WebAssembly overhead: the no-op plugin, and the JavaScript and Python
+//!    adapters when built, through outboxd's plugin runtime in this process.
+//!
+//! It prints a table and writes every figure as JSON (`--json`). It asserts no speed: a
+//! benchmark reports, it does not judge (CI runs `--quick` only to prove that it works).
+//!
+//! Other benchmarks can be attached with `--extra NAME=PROGRAM`: the program is run with
+//! `--outboxd BIN --plugins DIR` (and `--quick` in quick mode), must print one JSON object on
+//! stdout, and that object is included in the report under `extra.NAME`; its `rows` array,
+//! if any (`{"figure", "value", "unit"}` objects), is added to the table. This is the hook for
+//! the relay benchmark (`tests/src/bin/relay-bench.rs`).
+
+mod load;
+mod service;
+mod sink;
+mod wasm;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{Value, json};
+
+use crate::load::Throughput;
+use crate::service::{CONCURRENCY, Service, TARGETS};
+use crate::sink::Sink;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outboxd-bench",
+    about = "outboxd's throughput benchmark (see docs/performance.md)"
+)]
+struct Args {
+    /// The `outboxd` binary to run.
+    #[arg(long)]
+    outboxd: PathBuf,
+    /// Directory of the Rust plugins (`webhook.wasm`, `noop.wasm`).
+    #[arg(long)]
+    plugins: PathBuf,
+    /// Directory of the JavaScript/Python adapters (`crm-js.wasm`, `analytics-py.wasm`).
+    #[arg(long)]
+    polyglot: Option<PathBuf>,
+    /// Events in the drain backlog (3 deliveries each); at least 100,000 deliveries by default.
+    #[arg(long)]
+    events: Option<u64>,
+    /// Single-event ingest requests.
+    #[arg(long)]
+    single: Option<u64>,
+    /// Events of the end-to-end run.
+    #[arg(long)]
+    e2e: Option<u64>,
+    /// Requests of the raw-ceiling run.
+    #[arg(long)]
+    ceiling: Option<u64>,
+    /// Deliveries per plugin for the per-delivery overhead.
+    #[arg(long)]
+    repeat: Option<u32>,
+    /// Tiny sizes: proves that every part works in a few seconds; the figures mean little.
+    #[arg(long)]
+    quick: bool,
+    /// Only the per-delivery overhead of the plugins (no service, no drain).
+    #[arg(long)]
+    overhead_only: bool,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Another benchmark to run and include, as `NAME=PROGRAM` (repeatable).
+    #[arg(long = "extra", value_name = "NAME=PROGRAM")]
+    extra: Vec<String>,
+}
+
+/// Connections of the single-event ingest and end-to-end producers.
+const PRODUCERS: usize = 16;
+/// Events per request of the batched ingest.
+const BATCH: u64 = 1000;
+
+struct Sizes {
+    events: u64,
+    single: u64,
+    e2e: u64,
+    ceiling: u64,
+    repeat: u32,
+}
+
+impl Sizes {
+    fn of(a: &Args) -> Self {
+        let d = if a.quick {
+            Sizes {
+                events: 600,
+                single: 300,
+                e2e: 300,
+                ceiling: 3_000,
+                repeat: 200,
+            }
+        } else {
+            Sizes {
+                events: 34_000,
+                single: 10_000,
+                e2e: 10_000,
+                ceiling: 200_000,
+                repeat: 2_000,
+            }
+        };
+        let events = a.events.unwrap_or(d.events).max(1);
+        Sizes {
+            events,
+            single: a.single.unwrap_or(d.single).min(events),
+            e2e: a.e2e.unwrap_or(d.e2e),
+            ceiling: a.ceiling.unwrap_or(d.ceiling),
+            repeat: a.repeat.unwrap_or(d.repeat).max(1),
+        }
+    }
+}
+
+/// One row of the printed table.
+struct Row {
+    figure: String,
+    value: String,
+    note: String,
+}
+
+fn row(figure: impl Into<String>, value: impl Into<String>, note: impl Into<String>) -> Row {
+    Row {
+        figure: figure.into(),
+        value: value.into(),
+        note: note.into(),
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    json!({
+        "cpu": model,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "memory_mib": mem_kib / 1024,
+        "kernel": kernel.trim(),
+    })
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn gib(kib: u64) -> String {
+    format!("{:.1} GiB", kib as f64 / (1024.0 * 1024.0))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: cannot start tokio: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn say(what: &str) {
+    eprintln!("bench: {what} (load {})", loadavg());
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let sizes = Sizes::of(&args);
+    let mut rows = Vec::new();
+    let mut report = serde_json::Map::new();
+    report.insert("machine".into(), machine());
+    report.insert("quick".into(), json!(args.quick));
+    report.insert("load_at_start".into(), json!(loadavg()));
+
+    let sink = Sink::start().await.map_err(|e| format!("sink: {e}"))?;
+    let mut duplicates = 0;
+    if !args.overhead_only {
+        duplicates = service_phases(&args, &sizes, &sink, &mut rows, &mut report).await?;
+    }
+    overhead_phase(&args, &sizes, &sink, &mut rows, &mut report).await?;
+    extra_phase(&args, &mut rows, &mut report)?;
+    report.insert("load_at_end".into(), json!(loadavg()));
+
+    print_table(&rows, &sizes, duplicates);
+    if let Some(path) = &args.json {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let text = serde_json::to_string_pretty(&Value::Object(report)).expect("serializable");
+        std::fs::write(path, text + "\n").map_err(|e| format!("write {}: {e}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+type Report = serde_json::Map<String, Value>;
+
+/// Phases 1 to 8: everything that runs against `outboxd serve`. Returns how many deliveries
+/// reached the sink more than once.
+async fn service_phases(
+    args: &Args,
+    sizes: &Sizes,
+    sink: &Sink,
+    rows: &mut Vec<Row>,
+    report: &mut Report,
+) -> Result<u64, String> {
+    say("starting outboxd serve");
+    let svc = Service::start(&args.outboxd, &args.plugins, sink).await?;
+    let api = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+
+    // 1. Idle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = svc.memory();
+    rows.push(row("RSS idle", mib(idle.rss_kib), format!("VSZ {}", gib(idle.vsz_kib))));
+    report.insert("rss_idle".into(), json!(idle));
+
+    // 2. Single-event ingest, targets paused.
+    svc.set_paused(true).await?;
+    say(&format!(
+        "single-event ingest: {} events, {PRODUCERS} connections",
+        sizes.single
+    ));
+    let load = loadavg();
+    let (single, single_lat) = load::ingest(api.clone(), &svc.base, PRODUCERS, sizes.single, 1, 0).await;
+    rows.push(row(
+        format!("ingest, single events ({PRODUCERS} connections)"),
+        format!("{:.0} events/s", single.per_second),
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {} errors",
+            single_lat.p50_ms, single_lat.p99_ms, single_lat.max_ms, single.errors
+        ),
+    ));
+    report.insert(
+        "ingest_single".into(),
+        json!({"connections": PRODUCERS, "throughput": single, "latency": single_lat, "load": load}),
+    );
+
+    // 3. Batched ingest up to the backlog size.
+    let batched_events = sizes.events - sizes.single;
+    if batched_events > 0 {
+        say(&format!("batched ingest: {batched_events} events in arrays of {BATCH}"));
+        let load = loadavg();
+        let (batched, batched_lat) = load::ingest(api.clone(), &svc.base, 4, batched_events, BATCH, sizes.single).await;
+        rows.push(row(
+            format!("ingest, arrays of {BATCH} (4 connections)"),
+            format!("{:.0} events/s", batched.per_second),
+            format!(
+                "p50 {:.1} ms per request; {} errors",
+                batched_lat.p50_ms, batched.errors
+            ),
+        ));
+        report.insert(
+            "ingest_batched".into(),
+            json!({"connections": 4, "per_request": BATCH, "throughput": batched, "latency": batched_lat, "load": load}),
+        );
+    }
+
+    // 4. The backlog.
+    let deliveries = sizes.events * TARGETS.len() as u64;
+    let pending = svc.count("pending").await?;
+    let with_pending = svc.memory();
+    rows.push(row(
+        format!("RSS with {pending} deliveries pending"),
+        mib(with_pending.rss_kib),
+        format!("VSZ {}", gib(with_pending.vsz_kib)),
+    ));
+    report.insert(
+        "rss_pending".into(),
+        json!({"pending": pending, "memory": with_pending}),
+    );
+
+    // 5. The drain.
+    say(&format!("drain: {deliveries} deliveries to {} targets", TARGETS.len()));
+    let load = loadavg();
+    let before = sink.requests();
+    let cpu0 = svc.cpu();
+    let t0 = Instant::now();
+    svc.set_paused(false).await?;
+    let mut peak_vsz = 0;
+    let done = loop {
+        if let Some(at) = sink.wait_for(before + deliveries, Duration::from_millis(100)).await {
+            break Some(at);
+        }
+        peak_vsz = peak_vsz.max(svc.memory().vsz_kib);
+        if t0.elapsed() > Duration::from_secs(600) {
+            break None;
+        }
+    };
+    let Some(done) = done else {
+        return Err(format!(
+            "the drain did not finish in 10 minutes: the sink got {} of {deliveries}; targets: {}; log: {}",
+            sink.requests() - before,
+            svc.targets().await.unwrap_or_default(),
+            svc.log_path().display()
+        ));
+    };
+    let took = done - t0;
+    let (user, system) = svc.cpu().percent_since(&cpu0, took);
+    let drain = Throughput::new(deliveries, took, 0);
+
+    // 6. After the drain (let the settler catch up first).
+    wait_settled(&svc, deliveries).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = svc.memory();
+    rows.push(row(
+        "RSS after the drain",
+        mib(after.rss_kib),
+        format!("VSZ {}", gib(after.vsz_kib)),
+    ));
+    report.insert("rss_after_drain".into(), json!(after));
+
+    // 7. End to end.
+    say(&format!("end to end: {} events posted one per request", sizes.e2e));
+    let load_e2e = loadavg();
+    let before_e2e = sink.requests();
+    let e2e_deliveries = sizes.e2e * TARGETS.len() as u64;
+    let t0 = Instant::now();
+    let (posted, posted_lat) = load::ingest(api.clone(), &svc.base, PRODUCERS, sizes.e2e, 1, sizes.events).await;
+    let e2e_done = sink
+        .wait_for(before_e2e + e2e_deliveries, Duration::from_secs(600))
+        .await
+        .ok_or("the end-to-end run did not finish in 10 minutes")?;
+    let e2e = Throughput::new(e2e_deliveries, e2e_done - t0, 0);
+    rows.push(row(
+        format!("end to end ({PRODUCERS} producers, single events)"),
+        format!("{:.0} deliveries/s", e2e.per_second),
+        format!(
+            "{:.0} events/s accepted, p99 {:.2} ms per request; all delivered {:.0} ms after the last was accepted",
+            posted.per_second,
+            posted_lat.p99_ms,
+            (e2e.seconds - posted.seconds).max(0.0) * 1000.0
+        ),
+    ));
+    report.insert(
+        "end_to_end".into(),
+        json!({"events": sizes.e2e, "deliveries": e2e, "ingest": posted, "ingest_latency": posted_lat, "load": load_e2e}),
+    );
+    wait_settled(&svc, deliveries + e2e_deliveries).await?;
+    let duplicates = sink.requests() - (deliveries + e2e_deliveries);
+    svc.stop();
+
+    // 8. The raw ceiling.
+    let total_concurrency = CONCURRENCY * TARGETS.len();
+    say(&format!(
+        "raw ceiling: {} requests at concurrency {total_concurrency}",
+        sizes.ceiling
+    ));
+    let load_ceiling = loadavg();
+    let client = outboxd::plugin::http_client().map_err(|e| e.to_string())?;
+    let urls: Vec<String> = TARGETS.iter().map(|t| sink.url(&format!("/{t}"))).collect();
+    let ceiling = load::ceiling(client, urls, total_concurrency, sizes.ceiling).await;
+    rows.push(row(
+        format!("raw ceiling (same client stack, concurrency {total_concurrency})"),
+        format!("{:.0} requests/s", ceiling.per_second),
+        format!("{} errors", ceiling.errors),
+    ));
+    let ratio = drain.per_second / ceiling.per_second.max(1e-9);
+    rows.insert(
+        rows.len() - 1,
+        row(
+            format!("drain ({} targets x {CONCURRENCY}, webhook.wasm)", TARGETS.len()),
+            format!("{:.0} deliveries/s", drain.per_second),
+            format!(
+                "{:.1} % of the raw ceiling; outboxd CPU {user:.0} % user + {system:.0} % sys; peak VSZ {}",
+                ratio * 100.0,
+                gib(peak_vsz)
+            ),
+        ),
+    );
+    report.insert(
+        "drain".into(),
+        json!({
+            "deliveries": drain, "ratio_to_ceiling": ratio, "cpu_user_percent": user,
+            "cpu_system_percent": system, "peak_vsz_kib": peak_vsz, "load": load, "duplicates": duplicates,
+        }),
+    );
+    report.insert(
+        "raw_ceiling".into(),
+        json!({"concurrency": total_concurrency, "throughput": ceiling, "load": load_ceiling}),
+    );
+
+    Ok(duplicates)
+}
+
+/// Phase 9: per-delivery WebAssembly overhead.
+async fn overhead_phase(
+    args: &Args,
+    sizes: &Sizes,
+    sink: &Sink,
+    rows: &mut Vec<Row>,
+    report: &mut Report,
+) -> Result<(), String> {
+    say(&format!(
+        "per-delivery overhead: {} deliveries per plugin",
+        sizes.repeat
+    ));
+    let mut plugins = vec![(args.plugins.join("noop.wasm"), vec![], sizes.repeat)];
+    if let Some(dir) = &args.polyglot {
+        // The adapters post to the sink; fewer repetitions, they are slower.
+        let slow = (sizes.repeat / 4).max(1);
+        plugins.push((
+            dir.join("crm-js.wasm"),
+            vec![("url", sink.url("/crm/")), ("api_key", "sk_bench".to_owned())],
+            slow,
+        ));
+        plugins.push((
+            dir.join("analytics-py.wasm"),
+            vec![("url", sink.url("/analytics/")), ("write_key", "wk_bench".to_owned())],
+            slow,
+        ));
+    }
+    let mut overheads = Vec::new();
+    for (path, config, repeat) in plugins {
+        if !path.is_file() {
+            eprintln!("bench: {} is not built; skipped", path.display());
+            continue;
+        }
+        let config: Vec<(&str, String)> = config;
+        let m = wasm::measure(&path, &config, &[sink.authority()], repeat).await?;
+        rows.push(row(
+            format!("per delivery, {}", m.plugin),
+            format!("{:.1} µs", m.median_us),
+            format!(
+                "median of {}; mean {:.1} µs, p99 {:.1} µs; CPU {:.1} µs per delivery; {}",
+                m.deliveries, m.mean_us, m.p99_us, m.cpu_us, m.outcome
+            ),
+        ));
+        overheads.push(m);
+    }
+    report.insert("per_delivery".into(), json!(overheads));
+    Ok(())
+}
+
+/// Attached benchmarks (`--extra`).
+fn extra_phase(args: &Args, rows: &mut Vec<Row>, report: &mut Report) -> Result<(), String> {
+    let mut extra = serde_json::Map::new();
+    for spec in &args.extra {
+        let (name, program) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--extra {spec:?}: expected NAME=PROGRAM"))?;
+        say(&format!("extra benchmark {name}: {program}"));
+        let mut cmd = std::process::Command::new(program);
+        cmd.arg("--outboxd")
+            .arg(&args.outboxd)
+            .arg("--plugins")
+            .arg(&args.plugins);
+        if args.quick {
+            cmd.arg("--quick");
+        }
+        let out = cmd.output().map_err(|e| format!("run {program}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{program} failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let value: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("{program}: not JSON: {e}"))?;
+        for r in value["rows"].as_array().into_iter().flatten() {
+            rows.push(row(
+                format!("{name}: {}", r["figure"].as_str().unwrap_or("?")),
+                format!("{} {}", r["value"], r["unit"].as_str().unwrap_or_default()),
+                String::new(),
+            ));
+        }
+        extra.insert(name.to_owned(), value);
+    }
+    if !extra.is_empty() {
+        report.insert("extra".into(), Value::Object(extra));
+    }
+    Ok(())
+}
+
+/// Waits until outboxd has recorded `expected` deliveries of the benchmark targets as
+/// delivered (the sink sees a request before its settlement is written).
+async fn wait_settled(svc: &Service, expected: u64) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let delivered = svc.count("delivered").await?;
+        if delivered >= expected {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {delivered} of {expected} deliveries were recorded as delivered"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn print_table(rows: &[Row], sizes: &Sizes, duplicates: u64) {
+    let w0 = rows.iter().map(|r| r.figure.chars().count()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r.value.chars().count()).max().unwrap_or(0);
+    println!(
+        "outboxd-bench: {} events drained ({} deliveries), {} single-event requests, {} end-to-end events, load {}",
+        sizes.events,
+        sizes.events * TARGETS.len() as u64,
+        sizes.single,
+        sizes.e2e,
+        loadavg()
+    );
+    for r in rows {
+        println!("  {:<w0$}  {:>w1$}  {}", r.figure, r.value, r.note);
+    }
+    if duplicates > 0 {
+        println!("  ({duplicates} deliveries reached the sink more than once: retried after a lost outcome)");
+    }
+}
