@@ -14,7 +14,7 @@ use crate::dispatch::breaker::BreakerConfig;
 use crate::dispatch::policy::RetryPolicy;
 use crate::domain::{TargetClass, TargetName};
 use crate::plugin::LogBudget;
-use crate::retention::RetentionConfig;
+use crate::store::retention::RetentionConfig;
 use crate::targets::routing::Pattern;
 
 /// A configuration file that could not be used.

@@ -7,6 +7,7 @@
 
 mod group_commit;
 pub mod postgres;
+pub mod retention;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
