@@ -16,6 +16,15 @@ if (!url || !token || !screenshot) {
 }
 
 const step = (what) => console.log("step: " + what);
+// Polls a condition from Node. (`page.waitForFunction` evaluates its predicate with `eval` in
+// the page, which the dashboard's Content-Security-Policy rightly forbids.)
+const until = async (what, check) => {
+  const deadline = Date.now() + timeout;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error("timed out waiting for " + what);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+};
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -43,7 +52,7 @@ try {
   await page.click("#token-save");
 
   step("three targets");
-  await page.waitForFunction(() => document.querySelectorAll("#targets tbody tr").length === 3);
+  await until("three targets", async () => (await page.locator("#targets tbody tr").count()) === 3);
   const names = await page.$$eval("#targets tbody tr", (rows) => rows.map((r) => r.dataset.target));
   console.log("targets: " + names.join(","));
 
@@ -60,7 +69,7 @@ try {
   await page.waitForSelector("#confirm:not([hidden])");
   console.log("confirm: " + (await page.textContent("#confirm-text")));
   await page.click("#confirm-yes");
-  await page.waitForFunction(() => document.querySelector("#replay-result").textContent.startsWith("Replayed"));
+  await until("the replay result", async () => ((await page.textContent("#replay-result")) || "").startsWith("Replayed"));
   console.log("result: " + (await page.textContent("#replay-result")));
 
   step("the event shows the delivery delivered");
@@ -71,7 +80,8 @@ try {
     rows.map((r) => r.dataset.target + "=" + r.dataset.status));
   console.log("event: " + statuses.join(","));
   step("the dead-letter list no longer shows it");
-  await page.waitForFunction((id) => !document.querySelector(`#dead tbody tr[data-event="${id}"]`), eventId);
+  await until("the replayed row to leave the list", async () =>
+    (await page.locator(`#dead tbody tr[data-event="${eventId}"]`).count()) === 0);
 
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log("screenshot: " + screenshot);
