@@ -120,7 +120,11 @@ pub async fn serve(
     let wake = Arc::new(Notify::new());
     let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
     let breakers = Arc::new(Breakers::default());
-    let retention = tokio::spawn(crate::store::retention::run(Arc::clone(&store), config.retention, stop.clone()));
+    let retention = tokio::spawn(crate::store::retention::run(
+        Arc::clone(&store),
+        config.retention,
+        stop.clone(),
+    ));
     // Wake-ups announced by other processes (other hosts' ingests, the CLI) wake idle lanes.
     let wakeups = {
         let (store, wake, stop) = (Arc::clone(&store), Arc::clone(&wake), stop.clone());

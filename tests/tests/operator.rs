@@ -199,15 +199,19 @@ async fn metrics_after_a_sample_event_show_the_attempts_and_no_backlog() {
         sample(&samples, "outboxd_plugin_reloads_total", &[("result", "ok")]),
         Some(1.0)
     );
-    assert_eq!(
-        sample(
-            &samples,
-            "outboxd_plugin_load_duration_seconds_count",
-            &[("from", "compile")]
-        ),
-        Some(1.0),
-        "three targets share one plugin file: compiled once\n{text}"
-    );
+    // The test hosts share one compile cache, so whether this host compiled the file or found
+    // it there depends on which test ran first; either way it is loaded once.
+    let loads: f64 = ["compile", "cache"]
+        .iter()
+        .filter_map(|from| {
+            sample(
+                &samples,
+                "outboxd_plugin_load_duration_seconds_count",
+                &[("from", from)],
+            )
+        })
+        .sum();
+    assert_eq!(loads, 1.0, "three targets share one plugin file: loaded once\n{text}");
     assert_eq!(sample(&samples, "outboxd_targets_loaded", &[]), Some(3.0));
 }
 
