@@ -162,8 +162,14 @@ async fn three_hosts_deliver_everything_through_ten_kill_9s() {
     }
     eprintln!("everything delivered after {:?}", started.elapsed());
 
-    // One event per producer key, one delivery per event and target, all delivered.
-    assert_eq!(h.count_rows("events"), EVENTS as i64, "retried posts were deduplicated");
+    // One event per producer key, one delivery per event and target, all delivered. (A
+    // breaker that opened and closed again adds an `outboxd.target.recovered` event of its
+    // own, which no target here subscribes to.)
+    assert_eq!(
+        h.sql_i64("SELECT count(*) FROM events WHERE type NOT LIKE 'outboxd.%'"),
+        EVENTS as i64,
+        "retried posts were deduplicated"
+    );
     assert_eq!(h.count_rows("deliveries"), (2 * EVENTS) as i64);
     assert_eq!(
         h.sql_i64("SELECT count(*) FROM attempts WHERE outcome = 'running'"),
