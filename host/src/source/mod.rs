@@ -359,6 +359,56 @@ impl Relay {
 
 /// `"name"` / `"schema"."name"` (SQLite, PostgreSQL) or with backquotes (MySQL). Only for
 /// names that passed [`config::valid_identifier`], which contain no quote characters.
+/// How one database spells the parts of a relay's read query.
+pub(crate) struct Dialect {
+    /// The identifier quote character.
+    pub quote: char,
+    /// A column read as text; its argument is the quoted column.
+    pub text: fn(&str) -> String,
+    /// What an unmapped optional text column reads as.
+    pub null_text: &'static str,
+    /// Milliseconds since the epoch of a timestamp column; its argument is the quoted column.
+    pub epoch_ms: fn(&str) -> String,
+    /// What an unmapped `created_at` reads as.
+    pub null_ms: &'static str,
+    /// The pending value's placeholder, as compared with the status column.
+    pub pending: &'static str,
+    /// The same placeholder where its type cannot be inferred (`… IS NOT NULL`).
+    pub pending_typed: &'static str,
+    /// The batch size's placeholder.
+    pub limit: &'static str,
+}
+
+/// The read query of a source: its pending rows in `order_by` order, the mapped columns in
+/// the order of [`SourceRow`]'s fields, at most the bound limit.
+pub(crate) fn select_pending(config: &SourceConfig, d: &Dialect) -> String {
+    let c = &config.columns;
+    let q = |name: &str| quote(name, d.quote);
+    let text = |name: &str| (d.text)(&q(name));
+    let optional = |name: &Option<String>| name.as_deref().map_or_else(|| d.null_text.to_owned(), text);
+    let created = c
+        .created_at
+        .as_deref()
+        .map_or_else(|| d.null_ms.to_owned(), |n| (d.epoch_ms)(&q(n)));
+    let filter = match &c.status {
+        Some(status) => format!("WHERE {} = {}", q(status), d.pending),
+        None => format!("WHERE {} IS NOT NULL", d.pending_typed),
+    };
+    format!(
+        "SELECT {}, {}, {}, {}, {}, {}, {}, {created} FROM {} {filter} ORDER BY {} LIMIT {}",
+        text(&c.id),
+        text(&c.event_type),
+        text(&c.payload),
+        optional(&c.headers),
+        optional(&c.idempotency_key),
+        optional(&c.ordering_key),
+        optional(&c.aggregate_type),
+        q(&config.table),
+        q(&config.order_by),
+        d.limit,
+    )
+}
+
 pub(crate) fn quote(ident: &str, q: char) -> String {
     ident
         .split('.')

@@ -12,7 +12,7 @@ use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
 use super::config::{Location, OnRelayed, SourceConfig};
 use super::mapping::{RowId, SourceRow};
-use super::{SourceDb, SourceError, quote};
+use super::{Dialect, SourceDb, SourceError, quote, select_pending};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -28,30 +28,18 @@ fn q(e: sqlx::Error) -> SourceError {
 
 impl MySource {
     pub(crate) fn new(config: Arc<SourceConfig>) -> Self {
-        let c = &config.columns;
-        let col = |name: &Option<String>| {
-            name.as_deref()
-                .map_or_else(|| "NULL".to_owned(), |n| format!("CAST({} AS CHAR)", quote(n, '`')))
-        };
-        let created = c.created_at.as_deref().map_or_else(
-            || "NULL".to_owned(),
-            |n| format!("CAST(UNIX_TIMESTAMP({}) * 1000 AS SIGNED)", quote(n, '`')),
-        );
-        let filter = match &c.status {
-            Some(s) => format!("WHERE {} = ?", quote(s, '`')),
-            None => "WHERE ? IS NOT NULL".to_owned(),
-        };
-        let select = format!(
-            "SELECT CAST({} AS CHAR), CAST({} AS CHAR), CAST({} AS CHAR), {}, {}, {}, {}, {created} FROM {} {filter} ORDER BY {} LIMIT ?",
-            quote(&c.id, '`'),
-            quote(&c.event_type, '`'),
-            quote(&c.payload, '`'),
-            col(&c.headers),
-            col(&c.idempotency_key),
-            col(&c.ordering_key),
-            col(&c.aggregate_type),
-            quote(&config.table, '`'),
-            quote(&config.order_by, '`'),
+        let select = select_pending(
+            &config,
+            &Dialect {
+                quote: '`',
+                text: |column| format!("CAST({column} AS CHAR)"),
+                null_text: "NULL",
+                epoch_ms: |column| format!("CAST(UNIX_TIMESTAMP({column}) * 1000 AS SIGNED)"),
+                null_ms: "NULL",
+                pending: "?",
+                pending_typed: "?",
+                limit: "?",
+            },
         );
         Self {
             config,

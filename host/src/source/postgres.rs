@@ -13,7 +13,7 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
 use super::config::{Location, OnRelayed, SourceConfig};
 use super::mapping::{RowId, SourceRow};
-use super::{SourceDb, SourceError, quote};
+use super::{Dialect, SourceDb, SourceError, quote, select_pending};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -40,30 +40,18 @@ fn q(e: sqlx::Error) -> SourceError {
 
 impl PgSource {
     pub(crate) fn new(config: Arc<SourceConfig>) -> Self {
-        let c = &config.columns;
-        let col = |name: &Option<String>| {
-            name.as_deref()
-                .map_or_else(|| "NULL::text".to_owned(), |n| format!("{}::text", quote(n, '"')))
-        };
-        let created = c.created_at.as_deref().map_or_else(
-            || "NULL::bigint".to_owned(),
-            |n| format!("(extract(epoch from {}) * 1000)::bigint", quote(n, '"')),
-        );
-        let filter = match &c.status {
-            Some(s) => format!("WHERE {} = $1", quote(s, '"')),
-            None => "WHERE $1::text IS NOT NULL".to_owned(),
-        };
-        let select = format!(
-            "SELECT {}::text, {}::text, {}::text, {}, {}, {}, {}, {created} FROM {} {filter} ORDER BY {} LIMIT $2",
-            quote(&c.id, '"'),
-            quote(&c.event_type, '"'),
-            quote(&c.payload, '"'),
-            col(&c.headers),
-            col(&c.idempotency_key),
-            col(&c.ordering_key),
-            col(&c.aggregate_type),
-            quote(&config.table, '"'),
-            quote(&config.order_by, '"'),
+        let select = select_pending(
+            &config,
+            &Dialect {
+                quote: '"',
+                text: |column| format!("{column}::text"),
+                null_text: "NULL::text",
+                epoch_ms: |column| format!("(extract(epoch from {column}) * 1000)::bigint"),
+                null_ms: "NULL::bigint",
+                pending: "$1",
+                pending_typed: "$1::text",
+                limit: "$2",
+            },
         );
         Self {
             config,

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::config::{Location, OnRelayed, SourceConfig};
 use super::mapping::{RowId, SourceRow};
-use super::{SourceDb, SourceError, quote};
+use super::{Dialect, SourceDb, SourceError, quote, select_pending};
 
 pub(crate) struct SqliteSource {
     config: Arc<SourceConfig>,
@@ -21,28 +21,18 @@ pub(crate) struct SqliteSource {
 
 impl SqliteSource {
     pub(crate) fn new(config: Arc<SourceConfig>) -> Self {
-        let c = &config.columns;
-        let col = |name: &Option<String>| name.as_deref().map_or_else(|| "NULL".to_owned(), |n| quote(n, '"'));
-        let created = c.created_at.as_deref().map_or_else(
-            || "NULL".to_owned(),
-            |n| format!("CAST(unixepoch({}, 'auto', 'subsec') * 1000 AS INTEGER)", quote(n, '"')),
-        );
-        let filter = if c.status.is_some() {
-            format!("WHERE {} = ?1", col(&c.status))
-        } else {
-            "WHERE ?1 IS NOT NULL".to_owned()
-        };
-        let select = format!(
-            "SELECT {}, {}, {}, {}, {}, {}, {}, {created} FROM {} {filter} ORDER BY {} LIMIT ?2",
-            quote(&c.id, '"'),
-            quote(&c.event_type, '"'),
-            quote(&c.payload, '"'),
-            col(&c.headers),
-            col(&c.idempotency_key),
-            col(&c.ordering_key),
-            col(&c.aggregate_type),
-            quote(&config.table, '"'),
-            quote(&config.order_by, '"'),
+        let select = select_pending(
+            &config,
+            &Dialect {
+                quote: '"',
+                text: |column| column.to_owned(),
+                null_text: "NULL",
+                epoch_ms: |column| format!("CAST(unixepoch({column}, 'auto', 'subsec') * 1000 AS INTEGER)"),
+                null_ms: "NULL",
+                pending: "?1",
+                pending_typed: "?1",
+                limit: "?2",
+            },
         );
         Self {
             config,
