@@ -274,7 +274,9 @@ impl Relay {
 
     /// Reads one batch, stores its events, then marks the rows.
     async fn cycle(&mut self, limit: usize) -> Result<Cycle, SourceError> {
+        let started = std::time::Instant::now();
         let rows = self.db.fetch(limit + self.skipped.len()).await?;
+        let fetched = started.elapsed();
         let polled_at = now_ms();
         let rows: Vec<SourceRow> = rows
             .into_iter()
@@ -322,6 +324,7 @@ impl Relay {
             duplicates = ingested.iter().filter(|i| i.duplicate).count() as u64;
             self.ctx.wake.notify_waiters();
         }
+        let stored = started.elapsed();
         // The events are committed: from here a crash only repeats the marking.
         let failed_count = bad_ids.len() as u64;
         let failed_to_mark = match self.config.on_relayed {
@@ -334,6 +337,15 @@ impl Relay {
         let relayed = good_ids.len() as u64;
         if relayed > 0 || !failed_to_mark.is_empty() {
             self.db.finish(good_ids, failed_to_mark).await?;
+        }
+        if !rows.is_empty() {
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            let done = started.elapsed();
+            tracing::debug!(
+                source = %self.config.name, rows = rows.len(),
+                fetch_ms = ms(fetched), store_ms = ms(stored - fetched), mark_ms = ms(done - stored),
+                "relay cycle"
+            );
         }
         crate::api::metrics::source_lag(&self.config.name, Duration::from_millis(lag.max(0) as u64));
         update(&self.status, |s| {
