@@ -14,7 +14,7 @@ pub mod policy;
 pub mod pool;
 pub mod ratelimit;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -251,6 +251,14 @@ struct Slot {
 }
 
 /// Claims and runs `target`'s due deliveries until `token` is cancelled.
+///
+/// A plain lane reads ahead: it claims up to its concurrency beyond the permits that are free,
+/// and the claimed deliveries wait in `ready` for a permit. Without that, a busy lane claimed
+/// for each permit as it freed (one or two deliveries per claim transaction); with it, claims
+/// carry about a lane's concurrency each. What was read ahead is given back ([`give_back`])
+/// when the breaker stops the lane and when the lane ends, unstarted and uncounted. Batched
+/// lanes (a batch is claimed whole) and rate-limited ones (a token per claimed delivery) do
+/// not read ahead.
 async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken) {
     let spec = &target.spec;
     let name = spec.name.clone();
@@ -258,6 +266,12 @@ async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken
     let lease = spec.timeout + shared.config.lease_margin;
     let batched = spec.class == TargetClass::Batched;
     let mut bucket = spec.rate_per_sec.map(|r| Limiter::new(&shared.store, r));
+    let ahead = if batched || bucket.is_some() {
+        0
+    } else {
+        spec.concurrency as usize
+    };
+    let mut ready: VecDeque<Claimed> = VecDeque::new();
     tracing::debug!(target = %name, "lane started");
     while !token.is_cancelled() {
         // Arm the wake-up before looking for work, so an ingest in between is not missed.
@@ -277,6 +291,7 @@ async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken
             Admit::Probe => true,
             Admit::WaitUntil(until) => {
                 drop(first);
+                give_back(&shared, &name, &mut ready).await;
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => {}
                     _ = token.cancelled() => {}
@@ -285,6 +300,7 @@ async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken
             }
             Admit::Hold => {
                 drop(first);
+                give_back(&shared, &name, &mut ready).await;
                 idle(&token, woken, shared.config.poll_interval).await;
                 continue;
             }
@@ -347,46 +363,51 @@ async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken
             want = want.min(slots.len());
         }
 
-        let claimed = claim(&shared, &name, want, lease, spec.ordered).await;
-        let mut claimed = match claimed {
-            Ok(c) => c,
-            Err(()) => {
-                drop(slots);
-                idle(&token, woken, shared.config.poll_interval).await;
-                continue;
+        // Claim what the read-ahead cannot cover, and read ahead again.
+        let mut claimed = Vec::new();
+        if ready.len() < want {
+            let ask = want - ready.len() + if probe { 0 } else { ahead };
+            match claim(&shared, &name, ask, lease, spec.ordered).await {
+                Ok(c) => claimed = c,
+                Err(()) if ready.is_empty() => {
+                    drop(slots);
+                    idle(&token, woken, shared.config.poll_interval).await;
+                    continue;
+                }
+                Err(()) => {}
             }
-        };
+        }
         if batched && !claimed.is_empty() && claimed.len() < want && !probe {
             linger(&shared, &target, &mut claimed, want, lease, &token).await;
         }
-        if probe {
-            shared
-                .breakers
-                .with(name.as_str(), spec.breaker, |b| b.probe_started(!claimed.is_empty()));
-        }
-        if let Some(bucket) = bucket.as_mut() {
-            bucket
-                .give_back(shared.store.as_ref(), &name, want.saturating_sub(claimed.len()))
-                .await;
-        }
-        let full = !claimed.is_empty() && claimed.len() == want;
-        let got_any = !claimed.is_empty();
-        if batched {
-            if got_any {
+        let started = if batched {
+            let n = claimed.len();
+            if n > 0 {
                 let slot = slots.swap_remove(0);
                 spawn_attempt(&shared, &target, claimed, slot);
             }
+            n
         } else {
-            for (delivery, slot) in claimed.into_iter().zip(slots.drain(..)) {
+            ready.extend(claimed);
+            let n = ready.len().min(slots.len());
+            for (delivery, slot) in ready.drain(..n).zip(slots.drain(..)) {
                 spawn_attempt(&shared, &target, vec![delivery], slot);
             }
+            n
+        };
+        if probe {
+            shared
+                .breakers
+                .with(name.as_str(), spec.breaker, |b| b.probe_started(started > 0));
+        }
+        if let Some(bucket) = bucket.as_mut() {
+            bucket
+                .give_back(shared.store.as_ref(), &name, want.saturating_sub(started))
+                .await;
         }
         drop(slots);
-        if full && !probe {
+        if started > 0 && !probe {
             continue; // there may be more due work: claim again as permits free up
-        }
-        if got_any && !probe {
-            continue;
         }
         let wait = match shared.store.next_due(&name).await {
             Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64),
@@ -394,7 +415,29 @@ async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken
         };
         idle(&token, woken, wait.clamp(MIN_IDLE, shared.config.poll_interval)).await;
     }
+    give_back(&shared, &name, &mut ready).await;
     tracing::debug!(target = %name, "lane stopped");
+}
+
+/// Returns a lane's read-ahead to pending, unstarted and uncounted. If the store fails, the
+/// deliveries stay claimed by this host until it stops (which releases every lease it holds);
+/// the lane keeps them to start later if it is still running.
+async fn give_back(shared: &Shared, name: &TargetName, ready: &mut VecDeque<Claimed>) {
+    if ready.is_empty() {
+        return;
+    }
+    let claims: Vec<(i64, u32)> = ready.iter().map(|c| (c.delivery_id, c.seq)).collect();
+    match shared.store.unclaim(&shared.config.owner, claims).await {
+        Ok(n) => {
+            tracing::debug!(target = %name, given_back = n, "read-ahead given back");
+            ready.clear();
+            shared.wake.notify_waiters();
+        }
+        Err(e) => tracing::error!(
+            target = %name, error = %e, count = ready.len(),
+            "could not give back deliveries claimed ahead; they stay claimed by this host until it stops"
+        ),
+    }
 }
 
 async fn claim(
@@ -616,8 +659,10 @@ fn operational_event(shared: &Shared, event_type: &str, payload: serde_json::Val
 fn log_outcome(d: &Claimed, outcome: &Outcome, status: DeliveryStatus, took: Duration) {
     let took_ms = took.as_millis() as u64;
     match (outcome, status) {
+        // Success is the common case: at debug, so that a busy host's log holds what needs
+        // attention (the metrics count deliveries).
         (Outcome::Delivered, _) => {
-            tracing::info!(target = %d.target, event = %d.event.id, attempt = d.attempt, took_ms, "delivered")
+            tracing::debug!(target = %d.target, event = %d.event.id, attempt = d.attempt, took_ms, "delivered")
         }
         (_, DeliveryStatus::Dead | DeliveryStatus::Discarded) => tracing::warn!(
             target = %d.target, event = %d.event.id, attempt = d.attempt, took_ms, status = status.as_str(),

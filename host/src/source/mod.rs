@@ -3,7 +3,8 @@
 //! batches; validates each row into an event ([`mapping`]); commits the good ones through
 //! [`Store::ingest`] with a producer idempotency key derived from the source and the row id;
 //! and only then marks (or deletes) the rows, in one short transaction of the application's
-//! database. A crash in between re-reads the rows, finds their events by key, and only marks
+//! database, on a second connection while the next batch is read and stored (the two
+//! databases' commits overlap; markings stay in order). A crash in between re-reads the rows, finds their events by key, and only marks
 //! them: each row becomes at most one event. A bad row is marked failed (or, in delete mode,
 //! skipped), never lost and never blocking; a database error is retried with backoff without
 //! touching any other source. [`Sources`] is the per-source status the API shows.
@@ -185,6 +186,8 @@ pub fn spawn_all(
         let config = Arc::new(c.clone());
         let relay = Relay {
             db: open(Arc::clone(&config)),
+            marker: Some(open(Arc::clone(&config))),
+            marking: None,
             config,
             ctx: ctx.clone(),
             status,
@@ -208,9 +211,24 @@ struct Cycle {
     read: usize,
 }
 
+/// A batch being marked (or deleted) in the application's database, in a task of its own, while
+/// the relay reads and stores the next batch.
+struct Marking {
+    /// The rows being marked, which the next read must not relay again.
+    ids: HashSet<String>,
+    relayed: u64,
+    duplicates: u64,
+    failed: u64,
+    task: JoinHandle<(Box<dyn SourceDb>, Result<(), SourceError>)>,
+}
+
 struct Relay {
     config: Arc<SourceConfig>,
+    /// Reads pending rows.
     db: Box<dyn SourceDb>,
+    /// Marks or deletes relayed rows, on a connection of its own; `None` while a marking runs.
+    marker: Option<Box<dyn SourceDb>>,
+    marking: Option<Marking>,
     ctx: RelayContext,
     status: Arc<Mutex<SourceStatus>>,
     /// Delete mode: bad rows left in place, not read again by this process.
@@ -236,22 +254,13 @@ impl Relay {
                     if c.read >= limit {
                         continue;
                     }
-                    None
+                    // Caught up: finish the last marking before waiting.
+                    match self.finish_marking().await {
+                        Ok(()) => None,
+                        Err(e) => Some(self.failed(e, &mut failures)),
+                    }
                 }
-                Err(e) => {
-                    failures += 1;
-                    self.db.reset();
-                    let wait = backoff(failures);
-                    tracing::warn!(source = %name, error = %e, retry_in_ms = wait.as_millis() as u64, "source relay failed");
-                    update(&self.status, |s| {
-                        s.state = SourceState::Failing;
-                        s.last_error = Some(Stamped {
-                            message: e.to_string(),
-                            at: now_ms(),
-                        });
-                    });
-                    Some(wait)
-                }
+                Err(e) => Some(self.failed(e, &mut failures)),
             };
             match pause {
                 Some(wait) => {
@@ -269,18 +278,95 @@ impl Relay {
                 }
             }
         }
+        if let Err(e) = self.finish_marking().await {
+            tracing::warn!(source = %name, error = %e, "the last marking failed; its rows are relayed again (as duplicates) at the next start");
+        }
         tracing::debug!(source = %name, "source relay stopped");
     }
 
-    /// Reads one batch, stores its events, then marks the rows.
+    /// Records a failed cycle and returns the backoff before the next one.
+    fn failed(&mut self, e: SourceError, failures: &mut u32) -> Duration {
+        let name = &self.config.name;
+        *failures += 1;
+        self.db.reset();
+        if let Some(m) = self.marker.as_mut() {
+            m.reset();
+        }
+        let wait = backoff(*failures);
+        tracing::warn!(source = %name, error = %e, retry_in_ms = wait.as_millis() as u64, "source relay failed");
+        update(&self.status, |s| {
+            s.state = SourceState::Failing;
+            s.last_error = Some(Stamped {
+                message: e.to_string(),
+                at: now_ms(),
+            });
+        });
+        wait
+    }
+
+    /// Waits for the marking in progress, if any, and counts its rows.
+    async fn finish_marking(&mut self) -> Result<(), SourceError> {
+        let Some(m) = self.marking.take() else {
+            return Ok(());
+        };
+        let (marker, result) = match m.task.await {
+            Ok(done) => done,
+            Err(e) => {
+                // The task panicked and took the connection with it: open a new one.
+                self.marker = Some(open(Arc::clone(&self.config)));
+                return Err(SourceError::Task(e.to_string()));
+            }
+        };
+        self.marker = Some(marker);
+        result?;
+        update(&self.status, |s| {
+            s.rows_relayed += m.relayed;
+            s.rows_duplicate += m.duplicates;
+            s.rows_failed += m.failed;
+        });
+        Ok(())
+    }
+
+    /// Starts marking (or deleting) a batch whose events are committed, in a task, so that the
+    /// next batch is read and stored meanwhile.
+    fn start_marking(&mut self, good: Vec<RowId>, bad: Vec<RowId>, duplicates: u64, failed: u64) {
+        let ids = good.iter().chain(&bad).map(ToString::to_string).collect();
+        let mut marker = self.marker.take().unwrap_or_else(|| open(Arc::clone(&self.config)));
+        let relayed = good.len() as u64;
+        let task = tokio::spawn(async move {
+            let result = if good.is_empty() && bad.is_empty() {
+                Ok(())
+            } else {
+                marker.finish(good, bad).await
+            };
+            (marker, result)
+        });
+        self.marking = Some(Marking {
+            ids,
+            relayed,
+            duplicates,
+            failed,
+            task,
+        });
+    }
+
+    /// Reads one batch, stores its events, then starts marking its rows; the marking of the
+    /// previous batch, which ran meanwhile, is finished first, so markings keep their order.
     async fn cycle(&mut self, limit: usize) -> Result<Cycle, SourceError> {
         let started = std::time::Instant::now();
-        let rows = self.db.fetch(limit + self.skipped.len()).await?;
+        let in_marking = self.marking.as_ref().map_or(0, |m| m.ids.len());
+        let rows = self.db.fetch(limit + self.skipped.len() + in_marking).await?;
         let fetched = started.elapsed();
         let polled_at = now_ms();
+        let marking = self.marking.as_ref().map(|m| &m.ids);
         let rows: Vec<SourceRow> = rows
             .into_iter()
-            .filter(|r| r.id.as_ref().is_none_or(|id| !self.skipped.contains(&id.to_string())))
+            .filter(|r| {
+                r.id.as_ref().is_none_or(|id| {
+                    let id = id.to_string();
+                    !self.skipped.contains(&id) && !marking.is_some_and(|m| m.contains(&id))
+                })
+            })
             .take(limit)
             .collect();
         let lag = match rows.first() {
@@ -326,6 +412,8 @@ impl Relay {
         }
         let stored = started.elapsed();
         // The events are committed: from here a crash only repeats the marking.
+        self.finish_marking().await?;
+        let waited = started.elapsed();
         let failed_count = bad_ids.len() as u64;
         let failed_to_mark = match self.config.on_relayed {
             OnRelayed::Mark => bad_ids,
@@ -334,24 +422,19 @@ impl Relay {
                 Vec::new()
             }
         };
-        let relayed = good_ids.len() as u64;
-        if relayed > 0 || !failed_to_mark.is_empty() {
-            self.db.finish(good_ids, failed_to_mark).await?;
+        if !good_ids.is_empty() || !failed_to_mark.is_empty() || failed_count > 0 {
+            self.start_marking(good_ids, failed_to_mark, duplicates, failed_count);
         }
         if !rows.is_empty() {
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-            let done = started.elapsed();
             tracing::debug!(
                 source = %self.config.name, rows = rows.len(),
-                fetch_ms = ms(fetched), store_ms = ms(stored - fetched), mark_ms = ms(done - stored),
+                fetch_ms = ms(fetched), store_ms = ms(stored - fetched), wait_for_marking_ms = ms(waited - stored),
                 "relay cycle"
             );
         }
         crate::api::metrics::source_lag(&self.config.name, Duration::from_millis(lag.max(0) as u64));
         update(&self.status, |s| {
-            s.rows_relayed += relayed;
-            s.rows_duplicate += duplicates;
-            s.rows_failed += failed_count;
             s.lag_ms = Some(lag.max(0));
             s.last_poll_at = Some(polled_at);
             if let Some(m) = last_bad {

@@ -77,6 +77,8 @@ fn connect(config: &SourceConfig) -> Result<Connection, SourceError> {
     .map_err(|e| SourceError::Connect(format!("{}: {e}", path.display())))?;
     conn.busy_timeout(config.busy_timeout)
         .map_err(|e| SourceError::Connect(e.to_string()))?;
+    // A setting of this connection only; the application's database is not changed.
+    crate::store::sqlite::stable_plans(&conn).map_err(|e| SourceError::Connect(e.to_string()))?;
     let (schema, table) = match config.table.split_once('.') {
         Some((s, t)) => (s.to_owned(), t.to_owned()),
         None => ("main".to_owned(), config.table.clone()),

@@ -262,6 +262,13 @@ pub trait Store: Send + Sync + 'static {
     /// for that attempt.
     async fn settle(&self, owner: &str, batch: Vec<Settlement>) -> Result<SettleReport, StoreError>;
 
+    /// Gives back deliveries that `owner` claimed but never started (a lane's read-ahead when
+    /// the lane stops or its breaker opens): each is pending again as if it had not been
+    /// claimed, its attempt uncounted and its `running` history row removed. `claims` are
+    /// `(delivery id, attempt seq)`; one whose lease `owner` no longer holds for that seq is
+    /// left alone. Returns how many were given back.
+    async fn unclaim(&self, owner: &str, claims: Vec<(i64, u32)>) -> Result<usize, StoreError>;
+
     /// The heartbeat: extends every lease `owner` holds to at least `lease_until`.
     async fn extend_leases(&self, owner: &str, lease_until: Millis) -> Result<usize, StoreError>;
 

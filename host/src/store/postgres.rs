@@ -550,6 +550,34 @@ impl PgStore {
     }
 
     #[allow(clippy::too_many_arguments)]
+    async fn unclaim_once(&self, owner: &str, ids: &[i64], seqs: &[i32]) -> Result<usize, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let given_back: Vec<(i64, i32)> = sqlx::query_as(
+            "UPDATE deliveries d
+             SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+                 attempts = d.attempts - 1, attempt_seq = d.attempt_seq - 1
+             FROM unnest($1::bigint[], $2::int[]) AS r(id, n)
+             WHERE d.id = r.id AND d.attempt_seq = r.n AND d.lease_owner = $3 AND d.status = 'in_flight'
+             RETURNING d.id, r.n",
+        )
+        .bind(ids)
+        .bind(seqs)
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await?;
+        let (ids, seqs): (Vec<i64>, Vec<i32>) = given_back.into_iter().unzip();
+        sqlx::query(
+            "DELETE FROM attempts a USING unnest($1::bigint[], $2::int[]) AS r(id, n)
+             WHERE a.delivery_id = r.id AND a.n = r.n AND a.outcome = 'running'",
+        )
+        .bind(&ids)
+        .bind(&seqs)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ids.len())
+    }
+
     async fn claim_once(
         &self,
         target: &str,
@@ -925,6 +953,15 @@ impl Store for PgStore {
 
     async fn settle(&self, owner: &str, batch: Vec<Settlement>) -> Result<SettleReport, StoreError> {
         retrying!(self.settle_once(owner, &batch))
+    }
+
+    async fn unclaim(&self, owner: &str, claims: Vec<(i64, u32)>) -> Result<usize, StoreError> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = claims.iter().map(|c| c.0).collect();
+        let seqs: Vec<i32> = claims.iter().map(|c| c.1 as i32).collect();
+        retrying!(self.unclaim_once(owner, &ids, &seqs))
     }
 
     async fn extend_leases(&self, owner: &str, lease_until: Millis) -> Result<usize, StoreError> {
@@ -1394,6 +1431,37 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(versions, [1]);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_given_back_is_another_hosts_to_take_uncounted() {
+        let db = TempDb::new().await;
+        let (a, b) = (
+            PgStore::open(&db.url()).await.unwrap(),
+            PgStore::open(&db.url()).await.unwrap(),
+        );
+        a.ingest((0..3).map(|_| event(None, &["crm"])).collect(), 0)
+            .await
+            .unwrap();
+        let crm = t("crm");
+        let claimed = a.claim(&crm, 10, "a", 100, 10_000, false).await.unwrap();
+        assert_eq!(claimed.len(), 3);
+        let back: Vec<(i64, u32)> = claimed[1..].iter().map(|c| (c.delivery_id, c.seq)).collect();
+        assert_eq!(
+            b.unclaim("b", back.clone()).await.unwrap(),
+            0,
+            "only the lease holder gives back"
+        );
+        assert_eq!(a.unclaim("a", back).await.unwrap(), 2);
+        // Long before a's lease would expire, b takes them, as first attempts.
+        let taken = b.claim(&crm, 10, "b", 200, 10_000, false).await.unwrap();
+        assert_eq!(taken.len(), 2);
+        assert!(taken.iter().all(|c| c.attempt == 1 && c.seq == 1));
+        let d = &a.event(taken[0].event.id).await.unwrap().unwrap().deliveries[0];
+        assert_eq!(
+            (d.status, d.attempts, d.history.len()),
+            (DeliveryStatus::InFlight, 1, 1)
+        );
     }
 
     #[tokio::test]

@@ -37,7 +37,14 @@ impl Target for Webhook {
     fn deliver(event: Event) -> Result<(), DeliveryError> {
         let result = send(&event);
         let summary = match &result {
-            Ok(()) => "delivered".to_owned(),
+            // Success at debug: the host's metrics count deliveries; a busy log should hold failures.
+            Ok(()) => {
+                log::debug(format!(
+                    "webhook: event {} ({}) attempt {}: delivered",
+                    event.id, event.event_type, event.attempt
+                ));
+                return result;
+            }
             Err(DeliveryError::Retry(info)) => format!("will retry: {}", info.reason),
             Err(DeliveryError::Permanent(reason)) => format!("failed permanently: {reason}"),
         };
