@@ -124,11 +124,12 @@ pub async fn ceiling(client: reqwest::Client, urls: Vec<String>, concurrency: us
 }
 
 /// Producers: `connections` tasks posting `total` events to `POST /v1/events`, `per_request`
-/// events per request (1: single objects, otherwise arrays), numbered from `first`.
-/// Returns the events/s and the latency of each request.
+/// events per request (1: single objects, otherwise arrays), numbered from `first`; the
+/// connections take the hosts of `bases` in turn. Returns the events/s and the latency of each
+/// request.
 pub async fn ingest(
     client: reqwest::Client,
-    base: &str,
+    bases: &[String],
     connections: usize,
     total: u64,
     per_request: u64,
@@ -137,11 +138,11 @@ pub async fn ingest(
     let requests = total.div_ceil(per_request);
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let url = format!("{base}/v1/events");
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        let (client, next, errors, url) = (client.clone(), Arc::clone(&next), Arc::clone(&errors), url.clone());
+    for c in 0..connections {
+        let (client, next, errors) = (client.clone(), Arc::clone(&next), Arc::clone(&errors));
+        let url = format!("{}/v1/events", bases[c % bases.len()]);
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             loop {

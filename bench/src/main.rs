@@ -13,8 +13,13 @@
 //! 7. end to end: 16 producers posting single events while the targets deliver them;
 //! 8. the raw ceiling: the same HTTP client stack (`outboxd::plugin::http_client`) posting
 //!    the webhook body and headers to the same sink at the same total concurrency (48);
-//! 9. per-delivery WebAssembly overhead: the no-op plugin, and the JavaScript and Python
-//!    adapters when built, through outboxd's plugin runtime in this process.
+//! 9. with `--postgres URL`, phases 2, 3 and 5 again on PostgreSQL: on a fresh database of that
+//!    server (`outboxd_bench_<random>`, dropped afterwards), first one `outboxd serve`, then
+//!    two sharing the database (the producers' connections spread over the hosts, the pause
+//!    taken through one host and checked on every one): ingest, drain, each host's CPU, and the
+//!    drain's ratio to the ceiling of step 8;
+//! 10. per-delivery WebAssembly overhead: the no-op plugin, and the JavaScript and Python
+//!     adapters when built, through outboxd's plugin runtime in this process.
 //!
 //! It prints a table and writes every figure as JSON (`--json`). It asserts no speed: a
 //! benchmark reports, it does not judge (CI runs `--quick` only to prove that it works).
@@ -26,6 +31,7 @@
 //! the relay benchmark (`tests/src/bin/relay-bench.rs`).
 
 mod load;
+mod pg;
 mod service;
 mod sink;
 mod wasm;
@@ -38,7 +44,8 @@ use clap::Parser;
 use serde_json::{Value, json};
 
 use crate::load::Throughput;
-use crate::service::{CONCURRENCY, Service, TARGETS};
+use crate::pg::PgDatabase;
+use crate::service::{CONCURRENCY, SQLITE, Service, TARGETS};
 use crate::sink::Sink;
 
 #[derive(Debug, Parser)]
@@ -74,9 +81,14 @@ struct Args {
     /// Tiny sizes: proves that every part works in a few seconds; the figures mean little.
     #[arg(long)]
     quick: bool,
-    /// Only the per-delivery overhead of the plugins (no service, no drain).
+    /// Only the per-delivery overhead of the plugins (no service, no drain, no PostgreSQL).
     #[arg(long)]
     overhead_only: bool,
+    /// A PostgreSQL server, `postgres://user@host:port` without a database, whose user may
+    /// create databases: the ingest and drain phases again on PostgreSQL, with one host and
+    /// with two sharing a database.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
     /// Where to write the JSON report.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -213,10 +225,25 @@ async fn run(args: Args) -> Result<(), String> {
     report.insert("quick".into(), json!(args.quick));
     report.insert("load_at_start".into(), json!(loadavg()));
 
+    let postgres = match &args.postgres {
+        Some(url) if !args.overhead_only => {
+            let server = pg::Server::parse(url)?;
+            server.check()?;
+            Some(server)
+        }
+        _ => None,
+    };
+
     let sink = Sink::start().await.map_err(|e| format!("sink: {e}"))?;
     let mut duplicates = 0;
     if !args.overhead_only {
-        duplicates = service_phases(&args, &sizes, &sink, &mut rows, &mut report).await?;
+        let ceiling;
+        (duplicates, ceiling) = service_phases(&args, &sizes, &sink, &mut rows, &mut report).await?;
+        if let Some(server) = &postgres {
+            duplicates += postgres_phases(&args, &sizes, &sink, server, ceiling, &mut rows, &mut report).await?;
+        }
+    } else if args.postgres.is_some() {
+        say("--overhead-only: no PostgreSQL phases");
     }
     overhead_phase(&args, &sizes, &sink, &mut rows, &mut report).await?;
     extra_phase(&args, &mut rows, &mut report)?;
@@ -236,73 +263,40 @@ async fn run(args: Args) -> Result<(), String> {
 
 type Report = serde_json::Map<String, Value>;
 
-/// Phases 1 to 8: everything that runs against `outboxd serve`. Returns how many deliveries
-/// reached the sink more than once.
+/// Phases 1 to 8: everything that runs against `outboxd serve` on SQLite. Returns how many
+/// deliveries reached the sink more than once, and the raw ceiling (requests/s).
 async fn service_phases(
     args: &Args,
     sizes: &Sizes,
     sink: &Sink,
     rows: &mut Vec<Row>,
     report: &mut Report,
-) -> Result<u64, String> {
+) -> Result<(u64, f64), String> {
     say("starting outboxd serve");
-    let svc = Service::start(&args.outboxd, &args.plugins, sink).await?;
-    let api = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let svc = Service::start(&args.outboxd, &args.plugins, sink, SQLITE, 1).await?;
+    let host = &svc.hosts()[0];
+    let run = Run::new(&svc, sink, String::new())?;
 
     // 1. Idle.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = svc.memory();
+    let idle = host.memory();
     rows.push(row("RSS idle", mib(idle.rss_kib), format!("VSZ {}", gib(idle.vsz_kib))));
     report.insert("rss_idle".into(), json!(idle));
 
-    // 2. Single-event ingest, targets paused.
-    svc.set_paused(true).await?;
-    say(&format!(
-        "single-event ingest: {} events, {PRODUCERS} connections",
-        sizes.single
-    ));
-    let load = loadavg();
-    let (single, single_lat) = load::ingest(api.clone(), &svc.base, PRODUCERS, sizes.single, 1, 0).await;
-    rows.push(row(
-        format!("ingest, single events ({PRODUCERS} connections)"),
-        format!("{:.0} events/s", single.per_second),
-        format!(
-            "p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {} errors",
-            single_lat.p50_ms, single_lat.p99_ms, single_lat.max_ms, single.errors
-        ),
-    ));
-    report.insert(
-        "ingest_single".into(),
-        json!({"connections": PRODUCERS, "throughput": single, "latency": single_lat, "load": load}),
-    );
-
-    // 3. Batched ingest up to the backlog size.
-    let batched_events = sizes.events - sizes.single;
-    if batched_events > 0 {
-        say(&format!("batched ingest: {batched_events} events in arrays of {BATCH}"));
-        let load = loadavg();
-        let (batched, batched_lat) = load::ingest(api.clone(), &svc.base, 4, batched_events, BATCH, sizes.single).await;
-        rows.push(row(
-            format!("ingest, arrays of {BATCH} (4 connections)"),
-            format!("{:.0} events/s", batched.per_second),
-            format!(
-                "p50 {:.1} ms per request; {} errors",
-                batched_lat.p50_ms, batched.errors
-            ),
-        ));
-        report.insert(
-            "ingest_batched".into(),
-            json!({"connections": 4, "per_request": BATCH, "throughput": batched, "latency": batched_lat, "load": load}),
-        );
+    // 2. Single-event ingest, targets paused; 3. batched ingest up to the backlog size.
+    let paused = run.pause().await?;
+    report.insert("ingest_single".into(), run.ingest_single(sizes.single, rows).await);
+    if let Some(batched) = run
+        .ingest_batched(sizes.events - sizes.single, sizes.single, rows)
+        .await
+    {
+        report.insert("ingest_batched".into(), batched);
     }
 
     // 4. The backlog.
     let deliveries = sizes.events * TARGETS.len() as u64;
     let pending = svc.count("pending").await?;
-    let with_pending = svc.memory();
+    let with_pending = host.memory();
     rows.push(row(
         format!("RSS with {pending} deliveries pending"),
         mib(with_pending.rss_kib),
@@ -314,38 +308,12 @@ async fn service_phases(
     );
 
     // 5. The drain.
-    say(&format!("drain: {deliveries} deliveries to {} targets", TARGETS.len()));
-    let load = loadavg();
-    let before = sink.requests();
-    let cpu0 = svc.cpu();
-    let t0 = Instant::now();
-    svc.set_paused(false).await?;
-    let mut peak_vsz = 0;
-    let done = loop {
-        if let Some(at) = sink.wait_for(before + deliveries, Duration::from_millis(100)).await {
-            break Some(at);
-        }
-        peak_vsz = peak_vsz.max(svc.memory().vsz_kib);
-        if t0.elapsed() > Duration::from_secs(600) {
-            break None;
-        }
-    };
-    let Some(done) = done else {
-        return Err(format!(
-            "the drain did not finish in 10 minutes: the sink got {} of {deliveries}; targets: {}; log: {}",
-            sink.requests() - before,
-            svc.targets().await.unwrap_or_default(),
-            svc.log_path().display()
-        ));
-    };
-    let took = done - t0;
-    let (user, system) = svc.cpu().percent_since(&cpu0, took);
-    let drain = Throughput::new(deliveries, took, 0);
+    let drained = run.drain(paused, deliveries).await?;
 
     // 6. After the drain (let the settler catch up first).
     wait_settled(&svc, deliveries).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = svc.memory();
+    let after = host.memory();
     rows.push(row(
         "RSS after the drain",
         mib(after.rss_kib),
@@ -359,7 +327,7 @@ async fn service_phases(
     let before_e2e = sink.requests();
     let e2e_deliveries = sizes.e2e * TARGETS.len() as u64;
     let t0 = Instant::now();
-    let (posted, posted_lat) = load::ingest(api.clone(), &svc.base, PRODUCERS, sizes.e2e, 1, sizes.events).await;
+    let (posted, posted_lat) = load::ingest(run.api.clone(), &svc.bases(), PRODUCERS, sizes.e2e, 1, sizes.events).await;
     let e2e_done = sink
         .wait_for(before_e2e + e2e_deliveries, Duration::from_secs(600))
         .await
@@ -380,7 +348,7 @@ async fn service_phases(
         json!({"events": sizes.e2e, "deliveries": e2e, "ingest": posted, "ingest_latency": posted_lat, "load": load_e2e}),
     );
     wait_settled(&svc, deliveries + e2e_deliveries).await?;
-    let duplicates = sink.requests() - (deliveries + e2e_deliveries);
+    let duplicates = sink.requests() - drained.sink_before - (deliveries + e2e_deliveries);
     svc.stop();
 
     // 8. The raw ceiling.
@@ -393,40 +361,281 @@ async fn service_phases(
     let client = outboxd::plugin::http_client().map_err(|e| e.to_string())?;
     let urls: Vec<String> = TARGETS.iter().map(|t| sink.url(&format!("/{t}"))).collect();
     let ceiling = load::ceiling(client, urls, total_concurrency, sizes.ceiling).await;
+    rows.push(drained.row("", ceiling.per_second));
     rows.push(row(
         format!("raw ceiling (same client stack, concurrency {total_concurrency})"),
         format!("{:.0} requests/s", ceiling.per_second),
         format!("{} errors", ceiling.errors),
     ));
-    let ratio = drain.per_second / ceiling.per_second.max(1e-9);
-    rows.insert(
-        rows.len() - 1,
-        row(
-            format!("drain ({} targets x {CONCURRENCY}, webhook.wasm)", TARGETS.len()),
-            format!("{:.0} deliveries/s", drain.per_second),
-            format!(
-                "{:.1} % of the raw ceiling; outboxd CPU {user:.0} % user + {system:.0} % sys; peak VSZ {}",
-                ratio * 100.0,
-                gib(peak_vsz)
-            ),
-        ),
-    );
-    report.insert(
-        "drain".into(),
-        json!({
-            "deliveries": drain, "ratio_to_ceiling": ratio, "cpu_user_percent": user,
-            "cpu_system_percent": system, "peak_vsz_kib": peak_vsz, "load": load, "duplicates": duplicates,
-        }),
-    );
+    report.insert("drain".into(), drained.json(ceiling.per_second, duplicates));
     report.insert(
         "raw_ceiling".into(),
         json!({"concurrency": total_concurrency, "throughput": ceiling, "load": load_ceiling}),
     );
 
+    Ok((duplicates, ceiling.per_second))
+}
+
+/// The PostgreSQL phases (`--postgres`): the ingest and drain phases again, on a fresh
+/// database of the server with one host, then on another with two hosts sharing it. `ceiling`
+/// is the SQLite run's raw ceiling (requests/s), the drains' common yardstick. Returns how many
+/// deliveries reached the sink more than once.
+async fn postgres_phases(
+    args: &Args,
+    sizes: &Sizes,
+    sink: &Sink,
+    server: &pg::Server,
+    ceiling: f64,
+    rows: &mut Vec<Row>,
+    report: &mut Report,
+) -> Result<u64, String> {
+    let mut figures = Report::new();
+    figures.insert("server".into(), json!(server.redacted()));
+    let mut duplicates = 0;
+    for hosts in [1, 2] {
+        let (run, dup) = postgres_run(args, sizes, sink, server, hosts, ceiling, rows).await?;
+        figures.insert(format!("hosts_{hosts}"), run);
+        duplicates += dup;
+    }
+    report.insert("postgres".into(), Value::Object(figures));
     Ok(duplicates)
 }
 
-/// Phase 9: per-delivery WebAssembly overhead.
+/// One PostgreSQL run: `hosts` processes of `outboxd serve` on a database of their own (dropped
+/// afterwards, also when the run fails), single-event and batched ingest, and the drain.
+async fn postgres_run(
+    args: &Args,
+    sizes: &Sizes,
+    sink: &Sink,
+    server: &pg::Server,
+    hosts: usize,
+    ceiling: f64,
+    rows: &mut Vec<Row>,
+) -> Result<(Value, u64), String> {
+    let db = PgDatabase::create(server)?;
+    let prefix = format!("PostgreSQL, {hosts} host{}: ", if hosts == 1 { "" } else { "s" });
+    say(&format!("{prefix}starting outboxd serve on database {}", db.name()));
+    let svc = Service::start(&args.outboxd, &args.plugins, sink, &db.url(), hosts).await?;
+    let run = Run::new(&svc, sink, prefix)?;
+
+    let paused = run.pause().await?;
+    let single = run.ingest_single(sizes.single, rows).await;
+    let batched = run
+        .ingest_batched(sizes.events - sizes.single, sizes.single, rows)
+        .await;
+    let deliveries = sizes.events * TARGETS.len() as u64;
+    let drained = run.drain(paused, deliveries).await?;
+    wait_settled(&svc, deliveries).await?;
+    let duplicates = sink.requests() - drained.sink_before - deliveries;
+    rows.push(drained.row(&run.prefix, ceiling));
+    svc.stop();
+    Ok((
+        json!({
+            "hosts": hosts, "ingest_single": single, "ingest_batched": batched,
+            "drain": drained.json(ceiling, duplicates),
+        }),
+        duplicates,
+    ))
+}
+
+/// The phases shared by the SQLite and PostgreSQL runs, against one running service.
+struct Run<'a> {
+    svc: &'a Service,
+    sink: &'a Sink,
+    api: reqwest::Client,
+    /// Put before each figure of the table: empty for SQLite, `PostgreSQL, 2 hosts: `.
+    prefix: String,
+}
+
+/// The targets are paused: the sink had `sink_requests` requests then, and must have no more
+/// when the drain starts.
+struct Paused {
+    sink_requests: u64,
+}
+
+/// What the drain measured.
+struct Drained {
+    deliveries: Throughput,
+    /// Each host's CPU over the drain, in percent of one core: user, system.
+    cpu: Vec<(f64, f64)>,
+    /// The largest virtual size a host had during the drain.
+    peak_vsz_kib: u64,
+    load: String,
+    /// The sink's count when the drain started.
+    sink_before: u64,
+}
+
+impl<'a> Run<'a> {
+    fn new(svc: &'a Service, sink: &'a Sink, prefix: String) -> Result<Self, String> {
+        let api = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self { svc, sink, api, prefix })
+    }
+
+    /// `N connections`, and over how many hosts when more than one.
+    fn connections(&self, n: usize) -> String {
+        match self.svc.hosts().len() {
+            1 => format!("{n} connections"),
+            hosts => format!("{n} connections over {hosts} hosts"),
+        }
+    }
+
+    /// Pauses the targets (through one host; every host must then report them paused).
+    async fn pause(&self) -> Result<Paused, String> {
+        self.svc.pause().await?;
+        Ok(Paused {
+            sink_requests: self.sink.requests(),
+        })
+    }
+
+    /// Single-event ingest, with the targets paused so that only ingest runs: `count` events,
+    /// one per request, on `PRODUCERS` connections spread over the hosts.
+    async fn ingest_single(&self, count: u64, rows: &mut Vec<Row>) -> Value {
+        let connections = self.connections(PRODUCERS);
+        say(&format!(
+            "{}single-event ingest: {count} events, {connections}",
+            self.prefix
+        ));
+        let load = loadavg();
+        let (single, latency) = load::ingest(self.api.clone(), &self.svc.bases(), PRODUCERS, count, 1, 0).await;
+        rows.push(row(
+            format!("{}ingest, single events ({connections})", self.prefix),
+            format!("{:.0} events/s", single.per_second),
+            format!(
+                "p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {} errors",
+                latency.p50_ms, latency.p99_ms, latency.max_ms, single.errors
+            ),
+        ));
+        json!({"connections": PRODUCERS, "throughput": single, "latency": latency, "load": load})
+    }
+
+    /// Batched ingest topping the backlog up: `count` events numbered from `first`, in arrays
+    /// of `BATCH` on 4 connections spread over the hosts. `None` when there is nothing to add.
+    async fn ingest_batched(&self, count: u64, first: u64, rows: &mut Vec<Row>) -> Option<Value> {
+        if count == 0 {
+            return None;
+        }
+        let connections = self.connections(4);
+        say(&format!(
+            "{}batched ingest: {count} events in arrays of {BATCH}, {connections}",
+            self.prefix
+        ));
+        let load = loadavg();
+        let (batched, latency) = load::ingest(self.api.clone(), &self.svc.bases(), 4, count, BATCH, first).await;
+        rows.push(row(
+            format!("{}ingest, arrays of {BATCH} ({connections})", self.prefix),
+            format!("{:.0} events/s", batched.per_second),
+            format!("p50 {:.1} ms per request; {} errors", latency.p50_ms, batched.errors),
+        ));
+        Some(json!({"connections": 4, "per_request": BATCH, "throughput": batched, "latency": latency, "load": load}))
+    }
+
+    /// The drain: resumes the targets and measures until the sink has `deliveries` more
+    /// requests, with each host's CPU and the peak virtual size.
+    async fn drain(&self, paused: Paused, deliveries: u64) -> Result<Drained, String> {
+        say(&format!(
+            "{}drain: {deliveries} deliveries to {} targets",
+            self.prefix,
+            TARGETS.len()
+        ));
+        let before = self.sink.requests();
+        if before != paused.sink_requests {
+            return Err(format!(
+                "the sink got {} requests while the targets were paused",
+                before - paused.sink_requests
+            ));
+        }
+        let hosts = self.svc.hosts();
+        let load = loadavg();
+        let cpu0: Vec<_> = hosts.iter().map(|h| h.cpu()).collect();
+        let t0 = Instant::now();
+        self.svc.resume().await?;
+        let mut peak_vsz_kib = 0;
+        let done = loop {
+            if let Some(at) = self
+                .sink
+                .wait_for(before + deliveries, Duration::from_millis(100))
+                .await
+            {
+                break Some(at);
+            }
+            for h in hosts {
+                peak_vsz_kib = peak_vsz_kib.max(h.memory().vsz_kib);
+            }
+            if t0.elapsed() > Duration::from_secs(600) {
+                break None;
+            }
+        };
+        let Some(done) = done else {
+            return Err(format!(
+                "the drain did not finish in 10 minutes: the sink got {} of {deliveries}; targets: {}; logs: {}",
+                self.sink.requests() - before,
+                self.svc.targets().await.unwrap_or_default(),
+                self.svc.log_paths()
+            ));
+        };
+        let took = done - t0;
+        let cpu = hosts
+            .iter()
+            .zip(&cpu0)
+            .map(|(h, c0)| h.cpu().percent_since(c0, took))
+            .collect();
+        Ok(Drained {
+            deliveries: Throughput::new(deliveries, took, 0),
+            cpu,
+            peak_vsz_kib,
+            load,
+            sink_before: before,
+        })
+    }
+}
+
+impl Drained {
+    /// The drain's share of the raw ceiling (`ceiling` requests/s).
+    fn ratio(&self, ceiling: f64) -> f64 {
+        self.deliveries.per_second / ceiling.max(1e-9)
+    }
+
+    /// The row of the table.
+    fn row(&self, prefix: &str, ceiling: f64) -> Row {
+        let cpu = |(user, system): &(f64, f64)| format!("{user:.0} % user + {system:.0} % sys");
+        let cpu = match self.cpu.as_slice() {
+            [one] => format!("outboxd CPU {}", cpu(one)),
+            each => format!("CPU per host {}", each.iter().map(cpu).collect::<Vec<_>>().join(", ")),
+        };
+        row(
+            format!(
+                "{prefix}drain ({} targets x {CONCURRENCY}, webhook.wasm)",
+                TARGETS.len()
+            ),
+            format!("{:.0} deliveries/s", self.deliveries.per_second),
+            format!(
+                "{:.1} % of the raw ceiling; {cpu}; peak VSZ {}",
+                self.ratio(ceiling) * 100.0,
+                gib(self.peak_vsz_kib)
+            ),
+        )
+    }
+
+    /// The figures for the report; the CPU percentages are summed over the hosts.
+    fn json(&self, ceiling: f64, duplicates: u64) -> Value {
+        let (user, system) = self.cpu.iter().fold((0.0, 0.0), |(u, s), (hu, hs)| (u + hu, s + hs));
+        let per_host: Vec<Value> = self
+            .cpu
+            .iter()
+            .map(|(u, s)| json!({"user_percent": u, "system_percent": s}))
+            .collect();
+        json!({
+            "deliveries": self.deliveries, "ratio_to_ceiling": self.ratio(ceiling),
+            "cpu_user_percent": user, "cpu_system_percent": system, "cpu_per_host": per_host,
+            "peak_vsz_kib": self.peak_vsz_kib, "load": self.load, "duplicates": duplicates,
+        })
+    }
+}
+
+/// Phase 10: per-delivery WebAssembly overhead.
 async fn overhead_phase(
     args: &Args,
     sizes: &Sizes,

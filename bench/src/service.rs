@@ -1,6 +1,7 @@
-//! The real `outboxd serve` under test: a temporary directory with its configuration, three
-//! webhook targets pointing at the sink (one of them signing), the child process, its API,
-//! and what `/proc` says about it (resident memory, CPU time).
+//! The real `outboxd serve` under test: one host or several sharing a PostgreSQL database,
+//! each in a temporary directory of its own with the same configuration and three webhook
+//! targets pointing at the sink (one of them signing); the child processes, their API, and
+//! what `/proc` says about each (resident memory, CPU time).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -18,22 +19,23 @@ pub const TARGETS: [&str; 3] = ["hook-signed", "hook-a", "hook-b"];
 pub const CONCURRENCY: usize = 16;
 /// A fixed, public benchmark secret (Standard Webhooks format).
 const SECRET: &str = "whsec_b3V0Ym94ZC1iZW5jaC1zZWNyZXQtZG8tbm90LXVzZSEh";
-
-/// A running `outboxd serve`.
-pub struct Service {
-    child: Child,
-    dir: tempfile::TempDir,
-    pub base: String,
-    client: reqwest::Client,
-}
+/// `database` for the SQLite store: a file in the host's directory.
+pub const SQLITE: &str = "outboxd.db";
 
 /// Why the service could not be driven.
 pub type Error = String;
 
-impl Service {
+/// One running `outboxd serve`.
+pub struct Host {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub base: String,
+}
+
+impl Host {
     /// Lays out the directory (config, `webhook.wasm` and three manifests) and starts
     /// `outboxd serve`, waiting for its `listening on` line.
-    pub async fn start(outboxd: &Path, plugins: &Path, sink: &Sink) -> Result<Self, Error> {
+    async fn start(outboxd: &Path, plugins: &Path, sink: &Sink, database: &str) -> Result<Self, Error> {
         let dir = tempfile::Builder::new()
             .prefix("outboxd-bench-")
             .tempdir()
@@ -54,8 +56,10 @@ impl Service {
             }
             std::fs::write(pd.join(format!("{name}.toml")), manifest).map_err(|e| e.to_string())?;
         }
-        let config = "listen = \"127.0.0.1:0\"\ndatabase = \"outboxd.db\"\nplugins_dir = \"plugins.d\"\n\
-                      cache_dir = \"cache\"\nwatch_plugins = false\n";
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\ndatabase = \"{database}\"\nplugins_dir = \"plugins.d\"\n\
+             cache_dir = \"cache\"\nwatch_plugins = false\n"
+        );
         std::fs::write(dir.path().join("outboxd.toml"), config).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.path().join("outboxd.log")).map_err(|e| e.to_string())?;
 
@@ -83,19 +87,14 @@ impl Service {
         .map_err(|e| e.to_string())?;
         let Some(addr) = addr else {
             let _ = child.kill();
+            let _ = child.wait();
             let log = std::fs::read_to_string(dir.path().join("outboxd.log")).unwrap_or_default();
             return Err(format!("outboxd serve exited before listening:\n{log}"));
         };
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| e.to_string())?;
         Ok(Self {
             child,
             dir,
             base: format!("http://{addr}"),
-            client,
         })
     }
 
@@ -105,53 +104,6 @@ impl Service {
 
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("outboxd.log")
-    }
-
-    async fn post(&self, path: &str) -> Result<(), Error> {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .send()
-            .await
-            .map_err(|e| format!("POST {path}: {e}"))?;
-        if r.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("POST {path}: {}", r.status()))
-        }
-    }
-
-    /// Pauses (`true`) or resumes every benchmark target.
-    pub async fn set_paused(&self, paused: bool) -> Result<(), Error> {
-        let verb = if paused { "pause" } else { "resume" };
-        for t in TARGETS {
-            self.post(&format!("/v1/targets/{t}/{verb}")).await?;
-        }
-        Ok(())
-    }
-
-    /// `GET /v1/targets`.
-    pub async fn targets(&self) -> Result<Value, Error> {
-        self.client
-            .get(format!("{}/v1/targets", self.base))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// Deliveries of the benchmark targets in `status`, summed.
-    pub async fn count(&self, status: &str) -> Result<u64, Error> {
-        let targets = self.targets().await?;
-        Ok(targets
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|t| TARGETS.contains(&t["name"].as_str().unwrap_or_default()))
-            .map(|t| t["counts"][status].as_u64().unwrap_or(0))
-            .sum())
     }
 
     /// Resident and virtual size, in KiB, from `/proc/<pid>/status`.
@@ -175,28 +127,165 @@ impl Service {
     pub fn cpu(&self) -> CpuTime {
         CpuTime::of(self.pid())
     }
-
-    /// Stops the service (SIGTERM through `kill`, then a hard kill after 15 s).
-    pub fn stop(mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
-impl Drop for Service {
+impl Drop for Host {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// The service under test: one host, or several sharing one PostgreSQL database.
+pub struct Service {
+    hosts: Vec<Host>,
+    client: reqwest::Client,
+}
+
+impl Service {
+    /// Starts `hosts` processes of `outboxd serve`, one after another, each with
+    /// `database = "<database>"` in its `outboxd.toml` ([`SQLITE`]: a file in each host's own
+    /// directory, so one host only; a `postgres://` URL: one database they all share), and
+    /// returns once every one of them listens.
+    pub async fn start(
+        outboxd: &Path,
+        plugins: &Path,
+        sink: &Sink,
+        database: &str,
+        hosts: usize,
+    ) -> Result<Self, Error> {
+        if hosts == 0 || (hosts > 1 && !database.starts_with("postgres")) {
+            return Err(format!(
+                "{hosts} hosts on {database:?}: several hosts need a shared PostgreSQL database"
+            ));
+        }
+        let mut started = Vec::with_capacity(hosts);
+        for _ in 0..hosts {
+            started.push(Host::start(outboxd, plugins, sink, database).await?);
+        }
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self { hosts: started, client })
+    }
+
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// Every host's API base URL.
+    pub fn bases(&self) -> Vec<String> {
+        self.hosts.iter().map(|h| h.base.clone()).collect()
+    }
+
+    /// `POST` to the first host.
+    async fn post(&self, path: &str) -> Result<(), Error> {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.hosts[0].base))
+            .send()
+            .await
+            .map_err(|e| format!("POST {path}: {e}"))?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("POST {path}: {}", r.status()))
+        }
+    }
+
+    /// Pauses every benchmark target through the first host, then checks that every host
+    /// reports them paused (the pause is a row of the store, which the hosts of a PostgreSQL
+    /// cluster share).
+    pub async fn pause(&self) -> Result<(), Error> {
+        for t in TARGETS {
+            self.post(&format!("/v1/targets/{t}/pause")).await?;
+        }
+        for (i, host) in self.hosts.iter().enumerate() {
+            let targets = self.targets_of(host).await?;
+            for t in TARGETS {
+                let paused = targets
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|v| v["name"] == t)
+                    .is_some_and(|v| v["paused"] == true);
+                if !paused {
+                    return Err(format!(
+                        "host {} ({}) does not report target {t} paused after it was paused through host 1",
+                        i + 1,
+                        host.base
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resumes every benchmark target, through the first host.
+    pub async fn resume(&self) -> Result<(), Error> {
+        for t in TARGETS {
+            self.post(&format!("/v1/targets/{t}/resume")).await?;
+        }
+        Ok(())
+    }
+
+    /// `GET /v1/targets` of `host`.
+    async fn targets_of(&self, host: &Host) -> Result<Value, Error> {
+        self.client
+            .get(format!("{}/v1/targets", host.base))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// `GET /v1/targets` of the first host (the counts are the store's, so any host's).
+    pub async fn targets(&self) -> Result<Value, Error> {
+        self.targets_of(&self.hosts[0]).await
+    }
+
+    /// Deliveries of the benchmark targets in `status`, summed.
+    pub async fn count(&self, status: &str) -> Result<u64, Error> {
+        let targets = self.targets().await?;
+        Ok(targets
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| TARGETS.contains(&t["name"].as_str().unwrap_or_default()))
+            .map(|t| t["counts"][status].as_u64().unwrap_or(0))
+            .sum())
+    }
+
+    /// Where each host logs, for messages.
+    pub fn log_paths(&self) -> String {
+        self.hosts
+            .iter()
+            .map(|h| h.log_path().display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Stops every host (SIGTERM through `kill`, then a hard kill of any still running 15 s
+    /// later).
+    pub fn stop(mut self) {
+        for h in &self.hosts {
+            let _ = Command::new("kill").arg(h.pid().to_string()).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            self.hosts.retain_mut(|h| !matches!(h.child.try_wait(), Ok(Some(_))));
+            if self.hosts.is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Dropping a host that still runs kills it.
     }
 }
 

@@ -13,7 +13,9 @@
 //!   Ctrl-C.
 //! - `cargo xtask bench [--debug] [BENCH ARGS...]`: build the plugins, outboxd and
 //!   `outboxd-bench` in release (debug with `--debug`), run the benchmark, and
-//!   write `target/bench.json` (see `docs/performance.md`).
+//!   write `target/bench.json` (see `docs/performance.md`). Its PostgreSQL phases
+//!   run on `OUTBOXD_BENCH_PG` (`skip` skips them), by default on
+//!   `postgres://postgres@127.0.0.1:5432` when `pg_isready` finds it up.
 
 use std::env;
 use std::ffi::OsString;
@@ -40,7 +42,9 @@ commands:
   bench [--debug] [ARGS...]
                    build plugins, outboxd and outboxd-bench in release and run the benchmark: prints a
                    table and writes target/bench.json (--debug uses the debug build; ARGS go to
-                   outboxd-bench, e.g. --quick, --events N; see docs/performance.md)
+                   outboxd-bench, e.g. --quick, --events N; see docs/performance.md); the PostgreSQL
+                   phases use OUTBOXD_BENCH_PG=URL, or the server at 127.0.0.1:5432 if pg_isready finds
+                   it (OUTBOXD_BENCH_PG=skip skips them)
   help             this text";
 
 type Result<T, E = String> = std::result::Result<T, E>;
@@ -370,10 +374,53 @@ fn cmd_bench(args: &[String]) -> Result<ExitCode> {
     if let Some(dir) = &plugins.polyglot {
         cmd.arg("--polyglot").arg(dir);
     }
+    let chosen = rest
+        .iter()
+        .any(|a| a == "--postgres" || a.starts_with("--postgres=") || a == "--overhead-only");
+    if !chosen && let Some(url) = bench_postgres() {
+        cmd.arg("--postgres").arg(url);
+    }
     cmd.args(&rest).current_dir(root());
     step(&format!("running {cmd:?}"));
     let status = cmd.status().map_err(|e| format!("cannot run outboxd-bench: {e}"))?;
     Ok(exit_code(status))
+}
+
+/// The local PostgreSQL server the benchmark's PostgreSQL phases use by default.
+const BENCH_PG: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// The server for `outboxd-bench --postgres`: `OUTBOXD_BENCH_PG` (a URL, or `skip`), else
+/// [`BENCH_PG`] when `pg_isready` finds it accepting connections, else none. Says which.
+fn bench_postgres() -> Option<String> {
+    match env::var("OUTBOXD_BENCH_PG").map(|v| v.trim().to_owned()) {
+        Ok(v) if v == "skip" => {
+            step("OUTBOXD_BENCH_PG=skip: no PostgreSQL phases");
+            None
+        }
+        Ok(url) if !url.is_empty() => {
+            step("PostgreSQL phases on the server of OUTBOXD_BENCH_PG");
+            Some(url)
+        }
+        _ => {
+            let ready = Command::new("pg_isready")
+                .args(["-q", "-h", "127.0.0.1", "-p", "5432"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                step(&format!(
+                    "PostgreSQL phases on {BENCH_PG} (pg_isready: accepting connections; \
+                     OUTBOXD_BENCH_PG=URL picks another server, OUTBOXD_BENCH_PG=skip skips them)"
+                ));
+                Some(BENCH_PG.to_owned())
+            } else {
+                step(
+                    "no PostgreSQL phases: nothing accepts connections at 127.0.0.1:5432 (pg_isready); \
+                     set OUTBOXD_BENCH_PG=URL to use a server elsewhere",
+                );
+                None
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
