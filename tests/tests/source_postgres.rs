@@ -177,3 +177,59 @@ async fn debezium_table_keeps_per_aggregate_order_to_an_ordered_target() {
     assert!(event["headers"].to_string().contains("aggregate-type"), "{event:#}");
     host.stop().await;
 }
+
+/// A backlog larger than a batch, ids crossing 9→10 and 99→100 within batches, one ordering
+/// key, the default `order_by` (the id): the events are relayed, and so delivered to an ordered
+/// target, in id order. (The read query once sorted by the text of the id, 1, 10, 100, 11, …,
+/// and the backlog is read batch after batch from a cursor.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_relayed_in_id_order_batch_after_batch() {
+    const ROWS: i64 = 150;
+    let db = TempDb::postgres("outboxd_src_order");
+    db.exec(
+        "CREATE TABLE outbox (
+            id         bigserial PRIMARY KEY,
+            event_type text NOT NULL,
+            payload    jsonb NOT NULL,
+            agg        text NOT NULL,
+            status     text NOT NULL DEFAULT 'pending'
+        )",
+    );
+    db.exec(&format!(
+        "INSERT INTO outbox (event_type, payload, agg)
+         SELECT 'order.updated', jsonb_build_object('n', i), 'order-1' FROM generate_series(1, {ROWS}) AS i ORDER BY i"
+    ));
+    let rx = Receiver::builder().default_behavior(Behavior::ok()).start().await;
+    let mut host = Host::new();
+    host.add_target(
+        "ledger",
+        &Target::webhook(&rx.url("/ledger")).ordered(true).concurrency(4),
+    );
+    host.append_config_raw(&format!(
+        "[[sources]]\nname = \"orders\"\nkind = \"postgres\"\nurl = \"{}\"\ntable = \"outbox\"\n\
+         batch_size = 40\npoll_interval_ms = 20\n\n[sources.columns]\nordering_key = \"agg\"\n",
+        db.url()
+    ));
+    host.start().await;
+    rx.wait_until(default_timeout(), |reqs| reqs.len() >= ROWS as usize)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", host.stderr_tail(40)));
+    let ns: Vec<i64> = rx
+        .requests_at("/ledger")
+        .iter()
+        .map(|r| r.json()["data"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ns,
+        (1..=ROWS).collect::<Vec<_>>(),
+        "delivered out of the order of the ids"
+    );
+    let source = wait_source(&host, "orders", |s| s["rows_relayed"] == ROWS).await;
+    assert_eq!(source["rows_failed"], 0, "{source:#}");
+    eventually("every row is marked done", || {
+        let n = db.count("SELECT count(*) FROM outbox WHERE status = 'done'");
+        (n == ROWS, format!("{n} rows done"))
+    })
+    .await;
+    host.stop().await;
+}

@@ -40,6 +40,8 @@ pub struct SourceRow {
     pub aggregate_type: Option<String>,
     /// `created_at` in milliseconds since the epoch, when mapped and readable.
     pub created_at_ms: Option<Millis>,
+    /// The row's `order_by` value as text: where the next read of a backlog starts.
+    pub order_value: Option<String>,
 }
 
 /// The producer idempotency key of a row: the application's own key when it maps one,

@@ -125,9 +125,10 @@ fn update(status: &Mutex<SourceStatus>, f: impl FnOnce(&mut SourceStatus)) {
 /// One source's database: reading pending rows and recording what became of them.
 #[async_trait]
 pub(crate) trait SourceDb: Send {
-    /// Up to `limit` pending rows, in `order_by` order. Connects (and checks that the table
-    /// and every mapped column exist) when not connected.
-    async fn fetch(&mut self, limit: usize) -> Result<Vec<SourceRow>, SourceError>;
+    /// Up to `limit` pending rows, in `order_by` order; with `after`, only rows whose
+    /// `order_by` value is at least that one (a [`SourceRow::order_value`] read before).
+    /// Connects (and checks that the table and every mapped column exist) when not connected.
+    async fn fetch(&mut self, limit: usize, after: Option<&str>) -> Result<Vec<SourceRow>, SourceError>;
     /// In one transaction: `relayed` rows marked done (or deleted), `failed` rows marked
     /// failed (mark mode only).
     async fn finish(&mut self, relayed: Vec<RowId>, failed: Vec<RowId>) -> Result<(), SourceError>;
@@ -193,6 +194,7 @@ pub fn spawn_all(
             status,
             skipped: HashSet::new(),
             behind_since: None,
+            cursor: None,
         };
         tasks.push(tokio::spawn(relay.run(stop.clone())));
     }
@@ -235,6 +237,10 @@ struct Relay {
     skipped: HashSet<String>,
     /// Without a `created_at` column: since when every poll has found rows pending.
     behind_since: Option<Millis>,
+    /// While a backlog is read batch after batch: the `order_by` value of the last row read.
+    /// Dropped when a read finds fewer rows than a batch (caught up) or fails, so that the next
+    /// read starts from the beginning again and finds rows committed late with lower values.
+    cursor: Option<String>,
 }
 
 impl Relay {
@@ -288,6 +294,7 @@ impl Relay {
     fn failed(&mut self, e: SourceError, failures: &mut u32) -> Duration {
         let name = &self.config.name;
         *failures += 1;
+        self.cursor = None;
         self.db.reset();
         if let Some(m) = self.marker.as_mut() {
             m.reset();
@@ -355,7 +362,10 @@ impl Relay {
     async fn cycle(&mut self, limit: usize) -> Result<Cycle, SourceError> {
         let started = std::time::Instant::now();
         let in_marking = self.marking.as_ref().map_or(0, |m| m.ids.len());
-        let rows = self.db.fetch(limit + self.skipped.len() + in_marking).await?;
+        let rows = self
+            .db
+            .fetch(limit + self.skipped.len() + in_marking, self.cursor.as_deref())
+            .await?;
         let fetched = started.elapsed();
         let polled_at = now_ms();
         let marking = self.marking.as_ref().map(|m| &m.ids);
@@ -447,6 +457,9 @@ impl Relay {
         if rows.len() < limit {
             // Everything pending was read: caught up.
             self.behind_since = None;
+            self.cursor = None;
+        } else {
+            self.cursor = rows.last().and_then(|r| r.order_value.clone());
         }
         Ok(Cycle { read: rows.len() })
     }
@@ -474,9 +487,17 @@ pub(crate) struct Dialect {
     pub limit: &'static str,
 }
 
+/// The alias of the source table in the read query: `ORDER BY source_rows.<order_by>` sorts by
+/// the table's column, never by a result column of the same name (PostgreSQL resolves a bare
+/// `ORDER BY "id"` to the text-cast `"id"::text` of the select list, and sorted ids as text).
+const ROWS: &str = "source_rows";
+
 /// The read query of a source: its pending rows in `order_by` order, the mapped columns in
-/// the order of [`SourceRow`]'s fields, at most the bound limit.
-pub(crate) fn select_pending(config: &SourceConfig, d: &Dialect) -> String {
+/// the order of [`SourceRow`]'s fields, at most the bound limit. With `after` (the SQL of the
+/// cursor's placeholder, cast to the column's type where the database needs it), only rows from
+/// that `order_by` value on: an index range scan that starts where the last batch ended,
+/// instead of stepping again over every row relayed since the last vacuum.
+pub(crate) fn select_pending(config: &SourceConfig, d: &Dialect, after: Option<&str>) -> String {
     let c = &config.columns;
     let q = |name: &str| quote(name, d.quote);
     let text = |name: &str| (d.text)(&q(name));
@@ -485,12 +506,16 @@ pub(crate) fn select_pending(config: &SourceConfig, d: &Dialect) -> String {
         .created_at
         .as_deref()
         .map_or_else(|| d.null_ms.to_owned(), |n| (d.epoch_ms)(&q(n)));
-    let filter = match &c.status {
+    let mut filter = match &c.status {
         Some(status) => format!("WHERE {} = {}", q(status), d.pending),
         None => format!("WHERE {} IS NOT NULL", d.pending_typed),
     };
+    let order = format!("{ROWS}.{}", q(&config.order_by));
+    if let Some(after) = after {
+        filter.push_str(&format!(" AND {order} >= {after}"));
+    }
     format!(
-        "SELECT {}, {}, {}, {}, {}, {}, {}, {created} FROM {} {filter} ORDER BY {} LIMIT {}",
+        "SELECT {}, {}, {}, {}, {}, {}, {}, {created}, {} FROM {} AS {ROWS} {filter} ORDER BY {order} LIMIT {}",
         text(&c.id),
         text(&c.event_type),
         text(&c.payload),
@@ -498,8 +523,8 @@ pub(crate) fn select_pending(config: &SourceConfig, d: &Dialect) -> String {
         optional(&c.idempotency_key),
         optional(&c.ordering_key),
         optional(&c.aggregate_type),
+        text(&config.order_by),
         q(&config.table),
-        q(&config.order_by),
         d.limit,
     )
 }

@@ -20,6 +20,8 @@ pub(crate) struct MySource {
     config: Arc<SourceConfig>,
     pool: Option<MySqlPool>,
     select: String,
+    /// The same from a cursor on (bound between the pending value and the limit).
+    select_after: String,
 }
 
 fn q(e: sqlx::Error) -> SourceError {
@@ -28,23 +30,22 @@ fn q(e: sqlx::Error) -> SourceError {
 
 impl MySource {
     pub(crate) fn new(config: Arc<SourceConfig>) -> Self {
-        let select = select_pending(
-            &config,
-            &Dialect {
-                quote: '`',
-                text: |column| format!("CAST({column} AS CHAR)"),
-                null_text: "NULL",
-                epoch_ms: |column| format!("CAST(UNIX_TIMESTAMP({column}) * 1000 AS SIGNED)"),
-                null_ms: "NULL",
-                pending: "?",
-                pending_typed: "?",
-                limit: "?",
-            },
-        );
+        let dialect = Dialect {
+            quote: '`',
+            text: |column| format!("CAST({column} AS CHAR)"),
+            null_text: "NULL",
+            epoch_ms: |column| format!("CAST(UNIX_TIMESTAMP({column}) * 1000 AS SIGNED)"),
+            null_ms: "NULL",
+            pending: "?",
+            pending_typed: "?",
+            limit: "?",
+        };
+        // MySQL converts the text cursor to the column's type for the comparison.
         Self {
+            select: select_pending(&config, &dialect, None),
+            select_after: select_pending(&config, &dialect, Some("?")),
             config,
             pool: None,
-            select,
         }
     }
 
@@ -101,14 +102,15 @@ fn placeholders(n: usize) -> String {
 
 #[async_trait]
 impl SourceDb for MySource {
-    async fn fetch(&mut self, limit: usize) -> Result<Vec<SourceRow>, SourceError> {
+    async fn fetch(&mut self, limit: usize, after: Option<&str>) -> Result<Vec<SourceRow>, SourceError> {
         let pool = self.connect().await?;
-        let rows = sqlx::query(&self.select)
-            .bind(&self.config.pending_value)
-            .bind(limit as u64)
-            .fetch_all(&pool)
-            .await
-            .map_err(q)?;
+        let query = match after {
+            Some(after) => sqlx::query(&self.select_after)
+                .bind(&self.config.pending_value)
+                .bind(after),
+            None => sqlx::query(&self.select).bind(&self.config.pending_value),
+        };
+        let rows = query.bind(limit as u64).fetch_all(&pool).await.map_err(q)?;
         rows.into_iter()
             .map(|r| {
                 Ok(SourceRow {
@@ -120,6 +122,7 @@ impl SourceDb for MySource {
                     ordering_key: r.try_get(5)?,
                     aggregate_type: r.try_get(6)?,
                     created_at_ms: r.try_get(7)?,
+                    order_value: r.try_get(8)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

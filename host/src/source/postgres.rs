@@ -25,6 +25,21 @@ pub(crate) struct PgSource {
     mark: String,
     delete: String,
     select: String,
+    /// The same from a cursor on (`$3::text::<order_by type>`), set once connected.
+    select_after: String,
+}
+
+fn dialect() -> Dialect {
+    Dialect {
+        quote: '"',
+        text: |column| format!("{column}::text"),
+        null_text: "NULL::text",
+        epoch_ms: |column| format!("(extract(epoch from {column}) * 1000)::bigint"),
+        null_ms: "NULL::bigint",
+        pending: "$1",
+        pending_typed: "$1::text",
+        limit: "$2",
+    }
 }
 
 fn url(config: &SourceConfig) -> &str {
@@ -40,26 +55,14 @@ fn q(e: sqlx::Error) -> SourceError {
 
 impl PgSource {
     pub(crate) fn new(config: Arc<SourceConfig>) -> Self {
-        let select = select_pending(
-            &config,
-            &Dialect {
-                quote: '"',
-                text: |column| format!("{column}::text"),
-                null_text: "NULL::text",
-                epoch_ms: |column| format!("(extract(epoch from {column}) * 1000)::bigint"),
-                null_ms: "NULL::bigint",
-                pending: "$1",
-                pending_typed: "$1::text",
-                limit: "$2",
-            },
-        );
         Self {
+            select: select_pending(&config, &dialect(), None),
+            select_after: String::new(),
             config,
             pool: None,
             listener: None,
             mark: String::new(),
             delete: String::new(),
-            select,
         }
     }
 
@@ -103,6 +106,12 @@ impl PgSource {
             .find(|(n, _)| n == &config.columns.id)
             .map(|(_, t)| t.clone())
             .unwrap_or_else(|| "text".into());
+        let order_type = columns
+            .iter()
+            .find(|(n, _)| n == &config.order_by)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| "text".into());
+        self.select_after = select_pending(&config, &dialect(), Some(&format!("$3::text::{order_type}")));
         let id = quote(&config.columns.id, '"');
         let cast = format!("ANY($2::text[]::{id_type}[])");
         if let Some(status) = &config.columns.status {
@@ -131,14 +140,18 @@ fn texts(ids: &[RowId]) -> Vec<String> {
 
 #[async_trait]
 impl SourceDb for PgSource {
-    async fn fetch(&mut self, limit: usize) -> Result<Vec<SourceRow>, SourceError> {
+    async fn fetch(&mut self, limit: usize, after: Option<&str>) -> Result<Vec<SourceRow>, SourceError> {
         let pool = self.connect().await?;
-        let rows = sqlx::query(&self.select)
-            .bind(&self.config.pending_value)
-            .bind(limit as i64)
-            .fetch_all(&pool)
-            .await
-            .map_err(q)?;
+        let sql = if after.is_some() {
+            &self.select_after
+        } else {
+            &self.select
+        };
+        let mut query = sqlx::query(sql).bind(&self.config.pending_value).bind(limit as i64);
+        if let Some(after) = after {
+            query = query.bind(after);
+        }
+        let rows = query.fetch_all(&pool).await.map_err(q)?;
         rows.into_iter()
             .map(|r| {
                 Ok(SourceRow {
@@ -150,6 +163,7 @@ impl SourceDb for PgSource {
                     ordering_key: r.try_get(5)?,
                     aggregate_type: r.try_get(6)?,
                     created_at_ms: r.try_get(7)?,
+                    order_value: r.try_get(8)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

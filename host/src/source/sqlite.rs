@@ -17,27 +17,29 @@ pub(crate) struct SqliteSource {
     config: Arc<SourceConfig>,
     conn: Option<Connection>,
     select: String,
+    /// The same from a cursor (`?3`) on.
+    select_after: String,
 }
 
 impl SqliteSource {
     pub(crate) fn new(config: Arc<SourceConfig>) -> Self {
-        let select = select_pending(
-            &config,
-            &Dialect {
-                quote: '"',
-                text: |column| column.to_owned(),
-                null_text: "NULL",
-                epoch_ms: |column| format!("CAST(unixepoch({column}, 'auto', 'subsec') * 1000 AS INTEGER)"),
-                null_ms: "NULL",
-                pending: "?1",
-                pending_typed: "?1",
-                limit: "?2",
-            },
-        );
+        let dialect = Dialect {
+            quote: '"',
+            text: |column| column.to_owned(),
+            null_text: "NULL",
+            epoch_ms: |column| format!("CAST(unixepoch({column}, 'auto', 'subsec') * 1000 AS INTEGER)"),
+            null_ms: "NULL",
+            pending: "?1",
+            pending_typed: "?1",
+            limit: "?2",
+        };
+        // A text cursor compared with an INTEGER (or NUMERIC) column takes the column's
+        // affinity, so it compares as a number.
         Self {
+            select: select_pending(&config, &dialect, None),
+            select_after: select_pending(&config, &dialect, Some("?3")),
             config,
             conn: None,
-            select,
         }
     }
 
@@ -116,14 +118,22 @@ fn text(v: ValueRef<'_>) -> Option<String> {
 
 #[async_trait]
 impl SourceDb for SqliteSource {
-    async fn fetch(&mut self, limit: usize) -> Result<Vec<SourceRow>, SourceError> {
-        let sql = self.select.clone();
+    async fn fetch(&mut self, limit: usize, after: Option<&str>) -> Result<Vec<SourceRow>, SourceError> {
+        let after = after.map(str::to_owned);
+        let sql = if after.is_some() {
+            self.select_after.clone()
+        } else {
+            self.select.clone()
+        };
         self.with_conn(move |conn, config| {
             let q = |e: rusqlite::Error| SourceError::Query(e.to_string());
             let mut stmt = conn.prepare_cached(&sql).map_err(q)?;
-            let mut rows = stmt
-                .query(rusqlite::params![config.pending_value, limit as i64])
-                .map_err(q)?;
+            let limit = limit as i64;
+            let mut rows = match &after {
+                Some(after) => stmt.query(rusqlite::params![config.pending_value, limit, after]),
+                None => stmt.query(rusqlite::params![config.pending_value, limit]),
+            }
+            .map_err(q)?;
             let mut out = Vec::new();
             while let Some(r) = rows.next().map_err(q)? {
                 let v = |i: usize| r.get_ref(i).map(text).map_err(q);
@@ -141,6 +151,7 @@ impl SourceDb for SqliteSource {
                     ordering_key: v(5)?,
                     aggregate_type: v(6)?,
                     created_at_ms: r.get::<_, Option<i64>>(7).map_err(q)?,
+                    order_value: v(8)?,
                 });
             }
             Ok(out)
