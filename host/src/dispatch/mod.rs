@@ -257,8 +257,9 @@ struct Slot {
 /// for each permit as it freed (one or two deliveries per claim transaction); with it, claims
 /// carry about a lane's concurrency each. What was read ahead is given back ([`give_back`])
 /// when the breaker stops the lane and when the lane ends, unstarted and uncounted. Batched
-/// lanes (a batch is claimed whole) and rate-limited ones (a token per claimed delivery) do
-/// not read ahead.
+/// lanes (a batch is claimed whole), rate-limited ones (a token per claimed delivery) and slow
+/// ones (whose attempts take long, so claims are rare anyway, and a hung receiver would hold
+/// the read-ahead hostage) do not read ahead.
 async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken) {
     let spec = &target.spec;
     let name = spec.name.clone();
@@ -266,7 +267,7 @@ async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken
     let lease = spec.timeout + shared.config.lease_margin;
     let batched = spec.class == TargetClass::Batched;
     let mut bucket = spec.rate_per_sec.map(|r| Limiter::new(&shared.store, r));
-    let ahead = if batched || bucket.is_some() {
+    let ahead = if batched || bucket.is_some() || spec.class == TargetClass::Slow {
         0
     } else {
         spec.concurrency as usize
