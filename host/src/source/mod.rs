@@ -4,10 +4,11 @@
 //! [`Store::ingest`] with a producer idempotency key derived from the source and the row id;
 //! and only then marks (or deletes) the rows, in one short transaction of the application's
 //! database, on a second connection while the next batch is read and stored (the two
-//! databases' commits overlap; markings stay in order). A crash in between re-reads the rows, finds their events by key, and only marks
-//! them: each row becomes at most one event. A bad row is marked failed (or, in delete mode,
-//! skipped), never lost and never blocking; a database error is retried with backoff without
-//! touching any other source. [`Sources`] is the per-source status the API shows.
+//! databases' commits overlap; markings stay in order). A backlog is read from a cursor on
+//! `order_by`. A crash in between re-reads the rows, finds their events by key, and only
+//! marks them: each row becomes at most one event. A bad row is marked failed (or, in delete
+//! mode, skipped), never lost and never blocking; a database error is retried with backoff
+//! without touching any other source. [`Sources`] is the per-source status the API shows.
 
 pub mod config;
 pub mod mapping;
