@@ -7,6 +7,7 @@
 //! 2. steady, with outboxd running and relaying the rows as they are written;
 //! 3. catching up: `--rows` outbox rows are bulk-written as a backlog, outboxd starts, and the
 //!    producer writes while the relay drains the backlog as fast as it can.
+//!
 //! The only target is paused (deliveries are created but never attempted). Relay rate = rows
 //! relayed in run 3 / time from start to the last row marked done. The figures are medians
 //! over the rounds; each slowdown is the median of each round's own comparison with run 1, so
