@@ -15,7 +15,8 @@
 //!   `outboxd-bench` in release (debug with `--debug`), run the benchmark, and
 //!   write `target/bench.json` (see `docs/performance.md`). Its PostgreSQL phases
 //!   run on `OUTBOXD_BENCH_PG` (`skip` skips them), by default on
-//!   `postgres://postgres@127.0.0.1:5432` when `pg_isready` finds it up.
+//!   `postgres://postgres@127.0.0.1:5432` when `pg_isready` finds it up. With `php` on
+//!   the PATH it also runs the relay benchmark (`relay-bench`, through `--extra relay=`).
 
 use std::env;
 use std::ffi::OsString;
@@ -362,8 +363,17 @@ fn cmd_bench(args: &[String]) -> Result<ExitCode> {
     if !debug {
         build.arg("--release");
     }
-    run(build.args(["-p", "outboxd", "-p", "outboxd-bench", "--bins"]))?;
+    build.args(["-p", "outboxd", "-p", "outboxd-bench", "--bins"]);
+    let relay = relay_bench_wanted();
+    if relay {
+        build.args(["-p", "outboxd-tests", "--bin", "relay-bench"]);
+    }
+    run(&mut build)?;
     let bins = target_dir().join(profile);
+    if relay && !rest.iter().any(|a| a == "--overhead-only") {
+        rest.push("--extra".into());
+        rest.push(format!("relay={}", bins.join(exe("relay-bench")).display()));
+    }
     if !rest.iter().any(|a| a == "--json" || a.starts_with("--json=")) {
         rest.push("--json".into());
         rest.push(target_dir().join("bench.json").display().to_string());
@@ -384,6 +394,19 @@ fn cmd_bench(args: &[String]) -> Result<ExitCode> {
     step(&format!("running {cmd:?}"));
     let status = cmd.status().map_err(|e| format!("cannot run outboxd-bench: {e}"))?;
     Ok(exit_code(status))
+}
+
+/// Whether to run the relay benchmark: it needs `php` (the example producer). Says why not.
+fn relay_bench_wanted() -> bool {
+    let php = Command::new("php")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !php {
+        step("no relay benchmark: `php` is not installed (apt-get install php-cli php-sqlite3 php-pgsql php-mysql)");
+    }
+    php
 }
 
 /// The local PostgreSQL server the benchmark's PostgreSQL phases use by default.

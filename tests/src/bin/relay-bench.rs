@@ -14,10 +14,14 @@
 //! a machine whose speed drifts between rounds (a shared VM) does not decide it.
 //!
 //! usage: relay-bench [--rows N] [--app-rows M] [--batch B] [--rounds R]
-//!                    [--kinds sqlite,postgres,mysql]
+//!                    [--kinds sqlite,postgres,mysql] [--outboxd BIN] [--plugins DIR] [--quick]
 //! Needs `php` (php-cli, php-sqlite3, php-pgsql, php-mysql) and, for postgres and mysql, the
 //! servers of `OUTBOXD_TEST_PG` (default 127.0.0.1:5432) and `OUTBOXD_TEST_MYSQL` (default
-//! 127.0.0.1:3306). Prints a table, then one JSON line.
+//! 127.0.0.1:3306); a server kind whose server does not answer is skipped, with a line saying
+//! so. `--outboxd` and `--plugins` stand for `OUTBOXD_BIN` and `OUTBOXD_PLUGINS_DIR`;
+//! `--quick` (tiny sizes, one round) only proves that it works. Prints a table on stderr and
+//! one JSON object on stdout, so that `outboxd-bench --extra relay=relay-bench` includes it
+//! (`cargo xtask bench` does when `php` is installed).
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +35,8 @@ struct Args {
     batch: u32,
     rounds: usize,
     kinds: Vec<String>,
+    outboxd: Option<String>,
+    plugins: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -39,7 +45,9 @@ fn parse_args() -> Result<Args, String> {
         app_rows: 1_000,
         batch: 500,
         rounds: 5,
-        kinds: vec!["sqlite".into(), "postgres".into()],
+        kinds: vec!["sqlite".into(), "postgres".into(), "mysql".into()],
+        outboxd: None,
+        plugins: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,10 +58,15 @@ fn parse_args() -> Result<Args, String> {
             "--batch" => a.batch = value()?.parse().map_err(|e| format!("--batch: {e}"))?,
             "--rounds" => a.rounds = value()?.parse().map_err(|e| format!("--rounds: {e}"))?,
             "--kinds" => a.kinds = value()?.split(',').map(str::to_owned).collect(),
+            "--outboxd" => a.outboxd = Some(value()?),
+            "--plugins" => a.plugins = Some(value()?),
+            "--quick" => {
+                (a.rows, a.app_rows, a.rounds) = (2_000, 50, 1);
+            }
             "-h" | "--help" => {
-                return Err(
-                    "usage: relay-bench [--rows N] [--app-rows M] [--batch B] [--rounds R] [--kinds sqlite,postgres,mysql]".into(),
-                );
+                return Err("usage: relay-bench [--rows N] [--app-rows M] [--batch B] [--rounds R] \
+                     [--kinds sqlite,postgres,mysql] [--outboxd BIN] [--plugins DIR] [--quick]"
+                    .into());
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -259,8 +272,24 @@ async fn run_kind(kind: &str, args: &Args) -> Value {
     })
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// Whether the server a kind needs answers on its port (`sqlite` needs none).
+fn server_answers(kind: &str) -> Result<(), String> {
+    let (var, default) = match kind {
+        "postgres" => ("OUTBOXD_TEST_PG", "127.0.0.1:5432"),
+        "mysql" => ("OUTBOXD_TEST_MYSQL", "127.0.0.1:3306"),
+        _ => return Ok(()),
+    };
+    let addr = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    let sock = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+        .map_err(|e| format!("{var}={addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{var}={addr}: no address"))?;
+    std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+        .map(drop)
+        .map_err(|e| format!("{addr}: {e}"))
+}
+
+fn main() -> std::process::ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -268,11 +297,34 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // SAFETY: no other thread exists yet (the runtime is built below).
+    unsafe {
+        if let Some(bin) = &args.outboxd {
+            std::env::set_var("OUTBOXD_BIN", bin);
+        }
+        if let Some(dir) = &args.plugins {
+            std::env::set_var("OUTBOXD_PLUGINS_DIR", dir);
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> std::process::ExitCode {
     let mut results = Vec::new();
+    let mut skipped = Vec::new();
     for kind in &args.kinds {
         if !["sqlite", "postgres", "mysql"].contains(&kind.as_str()) {
             eprintln!("unknown kind {kind}: use sqlite, postgres, mysql");
             return std::process::ExitCode::from(2);
+        }
+        if let Err(e) = server_answers(kind) {
+            eprintln!("relay-bench: {kind} skipped, its server does not answer: {e}");
+            skipped.push(json!({ "kind": kind, "reason": e }));
+            continue;
         }
         eprintln!(
             "relay-bench: {kind}, {} rounds of {} backlog rows and {} app orders…",
@@ -280,23 +332,36 @@ async fn main() -> std::process::ExitCode {
         );
         results.push(run_kind(kind, &args).await);
     }
-    println!(
+    eprintln!(
         "{:<9} {:>8} {:>6} {:>7} {:>9} {:>13} {:>14} {:>16}",
         "source", "rows", "batch", "rounds", "rows/s", "app orders/s", "slowdown steady", "slowdown catch-up"
     );
+    let mut rows = Vec::new();
     for r in &results {
-        println!(
+        let kind = r["kind"].as_str().unwrap_or("");
+        let rate = r["relay_rows_per_sec"].as_f64().unwrap_or(0.0);
+        let steady = r["app_slowdown_percent_steady"].as_f64().unwrap_or(0.0);
+        let catching_up = r["app_slowdown_percent_catching_up"].as_f64().unwrap_or(0.0);
+        eprintln!(
             "{:<9} {:>8} {:>6} {:>7} {:>9.0} {:>13.0} {:>14.1}% {:>16.1}%",
-            r["kind"].as_str().unwrap_or(""),
+            kind,
             r["rows"],
             r["batch_size"],
             r["rounds"],
-            r["relay_rows_per_sec"].as_f64().unwrap_or(0.0),
+            rate,
             r["app_orders_per_sec_alone"].as_f64().unwrap_or(0.0),
-            r["app_slowdown_percent_steady"].as_f64().unwrap_or(0.0),
-            r["app_slowdown_percent_catching_up"].as_f64().unwrap_or(0.0),
+            steady,
+            catching_up,
         );
+        // The rows `outboxd-bench --extra` adds to its table.
+        let figure = |f: &str, v: f64, unit: &str| json!({ "figure": format!("{kind} {f}"), "value": (v * 10.0).round() / 10.0, "unit": unit });
+        rows.push(figure("source relayed", rate.round(), "rows/s"));
+        rows.push(figure("app slowdown, steady", steady, "%"));
+        rows.push(figure("app slowdown, catching up", catching_up, "%"));
     }
-    println!("{}", json!({ "relay_bench": results }));
+    println!(
+        "{}",
+        json!({ "relay_bench": results, "skipped": skipped, "rows": rows })
+    );
     std::process::ExitCode::SUCCESS
 }
