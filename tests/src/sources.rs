@@ -27,10 +27,33 @@ pub struct TempDb {
     port: String,
 }
 
-fn host_port(var: &str, default: &str) -> (String, String) {
-    let v = std::env::var(var).unwrap_or_else(|_| default.to_owned());
-    let (h, p) = v.rsplit_once(':').unwrap_or((v.as_str(), ""));
-    (h.to_owned(), p.to_owned())
+impl Server {
+    /// The server's `host:port`: its environment variable, or the default.
+    fn address(self) -> String {
+        let (var, default) = match self {
+            Server::Postgres => ("OUTBOXD_TEST_PG", "127.0.0.1:5432"),
+            Server::Mariadb => ("OUTBOXD_TEST_MYSQL", "127.0.0.1:3306"),
+        };
+        std::env::var(var).unwrap_or_else(|_| default.to_owned())
+    }
+
+    /// Whether the server accepts a TCP connection within 2 s; the error says where it tried.
+    pub fn answers(self) -> Result<(), String> {
+        let addr = self.address();
+        let sock = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+            .map_err(|e| format!("{addr}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{addr}: no address"))?;
+        std::net::TcpStream::connect_timeout(&sock, std::time::Duration::from_secs(2))
+            .map(drop)
+            .map_err(|e| format!("{addr}: {e}"))
+    }
+
+    fn host_port(self) -> (String, String) {
+        let v = self.address();
+        let (h, p) = v.rsplit_once(':').unwrap_or((v.as_str(), ""));
+        (h.to_owned(), p.to_owned())
+    }
 }
 
 fn check(out: std::io::Result<Output>, what: &str) -> String {
@@ -47,13 +70,13 @@ fn check(out: std::io::Result<Output>, what: &str) -> String {
 impl TempDb {
     /// A fresh PostgreSQL database named `<prefix>_<pid>_<n>`.
     pub fn postgres(prefix: &str) -> Self {
-        let (host, port) = host_port("OUTBOXD_TEST_PG", "127.0.0.1:5432");
+        let (host, port) = Server::Postgres.host_port();
         Self::create(Server::Postgres, prefix, host, port)
     }
 
     /// A fresh MariaDB/MySQL database named `<prefix>_<pid>_<n>`.
     pub fn mariadb(prefix: &str) -> Self {
-        let (host, port) = host_port("OUTBOXD_TEST_MYSQL", "127.0.0.1:3306");
+        let (host, port) = Server::Mariadb.host_port();
         Self::create(Server::Mariadb, prefix, host, port)
     }
 

@@ -26,7 +26,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use testkit::sources::{TempDb, php_example_dir};
+use testkit::sources::{Server, TempDb, php_example_dir};
 use testkit::{Host, Target};
 
 struct Args {
@@ -37,6 +37,12 @@ struct Args {
     kinds: Vec<String>,
     outboxd: Option<String>,
     plugins: Option<String>,
+}
+
+fn absolute(path: &str) -> Result<String, String> {
+    std::fs::canonicalize(path)
+        .map(|p| p.display().to_string())
+        .map_err(|e| format!("{path}: {e}"))
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -58,8 +64,9 @@ fn parse_args() -> Result<Args, String> {
             "--batch" => a.batch = value()?.parse().map_err(|e| format!("--batch: {e}"))?,
             "--rounds" => a.rounds = value()?.parse().map_err(|e| format!("--rounds: {e}"))?,
             "--kinds" => a.kinds = value()?.split(',').map(str::to_owned).collect(),
-            "--outboxd" => a.outboxd = Some(value()?),
-            "--plugins" => a.plugins = Some(value()?),
+            // Absolute, since the hosts run in directories of their own.
+            "--outboxd" => a.outboxd = Some(absolute(&value()?)?),
+            "--plugins" => a.plugins = Some(absolute(&value()?)?),
             "--quick" => {
                 (a.rows, a.app_rows, a.rounds) = (2_000, 50, 1);
             }
@@ -70,6 +77,13 @@ fn parse_args() -> Result<Args, String> {
             }
             other => return Err(format!("unknown argument {other}")),
         }
+    }
+    if let Some(k) = a
+        .kinds
+        .iter()
+        .find(|k| !["sqlite", "postgres", "mysql"].contains(&k.as_str()))
+    {
+        return Err(format!("unknown kind {k}: use sqlite, postgres, mysql"));
     }
     if a.rows == 0 || a.app_rows == 0 || a.batch == 0 || a.rounds == 0 {
         return Err("--rows, --app-rows, --batch and --rounds must be at least 1".into());
@@ -101,10 +115,17 @@ fn payload(i: usize) -> String {
 }
 
 /// The application's insert time for `count` orders: the producer's run minus its start-up
-/// (PHP, connect, schema), which `php(0)` measures just before.
-fn app_time(count: usize, dsn: &str, user: Option<&str>) -> Duration {
-    let startup = php(0, dsn, user);
-    php(count, dsn, user).saturating_sub(startup)
+/// (PHP, connect, schema), which `php(0)` measures just before; and when it finished. Runs
+/// on a blocking thread.
+async fn app_time(count: usize, dsn: &str, user: Option<&str>) -> (Duration, Instant) {
+    let (dsn, user) = (dsn.to_owned(), user.map(str::to_owned));
+    tokio::task::spawn_blocking(move || {
+        let startup = php(0, &dsn, user.as_deref());
+        let took = php(count, &dsn, user.as_deref()).saturating_sub(startup);
+        (took, Instant::now())
+    })
+    .await
+    .expect("php task")
 }
 
 /// Writes `rows` outbox rows in one transaction: the backlog a round's relay drains.
@@ -207,12 +228,12 @@ async fn run_kind(kind: &str, args: &Args) -> Value {
     let mut written = 0;
     for round in 0..args.rounds {
         // The application alone: outboxd is not running.
-        let alone = app_time(args.app_rows, &dsn, user);
+        let (alone, _) = app_time(args.app_rows, &dsn, user).await;
 
         // Steady state: outboxd relays the application's rows as they are written.
         host.start().await;
         wait_relayed(&host, args.app_rows as u64).await;
-        let steady = app_time(args.app_rows, &dsn, user);
+        let (steady, _) = app_time(args.app_rows, &dsn, user).await;
         wait_relayed(&host, 2 * args.app_rows as u64).await;
         host.stop().await;
 
@@ -223,14 +244,8 @@ async fn run_kind(kind: &str, args: &Args) -> Value {
         let this_run = (args.rows + args.app_rows) as u64;
         host.start().await;
         let started = Instant::now();
-        let (dsn2, user2) = (dsn.clone(), user.map(str::to_owned));
-        let n = args.app_rows;
-        let app = tokio::task::spawn_blocking(move || {
-            let t = app_time(n, &dsn2, user2.as_deref());
-            (t, Instant::now())
-        });
-        let relayed_at = wait_relayed(&host, this_run).await;
-        let (beside, app_done) = app.await.expect("php task");
+        let ((beside, app_done), relayed_at) =
+            tokio::join!(app_time(args.app_rows, &dsn, user), wait_relayed(&host, this_run));
         host.stop().await;
         let relay_seconds = (relayed_at - started).as_secs_f64();
         let slowdown = |t: Duration| 100.0 * (t.as_secs_f64() / alone.as_secs_f64() - 1.0);
@@ -272,23 +287,6 @@ async fn run_kind(kind: &str, args: &Args) -> Value {
     })
 }
 
-/// Whether the server a kind needs answers on its port (`sqlite` needs none).
-fn server_answers(kind: &str) -> Result<(), String> {
-    let (var, default) = match kind {
-        "postgres" => ("OUTBOXD_TEST_PG", "127.0.0.1:5432"),
-        "mysql" => ("OUTBOXD_TEST_MYSQL", "127.0.0.1:3306"),
-        _ => return Ok(()),
-    };
-    let addr = std::env::var(var).unwrap_or_else(|_| default.to_owned());
-    let sock = std::net::ToSocketAddrs::to_socket_addrs(&addr)
-        .map_err(|e| format!("{var}={addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{var}={addr}: no address"))?;
-    std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2))
-        .map(drop)
-        .map_err(|e| format!("{addr}: {e}"))
-}
-
 fn main() -> std::process::ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -317,11 +315,12 @@ async fn run(args: Args) -> std::process::ExitCode {
     let mut results = Vec::new();
     let mut skipped = Vec::new();
     for kind in &args.kinds {
-        if !["sqlite", "postgres", "mysql"].contains(&kind.as_str()) {
-            eprintln!("unknown kind {kind}: use sqlite, postgres, mysql");
-            return std::process::ExitCode::from(2);
-        }
-        if let Err(e) = server_answers(kind) {
+        let server = match kind.as_str() {
+            "postgres" => Some(Server::Postgres),
+            "mysql" => Some(Server::Mariadb),
+            _ => None,
+        };
+        if let Some(Err(e)) = server.map(Server::answers) {
             eprintln!("relay-bench: {kind} skipped, its server does not answer: {e}");
             skipped.push(json!({ "kind": kind, "reason": e }));
             continue;
