@@ -19,7 +19,8 @@
 //!    taken through one host and checked on every one): ingest, drain, each host's CPU, and the
 //!    drain's ratio to the ceiling of step 8;
 //! 10. per-delivery WebAssembly overhead: the no-op plugin, and the JavaScript and Python
-//!     adapters when built, through outboxd's plugin runtime in this process.
+//!     adapters when built, through outboxd's plugin runtime in this process, with warm
+//!     instances (as `serve` runs a target by default) and with a fresh instance each time.
 //!
 //! It prints a table and writes every figure as JSON (`--json`). It asserts no speed: a
 //! benchmark reports, it does not judge (CI runs `--quick` only to prove that it works).
@@ -669,16 +670,18 @@ async fn overhead_phase(
             continue;
         }
         let config: Vec<(&str, String)> = config;
-        let m = wasm::measure(&path, &config, &[sink.authority()], repeat).await?;
-        rows.push(row(
-            format!("per delivery, {}", m.plugin),
-            format!("{:.1} µs", m.median_us),
-            format!(
-                "median of {}; mean {:.1} µs, p99 {:.1} µs; CPU {:.1} µs per delivery; {}",
-                m.deliveries, m.mean_us, m.p99_us, m.cpu_us, m.outcome
-            ),
-        ));
-        overheads.push(m);
+        for fresh in [false, true] {
+            let m = wasm::measure(&path, &config, &[sink.authority()], repeat, fresh).await?;
+            rows.push(row(
+                format!("per delivery, {}, {} instance", m.plugin, m.instances),
+                format!("{:.1} µs", m.median_us),
+                format!(
+                    "median of {}; mean {:.1} µs, p99 {:.1} µs; CPU {:.1} µs per delivery; {}",
+                    m.deliveries, m.mean_us, m.p99_us, m.cpu_us, m.outcome
+                ),
+            ));
+            overheads.push(m);
+        }
     }
     report.insert("per_delivery".into(), json!(overheads));
     Ok(())

@@ -1,17 +1,23 @@
 //! Per-delivery cost of running a plugin, measured in this process through outboxd's own
-//! plugin runtime (the code `serve` runs): each delivery in a fresh instance, one after
-//! another, timed from the call to the report (instantiation, the call, the teardown).
+//! plugin runtime (the code `serve` runs), one delivery after another, timed from the call to
+//! the report. Two ways: `warm`, as `serve` runs a target by default (a `Binding` reusing its
+//! instance; a fresh one every `DEFAULT_INSTANCE_REUSE` deliveries), and `fresh`, a new
+//! instance for every delivery (instantiation, the call, the teardown), as a target with
+//! `instance_reuse = 1` runs.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outboxd::plugin::{EventInput, Grants, Runtime};
+use outboxd::config::DEFAULT_INSTANCE_REUSE;
+use outboxd::plugin::{Binding, EventInput, Grants, Runtime};
 
 /// Per-delivery times of one plugin.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PerDelivery {
     pub plugin: String,
+    /// `warm` (instances reused, the default) or `fresh` (a new instance per delivery).
+    pub instances: &'static str,
     pub deliveries: u32,
     pub median_us: f64,
     pub mean_us: f64,
@@ -24,12 +30,14 @@ pub struct PerDelivery {
 }
 
 /// Runs `repeat` deliveries of one event through the plugin file at `path`, after a warm-up
-/// of `repeat / 10` (at least 1). `config` and `allowed_hosts` are the target's.
+/// of `repeat / 10` (at least 1). `config` and `allowed_hosts` are the target's; `fresh`
+/// gives every delivery a new instance.
 pub async fn measure(
     path: &Path,
     config: &[(&str, String)],
     allowed_hosts: &[String],
     repeat: u32,
+    fresh: bool,
 ) -> Result<PerDelivery, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
     let plugin = tokio::task::spawn_blocking(move || Runtime::new(None).and_then(|rt| rt.compile(&bytes)))
@@ -54,20 +62,23 @@ pub async fn measure(
         created_at_ms: 1_795_827_723_456,
         headers: Vec::new(),
     };
-    let first = plugin.deliver(&grants, event.clone()).await;
+    let plugin = Arc::new(plugin);
+    let reuse = if fresh { 1 } else { DEFAULT_INSTANCE_REUSE };
+    let binding = Binding::new(Arc::clone(&plugin), grants, reuse);
+    let first = binding.deliver(event.clone()).await;
     let outcome = match &first.outcome {
         outboxd::domain::Outcome::Delivered => "delivered".to_owned(),
         other => format!("{other:?}"),
     };
     for _ in 0..(repeat / 10).max(1) {
-        plugin.deliver(&grants, event.clone()).await;
+        binding.deliver(event.clone()).await;
     }
     let mut times = Vec::with_capacity(repeat as usize);
     let cpu0 = process_cpu();
     for _ in 0..repeat {
         let input = event.clone();
         let t0 = Instant::now();
-        let report = plugin.deliver(&grants, input).await;
+        let report = binding.deliver(input).await;
         times.push(t0.elapsed());
         drop(report);
     }
@@ -77,6 +88,7 @@ pub async fn measure(
     let total: Duration = times.iter().sum();
     Ok(PerDelivery {
         plugin: path.file_name().and_then(|s| s.to_str()).unwrap_or_default().to_owned(),
+        instances: if fresh { "fresh" } else { "warm" },
         deliveries: repeat,
         median_us: us(times[times.len() / 2]),
         mean_us: us(total) / f64::from(repeat.max(1)),

@@ -265,6 +265,7 @@ struct ManifestFile {
     timeout_ms: Option<u64>,
     concurrency: Option<u32>,
     memory_mb: Option<u32>,
+    instance_reuse: Option<u32>,
     allowed_hosts: Option<Vec<String>>,
     class: Option<String>,
     ordered: Option<bool>,
@@ -391,6 +392,9 @@ struct RetryFile {
     multiplier: Option<f64>,
 }
 
+/// Invocations one plugin instance serves by default before a fresh one replaces it.
+pub const DEFAULT_INSTANCE_REUSE: u32 = 1000;
+
 /// One target, fully described: what to run, for which events, under which limits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetSpec {
@@ -407,6 +411,10 @@ pub struct TargetSpec {
     pub concurrency: u32,
     /// Linear-memory cap of one plugin instance, in bytes. Default 64 MiB.
     pub memory_bytes: usize,
+    /// Invocations one plugin instance may serve, one after another, before a fresh one
+    /// replaces it (see `plugin::Binding`); 1 gives every attempt a fresh instance. Default
+    /// [`DEFAULT_INSTANCE_REUSE`].
+    pub instance_reuse: u32,
     /// `host:port` pairs the plugin may reach, lower-cased. Default: none.
     pub allowed_hosts: Vec<String>,
     /// How the target fails: its default schedule, deadline and claim priority.
@@ -467,6 +475,10 @@ impl TargetSpec {
         let memory_mb = file.memory_mb.unwrap_or(64);
         if !(1..=4096).contains(&memory_mb) {
             return Err("`memory_mb` must be between 1 and 4096".into());
+        }
+        let instance_reuse = file.instance_reuse.unwrap_or(DEFAULT_INSTANCE_REUSE);
+        if !(1..=1_000_000).contains(&instance_reuse) {
+            return Err("`instance_reuse` must be between 1 and 1000000".into());
         }
         let allowed_hosts = file
             .allowed_hosts
@@ -535,6 +547,7 @@ impl TargetSpec {
             timeout: Duration::from_millis(timeout_ms),
             concurrency,
             memory_bytes: memory_mb as usize * 1024 * 1024,
+            instance_reuse,
             allowed_hosts,
             class,
             retry,

@@ -109,6 +109,9 @@ pub struct Target {
     /// `linger_ms` (batched class).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub linger_ms: Option<u64>,
+    /// `instance_reuse`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_reuse: Option<u32>,
     /// `[retry]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
@@ -135,6 +138,7 @@ impl Target {
             rate_per_sec: None,
             max_batch: None,
             linger_ms: None,
+            instance_reuse: None,
             retry: None,
             breaker: None,
             config: toml::Table::new(),
@@ -159,7 +163,8 @@ impl Target {
         t
     }
 
-    /// A `misbehave.wasm` target in `mode` (`loop`, `call`, `trap`, `grow`, `ok`, `permanent`).
+    /// A `misbehave.wasm` target in `mode` (`loop`, `call`, `trap`, `grow`, `ok`, `permanent`,
+    /// `count`, …: see `plugins/misbehave`).
     pub fn misbehave(mode: &str) -> Self {
         Self::new("misbehave.wasm").config("mode", mode)
     }
@@ -233,6 +238,12 @@ impl Target {
     pub fn batch(mut self, max_batch: u32, linger_ms: u64) -> Self {
         self.max_batch = Some(max_batch);
         self.linger_ms = Some(linger_ms);
+        self
+    }
+
+    /// Set `instance_reuse` (invocations one plugin instance may serve).
+    pub fn instance_reuse(mut self, n: u32) -> Self {
+        self.instance_reuse = Some(n);
         self
     }
 

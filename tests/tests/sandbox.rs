@@ -168,3 +168,61 @@ async fn traps_memory_hogs_and_failures_are_contained() {
     let status = host.sigterm().await;
     assert!(status.success(), "exit after SIGTERM: {status}");
 }
+
+/// The `last_error` of every event's delivery to `target`, in order.
+async fn last_errors(host: &Host, ids: &[String], target: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    for id in ids {
+        let ev = host.wait_settled(id, &[target]).await;
+        let d = delivery(&ev, target);
+        assert_eq!(d["status"], "dead", "{d:#}");
+        errors.push(d["last_error"].as_str().unwrap_or_default().to_owned());
+    }
+    errors
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_serves_its_target_up_to_instance_reuse_times_and_never_after_a_trap() {
+    let mut host = Host::new();
+    // `count` returns "call N of this instance": N counts in the plugin's memory.
+    let counting = |events: &str| {
+        Target::misbehave("count")
+            .events(&[events])
+            .concurrency(1)
+            .retry(1, 50, 200)
+    };
+    host.add_target("reused", &counting("reused.*").instance_reuse(3))
+        .add_target("fresh", &counting("fresh.*").instance_reuse(1))
+        .add_target("trapping", &counting("trapping.*").config("trap_at", "2"));
+    host.start().await;
+
+    let mut ids = std::collections::BTreeMap::<&str, Vec<String>>::new();
+    for (target, n) in [("reused", 7), ("fresh", 3), ("trapping", 4)] {
+        for i in 0..n {
+            let id = host.enqueue(&format!("{target}.event"), json!({ "i": i })).await;
+            ids.entry(target).or_default().push(id);
+        }
+    }
+
+    let call = |n: u32| format!("permanent failure: misbehave: call {n} of this instance");
+    // One at a time: an instance serves three deliveries, then a fresh one takes over.
+    let mut reused = last_errors(&host, &ids["reused"], "reused").await;
+    reused.sort();
+    let want: Vec<String> = [1, 1, 1, 2, 2, 3, 3].into_iter().map(call).collect();
+    assert_eq!(reused, want, "7 deliveries, instance_reuse = 3");
+
+    // `instance_reuse = 1`: every attempt starts afresh.
+    let fresh = last_errors(&host, &ids["fresh"], "fresh").await;
+    assert_eq!(fresh, vec![call(1); 3], "instance_reuse = 1");
+
+    // A trap at the second call: the next delivery gets a fresh instance (call 1 again),
+    // never the trapped one.
+    let trapping = last_errors(&host, &ids["trapping"], "trapping").await;
+    let firsts = trapping.iter().filter(|e| **e == call(1)).count();
+    let traps = trapping
+        .iter()
+        .filter(|e| e.contains("trap at call 2 of this instance"))
+        .count();
+    assert_eq!((firsts, traps), (2, 2), "{trapping:#?}");
+    assert_healthy(&host).await;
+}

@@ -549,10 +549,10 @@ async fn attempt(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Tar
     let report = tokio::select! {
         r = async {
             let r: CallReport = if batched {
-                target.plugin.deliver_batch(&target.grants, inputs).await.into()
+                target.binding.deliver_batch(inputs).await.into()
             } else {
                 let mut inputs = inputs;
-                target.plugin.deliver(&target.grants, inputs.remove(0)).await.into()
+                target.binding.deliver(inputs.remove(0)).await.into()
             };
             r
         } => r,

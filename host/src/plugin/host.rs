@@ -56,7 +56,8 @@ pub struct HttpExchange {
     pub result: Result<u16, String>,
 }
 
-/// What a `Store` carries for one invocation.
+/// What a `Store` carries: the instance's WASI context and resources, and the current
+/// invocation's deadline, log budget and transcript (reset by [`HostState::begin`]).
 pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
@@ -77,7 +78,6 @@ impl HostState {
         limits: StoreLimits,
         grants: Grants,
         http: reqwest::Client,
-        deadline: Instant,
     ) -> Self {
         Self {
             wasi,
@@ -86,15 +86,26 @@ impl HostState {
             log_meter: LogMeter::new(grants.log_budget),
             grants,
             http,
-            deadline,
+            deadline: Instant::now(),
             logs: Vec::new(),
             requests: Vec::new(),
         }
     }
 
+    /// Starts an invocation that must end by `deadline`, with a full log budget.
+    pub(crate) fn begin(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        self.log_meter = LogMeter::new(self.grants.log_budget);
+    }
+
+    /// The current invocation's deadline.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Ends the invocation: logs the one line saying what the log budget suppressed, if
     /// anything, and hands back what the plugin logged and requested.
-    pub(crate) fn into_transcript(mut self) -> (Vec<LogLine>, Vec<HttpExchange>) {
+    pub(crate) fn end(&mut self) -> (Vec<LogLine>, Vec<HttpExchange>) {
         if let Some(summary) = self.log_meter.summary() {
             tracing::warn!(target: "outboxd::plugin", plugin = %self.grants.target, "{summary}");
             if self.logs.len() < MAX_TRANSCRIPT {
@@ -104,7 +115,7 @@ impl HostState {
                 });
             }
         }
-        (self.logs, self.requests)
+        (std::mem::take(&mut self.logs), std::mem::take(&mut self.requests))
     }
 
     fn record(&mut self, method: &str, url: &str, result: Result<u16, String>) {

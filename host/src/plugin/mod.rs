@@ -1,7 +1,8 @@
 //! The plugin runtime: the only module that knows wasmtime. It compiles a component once
-//! (validating that it implements the `outboxd:target` world), and runs each delivery in a
-//! fresh `Store` with a deadline (epoch interruption), a memory cap and a WASI context that
-//! grants nothing: no files, no environment, no sockets. The plugin reaches the world only
+//! (validating that it implements the `outboxd:target` world), and runs each invocation in an
+//! instance of its own target (fresh, or a warm one the target's previous invocation left
+//! clean: see [`warm`]) with a deadline (epoch interruption), a memory cap and a WASI context
+//! that grants nothing: no files, no environment, no sockets. The plugin reaches the world only
 //! through the host imports in [`host`]. A trap, deadline overrun or memory-cap hit becomes a
 //! retryable [`Outcome`]; it never takes the host down.
 
@@ -10,6 +11,7 @@ mod host;
 pub mod logbudget;
 mod output;
 mod pool;
+mod warm;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,6 +31,8 @@ pub use logbudget::LogBudget;
 use output::TailPipe;
 pub use output::{GuestOutput, Tail};
 pub use pool::PoolSize;
+pub use warm::{Binding, IDLE_TTL};
+use warm::{Exports, Instance, Taken};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -65,6 +69,9 @@ enum Kind {
 /// At most this many bytes of the guest's stderr go into a trap's reason.
 const TRAP_STDERR_BYTES: usize = 1000;
 
+/// The environment variable that turns on a profiler for plugin code (`perfmap`).
+pub const PROFILER_ENV: &str = "OUTBOXD_WASM_PROFILER";
+
 /// How often the epoch ticks: the granularity of deadlines and of cooperative yields.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -100,6 +107,7 @@ struct RuntimeInner {
     http: reqwest::Client,
     cache: Option<cache::CompileCache>,
     slots: pool::Slots,
+    idle: Arc<warm::Idle>,
 }
 
 impl Runtime {
@@ -115,6 +123,11 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // `OUTBOXD_WASM_PROFILER=perfmap` names the compiled plugin functions for `perf`
+        // (in /tmp/perf-<pid>.map), so that a profile shows where a plugin spends its time.
+        if std::env::var_os(PROFILER_ENV).is_some_and(|v| v == "perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         pool::configure(&mut config, pool);
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
@@ -125,13 +138,25 @@ impl Runtime {
 
         let http = http_client()?;
 
+        // The ticker also drops instances idle for longer than `IDLE_TTL`, about once a
+        // second.
+        let idle = Arc::new(warm::Idle::default());
         let weak = engine.weak();
+        let weak_idle = Arc::downgrade(&idle);
+        let sweep_every = (Duration::from_secs(1).as_millis() / EPOCH_TICK.as_millis()).max(1) as u32;
         std::thread::Builder::new()
             .name("outboxd-epoch".into())
             .spawn(move || {
+                let mut ticks = 0u32;
                 while let Some(engine) = weak.upgrade() {
                     engine.increment_epoch();
                     drop(engine);
+                    ticks = ticks.wrapping_add(1);
+                    if ticks.is_multiple_of(sweep_every)
+                        && let Some(idle) = weak_idle.upgrade()
+                    {
+                        idle.sweep(IDLE_TTL);
+                    }
                     std::thread::sleep(EPOCH_TICK);
                 }
             })
@@ -145,6 +170,7 @@ impl Runtime {
                 http,
                 cache,
                 slots: pool::Slots::new(pool),
+                idle,
             }),
         })
     }
@@ -364,70 +390,47 @@ impl Plugin {
         matches!(self.kind, Kind::Batch(_))
     }
 
-    /// Runs one event in a fresh instance under `grants`.
+    /// Runs one event in a fresh instance under `grants` (the CLI's `plugin run`; the
+    /// dispatcher goes through a [`Binding`], which reuses instances).
     pub async fn deliver(&self, grants: &Grants, event: EventInput) -> Report {
-        let r = self.deliver_batch(grants, vec![event]).await;
-        Report {
-            outcome: r.outcomes.into_iter().next().unwrap_or(Outcome::Retry {
-                reason: "the plugin returned no result".into(),
-                after: None,
-            }),
-            logs: r.logs,
-            requests: r.requests,
-            duration: r.duration,
-            output: r.output,
-        }
+        self.invoke(grants, None, vec![event]).await.into_single()
     }
 
     /// Runs events in one fresh instance under `grants`: one `deliver-batch` call for a
     /// batch plugin, one `deliver` call after another for a single-event plugin. A trap,
     /// deadline overrun or memory-cap hit fails every event of the call (retryable).
     pub async fn deliver_batch(&self, grants: &Grants, events: Vec<EventInput>) -> BatchReport {
+        self.invoke(grants, None, events).await
+    }
+
+    /// One invocation. With `warm = Some((key, reuse))` it runs in an idle instance of that
+    /// binding when there is one, and keeps its instance afterwards if it ended cleanly (see
+    /// [`warm`]); with `None`, in a fresh instance dropped afterwards.
+    async fn invoke(&self, grants: &Grants, warm: Option<(u64, u32)>, events: Vec<EventInput>) -> BatchReport {
         let started = Instant::now();
         let deadline = started + grants.timeout;
         let count = events.len();
-        // A free instance of the pool; waiting for one counts against the deadline.
-        let Ok(_slot) = tokio::time::timeout(grants.timeout, self.runtime.inner.slots.acquire()).await else {
-            return BatchReport {
-                outcomes: vec![deadline_exceeded(grants.timeout); count],
-                logs: Vec::new(),
-                requests: Vec::new(),
-                duration: started.elapsed(),
-                output: GuestOutput::default(),
-            };
-        };
-        let (stdout, stderr) = (TailPipe::new(), TailPipe::new());
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(grants.memory_bytes)
-            .trap_on_grow_failure(true)
-            .build();
-        let state = HostState::new(
-            wasi,
-            ResourceTable::new(),
-            limits,
-            grants.clone(),
-            self.runtime.inner.http.clone(),
-            deadline,
-        );
-        let mut store = Store::new(&self.runtime.inner.engine, state);
-        store.limiter(|s| &mut s.limits);
-        // Every tick: yield to the executor (a busy plugin never starves other tasks), and
-        // interrupt once the deadline has passed.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+        let inner = &self.runtime.inner;
+        // A warm instance or a free slot of the pool; waiting for one counts against the
+        // deadline.
+        let taken = tokio::time::timeout(grants.timeout, inner.idle.take(warm.map(|(key, _)| key), &inner.slots)).await;
+        let mut instance = match taken {
+            Ok(Taken::Warm(instance)) => instance,
+            Ok(Taken::Fresh(slot)) => self.new_instance(grants, slot),
+            Err(_) => {
+                return BatchReport {
+                    outcomes: vec![deadline_exceeded(grants.timeout); count],
+                    logs: Vec::new(),
+                    requests: Vec::new(),
+                    duration: started.elapsed(),
+                    output: GuestOutput::default(),
+                };
             }
-        });
+        };
+        instance.store.data_mut().begin(deadline);
+        // Every tick: yield to the executor (a busy plugin never starves other tasks), and
+        // interrupt once the deadline has passed (see `new_instance`).
+        instance.store.set_epoch_deadline(1);
 
         let wit_events: Vec<WitEvent> = events
             .into_iter()
@@ -442,27 +445,32 @@ impl Plugin {
             })
             .collect();
         let call = async {
-            match &self.kind {
-                Kind::Single(pre) => {
-                    let instance = pre.instantiate_async(&mut store).await?;
+            let Instance { store, exports, .. } = &mut instance;
+            let exports = match exports {
+                Some(exports) => exports,
+                None => exports.insert(match &self.kind {
+                    Kind::Single(pre) => Exports::Single(pre.instantiate_async(&mut *store).await?),
+                    Kind::Batch(pre) => Exports::Batch(pre.instantiate_async(&mut *store).await?),
+                }),
+            };
+            match exports {
+                Exports::Single(target) => {
                     let mut results = Vec::with_capacity(count);
                     for event in &wit_events {
-                        results.push(instance.call_deliver(&mut store, event).await?);
+                        results.push(target.call_deliver(&mut *store, event).await?);
                     }
                     Ok::<_, wasmtime::Error>(results)
                 }
-                Kind::Batch(pre) => {
-                    let instance = pre.instantiate_async(&mut store).await?;
-                    instance.call_deliver_batch(&mut store, &wit_events).await
-                }
+                Exports::Batch(target) => target.call_deliver_batch(&mut *store, &wit_events).await,
             }
         };
         // Host calls honour the deadline themselves; this is the backstop for anything that
         // would not return (grace: two ticks).
         let result = tokio::time::timeout(grants.timeout + 2 * EPOCH_TICK, call).await;
+        let clean = matches!(&result, Ok(Ok(results)) if results.len() == count);
         let outcomes = match result {
             Err(_) => vec![deadline_exceeded(grants.timeout); count],
-            Ok(Err(err)) => vec![classify_trap(&err, grants, &stderr.tail()); count],
+            Ok(Err(err)) => vec![classify_trap(&err, grants, &instance.stderr.tail()); count],
             Ok(Ok(results)) if results.len() != count => vec![
                 Outcome::Retry {
                     reason: format!("the plugin returned {} results for {count} events", results.len()),
@@ -484,16 +492,76 @@ impl Plugin {
                 })
                 .collect(),
         };
-        let (logs, requests) = store.into_data().into_transcript();
+        let (logs, requests) = instance.store.data_mut().end();
+        let output = GuestOutput {
+            stdout: instance.stdout.take(),
+            stderr: instance.stderr.take(),
+        };
+        instance.uses += 1;
+        match warm {
+            Some((key, reuse)) if clean => {
+                let spent = instance.uses >= reuse;
+                inner.idle.put(key, instance, spent);
+            }
+            _ => drop(instance),
+        }
         BatchReport {
             outcomes,
             logs,
             requests,
             duration: started.elapsed(),
-            output: GuestOutput {
-                stdout: stdout.tail(),
-                stderr: stderr.tail(),
-            },
+            output,
+        }
+    }
+
+    /// A store for a new instance in `slot`, under `grants`: a WASI context that grants
+    /// nothing but captured stdout and stderr, the memory cap, and the epoch callback that
+    /// enforces each invocation's deadline. The component is instantiated by its first call.
+    fn new_instance(&self, grants: &Grants, slot: pool::Slot) -> Instance {
+        let (stdout, stderr) = (TailPipe::new(), TailPipe::new());
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(grants.memory_bytes)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState::new(
+            wasi,
+            ResourceTable::new(),
+            limits,
+            grants.clone(),
+            self.runtime.inner.http.clone(),
+        );
+        let mut store = Store::new(&self.runtime.inner.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline() {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        Instance::new(store, stdout, stderr, slot)
+    }
+}
+
+impl BatchReport {
+    /// The report of a one-event invocation.
+    fn into_single(self) -> Report {
+        Report {
+            outcome: self.outcomes.into_iter().next().unwrap_or(Outcome::Retry {
+                reason: "the plugin returned no result".into(),
+                after: None,
+            }),
+            logs: self.logs,
+            requests: self.requests,
+            duration: self.duration,
+            output: self.output,
         }
     }
 }

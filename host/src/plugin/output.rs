@@ -96,6 +96,16 @@ impl TailPipe {
         buf.bytes.extend(data);
     }
 
+    /// What has been written since the last `take`, and forgets it: the next invocation of
+    /// a reused instance starts with empty streams.
+    pub(crate) fn take(&self) -> Tail {
+        let tail = self.tail();
+        let mut buf = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        buf.bytes.clear();
+        buf.dropped = 0;
+        tail
+    }
+
     /// What has been written so far.
     pub(crate) fn tail(&self) -> Tail {
         let buf = self.inner.lock().unwrap_or_else(PoisonError::into_inner);

@@ -121,6 +121,11 @@ impl Slots {
         Self(Arc::new(Semaphore::new(size.instances.max(1) as usize)))
     }
 
+    /// A free instance, if there is one now.
+    pub(super) fn try_acquire(&self) -> Option<Slot> {
+        Arc::clone(&self.0).try_acquire_owned().ok()
+    }
+
     /// Waits for a free instance.
     pub(super) async fn acquire(&self) -> Slot {
         Arc::clone(&self.0)

@@ -105,6 +105,28 @@ ALTER TABLE idempotency_keys_v2 RENAME TO idempotency_keys;
 CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at);
 CREATE INDEX events_age ON events (created_at);
 "#,
+    r#"
+-- Fewer b-tree writes per delivery. Every query by lease owner also says
+-- `status = 'in_flight'`, which `deliveries_expiry` covers: the owner index only cost an
+-- insert at each claim and a delete at each settle. The history is keyed by (delivery, n)
+-- and read only by that key: without a rowid it is one b-tree instead of a table and an
+-- index, so writing an attempt touches one.
+DROP INDEX deliveries_lease;
+CREATE TABLE attempts_v2 (
+    delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+    n           INTEGER NOT NULL,
+    started_at  INTEGER NOT NULL,
+    duration_ms INTEGER,
+    outcome     TEXT NOT NULL CHECK (outcome IN ('running', 'delivered', 'retry', 'permanent', 'abandoned')),
+    error       TEXT,
+    plugin_hash TEXT,
+    PRIMARY KEY (delivery_id, n)
+) STRICT, WITHOUT ROWID;
+INSERT INTO attempts_v2 (delivery_id, n, started_at, duration_ms, outcome, error, plugin_hash)
+    SELECT delivery_id, n, started_at, duration_ms, outcome, error, plugin_hash FROM attempts;
+DROP TABLE attempts;
+ALTER TABLE attempts_v2 RENAME TO attempts;
+"#,
 ];
 
 /// A connection and the gate that lets one call at a time use it.
@@ -594,13 +616,22 @@ impl Store for SqliteStore {
             }
             let pending = DeliveryStatus::Pending.as_str();
             let in_flight = DeliveryStatus::InFlight.as_str();
-            // Expired leases: the attempt they covered never reported back.
-            abandon_running(
-                &tx,
-                &format!("target = :target AND status = '{in_flight}' AND lease_expires_at <= :now"),
-                &[(":target", &target.as_str()), (":now", &now)],
-                "lease expired before the attempt reported back",
-            )?;
+            // Expired leases (rare): the attempt they covered never reported back. One probe
+            // of the target's few in-flight rows decides whether to look at them at all.
+            let expired: bool = tx
+                .prepare_cached(&format!(
+                    "SELECT EXISTS (SELECT 1 FROM deliveries
+                     WHERE target = ?1 AND status = '{in_flight}' AND lease_expires_at <= ?2)"
+                ))?
+                .query_row(params![target.as_str(), now], |r| r.get(0))?;
+            if expired {
+                abandon_running(
+                    &tx,
+                    &format!("target = :target AND status = '{in_flight}' AND lease_expires_at <= :now"),
+                    &[(":target", &target.as_str()), (":now", &now)],
+                    "lease expired before the attempt reported back",
+                )?;
+            }
             // For an ordered target, a keyed delivery waits for every earlier one of its key.
             let fifo = if ordered {
                 format!(
@@ -617,10 +648,12 @@ impl Store for SqliteStore {
             // than one with an OR, so that each walks the due index in order and stops at the
             // limit instead of sorting every due delivery of the target.
             let mut claimed: Vec<(i64, String, u32, u32)> = Vec::new();
-            for due in [
-                format!("d.status = '{in_flight}' AND d.lease_expires_at <= ?4"),
-                format!("d.status = '{pending}' AND d.next_attempt_at <= ?4"),
-            ] {
+            let expired_due = format!("d.status = '{in_flight}' AND d.lease_expires_at <= ?4");
+            let pending_due = format!("d.status = '{pending}' AND d.next_attempt_at <= ?4");
+            for due in [expired.then_some(expired_due), Some(pending_due)]
+                .into_iter()
+                .flatten()
+            {
                 let left = limit.saturating_sub(claimed.len());
                 if left == 0 {
                     break;
@@ -1511,6 +1544,55 @@ mod tests {
         let detail = s.event(again[0].event.id).await.unwrap().unwrap();
         let crm = detail.deliveries.iter().find(|d| d.target.as_str() == "crm").unwrap();
         assert_eq!(crm.history.len(), 2, "the first attempt's record is kept");
+    }
+
+    #[tokio::test]
+    async fn a_database_of_the_previous_schema_keeps_its_history_through_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        {
+            // The schema of the release before the attempts table lost its rowid.
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..2] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO events (id, type, payload, headers, created_at)
+                     VALUES ('01a2200a-c31e-724e-b564-e1df5db6fbb0', 'order.created', '{}', '[]', 5);
+                 INSERT INTO deliveries (id, event_id, target, status, attempts, attempt_seq, next_attempt_at,
+                                         updated_at)
+                     VALUES (1, '01a2200a-c31e-724e-b564-e1df5db6fbb0', 'crm', 'pending', 1, 1, 5, 5);
+                 INSERT INTO attempts (delivery_id, n, started_at, duration_ms, outcome, error, plugin_hash)
+                     VALUES (1, 1, 5, 7, 'retry', 'HTTP 503', 'abc');",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open_exclusive(&path).unwrap();
+        let id: EventId = "01a2200a-c31e-724e-b564-e1df5db6fbb0".parse().unwrap();
+        let detail = s.event(id).await.unwrap().unwrap();
+        let history = &detail.deliveries[0].history;
+        assert_eq!(history.len(), 1, "{history:?}");
+        assert_eq!(history[0].outcome, AttemptOutcome::Retry);
+        assert_eq!(history[0].error.as_deref(), Some("HTTP 503"));
+        // The upgraded store claims, records and settles as a new one does.
+        let claimed = s.claim(&t("crm"), 10, "w", 10, 1_000, false).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!((claimed[0].attempt, claimed[0].seq), (2, 2));
+        s.settle(
+            "w",
+            vec![settlement(
+                &claimed[0],
+                DeliveryStatus::Delivered,
+                AttemptOutcome::Delivered,
+                20,
+            )],
+        )
+        .await
+        .unwrap();
+        let detail = s.event(id).await.unwrap().unwrap();
+        assert_eq!(detail.deliveries[0].history.len(), 2);
+        assert_eq!(detail.deliveries[0].history[1].outcome, AttemptOutcome::Delivered);
     }
 
     #[tokio::test]

@@ -15,14 +15,15 @@ use tokio::sync::watch;
 use self::routing::Routes;
 use crate::config::{ConfigError, TargetSpec, scan_targets};
 use crate::domain::{Millis, TargetClass, TargetName, now_ms};
-use crate::plugin::{Grants, Plugin, Runtime, content_hash};
+use crate::plugin::{Binding, Grants, Plugin, Runtime, content_hash};
 
-/// A live target: its description, its compiled plugin and the grants derived from both.
+/// A live target: its description, its compiled plugin, and the plugin bound to the grants
+/// derived from both (which keeps the target's warm instances).
 #[derive(Debug)]
 pub struct Target {
     pub spec: TargetSpec,
     pub plugin: Arc<Plugin>,
-    pub grants: Grants,
+    pub binding: Binding,
     pub loaded_at: Millis,
 }
 
@@ -149,7 +150,7 @@ impl Registry {
                                 "target loaded"
                             );
                             Arc::new(Target {
-                                grants: grants_for(&spec),
+                                binding: Binding::new(Arc::clone(&plugin), grants_for(&spec), spec.instance_reuse),
                                 spec,
                                 plugin,
                                 loaded_at: now,

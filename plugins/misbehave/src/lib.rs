@@ -21,10 +21,15 @@
 //!   error is `permanent("<kind>: <text>")` with kind `denied`, `timeout`,
 //!   `connect` or `other`, so a test can find e.g. `denied` in the
 //!   delivery's last error.
+//! - `count`: counts the calls this instance has served (in a global) and returns
+//!   `permanent("misbehave: call N of this instance")`, or traps on call
+//!   `config.trap_at` if set: shows when the host reuses an instance and when it
+//!   starts a fresh one.
 //!
 //! Any other mode is a permanent error naming it.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use outboxd_plugin::http::Request;
 use outboxd_plugin::{DeliveryError, Event, Target, config, log, outcome};
@@ -50,6 +55,7 @@ impl Target for Misbehave {
             "grow" => grow(),
             "call" => call(),
             "flood" => flood(),
+            "count" => count(),
             "shout" => Err(DeliveryError::retry(format!("misbehave: {}", "!".repeat(1 << 20)))),
             other => Err(DeliveryError::permanent(format!("misbehave: unknown mode `{other}`"))),
         }
@@ -57,6 +63,20 @@ impl Target for Misbehave {
 }
 
 outboxd_plugin::export_target!(Misbehave);
+
+/// Calls served by this instance: survives between calls only when the host reuses it.
+static CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// The `count` mode.
+fn count() -> Result<(), DeliveryError> {
+    let n = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+    if config::get("trap_at").and_then(|v| v.parse::<u32>().ok()) == Some(n) {
+        panic!("misbehave: trap at call {n} of this instance");
+    }
+    Err(DeliveryError::permanent(format!(
+        "misbehave: call {n} of this instance"
+    )))
+}
 
 /// Busy-loops forever; `black_box` keeps the optimiser from removing it.
 fn spin() -> ! {
