@@ -469,9 +469,13 @@ async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Targ
                 let spec = &live.spec;
                 t.loaded = true;
                 t.plugin = spec.plugin_path.file_name().map(|f| f.to_string_lossy().into_owned());
-                t.hash = Some(live.plugin.hash().to_owned());
+                t.hash = Some(live.binding.plugin().hash().to_owned());
                 t.loaded_at = Some(format_ms(live.loaded_at));
-                t.compiled_from = Some(if live.plugin.from_cache() { "cache" } else { "compile" });
+                t.compiled_from = Some(if live.binding.plugin().from_cache() {
+                    "cache"
+                } else {
+                    "compile"
+                });
                 t.events = spec.events.iter().map(|p| p.to_string()).collect();
                 t.timeout_ms = Some(spec.timeout.as_millis() as u64);
                 t.concurrency = Some(spec.concurrency);

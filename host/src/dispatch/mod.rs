@@ -631,7 +631,7 @@ async fn attempt(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Tar
             outcome: outcome.attempt_outcome(),
             finished_at: now,
             duration_ms,
-            plugin_hash: Some(target.plugin.hash().to_owned()),
+            plugin_hash: Some(target.binding.plugin().hash().to_owned()),
             emit,
         };
         if shared.settle_tx.send(settlement).await.is_err() {

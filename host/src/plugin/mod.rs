@@ -31,7 +31,8 @@ pub use logbudget::LogBudget;
 use output::TailPipe;
 pub use output::{GuestOutput, Tail};
 pub use pool::PoolSize;
-pub use warm::{Binding, IDLE_TTL};
+pub use warm::Binding;
+use warm::IDLE_TTL;
 use warm::{Exports, Instance, Taken};
 
 mod bindings {

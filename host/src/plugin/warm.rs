@@ -26,7 +26,7 @@ use super::pool::{Slot, Slots};
 use super::{BatchReport, EventInput, Grants, Plugin, Report, batch_bindings, bindings};
 
 /// An idle instance unused for this long is dropped.
-pub const IDLE_TTL: Duration = Duration::from_secs(10);
+pub(super) const IDLE_TTL: Duration = Duration::from_secs(10);
 
 /// A plugin instance with its store, its pool slot and its captured output.
 pub(super) struct Instance {
@@ -220,12 +220,9 @@ impl Binding {
         }
     }
 
+    /// The compiled plugin.
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.plugin
-    }
-
-    pub fn grants(&self) -> &Grants {
-        &self.grants
     }
 
     /// Runs one event, in a warm instance of this binding when one is idle.

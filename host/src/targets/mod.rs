@@ -17,12 +17,11 @@ use crate::config::{ConfigError, TargetSpec, scan_targets};
 use crate::domain::{Millis, TargetClass, TargetName, now_ms};
 use crate::plugin::{Binding, Grants, Plugin, Runtime, content_hash};
 
-/// A live target: its description, its compiled plugin, and the plugin bound to the grants
-/// derived from both (which keeps the target's warm instances).
+/// A live target: its description, and its compiled plugin bound to the grants derived from
+/// both (which keeps the target's warm instances).
 #[derive(Debug)]
 pub struct Target {
     pub spec: TargetSpec,
-    pub plugin: Arc<Plugin>,
     pub binding: Binding,
     pub loaded_at: Millis,
 }
@@ -119,7 +118,7 @@ impl Registry {
         let mut compiled: HashMap<String, Arc<Plugin>> = previous
             .targets
             .values()
-            .map(|t| (t.plugin.hash().to_owned(), Arc::clone(&t.plugin)))
+            .map(|t| (t.binding.plugin().hash().to_owned(), Arc::clone(t.binding.plugin())))
             .collect();
         for spec in scan.targets {
             let loaded = self.load_plugin(&spec, &mut compiled).await.and_then(|plugin| {
@@ -137,7 +136,7 @@ impl Registry {
                     let unchanged = previous
                         .targets
                         .get(&spec.name)
-                        .filter(|old| old.spec == spec && Arc::ptr_eq(&old.plugin, &plugin));
+                        .filter(|old| old.spec == spec && Arc::ptr_eq(old.binding.plugin(), &plugin));
                     let target = match unchanged {
                         Some(old) => Arc::clone(old),
                         None => {
@@ -150,9 +149,8 @@ impl Registry {
                                 "target loaded"
                             );
                             Arc::new(Target {
-                                binding: Binding::new(Arc::clone(&plugin), grants_for(&spec), spec.instance_reuse),
+                                binding: Binding::new(plugin, grants_for(&spec), spec.instance_reuse),
                                 spec,
-                                plugin,
                                 loaded_at: now,
                             })
                         }
