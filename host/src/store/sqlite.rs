@@ -154,13 +154,12 @@ type IngestGroup = GroupCommit<IngestRequest, IngestAnswer>;
 /// The embedded SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// Every write: ingests, claims, settles. One connection, so that its page cache lives on
+    /// from one transaction to the next: a connection that finds the database changed by
+    /// another since its last transaction starts again from an empty cache, and claims on a
+    /// connection of their own re-read every page they touched after each settle (a
+    /// `pread` per delivery in the drain).
     writer: Gated,
-    /// Claims: a second writing connection with `synchronous = NORMAL`, behind the writer's
-    /// gate (so never writing at the same time). A claim's commit is not flushed to disk; the
-    /// next flushed commit (a settle, an ingest) makes it durable with everything before it.
-    /// Losing a claim to power loss is harmless: the delivery is pending again, as if it had
-    /// never been claimed, and at-least-once delivery already allows the repeat.
-    claimer: Gated,
     reader: Gated,
     ingests: Arc<IngestGroup>,
     /// The exclusive `serve` lock, held for this store's life when taken.
@@ -174,14 +173,10 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    open_connection_with(path, "FULL")
-}
-
-fn open_connection_with(path: &Path, synchronous: &str) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: an acknowledged ingest survives power loss, not only a process crash.
-    conn.pragma_update(None, "synchronous", synchronous)?;
+    set_synchronous(&conn, Synchronous::Full)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     stable_plans(&conn)?;
@@ -262,14 +257,8 @@ impl SqliteStore {
         let mut writer = open_connection(path)?;
         migrate(&mut writer)?;
         let reader = open_connection(path)?;
-        let writer = Gated::new(writer);
-        let claimer = Gated {
-            conn: Arc::new(Mutex::new(open_connection_with(path, "NORMAL")?)),
-            gate: Arc::clone(&writer.gate),
-        };
         Ok(Self {
-            writer,
-            claimer,
+            writer: Gated::new(writer),
             reader: Gated::new(reader),
             ingests: Arc::default(),
             _lock: lock,
@@ -304,7 +293,11 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        Self::run(&self.writer, f).await
+        Self::run(&self.writer, move |conn| {
+            set_synchronous(conn, Synchronous::Full)?;
+            f(conn)
+        })
+        .await
     }
 
     async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
@@ -418,16 +411,16 @@ fn insert_events(tx: &Connection, events: Vec<NewEvent>, now: Millis) -> Result<
 /// that one failing request (all or nothing, as alone) does not undo the others, and answers
 /// every request once the transaction has committed.
 fn ingest_group(conn: &mut Connection, group: Vec<Waiter<IngestRequest, IngestAnswer>>) {
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+    // A `202` means on disk: the commit waits for the fsync.
+    let began = set_synchronous(conn, Synchronous::Full)
+        .and_then(|()| Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?));
+    let mut tx = match began {
         Ok(tx) => tx,
         Err(e) => {
             let message = e.to_string();
             let mut first = Some(e);
             for w in group {
-                let err = first
-                    .take()
-                    .map(StoreError::from)
-                    .unwrap_or_else(|| StoreError::Task(message.clone()));
+                let err = first.take().unwrap_or_else(|| StoreError::Task(message.clone()));
                 w.answer(Err(err));
             }
             return;
@@ -455,8 +448,10 @@ fn ingest_group(conn: &mut Connection, group: Vec<Waiter<IngestRequest, IngestAn
     }
 }
 
-/// Marks the running history rows of the deliveries matched by `where_clause` (which may use
-/// the named parameters in `bind`) as abandoned, with `why` as their error.
+/// Writes the history row of the running attempt of each in-flight delivery matched by
+/// `where_clause` (which may use the named parameters in `bind`) as abandoned, with `why` as its
+/// error. The attempt started when the delivery was claimed (`updated_at`); a `running` row left
+/// by schema 3 or older becomes abandoned, any other row is kept.
 fn abandon_running(
     tx: &Connection,
     where_clause: &str,
@@ -464,10 +459,14 @@ fn abandon_running(
     why: &str,
 ) -> Result<(), StoreError> {
     let sql = format!(
-        "UPDATE attempts SET outcome = '{abandoned}', error = :why
-         WHERE outcome = '{running}' AND delivery_id IN (SELECT id FROM deliveries WHERE {where_clause})",
+        "INSERT INTO attempts (delivery_id, n, started_at, outcome, error)
+         SELECT id, attempt_seq, updated_at, '{abandoned}', :why FROM deliveries
+         WHERE status = '{in_flight}' AND {where_clause}
+         ON CONFLICT (delivery_id, n) DO UPDATE SET outcome = excluded.outcome, error = excluded.error
+         WHERE outcome = '{running}'",
         abandoned = AttemptOutcome::Abandoned.as_str(),
         running = AttemptOutcome::Running.as_str(),
+        in_flight = DeliveryStatus::InFlight.as_str(),
     );
     let mut all = bind.to_vec();
     all.push((":why", &why));
@@ -496,6 +495,132 @@ fn return_in_flight(
     let mut all = bind.to_vec();
     all.push((":now", &now));
     Ok(tx.prepare_cached(&sql)?.execute(all.as_slice())?)
+}
+
+/// How `synchronous` a transaction's commit is: a setting of the connection, which each
+/// transaction on the writer sets before it begins (claims `Normal`, everything else `Full`).
+#[derive(Debug, Clone, Copy)]
+enum Synchronous {
+    /// The commit waits for the WAL to reach the disk.
+    Full,
+    /// The commit does not wait; the next `Full` commit flushes it with everything before it.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "PRAGMA synchronous = FULL",
+            Synchronous::Normal => "PRAGMA synchronous = NORMAL",
+        }
+    }
+}
+
+fn set_synchronous(conn: &Connection, level: Synchronous) -> Result<(), StoreError> {
+    conn.prepare_cached(level.pragma())?.execute([])?;
+    Ok(())
+}
+
+/// One claim transaction (see [`Store::claim`]).
+fn claim_in(
+    conn: &mut Connection,
+    target: &TargetName,
+    limit: usize,
+    owner: &str,
+    now: Millis,
+    lease_until: Millis,
+    ordered: bool,
+) -> Result<Vec<Claimed>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let paused: bool = tx
+        .prepare_cached("SELECT paused FROM target_state WHERE target = ?1")?
+        .query_row([target.as_str()], |r| r.get::<_, i64>(0))
+        .optional()?
+        .is_some_and(|p| p != 0);
+    if paused {
+        return Ok(Vec::new());
+    }
+    let pending = DeliveryStatus::Pending.as_str();
+    let in_flight = DeliveryStatus::InFlight.as_str();
+    // Expired leases (rare): the attempt they covered never reported back. One probe
+    // of the target's few in-flight rows decides whether to look at them at all.
+    let expired: bool = tx
+        .prepare_cached(&format!(
+            "SELECT EXISTS (SELECT 1 FROM deliveries
+             WHERE target = ?1 AND status = '{in_flight}' AND lease_expires_at <= ?2)"
+        ))?
+        .query_row(params![target.as_str(), now], |r| r.get(0))?;
+    if expired {
+        abandon_running(
+            &tx,
+            "target = :target AND lease_expires_at <= :now",
+            &[(":target", &target.as_str()), (":now", &now)],
+            "lease expired before the attempt reported back",
+        )?;
+    }
+    // For an ordered target, a keyed delivery waits for every earlier one of its key.
+    let fifo = if ordered {
+        format!(
+            "AND (d.ordering_key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM deliveries e
+                WHERE e.target = d.target AND e.ordering_key = d.ordering_key AND e.id < d.id
+                  AND e.status IN ('{pending}', '{in_flight}', '{paused}')))",
+            paused = DeliveryStatus::Paused.as_str()
+        )
+    } else {
+        String::new()
+    };
+    // Expired leases first (rare), then due pending deliveries. Two statements rather
+    // than one with an OR, so that each walks the due index in order and stops at the
+    // limit instead of sorting every due delivery of the target.
+    let mut claimed: Vec<(i64, String, u32, u32)> = Vec::new();
+    let expired_due = format!("d.status = '{in_flight}' AND d.lease_expires_at <= ?4");
+    let pending_due = format!("d.status = '{pending}' AND d.next_attempt_at <= ?4");
+    for due in [expired.then_some(expired_due), Some(pending_due)]
+        .into_iter()
+        .flatten()
+    {
+        let left = limit.saturating_sub(claimed.len());
+        if left == 0 {
+            break;
+        }
+        let rows = tx
+            .prepare_cached(&format!(
+                "UPDATE deliveries
+                 SET status = '{in_flight}', lease_owner = ?2, lease_expires_at = ?3, attempts = attempts + 1,
+                     attempt_seq = attempt_seq + 1, updated_at = ?4
+                 WHERE id IN (
+                     SELECT d.id FROM deliveries d
+                     WHERE d.target = ?1 AND {due}
+                     {fifo}
+                     ORDER BY d.next_attempt_at, d.id
+                     LIMIT ?5)
+                 RETURNING id, event_id, attempts, attempt_seq"
+            ))?
+            .query_map(params![target.as_str(), owner, lease_until, now, left as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.extend(rows);
+    }
+    // No history row yet: a running attempt is the in-flight delivery itself (its
+    // `attempt_seq`, started at its `updated_at`), and its row is written once, when it
+    // settles or is abandoned.
+    let mut out = Vec::with_capacity(claimed.len());
+    for (delivery_id, event_id, attempt, seq) in claimed {
+        let event = load_event(&tx, &event_id)?
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery {delivery_id} has no event {event_id}")))?;
+        out.push(Claimed {
+            delivery_id,
+            target: target.clone(),
+            attempt,
+            seq,
+            event,
+        });
+    }
+    out.sort_by_key(|c| c.delivery_id);
+    tx.commit()?;
+    Ok(out)
 }
 
 /// Deletes the events listed in the temporary table `prune_events`, with their deliveries
@@ -604,102 +729,14 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Claimed>, StoreError> {
         let target = target.clone();
         let owner = owner.to_owned();
-        Self::run(&self.claimer, move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let paused: bool = tx
-                .prepare_cached("SELECT paused FROM target_state WHERE target = ?1")?
-                .query_row([target.as_str()], |r| r.get::<_, i64>(0))
-                .optional()?
-                .is_some_and(|p| p != 0);
-            if paused {
-                return Ok(Vec::new());
-            }
-            let pending = DeliveryStatus::Pending.as_str();
-            let in_flight = DeliveryStatus::InFlight.as_str();
-            // Expired leases (rare): the attempt they covered never reported back. One probe
-            // of the target's few in-flight rows decides whether to look at them at all.
-            let expired: bool = tx
-                .prepare_cached(&format!(
-                    "SELECT EXISTS (SELECT 1 FROM deliveries
-                     WHERE target = ?1 AND status = '{in_flight}' AND lease_expires_at <= ?2)"
-                ))?
-                .query_row(params![target.as_str(), now], |r| r.get(0))?;
-            if expired {
-                abandon_running(
-                    &tx,
-                    &format!("target = :target AND status = '{in_flight}' AND lease_expires_at <= :now"),
-                    &[(":target", &target.as_str()), (":now", &now)],
-                    "lease expired before the attempt reported back",
-                )?;
-            }
-            // For an ordered target, a keyed delivery waits for every earlier one of its key.
-            let fifo = if ordered {
-                format!(
-                    "AND (d.ordering_key IS NULL OR NOT EXISTS (
-                        SELECT 1 FROM deliveries e
-                        WHERE e.target = d.target AND e.ordering_key = d.ordering_key AND e.id < d.id
-                          AND e.status IN ('{pending}', '{in_flight}', '{paused}')))",
-                    paused = DeliveryStatus::Paused.as_str()
-                )
-            } else {
-                String::new()
-            };
-            // Expired leases first (rare), then due pending deliveries. Two statements rather
-            // than one with an OR, so that each walks the due index in order and stops at the
-            // limit instead of sorting every due delivery of the target.
-            let mut claimed: Vec<(i64, String, u32, u32)> = Vec::new();
-            let expired_due = format!("d.status = '{in_flight}' AND d.lease_expires_at <= ?4");
-            let pending_due = format!("d.status = '{pending}' AND d.next_attempt_at <= ?4");
-            for due in [expired.then_some(expired_due), Some(pending_due)]
-                .into_iter()
-                .flatten()
-            {
-                let left = limit.saturating_sub(claimed.len());
-                if left == 0 {
-                    break;
-                }
-                let rows = tx
-                    .prepare_cached(&format!(
-                        "UPDATE deliveries
-                         SET status = '{in_flight}', lease_owner = ?2, lease_expires_at = ?3, attempts = attempts + 1,
-                             attempt_seq = attempt_seq + 1, updated_at = ?4
-                         WHERE id IN (
-                             SELECT d.id FROM deliveries d
-                             WHERE d.target = ?1 AND {due}
-                             {fifo}
-                             ORDER BY d.next_attempt_at, d.id
-                             LIMIT ?5)
-                         RETURNING id, event_id, attempts, attempt_seq"
-                    ))?
-                    .query_map(params![target.as_str(), owner, lease_until, now, left as i64], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
-                claimed.extend(rows);
-            }
-            let mut out = Vec::with_capacity(claimed.len());
-            {
-                let mut open_attempt = tx.prepare_cached(&format!(
-                    "INSERT INTO attempts (delivery_id, n, started_at, outcome) VALUES (?1, ?2, ?3, '{}')",
-                    AttemptOutcome::Running.as_str()
-                ))?;
-                for (delivery_id, event_id, attempt, seq) in claimed {
-                    open_attempt.execute(params![delivery_id, seq, now])?;
-                    let event = load_event(&tx, &event_id)?.ok_or_else(|| {
-                        StoreError::Corrupt(format!("delivery {delivery_id} has no event {event_id}"))
-                    })?;
-                    out.push(Claimed {
-                        delivery_id,
-                        target: target.clone(),
-                        attempt,
-                        seq,
-                        event,
-                    });
-                }
-            }
-            out.sort_by_key(|c| c.delivery_id);
-            tx.commit()?;
-            Ok(out)
+        Self::run(&self.writer, move |conn| {
+            // A claim's commit is not flushed to disk by itself: the next flushed commit (a
+            // settle, an ingest) makes it durable with everything before it. Losing a claim
+            // to power loss is harmless: the delivery is pending again, as if it had never been
+            // claimed, and at-least-once delivery already allows the repeat.
+            // Every other write on this connection sets `Full` again before it starts.
+            set_synchronous(conn, Synchronous::Normal)?;
+            claim_in(conn, &target, limit, &owner, now, lease_until, ordered)
         })
         .await
     }
@@ -720,9 +757,15 @@ impl Store for SqliteStore {
                     delivered = DeliveryStatus::Delivered.as_str(),
                     in_flight = DeliveryStatus::InFlight.as_str(),
                 ))?;
+                // The attempt's one history row. A row is already there when a sweep abandoned
+                // the attempt (or, from a database of schema 3 or older, as `running`): what the
+                // attempt did replaces it.
                 let mut record = tx.prepare_cached(
-                    "UPDATE attempts SET outcome = ?1, error = ?2, duration_ms = ?3, plugin_hash = ?4
-                     WHERE delivery_id = ?5 AND n = ?6",
+                    "INSERT INTO attempts (delivery_id, n, started_at, duration_ms, outcome, error, plugin_hash)
+                     VALUES (?5, ?6, ?7, ?3, ?1, ?2, ?4)
+                     ON CONFLICT (delivery_id, n) DO UPDATE SET outcome = excluded.outcome,
+                         error = excluded.error, duration_ms = excluded.duration_ms,
+                         plugin_hash = excluded.plugin_hash",
                 )?;
                 // Attempts per (target, plugin version) of this batch: one upsert each.
                 let mut versions: Vec<(TargetName, String, i64)> = Vec::new();
@@ -749,6 +792,7 @@ impl Store for SqliteStore {
                         s.plugin_hash,
                         s.delivery_id,
                         s.seq,
+                        s.finished_at - s.duration_ms as Millis,
                     ])?;
                     if let Some(hash) = s.plugin_hash {
                         match versions.iter_mut().find(|(t, h, _)| *t == s.target && *h == hash) {
@@ -790,15 +834,8 @@ impl Store for SqliteStore {
                     pending = DeliveryStatus::Pending.as_str(),
                     in_flight = DeliveryStatus::InFlight.as_str(),
                 ))?;
-                let mut forget = tx.prepare_cached(&format!(
-                    "DELETE FROM attempts WHERE delivery_id = ?1 AND n = ?2 AND outcome = '{}'",
-                    AttemptOutcome::Running.as_str()
-                ))?;
                 for (id, seq) in claims {
-                    if give_back.execute(params![id, owner, seq])? == 1 {
-                        forget.execute(params![id, seq])?;
-                        given_back += 1;
-                    }
+                    given_back += give_back.execute(params![id, owner, seq])?;
                 }
             }
             tx.commit()?;
@@ -1059,7 +1096,8 @@ impl Store for SqliteStore {
             };
             let rows: Vec<_> = tx
                 .prepare_cached(
-                    "SELECT id, target, status, attempts, last_error, next_attempt_at, delivered_at
+                    "SELECT id, target, status, attempts, last_error, next_attempt_at, delivered_at,
+                            attempt_seq, updated_at
                      FROM deliveries WHERE event_id = ?1 ORDER BY target",
                 )?
                 .query_map([id.to_string()], |r| {
@@ -1071,6 +1109,8 @@ impl Store for SqliteStore {
                         r.get::<_, Option<String>>(4)?,
                         r.get::<_, i64>(5)?,
                         r.get::<_, Option<i64>>(6)?,
+                        r.get::<_, u32>(7)?,
+                        r.get::<_, i64>(8)?,
                     ))
                 })?
                 .collect::<Result<_, _>>()?;
@@ -1079,9 +1119,11 @@ impl Store for SqliteStore {
                  FROM attempts WHERE delivery_id = ?1 ORDER BY n",
             )?;
             let mut deliveries = Vec::with_capacity(rows.len());
-            for (delivery_id, target, status, attempts, last_error, next_attempt_at, delivered_at) in rows {
+            for (delivery_id, target, status, attempts, last_error, next_attempt_at, delivered_at, seq, claimed_at) in
+                rows
+            {
                 let status: DeliveryStatus = parse(status)?;
-                let history = history_stmt
+                let mut history = history_stmt
                     .query_map([delivery_id], |r| {
                         Ok((
                             r.get::<_, u32>(0)?,
@@ -1104,6 +1146,17 @@ impl Store for SqliteStore {
                         })
                     })
                     .collect::<Result<Vec<_>, StoreError>>()?;
+                // The attempt under way has no row until it ends: it is the lease itself.
+                if status == DeliveryStatus::InFlight && history.last().is_none_or(|h| h.n < seq) {
+                    history.push(AttemptRecord {
+                        n: seq,
+                        started_at: claimed_at,
+                        duration_ms: None,
+                        outcome: AttemptOutcome::Running,
+                        error: None,
+                        plugin_hash: None,
+                    });
+                }
                 deliveries.push(DeliveryDetail {
                     target: parse(target)?,
                     status,
@@ -1364,6 +1417,12 @@ mod tests {
         let b = s.claim(&t("crm"), 10, "b", 1_000, 2_000, false).await.unwrap();
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].attempt, 2);
+        let d = &s.event(a[0].event.id).await.unwrap().unwrap().deliveries[0];
+        let history: Vec<_> = d.history.iter().map(|h| (h.n, h.started_at, h.outcome)).collect();
+        assert_eq!(
+            history,
+            [(1, 100, AttemptOutcome::Abandoned), (2, 1_000, AttemptOutcome::Running)]
+        );
         // The first worker's late outcome cannot change the delivery any more...
         let report = s
             .settle(
