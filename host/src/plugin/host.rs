@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -170,11 +171,21 @@ async fn send_permitted(
             .unwrap_or(remaining);
         let method = reqwest::Method::from_bytes(req.method.as_bytes())
             .map_err(|_| http::Error::Other(format!("invalid method `{}`", req.method)))?;
-        let mut builder = client.request(method, url).timeout(timeout);
+        // The request is put together here rather than through reqwest's builder: the header
+        // map is sized once, and a bad header is refused with its name.
+        let mut headers = HeaderMap::with_capacity(req.headers.len());
         for (name, value) in &req.headers {
-            builder = builder.header(name.as_str(), value.as_str());
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| http::Error::Other(format!("invalid header name `{name}`")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| http::Error::Other(format!("invalid value of header `{name}`")))?;
+            headers.append(name, value);
         }
-        let mut response = builder.body(req.body).send().await.map_err(map_reqwest_error)?;
+        let mut request = reqwest::Request::new(method, url);
+        *request.headers_mut() = headers;
+        *request.timeout_mut() = Some(timeout);
+        *request.body_mut() = Some(req.body.into());
+        let mut response = client.execute(request).await.map_err(map_reqwest_error)?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -290,5 +301,41 @@ impl log::Host for HostState {
 impl config::Host for HostState {
     async fn get(&mut self, key: String) -> Option<String> {
         self.grants.config.get(&key).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> http::Request {
+        http::Request {
+            method: "POST".into(),
+            url: "http://127.0.0.1:9/".into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: Vec::new(),
+            timeout_ms: None,
+        }
+    }
+
+    async fn send(req: http::Request) -> Result<http::Response, http::Error> {
+        let client = reqwest::Client::new();
+        let url = reqwest::Url::parse(&req.url).unwrap();
+        send_permitted(client, Instant::now() + Duration::from_secs(5), url, req).await
+    }
+
+    #[tokio::test]
+    async fn a_bad_header_is_refused_by_name_before_anything_is_sent() {
+        match send(request(&[("content-type", "a"), ("bad name", "x")])).await {
+            Err(http::Error::Other(m)) => assert_eq!(m, "invalid header name `bad name`"),
+            other => panic!("{other:?}"),
+        }
+        match send(request(&[("x-ok", "line\nbreak")])).await {
+            Err(http::Error::Other(m)) => assert_eq!(m, "invalid value of header `x-ok`"),
+            other => panic!("{other:?}"),
+        }
     }
 }
