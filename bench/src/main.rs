@@ -12,7 +12,8 @@
 //! 6. RSS after the drain;
 //! 7. end to end: 16 producers posting single events while the targets deliver them;
 //! 8. the raw ceiling: the same HTTP client stack (`outboxd::plugin::http_client`) posting
-//!    the webhook body and headers to the same sink at the same total concurrency (48);
+//!    the webhook body and headers to the same sink at the same total concurrency (48), in
+//!    three rounds of which the fastest counts;
 //! 9. with `--postgres URL`, phases 2, 3 and 5 again on PostgreSQL: on a fresh database of that
 //!    server (`outboxd_bench_<random>`, dropped afterwards), first one `outboxd serve`, then
 //!    two sharing the database (the producers' connections spread over the hosts, the pause
@@ -102,6 +103,8 @@ struct Args {
 const PRODUCERS: usize = 16;
 /// Events per request of the batched ingest.
 const BATCH: u64 = 1000;
+/// Rounds of the raw-ceiling run (the best one counts).
+const CEILING_ROUNDS: usize = 3;
 
 struct Sizes {
     events: u64,
@@ -361,17 +364,34 @@ async fn service_phases(
     let load_ceiling = loadavg();
     let client = outboxd::plugin::http_client().map_err(|e| e.to_string())?;
     let urls: Vec<String> = TARGETS.iter().map(|t| sink.url(&format!("/{t}"))).collect();
-    let ceiling = load::ceiling(client, urls, total_concurrency, sizes.ceiling).await;
+    // In rounds, and the best one counts: on this kind of machine one run of the same loop
+    // may reach 20,000 or 34,000 requests/s. The fastest round is the yardstick that is
+    // hardest to come close to.
+    let mut rounds = Vec::with_capacity(CEILING_ROUNDS);
+    for _ in 0..CEILING_ROUNDS {
+        let total = sizes.ceiling.div_ceil(CEILING_ROUNDS as u64);
+        rounds.push(load::ceiling(client.clone(), urls.clone(), total_concurrency, total).await);
+    }
+    let ceiling = rounds
+        .iter()
+        .max_by(|a, b| a.per_second.total_cmp(&b.per_second))
+        .cloned()
+        .expect("at least one round");
     rows.push(drained.row("", ceiling.per_second));
+    let each: Vec<String> = rounds.iter().map(|r| format!("{:.0}", r.per_second)).collect();
     rows.push(row(
         format!("raw ceiling (same client stack, concurrency {total_concurrency})"),
         format!("{:.0} requests/s", ceiling.per_second),
-        format!("{} errors", ceiling.errors),
+        format!(
+            "best of {CEILING_ROUNDS} rounds ({}); {} errors",
+            each.join(", "),
+            rounds.iter().map(|r| r.errors).sum::<u64>()
+        ),
     ));
     report.insert("drain".into(), drained.json(ceiling.per_second, duplicates));
     report.insert(
         "raw_ceiling".into(),
-        json!({"concurrency": total_concurrency, "throughput": ceiling, "load": load_ceiling}),
+        json!({"concurrency": total_concurrency, "throughput": ceiling, "rounds": rounds, "load": load_ceiling}),
     );
 
     Ok((duplicates, ceiling.per_second))
