@@ -484,8 +484,8 @@ fn return_in_flight(
     why: &str,
 ) -> Result<usize, StoreError> {
     let in_flight = DeliveryStatus::InFlight.as_str();
+    abandon_running(tx, where_clause, bind, why)?;
     let clause = format!("status = '{in_flight}' AND {where_clause}");
-    abandon_running(tx, &clause, bind, why)?;
     let sql = format!(
         "UPDATE deliveries SET status = '{pending}', lease_owner = NULL, lease_expires_at = NULL,
             next_attempt_at = :now, updated_at = :now
