@@ -19,8 +19,8 @@
 //!    two sharing the database (the producers' connections spread over the hosts, the pause
 //!    taken through one host and checked on every one): ingest, drain, each host's CPU, and the
 //!    drain's ratio to the ceiling of step 8;
-//! 10. per-delivery WebAssembly overhead: the no-op plugin, and the JavaScript and Python
-//!     adapters when built, through outboxd's plugin runtime in this process, with warm
+//! 10. per-delivery WebAssembly overhead: the no-op plugin, the webhook plugin (signing; its
+//!     time includes the request to the sink), and the JavaScript and Python adapters when built, through outboxd's plugin runtime in this process, with warm
 //!     instances (as `serve` runs a target by default) and with a fresh instance each time.
 //!
 //! It prints a table and writes every figure as JSON (`--json`). It asserts no speed: a
@@ -668,7 +668,16 @@ async fn overhead_phase(
         "per-delivery overhead: {} deliveries per plugin",
         sizes.repeat
     ));
-    let mut plugins = vec![(args.plugins.join("noop.wasm"), vec![], sizes.repeat)];
+    let mut plugins = vec![
+        (args.plugins.join("noop.wasm"), vec![], sizes.repeat),
+        // The drain's plugin, signing as its first target does: its time includes the
+        // round trip to the sink, which is what the no-op plugin leaves out.
+        (
+            args.plugins.join("webhook.wasm"),
+            vec![("url", sink.url("/hook/")), ("secret", service::SECRET.to_owned())],
+            sizes.repeat,
+        ),
+    ];
     if let Some(dir) = &args.polyglot {
         // The adapters post to the sink; fewer repetitions, they are slower.
         let slow = (sizes.repeat / 4).max(1);

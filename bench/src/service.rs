@@ -18,7 +18,7 @@ pub const TARGETS: [&str; 3] = ["hook-signed", "hook-a", "hook-b"];
 /// Each target's concurrency.
 pub const CONCURRENCY: usize = 16;
 /// A fixed, public benchmark secret (Standard Webhooks format).
-const SECRET: &str = "whsec_b3V0Ym94ZC1iZW5jaC1zZWNyZXQtZG8tbm90LXVzZSEh";
+pub const SECRET: &str = "whsec_b3V0Ym94ZC1iZW5jaC1zZWNyZXQtZG8tbm90LXVzZSEh";
 /// `database` for the SQLite store: a file in the host's directory.
 pub const SQLITE: &str = "outboxd.db";
 

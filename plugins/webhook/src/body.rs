@@ -3,7 +3,7 @@
 
 use outboxd_plugin::{DeliveryError, Event};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::timestamp::rfc3339_millis;
 
@@ -13,17 +13,18 @@ struct Body<'a> {
     #[serde(rename = "type")]
     event_type: &'a str,
     timestamp: String,
-    data: Value,
+    data: &'a RawValue,
 }
 
 /// Serializes the body for `event`: its type, its acceptance time as an RFC
-/// 3339 UTC timestamp and its payload parsed as JSON.
+/// 3339 UTC timestamp and its payload.
 ///
-/// The output is deterministic: compact, with object keys of the payload
-/// sorted and numbers kept exactly as written. A payload that is not JSON is
-/// a permanent error.
+/// The payload is the `data` member exactly as the producer wrote it (outboxd
+/// keeps it byte for byte): key order, spacing and numbers unchanged, so the
+/// receiver sees what was sent. It is checked to be JSON, not parsed into a
+/// tree; a payload that is not JSON is a permanent error.
 pub fn render(event: &Event) -> Result<Vec<u8>, DeliveryError> {
-    let data: Value = serde_json::from_str(&event.payload)
+    let data: &RawValue = serde_json::from_str(&event.payload)
         .map_err(|err| DeliveryError::permanent(format!("payload is not valid JSON: {err}")))?;
     let body = Body {
         event_type: &event.event_type,
@@ -50,14 +51,14 @@ mod tests {
     }
 
     #[test]
-    fn renders_the_standard_webhooks_shape() {
+    fn renders_the_standard_webhooks_shape_with_the_payload_as_written() {
         let body = render(&event(
-            r#"{ "z": 1, "a": {"y": [1, 2.50, 12345678901234567890123], "b": null} }"#,
+            r#"{"z": 1, "a": {"y": [1, 2.50, 12345678901234567890123], "b": null}}"#,
         ))
         .unwrap();
         assert_eq!(
             String::from_utf8(body).unwrap(),
-            r#"{"type":"order.created","timestamp":"2026-11-28T01:02:03.456Z","data":{"a":{"b":null,"y":[1,2.50,12345678901234567890123]},"z":1}}"#
+            r#"{"type":"order.created","timestamp":"2026-11-28T01:02:03.456Z","data":{"z": 1, "a": {"y": [1, 2.50, 12345678901234567890123], "b": null}}}"#
         );
     }
 

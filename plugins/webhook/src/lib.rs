@@ -15,7 +15,11 @@
 //! `timeout_ms` (optional request timeout). The response is classified by
 //! [`outboxd_plugin::outcome`]: 2xx delivered; 408, 429, 5xx, timeouts and
 //! connection failures retried (honouring `Retry-After` on 429/503); anything
-//! else permanent. One info line is logged per delivery.
+//! else permanent. A failed attempt logs one info line; a delivered one logs
+//! nothing (the host logs and counts every outcome).
+//!
+//! The configuration is read once per instance (see [`Settings`]): an instance
+//! only ever serves its own target, whose configuration cannot change under it.
 //!
 //! [Standard Webhooks]: https://www.standardwebhooks.com/
 
@@ -23,6 +27,7 @@ mod body;
 mod signature;
 mod timestamp;
 
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use outboxd_plugin::http::Request;
@@ -37,14 +42,9 @@ impl Target for Webhook {
     fn deliver(event: Event) -> Result<(), DeliveryError> {
         let result = send(&event);
         let summary = match &result {
-            // Success at debug: the host's metrics count deliveries; a busy log should hold failures.
-            Ok(()) => {
-                log::debug(format!(
-                    "webhook: event {} ({}) attempt {}: delivered",
-                    event.id, event.event_type, event.attempt
-                ));
-                return result;
-            }
+            // Success is not logged: the host's log and metrics have every outcome, and a
+            // busy log should hold failures.
+            Ok(()) => return result,
             Err(DeliveryError::Retry(info)) => format!("will retry: {}", info.reason),
             Err(DeliveryError::Permanent(reason)) => format!("failed permanently: {reason}"),
         };
@@ -58,25 +58,51 @@ impl Target for Webhook {
 
 outboxd_plugin::export_target!(Webhook);
 
+/// The target's configuration, checked: `url`, the signing key of `secret`, `timeout_ms`.
+struct Settings {
+    url: String,
+    signing_key: Option<SigningKey>,
+    timeout_ms: Option<u32>,
+}
+
+impl Settings {
+    /// Reads and checks the configuration; a missing or unusable value is a permanent error.
+    fn read() -> Result<Self, DeliveryError> {
+        Ok(Self {
+            url: config::require("url")?,
+            signing_key: config::get("secret")
+                .map(|secret| SigningKey::from_secret(&secret))
+                .transpose()
+                .map_err(DeliveryError::permanent)?,
+            timeout_ms: config::get_as::<u32>("timeout_ms")?,
+        })
+    }
+
+    /// This instance's settings, read at its first attempt. A configuration that does not
+    /// check out is read again at each attempt (each fails the same way, permanently).
+    fn get() -> Result<&'static Self, DeliveryError> {
+        static SETTINGS: OnceLock<Settings> = OnceLock::new();
+        if let Some(settings) = SETTINGS.get() {
+            return Ok(settings);
+        }
+        let settings = Self::read()?;
+        Ok(SETTINGS.get_or_init(|| settings))
+    }
+}
+
 /// Builds, signs and sends the request for `event` and classifies the result.
 fn send(event: &Event) -> Result<(), DeliveryError> {
-    let url = config::require("url")?;
-    let signing_key = config::get("secret")
-        .map(|secret| SigningKey::from_secret(&secret))
-        .transpose()
-        .map_err(DeliveryError::permanent)?;
-    let timeout_ms = config::get_as::<u32>("timeout_ms")?;
-
+    let settings = Settings::get()?;
     let body = body::render(event)?;
     let webhook_id = event.idempotency_key.as_str();
     let timestamp = unix_seconds_now();
 
-    let mut request = Request::post(url)
+    let mut request = Request::post(settings.url.as_str())
         .header("content-type", "application/json")
         .header("idempotency-key", webhook_id)
         .header("webhook-id", webhook_id)
         .header("webhook-timestamp", timestamp.to_string());
-    if let Some(key) = &signing_key {
+    if let Some(key) = &settings.signing_key {
         request = request.header("webhook-signature", key.sign(webhook_id, timestamp, &body));
     }
     let response = request
@@ -84,7 +110,7 @@ fn send(event: &Event) -> Result<(), DeliveryError> {
         .header("outboxd-event-type", &event.event_type)
         .header("outboxd-attempt", event.attempt.to_string())
         .body(body)
-        .timeout_ms(timeout_ms)
+        .timeout_ms(settings.timeout_ms)
         .send()?;
     outcome::classify_response(&response)
 }

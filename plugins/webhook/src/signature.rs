@@ -9,8 +9,9 @@ use sha2::Sha256;
 /// Prefix of Standard Webhooks secrets; the base64 key follows it.
 const SECRET_PREFIX: &str = "whsec_";
 
-/// An HMAC-SHA256 signing key decoded from a Standard Webhooks secret.
-pub struct SigningKey(Vec<u8>);
+/// An HMAC-SHA256 signing key decoded from a Standard Webhooks secret, held
+/// as the MAC state after the key (so each signature hashes only its message).
+pub struct SigningKey(Hmac<Sha256>);
 
 impl SigningKey {
     /// Decodes `secret`: the base64 text after the `whsec_` prefix, or the
@@ -24,13 +25,15 @@ impl SigningKey {
         if key.is_empty() {
             return Err("config key `secret` is empty".to_owned());
         }
-        Ok(Self(key))
+        Ok(Self(
+            Hmac::<Sha256>::new_from_slice(&key).expect("HMAC accepts any key length"),
+        ))
     }
 
     /// The `webhook-signature` header value for message `id` sent at
     /// `timestamp` (Unix seconds) with `body`.
     pub fn sign(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts any key length");
+        let mut mac = self.0.clone();
         mac.update(id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.to_string().as_bytes());
