@@ -66,10 +66,14 @@ function object(value) {
   return value !== null && typeof value === 'object' && !Array.isArray(value) ? value : undefined;
 }
 
-/** Drops `undefined` members so they do not appear in the JSON body at all. */
-function compact(record) {
-  return Object.fromEntries(Object.entries(record).filter(([, v]) => v !== undefined));
+/** Sets `record[key]` unless `value` is `undefined`, so that it does not appear in the JSON body at all. */
+function put(record, key, value) {
+  if (value !== undefined) record[key] = value;
+  return record;
 }
+
+/** Encodes request bodies; one per instance. */
+const UTF8 = new TextEncoder();
 
 /**
  * Maps one `order.*` event to the contact-upsert body. Throws a permanent
@@ -99,24 +103,18 @@ export function contactFor(event) {
     throw DeliveryError.permanent(`crm: \`customer.email\` is not an e-mail address: \`${email}\``);
   }
   const orderId = payload.id ?? payload.order_id;
-  return compact({
-    email: email.toLowerCase(),
-    name: text(customer.name),
-    phone: text(customer.phone),
-    external_id: customer.id === undefined ? undefined : String(customer.id),
-    last_order: compact({
-      id: orderId === undefined ? undefined : String(orderId),
-      status: event.eventType.slice('order.'.length),
-      total: payload.total,
-      currency: text(payload.currency),
-      at: isoTime(event.createdAtMs),
-    }),
-    source: compact({
-      system: 'outboxd',
-      event_id: event.id,
-      event_type: event.eventType,
-    }),
-  });
+  const contact = { email: email.toLowerCase() };
+  put(contact, 'name', text(customer.name));
+  put(contact, 'phone', text(customer.phone));
+  put(contact, 'external_id', customer.id === undefined ? undefined : String(customer.id));
+  const lastOrder = put({}, 'id', orderId === undefined ? undefined : String(orderId));
+  lastOrder.status = event.eventType.slice('order.'.length);
+  put(lastOrder, 'total', payload.total);
+  put(lastOrder, 'currency', text(payload.currency));
+  lastOrder.at = isoTime(event.createdAtMs);
+  contact.last_order = lastOrder;
+  contact.source = { system: 'outboxd', event_id: event.id, event_type: event.eventType };
+  return contact;
 }
 
 /** A one-line, length-capped excerpt of a response body, or `undefined` if empty. */
@@ -164,26 +162,44 @@ function classifyHttpError(err) {
   throw DeliveryError.permanent(describe);
 }
 
+/**
+ * The target's `[config]`, checked, read at the instance's first attempt: an
+ * instance only ever serves its own target, whose configuration cannot change
+ * under it. A configuration that does not check out is read again at each
+ * attempt (each fails the same way, permanently).
+ */
+let settings;
+
+function currentSettings() {
+  if (settings === undefined) {
+    const apiKey = text(get('api_key'));
+    settings = {
+      url: `${requireConfig('url').replace(/\/+$/, '')}/contacts`,
+      authorization: apiKey === undefined ? undefined : `Bearer ${apiKey}`,
+      timeoutMs: configInt('timeout_ms'),
+    };
+  }
+  return settings;
+}
+
 /** Builds and sends the upsert for `event`; returns normally when the CRM accepted it. */
 function upsert(event) {
-  const base = requireConfig('url').replace(/\/+$/, '');
-  const apiKey = text(get('api_key'));
-  const timeoutMs = configInt('timeout_ms');
+  const { url, authorization, timeoutMs } = currentSettings();
   const contact = contactFor(event);
 
   const headers = [
     ['content-type', 'application/json'],
     ['idempotency-key', event.idempotencyKey],
   ];
-  if (apiKey !== undefined) headers.push(['authorization', `Bearer ${apiKey}`]);
+  if (authorization !== undefined) headers.push(['authorization', authorization]);
 
   let response;
   try {
     response = send({
       method: 'POST',
-      url: `${base}/contacts`,
+      url,
       headers,
-      body: new TextEncoder().encode(JSON.stringify(contact)),
+      body: UTF8.encode(JSON.stringify(contact)),
       timeoutMs,
     });
   } catch (err) {

@@ -15,8 +15,8 @@
 //! `timeout_ms` (optional request timeout). The response is classified by
 //! [`outboxd_plugin::outcome`]: 2xx delivered; 408, 429, 5xx, timeouts and
 //! connection failures retried (honouring `Retry-After` on 429/503); anything
-//! else permanent. A failed attempt logs one info line; a delivered one logs
-//! nothing (the host logs and counts every outcome).
+//! else permanent. One line is logged per delivery: at debug when delivered,
+//! at info otherwise.
 //!
 //! The configuration is read once per instance (see [`Settings`]): an instance
 //! only ever serves its own target, whose configuration cannot change under it.
@@ -42,9 +42,14 @@ impl Target for Webhook {
     fn deliver(event: Event) -> Result<(), DeliveryError> {
         let result = send(&event);
         let summary = match &result {
-            // Success is not logged: the host's log and metrics have every outcome, and a
-            // busy log should hold failures.
-            Ok(()) => return result,
+            // Success at debug: the host's metrics count deliveries; a busy log should hold failures.
+            Ok(()) => {
+                log::debug(format!(
+                    "webhook: event {} ({}) attempt {}: delivered",
+                    event.id, event.event_type, event.attempt
+                ));
+                return result;
+            }
             Err(DeliveryError::Retry(info)) => format!("will retry: {}", info.reason),
             Err(DeliveryError::Permanent(reason)) => format!("failed permanently: {reason}"),
         };
