@@ -20,8 +20,9 @@
 //!    taken through one host and checked on every one): ingest, drain, each host's CPU, and the
 //!    drain's ratio to the ceiling of step 8;
 //! 10. per-delivery WebAssembly overhead: the no-op plugin, the webhook plugin (signing; its
-//!     time includes the request to the sink), and the JavaScript and Python adapters when built, through outboxd's plugin runtime in this process, with warm
-//!     instances (as `serve` runs a target by default) and with a fresh instance each time.
+//!     time includes the request to the sink), and the JavaScript and Python adapters when
+//!     built, through outboxd's plugin runtime in this process, with warm instances (as
+//!     `serve` runs a target by default) and with a fresh instance each time.
 //!
 //! It prints a table and writes every figure as JSON (`--json`). It asserts no speed: a
 //! benchmark reports, it does not judge (CI runs `--quick` only to prove that it works).

@@ -261,11 +261,11 @@ struct Slot {
 /// A plain lane reads ahead: it claims up to [`READ_AHEAD`] times its concurrency beyond the
 /// permits that are free, and the claimed deliveries wait in `ready` for a permit. Without
 /// that, a busy lane claimed for each permit as it freed (one or two deliveries per claim
-/// transaction); with it, claims carry about twice a lane's concurrency each. What was read ahead is given back ([`give_back`])
-/// when the breaker stops the lane and when the lane ends, unstarted and uncounted. Batched
-/// lanes (a batch is claimed whole), rate-limited ones (a token per claimed delivery) and slow
-/// ones (whose attempts take long, so claims are rare anyway, and a hung receiver would hold
-/// the read-ahead hostage) do not read ahead.
+/// transaction); with it, claims carry about twice a lane's concurrency each. What was read
+/// ahead is given back ([`give_back`]) when the breaker stops the lane and when the lane
+/// ends, unstarted and uncounted. Batched lanes (a batch is claimed whole), rate-limited ones
+/// (a token per claimed delivery) and slow ones (whose attempts take long, so claims are rare
+/// anyway, and a hung receiver would hold the read-ahead hostage) do not read ahead.
 async fn lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken) {
     let spec = &target.spec;
     let name = spec.name.clone();
