@@ -751,8 +751,9 @@ async fn overhead_phase(
             continue;
         }
         let config: Vec<(&str, String)> = config;
+        let compiled = wasm::compile(&path).await?;
         for fresh in [false, true] {
-            let m = wasm::measure(&path, &config, &[sink.authority()], repeat, fresh).await?;
+            let m = wasm::measure(&compiled, &config, &[sink.authority()], repeat, fresh).await?;
             rows.push(row(
                 format!("per delivery, {}, {} instance", m.plugin, m.instances),
                 format!("{:.1} µs", m.median_us),

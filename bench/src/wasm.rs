@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outboxd::config::DEFAULT_INSTANCE_REUSE;
-use outboxd::plugin::{Binding, EventInput, Grants, Runtime};
+use outboxd::plugin::{Binding, EventInput, Grants, Plugin, Runtime};
 
 /// Per-delivery times of one plugin.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -29,22 +29,36 @@ pub struct PerDelivery {
     pub outcome: String,
 }
 
-/// Runs `repeat` deliveries of one event through the plugin file at `path`, after a warm-up
-/// of `repeat / 10` (at least 1). `config` and `allowed_hosts` are the target's; `fresh`
-/// gives every delivery a new instance.
-pub async fn measure(
-    path: &Path,
-    config: &[(&str, String)],
-    allowed_hosts: &[String],
-    repeat: u32,
-    fresh: bool,
-) -> Result<PerDelivery, String> {
+/// A compiled plugin and the name of its file.
+pub struct Compiled {
+    plugin: Arc<Plugin>,
+    file: String,
+}
+
+/// Compiles the plugin file at `path` once, for both ways of measuring it.
+pub async fn compile(path: &Path) -> Result<Compiled, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
     let plugin = tokio::task::spawn_blocking(move || Runtime::new(None).and_then(|rt| rt.compile(&bytes)))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_owned();
+    Ok(Compiled {
+        plugin: Arc::new(plugin),
+        file: path.file_name().and_then(|s| s.to_str()).unwrap_or("plugin").to_owned(),
+    })
+}
+
+/// Runs `repeat` deliveries of one event through `compiled`, after a warm-up of
+/// `repeat / 10` (at least 1). `config` and `allowed_hosts` are the target's; `fresh`
+/// gives every delivery a new instance.
+pub async fn measure(
+    compiled: &Compiled,
+    config: &[(&str, String)],
+    allowed_hosts: &[String],
+    repeat: u32,
+    fresh: bool,
+) -> Result<PerDelivery, String> {
+    let name = compiled.file.strip_suffix(".wasm").unwrap_or(&compiled.file).to_owned();
     let grants = Grants {
         target: name.as_str().into(),
         config: Arc::new(config.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()),
@@ -62,9 +76,8 @@ pub async fn measure(
         created_at_ms: 1_795_827_723_456,
         headers: Vec::new(),
     };
-    let plugin = Arc::new(plugin);
     let reuse = if fresh { 1 } else { DEFAULT_INSTANCE_REUSE };
-    let binding = Binding::new(Arc::clone(&plugin), grants, reuse);
+    let binding = Binding::new(Arc::clone(&compiled.plugin), grants, reuse);
     let first = binding.deliver(event.clone()).await;
     let outcome = match &first.outcome {
         outboxd::domain::Outcome::Delivered => "delivered".to_owned(),
@@ -87,7 +100,7 @@ pub async fn measure(
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let total: Duration = times.iter().sum();
     Ok(PerDelivery {
-        plugin: path.file_name().and_then(|s| s.to_str()).unwrap_or_default().to_owned(),
+        plugin: compiled.file.clone(),
         instances: if fresh { "fresh" } else { "warm" },
         deliveries: repeat,
         median_us: us(times[times.len() / 2]),
