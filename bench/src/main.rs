@@ -403,12 +403,8 @@ async fn service_phases(
     let mut by_speed: Vec<f64> = drains.iter().map(|d| d.deliveries.per_second).collect();
     by_speed.sort_by(f64::total_cmp);
     let median = by_speed[by_speed.len() / 2];
-    let mut drain_row = best.row("", ceiling.per_second);
-    // "R % of the raw ceiling; CPU …" becomes "R % of the raw ceiling, best of 3 rounds (…),
-    // median round M %; CPU …".
-    let (ratio, rest) = drain_row.note.split_once("; ").unwrap_or((drain_row.note.as_str(), ""));
-    drain_row.note = format!(
-        "{ratio}, best of {DRAIN_ROUNDS} rounds ({}), median round {:.1} %; {rest}",
+    let drain_rounds = format!(
+        ", best of {DRAIN_ROUNDS} rounds ({}), median round {:.1} %",
         drains
             .iter()
             .map(|d| format!("{:.0}", d.deliveries.per_second))
@@ -416,7 +412,7 @@ async fn service_phases(
             .join(", "),
         median / ceiling.per_second.max(1e-9) * 100.0,
     );
-    rows.push(drain_row);
+    rows.push(best.row("", ceiling.per_second, &drain_rounds));
     let each: Vec<String> = rounds.iter().map(|r| format!("{:.0}", r.per_second)).collect();
     rows.push(row(
         format!("raw ceiling (same client stack, concurrency {total_concurrency})"),
@@ -490,7 +486,7 @@ async fn postgres_run(
     let drained = run.drain(paused, deliveries).await?;
     wait_settled(&svc, deliveries).await?;
     let duplicates = sink.requests() - drained.sink_before - deliveries;
-    rows.push(drained.row(&run.prefix, ceiling));
+    rows.push(drained.row(&run.prefix, ceiling, ""));
     svc.stop();
     Ok((
         json!({
@@ -672,7 +668,8 @@ impl Drained {
     }
 
     /// The row of the table.
-    fn row(&self, prefix: &str, ceiling: f64) -> Row {
+    /// The row of the table; `rounds` (empty for a single drain) follows the ratio.
+    fn row(&self, prefix: &str, ceiling: f64, rounds: &str) -> Row {
         let cpu = |(user, system): &(f64, f64)| format!("{user:.0} % user + {system:.0} % sys");
         let cpu = match self.cpu.as_slice() {
             [one] => format!("outboxd CPU {}", cpu(one)),
@@ -685,7 +682,7 @@ impl Drained {
             ),
             format!("{:.0} deliveries/s", self.deliveries.per_second),
             format!(
-                "{:.1} % of the raw ceiling; {cpu}; peak VSZ {}",
+                "{:.1} % of the raw ceiling{rounds}; {cpu}; peak VSZ {}",
                 self.ratio(ceiling) * 100.0,
                 gib(self.peak_vsz_kib)
             ),
