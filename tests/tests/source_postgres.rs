@@ -1,5 +1,5 @@
 //! PostgreSQL sources, each test in its own database: the PHP example's `simple` table woken
-//! by `LISTEN`/`NOTIFY` (the trigger the README shows), and a Debezium-shaped table whose
+//! by `LISTEN`/`NOTIFY` (the trigger docs/sources.md shows), and a Debezium-shaped table whose
 //! events keep their per-`aggregateid` order to an `ordered = true` target.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,7 +11,7 @@ use testkit::{Behavior, Host, Receiver, Reply, Target, default_timeout};
 
 const ORDERS: usize = 200;
 
-/// The trigger from the README: one NOTIFY per inserting statement.
+/// The trigger from docs/sources.md: one NOTIFY per inserting statement.
 const NOTIFY_TRIGGER: &str = "
 CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM pg_notify('outbox', ''); RETURN NULL; END $$;
