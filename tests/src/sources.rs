@@ -11,6 +11,15 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::artifacts::workspace_root;
+use crate::{Host, Receiver, default_timeout, eventually};
+
+/// The shop's targets in the PostgreSQL and MariaDB source tests: `(name, event globs)`, each a
+/// webhook to the receiver's `/<name>` (see [`Host::add_webhooks`]).
+pub const SHOP_TARGETS: &[(&str, &[&str])] = &[
+    ("crm", &["order.*"]),
+    ("analytics", &["*"]),
+    ("billing", &["order.created"]),
+];
 
 /// Which server a [`TempDb`] lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +190,19 @@ impl TempDb {
     }
 }
 
+impl TempDb {
+    /// Waits (default timeout) until the PHP example's `outbox` table holds `rows` rows, all
+    /// `done`.
+    pub async fn expect_outbox_done(&self, rows: usize) {
+        let all_done = vec![vec!["done".to_owned(), rows.to_string()]];
+        eventually("every outbox row done", || {
+            let seen = self.query("SELECT status, count(*) FROM outbox GROUP BY status");
+            (seen == all_done, format!("{seen:?}"))
+        })
+        .await;
+    }
+}
+
 impl Drop for TempDb {
     fn drop(&mut self) {
         let sql = match self.server {
@@ -211,16 +233,31 @@ pub async fn run_php_producer(count: usize, dsn: &str, user: Option<&str>) {
         .expect("php producer task");
 }
 
-/// Polls `check` (a blocking look at a database) until it returns true, at most the default
-/// timeout; panics with `what` and the last value `check` reported otherwise.
-pub async fn eventually(what: &str, mut check: impl FnMut() -> (bool, String)) {
-    let deadline = tokio::time::Instant::now() + crate::default_timeout();
-    loop {
-        let (ok, seen) = check();
-        if ok {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: still {seen}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+/// Two PHP example producers at once, as two PHP requests would be, writing `orders` orders
+/// between them (half each).
+pub async fn run_two_php_producers(orders: usize, dsn: &str, user: Option<&str>) {
+    tokio::join!(
+        run_php_producer(orders / 2, dsn, user),
+        run_php_producer(orders - orders / 2, dsn, user)
+    );
+}
+
+/// Waits (default timeout) until each of `paths` has received `orders` requests, then asserts
+/// that they carry the order ids `1..=orders`, each exactly once.
+pub async fn expect_every_order_once(rx: &Receiver, host: &Host, paths: &[&str], orders: usize) {
+    for path in paths {
+        rx.wait_for(path, orders, default_timeout())
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}\n{}", host.stderr_tail(40)));
+    }
+    let expected: std::collections::BTreeSet<i64> = (1..=orders as i64).collect();
+    for path in paths {
+        let ids: std::collections::BTreeSet<i64> = rx
+            .requests_at(path)
+            .iter()
+            .map(|r| r.json()["data"]["order_id"].as_i64().expect("order_id in payload"))
+            .collect();
+        assert_eq!(ids, expected, "{path}: every order once");
+        assert_eq!(rx.count_at(path), orders, "{path}: no order twice");
     }
 }
