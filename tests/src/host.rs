@@ -73,6 +73,9 @@ pub struct Breaker {
     /// `cooldown_ms`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cooldown_ms: Option<u64>,
+    /// `retry_after`: what a receiver's `Retry-After` pauses, `target` or `delivery`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
 }
 
 /// A target manifest (`plugins.d/<name>.toml`), serialised as TOML.
@@ -247,12 +250,30 @@ impl Target {
         self
     }
 
-    /// Set the `[breaker]` table.
+    /// Set the `[breaker]` table's `failures` and `cooldown_ms`.
     pub fn breaker(mut self, failures: u32, cooldown_ms: u64) -> Self {
-        self.breaker = Some(Breaker {
-            failures: Some(failures),
-            cooldown_ms: Some(cooldown_ms),
-        });
+        let breaker = self.breaker.get_or_insert_with(Breaker::default);
+        breaker.failures = Some(failures);
+        breaker.cooldown_ms = Some(cooldown_ms);
+        self
+    }
+
+    /// Set `[breaker] failures` alone (the cool-down stays the default).
+    pub fn breaker_failures(mut self, failures: u32) -> Self {
+        self.breaker.get_or_insert_with(Breaker::default).failures = Some(failures);
+        self
+    }
+
+    /// Set `[breaker] cooldown_ms` alone (the failure threshold stays the default).
+    pub fn breaker_cooldown_ms(mut self, cooldown_ms: u64) -> Self {
+        self.breaker.get_or_insert_with(Breaker::default).cooldown_ms = Some(cooldown_ms);
+        self
+    }
+
+    /// Set `[breaker] retry_after`: what a receiver's `Retry-After` pauses, `target` or
+    /// `delivery`.
+    pub fn breaker_retry_after(mut self, what: &str) -> Self {
+        self.breaker.get_or_insert_with(Breaker::default).retry_after = Some(what.to_owned());
         self
     }
 
@@ -495,6 +516,17 @@ impl Host {
         if !text.ends_with('\n') {
             self.extra_config.push('\n');
         }
+        self
+    }
+
+    /// Add a `[[sources]]` entry to `outboxd.toml` (written at the next start).
+    pub fn add_source(&mut self, source: &crate::sources::Source) -> &mut Self {
+        self.config
+            .entry("sources")
+            .or_insert_with(|| toml::Value::Array(Vec::new()))
+            .as_array_mut()
+            .expect("sources is an array")
+            .push(toml::Value::Table(source.to_table()));
         self
     }
 
@@ -1223,6 +1255,47 @@ mod tests {
         assert_eq!(parsed["config"]["url"].as_str(), Some("http://127.0.0.1:9/a"));
         assert_eq!(parsed["allowed_hosts"][0].as_str(), Some("127.0.0.1:9"));
         assert!(parsed.get("timeout_ms").is_none());
+    }
+
+    #[test]
+    fn breaker_keys_are_set_one_by_one_or_together() {
+        let t = Target::webhook("http://127.0.0.1:9/b")
+            .breaker_failures(7)
+            .breaker_retry_after("delivery");
+        let parsed: toml::Table = t.to_toml().parse().expect("valid TOML");
+        assert_eq!(parsed["breaker"]["failures"].as_integer(), Some(7));
+        assert_eq!(parsed["breaker"]["retry_after"].as_str(), Some("delivery"));
+        assert!(parsed["breaker"].get("cooldown_ms").is_none());
+        let t = t.breaker_cooldown_ms(500).breaker(3, 1000);
+        let parsed: toml::Table = t.to_toml().parse().expect("valid TOML");
+        assert_eq!(parsed["breaker"]["failures"].as_integer(), Some(3));
+        assert_eq!(parsed["breaker"]["cooldown_ms"].as_integer(), Some(1000));
+        assert_eq!(parsed["breaker"]["retry_after"].as_str(), Some("delivery"));
+    }
+
+    #[test]
+    fn api_tokens_and_sources_serialise_into_outboxd_toml() {
+        let mut host = Host::with_database(Some(Arc::new(TestDatabase::sqlite(Path::new("x.db")))));
+        host.add_api_token("ops", "secret", &["admin"])
+            .add_api_token("ro", "other", &["read"])
+            .set_api_open(&["/healthz"])
+            .add_source(
+                &crate::sources::Source::sqlite("shop", Path::new("/tmp/app.db"))
+                    .set("poll_interval_ms", 20)
+                    .column("status", ""),
+            );
+        let parsed: toml::Table = toml::to_string(&host.config)
+            .expect("config serialises")
+            .parse()
+            .expect("valid TOML");
+        assert_eq!(parsed["api"]["open"].as_array().map(Vec::len), Some(1));
+        assert_eq!(parsed["api"]["tokens"][1]["name"].as_str(), Some("ro"));
+        assert_eq!(parsed["api"]["tokens"][0]["scopes"][0].as_str(), Some("admin"));
+        let shop = &parsed["sources"][0];
+        assert_eq!(shop["kind"].as_str(), Some("sqlite"));
+        assert_eq!(shop["path"].as_str(), Some("/tmp/app.db"));
+        assert_eq!(shop["poll_interval_ms"].as_integer(), Some(20));
+        assert_eq!(shop["columns"]["status"].as_str(), Some(""));
     }
 
     #[test]

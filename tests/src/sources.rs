@@ -6,7 +6,7 @@
 //! trust auth) and MariaDB/MySQL at `OUTBOXD_TEST_MYSQL` (default `127.0.0.1:3306`, user
 //! `root` without a password).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -20,6 +20,59 @@ pub const SHOP_TARGETS: &[(&str, &[&str])] = &[
     ("analytics", &["*"]),
     ("billing", &["order.created"]),
 ];
+
+/// A `[[sources]]` entry of `outboxd.toml`, for [`Host::add_source`].
+#[derive(Clone, Debug)]
+pub struct Source {
+    table: toml::Table,
+}
+
+impl Source {
+    /// A source called `name` of `kind` (`sqlite`, `postgres`, `mysql`).
+    pub fn new(name: &str, kind: &str) -> Self {
+        let mut table = toml::Table::new();
+        table.insert("name".into(), name.into());
+        table.insert("kind".into(), kind.into());
+        Self { table }
+    }
+
+    /// An SQLite source reading the database file at `path`.
+    pub fn sqlite(name: &str, path: &Path) -> Self {
+        Self::new(name, "sqlite").set("path", path.display().to_string())
+    }
+
+    /// A PostgreSQL source at `url`.
+    pub fn postgres(name: &str, url: &str) -> Self {
+        Self::new(name, "postgres").set("url", url)
+    }
+
+    /// A MariaDB/MySQL source at `url`.
+    pub fn mysql(name: &str, url: &str) -> Self {
+        Self::new(name, "mysql").set("url", url)
+    }
+
+    /// Set a key of the entry (`table`, `schema`, `poll_interval_ms`, `batch_size`, …).
+    pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.table.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Map `role` to a column of the table (`[sources.columns]`; `""` for none).
+    pub fn column(mut self, role: &str, column: &str) -> Self {
+        self.table
+            .entry("columns")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("columns is a table")
+            .insert(role.to_owned(), column.into());
+        self
+    }
+
+    /// The entry as a TOML table.
+    pub fn to_table(&self) -> toml::Table {
+        self.table.clone()
+    }
+}
 
 /// Which server a [`TempDb`] lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -75,28 +75,20 @@ async fn flaky_targets_keep_flowing_and_a_dead_one_gets_a_probe_per_cooldown() {
             .events(&["order.*"])
             .class(class)
             .concurrency(16)
-            .timeout_ms(2_000);
+            .timeout_ms(2_000)
+            .breaker_retry_after(&retry_after);
         if class == "critical" {
             t = t.retry(100, 200, 2_000);
         }
-        host.add_target_raw(
-            name,
-            "webhook.wasm",
-            &format!("{}\n[breaker]\nretry_after = \"{retry_after}\"\n", t.to_toml()),
-        );
+        host.add_target(name, &t);
     }
-    let dead = Target::webhook(&rx.url("/dead"))
-        .events(&["order.*"])
-        .concurrency(16)
-        .retry(1000, 50, 200);
-    host.add_target_raw(
+    host.add_target(
         "dead",
-        "webhook.wasm",
-        &format!(
-            "{}\n[breaker]\ncooldown_ms = {}\n",
-            dead.to_toml(),
-            COOLDOWN.as_millis()
-        ),
+        &Target::webhook(&rx.url("/dead"))
+            .events(&["order.*"])
+            .concurrency(16)
+            .retry(1000, 50, 200)
+            .breaker_cooldown_ms(COOLDOWN.as_millis() as u64),
     );
     host.start().await;
 

@@ -122,33 +122,23 @@ async fn nothing_is_lost_across_random_failures_and_ten_kill_9s() {
         .start()
         .await;
     let mut host = Host::new();
-    // A short breaker cool-down: 5 failures in a row are bound to happen at this rate.
-    host.add_target(
-        "critical",
-        &Target::webhook(&rx.url("/critical"))
+    // (name, class, timeout_ms, max_attempts). A short breaker cool-down: 5 failures in a row
+    // are bound to happen at this rate.
+    for (name, class, timeout_ms, attempts) in [
+        ("critical", None, 1_000, 50),
+        ("best", Some("best-effort"), 1_000, 3),
+        ("slow", Some("slow"), 2_000, 50),
+    ] {
+        let mut t = Target::webhook(&rx.url(&format!("/{name}")))
             .concurrency(CONCURRENCY)
-            .timeout_ms(1_000)
-            .retry(50, 50, 500)
-            .breaker(5, 200),
-    )
-    .add_target(
-        "best",
-        &Target::webhook(&rx.url("/best"))
-            .class("best-effort")
-            .concurrency(CONCURRENCY)
-            .timeout_ms(1_000)
-            .retry(3, 50, 500)
-            .breaker(5, 200),
-    )
-    .add_target(
-        "slow",
-        &Target::webhook(&rx.url("/slow"))
-            .class("slow")
-            .concurrency(CONCURRENCY)
-            .timeout_ms(2_000)
-            .retry(50, 50, 500)
-            .breaker(5, 200),
-    );
+            .timeout_ms(timeout_ms)
+            .retry(attempts, 50, 500)
+            .breaker(5, 200);
+        if let Some(class) = class {
+            t = t.class(class);
+        }
+        host.add_target(name, &t);
+    }
     host.start().await;
     let targets = host.targets().await;
     for (name, class) in [("critical", "critical"), ("best", "best-effort"), ("slow", "slow")] {

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testkit::{
-    Behavior, Breaker, Host, Receiver, RecordedRequest, Target, artifacts, default_timeout, find_named, scaled,
-    target_entry,
+    Behavior, Host, Receiver, RecordedRequest, Target, artifacts, default_timeout, find_named, scaled, target_entry,
 };
 use tokio::sync::RwLock;
 
@@ -548,14 +547,11 @@ async fn a_broken_replacement_keeps_the_old_version_serving_and_reports_why() {
 async fn host_with_gone_target(rx: &Receiver, concurrency: u32) -> (Host, String, Vec<u8>) {
     let v1 = artifacts::plugin_bytes("marker_v1.wasm").await;
     let mut host = reloading_host();
-    let mut gone = marker(rx, "/gone", "gone.wasm")
+    let gone = marker(rx, "/gone", "gone.wasm")
         .events(&["order.*"])
         .concurrency(concurrency)
-        .retry(1000, 50, 10_000);
-    gone.breaker = Some(Breaker {
-        failures: Some(1_000_000),
-        cooldown_ms: None,
-    });
+        .retry(1000, 50, 10_000)
+        .breaker_failures(1_000_000);
     host.add_target_component("gone", &gone, &v1);
     host.start().await;
     (host, gone.to_toml(), v1)

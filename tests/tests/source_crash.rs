@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use testkit::database::sqlite_rows;
+use testkit::sources::Source;
 use testkit::{Host, eventually};
 
 const PRODUCERS: usize = 2;
@@ -50,10 +51,11 @@ async fn ten_sigkills_while_producers_write_relay_every_row_exactly_once() {
         .unwrap();
     }
     // Small batches: more relay transactions, so kills land between ingest and marking.
-    host.append_config_raw(&format!(
-        "[[sources]]\nname = \"crash\"\nkind = \"sqlite\"\npath = {:?}\nbatch_size = 50\npoll_interval_ms = 5\n",
-        app_db.display().to_string()
-    ));
+    host.add_source(
+        &Source::sqlite("crash", &app_db)
+            .set("batch_size", 50)
+            .set("poll_interval_ms", 5),
+    );
     host.start().await;
 
     let phase = Arc::new(AtomicUsize::new(0));

@@ -4,6 +4,7 @@
 //! place) with its reason, and meanwhile the healthy sources keep relaying.
 
 use testkit::database::sqlite_rows;
+use testkit::sources::Source;
 use testkit::{Host, Receiver, Target, default_timeout, source_entry};
 
 fn app_db(path: &std::path::Path, with_status: bool) -> rusqlite::Connection {
@@ -28,10 +29,6 @@ fn insert(conn: &rusqlite::Connection, event_type: &str, payload: &str) {
     .expect("insert");
 }
 
-fn source(name: &str, body: &str) -> String {
-    format!("[[sources]]\nname = \"{name}\"\npoll_interval_ms = 20\n{body}\n")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_sources_and_bad_rows_are_reported_while_the_others_relay() {
     let rx = Receiver::start().await;
@@ -49,31 +46,22 @@ async fn broken_sources_and_bad_rows_are_reported_while_the_others_relay() {
     insert(&deleting, "order.created", "[1, 2");
     insert(&deleting, "order.created", r#"{"n":6}"#);
 
-    let sqlite = |p: &str| format!("kind = \"sqlite\"\npath = {:?}", dir.join(p).display().to_string());
-    host.append_config_raw(&source("good", &sqlite("good.db")))
-        .append_config_raw(&source(
-            "deleting",
-            &format!(
-                "{}\non_relayed = \"delete\"\n[sources.columns]\nstatus = \"\"",
-                sqlite("deleting.db")
-            ),
-        ))
-        .append_config_raw(&source(
-            "missing-table",
-            &format!("{}\ntable = \"no_such_table\"", sqlite("other.db")),
-        ))
-        .append_config_raw(&source(
-            "missing-column",
-            &format!("{}\n[sources.columns]\nheaders = \"hdrs\"", sqlite("other.db")),
-        ))
-        .append_config_raw(&source(
+    // Every source polls every 20 ms.
+    let quick = |source: Source| source.set("poll_interval_ms", 20);
+    let sqlite = |name: &str, file: &str| quick(Source::sqlite(name, &dir.join(file)));
+    host.add_source(&sqlite("good", "good.db"))
+        .add_source(
+            &sqlite("deleting", "deleting.db")
+                .set("on_relayed", "delete")
+                .column("status", ""),
+        )
+        .add_source(&sqlite("missing-table", "other.db").set("table", "no_such_table"))
+        .add_source(&sqlite("missing-column", "other.db").column("headers", "hdrs"))
+        .add_source(&quick(Source::postgres(
             "pg-down",
-            "kind = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:1/app\"",
-        ))
-        .append_config_raw(&source(
-            "mysql-down",
-            "kind = \"mysql\"\nurl = \"mysql://root@127.0.0.1:1/app\"",
-        ));
+            "postgres://postgres@127.0.0.1:1/app",
+        )))
+        .add_source(&quick(Source::mysql("mysql-down", "mysql://root@127.0.0.1:1/app")));
     host.start().await;
 
     let sources = host

@@ -1,7 +1,9 @@
 //! A MariaDB/MySQL source in its own database: the PHP example's orders reach every target
 //! once and every outbox row ends `done`.
 
-use testkit::sources::{SHOP_TARGETS, TempDb, expect_every_order_once, run_php_producer, run_two_php_producers};
+use testkit::sources::{
+    SHOP_TARGETS, Source, TempDb, expect_every_order_once, run_php_producer, run_two_php_producers,
+};
 use testkit::{Host, Receiver};
 
 const ORDERS: usize = 200;
@@ -15,10 +17,7 @@ async fn php_orders_in_mariadb_reach_every_target_and_rows_end_done() {
     let rx = Receiver::start().await;
     let mut host = Host::new();
     host.add_webhooks(&rx, SHOP_TARGETS);
-    host.append_config_raw(&format!(
-        "[[sources]]\nname = \"shop\"\nkind = \"mysql\"\nurl = \"{}\"\n[sources.columns]\ncreated_at = \"created_at\"\n",
-        db.url()
-    ));
+    host.add_source(&Source::mysql("shop", &db.url()).column("created_at", "created_at"));
     host.start().await;
 
     run_two_php_producers(ORDERS, &dsn, Some(user)).await;

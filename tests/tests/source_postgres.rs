@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use testkit::sources::{
-    SHOP_TARGETS, TempDb, expect_every_order_once, php_example_dir, run_php_producer, run_two_php_producers,
+    SHOP_TARGETS, Source, TempDb, expect_every_order_once, php_example_dir, run_php_producer, run_two_php_producers,
 };
 use testkit::{Behavior, Host, Receiver, Target, default_timeout, eventually, find_named, source_entry};
 
@@ -29,11 +29,12 @@ async fn php_orders_in_postgres_reach_every_target_woken_by_notify() {
     let mut host = Host::new();
     host.add_webhooks(&rx, SHOP_TARGETS);
     // Polling once a minute: only NOTIFY can make the relay this quick.
-    host.append_config_raw(&format!(
-        "[[sources]]\nname = \"shop\"\nkind = \"postgres\"\nurl = \"{}\"\nnotify_channel = \"outbox\"\n\
-         poll_interval_ms = 60000\n[sources.columns]\ncreated_at = \"created_at\"\n",
-        db.url()
-    ));
+    host.add_source(
+        &Source::postgres("shop", &db.url())
+            .set("notify_channel", "outbox")
+            .set("poll_interval_ms", 60_000)
+            .column("created_at", "created_at"),
+    );
     host.start().await;
     host.wait_for_sources(default_timeout(), |s| {
         find_named(s, "shop").is_some_and(|s| s["state"] == "relaying")
@@ -93,11 +94,14 @@ async fn debezium_table_keeps_per_aggregate_order_to_an_ordered_target() {
             .concurrency(8)
             .fast_retry(50),
     );
-    host.append_config_raw(&format!(
-        "[[sources]]\nname = \"orders\"\nkind = \"postgres\"\nurl = \"{}\"\ntable = \"public.outboxevent\"\n\
-         schema = \"debezium\"\norder_by = \"seq\"\nbatch_size = 7\npoll_interval_ms = 20\n",
-        db.url()
-    ));
+    host.add_source(
+        &Source::postgres("orders", &db.url())
+            .set("table", "public.outboxevent")
+            .set("schema", "debezium")
+            .set("order_by", "seq")
+            .set("batch_size", 7)
+            .set("poll_interval_ms", 20),
+    );
     host.start().await;
     insert(40, 69);
     insert(70, AGGREGATES * PER_AGGREGATE - 1);
@@ -167,11 +171,13 @@ async fn a_backlog_is_relayed_in_id_order_batch_after_batch() {
         "ledger",
         &Target::webhook(&rx.url("/ledger")).ordered(true).concurrency(4),
     );
-    host.append_config_raw(&format!(
-        "[[sources]]\nname = \"orders\"\nkind = \"postgres\"\nurl = \"{}\"\ntable = \"outbox\"\n\
-         batch_size = 40\npoll_interval_ms = 20\n\n[sources.columns]\nordering_key = \"agg\"\n",
-        db.url()
-    ));
+    host.add_source(
+        &Source::postgres("orders", &db.url())
+            .set("table", "outbox")
+            .set("batch_size", 40)
+            .set("poll_interval_ms", 20)
+            .column("ordering_key", "agg"),
+    );
     host.start().await;
     rx.wait_until(default_timeout(), |reqs| reqs.len() >= ROWS as usize)
         .await

@@ -3,7 +3,7 @@
 //! and billing once, and every outbox row ends `done`.
 
 use testkit::database::sqlite_rows;
-use testkit::sources::{expect_every_order_once, run_php_producer, run_two_php_producers};
+use testkit::sources::{Source, expect_every_order_once, run_php_producer, run_two_php_producers};
 use testkit::{Host, Receiver, default_timeout, eventually};
 
 const ORDERS: usize = 200;
@@ -24,11 +24,11 @@ async fn php_orders_in_sqlite_reach_every_target_and_rows_end_done() {
     let dsn = format!("sqlite:{}", app_db.display());
     // The application's schema exists before outboxd starts (0 orders: schema only).
     run_php_producer(0, &dsn, None).await;
-    host.append_config_raw(&format!(
-        "[[sources]]\nname = \"shop\"\nkind = \"sqlite\"\npath = {:?}\nschema = \"simple\"\n\
-         [sources.columns]\ncreated_at = \"created_at\"\n",
-        app_db.display().to_string()
-    ));
+    host.add_source(
+        &Source::sqlite("shop", &app_db)
+            .set("schema", "simple")
+            .column("created_at", "created_at"),
+    );
     host.start().await;
 
     // Two producers at once, as two PHP requests would be.
