@@ -14,7 +14,8 @@
 //!   `misbehave.wasm`; otherwise the harness builds `plugins/` for
 //!   `wasm32-wasip2` once per test process.
 //! - `OUTBOXD_TEST_TIMEOUT_SCALE`: multiplies every wait (e.g. `3` on a slow
-//!   machine).
+//!   machine), the quiet windows in which a test proves that nothing more arrives
+//!   ([`Receiver::expect_no_more_at`]) included.
 //! - `OUTBOXD_KEEP_TEST_DIR=1`: keep the temporary directory of a failing test.
 //! - `OUTBOXD_TEST_STORE=postgres`: run every host on a PostgreSQL database of its own
 //!   (created on `OUTBOXD_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432`, and
