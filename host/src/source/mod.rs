@@ -1,7 +1,7 @@
 //! Sources: relaying an application's own outbox table (SQLite, PostgreSQL, MySQL/MariaDB)
 //! into outboxd. One task per `[[sources]]` entry reads pending rows in `order_by` order, in
 //! batches; validates each row into an event ([`mapping`]); commits the good ones through
-//! [`Store::ingest`] with a producer idempotency key derived from the source and the row id;
+//! the front door ([`Outbox::accept`]) with a producer idempotency key derived from the source and the row id;
 //! and only then marks (or deletes) the rows, in one short transaction of the application's
 //! database, on a second connection while the next batch is read and stored (the two
 //! databases' commits overlap; markings stay in order). A backlog is read from a cursor on
@@ -22,14 +22,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use thiserror::Error;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Millis, now_ms};
-use crate::ingest;
-use crate::store::{Store, StoreError};
-use crate::targets::Registry;
+use crate::outbox::{Origin, Outbox};
+use crate::store::StoreError;
 
 pub use config::{OnRelayed, SourceConfig, SourceKind};
 use mapping::{RowId, SourceRow};
@@ -152,10 +150,8 @@ fn open(config: Arc<SourceConfig>) -> Box<dyn SourceDb> {
 /// What a relay needs from the service.
 #[derive(Clone)]
 pub struct RelayContext {
-    pub store: Arc<dyn Store>,
-    pub registry: Arc<Registry>,
-    /// Notified after events were stored, to wake idle lanes.
-    pub wake: Arc<Notify>,
+    /// The front door the relayed events go through.
+    pub outbox: Outbox,
     pub max_payload_bytes: usize,
 }
 
@@ -416,10 +412,8 @@ impl Relay {
 
         let mut duplicates = 0;
         if !accepted.is_empty() {
-            let events = ingest::route(accepted, &self.ctx.registry.snapshot().routes);
-            let ingested = self.ctx.store.ingest(events, now_ms()).await?;
+            let ingested = self.ctx.outbox.accept(accepted, Origin::Source).await?;
             duplicates = ingested.iter().filter(|i| i.duplicate).count() as u64;
-            self.ctx.wake.notify_waiters();
         }
         let stored = started.elapsed();
         // The events are committed: from here a crash only repeats the marking.
@@ -444,7 +438,7 @@ impl Relay {
                 "relay cycle"
             );
         }
-        crate::api::metrics::source_lag(&self.config.name, Duration::from_millis(lag.max(0) as u64));
+        crate::telemetry::metrics::source_lag(&self.config.name, Duration::from_millis(lag.max(0) as u64));
         update(&self.status, |s| {
             s.lag_ms = Some(lag.max(0));
             s.last_poll_at = Some(polled_at);
@@ -486,6 +480,100 @@ pub(crate) struct Dialect {
     pub pending_typed: &'static str,
     /// The batch size's placeholder.
     pub limit: &'static str,
+}
+
+impl Dialect {
+    /// Positional `?` placeholders, plain `NULL`s, double-quoted identifiers read as they are:
+    /// what a dialect does not say otherwise.
+    pub(crate) const PLAIN: Dialect = Dialect {
+        quote: '"',
+        text: |column| column.to_owned(),
+        null_text: "NULL",
+        epoch_ms: |column| column.to_owned(),
+        null_ms: "NULL",
+        pending: "?",
+        pending_typed: "?",
+        limit: "?",
+    };
+}
+
+/// Checks that the source table (whose column names are `columns`) has every mapped column
+/// and the `order_by` one; `same` compares a name of the table with a configured one.
+pub(crate) fn check_columns(
+    config: &SourceConfig,
+    columns: &[String],
+    same: fn(&str, &str) -> bool,
+) -> Result<(), SourceError> {
+    if columns.is_empty() {
+        return Err(SourceError::MissingTable(config.table.clone()));
+    }
+    for c in config.columns.all().into_iter().chain([config.order_by.as_str()]) {
+        if !columns.iter().any(|have| same(have, c)) {
+            return Err(SourceError::MissingColumn {
+                table: config.table.clone(),
+                column: c.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A source's two read queries: its pending rows from the start, and from a cursor on.
+#[derive(Debug, Default)]
+pub(crate) struct Reads {
+    pub first: String,
+    /// From the cursor bound at `after`'s placeholder on.
+    pub after: String,
+}
+
+impl Reads {
+    /// Both queries, the cursor compared at the placeholder `after`.
+    pub(crate) fn new(config: &SourceConfig, d: &Dialect, after: &str) -> Self {
+        Self {
+            first: select_pending(config, d, None),
+            after: select_pending(config, d, Some(after)),
+        }
+    }
+
+    /// The query for a read from `cursor` (or from the start).
+    pub(crate) fn for_cursor(&self, cursor: Option<&str>) -> &str {
+        if cursor.is_some() { &self.after } else { &self.first }
+    }
+}
+
+/// The rows of [`select_pending`]'s answer read through sqlx (PostgreSQL, MySQL).
+pub(crate) fn sqlx_rows<R>(rows: &[R]) -> Result<Vec<SourceRow>, SourceError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(sqlx_row)
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(|e| SourceError::Query(e.to_string()))
+}
+
+/// One row: the columns in the order of [`SourceRow`]'s fields.
+fn sqlx_row<R>(r: &R) -> Result<SourceRow, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(SourceRow {
+        id: r.try_get::<Option<String>, _>(0)?.map(RowId::Text),
+        event_type: r.try_get(1)?,
+        payload: r.try_get(2)?,
+        headers: r.try_get(3)?,
+        idempotency_key: r.try_get(4)?,
+        ordering_key: r.try_get(5)?,
+        aggregate_type: r.try_get(6)?,
+        created_at_ms: r.try_get(7)?,
+        order_value: r.try_get(8)?,
+    })
 }
 
 /// The alias of the source table in the read query: `ORDER BY source_rows.<order_by>` sorts by

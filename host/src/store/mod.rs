@@ -6,9 +6,12 @@
 //! several hosts on one PostgreSQL database; [`open`] picks the one the configuration names.
 
 mod group_commit;
+mod location;
 pub mod postgres;
 pub mod retention;
 pub mod sqlite;
+
+pub use location::DatabaseLocation;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,8 +21,6 @@ use async_trait::async_trait;
 use thiserror::Error;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-
-use crate::config::DatabaseLocation;
 
 use crate::domain::{AttemptOutcome, DeliveryStatus, EventId, EventType, Millis, ProducerKey, TargetName};
 
