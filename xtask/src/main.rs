@@ -454,8 +454,10 @@ fn cmd_test(extra: &[String]) -> Result<ExitCode> {
                 .join(", ")
         ));
         let started = Instant::now();
+        // `--workspace`, as the first pass: the same features, so the same test binaries (the
+        // suites are test targets of `outboxd-tests` alone).
         let mut cmd = cargo();
-        cmd.args(["test", "-p", "outboxd-tests"]);
+        cmd.args(["test", "--workspace"]);
         for suite in &on_postgres {
             cmd.args(["--test", suite]);
         }
