@@ -66,6 +66,37 @@ pub const PROBE_GAP_MAX: Duration = Duration::from_secs(5);
 /// The pause at the floor when the receiver gave no delay.
 pub const FLOOR_PAUSE: Duration = Duration::from_secs(1);
 
+/// How a target's concurrency is set: `concurrency_mode` in its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConcurrencyMode {
+    /// Learned from the receiver, between 1 and the manifest's `concurrency` (the default).
+    #[default]
+    Adaptive,
+    /// Always the manifest's `concurrency`.
+    Fixed,
+}
+
+impl ConcurrencyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Adaptive => "adaptive",
+            Self::Fixed => "fixed",
+        }
+    }
+}
+
+impl std::str::FromStr for ConcurrencyMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "adaptive" => Ok(Self::Adaptive),
+            "fixed" => Ok(Self::Fixed),
+            other => Err(format!("`concurrency_mode` must be `adaptive` or `fixed`, not `{other}`")),
+        }
+    }
+}
+
 /// How an attempt ended, as the controller sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
