@@ -31,7 +31,7 @@ use crate::domain::{
     DeliveryStatus, EventId, EventType, Millis, Outcome, ProducerKey, TargetClass, TargetName, delivery_key, now_ms,
 };
 use crate::plugin::{BatchReport, EventInput, Report};
-use crate::store::{Claimed, NewEvent, Settlement, Store};
+use crate::store::{ClaimRequest, Claimed, NewEvent, Settlement, Store};
 use crate::targets::routing::OPERATIONAL_PREFIX;
 use crate::targets::{Registry, Target};
 
@@ -457,14 +457,14 @@ async fn claim(
     let now = now_ms();
     shared
         .store
-        .claim(
-            name,
-            want,
-            &shared.config.owner,
+        .claim(ClaimRequest {
+            target: name.clone(),
+            limit: want,
+            owner: shared.config.owner.clone(),
             now,
-            now + lease.as_millis() as Millis,
+            lease_until: now + lease.as_millis() as Millis,
             ordered,
-        )
+        })
         .await
         .map_err(|e| tracing::error!(target = %name, error = %e, "claim failed; retrying"))
 }
