@@ -10,6 +10,7 @@ mod conformance;
 mod group_commit;
 pub(crate) mod history;
 mod model;
+mod ordering;
 pub mod postgres;
 pub mod retention;
 mod rows;

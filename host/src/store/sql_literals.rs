@@ -1,4 +1,4 @@
-//! A check over the SQL files of both backends (statements and migrations): every quoted
+//! A check over the SQL files of both backends (statements, migrations, the shared fragment): every quoted
 //! literal is a delivery status or an attempt outcome as [`DeliveryStatus`] and
 //! [`AttemptOutcome`] spell them (the SQL names them as literals so that partial indexes such
 //! as `WHERE status = 'in_flight'` serve), and those compared with `status` or `outcome` are
@@ -14,13 +14,17 @@ const OTHER_LITERALS: &[&str] = &[""];
 fn sql_files() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
     let mut files = Vec::new();
-    for backend in ["sqlite", "postgres"] {
-        for dir in ["sql", "migrations"] {
-            for entry in std::fs::read_dir(root.join(backend).join(dir)).unwrap() {
-                let path = entry.unwrap().path();
-                if path.extension().is_some_and(|e| e == "sql") {
-                    files.push(path);
-                }
+    for dir in [
+        "sql",
+        "sqlite/sql",
+        "sqlite/migrations",
+        "postgres/sql",
+        "postgres/migrations",
+    ] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "sql") {
+                files.push(path);
             }
         }
     }

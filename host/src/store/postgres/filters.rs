@@ -1,6 +1,6 @@
-//! The SQL composed at run time, in one place: the per-key FIFO condition of an ordered claim
-//! (put in place of the claim statement's marker) and the statements over a dead-letter filter
-//! (its conditions, bound as parameters).
+//! The SQL composed at run time, in one place: the claim statement with and without the
+//! per-key FIFO condition, and the statements over a dead-letter filter (its conditions, bound
+//! as parameters).
 
 use std::sync::LazyLock;
 
@@ -8,26 +8,10 @@ use sqlx::{Postgres, QueryBuilder};
 
 use crate::domain::{DeliveryStatus, Millis};
 use crate::store::FailedFilter;
+use crate::store::ordering::claim_variants;
 
-/// Where the claim statement takes the FIFO condition.
-const FIFO_MARKER: &str = "/*AND FIFO*/";
-
-/// The claim statement without and with the FIFO condition, composed once. A keyed delivery
-/// is a candidate only when no earlier delivery of its key is waiting or in flight.
-static CLAIMS: LazyLock<[String; 2]> = LazyLock::new(|| {
-    let sql = sql!("claim_pending");
-    debug_assert!(sql.contains(FIFO_MARKER));
-    let fifo = format!(
-        "AND (d.ordering_key IS NULL OR NOT EXISTS (
-            SELECT 1 FROM deliveries e
-            WHERE e.target = d.target AND e.ordering_key = d.ordering_key AND e.id < d.id
-              AND e.status IN ('{}', '{}', '{}')))",
-        DeliveryStatus::Pending.as_str(),
-        DeliveryStatus::InFlight.as_str(),
-        DeliveryStatus::Paused.as_str(),
-    );
-    [sql.to_owned(), sql.replace(FIFO_MARKER, &fifo)]
-});
+/// The claim statement without and with the FIFO condition, composed once.
+static CLAIMS: LazyLock<[String; 2]> = LazyLock::new(|| claim_variants(sql!("claim_pending")));
 
 /// The claim of due pending deliveries, for an `ordered` target or not.
 pub(super) fn claim_pending(ordered: bool) -> &'static str {
@@ -138,11 +122,5 @@ mod tests {
         assert_eq!(glob_to_like("order.*"), "order.%");
         assert_eq!(glob_to_like("a?c"), "a_c");
         assert_eq!(glob_to_like("100%_x\\"), "100\\%\\_x\\\\");
-    }
-
-    #[test]
-    fn ordered_claims_add_the_fifo_condition() {
-        assert!(!claim_pending(false).contains("e.ordering_key"));
-        assert!(claim_pending(true).contains("e.ordering_key = d.ordering_key"));
     }
 }

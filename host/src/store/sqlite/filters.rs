@@ -1,32 +1,17 @@
-//! The SQL composed at run time, in one place: the per-key FIFO condition of an ordered claim
-//! (put in place of a static statement's marker) and the statements over a dead-letter
-//! filter (its conditions and their named parameters).
+//! The SQL composed at run time, in one place: the claim statements with and without the
+//! per-key FIFO condition, and the statements over a dead-letter filter (its conditions and
+//! their named parameters).
 
 use std::sync::LazyLock;
 
 use crate::domain::DeliveryStatus;
 use crate::store::FailedFilter;
-
-/// Where a claim statement takes the FIFO condition.
-const FIFO_MARKER: &str = "/*AND FIFO*/";
+use crate::store::ordering::claim_variants;
 
 /// The claim statements: (expired leases, due pending), each without and with the FIFO
 /// condition, composed once.
-static CLAIMS: LazyLock<[[String; 2]; 2]> = LazyLock::new(|| {
-    let fifo = format!(
-        "AND (d.ordering_key IS NULL OR NOT EXISTS (
-            SELECT 1 FROM deliveries e
-            WHERE e.target = d.target AND e.ordering_key = d.ordering_key AND e.id < d.id
-              AND e.status IN ('{}', '{}', '{}')))",
-        DeliveryStatus::Pending.as_str(),
-        DeliveryStatus::InFlight.as_str(),
-        DeliveryStatus::Paused.as_str(),
-    );
-    [sql!("claim_expired"), sql!("claim_pending")].map(|sql| {
-        debug_assert!(sql.contains(FIFO_MARKER));
-        [sql.to_owned(), sql.replace(FIFO_MARKER, &fifo)]
-    })
-});
+static CLAIMS: LazyLock<[[String; 2]; 2]> =
+    LazyLock::new(|| [sql!("claim_expired"), sql!("claim_pending")].map(claim_variants));
 
 /// The claim of expired leases, for an `ordered` target or not.
 pub(super) fn claim_expired(ordered: bool) -> &'static str {
@@ -142,12 +127,5 @@ mod tests {
     fn globs_keep_brackets_literal() {
         assert_eq!(glob_pattern("order.*"), "order.*");
         assert_eq!(glob_pattern("a[bc]?"), "a[[]bc]?");
-    }
-
-    #[test]
-    fn ordered_claims_add_the_fifo_condition() {
-        assert!(!claim_pending(false).contains("ordering_key"));
-        assert!(claim_pending(true).contains("e.ordering_key = d.ordering_key"));
-        assert!(claim_expired(true).contains("e.ordering_key = d.ordering_key"));
     }
 }
