@@ -3,12 +3,12 @@
 //! CLI speak to. Two backends implement it with one model ([`history`]): [`sqlite`], embedded
 //! and exclusive to one `serve`, and [`postgres`], shared by several hosts; [`open`] picks the
 //! one the configuration names. Every method works in batches so that one transaction carries
-//! many rows. The conformance scenarios (`conformance.rs`) run against both.
+//! many rows. The conformance scenarios (`conformance/`) run against both.
 
 #[cfg(test)]
 mod conformance;
 mod group_commit;
-pub(crate) mod history;
+pub mod history;
 mod model;
 mod ordering;
 pub mod postgres;
@@ -97,7 +97,8 @@ pub async fn open(location: &DatabaseLocation, access: Access) -> Result<Arc<dyn
 /// **The attempt history** has one row per attempt, numbered by the delivery's `attempt_seq`
 /// and written once, when the attempt settles or is abandoned. While an attempt runs, the
 /// in-flight delivery itself stands for it (its `attempt_seq`, started at the claim), and
-/// [`Store::event`] shows it as a `running` row. An attempt is abandoned, with one of the
+/// [`Store::event`] shows it as a `running` row. A settled attempt's row started
+/// `duration_ms` before it finished. An attempt is abandoned, with one of the
 /// [`history::Abandonment`] reasons, when its lease expires, its host releases it or a new
 /// `serve` recovers it. A `running` row written by an older version (SQLite schema 3 and
 /// older, PostgreSQL before this model) becomes `abandoned` the same way, and a settle
@@ -163,8 +164,8 @@ pub trait Store: Send + Sync + 'static {
     async fn release(&self, owner: &str, now: Millis) -> Result<usize, StoreError>;
 
     /// Returns every in-flight delivery to `pending`, due `now`, abandoning its attempt. Only
-    /// for a store that a single host owns
-    /// exclusively, at start-up: whatever is in flight was left by a crashed predecessor.
+    /// for a store that a single host owns exclusively, at start-up: whatever is in flight was
+    /// left by a crashed predecessor.
     async fn recover_orphans(&self, now: Millis) -> Result<usize, StoreError>;
 
     /// Pauses the pending deliveries of every target not in `live`, and resumes the paused

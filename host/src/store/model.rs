@@ -102,8 +102,8 @@ pub struct Settlement {
 /// What a settle batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SettleReport {
-    /// Deliveries whose lease was no longer ours: their outcome was recorded in the attempt
-    /// history but did not change the delivery.
+    /// Deliveries whose lease was no longer ours, in id order: their outcome was recorded in
+    /// the attempt history but did not change the delivery.
     pub lost_leases: Vec<i64>,
 }
 
