@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outboxd::config::DEFAULT_INSTANCE_REUSE;
 use outboxd::plugin::{Binding, EventInput, Grants, Plugin, Runtime};
+use outboxd::targets::manifest::DEFAULT_INSTANCE_REUSE;
 
 /// Per-delivery times of one plugin.
 #[derive(Debug, Clone, serde::Serialize)]

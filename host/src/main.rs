@@ -59,7 +59,7 @@ async fn run() -> anyhow::Result<u8> {
         .init();
     match cli.command {
         Command::Serve(args) => {
-            outboxd::serve(
+            outboxd::server::serve(
                 args.load()?,
                 |addr| {
                     let mut out = std::io::stdout().lock();

@@ -1,445 +1,54 @@
-//! Prometheus metrics (`GET /metrics`, OpenMetrics text format, `prometheus-client`).
-//!
-//! Two kinds of series:
-//! - **recorded** where things happen, by one-line calls from the module that owns the event:
-//!   [`events_ingested`] and [`ingest_request`] (API), [`attempt_finished`] (dispatcher),
-//!   [`plugin_loaded`] and [`reload_finished`] (target registry), [`source_lag`] (sources);
-//! - **read at scrape time** from the store, the registry and the breakers (deliveries per
-//!   status, lag, breaker state, manual pause, loaded targets): they are the database's
-//!   truth, not a counter that could drift from it.
-//!
-//! Labels are low-cardinality only: target and source names, statuses, outcomes, results.
-//! Never event or delivery ids.
-//!
-//! The metrics live in one process-wide registry, so that recording is a plain function call
-//! from anywhere. The same module keeps a short in-memory window of attempt outcomes per
-//! target (the dashboard's "success rate over the last minutes").
+//! `GET /metrics`: reads the scrape-time figures (deliveries per status, lag, manual pauses,
+//! breakers, loaded targets) and serves `telemetry::metrics` in the OpenMetrics text format;
+//! and the middleware that times the ingest route.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
 
-use super::{ApiError, AppState};
-use crate::domain::{AttemptOutcome, DeliveryStatus, Millis, now_ms};
+use super::{ApiError, AppState, openapi};
+use crate::domain::now_ms;
 use crate::store::StoreError;
+use crate::telemetry::metrics::{self, BreakerGauge, Scrape};
 
 /// The content type of `GET /metrics`.
 pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// How long the in-memory outcome window reaches back.
-pub const RECENT_WINDOW: Duration = Duration::from_secs(5 * 60);
-const BUCKET_MS: Millis = 60_000;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TargetLabel {
-    target: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AttemptLabels {
-    target: String,
-    outcome: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StatusLabels {
-    target: String,
-    status: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BreakerLabels {
-    target: String,
-    state: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabel {
-    result: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LoadLabel {
-    from: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SourceLabel {
-    source: String,
-}
-
-type FloatGauge = Gauge<f64, AtomicU64>;
-
-/// 1 ms to about 65 s, doubling.
-fn seconds_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 17))
-}
-
-/// Every metric family, and the registry that encodes them.
-struct Metrics {
-    registry: Registry,
-    events_ingested: Family<ResultLabel, Counter>,
-    ingest_seconds: Histogram,
-    attempts: Family<AttemptLabels, Counter>,
-    attempt_seconds: Family<TargetLabel, Histogram, fn() -> Histogram>,
-    reloads: Family<ResultLabel, Counter>,
-    plugin_load_seconds: Family<LoadLabel, Histogram, fn() -> Histogram>,
-    deliveries: Family<StatusLabels, Gauge>,
-    lag: Family<TargetLabel, FloatGauge>,
-    breaker: Family<BreakerLabels, Gauge>,
-    breaker_failures: Family<TargetLabel, Gauge>,
-    paused: Family<TargetLabel, Gauge>,
-    targets_loaded: Gauge,
-    reload_errors: Gauge,
-    source_lag: Family<SourceLabel, FloatGauge>,
-    recent: Mutex<Recent>,
-    /// Serialises scrapes: each clears and refills the scrape-time gauges.
-    scrape: Mutex<()>,
-}
-
-impl Metrics {
-    fn new() -> Self {
-        let mut registry = Registry::with_prefix("outboxd");
-        let events_ingested = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "events_ingested",
-            "Events taken in by POST /v1/events, by result (accepted: stored; duplicate: a known idempotency key, nothing written)",
-            events_ingested.clone(),
-        );
-        let ingest_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register_with_unit(
-            "ingest_request_duration",
-            "Time to answer POST /v1/events, validation and the ingest transaction included",
-            Unit::Seconds,
-            ingest_seconds.clone(),
-        );
-        let attempts = Family::<AttemptLabels, Counter>::default();
-        registry.register(
-            "attempts",
-            "Finished delivery attempts, by target and outcome (delivered, retry, permanent)",
-            attempts.clone(),
-        );
-        let attempt_seconds = Family::new_with_constructor(seconds_histogram as fn() -> Histogram);
-        registry.register_with_unit(
-            "attempt_duration",
-            "Plugin call time of each attempt, by target (for a batch, the whole call, observed once per event)",
-            Unit::Seconds,
-            attempt_seconds.clone(),
-        );
-        let reloads = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "plugin_reloads",
-            "Reloads of the plugins directory (start-up included), by result (ok, or error: some file could not be loaded)",
-            reloads.clone(),
-        );
-        let plugin_load_seconds = Family::new_with_constructor(seconds_histogram as fn() -> Histogram);
-        registry.register_with_unit(
-            "plugin_load_duration",
-            "Time to compile and validate a plugin file (from=compile) or to load it from the compile cache (from=cache)",
-            Unit::Seconds,
-            plugin_load_seconds.clone(),
-        );
-        let deliveries = Family::<StatusLabels, Gauge>::default();
-        registry.register(
-            "deliveries",
-            "Deliveries in the database, by target and status (pending, in_flight, delivered, dead, discarded, paused); read at scrape time",
-            deliveries.clone(),
-        );
-        let lag = Family::<TargetLabel, FloatGauge>::default();
-        registry.register_with_unit(
-            "delivery_lag",
-            "Age of the oldest due pending delivery of each target (0 when nothing is due); read at scrape time",
-            Unit::Seconds,
-            lag.clone(),
-        );
-        let breaker = Family::<BreakerLabels, Gauge>::default();
-        registry.register(
-            "breaker_state",
-            "Circuit breaker of each target: 1 for its current state (closed, open, half_open), 0 for the others",
-            breaker.clone(),
-        );
-        let breaker_failures = Family::<TargetLabel, Gauge>::default();
-        registry.register(
-            "breaker_consecutive_failures",
-            "Consecutive retryable failures the circuit breaker of each target has seen",
-            breaker_failures.clone(),
-        );
-        let paused = Family::<TargetLabel, Gauge>::default();
-        registry.register(
-            "target_paused",
-            "1 while a target is paused by hand (POST /v1/targets/{name}/pause), else 0",
-            paused.clone(),
-        );
-        let targets_loaded = Gauge::default();
-        registry.register("targets_loaded", "Targets loaded and serving", targets_loaded.clone());
-        let reload_errors = Gauge::default();
-        registry.register(
-            "reload_errors",
-            "Files that failed at the last reload (see last_reload_error in GET /v1/targets)",
-            reload_errors.clone(),
-        );
-        let source_lag = Family::<SourceLabel, FloatGauge>::default();
-        registry.register_with_unit(
-            "source_lag",
-            "Age of the oldest row each source has not relayed yet (0 when caught up)",
-            Unit::Seconds,
-            source_lag.clone(),
-        );
-        Self {
-            registry,
-            events_ingested,
-            ingest_seconds,
-            attempts,
-            attempt_seconds,
-            reloads,
-            plugin_load_seconds,
-            deliveries,
-            lag,
-            breaker,
-            breaker_failures,
-            paused,
-            targets_loaded,
-            reload_errors,
-            source_lag,
-            recent: Mutex::new(Recent::default()),
-            scrape: Mutex::new(()),
-        }
-    }
-}
-
-static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Records the events taken in by one ingest request.
-pub fn events_ingested(ingested: &[crate::store::Ingested]) {
-    let duplicates = ingested.iter().filter(|i| i.duplicate).count();
-    let accepted = ingested.len() - duplicates;
-    let m = &*METRICS;
-    for (result, n) in [("accepted", accepted), ("duplicate", duplicates)] {
-        if n > 0 {
-            m.events_ingested
-                .get_or_create(&ResultLabel { result: result.into() })
-                .inc_by(n as u64);
-        }
-    }
-}
-
-/// Records how long one `POST /v1/events` took.
-pub fn ingest_request(took: Duration) {
-    METRICS.ingest_seconds.observe(took.as_secs_f64());
-}
 
 /// Middleware around the ingest route: records its latency, refusals included.
 pub async fn time_ingest(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    ingest_request(started.elapsed());
+    metrics::ingest_request(started.elapsed());
     response
 }
 
-/// Records one finished attempt of `target` (for a batch: one call per event) and how long
-/// the plugin call took.
-pub fn attempt_finished(target: &str, outcome: AttemptOutcome, took: Duration) {
-    let m = &*METRICS;
-    m.attempts
-        .get_or_create(&AttemptLabels {
-            target: target.into(),
-            outcome: outcome.as_str().into(),
-        })
-        .inc();
-    m.attempt_seconds
-        .get_or_create(&TargetLabel { target: target.into() })
-        .observe(took.as_secs_f64());
-    lock(&m.recent).record(target, outcome, now_ms());
-}
-
-/// Records one plugin file made ready, compiled or from the cache, and how long it took.
-pub fn plugin_loaded(from_cache: bool, took: Duration) {
-    let from = if from_cache { "cache" } else { "compile" };
-    METRICS
-        .plugin_load_seconds
-        .get_or_create(&LoadLabel { from: from.into() })
-        .observe(took.as_secs_f64());
-}
-
-/// Records one reload of the plugins directory and how many files failed in it.
-pub fn reload_finished(errors: usize) {
-    let result = if errors == 0 { "ok" } else { "error" };
-    METRICS
-        .reloads
-        .get_or_create(&ResultLabel { result: result.into() })
-        .inc();
-}
-
-/// The hook for sources (application outbox tables relayed into outboxd): sets the age of
-/// the oldest row `source` has not relayed yet, `Duration::ZERO` when caught up. A source
-/// calls it after every poll; the series exists from its first call.
-pub fn source_lag(source: &str, lag: Duration) {
-    METRICS
-        .source_lag
-        .get_or_create(&SourceLabel { source: source.into() })
-        .set(lag.as_secs_f64());
-}
-
-/// Attempt outcomes of one target in the recent window.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RecentOutcomes {
-    pub delivered: u64,
-    pub failed: u64,
-}
-
-impl RecentOutcomes {
-    /// Delivered attempts over all attempts; `None` without attempts.
-    pub fn success_rate(&self) -> Option<f64> {
-        let all = self.delivered + self.failed;
-        (all > 0).then(|| self.delivered as f64 / all as f64)
-    }
-}
-
-/// Attempt outcomes per target over the last [`RECENT_WINDOW`] (in this process).
-pub fn recent_outcomes() -> BTreeMap<String, RecentOutcomes> {
-    lock(&METRICS.recent).totals(now_ms())
-}
-
-/// Per target, per-minute counts of outcomes, newest last.
-#[derive(Debug, Default)]
-struct Recent {
-    targets: HashMap<String, VecDeque<(Millis, RecentOutcomes)>>,
-}
-
-impl Recent {
-    fn record(&mut self, target: &str, outcome: AttemptOutcome, now: Millis) {
-        let minute = now - now.rem_euclid(BUCKET_MS);
-        let buckets = self.targets.entry(target.to_owned()).or_default();
-        if buckets.back().is_none_or(|(m, _)| *m != minute) {
-            buckets.push_back((minute, RecentOutcomes::default()));
-        }
-        if let Some((_, counts)) = buckets.back_mut() {
-            match outcome {
-                AttemptOutcome::Delivered => counts.delivered += 1,
-                AttemptOutcome::Retry | AttemptOutcome::Permanent => counts.failed += 1,
-                AttemptOutcome::Running | AttemptOutcome::Abandoned => {}
-            }
-        }
-        Self::expire(buckets, now);
-    }
-
-    fn expire(buckets: &mut VecDeque<(Millis, RecentOutcomes)>, now: Millis) {
-        let oldest = now - RECENT_WINDOW.as_millis() as Millis;
-        while buckets.front().is_some_and(|(m, _)| *m + BUCKET_MS <= oldest) {
-            buckets.pop_front();
-        }
-    }
-
-    fn totals(&mut self, now: Millis) -> BTreeMap<String, RecentOutcomes> {
-        self.targets.retain(|_, buckets| {
-            Self::expire(buckets, now);
-            !buckets.is_empty()
-        });
-        self.targets
-            .iter()
-            .map(|(target, buckets)| {
-                let total = buckets
-                    .iter()
-                    .fold(RecentOutcomes::default(), |acc, (_, c)| RecentOutcomes {
-                        delivered: acc.delivered + c.delivered,
-                        failed: acc.failed + c.failed,
-                    });
-                (target.clone(), total)
-            })
-            .collect()
-    }
-}
-
-/// What the scrape-time gauges are set from.
-struct ScrapeInput {
-    counts: crate::store::StatusCounts,
-    oldest_due: BTreeMap<String, Millis>,
-    paused: Vec<String>,
-    now: Millis,
-}
-
-async fn scrape_input(state: &AppState) -> Result<ScrapeInput, StoreError> {
+/// The figures read at scrape time, from the store, the registry and the breakers.
+async fn scrape(state: &AppState) -> Result<Scrape, StoreError> {
     let now = now_ms();
-    Ok(ScrapeInput {
+    let snapshot = state.registry.snapshot();
+    let mut input = Scrape {
         counts: state.store.status_counts().await?,
         oldest_due: state.store.oldest_due(now).await?,
         paused: state.store.paused_targets().await?,
+        loaded: snapshot.targets.keys().map(|n| n.to_string()).collect(),
+        reload_errors: snapshot.errors.len(),
+        breakers: Default::default(),
         now,
-    })
-}
-
-/// Renders every metric in the OpenMetrics text format.
-pub async fn render(state: &AppState) -> Result<String, ApiError> {
-    let input = scrape_input(state).await?;
-    let snapshot = state.registry.snapshot();
-    let m = &*METRICS;
-    let _scrape = lock(&m.scrape);
-
-    // Every target the operator may care about: loaded ones, and any with deliveries.
-    let mut targets: Vec<String> = snapshot.targets.keys().map(|n| n.to_string()).collect();
-    targets.extend(input.counts.keys().cloned());
-    targets.sort();
-    targets.dedup();
-
-    m.deliveries.clear();
-    m.lag.clear();
-    m.breaker.clear();
-    m.breaker_failures.clear();
-    m.paused.clear();
-    for target in &targets {
-        let counts = input.counts.get(target);
-        for status in DeliveryStatus::ALL {
-            let n = counts.and_then(|c| c.get(status)).copied().unwrap_or(0);
-            m.deliveries
-                .get_or_create(&StatusLabels {
-                    target: target.clone(),
-                    status: status.as_str().into(),
-                })
-                .set(n as i64);
-        }
-        let lag_ms = input.oldest_due.get(target).map_or(0, |due| (input.now - due).max(0));
-        m.lag
-            .get_or_create(&TargetLabel { target: target.clone() })
-            .set(lag_ms as f64 / 1000.0);
-        m.paused
-            .get_or_create(&TargetLabel { target: target.clone() })
-            .set(i64::from(input.paused.contains(target)));
-        if let Some(b) = state.breakers.status(target) {
-            for s in ["closed", "open", "half_open"] {
-                m.breaker
-                    .get_or_create(&BreakerLabels {
-                        target: target.clone(),
-                        state: s.into(),
-                    })
-                    .set(i64::from(s == b.state));
-            }
-            m.breaker_failures
-                .get_or_create(&TargetLabel { target: target.clone() })
-                .set(i64::from(b.consecutive_failures));
+    };
+    for target in input.targets() {
+        if let Some(b) = state.breakers.status(&target) {
+            input.breakers.insert(
+                target,
+                BreakerGauge {
+                    state: b.state,
+                    consecutive_failures: b.consecutive_failures,
+                },
+            );
         }
     }
-    m.targets_loaded.set(snapshot.targets.len() as i64);
-    m.reload_errors.set(snapshot.errors.len() as i64);
-
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &m.registry)
-        .map_err(|e| ApiError::Store(StoreError::Task(format!("cannot encode metrics: {e}"))))?;
-    Ok(out)
+    Ok(input)
 }
 
 /// `GET /metrics`.
@@ -451,73 +60,15 @@ pub async fn render(state: &AppState) -> Result<String, ApiError> {
     description = "Every metric in the OpenMetrics text format (Prometheus scrapes it as is).",
     responses(
         (status = 200, description = "The metrics", content_type = "application/openmetrics-text", body = String),
-        (status = 401, description = "A token is required", body = super::openapi::ErrorBody),
-        (status = 403, description = "The token lacks the `read` scope", body = super::openapi::ErrorBody),
-        (status = 503, description = "Database failure", body = super::openapi::ErrorBody),
+        (status = 401, description = "A token is required", body = openapi::ErrorBody),
+        (status = 403, description = "The token lacks the `read` scope", body = openapi::ErrorBody),
+        (status = 503, description = "Database failure", body = openapi::ErrorBody),
     ),
     security(("bearer" = ["read"]), ()),
 )]
 pub async fn get_metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let text = render(&state).await?;
+    let input = scrape(&state).await?;
+    let text = metrics::render(&input)
+        .map_err(|e| ApiError::Store(StoreError::Task(format!("cannot encode metrics: {e}"))))?;
     Ok(([(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)], text).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_recent_window_counts_the_last_five_minutes_only() {
-        let mut r = Recent::default();
-        let t0: Millis = 1_000_000 * BUCKET_MS;
-        r.record("crm", AttemptOutcome::Retry, t0);
-        r.record("crm", AttemptOutcome::Delivered, t0 + 1);
-        r.record("crm", AttemptOutcome::Delivered, t0 + 2 * BUCKET_MS);
-        r.record("billing", AttemptOutcome::Permanent, t0 + 2 * BUCKET_MS);
-        let now = t0 + 3 * BUCKET_MS;
-        let totals = r.totals(now);
-        assert_eq!(
-            totals["crm"],
-            RecentOutcomes {
-                delivered: 2,
-                failed: 1
-            }
-        );
-        assert_eq!(totals["crm"].success_rate(), Some(2.0 / 3.0));
-        assert_eq!(totals["billing"].success_rate(), Some(0.0));
-
-        // Six minutes after the first bucket, it has left the window.
-        let later = t0 + 6 * BUCKET_MS;
-        let totals = r.totals(later);
-        assert_eq!(
-            totals["crm"],
-            RecentOutcomes {
-                delivered: 1,
-                failed: 0
-            }
-        );
-        // Eight minutes on, nothing is left at all.
-        assert!(r.totals(t0 + 8 * BUCKET_MS).is_empty());
-    }
-
-    #[test]
-    fn recorded_series_appear_in_the_text_format() {
-        attempt_finished("metrics-unit", AttemptOutcome::Delivered, Duration::from_millis(3));
-        source_lag("orders-unit", Duration::from_millis(1500));
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &METRICS.registry).unwrap();
-        assert!(
-            out.contains(r#"outboxd_attempts_total{target="metrics-unit",outcome="delivered"} 1"#),
-            "{out}"
-        );
-        assert!(
-            out.contains(r#"outboxd_source_lag_seconds{source="orders-unit"} 1.5"#),
-            "{out}"
-        );
-        assert!(
-            out.contains("# TYPE outboxd_attempt_duration_seconds histogram"),
-            "{out}"
-        );
-        assert!(out.ends_with("# EOF\n"), "{out}");
-    }
 }

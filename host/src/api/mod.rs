@@ -29,14 +29,14 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use thiserror::Error;
-use tokio::sync::Notify;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::dispatch::breaker::Breakers;
+use crate::dispatch::breakers::Breakers;
 use crate::domain::{DeliveryStatus, EventId, InvalidValue, TargetName, format_ms, now_ms, parse_time};
-use crate::ingest::{self, Batch, IngestError};
+use crate::outbox::input::{self, Batch, IngestError};
+use crate::outbox::{Origin, Outbox};
 use crate::store::{EventDetail, FailedFilter, Ingested, Store, StoreError};
 use crate::targets::Registry;
 
@@ -49,8 +49,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Circuit breakers, for `GET /v1/targets`.
     pub breakers: Arc<Breakers>,
-    /// Notified after every ingest, to wake idle dispatcher lanes.
-    pub wake: Arc<Notify>,
+    /// The front door: ingest goes through it; replays and resumes wake lanes through it.
+    pub outbox: Outbox,
     /// Relay status of every `[[sources]]` entry, for `GET /v1/sources`.
     pub sources: Arc<crate::source::Sources>,
     pub max_payload_bytes: usize,
@@ -191,12 +191,9 @@ async fn post_events(
             ApiError::BadRequest(e.body_text())
         }
     })?;
-    let batch = ingest::parse(&body, state.max_payload_bytes)?;
+    let batch = input::parse(&body, state.max_payload_bytes)?;
     let single = matches!(batch, Batch::One(_));
-    let events = ingest::route(batch.into_vec(), &state.registry.snapshot().routes);
-    let ingested = state.store.ingest(events, now_ms()).await?;
-    metrics::events_ingested(&ingested);
-    state.wake.notify_waiters();
+    let ingested = state.outbox.accept(batch.into_vec(), Origin::Api).await?;
     let status = if ingested.iter().any(|i| !i.duplicate) {
         StatusCode::ACCEPTED
     } else {
@@ -412,7 +409,7 @@ async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Targ
     let snapshot = state.registry.snapshot();
     let now = now_ms();
     let oldest_due = state.store.oldest_due(now).await?;
-    let mut recent = metrics::recent_outcomes();
+    let mut recent = crate::telemetry::metrics::recent_outcomes();
     let mut counts = state.store.status_counts().await?;
     let mut versions = state.store.version_attempts().await?;
     let paused = state.store.paused_targets().await?;
@@ -495,7 +492,7 @@ async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Json<s
     let target: TargetName = name.parse().map_err(|e: InvalidValue| ApiError::BadRequest(e.0))?;
     let changed = state.store.set_target_paused(&target, paused, now_ms()).await?;
     if !paused {
-        state.wake.notify_waiters();
+        state.outbox.wake();
     }
     Ok(Json(
         serde_json::json!({ "target": target, "paused": paused, "changed": changed }),
@@ -710,7 +707,7 @@ async fn replay(
         }
     }
     if replayed > 0 {
-        state.wake.notify_waiters();
+        state.outbox.wake();
     }
     Ok(Json(serde_json::json!({ "replayed": replayed })))
 }

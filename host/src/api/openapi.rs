@@ -32,10 +32,10 @@ pub(crate) struct ErrorBody {
 /// The body of `POST /v1/events`: one event, or an array of 1 to 1000.
 #[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
-#[allow(dead_code)] // documentation only: the handler parses the body with `ingest::parse`
+#[allow(dead_code)] // documentation only: the handler parses the body with `outbox::input::parse`
 pub(crate) enum EventsIn {
-    One(crate::ingest::EventIn),
-    Many(Vec<crate::ingest::EventIn>),
+    One(crate::outbox::input::EventIn),
+    Many(Vec<crate::outbox::input::EventIn>),
 }
 
 /// The answer to `POST /v1/events`: one result for one event, an array for an array.

@@ -17,11 +17,14 @@ use clap::{Parser, Subcommand};
 use thiserror::Error;
 
 use crate::api::FilterIn;
-use crate::config::{ConfigError, ServiceConfig, scan_targets};
+use crate::config::ConfigError;
 use crate::domain::{DeliveryStatus, EventId, format_ms, now_ms};
-use crate::ingest::{self, IngestError};
+use crate::outbox::input::{self, IngestError};
+use crate::outbox::{Origin, Outbox, Routing};
 use crate::plugin::PluginError;
+use crate::server::config::ServiceConfig;
 use crate::store::{self, Access, FailedFilter, Store, StoreError};
+use crate::targets::manifest::scan_targets;
 use crate::targets::routing::Routes;
 
 /// outboxd: persist events first, then deliver them to every target through sandboxed
@@ -323,15 +326,18 @@ pub async fn enqueue(
         headers: headers.into_iter().collect(),
     })
     .map_err(|e| CliError::Input(e.to_string()))?;
-    let batch = ingest::parse(&body, config.max_payload_bytes)?;
+    let batch = input::parse(&body, config.max_payload_bytes)?;
     let scan = scan_targets(&config.plugins_dir)?;
     for e in &scan.errors {
         eprintln!("warning: {e}");
     }
     let routes = Routes::new(scan.targets.into_iter().map(|t| (t.name, t.events)));
-    let events = ingest::route(batch.into_vec(), &routes);
-    let store = open_store(config).await?;
-    let ingested = store.ingest(events, now_ms()).await?;
+    let outbox = Outbox::new(
+        open_store(config).await?,
+        Routing::Fixed(std::sync::Arc::new(routes)),
+        std::sync::Arc::default(),
+    );
+    let ingested = outbox.accept(batch.into_vec(), Origin::Cli).await?;
     let first = ingested[0];
     Ok(if first.duplicate {
         format!("{} (duplicate)", first.id)

@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::{CliError, parse_header};
-use crate::config::normalize_host_port;
 use crate::domain::{EventId, Outcome, now_ms};
-use crate::ingest;
+use crate::outbox::input;
 use crate::plugin::{EventInput, Grants, Plugin, Runtime, Tail};
+use crate::targets::manifest::normalize_host_port;
 
 /// Where `plugin check` and `plugin run` keep compiled components between runs.
 #[derive(Debug, Clone, clap::Args)]
@@ -137,7 +137,7 @@ pub struct RunOptions {
 
 /// The events of `--event` and `--events`, parsed and validated as the API would, with where
 /// each came from for error messages.
-fn read_events(opts: &RunOptions) -> Result<Vec<ingest::Accepted>, CliError> {
+fn read_events(opts: &RunOptions) -> Result<Vec<input::Accepted>, CliError> {
     let mut sources: Vec<(String, String)> = opts
         .event
         .iter()
@@ -158,9 +158,9 @@ fn read_events(opts: &RunOptions) -> Result<Vec<ingest::Accepted>, CliError> {
     }
     sources
         .into_iter()
-        .map(|(from, text)| match ingest::parse(text.as_bytes(), usize::MAX) {
-            Ok(ingest::Batch::One(a)) => Ok(a),
-            Ok(ingest::Batch::Many(_)) => Err(CliError::Input(format!("{from}: one event object, not an array"))),
+        .map(|(from, text)| match input::parse(text.as_bytes(), usize::MAX) {
+            Ok(input::Batch::One(a)) => Ok(a),
+            Ok(input::Batch::Many(_)) => Err(CliError::Input(format!("{from}: one event object, not an array"))),
             Err(e) => Err(CliError::Input(format!("{from}: {e}"))),
         })
         .collect()

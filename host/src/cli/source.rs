@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::CliError;
 use crate::api::sources::SourceOut;
-use crate::config::ServiceConfig;
+use crate::server::config::ServiceConfig;
 
 /// The base URL of the running service: `--url`, else `http://<listen>` (a wildcard address
 /// becomes loopback).

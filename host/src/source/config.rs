@@ -428,46 +428,6 @@ mod tests {
     }
 
     #[test]
-    fn the_php_example_configuration_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/php/outboxd.toml");
-        let c = crate::config::ServiceConfig::load(&path).unwrap();
-        assert_eq!(c.sources.len(), 1);
-        let s = &c.sources[0];
-        assert_eq!(
-            (s.name.as_str(), s.kind, s.table.as_str()),
-            ("shop", SourceKind::Sqlite, "outbox")
-        );
-        assert_eq!(s.location, Location::SqlitePath(path.parent().unwrap().join("app.db")));
-        assert_eq!(s.columns.created_at.as_deref(), Some("created_at"));
-    }
-
-    #[test]
-    fn errors_in_outboxd_toml_name_the_file_and_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("outboxd.toml");
-        std::fs::write(
-            &path,
-            "[[sources]]\nname = \"a\"\nkind = \"sqlite\"\npath = \"a.db\"\npoll_ms = 5\n",
-        )
-        .unwrap();
-        let e = crate::config::ServiceConfig::load(&path).unwrap_err().to_string();
-        assert!(
-            e.contains("outboxd.toml") && e.contains("unknown field `poll_ms`"),
-            "{e}"
-        );
-        std::fs::write(
-            &path,
-            "[[sources]]\nname = \"a\"\nkind = \"sqlite\"\npath = \"a.db\"\n[[sources]]\nname = \"a\"\nkind = \"sqlite\"\npath = \"b.db\"\n",
-        )
-        .unwrap();
-        let e = crate::config::ServiceConfig::load(&path).unwrap_err().to_string();
-        assert!(
-            e.contains("outboxd.toml") && e.contains("sources[1] `a`: another source"),
-            "{e}"
-        );
-    }
-
-    #[test]
     fn identifiers_are_plain_names() {
         assert!(valid_identifier("outbox", false));
         assert!(valid_identifier("app.outbox", true));

@@ -1,6 +1,6 @@
 //! From a source row to an outboxd event: the row as read (every mapped column as text),
 //! and its validation by exactly the rules of `POST /v1/events` (the row is turned into an
-//! event object and goes through [`ingest::parse`]), plus the producer idempotency key that
+//! event object and goes through [`input::parse`]), plus the producer idempotency key that
 //! makes relaying exactly-once.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::domain::Millis;
-use crate::ingest::{self, Accepted, IngestError};
+use crate::outbox::input::{self, Accepted, IngestError};
 
 /// A row's id, as the database gave it. SQLite keeps the native value so that updates
 /// compare like with like; the servers read it as text and cast it back in SQL.
@@ -93,7 +93,7 @@ pub fn to_event(source: &str, row: &SourceRow, max_payload_bytes: usize) -> Resu
         ordering_key: row.ordering_key.as_deref(),
     };
     let body = serde_json::to_vec(&out).map_err(|e| e.to_string())?;
-    match ingest::parse(&body, max_payload_bytes) {
+    match input::parse(&body, max_payload_bytes) {
         Ok(batch) => batch.into_vec().pop().ok_or_else(|| "no event".to_owned()),
         Err(IngestError::Invalid(m) | IngestError::TooLarge(m)) => Err(m),
     }

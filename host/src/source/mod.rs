@@ -1,7 +1,7 @@
 //! Sources: relaying an application's own outbox table (SQLite, PostgreSQL, MySQL/MariaDB)
 //! into outboxd. One task per `[[sources]]` entry reads pending rows in `order_by` order, in
 //! batches; validates each row into an event ([`mapping`]); commits the good ones through
-//! [`Store::ingest`] with a producer idempotency key derived from the source and the row id;
+//! the front door ([`Outbox::accept`]) with a producer idempotency key derived from the source and the row id;
 //! and only then marks (or deletes) the rows, in one short transaction of the application's
 //! database, on a second connection while the next batch is read and stored (the two
 //! databases' commits overlap; markings stay in order). A backlog is read from a cursor on
@@ -22,14 +22,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use thiserror::Error;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Millis, now_ms};
-use crate::ingest;
-use crate::store::{Store, StoreError};
-use crate::targets::Registry;
+use crate::outbox::{Origin, Outbox};
+use crate::store::StoreError;
 
 pub use config::{OnRelayed, SourceConfig, SourceKind};
 use mapping::{RowId, SourceRow};
@@ -152,10 +150,8 @@ fn open(config: Arc<SourceConfig>) -> Box<dyn SourceDb> {
 /// What a relay needs from the service.
 #[derive(Clone)]
 pub struct RelayContext {
-    pub store: Arc<dyn Store>,
-    pub registry: Arc<Registry>,
-    /// Notified after events were stored, to wake idle lanes.
-    pub wake: Arc<Notify>,
+    /// The front door the relayed events go through.
+    pub outbox: Outbox,
     pub max_payload_bytes: usize,
 }
 
@@ -416,10 +412,8 @@ impl Relay {
 
         let mut duplicates = 0;
         if !accepted.is_empty() {
-            let events = ingest::route(accepted, &self.ctx.registry.snapshot().routes);
-            let ingested = self.ctx.store.ingest(events, now_ms()).await?;
+            let ingested = self.ctx.outbox.accept(accepted, Origin::Source).await?;
             duplicates = ingested.iter().filter(|i| i.duplicate).count() as u64;
-            self.ctx.wake.notify_waiters();
         }
         let stored = started.elapsed();
         // The events are committed: from here a crash only repeats the marking.
@@ -444,7 +438,7 @@ impl Relay {
                 "relay cycle"
             );
         }
-        crate::api::metrics::source_lag(&self.config.name, Duration::from_millis(lag.max(0) as u64));
+        crate::telemetry::metrics::source_lag(&self.config.name, Duration::from_millis(lag.max(0) as u64));
         update(&self.status, |s| {
             s.lag_ms = Some(lag.max(0));
             s.last_poll_at = Some(polled_at);

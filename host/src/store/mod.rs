@@ -9,6 +9,7 @@
 mod conformance;
 mod group_commit;
 pub mod history;
+mod location;
 mod model;
 mod ordering;
 pub mod postgres;
@@ -18,6 +19,8 @@ mod rows;
 mod sql_literals;
 pub mod sqlite;
 
+pub use location::DatabaseLocation;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -26,7 +29,6 @@ use thiserror::Error;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DatabaseLocation;
 use crate::domain::{EventId, Millis, TargetName};
 
 pub use model::{

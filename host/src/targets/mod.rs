@@ -3,6 +3,7 @@
 //! changed off to the side, and swaps in a new immutable [`Snapshot`] at once; readers never
 //! wait for a compile. Start-up is a reload from an empty registry.
 
+pub mod manifest;
 pub mod routing;
 pub mod watcher;
 
@@ -12,8 +13,9 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
+use self::manifest::{TargetSpec, scan_targets};
 use self::routing::Routes;
-use crate::config::{ConfigError, TargetSpec, scan_targets};
+use crate::config::ConfigError;
 use crate::domain::{Millis, TargetClass, TargetName, now_ms};
 use crate::plugin::{Binding, Grants, Plugin, Runtime, content_hash};
 
@@ -205,7 +207,7 @@ impl Registry {
                 .chain(held.values().map(|h| &h.spec))
                 .map(|spec| (spec.name.clone(), spec.events.clone())),
         );
-        crate::api::metrics::reload_finished(errors.len());
+        crate::telemetry::metrics::reload_finished(errors.len());
         self.publish(Snapshot {
             targets,
             held,
@@ -232,7 +234,7 @@ impl Registry {
             .await
             .map_err(|e| format!("compiler task failed: {e}"))?
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        crate::api::metrics::plugin_loaded(plugin.from_cache(), plugin.compile_time());
+        crate::telemetry::metrics::plugin_loaded(plugin.from_cache(), plugin.compile_time());
         let plugin = Arc::new(plugin);
         compiled.insert(hash, Arc::clone(&plugin));
         Ok(plugin)

@@ -214,6 +214,11 @@ impl Breaker {
         self.state
     }
 
+    /// Takes a manifest's new settings (after a reload), keeping what the breaker has seen.
+    pub fn reconfigure(&mut self, config: BreakerConfig) {
+        self.config = config;
+    }
+
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive
     }
@@ -364,29 +369,6 @@ impl Breaker {
                 None
             }
         }
-    }
-}
-
-/// The breakers of every target, shared by the dispatcher (which drives them) and the API
-/// (which shows them). Breakers outlive reloads of their target.
-#[derive(Debug, Default)]
-pub struct Breakers {
-    map: std::sync::Mutex<std::collections::HashMap<String, Breaker>>,
-}
-
-impl Breakers {
-    /// Runs `f` on `target`'s breaker, creating it, or updating its configuration, first.
-    pub fn with<R>(&self, target: &str, config: BreakerConfig, f: impl FnOnce(&mut Breaker) -> R) -> R {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let breaker = map.entry(target.to_owned()).or_insert_with(|| Breaker::new(config));
-        breaker.config = config;
-        f(breaker)
-    }
-
-    /// `target`'s breaker, as the API shows it, if it has one.
-    pub fn status(&self, target: &str) -> Option<BreakerStatus> {
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(target).map(|b| b.status(Instant::now()))
     }
 }
 

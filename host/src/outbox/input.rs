@@ -1,6 +1,7 @@
-//! Accepting events: parsing and validating what a producer sends (one JSON object or an
-//! array of them), then routing each to its subscribed targets. The HTTP API and the
-//! `enqueue` command both go through here, so they accept and refuse exactly the same input.
+//! What a producer sends: parsing and validating one JSON event object or an array of them
+//! into [`Accepted`] events, and routing those to their subscribed targets. The HTTP API, the
+//! `enqueue` command and the source relays all go through here, so they accept and refuse
+//! exactly the same input.
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,257 @@
+//! The settler: one task that writes attempt outcomes in batches. Whatever is queued when a
+//! write starts goes in one transaction (up to [`SETTLE_BATCH`]); under load, writes are
+//! paced [`SETTLE_PACE`] apart so that outcomes gather into fewer, larger transactions. A
+//! failed write is retried; the leases keep the deliveries safe meanwhile. Operational events
+//! that a write stored (their delivery's lease still held) are counted by the front door.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::outbox::{Origin, Outbox};
+use crate::store::{SettleReport, Settlement, Store};
+
+/// Most outcomes written in one settle transaction.
+const SETTLE_BATCH: usize = 256;
+/// Outcomes waiting to be written; a full queue makes attempts wait (backpressure).
+const SETTLE_QUEUE: usize = 4096;
+/// Least time between the starts of two settle transactions. Each one ends with an fsync
+/// that holds the single writer (and so every claim) for about a millisecond; pacing them
+/// lets outcomes gather into fewer, larger transactions under load. Outcomes wait at most
+/// this long; leases keep their deliveries safe meanwhile.
+const SETTLE_PACE: Duration = Duration::from_millis(4);
+/// How often a failing write is tried before its outcomes are dropped (their leases then
+/// expire and the deliveries are attempted again).
+const MAX_FAILURES: u32 = 10;
+
+/// Starts the settler. It ends once every sender is dropped and the queue is written.
+pub(super) fn spawn(
+    store: Arc<dyn Store>,
+    owner: String,
+    outbox: Outbox,
+) -> (mpsc::Sender<Settlement>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(SETTLE_QUEUE);
+    (tx, tokio::spawn(run(store, owner, outbox, rx)))
+}
+
+async fn run(store: Arc<dyn Store>, owner: String, outbox: Outbox, mut rx: mpsc::Receiver<Settlement>) {
+    let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    let mut last = Instant::now();
+    while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        // Under load, give the next outcomes a moment to join this transaction.
+        if batch.len() < SETTLE_BATCH && last.elapsed() < SETTLE_PACE {
+            tokio::time::sleep_until(last + SETTLE_PACE).await;
+            while batch.len() < SETTLE_BATCH {
+                match rx.try_recv() {
+                    Ok(s) => batch.push(s),
+                    Err(_) => break,
+                }
+            }
+        }
+        last = Instant::now();
+        if let Some(report) = write(store.as_ref(), &owner, &batch).await {
+            let emitted: usize = batch
+                .iter()
+                .filter(|s| !report.lost_leases.contains(&s.delivery_id))
+                .map(|s| s.emit.len())
+                .sum();
+            if emitted > 0 {
+                outbox.stored(Origin::Operational, emitted, 0);
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Writes one batch, retrying a failing store with a growing pause. `None` when it kept
+/// failing and the outcomes were dropped.
+async fn write(store: &dyn Store, owner: &str, batch: &[Settlement]) -> Option<SettleReport> {
+    let mut failures = 0u32;
+    loop {
+        match store.settle(owner, batch.to_vec()).await {
+            Ok(report) => {
+                for id in &report.lost_leases {
+                    tracing::warn!(
+                        delivery = id,
+                        "lease lost before settling; another worker owns the delivery now"
+                    );
+                }
+                return Some(report);
+            }
+            Err(e) if failures < MAX_FAILURES => {
+                failures += 1;
+                tracing::error!(error = %e, failures, "settle failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures))).await;
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %e, count = batch.len(),
+                    "settle keeps failing; dropping these outcomes, their leases will expire and the deliveries be retried"
+                );
+                return None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::dispatch::testing::{FakeStore, claimed};
+    use crate::domain::{AttemptOutcome, DeliveryStatus};
+    use crate::outbox::{Routing, operational_event};
+    use crate::targets::routing::Routes;
+
+    fn outcome(id: i64) -> Settlement {
+        let c = claimed(id, "crm", "order.created", 1);
+        Settlement {
+            target: c.target,
+            delivery_id: id,
+            seq: 1,
+            status: DeliveryStatus::Delivered,
+            next_attempt_at: 0,
+            last_error: None,
+            outcome: AttemptOutcome::Delivered,
+            finished_at: 0,
+            duration_ms: 1,
+            plugin_hash: None,
+            emit: Vec::new(),
+        }
+    }
+
+    fn settler(store: &Arc<FakeStore>, wake: &Arc<Notify>) -> (mpsc::Sender<Settlement>, JoinHandle<()>) {
+        let dyn_store: Arc<dyn Store> = Arc::clone(store) as Arc<dyn Store>;
+        let outbox = Outbox::new(
+            Arc::clone(&dyn_store),
+            Routing::Fixed(Arc::new(Routes::default())),
+            Arc::clone(wake),
+        );
+        spawn(dyn_store, "me".into(), outbox)
+    }
+
+    fn batch_sizes(store: &FakeStore) -> Vec<usize> {
+        store.with(|s| s.settled.iter().map(Vec::len).collect())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_that_queue_during_a_write_share_the_next_one() {
+        let store = Arc::new(FakeStore::default());
+        let (tx, task) = settler(&store, &Arc::default());
+        tokio::time::sleep(SETTLE_PACE).await;
+        tx.send(outcome(0)).await.unwrap();
+        tokio::time::sleep(Duration::from_micros(100)).await;
+        assert_eq!(
+            batch_sizes(&store),
+            [1],
+            "after a quiet moment, a lone outcome is written at once"
+        );
+        for id in 1..=300 {
+            tx.send(outcome(id)).await.unwrap();
+        }
+        drop(tx);
+        task.await.unwrap();
+        // A full batch goes at once; the rest waits out the pace and goes together.
+        assert_eq!(batch_sizes(&store), [1, SETTLE_BATCH, 300 - SETTLE_BATCH]);
+        let ids: Vec<i64> = store.with(|s| s.settled.iter().flatten().map(|s| s.delivery_id).collect());
+        assert_eq!(ids, (0..=300).collect::<Vec<_>>(), "every outcome once, in order");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_arriving_within_the_pace_gather_into_one_write() {
+        let store = Arc::new(FakeStore::default());
+        let (tx, task) = settler(&store, &Arc::default());
+        tokio::time::sleep(SETTLE_PACE).await;
+        tx.send(outcome(0)).await.unwrap();
+        for id in 1..=3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            tx.send(outcome(id)).await.unwrap();
+        }
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(batch_sizes(&store), [1, 3], "one write per pace under a steady trickle");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_write_is_retried_with_growing_pauses() {
+        let store = Arc::new(FakeStore::default());
+        store.with(|s| s.failing_settles = 2);
+        let (tx, task) = settler(&store, &Arc::default());
+        let started = Instant::now();
+        tx.send(outcome(7)).await.unwrap();
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(store.with(|s| s.settle_calls), 3);
+        assert_eq!(batch_sizes(&store), [1], "written once, after the failures");
+        assert!(started.elapsed() >= Duration::from_millis(300), "100 ms, then 200 ms");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_keeps_failing_is_dropped_and_the_settler_goes_on() {
+        let store = Arc::new(FakeStore::default());
+        store.with(|s| s.failing_settles = MAX_FAILURES + 1);
+        let (tx, task) = settler(&store, &Arc::default());
+        tx.send(outcome(1)).await.unwrap();
+        // Long enough for every retry of the first batch.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        tx.send(outcome(2)).await.unwrap();
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(store.with(|s| s.settle_calls), MAX_FAILURES + 2);
+        let ids: Vec<i64> = store.with(|s| s.settled.iter().flatten().map(|s| s.delivery_id).collect());
+        assert_eq!(
+            ids,
+            [2],
+            "the first outcome was dropped (its lease will expire), the next one written"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn operational_events_wake_the_lanes_only_when_their_settle_held_the_lease() {
+        let store = Arc::new(FakeStore::default());
+        let wake: Arc<Notify> = Arc::default();
+        let (tx, task) = settler(&store, &wake);
+        let dead = |id| {
+            let mut s = outcome(id);
+            s.status = DeliveryStatus::Dead;
+            s.emit = vec![operational_event(
+                &Routes::default(),
+                "outboxd.delivery.dead",
+                serde_json::json!({}),
+                format!("k{id}"),
+            )];
+            s
+        };
+        store.with(|s| s.lost.push(1));
+        let woken = wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        tx.send(dead(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            futures_poll_once(woken.as_mut()).await.is_none(),
+            "a lost lease stores no event: nothing to wake for"
+        );
+        tx.send(dead(2)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            futures_poll_once(woken.as_mut()).await.is_some(),
+            "the stored event wakes the lanes"
+        );
+        drop(tx);
+        task.await.unwrap();
+    }
+
+    /// Polls `f` once: `Some` if it is ready.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            out = f => Some(out),
+            _ = std::future::ready(()) => None,
+        }
+    }
+}

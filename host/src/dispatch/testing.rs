@@ -1,0 +1,212 @@
+//! Test doubles for the dispatcher's parts: a store that hands out scripted claims and
+//! records every write, and helpers to make claimed deliveries and target specs.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::domain::{EventId, Millis, TargetName};
+use crate::store::{
+    ClaimRequest, Claimed, EventDetail, FailedDelivery, FailedFilter, Ingested, NewEvent, SettleReport, Settlement,
+    StatusCounts, Store, StoreError, StoredEvent, VersionAttempts,
+};
+use crate::targets::manifest::TargetSpec;
+
+/// What the fake store holds and what it saw.
+#[derive(Default)]
+pub(super) struct FakeState {
+    /// Handed out by `claim`, in order.
+    pub due: VecDeque<Claimed>,
+    /// The `limit` of every claim.
+    pub claims: Vec<usize>,
+    /// Every `(delivery, seq)` given back.
+    pub unclaimed: Vec<(i64, u32)>,
+    /// Every settle batch written.
+    pub settled: Vec<Vec<Settlement>>,
+    /// Deliveries whose lease is lost: a settle reports them.
+    pub lost: Vec<i64>,
+    /// Settles that fail before one succeeds.
+    pub failing_settles: u32,
+    /// Settle calls, failed ones included.
+    pub settle_calls: u32,
+    /// `lease_until` of every heartbeat.
+    pub extended: Vec<Millis>,
+    /// What successive sweeps return (then 0).
+    pub sweeps: VecDeque<usize>,
+    pub sweep_calls: u32,
+    /// `unclaim` fails while set.
+    pub unclaim_fails: bool,
+    /// The answer of `next_due`.
+    pub next_due: Option<Millis>,
+}
+
+/// A store for the dispatcher's unit tests: claims come from [`FakeState::due`]; writes are
+/// recorded; reads answer empty.
+#[derive(Default)]
+pub(super) struct FakeStore {
+    state: Mutex<FakeState>,
+}
+
+impl FakeStore {
+    pub fn with<R>(&self, f: impl FnOnce(&mut FakeState) -> R) -> R {
+        f(&mut self.state.lock().unwrap())
+    }
+}
+
+fn failure(what: &str) -> StoreError {
+    StoreError::Task(format!("{what} failed (as the test asked)"))
+}
+
+#[async_trait]
+impl Store for FakeStore {
+    async fn ingest(&self, events: Vec<NewEvent>, _now: Millis) -> Result<Vec<Ingested>, StoreError> {
+        Ok(events
+            .into_iter()
+            .map(|e| Ingested {
+                id: e.id,
+                duplicate: false,
+            })
+            .collect())
+    }
+
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
+        self.with(|s| {
+            s.claims.push(request.limit);
+            let n = request.limit.min(s.due.len());
+            Ok(s.due.drain(..n).collect())
+        })
+    }
+
+    async fn settle(&self, _owner: &str, batch: Vec<Settlement>) -> Result<SettleReport, StoreError> {
+        self.with(|s| {
+            s.settle_calls += 1;
+            if s.failing_settles > 0 {
+                s.failing_settles -= 1;
+                return Err(failure("settle"));
+            }
+            let lost_leases = batch
+                .iter()
+                .map(|b| b.delivery_id)
+                .filter(|id| s.lost.contains(id))
+                .collect();
+            s.settled.push(batch);
+            Ok(SettleReport { lost_leases })
+        })
+    }
+
+    async fn unclaim(&self, _owner: &str, claims: Vec<(i64, u32)>) -> Result<usize, StoreError> {
+        self.with(|s| {
+            if s.unclaim_fails {
+                return Err(failure("unclaim"));
+            }
+            s.unclaimed.extend(&claims);
+            Ok(claims.len())
+        })
+    }
+
+    async fn extend_leases(&self, _owner: &str, lease_until: Millis) -> Result<usize, StoreError> {
+        self.with(|s| s.extended.push(lease_until));
+        Ok(0)
+    }
+
+    async fn sweep_expired(&self, _now: Millis) -> Result<usize, StoreError> {
+        Ok(self.with(|s| {
+            s.sweep_calls += 1;
+            s.sweeps.pop_front().unwrap_or(0)
+        }))
+    }
+
+    async fn set_target_paused(&self, _: &TargetName, _: bool, _: Millis) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    async fn paused_targets(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn list_failed(&self, _: FailedFilter, _: i64, _: usize) -> Result<Vec<FailedDelivery>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn count_failed(&self, _: FailedFilter) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    async fn replay(&self, _: FailedFilter, _: usize, _: Millis) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
+    async fn release(&self, _: &str, _: Millis) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
+    async fn recover_orphans(&self, _: Millis) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
+    async fn sync_paused(&self, _: Vec<TargetName>) -> Result<(usize, usize), StoreError> {
+        Ok((0, 0))
+    }
+
+    async fn version_attempts(&self) -> Result<VersionAttempts, StoreError> {
+        Ok(VersionAttempts::new())
+    }
+
+    async fn next_due(&self, _: &TargetName) -> Result<Option<Millis>, StoreError> {
+        Ok(self.with(|s| s.next_due))
+    }
+
+    async fn event(&self, _: EventId) -> Result<Option<EventDetail>, StoreError> {
+        Ok(None)
+    }
+
+    async fn status_counts(&self) -> Result<StatusCounts, StoreError> {
+        Ok(StatusCounts::new())
+    }
+
+    async fn hold_target(&self, _: &TargetName, _: &str, _: Millis) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
+    async fn prune_finished(&self, _: Millis, _: usize) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
+    async fn prune_idempotency_keys(&self, _: Millis, _: usize) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
+    async fn prune_failed(&self, _: FailedFilter, _: usize) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
+    async fn oldest_due(&self, _: Millis) -> Result<BTreeMap<String, Millis>, StoreError> {
+        Ok(BTreeMap::new())
+    }
+}
+
+/// A delivery of `target` claimed for its `attempt`th attempt.
+pub(super) fn claimed(id: i64, target: &str, event_type: &str, attempt: u32) -> Claimed {
+    Claimed {
+        delivery_id: id,
+        target: target.parse().unwrap(),
+        attempt,
+        seq: attempt,
+        event: StoredEvent {
+            id: EventId::new(),
+            event_type: event_type.to_owned(),
+            payload: "{}".to_owned(),
+            headers: Vec::new(),
+            idempotency_key: None,
+            ordering_key: None,
+            created_at: 0,
+        },
+    }
+}
+
+/// The target a manifest's text describes.
+pub(super) fn spec(name: &str, manifest: &str) -> TargetSpec {
+    TargetSpec::from_toml(name.parse().unwrap(), manifest, Path::new("/plugins")).unwrap()
+}

@@ -1,0 +1,281 @@
+//! The service's configuration file, `outboxd.toml`: every key, its default and its
+//! validation; relative paths are resolved against the file's directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::api::auth::{ApiFile, AuthConfig};
+use crate::config::{ConfigError, read_toml};
+use crate::source::SourceConfig;
+use crate::source::config::SourceFile;
+use crate::store::DatabaseLocation;
+use crate::store::retention::RetentionConfig;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceFile {
+    listen: Option<SocketAddr>,
+    database: Option<String>,
+    plugins_dir: Option<PathBuf>,
+    max_payload_bytes: Option<usize>,
+    max_request_bytes: Option<usize>,
+    shutdown_grace_ms: Option<u64>,
+    poll_interval_ms: Option<u64>,
+    lease_margin_ms: Option<u64>,
+    cache_dir: Option<PathBuf>,
+    watch_plugins: Option<bool>,
+    reload_debounce_ms: Option<u64>,
+    max_in_flight: Option<usize>,
+    strict_start: Option<bool>,
+    retention: Option<String>,
+    idempotency_retention: Option<String>,
+    retention_batch: Option<usize>,
+    retention_interval_ms: Option<u64>,
+    api: Option<ApiFile>,
+    sources: Option<Vec<SourceFile>>,
+}
+
+/// The service configuration, with defaults applied and paths resolved.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Address of the HTTP API. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// The database: a SQLite file (default `outboxd.db`) or a PostgreSQL URL.
+    pub database: DatabaseLocation,
+    /// The directory holding plugins and target manifests. Default `plugins.d`.
+    pub plugins_dir: PathBuf,
+    /// Largest accepted event payload (serialized JSON), in bytes. Default 256 KiB.
+    pub max_payload_bytes: usize,
+    /// Largest accepted request body (a batch), in bytes. Default 8 MiB.
+    pub max_request_bytes: usize,
+    /// How long a stopping host lets in-flight attempts finish. Default 10 s.
+    pub shutdown_grace: Duration,
+    /// How often idle lanes look for due deliveries written by other processes. Default 250 ms.
+    pub poll_interval: Duration,
+    /// How much longer than a target's timeout a claim's lease lasts. Default 30 s.
+    pub lease_margin: Duration,
+    /// Where compiled plugins are cached across restarts. Default `outboxd-cache`.
+    pub cache_dir: PathBuf,
+    /// Whether to reload when files in `plugins_dir` change. Default true.
+    pub watch_plugins: bool,
+    /// How long the plugins directory must be quiet before a reload. Default 200 ms.
+    pub reload_debounce: Duration,
+    /// Attempts running at once across all non-slow targets (the shared pool). When it is
+    /// saturated, critical targets are served before batched, then best-effort. Default 64.
+    pub max_in_flight: usize,
+    /// Refuse to start when any file in `plugins_dir` cannot be loaded (`serve --strict`).
+    /// Default false: start with what loads, hold the rest.
+    pub strict_start: bool,
+    /// Retention of finished events and of the idempotency ledger.
+    pub retention: RetentionConfig,
+    /// `[api]`: tokens and their scopes, endpoints left open. Default: no tokens (open API,
+    /// loopback addresses only).
+    pub api: AuthConfig,
+    /// `[[sources]]`: application outbox tables to relay (see `source/config.rs`).
+    pub sources: Vec<SourceConfig>,
+}
+
+/// `"7d"`, `"90m"`, … (humantime), or `"off"`.
+fn parse_age(
+    path: &Path,
+    key: &str,
+    value: Option<&str>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
+    match value.map(str::trim) {
+        None => Ok(default),
+        Some("off") => Ok(None),
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => Ok(Some(d)),
+            _ => Err(ConfigError::invalid(
+                path,
+                format!("`{key}` must be a duration such as \"7d\" or \"12h\", or \"off\", not `{text}`"),
+            )),
+        },
+    }
+}
+
+impl ServiceConfig {
+    /// Defaults, with relative paths resolved against `base`.
+    pub fn defaults_in(base: &Path) -> Self {
+        Self::from_file(ServiceFile::default(), base)
+    }
+
+    fn from_file(f: ServiceFile, base: &Path) -> Self {
+        let d = RetentionConfig::default();
+        Self {
+            strict_start: f.strict_start.unwrap_or(false),
+            retention: RetentionConfig {
+                batch: f.retention_batch.unwrap_or(d.batch).max(1),
+                interval: f
+                    .retention_interval_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(d.interval)
+                    .max(Duration::from_millis(10)),
+                ..d
+            },
+            listen: f.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            database: DatabaseLocation::parse(f.database.as_deref().unwrap_or("outboxd.db"), base),
+            plugins_dir: base.join(f.plugins_dir.unwrap_or_else(|| "plugins.d".into())),
+            max_payload_bytes: f.max_payload_bytes.unwrap_or(256 * 1024),
+            max_request_bytes: f.max_request_bytes.unwrap_or(8 * 1024 * 1024),
+            shutdown_grace: Duration::from_millis(f.shutdown_grace_ms.unwrap_or(10_000)),
+            poll_interval: Duration::from_millis(f.poll_interval_ms.unwrap_or(250).max(1)),
+            lease_margin: Duration::from_millis(f.lease_margin_ms.unwrap_or(30_000)),
+            cache_dir: base.join(f.cache_dir.unwrap_or_else(|| "outboxd-cache".into())),
+            watch_plugins: f.watch_plugins.unwrap_or(true),
+            reload_debounce: Duration::from_millis(f.reload_debounce_ms.unwrap_or(200)),
+            max_in_flight: f.max_in_flight.unwrap_or(64).max(1),
+            api: AuthConfig::default(),
+            sources: Vec::new(),
+        }
+    }
+
+    /// Reads `path`. Relative paths inside it are resolved against its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut file: ServiceFile = read_toml(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let d = RetentionConfig::default();
+        let retention = parse_age(path, "retention", file.retention.as_deref(), d.retention)?;
+        let idempotency_retention = parse_age(
+            path,
+            "idempotency_retention",
+            file.idempotency_retention.as_deref(),
+            d.idempotency_retention,
+        )?;
+        let api = file.api.take().unwrap_or_default();
+        let sources = file.sources.take().unwrap_or_default();
+        let mut config = Self::from_file(file, base);
+        config.retention.retention = retention;
+        config.retention.idempotency_retention = idempotency_retention;
+        config.api = AuthConfig::from_file(api).map_err(|m| ConfigError::invalid(path, m))?;
+        config
+            .api
+            .check_listen(config.listen)
+            .map_err(|m| ConfigError::invalid(path, m))?;
+        config.sources = crate::source::config::from_files(sources, base).map_err(|m| ConfigError::invalid(path, m))?;
+        if config.max_payload_bytes == 0 || config.max_payload_bytes > config.max_request_bytes {
+            return Err(ConfigError::invalid(
+                path,
+                "`max_payload_bytes` must be between 1 and `max_request_bytes`",
+            ));
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::SourceKind;
+    use crate::source::config::Location;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn unknown_service_key_names_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "outboxd.toml",
+            "listen = \"127.0.0.1:0\"\nlisten_port = 3\n",
+        );
+        let err = ServiceConfig::load(&dir.path().join("outboxd.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outboxd.toml"), "{err}");
+        assert!(err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn service_paths_resolve_against_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "outboxd.toml", "database = \"data/o.db\"\n");
+        let c = ServiceConfig::load(&dir.path().join("outboxd.toml")).unwrap();
+        assert_eq!(c.database, DatabaseLocation::Sqlite(dir.path().join("data/o.db")));
+        assert_eq!(c.plugins_dir, dir.path().join("plugins.d"));
+        assert_eq!(c.listen.port(), 8080);
+    }
+
+    #[test]
+    fn a_postgres_url_selects_the_shared_store() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "outboxd.toml",
+            "database = \"postgresql://app:pw@db.internal/outbox\"\n",
+        );
+        let c = ServiceConfig::load(&dir.path().join("outboxd.toml")).unwrap();
+        assert_eq!(
+            c.database,
+            DatabaseLocation::Postgres("postgresql://app:pw@db.internal/outbox".into())
+        );
+        assert_eq!(c.database.to_string(), "postgresql://app:***@db.internal/outbox");
+        assert!(!format!("{c:?}").contains("pw@"), "no password in debug output");
+    }
+
+    #[test]
+    fn retention_keys_take_durations_or_off() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "a.toml",
+            "retention = \"1m\"\nidempotency_retention = \"off\"\nstrict_start = true\n",
+        );
+        let c = ServiceConfig::load(&dir.path().join("a.toml")).unwrap();
+        assert_eq!(c.retention.retention, Some(Duration::from_secs(60)));
+        assert_eq!(c.retention.idempotency_retention, None);
+        assert!(c.strict_start);
+        let d = ServiceConfig::defaults_in(dir.path());
+        assert_eq!(d.retention.retention, Some(Duration::from_secs(7 * 24 * 3600)));
+        assert!(!d.strict_start);
+        write(dir.path(), "b.toml", "retention = \"soon\"\n");
+        let e = ServiceConfig::load(&dir.path().join("b.toml")).unwrap_err().to_string();
+        assert!(e.contains("b.toml") && e.contains("`retention`"), "{e}");
+    }
+
+    #[test]
+    fn the_php_example_configuration_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/php/outboxd.toml");
+        let c = ServiceConfig::load(&path).unwrap();
+        assert_eq!(c.sources.len(), 1);
+        let s = &c.sources[0];
+        assert_eq!(
+            (s.name.as_str(), s.kind, s.table.as_str()),
+            ("shop", SourceKind::Sqlite, "outbox")
+        );
+        assert_eq!(s.location, Location::SqlitePath(path.parent().unwrap().join("app.db")));
+        assert_eq!(s.columns.created_at.as_deref(), Some("created_at"));
+    }
+
+    #[test]
+    fn errors_in_outboxd_toml_name_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outboxd.toml");
+        std::fs::write(
+            &path,
+            "[[sources]]\nname = \"a\"\nkind = \"sqlite\"\npath = \"a.db\"\npoll_ms = 5\n",
+        )
+        .unwrap();
+        let e = ServiceConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("outboxd.toml") && e.contains("unknown field `poll_ms`"),
+            "{e}"
+        );
+        std::fs::write(
+            &path,
+            "[[sources]]\nname = \"a\"\nkind = \"sqlite\"\npath = \"a.db\"\n[[sources]]\nname = \"a\"\nkind = \"sqlite\"\npath = \"b.db\"\n",
+        )
+        .unwrap();
+        let e = ServiceConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("outboxd.toml") && e.contains("sources[1] `a`: another source"),
+            "{e}"
+        );
+    }
+}
