@@ -186,6 +186,19 @@ fn resolve_polyglot_dir() -> Result<PathBuf, String> {
     }
 }
 
+/// The bytes of the built component `file`, located (or built) off the async runtime.
+///
+/// # Panics
+/// If it does not exist or cannot be read.
+pub async fn plugin_bytes(file: &'static str) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || {
+        let path = plugin(file);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
 /// The directory holding the JavaScript and Python components (`crm-js.wasm`,
 /// `analytics-py.wasm`): `OUTBOXD_POLYGLOT_DIR`, or built by `plugins/build-polyglot.sh`
 /// at most once per test process.

@@ -29,6 +29,58 @@ impl StoreKind {
     }
 }
 
+/// The end-to-end suite this process runs: the name of its test binary (`fc_dead` for
+/// `target/debug/deps/fc_dead-0123456789abcdef`), if it can be told.
+pub fn current_suite() -> Option<String> {
+    let exe = std::env::current_exe().ok()?;
+    Some(suite_of(exe.file_stem()?.to_str()?))
+}
+
+/// A test binary's name without Cargo's `-<16 hex digits>` suffix.
+fn suite_of(stem: &str) -> String {
+    match stem.rsplit_once('-') {
+        Some((name, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => name.to_owned(),
+        _ => stem.to_owned(),
+    }
+}
+
+/// What `OUTBOXD_TEST_PG_OPT_OUTS` (set by `cargo xtask test`, from its `PG_OPT_OUTS`) says of
+/// `suite`: `no-host`, `sqlite-only` or `postgres-only`, if it is opted out of the PostgreSQL
+/// pass.
+fn pg_opt_out(suite: &str) -> Option<String> {
+    let list = std::env::var("OUTBOXD_TEST_PG_OPT_OUTS").ok()?;
+    let suite = suite.replace('-', "_");
+    list.split(',').find_map(|entry| {
+        let (name, kind) = entry.trim().split_once('=')?;
+        (name.trim().replace('-', "_") == suite).then(|| kind.trim().to_owned())
+    })
+}
+
+/// Holds a suite opted out of the PostgreSQL pass to the reason it was opted out for: a
+/// `no-host` suite creates no host at all, a `sqlite-only` one none on PostgreSQL, a
+/// `postgres-only` one none on SQLite. Called for every host the kit creates.
+///
+/// # Panics
+/// When the host contradicts the opt-out (the fix is in xtask's `PG_OPT_OUTS`).
+pub fn check_pg_opt_out(kind: StoreKind) {
+    let Some(suite) = current_suite() else { return };
+    let Some(opt_out) = pg_opt_out(&suite) else { return };
+    let contradiction = match (opt_out.as_str(), kind) {
+        ("no-host", _) => Some("it starts no host, yet it creates one"),
+        ("sqlite-only", StoreKind::Postgres) => Some("it is SQLite-only, yet it creates a host on PostgreSQL"),
+        ("postgres-only", StoreKind::Sqlite) => Some("it always runs on PostgreSQL, yet it creates a host on SQLite"),
+        ("sqlite-only" | "postgres-only", _) => None,
+        (other, _) => panic!("OUTBOXD_TEST_PG_OPT_OUTS: unknown kind {other:?} for suite {suite}"),
+    };
+    if let Some(why) = contradiction {
+        panic!(
+            "suite {suite} is opted out of the PostgreSQL pass ({opt_out}) because {why}: \
+             remove it from PG_OPT_OUTS in xtask/src/main.rs (so that it runs on PostgreSQL too), \
+             or give it the right reason"
+        );
+    }
+}
+
 /// The PostgreSQL server the tests use (no database in the URL).
 pub fn pg_server_url() -> String {
     std::env::var("OUTBOXD_TEST_PG_URL")
@@ -96,32 +148,7 @@ impl TestDatabase {
     /// If the query fails.
     pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
         match self {
-            Self::Sqlite(path) => {
-                let conn = rusqlite::Connection::open_with_flags(
-                    path,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-                .unwrap_or_else(|e| panic!("open {} read-only: {e}", path.display()));
-                conn.busy_timeout(Duration::from_secs(5)).expect("set busy timeout");
-                let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-                let columns = stmt.column_count();
-                stmt.query_map([], |r| {
-                    (0..columns)
-                        .map(|i| {
-                            Ok(match r.get_ref(i)? {
-                                rusqlite::types::ValueRef::Null => String::new(),
-                                rusqlite::types::ValueRef::Integer(n) => n.to_string(),
-                                rusqlite::types::ValueRef::Real(f) => f.to_string(),
-                                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                                    String::from_utf8_lossy(t).into_owned()
-                                }
-                            })
-                        })
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            }
+            Self::Sqlite(path) => sqlite_rows(path, sql),
             Self::Postgres { url, .. } => {
                 let out = psql(url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
                 out.split('\u{1e}')
@@ -159,6 +186,40 @@ impl Drop for TestDatabase {
     }
 }
 
+/// Runs `sql` (one statement) on the SQLite database at `path`, read-only with a 5 s busy
+/// timeout, and returns every row as text (NULL as the empty string). For the store of a
+/// [`Host`](crate::Host) use [`TestDatabase::query`]; this is for the other SQLite files of a
+/// test, such as an application's outbox.
+///
+/// # Panics
+/// If the file cannot be opened or the query fails.
+pub fn sqlite_rows(path: &Path, sql: &str) -> Vec<Vec<String>> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .unwrap_or_else(|e| panic!("open {} read-only: {e}", path.display()));
+    conn.busy_timeout(Duration::from_secs(5)).expect("set busy timeout");
+    let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let columns = stmt.column_count();
+    stmt.query_map([], |r| {
+        (0..columns)
+            .map(|i| {
+                Ok(match r.get_ref(i)? {
+                    rusqlite::types::ValueRef::Null => String::new(),
+                    rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                    rusqlite::types::ValueRef::Real(f) => f.to_string(),
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                        String::from_utf8_lossy(t).into_owned()
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 /// `psql` with one command: unaligned, fields separated by U+001F, rows by U+001E.
 fn psql(url: &str, sql: &str) -> Result<String, String> {
     let out = Command::new("psql")
@@ -187,5 +248,17 @@ fn psql(url: &str, sql: &str) -> Result<String, String> {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_suite_is_its_test_binary_without_the_hash() {
+        assert_eq!(suite_of("fc_dead-0123456789abcdef"), "fc_dead");
+        assert_eq!(suite_of("fc_dead"), "fc_dead");
+        assert_eq!(suite_of("plugin-cli-0123"), "plugin-cli-0123");
     }
 }

@@ -73,6 +73,9 @@ pub struct Breaker {
     /// `cooldown_ms`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cooldown_ms: Option<u64>,
+    /// `retry_after`: what a receiver's `Retry-After` pauses, `target` or `delivery`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
 }
 
 /// A target manifest (`plugins.d/<name>.toml`), serialised as TOML.
@@ -247,12 +250,30 @@ impl Target {
         self
     }
 
-    /// Set the `[breaker]` table.
+    /// Set the `[breaker]` table's `failures` and `cooldown_ms`.
     pub fn breaker(mut self, failures: u32, cooldown_ms: u64) -> Self {
-        self.breaker = Some(Breaker {
-            failures: Some(failures),
-            cooldown_ms: Some(cooldown_ms),
-        });
+        let breaker = self.breaker.get_or_insert_with(Breaker::default);
+        breaker.failures = Some(failures);
+        breaker.cooldown_ms = Some(cooldown_ms);
+        self
+    }
+
+    /// Set `[breaker] failures` alone (the cool-down stays the default).
+    pub fn breaker_failures(mut self, failures: u32) -> Self {
+        self.breaker.get_or_insert_with(Breaker::default).failures = Some(failures);
+        self
+    }
+
+    /// Set `[breaker] cooldown_ms` alone (the failure threshold stays the default).
+    pub fn breaker_cooldown_ms(mut self, cooldown_ms: u64) -> Self {
+        self.breaker.get_or_insert_with(Breaker::default).cooldown_ms = Some(cooldown_ms);
+        self
+    }
+
+    /// Set `[breaker] retry_after`: what a receiver's `Retry-After` pauses, `target` or
+    /// `delivery`.
+    pub fn breaker_retry_after(mut self, what: &str) -> Self {
+        self.breaker.get_or_insert_with(Breaker::default).retry_after = Some(what.to_owned());
         self
     }
 
@@ -371,6 +392,8 @@ pub struct Host {
     stderr_offset: u64,
     starts: usize,
     http: reqwest::Client,
+    /// The bearer token the kit's own API calls present, if any ([`Host::set_api_token`]).
+    api_token: Option<String>,
     /// Shared by the hosts of one cluster; a PostgreSQL database is dropped with the last.
     database: Arc<TestDatabase>,
 }
@@ -421,6 +444,7 @@ impl Host {
         let mut config = toml::Table::new();
         config.insert("listen".into(), "127.0.0.1:0".into());
         let database = database.unwrap_or_else(|| Arc::new(TestDatabase::sqlite(&root.join(DATABASE_FILE))));
+        crate::database::check_pg_opt_out(database.kind());
         match database.kind() {
             StoreKind::Sqlite => {
                 config.insert("database".into(), DATABASE_FILE.into());
@@ -455,6 +479,7 @@ impl Host {
             stderr_offset: 0,
             starts: 0,
             http,
+            api_token: None,
             database,
         }
     }
@@ -494,6 +519,55 @@ impl Host {
         self
     }
 
+    /// Add a `[[sources]]` entry to `outboxd.toml` (written at the next start).
+    pub fn add_source(&mut self, source: &crate::sources::Source) -> &mut Self {
+        self.config
+            .entry("sources")
+            .or_insert_with(|| toml::Value::Array(Vec::new()))
+            .as_array_mut()
+            .expect("sources is an array")
+            .push(toml::Value::Table(source.to_table()));
+        self
+    }
+
+    /// The `[api]` table of `outboxd.toml`, created if need be.
+    fn api_table(&mut self) -> &mut toml::Table {
+        self.config
+            .entry("api")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("[api] is a table")
+    }
+
+    /// Add an API token (`[[api.tokens]]`) with these scopes (`ingest`, `read`, `admin`).
+    /// The kit's own calls do not present it unless told to by [`Host::set_api_token`].
+    pub fn add_api_token(&mut self, name: &str, token: &str, scopes: &[&str]) -> &mut Self {
+        let mut entry = toml::Table::new();
+        entry.insert("name".into(), name.into());
+        entry.insert("token".into(), token.into());
+        entry.insert("scopes".into(), scopes.to_vec().into());
+        self.api_table()
+            .entry("tokens")
+            .or_insert_with(|| toml::Value::Array(Vec::new()))
+            .as_array_mut()
+            .expect("api.tokens is an array")
+            .push(entry.into());
+        self
+    }
+
+    /// Set `[api] open`: the paths served without a token although tokens are configured.
+    pub fn set_api_open(&mut self, paths: &[&str]) -> &mut Self {
+        self.api_table().insert("open".into(), paths.to_vec().into());
+        self
+    }
+
+    /// The bearer token every API call of the kit presents from now on (`post_event`,
+    /// `get_json`, `wait_for_targets`, …).
+    pub fn set_api_token(&mut self, token: &str) -> &mut Self {
+        self.api_token = Some(token.to_owned());
+        self
+    }
+
     /// Add target `name`: writes `plugins.d/<name>.toml` now; its component is
     /// copied from the plugins build before the next start.
     pub fn add_target(&mut self, name: &str, target: &Target) -> &mut Self {
@@ -509,6 +583,41 @@ impl Host {
         let path = self.plugins_dir().join(format!("{name}.toml"));
         fs::write(&path, manifest).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         self
+    }
+
+    /// Add target `name` whose component is `bytes` rather than a built plugin: writes the
+    /// manifest and `plugins.d/<target.plugin>` now.
+    pub fn add_target_component(&mut self, name: &str, target: &Target, bytes: &[u8]) -> &mut Self {
+        self.add_target_raw(name, "", &target.to_toml());
+        let path = self.plugins_dir().join(&target.plugin);
+        fs::write(&path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        self
+    }
+
+    /// Add a webhook target per `(name, event globs)`, each posting to `rx` at `/<name>`.
+    pub fn add_webhooks(&mut self, rx: &crate::Receiver, targets: &[(&str, &[&str])]) -> &mut Self {
+        for (name, events) in targets {
+            self.add_target(name, &Target::webhook(&rx.url(&format!("/{name}"))).events(events));
+        }
+        self
+    }
+
+    /// Deploys `bytes` as `plugins.d/<file>` the atomic way, as a running host should be given
+    /// a new plugin: write a temporary file beside it (a name the host ignores), flush it to
+    /// disk, rename it over `file`. Returns the moment right after the rename.
+    pub fn deploy(&self, file: &str, bytes: &[u8]) -> std::time::Instant {
+        use std::io::Write as _;
+        let dir = self.plugins_dir();
+        let tmp = dir.join(format!(".{file}.{}.tmp", std::process::id()));
+        {
+            let mut f = fs::File::create(&tmp).unwrap_or_else(|e| panic!("create {}: {e}", tmp.display()));
+            f.write_all(bytes)
+                .and_then(|()| f.sync_all())
+                .unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+        }
+        let dst = dir.join(file);
+        fs::rename(&tmp, &dst).unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), dst.display()));
+        std::time::Instant::now()
     }
 
     /// Add a bare component `plugins.d/<name>.wasm` (no manifest): a target
@@ -879,6 +988,15 @@ impl Host {
         }
     }
 
+    /// A request to the API at `path`, with the bearer token of [`Host::set_api_token`] if set.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, self.url(path));
+        match &self.api_token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> (u16, Value) {
         let resp = req
             .send()
@@ -894,27 +1012,26 @@ impl Host {
     /// status and the response body (JSON, or a JSON string holding the raw
     /// text if it is not JSON).
     pub async fn post_event(&self, body: &Value) -> (u16, Value) {
-        let req = self.http.post(self.url("/v1/events")).json(body);
+        let req = self.request(reqwest::Method::POST, "/v1/events").json(body);
         self.send(req, "POST /v1/events").await
     }
 
     /// `GET <path>` (any API route): status and body.
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
-        let req = self.http.get(self.url(path));
+        let req = self.request(reqwest::Method::GET, path);
         self.send(req, &format!("GET {path}")).await
     }
 
     /// `POST <path>` with a JSON body (any API route): status and body.
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let req = self.http.post(self.url(path)).json(body);
+        let req = self.request(reqwest::Method::POST, path).json(body);
         self.send(req, &format!("POST {path}")).await
     }
 
     /// `POST /v1/events` with a raw body and content type.
     pub async fn post_raw(&self, body: impl Into<reqwest::Body>, content_type: &str) -> (u16, Value) {
         let req = self
-            .http
-            .post(self.url("/v1/events"))
+            .request(reqwest::Method::POST, "/v1/events")
             .header("content-type", content_type)
             .body(body);
         self.send(req, "POST /v1/events").await
@@ -932,9 +1049,28 @@ impl Host {
             .to_owned()
     }
 
+    /// Post `events` (JSON objects) as one batch, assert 202 and one answer per event; return
+    /// their ids in order.
+    pub async fn enqueue_batch(&self, events: Vec<Value>) -> Vec<String> {
+        let n = events.len();
+        let (status, body) = self.post_event(&Value::Array(events)).await;
+        assert_eq!(
+            status, 202,
+            "POST /v1/events (a batch of {n}) answered {status}: {body}"
+        );
+        let ids: Vec<String> = body
+            .as_array()
+            .unwrap_or_else(|| panic!("a batch is answered with a list: {body}"))
+            .iter()
+            .map(|a| a["id"].as_str().unwrap_or_else(|| panic!("no id in {a}")).to_owned())
+            .collect();
+        assert_eq!(ids.len(), n, "one answer per event: {body}");
+        ids
+    }
+
     /// `GET /v1/events/{id}`: status and body.
     pub async fn get_event_raw(&self, id: &str) -> (u16, Value) {
-        let req = self.http.get(self.url(&format!("/v1/events/{id}")));
+        let req = self.request(reqwest::Method::GET, &format!("/v1/events/{id}"));
         self.send(req, "GET /v1/events/{id}").await
     }
 
@@ -947,7 +1083,7 @@ impl Host {
 
     /// `GET /v1/targets`, asserting 200.
     pub async fn targets(&self) -> Value {
-        let req = self.http.get(self.url("/v1/targets"));
+        let req = self.request(reqwest::Method::GET, "/v1/targets");
         let (status, body) = self.send(req, "GET /v1/targets").await;
         assert_eq!(status, 200, "GET /v1/targets answered {status}: {body}");
         body
@@ -955,7 +1091,7 @@ impl Host {
 
     /// `GET /healthz`: status and body; `None` if no answer within `timeout`.
     pub async fn healthz(&self, timeout: Duration) -> Option<(u16, Value)> {
-        let req = self.http.get(self.url("/healthz")).timeout(timeout);
+        let req = self.request(reqwest::Method::GET, "/healthz").timeout(timeout);
         let resp = req.send().await.ok()?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
@@ -1011,21 +1147,44 @@ impl Host {
     }
 
     /// Poll `GET /v1/targets` until `pred` holds; returns that document.
-    pub async fn wait_for_targets(&self, timeout: Duration, mut pred: impl FnMut(&Value) -> bool) -> Value {
+    pub async fn wait_for_targets(&self, timeout: Duration, pred: impl FnMut(&Value) -> bool) -> Value {
+        self.wait_for_document("/v1/targets", timeout, Duration::from_millis(100), pred)
+            .await
+    }
+
+    /// Poll `GET /v1/sources` until `pred` holds; returns that document.
+    pub async fn wait_for_sources(&self, timeout: Duration, pred: impl FnMut(&Value) -> bool) -> Value {
+        self.wait_for_document("/v1/sources", timeout, Duration::from_millis(50), pred)
+            .await
+    }
+
+    /// Poll `GET <path>` (asserting 200) every `every` until `pred` holds; returns that
+    /// document.
+    ///
+    /// # Panics
+    /// On timeout, with the last document and the child's stderr.
+    async fn wait_for_document(
+        &self,
+        path: &str,
+        timeout: Duration,
+        every: Duration,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let body = self.targets().await;
+            let (status, body) = self.get_json(path).await;
+            assert_eq!(status, 200, "GET {path} answered {status}: {body}");
             if pred(&body) {
                 return body;
             }
             if tokio::time::Instant::now() >= deadline {
                 panic!(
-                    "GET /v1/targets: condition not met within {timeout:?}; last:\n{}\n--- outboxd stderr (tail) ---\n{}",
+                    "GET {path}: condition not met within {timeout:?}; last:\n{}\n--- outboxd stderr (tail) ---\n{}",
                     serde_json::to_string_pretty(&body).unwrap_or_default(),
                     self.stderr_tail(60)
                 );
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(every).await;
         }
     }
 }
@@ -1096,6 +1255,47 @@ mod tests {
         assert_eq!(parsed["config"]["url"].as_str(), Some("http://127.0.0.1:9/a"));
         assert_eq!(parsed["allowed_hosts"][0].as_str(), Some("127.0.0.1:9"));
         assert!(parsed.get("timeout_ms").is_none());
+    }
+
+    #[test]
+    fn breaker_keys_are_set_one_by_one_or_together() {
+        let t = Target::webhook("http://127.0.0.1:9/b")
+            .breaker_failures(7)
+            .breaker_retry_after("delivery");
+        let parsed: toml::Table = t.to_toml().parse().expect("valid TOML");
+        assert_eq!(parsed["breaker"]["failures"].as_integer(), Some(7));
+        assert_eq!(parsed["breaker"]["retry_after"].as_str(), Some("delivery"));
+        assert!(parsed["breaker"].get("cooldown_ms").is_none());
+        let t = t.breaker_cooldown_ms(500).breaker(3, 1000);
+        let parsed: toml::Table = t.to_toml().parse().expect("valid TOML");
+        assert_eq!(parsed["breaker"]["failures"].as_integer(), Some(3));
+        assert_eq!(parsed["breaker"]["cooldown_ms"].as_integer(), Some(1000));
+        assert_eq!(parsed["breaker"]["retry_after"].as_str(), Some("delivery"));
+    }
+
+    #[test]
+    fn api_tokens_and_sources_serialise_into_outboxd_toml() {
+        let mut host = Host::with_database(Some(Arc::new(TestDatabase::sqlite(Path::new("x.db")))));
+        host.add_api_token("ops", "secret", &["admin"])
+            .add_api_token("ro", "other", &["read"])
+            .set_api_open(&["/healthz"])
+            .add_source(
+                &crate::sources::Source::sqlite("shop", Path::new("/tmp/app.db"))
+                    .set("poll_interval_ms", 20)
+                    .column("status", ""),
+            );
+        let parsed: toml::Table = toml::to_string(&host.config)
+            .expect("config serialises")
+            .parse()
+            .expect("valid TOML");
+        assert_eq!(parsed["api"]["open"].as_array().map(Vec::len), Some(1));
+        assert_eq!(parsed["api"]["tokens"][1]["name"].as_str(), Some("ro"));
+        assert_eq!(parsed["api"]["tokens"][0]["scopes"][0].as_str(), Some("admin"));
+        let shop = &parsed["sources"][0];
+        assert_eq!(shop["kind"].as_str(), Some("sqlite"));
+        assert_eq!(shop["path"].as_str(), Some("/tmp/app.db"));
+        assert_eq!(shop["poll_interval_ms"].as_integer(), Some(20));
+        assert_eq!(shop["columns"]["status"].as_str(), Some(""));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Small accessors for the JSON documents of the HTTP API (`GET /v1/events/{id}`).
+//! Small accessors for the JSON documents of the HTTP API (`GET /v1/events/{id}`,
+//! `GET /v1/targets`, `GET /v1/sources`).
 
 use std::collections::BTreeMap;
 
@@ -45,12 +46,19 @@ pub fn history(event: &Value, target: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The entry called `name` of a list document (`GET /v1/targets`, `GET /v1/sources`), if any.
+pub fn find_named<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list.as_array()?.iter().find(|t| t["name"] == name)
+}
+
 /// The entry called `name` of a `GET /v1/targets` document; panics naming the document if absent.
 pub fn target_entry<'a>(targets: &'a Value, name: &str) -> &'a Value {
-    targets
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
-        .unwrap_or_else(|| panic!("no target {name} in {targets:#}"))
+    find_named(targets, name).unwrap_or_else(|| panic!("no target {name} in {targets:#}"))
+}
+
+/// The entry called `name` of a `GET /v1/sources` document; panics naming the document if absent.
+pub fn source_entry<'a>(sources: &'a Value, name: &str) -> &'a Value {
+    find_named(sources, name).unwrap_or_else(|| panic!("no source {name} in {sources:#}"))
 }
 
 /// Target `name`'s delivery count in `status`, from a `GET /v1/targets` document.

@@ -14,11 +14,16 @@
 //!   `misbehave.wasm`; otherwise the harness builds `plugins/` for
 //!   `wasm32-wasip2` once per test process.
 //! - `OUTBOXD_TEST_TIMEOUT_SCALE`: multiplies every wait (e.g. `3` on a slow
-//!   machine).
+//!   machine), the quiet windows in which a test proves that nothing more arrives
+//!   ([`Receiver::expect_no_more_at`]) included.
 //! - `OUTBOXD_KEEP_TEST_DIR=1`: keep the temporary directory of a failing test.
 //! - `OUTBOXD_TEST_STORE=postgres`: run every host on a PostgreSQL database of its own
 //!   (created on `OUTBOXD_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432`, and
 //!   dropped after); see [`database`].
+//! - `OUTBOXD_TEST_PG_OPT_OUTS` (set by `cargo xtask test`): the suites kept out of its
+//!   PostgreSQL pass and why, `suite=no-host|sqlite-only|postgres-only,...`; every [`Host`]
+//!   a listed suite creates is checked against its reason (see
+//!   [`database::check_pg_opt_out`]).
 
 pub mod artifacts;
 pub mod database;
@@ -30,7 +35,9 @@ pub mod sources;
 
 pub use database::{StoreKind, TestDatabase};
 pub use host::{Breaker, CliOutput, Host, Retry, StartError, Target};
-pub use json::{deliveries_by_target, delivery, history, status_of, target_count, target_entry};
+pub use json::{
+    deliveries_by_target, delivery, find_named, history, source_entry, status_of, target_count, target_entry,
+};
 pub use receiver::{Behavior, Receiver, RecordedRequest, Reply};
 pub use signature::{sign_standard_webhook, verify_standard_webhook};
 
@@ -50,4 +57,61 @@ pub fn scaled(d: Duration) -> Duration {
         .filter(|s| s.is_finite() && *s > 0.0)
         .unwrap_or(1.0);
     d.mul_f64(scale)
+}
+
+/// Polls `check` (a blocking look, e.g. at a database) every 50 ms until it returns true, at
+/// most the default timeout; panics with `what` and the last value `check` reported otherwise.
+pub async fn eventually(what: &str, check: impl FnMut() -> (bool, String)) {
+    eventually_within(default_timeout(), what, check).await;
+}
+
+/// [`eventually`] with a deadline of its own (scale it with [`scaled`]).
+pub async fn eventually_within(timeout: Duration, what: &str, mut check: impl FnMut() -> (bool, String)) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (ok, seen) = check();
+        if ok {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: still {seen} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The seed of a randomised test: `OUTBOXD_CHAOS_SEED`, else a random one; printed either way
+/// so that a failing run can be repeated.
+pub fn chaos_seed() -> u64 {
+    let seed = std::env::var("OUTBOXD_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("chaos seed {seed} (set OUTBOXD_CHAOS_SEED to repeat the kill schedule)");
+    seed
+}
+
+/// The README demo's targets.
+pub const DEMO_TARGETS: [&str; 3] = ["crm", "analytics", "billing"];
+
+/// The README demo: a receiver that answers 200 everywhere but at `/billing`, which behaves
+/// as `billing` says, and a host (not started) with the three [`DEMO_TARGETS`], webhooks to
+/// the receiver's `/<name>` for `order.*` events with three quick attempts.
+pub async fn demo(billing: Behavior) -> (Receiver, Host) {
+    let rx = Receiver::builder()
+        .default_behavior(Behavior::ok())
+        .path("/billing", billing)
+        .start()
+        .await;
+    let mut host = Host::new();
+    for name in DEMO_TARGETS {
+        host.add_target(
+            name,
+            &Target::webhook(&rx.url(&format!("/{name}")))
+                .events(&["order.*"])
+                .fast_retry(3),
+        );
+    }
+    (rx, host)
 }

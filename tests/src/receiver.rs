@@ -38,7 +38,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::default_timeout;
+use crate::{default_timeout, scaled};
 
 /// How the receiver answers one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -246,6 +246,8 @@ pub struct RecordedRequest {
     pub received_at_wall: SystemTime,
     /// How the receiver decided to answer it.
     pub reply: Reply,
+    /// The status code of that answer (after any delay); `None` for a request left hanging.
+    pub status: Option<u16>,
 }
 
 impl RecordedRequest {
@@ -267,6 +269,11 @@ impl RecordedRequest {
     /// The `outboxd-attempt` header, parsed.
     pub fn attempt(&self) -> Option<u32> {
         self.header("outboxd-attempt")?.trim().parse().ok()
+    }
+
+    /// Whether the receiver answered it with a 2xx.
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
     }
 
     /// The body as (lossy) UTF-8 text.
@@ -478,8 +485,14 @@ async fn handle(
             received_at,
             received_at_wall,
             reply,
+            status: None,
         };
         behavior.finish(&mut record, by_rule);
+        record.status = match &record.reply {
+            Reply::Status(s) | Reply::RetryAfter { status: s, .. } | Reply::Computed { status: s, .. } => Some(*s),
+            Reply::Delay(_) => Some(default_status),
+            Reply::Hang => None,
+        };
         if shared.keep_requests {
             inner.requests.push(record.clone());
         } else {
@@ -583,31 +596,41 @@ impl Receiver {
 
     /// How many requests reached `path`.
     pub fn count_at(&self, path: &str) -> usize {
-        self.lock().requests.iter().filter(|r| r.path == path).count()
+        self.count_where(Some(path))
     }
 
     /// How many requests reached the receiver.
     pub fn total(&self) -> usize {
-        self.lock().requests.len()
+        self.count_where(None)
+    }
+
+    /// How many requests reached `path`, or the receiver at all (`None`).
+    fn count_where(&self, path: Option<&str>) -> usize {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| path.is_none_or(|p| r.path == p))
+            .count()
+    }
+
+    /// Distinct `idempotency-key` header values seen at `path`, or anywhere (`None`).
+    fn keys_where(&self, path: Option<&str>) -> BTreeSet<String> {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| path.is_none_or(|p| r.path == p))
+            .filter_map(|r| r.idempotency_key().map(str::to_owned))
+            .collect()
     }
 
     /// Distinct `idempotency-key` header values seen at `path`.
     pub fn idempotency_keys_at(&self, path: &str) -> BTreeSet<String> {
-        self.lock()
-            .requests
-            .iter()
-            .filter(|r| r.path == path)
-            .filter_map(|r| r.idempotency_key().map(str::to_owned))
-            .collect()
+        self.keys_where(Some(path))
     }
 
     /// Distinct `idempotency-key` header values seen anywhere.
     pub fn idempotency_keys(&self) -> BTreeSet<String> {
-        self.lock()
-            .requests
-            .iter()
-            .filter_map(|r| r.idempotency_key().map(str::to_owned))
-            .collect()
+        self.keys_where(None)
     }
 
     /// A readable dump of every request, for failure messages.
@@ -663,5 +686,57 @@ impl Receiver {
             Ok(reqs) => reqs,
             Err(e) => panic!("{e}"),
         }
+    }
+
+    /// Asserts that exactly `expected` requests have reached `path` and that no further one
+    /// arrives during a quiet window of `scaled(window)` (see [`crate::scaled`]): the way to
+    /// prove that something does not happen. Call it once the host has shown by a positive sign
+    /// (a delivery's status or attempt count, a target's counts) that it has dealt with what it
+    /// was given; the window then only has to catch a stray late request. Fails as soon as one
+    /// arrives.
+    pub async fn expect_no_more_at(&self, path: &str, expected: usize, window: Duration) {
+        self.expect_quiet(Some(path), expected, window).await;
+    }
+
+    /// [`Receiver::expect_no_more_at`] over every path: exactly `expected` requests in all, and
+    /// none more during `scaled(window)`.
+    pub async fn expect_no_more(&self, expected: usize, window: Duration) {
+        self.expect_quiet(None, expected, window).await;
+    }
+
+    async fn expect_quiet(&self, path: Option<&str>, expected: usize, window: Duration) {
+        let window = scaled(window);
+        let place = path.map_or_else(|| "the receiver".to_owned(), str::to_owned);
+        let before = self.count_where(path);
+        assert_eq!(
+            before,
+            expected,
+            "{place}: {before} request(s) where {expected} were expected, before a quiet window:\n{}",
+            self.describe()
+        );
+        let deadline = tokio::time::Instant::now() + window;
+        let mut arrivals = self.shared.arrivals.subscribe();
+        loop {
+            arrivals.borrow_and_update();
+            let now = self.count_where(path);
+            assert_eq!(
+                now,
+                expected,
+                "{place}: a request arrived within the quiet window of {window:?} ({now} where {expected} were expected):\n{}",
+                self.describe()
+            );
+            match tokio::time::timeout_at(deadline, arrivals.changed()).await {
+                Ok(Ok(())) => {}
+                // The sender lives as long as `self`; the window is over either way.
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        let after = self.count_where(path);
+        assert_eq!(
+            after,
+            expected,
+            "{place}: {after} request(s) after the quiet window of {window:?}, {expected} expected:\n{}",
+            self.describe()
+        );
     }
 }

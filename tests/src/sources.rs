@@ -6,11 +6,73 @@
 //! trust auth) and MariaDB/MySQL at `OUTBOXD_TEST_MYSQL` (default `127.0.0.1:3306`, user
 //! `root` without a password).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::artifacts::workspace_root;
+use crate::{Host, Receiver, default_timeout, eventually};
+
+/// The shop's targets in the PostgreSQL and MariaDB source tests: `(name, event globs)`, each a
+/// webhook to the receiver's `/<name>` (see [`Host::add_webhooks`]).
+pub const SHOP_TARGETS: &[(&str, &[&str])] = &[
+    ("crm", &["order.*"]),
+    ("analytics", &["*"]),
+    ("billing", &["order.created"]),
+];
+
+/// A `[[sources]]` entry of `outboxd.toml`, for [`Host::add_source`].
+#[derive(Clone, Debug)]
+pub struct Source {
+    table: toml::Table,
+}
+
+impl Source {
+    /// A source called `name` of `kind` (`sqlite`, `postgres`, `mysql`).
+    pub fn new(name: &str, kind: &str) -> Self {
+        let mut table = toml::Table::new();
+        table.insert("name".into(), name.into());
+        table.insert("kind".into(), kind.into());
+        Self { table }
+    }
+
+    /// An SQLite source reading the database file at `path`.
+    pub fn sqlite(name: &str, path: &Path) -> Self {
+        Self::new(name, "sqlite").set("path", path.display().to_string())
+    }
+
+    /// A PostgreSQL source at `url`.
+    pub fn postgres(name: &str, url: &str) -> Self {
+        Self::new(name, "postgres").set("url", url)
+    }
+
+    /// A MariaDB/MySQL source at `url`.
+    pub fn mysql(name: &str, url: &str) -> Self {
+        Self::new(name, "mysql").set("url", url)
+    }
+
+    /// Set a key of the entry (`table`, `schema`, `poll_interval_ms`, `batch_size`, …).
+    pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.table.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Map `role` to a column of the table (`[sources.columns]`; `""` for none).
+    pub fn column(mut self, role: &str, column: &str) -> Self {
+        self.table
+            .entry("columns")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("columns is a table")
+            .insert(role.to_owned(), column.into());
+        self
+    }
+
+    /// The entry as a TOML table.
+    pub fn to_table(&self) -> toml::Table {
+        self.table.clone()
+    }
+}
 
 /// Which server a [`TempDb`] lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +243,19 @@ impl TempDb {
     }
 }
 
+impl TempDb {
+    /// Waits (default timeout) until the PHP example's `outbox` table holds `rows` rows, all
+    /// `done`.
+    pub async fn expect_outbox_done(&self, rows: usize) {
+        let all_done = vec![vec!["done".to_owned(), rows.to_string()]];
+        eventually("every outbox row done", || {
+            let seen = self.query("SELECT status, count(*) FROM outbox GROUP BY status");
+            (seen == all_done, format!("{seen:?}"))
+        })
+        .await;
+    }
+}
+
 impl Drop for TempDb {
     fn drop(&mut self) {
         let sql = match self.server {
@@ -211,16 +286,31 @@ pub async fn run_php_producer(count: usize, dsn: &str, user: Option<&str>) {
         .expect("php producer task");
 }
 
-/// Polls `check` (a blocking look at a database) until it returns true, at most the default
-/// timeout; panics with `what` and the last value `check` reported otherwise.
-pub async fn eventually(what: &str, mut check: impl FnMut() -> (bool, String)) {
-    let deadline = tokio::time::Instant::now() + crate::default_timeout();
-    loop {
-        let (ok, seen) = check();
-        if ok {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: still {seen}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+/// Two PHP example producers at once, as two PHP requests would be, writing `orders` orders
+/// between them (half each).
+pub async fn run_two_php_producers(orders: usize, dsn: &str, user: Option<&str>) {
+    tokio::join!(
+        run_php_producer(orders / 2, dsn, user),
+        run_php_producer(orders - orders / 2, dsn, user)
+    );
+}
+
+/// Waits (default timeout) until each of `paths` has received `orders` requests, then asserts
+/// that they carry the order ids `1..=orders`, each exactly once.
+pub async fn expect_every_order_once(rx: &Receiver, host: &Host, paths: &[&str], orders: usize) {
+    for path in paths {
+        rx.wait_for(path, orders, default_timeout())
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}\n{}", host.stderr_tail(40)));
+    }
+    let expected: std::collections::BTreeSet<i64> = (1..=orders as i64).collect();
+    for path in paths {
+        let ids: std::collections::BTreeSet<i64> = rx
+            .requests_at(path)
+            .iter()
+            .map(|r| r.json()["data"]["order_id"].as_i64().expect("order_id in payload"))
+            .collect();
+        assert_eq!(ids, expected, "{path}: every order once");
+        assert_eq!(rx.count_at(path), orders, "{path}: no order twice");
     }
 }

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use testkit::{Behavior, Host, Receiver, Target, artifacts, default_timeout, scaled, target_count};
+use testkit::{Behavior, artifacts, default_timeout, target_count};
 
 const ADMIN: &str = "admin-token-0123456789";
 
@@ -31,57 +31,17 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
         "{chromium} is missing: install Debian's `chromium` package (.ci/run does)"
     );
 
-    let rx = Receiver::builder()
-        .default_behavior(Behavior::ok())
-        .path("/billing", Behavior::status(422))
-        .start()
-        .await;
-    let mut host = Host::new();
-    for name in ["crm", "analytics", "billing"] {
-        host.add_target(
-            name,
-            &Target::webhook(&rx.url(&format!("/{name}")))
-                .events(&["order.*"])
-                .fast_retry(3),
-        );
-    }
-    host.append_config_raw(&format!(
-        "[api]\n[[api.tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nscopes = [\"admin\"]\n"
-    ));
+    let (rx, mut host) = testkit::demo(Behavior::status(422)).await;
+    host.add_api_token("ops", ADMIN, &["admin"]).set_api_token(ADMIN);
     host.start().await;
 
-    let client = reqwest::Client::new();
-    let posted: serde_json::Value = client
-        .post(host.url("/v1/events"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"type": "order.created", "payload": {"order_id": 1001}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = posted["id"].as_str().expect("event id").to_owned();
-    let deadline = std::time::Instant::now() + default_timeout();
-    loop {
-        let targets: serde_json::Value = client
-            .get(host.url("/v1/targets"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if target_count(&targets, "billing", "dead") == 1
-            && target_count(&targets, "crm", "delivered") == 1
-            && target_count(&targets, "analytics", "delivered") == 1
-        {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "billing never died: {targets}");
-        tokio::time::sleep(scaled(std::time::Duration::from_millis(100))).await;
-    }
+    let id = host.enqueue("order.created", json!({"order_id": 1001})).await;
+    host.wait_for_targets(default_timeout(), |targets| {
+        target_count(targets, "billing", "dead") == 1
+            && target_count(targets, "crm", "delivered") == 1
+            && target_count(targets, "analytics", "delivered") == 1
+    })
+    .await;
     // The receiver is fixed; the operator replays from the dashboard.
     rx.behave("/billing", Behavior::ok());
 
@@ -121,15 +81,7 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
     assert!(screenshot.is_file(), "no screenshot at {}", screenshot.display());
 
     // The replay really happened: billing got the event a second time, and it is delivered.
-    let event: serde_json::Value = client
-        .get(host.url(&format!("/v1/events/{id}")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let event = host.get_event(&id).await;
     assert_eq!(testkit::status_of(&event, "billing"), Some("delivered"), "{event}");
     assert_eq!(
         rx.requests_at("/billing").len(),

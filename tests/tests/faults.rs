@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testkit::{
-    Behavior, Host, Receiver, RecordedRequest, Reply, StartError, Target, default_timeout, delivery, scaled,
-    target_entry,
+    Behavior, Host, Receiver, RecordedRequest, Reply, StartError, Target, default_timeout, delivery, eventually_within,
+    scaled, target_count, target_entry,
 };
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -24,10 +24,6 @@ fn flaky(seed: u64) -> Behavior {
         .retry_after_fraction(0.05 / 0.97, 429, 1)
         .fail_fraction(0.20 / (0.97 * (1.0 - 0.05 / 0.97)), 500)
         .seed(seed)
-}
-
-fn count_at(targets: &Value, name: &str, status: &str) -> u64 {
-    target_entry(targets, name)["counts"][status].as_u64().unwrap_or(0)
 }
 
 async fn post_all(addr: Arc<Mutex<Option<SocketAddr>>>, n: usize) {
@@ -79,28 +75,20 @@ async fn flaky_targets_keep_flowing_and_a_dead_one_gets_a_probe_per_cooldown() {
             .events(&["order.*"])
             .class(class)
             .concurrency(16)
-            .timeout_ms(2_000);
+            .timeout_ms(2_000)
+            .breaker_retry_after(&retry_after);
         if class == "critical" {
             t = t.retry(100, 200, 2_000);
         }
-        host.add_target_raw(
-            name,
-            "webhook.wasm",
-            &format!("{}\n[breaker]\nretry_after = \"{retry_after}\"\n", t.to_toml()),
-        );
+        host.add_target(name, &t);
     }
-    let dead = Target::webhook(&rx.url("/dead"))
-        .events(&["order.*"])
-        .concurrency(16)
-        .retry(1000, 50, 200);
-    host.add_target_raw(
+    host.add_target(
         "dead",
-        "webhook.wasm",
-        &format!(
-            "{}\n[breaker]\ncooldown_ms = {}\n",
-            dead.to_toml(),
-            COOLDOWN.as_millis()
-        ),
+        &Target::webhook(&rx.url("/dead"))
+            .events(&["order.*"])
+            .concurrency(16)
+            .retry(1000, 50, 200)
+            .breaker_cooldown_ms(COOLDOWN.as_millis() as u64),
     );
     host.start().await;
 
@@ -119,9 +107,9 @@ async fn flaky_targets_keep_flowing_and_a_dead_one_gets_a_probe_per_cooldown() {
     poster.await.expect("poster");
     let n64 = n as u64;
     let settled = |ts: &Value| {
-        count_at(ts, "c1", "delivered") == n64
-            && count_at(ts, "c2", "delivered") == n64
-            && count_at(ts, "be", "delivered") + count_at(ts, "be", "discarded") == n64
+        target_count(ts, "c1", "delivered") == n64
+            && target_count(ts, "c2", "delivered") == n64
+            && target_count(ts, "be", "delivered") + target_count(ts, "be", "discarded") == n64
     };
     let targets = host
         .wait_for_targets(scaled(Duration::from_secs(60 + n as u64 / 5)), settled)
@@ -129,7 +117,7 @@ async fn flaky_targets_keep_flowing_and_a_dead_one_gets_a_probe_per_cooldown() {
     let drained = started.elapsed();
     eprintln!(
         "{n} events, {kills} kills, retry_after = {retry_after}: drained in {drained:?}; best-effort discarded {}",
-        count_at(&targets, "be", "discarded")
+        target_count(&targets, "be", "discarded")
     );
 
     let log = host.stderr();
@@ -154,15 +142,31 @@ async fn flaky_targets_keep_flowing_and_a_dead_one_gets_a_probe_per_cooldown() {
     );
 
     // The dead target, since the last start (a restart forgets the breaker): opened within
-    // 5 s of its first request, then at most one probe per cool-down.
+    // 5 s of its first request, then at most one probe per cool-down. Watched until two rests
+    // have been seen (the breaker opened and probed), and at least three cool-downs and a
+    // second after the last start.
+    let since_start = |reqs: &[RecordedRequest]| -> Vec<RecordedRequest> {
+        reqs.iter()
+            .filter(|r| r.path == "/dead" && r.received_at >= last_start)
+            .cloned()
+            .collect()
+    };
+    let gaps_of = |reqs: &[RecordedRequest]| -> Vec<Duration> {
+        reqs.windows(2).map(|w| w[1].received_at - w[0].received_at).collect()
+    };
+    rx.wait_until(scaled(3 * COOLDOWN + Duration::from_secs(10)), |all| {
+        let rests = gaps_of(&since_start(all))
+            .iter()
+            .filter(|g| **g >= COOLDOWN.mul_f64(0.9))
+            .count();
+        rests >= 2
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the dead target's breaker did not open and probe twice: {e}"));
     let rest = last_start + 3 * COOLDOWN + Duration::from_secs(1);
     tokio::time::sleep_until(tokio::time::Instant::from_std(rest)).await;
-    let reqs: Vec<RecordedRequest> = rx
-        .requests_at("/dead")
-        .into_iter()
-        .filter(|r| r.received_at >= last_start)
-        .collect();
-    let gaps: Vec<Duration> = reqs.windows(2).map(|w| w[1].received_at - w[0].received_at).collect();
+    let reqs = since_start(&rx.requests());
+    let gaps = gaps_of(&reqs);
     let burst = gaps
         .iter()
         .position(|g| *g >= COOLDOWN.mul_f64(0.9))
@@ -226,10 +230,6 @@ async fn a_flooding_plugin_is_held_to_its_log_budget_and_errors_are_capped() {
     );
     let history_error = shout["history"][0]["error"].as_str().expect("history error");
     assert!(history_error.len() <= 4096);
-}
-
-fn webhook_bytes() -> Vec<u8> {
-    std::fs::read(testkit::artifacts::plugin("webhook.wasm")).expect("webhook.wasm")
 }
 
 /// A broken plugin file does not stop the start: healthy targets serve, the broken one's
@@ -300,9 +300,7 @@ async fn a_start_with_a_broken_plugin_serves_the_rest_and_holds_its_deliveries()
     assert!(crm_entry["last_reload_error"]["message"].is_string(), "{crm_entry}");
 
     // A good file appears: the held deliveries flow.
-    let tmp = host.plugins_dir().join(".crm.wasm.tmp");
-    std::fs::write(&tmp, webhook_bytes()).unwrap();
-    std::fs::rename(&tmp, host.plugins_dir().join("crm.wasm")).unwrap();
+    host.deploy("crm.wasm", &testkit::artifacts::plugin_bytes("webhook.wasm").await);
     host.wait_delivered(&id, &["crm"]).await;
     rx.expect_requests("/crm", 1).await;
 }
@@ -330,11 +328,11 @@ async fn retention_deletes_finished_events_keeps_dead_ones_and_prune_removes_the
     host.wait_settled(&dead_id, &["bad"]).await;
     rx.expect_requests("/hook", 5).await;
 
-    let deadline = Instant::now() + scaled(Duration::from_secs(20));
-    while host.count_rows("events") > 1 {
-        assert!(Instant::now() < deadline, "{} events left", host.count_rows("events"));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually_within(scaled(Duration::from_secs(20)), "retention", || {
+        let left = host.count_rows("events");
+        (left <= 1, format!("{left} events left"))
+    })
+    .await;
     let (code, _) = host.get_event_raw(&first_id).await;
     assert_eq!(code, 404, "a delivered event is gone after its retention");
     let (code, ev) = host.get_event_raw(&dead_id).await;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use testkit::{Behavior, Host, Receiver, RecordedRequest, Reply, Target, scaled};
+use testkit::{Behavior, Host, Receiver, Target, find_named, scaled, target_entry};
 
 /// Events posted.
 const N: usize = 200;
@@ -37,11 +37,6 @@ fn chaotic(seed: u64) -> Behavior {
         .fail_fraction(0.22, 500)
         .delay_fraction(0.10, DELAY)
         .seed(seed)
-}
-
-/// Whether the receiver answered `r` with a 2xx (every path answers 200 by default).
-fn succeeded(r: &RecordedRequest) -> bool {
-    matches!(r.reply, Reply::Status(200) | Reply::Delay(_))
 }
 
 /// Posts `N` events, one at a time, each with a producer idempotency key, to whatever
@@ -94,9 +89,7 @@ fn deliveries(host: &Host) -> Vec<(String, String, String)> {
 }
 
 fn counts_of(targets: &Value, name: &str) -> BTreeMap<String, u64> {
-    targets
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
+    find_named(targets, name)
         .and_then(|t| t["counts"].as_object())
         .map(|c| c.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
         .unwrap_or_default()
@@ -119,11 +112,7 @@ fn all_settled(targets: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_across_random_failures_and_ten_kill_9s() {
-    let seed = std::env::var("OUTBOXD_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random::<u64>());
-    eprintln!("chaos seed {seed} (set OUTBOXD_CHAOS_SEED to repeat the kill schedule)");
+    let seed = testkit::chaos_seed();
     let mut rng = StdRng::seed_from_u64(seed);
 
     let rx = Receiver::builder()
@@ -133,40 +122,27 @@ async fn nothing_is_lost_across_random_failures_and_ten_kill_9s() {
         .start()
         .await;
     let mut host = Host::new();
-    // A short breaker cool-down: 5 failures in a row are bound to happen at this rate.
-    host.add_target(
-        "critical",
-        &Target::webhook(&rx.url("/critical"))
+    // (name, class, timeout_ms, max_attempts). A short breaker cool-down: 5 failures in a row
+    // are bound to happen at this rate.
+    for (name, class, timeout_ms, attempts) in [
+        ("critical", None, 1_000, 50),
+        ("best", Some("best-effort"), 1_000, 3),
+        ("slow", Some("slow"), 2_000, 50),
+    ] {
+        let mut t = Target::webhook(&rx.url(&format!("/{name}")))
             .concurrency(CONCURRENCY)
-            .timeout_ms(1_000)
-            .retry(50, 50, 500)
-            .breaker(5, 200),
-    )
-    .add_target(
-        "best",
-        &Target::webhook(&rx.url("/best"))
-            .class("best-effort")
-            .concurrency(CONCURRENCY)
-            .timeout_ms(1_000)
-            .retry(3, 50, 500)
-            .breaker(5, 200),
-    )
-    .add_target(
-        "slow",
-        &Target::webhook(&rx.url("/slow"))
-            .class("slow")
-            .concurrency(CONCURRENCY)
-            .timeout_ms(2_000)
-            .retry(50, 50, 500)
-            .breaker(5, 200),
-    );
+            .timeout_ms(timeout_ms)
+            .retry(attempts, 50, 500)
+            .breaker(5, 200);
+        if let Some(class) = class {
+            t = t.class(class);
+        }
+        host.add_target(name, &t);
+    }
     host.start().await;
     let targets = host.targets().await;
     for (name, class) in [("critical", "critical"), ("best", "best-effort"), ("slow", "slow")] {
-        let t = targets
-            .as_array()
-            .and_then(|ts| ts.iter().find(|t| t["name"] == name))
-            .unwrap_or_else(|| panic!("no target {name}: {targets:#}"));
+        let t = target_entry(&targets, name);
         assert_eq!(t["class"], class, "{t}");
     }
 
@@ -216,11 +192,11 @@ async fn nothing_is_lost_across_random_failures_and_ten_kill_9s() {
         let path = format!("/{t}");
         let reqs = rx.requests_at(&path);
         let mut successes: BTreeMap<String, usize> = BTreeMap::new();
-        for r in reqs.iter().filter(|r| succeeded(r)) {
+        for r in reqs.iter().filter(|r| r.succeeded()) {
             let key = r.idempotency_key().expect("idempotency-key").to_owned();
             *successes.entry(key).or_default() += 1;
         }
-        let failed = reqs.len() - reqs.iter().filter(|r| succeeded(r)).count();
+        let failed = reqs.len() - reqs.iter().filter(|r| r.succeeded()).count();
         let duplicates: usize = successes.values().map(|n| n - 1).sum();
         eprintln!(
             "{path}: {} requests, {failed} failed, {} keys accepted, {duplicates} accepted again after a kill",

@@ -35,11 +35,7 @@ async fn ten_thousand_dead_deliveries_replayed_by_the_cli_arrive_exactly_once() 
         let batch: Vec<Value> = (0..POST_CHUNK)
             .map(|i| json!({"type": "order.created", "payload": {"n": chunk * POST_CHUNK + i}}))
             .collect();
-        let (status, body) = host.post_event(&Value::Array(batch)).await;
-        assert_eq!(status, 202, "POST /v1/events (batch {chunk}): {body}");
-        let accepted = body.as_array().unwrap_or_else(|| panic!("not a list: {body}"));
-        assert_eq!(accepted.len(), POST_CHUNK);
-        ids.extend(accepted.iter().map(|a| a["id"].as_str().expect("id").to_owned()));
+        ids.extend(host.enqueue_batch(batch).await);
     }
     let expected_keys: BTreeSet<String> = ids.iter().map(|id| format!("{id}.bulk")).collect();
     assert_eq!(expected_keys.len(), BULK, "event ids are unique");
@@ -159,8 +155,8 @@ async fn ten_thousand_dead_deliveries_replayed_by_the_cli_arrive_exactly_once() 
         .post_json("/v1/deliveries/replay", &json!({"target": "bulk"}))
         .await;
     assert_eq!((status, body.clone()), (200, json!({"replayed": 0})), "{body}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(rx.total(), mark + BULK, "no further requests after replaying nothing");
+    // No further requests after replaying nothing.
+    rx.expect_no_more(mark + BULK, Duration::from_millis(500)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,21 +245,9 @@ async fn dead_critical_deliveries_are_listed_announced_and_replayable() {
 
     // Every dead critical delivery is announced once to the `outboxd.*` subscriber; the
     // discarded best-effort ones are not.
-    let alerts = rx
-        .wait_until(default_timeout(), |reqs| {
-            reqs.iter().filter(|r| r.path == "/alerts").count() >= 10
-        })
-        .await
-        .map(|_| rx.requests_at("/alerts"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let alerts_now = rx.requests_at("/alerts");
-    assert_eq!(
-        alerts_now.len(),
-        10,
-        "one announcement per dead delivery:\n{}",
-        rx.describe()
-    );
+    let alerts = rx.expect_requests("/alerts", 10).await;
+    // One announcement per dead delivery.
+    rx.expect_no_more_at("/alerts", 10, Duration::from_millis(500)).await;
     let mut announced = BTreeSet::new();
     for r in &alerts {
         let body = r.json();

@@ -1,5 +1,6 @@
 //! Self-tests of the harness's `Receiver` (no outboxd needed): the scripted behaviours do what they say.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use testkit::{Behavior, Receiver, Reply, sign_standard_webhook, verify_standard_webhook};
@@ -40,6 +41,8 @@ async fn fail_first_then_succeed_and_record_everything() {
     assert_eq!(reqs[0].method, "POST");
     assert_eq!(reqs[0].json()["hello"], "world");
     assert_eq!(reqs[1].reply, Reply::Status(500));
+    assert_eq!((reqs[1].status, reqs[1].succeeded()), (Some(500), false));
+    assert_eq!((reqs[2].status, reqs[2].succeeded()), (Some(200), true));
     assert_eq!(reqs[3].index, 3);
     assert_eq!(rx.requests_at("/other")[0].query.as_deref(), Some("x=1"));
     assert_eq!(rx.idempotency_keys_at("/flaky").len(), 2);
@@ -83,6 +86,13 @@ async fn hang_and_delay() {
     assert_eq!(post(&c, &rx.url("/slow"), "s").await.unwrap().status(), 202);
     assert!(t0.elapsed() >= Duration::from_millis(290));
     assert_eq!(rx.requests_at("/hang")[0].reply, Reply::Hang);
+    assert_eq!(rx.requests_at("/hang")[0].status, None, "a hung request has no status");
+    let slow = &rx.requests_at("/slow")[0];
+    assert_eq!(
+        (slow.status, slow.succeeded()),
+        (Some(202), true),
+        "a delay answers the default"
+    );
 }
 
 #[tokio::test]
@@ -144,4 +154,35 @@ async fn signatures_round_trip_through_the_receiver() {
         &req.headers,
         &req.body
     ));
+}
+
+#[tokio::test]
+async fn a_quiet_window_passes_when_nothing_arrives_and_fails_at_the_first_request() {
+    let rx = Arc::new(Receiver::start().await);
+    let c = client();
+    post(&c, &rx.url("/q"), "1").await.unwrap();
+    rx.expect_no_more_at("/q", 1, Duration::from_millis(100)).await;
+    rx.expect_no_more(1, Duration::from_millis(100)).await;
+
+    // A count that is not the expected one fails before the window.
+    let early = Instant::now();
+    let wrong = tokio::spawn({
+        let rx = Arc::clone(&rx);
+        async move { rx.expect_no_more_at("/q", 0, Duration::from_secs(30)).await }
+    });
+    assert!(wrong.await.unwrap_err().is_panic(), "1 request where 0 were expected");
+    assert!(early.elapsed() < Duration::from_secs(10), "it failed at once");
+
+    // One more request within the window fails it as soon as it arrives.
+    let started = Instant::now();
+    let watcher = tokio::spawn({
+        let rx = Arc::clone(&rx);
+        async move { rx.expect_no_more(1, Duration::from_secs(30)).await }
+    });
+    post(&c, &rx.url("/elsewhere"), "2").await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("the window fails before its end");
+    assert!(outcome.unwrap_err().is_panic(), "a request within the window");
+    assert!(started.elapsed() < Duration::from_secs(10));
 }

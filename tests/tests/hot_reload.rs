@@ -9,14 +9,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use testkit::{Behavior, Host, Receiver, RecordedRequest, Target, artifacts, default_timeout, scaled};
+use testkit::{
+    Behavior, Host, Receiver, RecordedRequest, Target, artifacts, default_timeout, find_named, scaled, target_entry,
+};
 use tokio::sync::RwLock;
 
 /// The header the marker fixtures put their version in.
@@ -58,14 +59,19 @@ const CORE_MODULE: &[u8] = b"\0asm\x01\0\0\0";
 // ---------------------------------------------------------------------------
 // Helpers
 
-/// The bytes of a built component (building the plugins first if need be, off the runtime).
-async fn component(file: &'static str) -> Vec<u8> {
-    tokio::task::spawn_blocking(move || {
-        let path = artifacts::plugin(file);
-        fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+/// The bytes of the marker fixtures: (version 1, version 2).
+async fn markers() -> (Vec<u8>, Vec<u8>) {
+    (
+        artifacts::plugin_bytes("marker_v1.wasm").await,
+        artifacts::plugin_bytes("marker_v2.wasm").await,
+    )
+}
+
+/// A host that notices changes in its plugins directory quickly (`reload_debounce_ms = 100`).
+fn reloading_host() -> Host {
+    let mut host = Host::new();
+    host.set_config("reload_debounce_ms", 100);
+    host
 }
 
 /// `component` with a custom section appended: the same code under another content hash.
@@ -99,32 +105,7 @@ fn marker(rx: &Receiver, path: &str, plugin: &str) -> Target {
     Target::new(plugin).config("url", rx.url(path)).allow(&rx.authority())
 }
 
-/// Deploys `bytes` as `dir/file` the atomic way: write a temporary file in the same
-/// directory (a name the host ignores), flush it to disk, rename it over `file`. Returns the
-/// moment right after the rename.
-fn deploy(dir: &Path, file: &str, bytes: &[u8]) -> Instant {
-    let tmp = dir.join(format!(".{file}.{}.tmp", std::process::id()));
-    {
-        let mut f = fs::File::create(&tmp).unwrap_or_else(|e| panic!("create {}: {e}", tmp.display()));
-        f.write_all(bytes)
-            .and_then(|()| f.sync_all())
-            .unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
-    }
-    let dst = dir.join(file);
-    fs::rename(&tmp, &dst).unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), dst.display()));
-    Instant::now()
-}
-
-/// The entry of target `name` in a `GET /v1/targets` document.
-fn target<'a>(targets: &'a Value, name: &str) -> Option<&'a Value> {
-    targets.as_array()?.iter().find(|t| t["name"] == name)
-}
-
-/// `target()`, panicking with the whole document if it is absent.
-fn must_target<'a>(targets: &'a Value, name: &str) -> &'a Value {
-    target(targets, name).unwrap_or_else(|| panic!("no target {name:?} in GET /v1/targets:\n{targets:#}"))
-}
-
+/// Target `t`'s count of deliveries in `status` (`t` an entry of `GET /v1/targets`).
 fn count(t: &Value, status: &str) -> u64 {
     t["counts"][status].as_u64().unwrap_or(0)
 }
@@ -231,23 +212,16 @@ async fn produce(url: String, stop: Arc<AtomicBool>) -> Result<Vec<String>, Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_the_plugin_under_load_loses_nothing_and_switches_within_a_second() {
     let _alone = MACHINE.write().await;
-    let v1 = component("marker_v1.wasm").await;
-    let v2 = component("marker_v2.wasm").await;
+    let (v1, v2) = markers().await;
     let rx = Receiver::start().await;
-    let mut host = Host::new();
-    host.set_config("reload_debounce_ms", 100);
+    let mut host = reloading_host();
     // A compile cache of its own: the first replacement compiles version 2 for real.
     host.set_config("cache_dir", "compile-cache");
-    host.add_target_raw(
+    host.add_target_component(
         "live",
-        "",
-        &marker(&rx, "/live", "live.wasm")
-            .events(&["load.*"])
-            .concurrency(8)
-            .to_toml(),
+        &marker(&rx, "/live", "live.wasm").events(&["load.*"]).concurrency(8),
+        &v1,
     );
-    let dir = host.plugins_dir();
-    fs::write(dir.join("live.wasm"), &v1).expect("write live.wasm");
     host.start().await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -272,7 +246,7 @@ async fn replacing_the_plugin_under_load_loses_nothing_and_switches_within_a_sec
     let mut switches: Vec<(&str, Instant, Instant)> = Vec::new();
     for i in 0..REPLACEMENTS {
         let (version, bytes) = if i % 2 == 0 { (V2, &v2) } else { (V1, &v1) };
-        let renamed = deploy(&dir, "live.wasm", bytes);
+        let renamed = host.deploy("live.wasm", bytes);
         let reqs = rx
             .wait_until(scaled(Duration::from_secs(15)), |reqs| {
                 first_with_version(reqs, renamed, version).is_some()
@@ -306,10 +280,10 @@ async fn replacing_the_plugin_under_load_loses_nothing_and_switches_within_a_sec
     // Every event is delivered exactly once, none failed.
     let targets = host
         .wait_for_targets(scaled(Duration::from_secs(90)), |ts| {
-            target(ts, "live").is_some_and(|t| count(t, "delivered") == n as u64)
+            find_named(ts, "live").is_some_and(|t| count(t, "delivered") == n as u64)
         })
         .await;
-    let live = must_target(&targets, "live");
+    let live = target_entry(&targets, "live");
     for status in ["pending", "in_flight", "dead", "paused", "discarded"] {
         assert_eq!(count(live, status), 0, "no delivery may be {status}: {live:#}");
     }
@@ -412,18 +386,15 @@ async fn replacing_the_plugin_under_load_loses_nothing_and_switches_within_a_sec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_plugin_and_manifest_dropped_in_take_the_next_event() {
     let _shared = MACHINE.read().await;
-    let v1 = component("marker_v1.wasm").await;
-    let v2 = component("marker_v2.wasm").await;
+    let (v1, v2) = markers().await;
     let rx = Receiver::start().await;
-    let mut host = Host::new();
-    host.set_config("reload_debounce_ms", 100);
+    let mut host = reloading_host();
     host.set_config("cache_dir", "compile-cache"); // so that the new plugin is compiled
-    host.add_target_raw("first", "", &marker(&rx, "/first", "first.wasm").to_toml());
+    host.add_target_component("first", &marker(&rx, "/first", "first.wasm"), &v1);
     let dir = host.plugins_dir();
-    fs::write(dir.join("first.wasm"), &v1).expect("write first.wasm");
     host.start().await;
     let before = host.targets().await;
-    assert!(target(&before, "fresh").is_none(), "{before:#}");
+    assert!(find_named(&before, "fresh").is_none(), "{before:#}");
 
     // Manifest first: until its plugin arrives the target is not loaded, and says why.
     fs::write(
@@ -433,32 +404,32 @@ async fn a_new_plugin_and_manifest_dropped_in_take_the_next_event() {
     .expect("write fresh.toml");
     let waiting = host
         .wait_for_targets(default_timeout(), |ts| {
-            target(ts, "fresh").is_some_and(|t| {
+            find_named(ts, "fresh").is_some_and(|t| {
                 t["last_reload_error"]["file"]
                     .as_str()
                     .is_some_and(|f| f.ends_with("fresh.wasm"))
             })
         })
         .await;
-    let fresh = must_target(&waiting, "fresh");
+    let fresh = target_entry(&waiting, "fresh");
     assert_eq!(
         fresh["loaded"], false,
         "a manifest without its plugin loads nothing: {fresh:#}"
     );
 
     // Then the plugin, by rename.
-    deploy(&dir, "fresh.wasm", &v2);
+    host.deploy("fresh.wasm", &v2);
     let loaded = host
         .wait_for_targets(default_timeout(), |ts| {
-            target(ts, "fresh").is_some_and(|t| t["loaded"] == true && t["last_reload_error"].is_null())
+            find_named(ts, "fresh").is_some_and(|t| t["loaded"] == true && t["last_reload_error"].is_null())
         })
         .await;
-    let fresh = must_target(&loaded, "fresh");
+    let fresh = target_entry(&loaded, "fresh");
     assert_eq!(fresh["plugin"], "fresh.wasm", "{fresh:#}");
     assert_eq!(fresh["events"], json!(["probe.*"]), "{fresh:#}");
     assert_eq!(fresh["compiled_from"], "compile", "{fresh:#}");
     assert!(fresh["loaded_at"].is_string(), "{fresh:#}");
-    let first = must_target(&loaded, "first");
+    let first = target_entry(&loaded, "first");
     assert_eq!(first["loaded"], true, "the other target is untouched: {first:#}");
 
     // The next event goes to it (and to the target that was there before).
@@ -480,18 +451,15 @@ async fn a_new_plugin_and_manifest_dropped_in_take_the_next_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_replacement_keeps_the_old_version_serving_and_reports_why() {
     let _shared = MACHINE.read().await;
-    let v1 = component("marker_v1.wasm").await;
-    let v2 = component("marker_v2.wasm").await;
+    let (v1, v2) = markers().await;
     let rx = Receiver::start().await;
-    let mut host = Host::new();
-    host.set_config("reload_debounce_ms", 100);
-    host.add_target_raw("steady", "", &marker(&rx, "/steady", "steady.wasm").to_toml());
+    let mut host = reloading_host();
+    host.add_target_component("steady", &marker(&rx, "/steady", "steady.wasm"), &v1);
     let dir = host.plugins_dir();
-    fs::write(dir.join("steady.wasm"), &v1).expect("write steady.wasm");
     host.start().await;
 
     let initial = host.targets().await;
-    let steady = must_target(&initial, "steady");
+    let steady = target_entry(&initial, "steady");
     assert!(steady["last_reload_error"].is_null(), "{steady:#}");
     let v1_hash = steady["hash"].as_str().expect("hash").to_owned();
     let r = deliver_one(&host, &rx, "/steady", "before").await;
@@ -515,14 +483,14 @@ async fn a_broken_replacement_keeps_the_old_version_serving_and_reports_why() {
         fs::write(dir.join("steady.wasm"), bytes).unwrap_or_else(|e| panic!("overwrite with {what}: {e}"));
         let ts = host
             .wait_for_targets(default_timeout(), |ts| {
-                target(ts, "steady").is_some_and(|t| {
+                find_named(ts, "steady").is_some_and(|t| {
                     t["last_reload_error"]["message"]
                         .as_str()
                         .is_some_and(|m| m.contains(reason))
                 })
             })
             .await;
-        let steady = must_target(&ts, "steady");
+        let steady = target_entry(&ts, "steady");
         let err = &steady["last_reload_error"];
         assert!(
             err["file"].as_str().is_some_and(|f| f.ends_with("steady.wasm")),
@@ -546,7 +514,7 @@ async fn a_broken_replacement_keeps_the_old_version_serving_and_reports_why() {
         );
     }
     let ts = host.targets().await;
-    let wrong_world = must_target(&ts, "steady")["last_reload_error"]["message"]
+    let wrong_world = target_entry(&ts, "steady")["last_reload_error"]["message"]
         .as_str()
         .unwrap_or_default();
     assert!(
@@ -555,13 +523,13 @@ async fn a_broken_replacement_keeps_the_old_version_serving_and_reports_why() {
     );
 
     // A good file arrives: it serves, and the error clears.
-    deploy(&dir, "steady.wasm", &v2);
+    host.deploy("steady.wasm", &v2);
     let ts = host
         .wait_for_targets(default_timeout(), |ts| {
-            target(ts, "steady").is_some_and(|t| t["hash"] != v1_hash.as_str() && t["last_reload_error"].is_null())
+            find_named(ts, "steady").is_some_and(|t| t["hash"] != v1_hash.as_str() && t["last_reload_error"].is_null())
         })
         .await;
-    let steady = must_target(&ts, "steady");
+    let steady = target_entry(&ts, "steady");
     assert_eq!(steady["loaded"], true, "{steady:#}");
     let r = deliver_one(&host, &rx, "/steady", "after").await;
     assert_eq!(r.header(VERSION_HEADER), Some(V2), "the good file serves: {r}");
@@ -577,21 +545,16 @@ async fn a_broken_replacement_keeps_the_old_version_serving_and_reports_why() {
 /// up to `concurrency` at once, and whose breaker never opens. Returns the host (started),
 /// the manifest text and the component bytes, to put the target back later.
 async fn host_with_gone_target(rx: &Receiver, concurrency: u32) -> (Host, String, Vec<u8>) {
-    let v1 = component("marker_v1.wasm").await;
-    let mut host = Host::new();
-    host.set_config("reload_debounce_ms", 100);
-    let manifest = format!(
-        "{}\n[breaker]\nfailures = 1000000\n",
-        marker(rx, "/gone", "gone.wasm")
-            .events(&["order.*"])
-            .concurrency(concurrency)
-            .retry(1000, 50, 10_000)
-            .to_toml()
-    );
-    host.add_target_raw("gone", "", &manifest);
-    fs::write(host.plugins_dir().join("gone.wasm"), &v1).expect("write gone.wasm");
+    let v1 = artifacts::plugin_bytes("marker_v1.wasm").await;
+    let mut host = reloading_host();
+    let gone = marker(rx, "/gone", "gone.wasm")
+        .events(&["order.*"])
+        .concurrency(concurrency)
+        .retry(1000, 50, 10_000)
+        .breaker_failures(1_000_000);
+    host.add_target_component("gone", &gone, &v1);
     host.start().await;
-    (host, manifest, v1)
+    (host, gone.to_toml(), v1)
 }
 
 /// Removes target `gone`: its plugin, then its manifest (the other order would briefly
@@ -608,12 +571,12 @@ async fn put_back_and_deliver(host: &Host, rx: &Receiver, manifest: &str, compon
     rx.behave("/gone", Behavior::ok());
     let dir = host.plugins_dir();
     fs::write(dir.join("gone.toml"), manifest).expect("write gone.toml");
-    deploy(&dir, "gone.wasm", component);
+    host.deploy("gone.wasm", component);
     for id in ids {
         host.wait_delivered(id, &["gone"]).await;
     }
     let ts = host.targets().await;
-    let gone = must_target(&ts, "gone");
+    let gone = target_entry(&ts, "gone");
     assert_eq!(gone["loaded"], true, "{gone:#}");
     assert_eq!(count(gone, "delivered"), ids.len() as u64, "{gone:#}");
     for status in ["paused", "pending", "in_flight", "dead"] {
@@ -663,7 +626,7 @@ async fn removing_a_plugin_pauses_its_pending_deliveries_and_putting_it_back_del
     // Every event failed once and waits for its retry: all pending, none in flight.
     wait_all_attempted(&rx, &ids).await;
     host.wait_for_targets(default_timeout(), |ts| {
-        target(ts, "gone").is_some_and(|t| count(t, "pending") == EVENTS as u64 && count(t, "in_flight") == 0)
+        find_named(ts, "gone").is_some_and(|t| count(t, "pending") == EVENTS as u64 && count(t, "in_flight") == 0)
     })
     .await;
     let attempted = rx.count_at("/gone");
@@ -671,10 +634,10 @@ async fn removing_a_plugin_pauses_its_pending_deliveries_and_putting_it_back_del
     remove_gone(&host);
     let ts = host
         .wait_for_targets(default_timeout(), |ts| {
-            target(ts, "gone").is_some_and(|t| t["loaded"] == false && count(t, "paused") == EVENTS as u64)
+            find_named(ts, "gone").is_some_and(|t| t["loaded"] == false && count(t, "paused") == EVENTS as u64)
         })
         .await;
-    let gone = must_target(&ts, "gone");
+    let gone = target_entry(&ts, "gone");
     for status in ["pending", "in_flight", "delivered", "dead"] {
         assert_eq!(count(gone, status), 0, "{status}: {gone:#}");
     }
@@ -684,17 +647,10 @@ async fn removing_a_plugin_pauses_its_pending_deliveries_and_putting_it_back_del
     }
     // Paused means no attempts, also once the retries fall due: watch until then, and a bit.
     let quiet_until = removed_at + Duration::from_secs(RETRY_AFTER_SECS) + Duration::from_millis(1000);
-    while tokio::time::Instant::now() < quiet_until {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(
-            rx.count_at("/gone"),
-            attempted,
-            "a removed target's deliveries were attempted:\n{}",
-            rx.describe()
-        );
-    }
+    let quiet = quiet_until.saturating_duration_since(tokio::time::Instant::now());
+    rx.expect_no_more_at("/gone", attempted, quiet).await;
     let ts = host.targets().await;
-    assert_eq!(count(must_target(&ts, "gone"), "paused"), EVENTS as u64, "{ts:#}");
+    assert_eq!(count(target_entry(&ts, "gone"), "paused"), EVENTS as u64, "{ts:#}");
 
     put_back_and_deliver(&host, &rx, &manifest, &v1, &ids).await;
 }
@@ -717,10 +673,10 @@ async fn a_delivery_in_flight_when_its_plugin_is_removed_is_paused_when_the_atte
     remove_gone(&host);
     let ts = host
         .wait_for_targets(default_timeout(), |ts| {
-            target(ts, "gone").is_some_and(|t| t["loaded"] == false)
+            find_named(ts, "gone").is_some_and(|t| t["loaded"] == false)
         })
         .await;
-    let gone = must_target(&ts, "gone");
+    let gone = target_entry(&ts, "gone");
     assert_eq!(
         count(gone, "in_flight"),
         EVENTS as u64,
@@ -730,10 +686,10 @@ async fn a_delivery_in_flight_when_its_plugin_is_removed_is_paused_when_the_atte
     // The attempts end (503): with the target gone, their deliveries wait as paused.
     let ts = host
         .wait_for_targets(HOLD + scaled(Duration::from_secs(10)), |ts| {
-            target(ts, "gone").is_some_and(|t| count(t, "paused") == EVENTS as u64)
+            find_named(ts, "gone").is_some_and(|t| count(t, "paused") == EVENTS as u64)
         })
         .await;
-    let gone = must_target(&ts, "gone");
+    let gone = target_entry(&ts, "gone");
     for status in ["pending", "in_flight", "delivered", "dead"] {
         assert_eq!(count(gone, status), 0, "{status}: {gone:#}");
     }
@@ -772,21 +728,16 @@ fn cache_files(dir: &Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_loads_unchanged_plugins_from_the_cache_and_rebuilds_a_corrupt_entry() {
     let _shared = MACHINE.read().await;
-    let v1 = component("marker_v1.wasm").await;
-    let v2 = component("marker_v2.wasm").await;
+    let (v1, v2) = markers().await;
     let rx = Receiver::start().await;
     let mut host = Host::new();
     host.set_config("cache_dir", "compile-cache");
     // Five targets, five distinct plugin files.
     host.add_target("hook", &Target::webhook(&rx.url("/hook")))
         .add_target("noop", &Target::misbehave("ok"))
-        .add_target_raw("one", "", &marker(&rx, "/one", "one.wasm").to_toml())
-        .add_target_raw("two", "", &marker(&rx, "/two", "two.wasm").to_toml())
-        .add_target_raw("third", "", &marker(&rx, "/third", "third.wasm").to_toml());
-    let dir = host.plugins_dir();
-    fs::write(dir.join("one.wasm"), &v1).expect("write one.wasm");
-    fs::write(dir.join("two.wasm"), &v2).expect("write two.wasm");
-    fs::write(dir.join("third.wasm"), variant(&v1, "third")).expect("write third.wasm");
+        .add_target_component("one", &marker(&rx, "/one", "one.wasm"), &v1)
+        .add_target_component("two", &marker(&rx, "/two", "two.wasm"), &v2)
+        .add_target_component("third", &marker(&rx, "/third", "third.wasm"), &variant(&v1, "third"));
     let names = ["hook", "noop", "one", "third", "two"];
     let cache_dir = host.config_path().parent().expect("config dir").join("compile-cache");
 
@@ -797,7 +748,7 @@ async fn a_restart_loads_unchanged_plugins_from_the_cache_and_rebuilds_a_corrupt
     let by_name = |ts: &Value| -> BTreeMap<String, Value> {
         names
             .iter()
-            .map(|n| ((*n).to_owned(), must_target(ts, n).clone()))
+            .map(|n| ((*n).to_owned(), target_entry(ts, n).clone()))
             .collect()
     };
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::{Value, json};
-use testkit::{Behavior, Host, Receiver, Target, default_timeout, scaled, target_count};
+use testkit::{Behavior, Host, default_timeout, target_count};
 
 const INGEST: &str = "ingest-token-0123456789";
 const READ: &str = "read-token-0123456789";
@@ -30,13 +30,12 @@ fn tools_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools")
 }
 
-fn tokens_section(open: &str) -> String {
-    format!(
-        "[api]\nopen = [{open}]\n\
-         [[api.tokens]]\nname = \"producer\"\ntoken = \"{INGEST}\"\nscopes = [\"ingest\"]\n\
-         [[api.tokens]]\nname = \"grafana\"\ntoken = \"{READ}\"\nscopes = [\"read\"]\n\
-         [[api.tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nscopes = [\"admin\"]\n"
-    )
+/// The three tokens (ingest, read, admin) and `[api] open`.
+fn add_tokens(host: &mut Host, open: &[&str]) {
+    host.set_api_open(open)
+        .add_api_token("producer", INGEST, &["ingest"])
+        .add_api_token("grafana", READ, &["read"])
+        .add_api_token("ops", ADMIN, &["admin"]);
 }
 
 /// (status, JSON body or null, content type).
@@ -59,18 +58,6 @@ async fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>)
         .to_owned();
     let text = res.text().await.unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null), ctype)
-}
-
-/// The three demo targets, all answered by `rx`; `billing` answers `billing_status`.
-fn demo_targets(host: &mut Host, rx: &Receiver) {
-    for name in ["crm", "analytics", "billing"] {
-        host.add_target(
-            name,
-            &Target::webhook(&rx.url(&format!("/{name}")))
-                .events(&["order.*"])
-                .fast_retry(3),
-        );
-    }
 }
 
 /// `(name, labels, value)` of every sample, as Python's OpenMetrics parser reads them.
@@ -121,9 +108,7 @@ fn sample(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_a_sample_event_show_the_attempts_and_no_backlog() {
-    let rx = Receiver::builder().default_behavior(Behavior::ok()).start().await;
-    let mut host = Host::new();
-    demo_targets(&mut host, &rx);
+    let (_rx, mut host) = testkit::demo(Behavior::ok()).await;
     host.start().await;
     let (status, body) = host
         .post_event(&json!({"type": "order.created", "payload": {"order_id": 1001}}))
@@ -217,14 +202,8 @@ async fn metrics_after_a_sample_event_show_the_attempts_and_no_backlog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_scopes_guard_the_api() {
-    let rx = Receiver::builder()
-        .default_behavior(Behavior::ok())
-        .path("/billing", Behavior::status(422))
-        .start()
-        .await;
-    let mut host = Host::new();
-    demo_targets(&mut host, &rx);
-    host.append_config_raw(&tokens_section("\"/healthz\""));
+    let (_rx, mut host) = testkit::demo(Behavior::status(422)).await;
+    add_tokens(&mut host, &["/healthz"]);
     host.start().await;
     let event = json!({"type": "order.created", "payload": {"n": 1}});
 
@@ -276,15 +255,11 @@ async fn tokens_and_scopes_guard_the_api() {
     assert_eq!(status, 200);
 
     // The admin token does everything: the billing delivery died (422); replay it.
-    let deadline = std::time::Instant::now() + default_timeout();
-    loop {
-        let (_, targets, _) = call("GET", &host.url("/v1/targets"), Some(ADMIN), None).await;
-        if target_count(&targets, "billing", "dead") == 1 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "billing never died: {targets}");
-        tokio::time::sleep(scaled(std::time::Duration::from_millis(100))).await;
-    }
+    host.set_api_token(ADMIN);
+    host.wait_for_targets(default_timeout(), |targets| {
+        target_count(targets, "billing", "dead") == 1
+    })
+    .await;
     let (status, body, _) = call("POST", &host.url("/v1/deliveries/replay"), Some(ADMIN), Some(json!({}))).await;
     assert_eq!((status, &body), (200, &json!({"replayed": 1})));
     let (status, body, _) = call("POST", &host.url("/v1/targets/crm/pause"), Some(ADMIN), None).await;
@@ -351,14 +326,8 @@ async fn every_documented_operation_is_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_response_outside_the_document() {
-    let rx = Receiver::builder()
-        .default_behavior(Behavior::ok())
-        .path("/billing", Behavior::status(422))
-        .start()
-        .await;
-    let mut host = Host::new();
-    demo_targets(&mut host, &rx);
-    host.append_config_raw(&tokens_section(""));
+    let (_rx, mut host) = testkit::demo(Behavior::status(422)).await;
+    add_tokens(&mut host, &[]);
     host.start().await;
     let python = python();
     let st = python.with_file_name("schemathesis");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use testkit::{Behavior, Host, Receiver, RecordedRequest, Reply, Target, scaled};
+use testkit::{Behavior, Host, Receiver, Target, scaled};
 
 /// `n` hosts on one fresh PostgreSQL database, each with `targets`, started together (so
 /// their schema migrations race, under the advisory lock).
@@ -44,11 +44,6 @@ fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("HTTP client")
-}
-
-/// Whether the receiver answered `r` with a 2xx.
-fn succeeded(r: &RecordedRequest) -> bool {
-    matches!(r.reply, Reply::Status(200) | Reply::Delay(_))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -102,11 +97,7 @@ async fn post_all(addrs: Arc<Mutex<Vec<Option<SocketAddr>>>>, seed: u64) -> usiz
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_deliver_everything_through_ten_kill_9s() {
-    let seed = std::env::var("OUTBOXD_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random::<u64>());
-    eprintln!("seed {seed} (set OUTBOXD_CHAOS_SEED to repeat the kill schedule)");
+    let seed = testkit::chaos_seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let rx = Receiver::builder()
         .path("/alpha", flaky(seed ^ 1))
@@ -201,7 +192,7 @@ async fn three_hosts_deliver_everything_through_ten_kill_9s() {
         let seen: BTreeSet<String> = rx
             .requests_at(&format!("/{t}"))
             .iter()
-            .filter(|r| succeeded(r))
+            .filter(|r| r.succeeded())
             .filter_map(|r| r.idempotency_key().map(str::to_owned))
             .collect();
         let expected: BTreeSet<String> = ids.iter().map(|id| format!("{id}.{t}")).collect();
@@ -282,7 +273,7 @@ async fn an_ordered_target_keeps_per_key_order_across_three_hosts() {
     }
     let total = KEYS * PER_KEY;
     rx.wait_until(scaled(Duration::from_secs(120)), |reqs| {
-        reqs.iter().filter(|r| succeeded(r)).count() >= total
+        reqs.iter().filter(|r| r.succeeded()).count() >= total
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
@@ -300,7 +291,7 @@ async fn an_ordered_target_keeps_per_key_order_across_three_hosts() {
             seq <= *expected,
             "key {key}: event {seq} arrived before event {expected} was delivered ({r})"
         );
-        if seq == *expected && succeeded(r) {
+        if seq == *expected && r.succeeded() {
             *expected += 1;
         }
     }

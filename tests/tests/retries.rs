@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::json;
-use testkit::{Behavior, Host, Receiver, Target, delivery, history};
+use testkit::{Behavior, Host, Receiver, Target, delivery, history, target_entry};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_failures_then_success_with_the_same_key() {
@@ -68,16 +68,12 @@ async fn a_400_is_dead_after_one_attempt_while_others_deliver() {
     assert_eq!(delivery(&event, "billing")["status"], "delivered", "{event:#}");
 
     // It stays dead: no further request arrives.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(rx.count_at("/reject"), 1, "{}", rx.describe());
+    rx.expect_no_more_at("/reject", 1, Duration::from_millis(600)).await;
     let event = host.get_event(&id).await;
     assert_eq!(delivery(&event, "reject")["status"], "dead");
 
     let targets = host.targets().await;
-    let reject = targets
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["name"] == "reject"))
-        .unwrap_or_else(|| panic!("no target reject in {targets:#}"));
+    let reject = target_entry(&targets, "reject");
     assert_eq!(reject["counts"]["dead"], 1, "{reject}");
 }
 
@@ -133,6 +129,5 @@ async fn attempts_run_out_and_the_delivery_is_dead() {
     assert_eq!(d["attempts"], 3, "{d:#}");
     assert_eq!(history(&event, "down").len(), 3, "{d:#}");
     assert!(d["last_error"].as_str().unwrap_or_default().contains("503"), "{d:#}");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(rx.count_at("/down"), 3, "{}", rx.describe());
+    rx.expect_no_more_at("/down", 3, Duration::from_millis(400)).await;
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use testkit::Host;
-use testkit::sources::eventually;
+use testkit::database::sqlite_rows;
+use testkit::sources::Source;
+use testkit::{Host, eventually};
 
 const PRODUCERS: usize = 2;
 const ROWS_EACH: usize = 2_500;
@@ -50,10 +51,11 @@ async fn ten_sigkills_while_producers_write_relay_every_row_exactly_once() {
         .unwrap();
     }
     // Small batches: more relay transactions, so kills land between ingest and marking.
-    host.append_config_raw(&format!(
-        "[[sources]]\nname = \"crash\"\nkind = \"sqlite\"\npath = {:?}\nbatch_size = 50\npoll_interval_ms = 5\n",
-        app_db.display().to_string()
-    ));
+    host.add_source(
+        &Source::sqlite("crash", &app_db)
+            .set("batch_size", 50)
+            .set("poll_interval_ms", 5),
+    );
     host.start().await;
 
     let phase = Arc::new(AtomicUsize::new(0));
@@ -75,37 +77,24 @@ async fn ten_sigkills_while_producers_write_relay_every_row_exactly_once() {
     }
 
     let total = (PRODUCERS * ROWS_EACH) as i64;
-    let app = rusqlite::Connection::open(&app_db).unwrap();
     eventually("every row marked done", || {
-        let pending: i64 = app
-            .query_row("SELECT count(*) FROM outbox WHERE status <> 'done'", [], |r| r.get(0))
-            .unwrap();
-        (pending == 0, format!("{pending} rows not done"))
+        let pending = sqlite_rows(&app_db, "SELECT count(*) FROM outbox WHERE status <> 'done'");
+        (pending == [["0"]], format!("{pending:?} rows not done"))
     })
     .await;
-    let rows: i64 = app.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();
-    assert_eq!(rows, total);
+    let rows = sqlite_rows(&app_db, "SELECT count(*) FROM outbox");
+    assert_eq!(rows, [[total.to_string()]]);
 
-    let store = host.db();
-    let events: i64 = store
-        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-        .unwrap();
+    // The store, whichever it is.
+    let events = host.count_rows("events");
     assert_eq!(events, total, "one event per row: none missing, none duplicated");
-    let payloads: BTreeSet<String> = store
-        .prepare("SELECT payload FROM events")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let payloads: BTreeSet<String> = host
+        .sql("SELECT payload FROM events")
+        .into_iter()
+        .map(|row| row[0].clone())
+        .collect();
     assert_eq!(payloads.len() as i64, total, "every event a different row");
-    let keys: i64 = store
-        .query_row(
-            "SELECT count(*) FROM idempotency_keys WHERE key LIKE 'source:crash:%'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let keys = host.sql_i64("SELECT count(*) FROM idempotency_keys WHERE key LIKE 'source:crash:%'");
     assert_eq!(keys, total);
     host.stop().await;
 }

@@ -3,10 +3,9 @@
 //! with invalid JSON or an invalid type is marked `failed` (or, in delete mode, left in
 //! place) with its reason, and meanwhile the healthy sources keep relaying.
 
-use std::time::Duration;
-
-use serde_json::Value;
-use testkit::{Host, Receiver, Target, default_timeout};
+use testkit::database::sqlite_rows;
+use testkit::sources::Source;
+use testkit::{Host, Receiver, Target, default_timeout, source_entry};
 
 fn app_db(path: &std::path::Path, with_status: bool) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(path).expect("open app db");
@@ -30,34 +29,6 @@ fn insert(conn: &rusqlite::Connection, event_type: &str, payload: &str) {
     .expect("insert");
 }
 
-fn source(name: &str, body: &str) -> String {
-    format!("[[sources]]\nname = \"{name}\"\npoll_interval_ms = 20\n{body}\n")
-}
-
-fn entry<'a>(sources: &'a Value, name: &str) -> &'a Value {
-    sources
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == name))
-        .unwrap_or_else(|| panic!("no source {name} in {sources:#}"))
-}
-
-async fn wait_sources(host: &Host, mut pred: impl FnMut(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + default_timeout();
-    loop {
-        let (status, body) = host.get_json("/v1/sources").await;
-        assert_eq!(status, 200, "{body}");
-        if pred(&body) {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "sources never reached the expected state: {body:#}\n{}",
-            host.stderr_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_sources_and_bad_rows_are_reported_while_the_others_relay() {
     let rx = Receiver::start().await;
@@ -75,63 +46,44 @@ async fn broken_sources_and_bad_rows_are_reported_while_the_others_relay() {
     insert(&deleting, "order.created", "[1, 2");
     insert(&deleting, "order.created", r#"{"n":6}"#);
 
-    let sqlite = |p: &str| format!("kind = \"sqlite\"\npath = {:?}", dir.join(p).display().to_string());
-    host.append_config_raw(&source("good", &sqlite("good.db")))
-        .append_config_raw(&source(
-            "deleting",
-            &format!(
-                "{}\non_relayed = \"delete\"\n[sources.columns]\nstatus = \"\"",
-                sqlite("deleting.db")
-            ),
-        ))
-        .append_config_raw(&source(
-            "missing-table",
-            &format!("{}\ntable = \"no_such_table\"", sqlite("other.db")),
-        ))
-        .append_config_raw(&source(
-            "missing-column",
-            &format!("{}\n[sources.columns]\nheaders = \"hdrs\"", sqlite("other.db")),
-        ))
-        .append_config_raw(&source(
+    // Every source polls every 20 ms.
+    let quick = |source: Source| source.set("poll_interval_ms", 20);
+    let sqlite = |name: &str, file: &str| quick(Source::sqlite(name, &dir.join(file)));
+    host.add_source(&sqlite("good", "good.db"))
+        .add_source(
+            &sqlite("deleting", "deleting.db")
+                .set("on_relayed", "delete")
+                .column("status", ""),
+        )
+        .add_source(&sqlite("missing-table", "other.db").set("table", "no_such_table"))
+        .add_source(&sqlite("missing-column", "other.db").column("headers", "hdrs"))
+        .add_source(&quick(Source::postgres(
             "pg-down",
-            "kind = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:1/app\"",
-        ))
-        .append_config_raw(&source(
-            "mysql-down",
-            "kind = \"mysql\"\nurl = \"mysql://root@127.0.0.1:1/app\"",
-        ));
+            "postgres://postgres@127.0.0.1:1/app",
+        )))
+        .add_source(&quick(Source::mysql("mysql-down", "mysql://root@127.0.0.1:1/app")));
     host.start().await;
 
-    let sources = wait_sources(&host, |s| {
-        entry(s, "good")["rows_relayed"] == 2
-            && entry(s, "deleting")["rows_relayed"] == 1
-            && ["missing-table", "missing-column", "pg-down", "mysql-down"]
-                .iter()
-                .all(|n| entry(s, n)["last_error"].is_object())
-    })
-    .await;
+    let sources = host
+        .wait_for_sources(default_timeout(), |s| {
+            source_entry(s, "good")["rows_relayed"] == 2
+                && source_entry(s, "deleting")["rows_relayed"] == 1
+                && ["missing-table", "missing-column", "pg-down", "mysql-down"]
+                    .iter()
+                    .all(|n| source_entry(s, n)["last_error"].is_object())
+        })
+        .await;
 
-    let good_s = entry(&sources, "good");
+    let good_s = source_entry(&sources, "good");
     assert_eq!(good_s["rows_failed"], 2, "{good_s:#}");
     assert_eq!(good_s["state"], "relaying", "{good_s:#}");
     assert!(good_s["last_error"].is_null(), "{good_s:#}");
     let bad = good_s["last_bad_row"]["message"].as_str().unwrap_or_default();
     assert!(bad.starts_with("3: ") && bad.contains("`type`"), "{good_s:#}");
-    let statuses: Vec<(i64, String)> = good
-        .prepare("SELECT id, status FROM outbox ORDER BY id")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let statuses = sqlite_rows(&dir.join("good.db"), "SELECT id, status FROM outbox ORDER BY id");
     assert_eq!(
         statuses,
-        vec![
-            (1, "done".to_owned()),
-            (2, "failed".to_owned()),
-            (3, "failed".to_owned()),
-            (4, "done".to_owned())
-        ]
+        [["1", "done"], ["2", "failed"], ["3", "failed"], ["4", "done"]]
     );
     assert!(
         host.stderr().contains("the payload is not JSON"),
@@ -140,7 +92,7 @@ async fn broken_sources_and_bad_rows_are_reported_while_the_others_relay() {
     );
 
     // Delete mode: the good row is gone, the bad one stays where it was.
-    let d = entry(&sources, "deleting");
+    let d = source_entry(&sources, "deleting");
     assert_eq!(d["rows_failed"], 1, "{d:#}");
     assert!(
         d["last_bad_row"]["message"]
@@ -149,17 +101,11 @@ async fn broken_sources_and_bad_rows_are_reported_while_the_others_relay() {
             .contains("not JSON"),
         "{d:#}"
     );
-    let left: Vec<String> = deleting
-        .prepare("SELECT payload FROM outbox")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(left, vec!["[1, 2".to_owned()]);
+    let left = sqlite_rows(&dir.join("deleting.db"), "SELECT payload FROM outbox");
+    assert_eq!(left, [["[1, 2"]]);
 
     let err = |name: &str| {
-        let e = entry(&sources, name);
+        let e = source_entry(&sources, name);
         assert_eq!(e["state"], "failing", "{e:#}");
         e["last_error"]["message"].as_str().unwrap_or_default().to_owned()
     };

@@ -2,12 +2,12 @@
 //! by `LISTEN`/`NOTIFY` (the trigger docs/sources.md shows), and a Debezium-shaped table whose
 //! events keep their per-`aggregateid` order to an `ordered = true` target.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::collections::BTreeMap;
 
-use serde_json::Value;
-use testkit::sources::{TempDb, eventually, php_example_dir, run_php_producer};
-use testkit::{Behavior, Host, Receiver, Reply, Target, default_timeout};
+use testkit::sources::{
+    SHOP_TARGETS, Source, TempDb, expect_every_order_once, php_example_dir, run_php_producer, run_two_php_producers,
+};
+use testkit::{Behavior, Host, Receiver, Target, default_timeout, eventually, find_named, source_entry};
 
 const ORDERS: usize = 200;
 
@@ -18,24 +18,6 @@ BEGIN PERFORM pg_notify('outbox', ''); RETURN NULL; END $$;
 CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
     FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();";
 
-async fn wait_source(host: &Host, name: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + default_timeout();
-    loop {
-        let (_, body) = host.get_json("/v1/sources").await;
-        if let Some(s) = body.as_array().and_then(|a| a.iter().find(|s| s["name"] == name))
-            && pred(s)
-        {
-            return s.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "source {name} never got there: {body:#}\n{}",
-            host.stderr_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn php_orders_in_postgres_reach_every_target_woken_by_notify() {
     let db = TempDb::postgres("outboxd_src_pg");
@@ -45,45 +27,29 @@ async fn php_orders_in_postgres_reach_every_target_woken_by_notify() {
 
     let rx = Receiver::start().await;
     let mut host = Host::new();
-    for (name, events) in [
-        ("crm", &["order.*"][..]),
-        ("analytics", &["*"][..]),
-        ("billing", &["order.created"][..]),
-    ] {
-        host.add_target(name, &Target::webhook(&rx.url(&format!("/{name}"))).events(events));
-    }
+    host.add_webhooks(&rx, SHOP_TARGETS);
     // Polling once a minute: only NOTIFY can make the relay this quick.
-    host.append_config_raw(&format!(
-        "[[sources]]\nname = \"shop\"\nkind = \"postgres\"\nurl = \"{}\"\nnotify_channel = \"outbox\"\n\
-         poll_interval_ms = 60000\n[sources.columns]\ncreated_at = \"created_at\"\n",
-        db.url()
-    ));
-    host.start().await;
-    wait_source(&host, "shop", |s| s["state"] == "relaying").await;
-
-    tokio::join!(
-        run_php_producer(ORDERS / 2, &dsn, Some(user)),
-        run_php_producer(ORDERS / 2, &dsn, Some(user))
+    host.add_source(
+        &Source::postgres("shop", &db.url())
+            .set("notify_channel", "outbox")
+            .set("poll_interval_ms", 60_000)
+            .column("created_at", "created_at"),
     );
-    for path in ["/crm", "/analytics", "/billing"] {
-        rx.wait_for(path, ORDERS, default_timeout())
-            .await
-            .unwrap_or_else(|e| panic!("{path}: {e}\n{}", host.stderr_tail(40)));
-        let ids: BTreeSet<i64> = rx
-            .requests_at(path)
-            .iter()
-            .map(|r| r.json()["data"]["order_id"].as_i64().unwrap())
-            .collect();
-        assert_eq!(ids, (1..=ORDERS as i64).collect(), "{path}");
-        assert_eq!(rx.count_at(path), ORDERS, "{path}: no order twice");
-    }
-    let all_done = vec![vec!["done".to_owned(), ORDERS.to_string()]];
-    eventually("every outbox row done", || {
-        let rows = db.query("SELECT status, count(*) FROM outbox GROUP BY status");
-        (rows == all_done, format!("{rows:?}"))
+    host.start().await;
+    host.wait_for_sources(default_timeout(), |s| {
+        find_named(s, "shop").is_some_and(|s| s["state"] == "relaying")
     })
     .await;
-    let s = wait_source(&host, "shop", |s| s["rows_relayed"] == ORDERS as u64).await;
+
+    run_two_php_producers(ORDERS, &dsn, Some(user)).await;
+    expect_every_order_once(&rx, &host, &["/crm", "/analytics", "/billing"], ORDERS).await;
+    db.expect_outbox_done(ORDERS).await;
+    let sources = host
+        .wait_for_sources(default_timeout(), |s| {
+            find_named(s, "shop").is_some_and(|s| s["rows_relayed"] == ORDERS as u64)
+        })
+        .await;
+    let s = source_entry(&sources, "shop");
     assert_eq!(s["kind"], "postgres", "{s:#}");
     assert!(s["lag_ms"].is_i64(), "{s:#}");
     assert!(php_example_dir().join("schema.pgsql.sql").is_file());
@@ -128,28 +94,28 @@ async fn debezium_table_keeps_per_aggregate_order_to_an_ordered_target() {
             .concurrency(8)
             .fast_retry(50),
     );
-    host.append_config_raw(&format!(
-        "[[sources]]\nname = \"orders\"\nkind = \"postgres\"\nurl = \"{}\"\ntable = \"public.outboxevent\"\n\
-         schema = \"debezium\"\norder_by = \"seq\"\nbatch_size = 7\npoll_interval_ms = 20\n",
-        db.url()
-    ));
+    host.add_source(
+        &Source::postgres("orders", &db.url())
+            .set("table", "public.outboxevent")
+            .set("schema", "debezium")
+            .set("order_by", "seq")
+            .set("batch_size", 7)
+            .set("poll_interval_ms", 20),
+    );
     host.start().await;
     insert(40, 69);
     insert(70, AGGREGATES * PER_AGGREGATE - 1);
 
     let total = (AGGREGATES * PER_AGGREGATE) as usize;
     rx.wait_until(default_timeout(), |reqs| {
-        reqs.iter()
-            .filter(|r| matches!(r.reply, Reply::Status(s) if s < 300))
-            .count()
-            >= total
+        reqs.iter().filter(|r| r.succeeded()).count() >= total
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", host.stderr_tail(40)));
 
     let mut delivered: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for r in rx.requests_at("/ledger") {
-        if matches!(r.reply, Reply::Status(s) if s < 300) {
+        if r.succeeded() {
             let data = &r.json()["data"];
             delivered
                 .entry(data["agg"].as_str().unwrap().to_owned())
@@ -205,11 +171,13 @@ async fn a_backlog_is_relayed_in_id_order_batch_after_batch() {
         "ledger",
         &Target::webhook(&rx.url("/ledger")).ordered(true).concurrency(4),
     );
-    host.append_config_raw(&format!(
-        "[[sources]]\nname = \"orders\"\nkind = \"postgres\"\nurl = \"{}\"\ntable = \"outbox\"\n\
-         batch_size = 40\npoll_interval_ms = 20\n\n[sources.columns]\nordering_key = \"agg\"\n",
-        db.url()
-    ));
+    host.add_source(
+        &Source::postgres("orders", &db.url())
+            .set("table", "outbox")
+            .set("batch_size", 40)
+            .set("poll_interval_ms", 20)
+            .column("ordering_key", "agg"),
+    );
     host.start().await;
     rx.wait_until(default_timeout(), |reqs| reqs.len() >= ROWS as usize)
         .await
@@ -224,7 +192,12 @@ async fn a_backlog_is_relayed_in_id_order_batch_after_batch() {
         (1..=ROWS).collect::<Vec<_>>(),
         "delivered out of the order of the ids"
     );
-    let source = wait_source(&host, "orders", |s| s["rows_relayed"] == ROWS).await;
+    let sources = host
+        .wait_for_sources(default_timeout(), |s| {
+            find_named(s, "orders").is_some_and(|s| s["rows_relayed"] == ROWS)
+        })
+        .await;
+    let source = source_entry(&sources, "orders");
     assert_eq!(source["rows_failed"], 0, "{source:#}");
     eventually("every row is marked done", || {
         let n = db.count("SELECT count(*) FROM outbox WHERE status = 'done'");

@@ -6,8 +6,10 @@
 //!   `cargo test` with `OUTBOXD_BIN`, `OUTBOXD_PLUGINS_DIR` and
 //!   `OUTBOXD_POLYGLOT_DIR` set; `tests/install-tools.sh` first installs the
 //!   operator-view test tools (`OUTBOXD_TEST_BROWSER_DIR`, `OUTBOXD_TEST_PYTHON`).
-//!   Then the store suites run again on PostgreSQL
-//!   (`OUTBOXD_TEST_STORE=postgres`; `OUTBOXD_TEST_PG=skip` skips that pass).
+//!   Then every end-to-end suite in `tests/tests/` runs again on PostgreSQL
+//!   (`OUTBOXD_TEST_STORE=postgres`; `OUTBOXD_TEST_PG=skip` skips that pass), but the few
+//!   opted out in [`PG_OPT_OUTS`], each for a reason the testkit checks: a new suite runs on
+//!   PostgreSQL unless it is opted out on purpose.
 //! - `cargo xtask demo [--fresh] [--debug]`: build everything, lay out `demo/`, start
 //!   `demo-receiver` and `outboxd serve`, post a sample event, and run until
 //!   Ctrl-C.
@@ -34,7 +36,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test [ARGS...]   install the wasm target, build plugins and host, run `cargo test --workspace`,
-                   the store suites again on PostgreSQL (OUTBOXD_TEST_PG=skip skips them)
+                   then every end-to-end suite in tests/tests/ again on PostgreSQL but those
+                   opted out in xtask's PG_OPT_OUTS (OUTBOXD_TEST_PG=skip skips that pass),
                    and the plugins' unit tests
                    (extra ARGS go to cargo test, e.g. `-p outboxd-tests --test fanout -- --nocapture`)
   demo [--fresh] [--debug]
@@ -261,21 +264,145 @@ fn install_test_tools() -> Result<TestTools> {
     })
 }
 
-/// The end-to-end suites run a second time with `OUTBOXD_TEST_STORE=postgres`. Not
-/// `crash_recovery`: it tests SQLite's start-up recovery of a 60 s lease (on PostgreSQL a
-/// killed host's leases expire instead, which `fc_chaos` and `pg_cluster` exercise).
-const PG_SUITES: &[&str] = &[
-    "ingest",
-    "fanout",
-    "retries",
-    "cli",
-    "fc_dead",
-    "fc_lanes",
-    "fc_chaos",
-    "hot_reload",
+/// Why an end-to-end suite does not run a second time on PostgreSQL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PgOptOut {
+    /// It never creates a `testkit::Host`, so it never opens a store. Checked: the testkit
+    /// panics if such a suite creates a host (see [`OPT_OUTS_VAR`]).
+    StartsNoHost(&'static str),
+    /// It tests something only the SQLite store does. Checked: the testkit panics if such a
+    /// suite creates a host on PostgreSQL.
+    SqliteOnly(&'static str),
+    /// It runs every host on PostgreSQL already. Checked: the testkit panics if such a suite
+    /// creates a host on SQLite.
+    AlwaysPostgres(&'static str),
+}
+
+impl PgOptOut {
+    /// The word the testkit reads in [`OPT_OUTS_VAR`].
+    fn kind(self) -> &'static str {
+        match self {
+            PgOptOut::StartsNoHost(_) => "no-host",
+            PgOptOut::SqliteOnly(_) => "sqlite-only",
+            PgOptOut::AlwaysPostgres(_) => "postgres-only",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            PgOptOut::StartsNoHost(r) | PgOptOut::SqliteOnly(r) | PgOptOut::AlwaysPostgres(r) => r,
+        }
+    }
+}
+
+/// The end-to-end suites that do NOT run a second time with `OUTBOXD_TEST_STORE=postgres`,
+/// each with its reason. Every other suite in `tests/tests/` does, so a new suite runs on
+/// PostgreSQL unless it is opted out here on purpose. An entry that names no suite is an
+/// error, and the testkit holds each entry to its kind (see [`PgOptOut`]).
+const PG_OPT_OUTS: &[(&str, PgOptOut)] = &[
+    (
+        "harness",
+        PgOptOut::StartsNoHost("self-tests of the testkit's Receiver; no outboxd runs"),
+    ),
+    (
+        "plugin_cli",
+        PgOptOut::StartsNoHost("`outboxd plugin check` and `plugin run`, which open no store"),
+    ),
+    (
+        "crash_recovery",
+        PgOptOut::SqliteOnly(
+            "SQLite's start-up recovery, under its lock file, of the 60 s leases a killed host held; \
+             on PostgreSQL such leases expire instead, which fc_chaos and pg_cluster exercise",
+        ),
+    ),
+    (
+        "pg_cluster",
+        PgOptOut::AlwaysPostgres("several hosts on one database: every run is on PostgreSQL"),
+    ),
 ];
 
+/// The variable through which `cargo xtask test` tells the testkit which suites are opted out
+/// of the PostgreSQL pass and why: `suite=kind,...` with the kinds of [`PgOptOut::kind`].
+const OPT_OUTS_VAR: &str = "OUTBOXD_TEST_PG_OPT_OUTS";
+
+/// [`PG_OPT_OUTS`] in the form of [`OPT_OUTS_VAR`].
+fn opt_outs_value() -> String {
+    PG_OPT_OUTS
+        .iter()
+        .map(|(suite, why)| format!("{suite}={}", why.kind()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The end-to-end suites: Cargo's automatic test targets of `tests/` (`tests/tests/NAME.rs`
+/// and `tests/tests/NAME/main.rs`), sorted. An error if `tests/Cargo.toml` declares its test
+/// targets itself, which this discovery would not see.
+fn e2e_suites(tests_crate: &Path) -> Result<Vec<String>> {
+    let manifest = tests_crate.join("Cargo.toml");
+    let text = fs::read_to_string(&manifest).map_err(|e| format!("read {}: {e}", manifest.display()))?;
+    if text
+        .lines()
+        .any(|l| l.trim_start().starts_with("[[test]]") || l.trim_start().starts_with("autotests"))
+    {
+        return Err(format!(
+            "{} declares test targets itself ([[test]] or autotests): teach xtask's e2e_suites() \
+             to find them, so that the PostgreSQL pass does not miss a suite",
+            manifest.display()
+        ));
+    }
+    let dir = tests_crate.join("tests");
+    let entries = fs::read_dir(&dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+    let mut suites = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| format!("read {}: {e}", dir.display()))?.path();
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+        let is_suite = if path.is_dir() {
+            path.join("main.rs").is_file()
+        } else {
+            path.extension().is_some_and(|x| x == "rs")
+        };
+        if is_suite && !name.is_empty() {
+            suites.push(name);
+        }
+    }
+    suites.sort();
+    if suites.is_empty() {
+        return Err(format!("no end-to-end suite found in {}", dir.display()));
+    }
+    Ok(suites)
+}
+
+/// The suites of the PostgreSQL pass: every suite but the opted-out ones. An error if an
+/// opt-out names no suite, or names one twice.
+fn pg_suites(suites: &[String], opt_outs: &[(&str, PgOptOut)]) -> Result<Vec<String>> {
+    let mut seen = Vec::new();
+    for (name, why) in opt_outs {
+        if !suites.iter().any(|s| s == name) {
+            return Err(format!(
+                "the PostgreSQL opt-out {name:?} ({}) names no suite in tests/tests/ (suites: {}); \
+                 remove or rename it in xtask's PG_OPT_OUTS",
+                why.reason(),
+                suites.join(", ")
+            ));
+        }
+        if seen.contains(name) {
+            return Err(format!(
+                "the PostgreSQL opt-out {name:?} is listed twice in PG_OPT_OUTS"
+            ));
+        }
+        seen.push(name);
+    }
+    Ok(suites
+        .iter()
+        .filter(|s| !opt_outs.iter().any(|(name, _)| name == s))
+        .cloned()
+        .collect())
+}
+
 fn cmd_test(extra: &[String]) -> Result<ExitCode> {
+    // Before anything is built: a stale opt-out fails at once.
+    let suites = e2e_suites(&root().join("tests"))?;
+    let on_postgres = pg_suites(&suites, PG_OPT_OUTS)?;
     ensure_wasm_target()?;
     let plugins = build_plugins(true)?;
     let tools = install_test_tools()?;
@@ -293,7 +420,9 @@ fn cmd_test(extra: &[String]) -> Result<ExitCode> {
     if !selects_packages {
         cmd.arg("--workspace");
     }
-    cmd.args(extra).env("OUTBOXD_BIN", &bin);
+    cmd.args(extra)
+        .env("OUTBOXD_BIN", &bin)
+        .env(OPT_OUTS_VAR, opt_outs_value());
     plugins.export(&mut cmd);
     tools.export(&mut cmd);
     step(&format!(
@@ -310,25 +439,39 @@ fn cmd_test(extra: &[String]) -> Result<ExitCode> {
     if !status.success() || selects_packages {
         return Ok(exit_code(status));
     }
-    // The suites that exercise the store, again on PostgreSQL (each test on a database of its
-    // own). The others (plugins, sandbox, receiver) do not depend on the store.
+    // Every suite again on PostgreSQL (each test on a database of its own), but the opted-out.
     if env::var("OUTBOXD_TEST_PG").is_ok_and(|v| v == "skip") {
-        step("OUTBOXD_TEST_PG=skip: not running the store suites on PostgreSQL");
+        step("OUTBOXD_TEST_PG=skip: not running the end-to-end suites on PostgreSQL");
     } else {
         step(&format!(
-            "running the store suites on PostgreSQL ({})",
-            PG_SUITES.join(", ")
+            "running {} of the {} end-to-end suites on PostgreSQL (OUTBOXD_TEST_STORE=postgres); not: {}",
+            on_postgres.len(),
+            suites.len(),
+            PG_OPT_OUTS
+                .iter()
+                .map(|(name, why)| format!("{name} ({})", why.kind()))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
+        let started = Instant::now();
+        // `--workspace`, as the first pass: the same features, so the same test binaries (the
+        // suites are test targets of `outboxd-tests` alone).
         let mut cmd = cargo();
-        cmd.args(["test", "-p", "outboxd-tests"]);
-        for suite in PG_SUITES {
+        cmd.args(["test", "--workspace"]);
+        for suite in &on_postgres {
             cmd.args(["--test", suite]);
         }
         cmd.args(extra)
             .env("OUTBOXD_BIN", &bin)
-            .env("OUTBOXD_TEST_STORE", "postgres");
+            .env("OUTBOXD_TEST_STORE", "postgres")
+            .env(OPT_OUTS_VAR, opt_outs_value());
         plugins.export(&mut cmd);
+        tools.export(&mut cmd);
         let status = cmd.status().map_err(|e| format!("cannot run cargo test: {e}"))?;
+        step(&format!(
+            "the PostgreSQL pass took {:.0?} ({status})",
+            started.elapsed()
+        ));
         if !status.success() {
             return Ok(exit_code(status));
         }
@@ -810,5 +953,51 @@ fn cmd_demo(args: &[String]) -> Result<ExitCode> {
             ));
         }
         thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_postgres_pass_is_every_suite_but_the_opted_out() {
+        let suites = names(&["a", "b", "c"]);
+        let only_b = [("b", PgOptOut::StartsNoHost("why"))];
+        assert_eq!(pg_suites(&suites, &only_b).unwrap(), names(&["a", "c"]));
+        assert_eq!(pg_suites(&suites, &[]).unwrap(), suites);
+    }
+
+    #[test]
+    fn an_opt_out_that_names_no_suite_is_an_error() {
+        let suites = names(&["a", "b"]);
+        let stale = [("gone", PgOptOut::SqliteOnly("it was deleted"))];
+        let err = pg_suites(&suites, &stale).unwrap_err();
+        assert!(err.contains("\"gone\"") && err.contains("names no suite"), "{err}");
+        let twice = [("a", PgOptOut::StartsNoHost("x")), ("a", PgOptOut::AlwaysPostgres("y"))];
+        assert!(pg_suites(&suites, &twice).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn every_opt_out_names_a_suite_of_this_repository() {
+        let suites = e2e_suites(&root().join("tests")).unwrap();
+        assert!(suites.iter().any(|s| s == "ingest"), "{suites:?}");
+        let on_postgres = pg_suites(&suites, PG_OPT_OUTS).unwrap();
+        assert_eq!(on_postgres.len() + PG_OPT_OUTS.len(), suites.len());
+    }
+
+    #[test]
+    fn the_opt_outs_reach_the_testkit_as_suite_kind_pairs() {
+        let value = opt_outs_value();
+        for (name, why) in PG_OPT_OUTS {
+            assert!(
+                value.split(',').any(|p| p == format!("{name}={}", why.kind())),
+                "{value}"
+            );
+        }
     }
 }

@@ -174,9 +174,12 @@ fn project_files(name: &str, lang: Lang, world: World) -> Vec<File> {
             file(".gitignore", include_str!("templates/rust/gitignore")),
             file(
                 "src/lib.rs",
-                pick(
-                    include_str!("templates/rust/src/lib.rs"),
-                    include_str!("templates/rust/src/lib_batch.rs"),
+                include_str!("templates/rust/src/lib.rs").replace(
+                    "{{export}}",
+                    pick(
+                        include_str!("templates/rust/export/target.rs"),
+                        include_str!("templates/rust/export/batch-target.rs"),
+                    ),
                 ),
             ),
             file("src/mapping.rs", include_str!("templates/rust/src/mapping.rs")),
@@ -188,9 +191,12 @@ fn project_files(name: &str, lang: Lang, world: World) -> Vec<File> {
             file(".gitignore", include_str!("templates/js/gitignore")),
             file(
                 "src/index.js",
-                pick(
-                    include_str!("templates/js/src/index.js"),
-                    include_str!("templates/js/src/index_batch.js"),
+                include_str!("templates/js/src/index.js").replace(
+                    "{{export}}",
+                    pick(
+                        include_str!("templates/js/export/target.js"),
+                        include_str!("templates/js/export/batch-target.js"),
+                    ),
                 ),
             ),
             file("src/mapping.js", include_str!("templates/js/src/mapping.js")),
@@ -205,9 +211,12 @@ fn project_files(name: &str, lang: Lang, world: World) -> Vec<File> {
             file(".gitignore", include_str!("templates/python/gitignore")),
             file(
                 "src/app.py",
-                pick(
-                    include_str!("templates/python/src/app.py"),
-                    include_str!("templates/python/src/app_batch.py"),
+                include_str!("templates/python/src/app.py").replace(
+                    "{{export}}",
+                    pick(
+                        include_str!("templates/python/export/target.py"),
+                        include_str!("templates/python/export/batch-target.py"),
+                    ),
                 ),
             ),
             file("src/mapping.py", include_str!("templates/python/src/mapping.py")),

@@ -482,6 +482,100 @@ pub(crate) struct Dialect {
     pub limit: &'static str,
 }
 
+impl Dialect {
+    /// Positional `?` placeholders, plain `NULL`s, double-quoted identifiers read as they are:
+    /// what a dialect does not say otherwise.
+    pub(crate) const PLAIN: Dialect = Dialect {
+        quote: '"',
+        text: |column| column.to_owned(),
+        null_text: "NULL",
+        epoch_ms: |column| column.to_owned(),
+        null_ms: "NULL",
+        pending: "?",
+        pending_typed: "?",
+        limit: "?",
+    };
+}
+
+/// Checks that the source table (whose column names are `columns`) has every mapped column
+/// and the `order_by` one; `same` compares a name of the table with a configured one.
+pub(crate) fn check_columns(
+    config: &SourceConfig,
+    columns: &[String],
+    same: fn(&str, &str) -> bool,
+) -> Result<(), SourceError> {
+    if columns.is_empty() {
+        return Err(SourceError::MissingTable(config.table.clone()));
+    }
+    for c in config.columns.all().into_iter().chain([config.order_by.as_str()]) {
+        if !columns.iter().any(|have| same(have, c)) {
+            return Err(SourceError::MissingColumn {
+                table: config.table.clone(),
+                column: c.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A source's two read queries: its pending rows from the start, and from a cursor on.
+#[derive(Debug, Default)]
+pub(crate) struct Reads {
+    pub first: String,
+    /// From the cursor bound at `after`'s placeholder on.
+    pub after: String,
+}
+
+impl Reads {
+    /// Both queries, the cursor compared at the placeholder `after`.
+    pub(crate) fn new(config: &SourceConfig, d: &Dialect, after: &str) -> Self {
+        Self {
+            first: select_pending(config, d, None),
+            after: select_pending(config, d, Some(after)),
+        }
+    }
+
+    /// The query for a read from `cursor` (or from the start).
+    pub(crate) fn for_cursor(&self, cursor: Option<&str>) -> &str {
+        if cursor.is_some() { &self.after } else { &self.first }
+    }
+}
+
+/// The rows of [`select_pending`]'s answer read through sqlx (PostgreSQL, MySQL).
+pub(crate) fn sqlx_rows<R>(rows: &[R]) -> Result<Vec<SourceRow>, SourceError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(sqlx_row)
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(|e| SourceError::Query(e.to_string()))
+}
+
+/// One row: the columns in the order of [`SourceRow`]'s fields.
+fn sqlx_row<R>(r: &R) -> Result<SourceRow, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(SourceRow {
+        id: r.try_get::<Option<String>, _>(0)?.map(RowId::Text),
+        event_type: r.try_get(1)?,
+        payload: r.try_get(2)?,
+        headers: r.try_get(3)?,
+        idempotency_key: r.try_get(4)?,
+        ordering_key: r.try_get(5)?,
+        aggregate_type: r.try_get(6)?,
+        created_at_ms: r.try_get(7)?,
+        order_value: r.try_get(8)?,
+    })
+}
+
 /// The alias of the source table in the read query: `ORDER BY source_rows.<order_by>` sorts by
 /// the table's column, never by a result column of the same name (PostgreSQL resolves a bare
 /// `ORDER BY "id"` to the text-cast `"id"::text` of the select list, and sorted ids as text).

@@ -12,38 +12,33 @@ use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
 use super::config::{Location, OnRelayed, SourceConfig};
 use super::mapping::{RowId, SourceRow};
-use super::{Dialect, SourceDb, SourceError, quote, select_pending};
+use super::{Dialect, Reads, SourceDb, SourceError, check_columns, quote, sqlx_rows};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) struct MySource {
     config: Arc<SourceConfig>,
     pool: Option<MySqlPool>,
-    select: String,
-    /// The same from a cursor on (bound between the pending value and the limit).
-    select_after: String,
+    /// The cursor is bound between the pending value and the limit.
+    reads: Reads,
 }
 
 fn q(e: sqlx::Error) -> SourceError {
     SourceError::Query(e.to_string())
 }
 
+const MYSQL: Dialect = Dialect {
+    quote: '`',
+    text: |column| format!("CAST({column} AS CHAR)"),
+    epoch_ms: |column| format!("CAST(UNIX_TIMESTAMP({column}) * 1000 AS SIGNED)"),
+    ..Dialect::PLAIN
+};
+
 impl MySource {
     pub(crate) fn new(config: Arc<SourceConfig>) -> Self {
-        let dialect = Dialect {
-            quote: '`',
-            text: |column| format!("CAST({column} AS CHAR)"),
-            null_text: "NULL",
-            epoch_ms: |column| format!("CAST(UNIX_TIMESTAMP({column}) * 1000 AS SIGNED)"),
-            null_ms: "NULL",
-            pending: "?",
-            pending_typed: "?",
-            limit: "?",
-        };
         // MySQL converts the text cursor to the column's type for the comparison.
         Self {
-            select: select_pending(&config, &dialect, None),
-            select_after: select_pending(&config, &dialect, Some("?")),
+            reads: Reads::new(&config, &MYSQL, "?"),
             config,
             pool: None,
         }
@@ -80,17 +75,7 @@ impl MySource {
         .map(|r| r.try_get::<String, _>(0))
         .collect::<Result<_, sqlx::Error>>()
         .map_err(q)?;
-        if columns.is_empty() {
-            return Err(SourceError::MissingTable(config.table.clone()));
-        }
-        for c in config.columns.all().into_iter().chain([config.order_by.as_str()]) {
-            if !columns.iter().any(|have| have.eq_ignore_ascii_case(c)) {
-                return Err(SourceError::MissingColumn {
-                    table: config.table.clone(),
-                    column: c.to_owned(),
-                });
-            }
-        }
+        check_columns(config, &columns, |have, c| have.eq_ignore_ascii_case(c))?;
         self.pool = Some(pool.clone());
         Ok(pool)
     }
@@ -104,29 +89,12 @@ fn placeholders(n: usize) -> String {
 impl SourceDb for MySource {
     async fn fetch(&mut self, limit: usize, after: Option<&str>) -> Result<Vec<SourceRow>, SourceError> {
         let pool = self.connect().await?;
-        let query = match after {
-            Some(after) => sqlx::query(&self.select_after)
-                .bind(&self.config.pending_value)
-                .bind(after),
-            None => sqlx::query(&self.select).bind(&self.config.pending_value),
-        };
+        let mut query = sqlx::query(self.reads.for_cursor(after)).bind(&self.config.pending_value);
+        if let Some(after) = after {
+            query = query.bind(after);
+        }
         let rows = query.bind(limit as u64).fetch_all(&pool).await.map_err(q)?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(SourceRow {
-                    id: r.try_get::<Option<String>, _>(0)?.map(RowId::Text),
-                    event_type: r.try_get(1)?,
-                    payload: r.try_get(2)?,
-                    headers: r.try_get(3)?,
-                    idempotency_key: r.try_get(4)?,
-                    ordering_key: r.try_get(5)?,
-                    aggregate_type: r.try_get(6)?,
-                    created_at_ms: r.try_get(7)?,
-                    order_value: r.try_get(8)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(q)
+        sqlx_rows(&rows)
     }
 
     async fn finish(&mut self, relayed: Vec<RowId>, failed: Vec<RowId>) -> Result<(), SourceError> {

@@ -13,7 +13,7 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
 use super::config::{Location, OnRelayed, SourceConfig};
 use super::mapping::{RowId, SourceRow};
-use super::{Dialect, SourceDb, SourceError, quote, select_pending};
+use super::{Dialect, Reads, SourceDb, SourceError, check_columns, quote, sqlx_rows};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -24,23 +24,20 @@ pub(crate) struct PgSource {
     /// `UPDATE … WHERE id = ANY($2::text[]::<id type>[])`, set once connected.
     mark: String,
     delete: String,
-    select: String,
-    /// The same from a cursor on (`$3::text::<order_by type>`), set once connected.
-    select_after: String,
+    /// The cursor is `$3::text::<order_by type>`, known once connected.
+    reads: Reads,
 }
 
-fn dialect() -> Dialect {
-    Dialect {
-        quote: '"',
-        text: |column| format!("{column}::text"),
-        null_text: "NULL::text",
-        epoch_ms: |column| format!("(extract(epoch from {column}) * 1000)::bigint"),
-        null_ms: "NULL::bigint",
-        pending: "$1",
-        pending_typed: "$1::text",
-        limit: "$2",
-    }
-}
+const POSTGRES: Dialect = Dialect {
+    text: |column| format!("{column}::text"),
+    null_text: "NULL::text",
+    epoch_ms: |column| format!("(extract(epoch from {column}) * 1000)::bigint"),
+    null_ms: "NULL::bigint",
+    pending: "$1",
+    pending_typed: "$1::text",
+    limit: "$2",
+    ..Dialect::PLAIN
+};
 
 fn url(config: &SourceConfig) -> &str {
     match &config.location {
@@ -56,8 +53,7 @@ fn q(e: sqlx::Error) -> SourceError {
 impl PgSource {
     pub(crate) fn new(config: Arc<SourceConfig>) -> Self {
         Self {
-            select: select_pending(&config, &dialect(), None),
-            select_after: String::new(),
+            reads: Reads::default(),
             config,
             pool: None,
             listener: None,
@@ -90,17 +86,8 @@ impl PgSource {
         .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
         .collect::<Result<_, sqlx::Error>>()
         .map_err(q)?;
-        if columns.is_empty() {
-            return Err(SourceError::MissingTable(config.table.clone()));
-        }
-        for c in config.columns.all().into_iter().chain([config.order_by.as_str()]) {
-            if !columns.iter().any(|(have, _)| have == c) {
-                return Err(SourceError::MissingColumn {
-                    table: config.table.clone(),
-                    column: c.to_owned(),
-                });
-            }
-        }
+        let names: Vec<String> = columns.iter().map(|(name, _)| name.clone()).collect();
+        check_columns(&config, &names, |have, c| have == c)?;
         let id_type = columns
             .iter()
             .find(|(n, _)| n == &config.columns.id)
@@ -111,7 +98,7 @@ impl PgSource {
             .find(|(n, _)| n == &config.order_by)
             .map(|(_, t)| t.clone())
             .unwrap_or_else(|| "text".into());
-        self.select_after = select_pending(&config, &dialect(), Some(&format!("$3::text::{order_type}")));
+        self.reads = Reads::new(&config, &POSTGRES, &format!("$3::text::{order_type}"));
         let id = quote(&config.columns.id, '"');
         let cast = format!("ANY($2::text[]::{id_type}[])");
         if let Some(status) = &config.columns.status {
@@ -142,32 +129,14 @@ fn texts(ids: &[RowId]) -> Vec<String> {
 impl SourceDb for PgSource {
     async fn fetch(&mut self, limit: usize, after: Option<&str>) -> Result<Vec<SourceRow>, SourceError> {
         let pool = self.connect().await?;
-        let sql = if after.is_some() {
-            &self.select_after
-        } else {
-            &self.select
-        };
-        let mut query = sqlx::query(sql).bind(&self.config.pending_value).bind(limit as i64);
+        let mut query = sqlx::query(self.reads.for_cursor(after))
+            .bind(&self.config.pending_value)
+            .bind(limit as i64);
         if let Some(after) = after {
             query = query.bind(after);
         }
         let rows = query.fetch_all(&pool).await.map_err(q)?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(SourceRow {
-                    id: r.try_get::<Option<String>, _>(0)?.map(RowId::Text),
-                    event_type: r.try_get(1)?,
-                    payload: r.try_get(2)?,
-                    headers: r.try_get(3)?,
-                    idempotency_key: r.try_get(4)?,
-                    ordering_key: r.try_get(5)?,
-                    aggregate_type: r.try_get(6)?,
-                    created_at_ms: r.try_get(7)?,
-                    order_value: r.try_get(8)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(q)
+        sqlx_rows(&rows)
     }
 
     async fn finish(&mut self, relayed: Vec<RowId>, failed: Vec<RowId>) -> Result<(), SourceError> {

@@ -17,33 +17,29 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::config::{Location, OnRelayed, SourceConfig};
 use super::mapping::{RowId, SourceRow};
-use super::{Dialect, SourceDb, SourceError, quote, select_pending};
+use super::{Dialect, Reads, SourceDb, SourceError, check_columns, quote};
 
 pub(crate) struct SqliteSource {
     config: Arc<SourceConfig>,
     conn: Option<Connection>,
-    select: String,
-    /// The same from a cursor (`?3`) on.
-    select_after: String,
+    /// The cursor is `?3`.
+    reads: Reads,
 }
+
+const SQLITE: Dialect = Dialect {
+    epoch_ms: |column| format!("CAST(unixepoch({column}, 'auto', 'subsec') * 1000 AS INTEGER)"),
+    pending: "?1",
+    pending_typed: "?1",
+    limit: "?2",
+    ..Dialect::PLAIN
+};
 
 impl SqliteSource {
     pub(crate) fn new(config: Arc<SourceConfig>) -> Self {
-        let dialect = Dialect {
-            quote: '"',
-            text: |column| column.to_owned(),
-            null_text: "NULL",
-            epoch_ms: |column| format!("CAST(unixepoch({column}, 'auto', 'subsec') * 1000 AS INTEGER)"),
-            null_ms: "NULL",
-            pending: "?1",
-            pending_typed: "?1",
-            limit: "?2",
-        };
         // A text cursor compared with an INTEGER (or NUMERIC) column takes the column's
         // affinity, so it compares as a number.
         Self {
-            select: select_pending(&config, &dialect, None),
-            select_after: select_pending(&config, &dialect, Some("?3")),
+            reads: Reads::new(&config, &SQLITE, "?3"),
             config,
             conn: None,
         }
@@ -108,17 +104,7 @@ fn connect(config: &SourceConfig) -> Result<Connection, SourceError> {
         .and_then(|rows| rows.collect())
         .map_err(|e| SourceError::Query(e.to_string()))?;
     drop(stmt);
-    if columns.is_empty() {
-        return Err(SourceError::MissingTable(config.table.clone()));
-    }
-    for c in config.columns.all().into_iter().chain([config.order_by.as_str()]) {
-        if !columns.iter().any(|have| have.eq_ignore_ascii_case(c)) {
-            return Err(SourceError::MissingColumn {
-                table: config.table.clone(),
-                column: c.to_owned(),
-            });
-        }
-    }
+    check_columns(config, &columns, |have, c| have.eq_ignore_ascii_case(c))?;
     Ok(conn)
 }
 
@@ -134,12 +120,8 @@ fn text(v: ValueRef<'_>) -> Option<String> {
 #[async_trait]
 impl SourceDb for SqliteSource {
     async fn fetch(&mut self, limit: usize, after: Option<&str>) -> Result<Vec<SourceRow>, SourceError> {
+        let sql = self.reads.for_cursor(after).to_owned();
         let after = after.map(str::to_owned);
-        let sql = if after.is_some() {
-            self.select_after.clone()
-        } else {
-            self.select.clone()
-        };
         self.with_conn(move |conn, config| {
             let q = |e: rusqlite::Error| SourceError::Query(e.to_string());
             let mut stmt = conn.prepare_cached(&sql).map_err(q)?;

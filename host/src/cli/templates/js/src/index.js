@@ -1,4 +1,4 @@
-// {{name}}: an outboxd target plugin (world `target`). It POSTs each event's payload to
+// {{name}}: an outboxd target plugin (world `{{world}}`). It POSTs each event's payload to
 // `config.url` and tells outboxd how that went. The decisions are plain functions in
 // mapping.js (unit-tested natively with `npm test`); this file connects them to the host.
 import { send } from 'outboxd:target/http@0.1.0';
@@ -23,7 +23,4 @@ function deliverOne(event) {
   if (failure) throw failure;
 }
 
-// Returning is `ok`; throwing an error whose `payload` is a WIT `delivery-error` returns it.
-export function deliver(event) {
-  deliverOne(event);
-}
+{{export}}

@@ -1,13 +1,13 @@
-"""{{name}}: an outboxd target plugin (world `target`). It POSTs each event's payload to
+"""{{name}}: an outboxd target plugin (world `{{world}}`). It POSTs each event's payload to
 `config.url` and tells outboxd how that went. The decisions are plain functions in
 mapping.py (unit-tested natively with `python3 -m unittest`); this file connects them to
 the host. The bindings (`wit_world`, `componentize_py_types`) are generated at build time.
 """
 
 import wit_world
-from componentize_py_types import Err
+from componentize_py_types import Err, Ok, Result
 from wit_world.imports import config, http, log
-from wit_world.imports.types import DeliveryError_Permanent, DeliveryError_Retry, Event, RetryInfo
+from wit_world.imports.types import DeliveryError, DeliveryError_Permanent, DeliveryError_Retry, Event, RetryInfo
 
 import mapping
 
@@ -38,7 +38,4 @@ def deliver_one(event: Event) -> None:
         raise to_wit(failure)
 
 
-class WitWorld(wit_world.WitWorld):
-    def deliver(self, event: Event) -> None:
-        """Returning is `ok`; raising `Err(<delivery-error>)` returns that error."""
-        deliver_one(event)
+{{export}}

@@ -1,9 +1,9 @@
-//! {{name}}: an outboxd target plugin (world `target`). It POSTs each event's payload to
+//! {{name}}: an outboxd target plugin (world `{{world}}`). It POSTs each event's payload to
 //! `config.url` and tells outboxd how that went. The decisions are plain functions in
 //! `mapping` (unit-tested natively with `cargo test`); this file connects them to the host.
 
 mod bindings {
-    wit_bindgen::generate!({ path: "wit", world: "target" });
+    wit_bindgen::generate!({ path: "wit", world: "{{world}}" });
 }
 pub mod mapping;
 
@@ -13,12 +13,7 @@ use mapping::Failure;
 
 struct Plugin;
 
-impl bindings::Guest for Plugin {
-    fn deliver(event: Event) -> Result<(), DeliveryError> {
-        deliver_one(&event).map_err(into_wit)
-    }
-}
-
+{{export}}
 /// One event: build the request, send it through the host, classify the answer.
 fn deliver_one(event: &Event) -> Result<(), Failure> {
     let url = config::get("url").ok_or_else(|| Failure::Permanent("missing required config key `url`".into()))?;
