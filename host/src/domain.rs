@@ -173,6 +173,9 @@ impl TryFrom<String> for ProducerKey {
     fn try_from(s: String) -> Result<Self, Self::Error> {
         if s.is_empty() || s.len() > 255 {
             Err(InvalidValue("`idempotency_key` must be 1-255 bytes".into()))
+        } else if s.contains('\0') {
+            // PostgreSQL's text cannot hold it: refused alike on both stores.
+            Err(InvalidValue("`idempotency_key` must not contain NUL characters".into()))
         } else {
             Ok(Self(s))
         }

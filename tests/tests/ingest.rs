@@ -180,6 +180,17 @@ async fn malformed_requests_are_rejected_and_store_nothing() {
             r#"{"type": "order.created", "payload": {}, "colour": "red"}"#.to_owned(),
             400,
         ),
+        // PostgreSQL's text cannot hold NUL: refused as input on every store.
+        (
+            "NUL in idempotency_key",
+            r#"{"type": "order.created", "payload": {}, "idempotency_key": "k\u0000"}"#.to_owned(),
+            400,
+        ),
+        (
+            "NUL in ordering_key",
+            r#"{"type": "order.created", "payload": {}, "ordering_key": "a\u0000b"}"#.to_owned(),
+            400,
+        ),
         (
             "payload over max_payload_bytes",
             json!({"type": "order.created", "payload": {"blob": big}}).to_string(),

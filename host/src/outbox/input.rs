@@ -131,6 +131,11 @@ fn one(body: &[u8], max_payload_bytes: usize) -> Result<Accepted, IngestError> {
     {
         return Err(IngestError::Invalid("`ordering_key` must be 1-255 bytes".into()));
     }
+    if e.ordering_key.as_deref().is_some_and(|k| k.contains('\0')) {
+        return Err(IngestError::Invalid(
+            "`ordering_key` must not contain NUL characters".into(),
+        ));
+    }
     let payload = e.payload.get();
     if payload.len() > max_payload_bytes {
         return Err(IngestError::TooLarge(format!(
@@ -242,6 +247,13 @@ mod tests {
         );
         assert!(
             matches!(err(r#"{"type":"a","payload":1,"ordering_key":""}"#), IngestError::Invalid(m) if m.contains("ordering_key"))
+        );
+        // PostgreSQL's text cannot hold NUL: refused on every store, not a 503 on one of them.
+        assert!(
+            matches!(err(r#"{"type":"a","payload":1,"ordering_key":"a\u0000b"}"#), IngestError::Invalid(m) if m.contains("NUL"))
+        );
+        assert!(
+            matches!(err(r#"{"type":"a","payload":1,"idempotency_key":"k\u0000"}"#), IngestError::Invalid(m) if m.contains("NUL"))
         );
         assert!(
             matches!(err(r#"[{"type":"a","payload":1},{"type":"b"}]"#), IngestError::Invalid(m) if m.starts_with("event [1]"))
