@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 
 use super::extract::PathParam;
 use super::{ApiError, AppState, openapi};
-use crate::domain::{DeliveryStatus, InvalidValue, TargetName, format_ms, now_ms};
 use crate::dispatch::flow::FlowStatus;
+use crate::domain::{DeliveryStatus, InvalidValue, TargetName, format_ms, now_ms};
 
 /// A file of the target that failed at the last reload.
 #[derive(Serialize, ToSchema)]
@@ -303,4 +303,3 @@ pub(super) async fn resume_target(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     set_paused(&state, &name, false).await
 }
-

@@ -141,7 +141,7 @@ impl Flow {
             ConcurrencyMode::Adaptive => controller.limit(),
             ConcurrencyMode::Fixed => spec.concurrency,
         };
-        let flow = Self {
+        Self {
             target: spec.name.clone(),
             gate: Gate::new(limit),
             state: Mutex::new(State {
@@ -151,8 +151,7 @@ impl Flow {
                 refusals: 0,
                 told: Told { high: limit, low: None },
             }),
-        };
-        flow
+        }
     }
 
     /// Takes a manifest's new settings.
@@ -233,7 +232,10 @@ impl Flow {
                         target = %self.target, from = s.told.high, to, cause = cause.as_str(),
                         "the receiver is overloaded: concurrency limit halved"
                     );
-                    s.told = Told { high: to, low: Some(to) };
+                    s.told = Told {
+                        high: to,
+                        low: Some(to),
+                    };
                 } else if cause == Cause::Latency || from > to {
                     tracing::debug!(target = %self.target, from, to, cause = cause.as_str(), "concurrency limit lowered");
                 }
@@ -253,7 +255,7 @@ impl Flow {
         }
     }
 
-    fn status(&self) -> FlowStatus {
+    pub(super) fn status(&self) -> FlowStatus {
         let mut s = lock(&self.state);
         let limit = Self::limit_of(&s);
         let pressure = limit < s.controller.ceiling();
@@ -290,7 +292,10 @@ impl Flows {
 
     /// `target`'s flow, as the API shows it, if it has one.
     pub fn status(&self, target: &str) -> Option<FlowStatus> {
-        let flow = lock(&self.map).iter().find(|(n, _)| n.as_str() == target).map(|(_, f)| Arc::clone(f));
+        let flow = lock(&self.map)
+            .iter()
+            .find(|(n, _)| n.as_str() == target)
+            .map(|(_, f)| Arc::clone(f));
         flow.map(|f| f.status())
     }
 }
@@ -319,7 +324,10 @@ mod tests {
 
     #[test]
     fn the_budget_holds_retries_only_while_the_receiver_is_under_pressure() {
-        let flow = Flow::new(&spec("crm", "concurrency = 4\n[retry_budget]\nmin_per_sec = 0\nratio = 0.5"));
+        let flow = Flow::new(&spec(
+            "crm",
+            "concurrency = 4\n[retry_budget]\nmin_per_sec = 0\nratio = 0.5",
+        ));
         let mut now = Instant::now();
         grow(&flow, &mut now);
         assert_eq!(flow.limit(), 4);

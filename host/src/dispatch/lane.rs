@@ -264,7 +264,11 @@ impl Lane {
     ) -> Option<usize> {
         let mut claimed = Vec::new();
         if self.ready.len() < want {
-            let ahead = if probe { 0 } else { self.ahead * self.flow.limit() as usize };
+            let ahead = if probe {
+                0
+            } else {
+                self.ahead * self.flow.limit() as usize
+            };
             let ask = want - self.ready.len() + ahead;
             match self.claim(ask).await {
                 Ok(c) => claimed = c,
@@ -276,18 +280,60 @@ impl Lane {
             if !claimed.is_empty() && claimed.len() < want && !probe {
                 self.linger(&mut claimed, want, token).await;
             }
-            let n = claimed.len();
+            let (batch, held) = self.budgeted(claimed, probe);
+            let n = batch.len();
             if n > 0 {
-                (self.start)(claimed, slots.swap_remove(0));
+                (self.start)(batch, slots.swap_remove(0));
             }
+            self.hold(held).await;
             return Some(n);
         }
         self.ready.extend(claimed);
-        let n = self.ready.len().min(slots.len());
-        for (delivery, slot) in self.ready.drain(..n).zip(slots.drain(..)) {
-            (self.start)(vec![delivery], slot);
+        let mut held = Vec::new();
+        let mut n = 0;
+        while !slots.is_empty()
+            && let Some(delivery) = self.ready.pop_front()
+        {
+            match self.admit(&delivery, probe) {
+                Ok(()) => {
+                    (self.start)(vec![delivery], slots.pop().expect("not empty"));
+                    n += 1;
+                }
+                Err(wait) => held.push((delivery, wait)),
+            }
         }
+        self.hold(held).await;
         Some(n)
+    }
+
+    /// Asks the retry budget whether `delivery` may start now (a first attempt always may).
+    fn admit(&self, delivery: &Claimed, probe: bool) -> Result<(), Duration> {
+        self.flow.admit(delivery.attempt > 1, !probe, Instant::now())
+    }
+
+    /// The deliveries of a batch the retry budget lets start, and those it holds back.
+    fn budgeted(&self, claimed: Vec<Claimed>, probe: bool) -> (Vec<Claimed>, Vec<(Claimed, Duration)>) {
+        let mut batch = Vec::with_capacity(claimed.len());
+        let mut held = Vec::new();
+        for delivery in claimed {
+            match self.admit(&delivery, probe) {
+                Ok(()) => batch.push(delivery),
+                Err(wait) => held.push((delivery, wait)),
+            }
+        }
+        (batch, held)
+    }
+
+    /// Gives retries the budget held back to the store to wait, uncounted, until it has room
+    /// for them again. If the store fails they stay in hand and are asked about again.
+    async fn hold(&mut self, held: Vec<(Claimed, Duration)>) {
+        let Some(wait) = held.iter().map(|(_, w)| *w).max() else {
+            return;
+        };
+        let held: VecDeque<Claimed> = held.into_iter().map(|(d, _)| d).collect();
+        let until = now_ms() + wait.as_millis() as Millis;
+        let kept = leases::defer(self.cx.store.as_ref(), &self.cx.owner, &self.spec.name, held, until).await;
+        self.ready.extend(kept);
     }
 
     async fn claim(&self, want: usize) -> Result<Vec<Claimed>, ()> {
@@ -372,6 +418,7 @@ mod tests {
         wake: Arc<Notify>,
         started: Started,
         spec: TargetSpec,
+        flow: Arc<Flow>,
         stop: CancellationToken,
         task: JoinHandle<()>,
     }
@@ -397,13 +444,14 @@ mod tests {
             let start: Start = Box::new(move |d, slot| record.lock().unwrap().push((d, slot)));
             let stop = CancellationToken::new();
             let flow = Arc::new(Flows::default()).get(&spec);
-            let task = tokio::spawn(Lane::new(cx, spec.clone(), flow, start).run(stop.clone()));
+            let task = tokio::spawn(Lane::new(cx, spec.clone(), Arc::clone(&flow), start).run(stop.clone()));
             Self {
                 store,
                 breakers,
                 wake,
                 started,
                 spec,
+                flow,
                 stop,
                 task,
             }
@@ -469,7 +517,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_open_breaker_gives_back_the_read_ahead_and_starts_nothing_until_its_cool_down() {
-        let h = Harness::start("concurrency = 2\nconcurrency_mode = \"fixed\"\n[breaker]\nfailures = 1\ncooldown_ms = 10000", 10);
+        let h = Harness::start(
+            "concurrency = 2\nconcurrency_mode = \"fixed\"\n[breaker]\nfailures = 1\ncooldown_ms = 10000",
+            10,
+        );
         settle().await;
         assert_eq!(h.running(), [[1], [2]]);
         h.breakers
@@ -513,6 +564,40 @@ mod tests {
             after_wake + 1,
             "the poll interval (250 ms) is the longest sleep"
         );
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_over_the_budget_wait_in_the_store_while_first_attempts_go() {
+        // Adaptive, so the limit starts below the ceiling: the receiver counts as under
+        // pressure, and this budget allows no retries at all.
+        let h = Harness::start("concurrency = 4\n[retry_budget]\nratio = 0\nmin_per_sec = 0", 0);
+        h.store.with(|s| {
+            s.due.push_back(claimed(1, "crm", "order.created", 3));
+            s.due.push_back(claimed(2, "crm", "order.created", 1));
+            s.due.push_back(claimed(3, "crm", "order.created", 2));
+        });
+        h.wake.notify_waiters();
+        settle().await;
+        assert_eq!(h.running(), [[2]], "the first attempt starts");
+        let ids = || {
+            h.store
+                .with(|s| s.deferred.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        };
+        assert_eq!(ids(), [1], "the retry ahead of it goes back to the store");
+        h.finish_all();
+        settle().await;
+        assert_eq!(ids(), [1, 3], "so does the one read ahead, once a permit frees");
+        assert!(h.running().is_empty());
+        let deferred = h.store.with(|s| s.deferred.clone());
+        let now = now_ms();
+        assert!(
+            deferred
+                .iter()
+                .all(|(_, until)| until.is_some_and(|u| u >= now + 1_000)),
+            "not due again before the budget has room: {deferred:?}"
+        );
+        assert_eq!(h.flow.status().budget.map(|(_, b)| b.held), Some(2));
         h.stop().await;
     }
 

@@ -92,7 +92,9 @@ impl std::str::FromStr for ConcurrencyMode {
         match s {
             "adaptive" => Ok(Self::Adaptive),
             "fixed" => Ok(Self::Fixed),
-            other => Err(format!("`concurrency_mode` must be `adaptive` or `fixed`, not `{other}`")),
+            other => Err(format!(
+                "`concurrency_mode` must be `adaptive` or `fixed`, not `{other}`"
+            )),
         }
     }
 }

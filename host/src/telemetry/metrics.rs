@@ -315,7 +315,10 @@ pub fn source_lag(source: &str, lag: Duration) {
 
 /// Records an attempt of `target` that the receiver refused.
 pub fn refusal(target: &str) {
-    METRICS.refusals.get_or_create(&TargetLabel { target: target.into() }).inc();
+    METRICS
+        .refusals
+        .get_or_create(&TargetLabel { target: target.into() })
+        .inc();
 }
 
 /// Records a retry of `target` held back by its retry budget.
