@@ -354,8 +354,11 @@ mod tests {
         grow(&adaptive, &mut now);
         grow(&fixed, &mut now);
         assert_eq!((adaptive.limit(), fixed.limit()), (8, 8));
-        // Half of the last answers refused: a burst.
+        // Six attempts running, and then half of the last answers refused: a burst.
         for flow in [&adaptive, &fixed] {
+            for _ in 0..6 {
+                flow.started();
+            }
             for _ in 0..10 {
                 flow.started();
                 flow.finished(Answer::Refused(Some(Duration::from_secs(1))), now);
