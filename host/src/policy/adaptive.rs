@@ -31,6 +31,9 @@
 //!   refuses even one request at a time (a rate limit): the controller asks for the target to
 //!   pause for the receiver's requested delay.
 //!
+//! A window's round trips are those of the attempts it started: an answer to an attempt
+//! started at the previous level says nothing about this one.
+//!
 //! The baseline is the lowest window mean seen, and is measured afresh whenever a window ran at
 //! most one attempt at a time (the receiver's unloaded latency by definition), so a receiver
 //! that became slower for good is re-learned once the limit has come down to 1.
@@ -255,10 +258,13 @@ impl Controller {
         self.in_flight = self.in_flight.saturating_sub(1);
         let refused = matches!(answer, Answer::Refused(_));
         match answer {
-            Answer::Accepted(rtt) => {
+            // Only attempts started in this window describe its limit: one started before
+            // ran at the previous one, and would blur the step from one level to the next.
+            Answer::Accepted(rtt) if now.checked_sub(rtt).is_none_or(|start| start >= self.window.start) => {
                 self.window.accepted += 1;
                 self.window.rtt_sum += rtt;
             }
+            Answer::Accepted(_) => {}
             Answer::Refused(_) => {
                 self.window.refused += 1;
                 self.refused_since_cut += 1;
