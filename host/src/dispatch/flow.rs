@@ -166,6 +166,15 @@ impl Flow {
         self.gate.resize(Self::limit_of(&s));
     }
 
+    /// Attempts a second the receiver can take, as learned: the limit over its unloaded round
+    /// trip (0 before one is known).
+    fn capacity_of(s: &State) -> f64 {
+        s.controller
+            .baseline()
+            .filter(|b| !b.is_zero())
+            .map_or(0.0, |b| f64::from(Self::limit_of(s)) / b.as_secs_f64())
+    }
+
     fn limit_of(s: &State) -> u32 {
         match s.mode {
             ConcurrencyMode::Adaptive => s.controller.limit(),
@@ -189,12 +198,13 @@ impl Flow {
     pub(super) fn admit(&self, retry: bool, breaker_closed: bool, now: Instant) -> Result<(), Duration> {
         let mut s = lock(&self.state);
         let pressure = !breaker_closed || Self::limit_of(&s) < s.controller.ceiling();
+        let capacity = Self::capacity_of(&s);
         let Some(budget) = s.budget.as_mut() else { return Ok(()) };
         if !retry {
             budget.first_attempt(now);
         } else if !pressure {
             budget.retry(now);
-        } else if !budget.try_retry(now) {
+        } else if !budget.try_retry(now, capacity) {
             let wait = budget.wait(now);
             drop(s);
             metrics::retry_held(self.target.as_str());
@@ -266,7 +276,10 @@ impl Flow {
             ceiling: s.controller.ceiling(),
             baseline: s.controller.baseline(),
             refusals: s.refusals,
-            budget: s.budget.as_mut().map(|b| (pressure, b.status(now))),
+            budget: {
+                let capacity = Self::capacity_of(&s);
+                s.budget.as_mut().map(|b| (pressure, b.status(now, capacity)))
+            },
         }
     }
 }
@@ -326,7 +339,7 @@ mod tests {
     fn the_budget_holds_retries_only_while_the_receiver_is_under_pressure() {
         let flow = Flow::new(&spec(
             "crm",
-            "concurrency = 4\n[retry_budget]\nmin_per_sec = 0\nratio = 0.5",
+            "concurrency = 4\n[retry_budget]\nmin_per_sec = 0\nratio = 0",
         ));
         let mut now = Instant::now();
         grow(&flow, &mut now);

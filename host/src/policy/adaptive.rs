@@ -15,8 +15,10 @@
 //!   refusals since the last cut outnumber the new limit, whichever comes first: a receiver
 //!   that refuses instantly has every slot above its capacity turn out refusals as fast as
 //!   outboxd can send, and waiting a window per cut would multiply them.
-//!   Refusals scattered at random among successes (a flaky receiver's 5 % of 429s) are no sign
-//!   of overload: they make no burst and leave the limit alone; each waits out its own delay.
+//!   Refusals scattered at random among successes (a flaky receiver's 5 % of 429s, its hangs
+//!   timing out) are no sign of overload: they make no burst and leave the limit alone; each
+//!   waits out its own delay. The answers are not forgotten at a cut: a few refusals right after
+//!   one are judged among the successes around them.
 //! - **Latency cuts it too.** A window whose mean round trip exceeds [`LATENCY_CUT`] times the
 //!   receiver's unloaded round trip (its baseline) cuts the limit by [`DECREASE`]: a receiver
 //!   that queues rather than refuses is kept near the point where its latency starts to rise.
@@ -25,7 +27,8 @@
 //!   [`LATENCY_GROW`] times the baseline, raises it by one (doubles it, before the first cut). The level at which overload was last seen is remembered; the
 //!   limit goes back up to it only as a probe, at most every [`PROBE_GAP_MIN`] (doubling up to
 //!   [`PROBE_GAP_MAX`] while probes keep failing), so a receiver that admits N at once sees a
-//!   refused request every few seconds, not every round trip. A probe that passes forgets the
+//!   few refused requests every few seconds, not every round trip: a probe fails on
+//!   [`BURST_REFUSALS`] refusals, whatever the share. A probe that passes forgets the
 //!   level: the receiver has grown, and the limit grows with it.
 //! - **At the floor, the target pauses.** A burst of refusals at a limit of 1 means the receiver
 //!   refuses even one request at a time (a rate limit): the controller asks for the target to
@@ -178,6 +181,8 @@ pub struct Controller {
     next_probe: Instant,
     /// A probe is running: the limit was raised to `overload_at` at this time.
     probing_since: Option<Instant>,
+    /// Refusals since the probe started.
+    refused_in_probe: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +229,7 @@ impl Controller {
             probe_gap: PROBE_GAP_MIN,
             next_probe: now,
             probing_since: None,
+            refused_in_probe: 0,
         }
     }
 
@@ -268,6 +274,9 @@ impl Controller {
             Answer::Refused(_) => {
                 self.window.refused += 1;
                 self.refused_since_cut += 1;
+                if self.probing_since.is_some() {
+                    self.refused_in_probe += 1;
+                }
             }
             Answer::Other => {}
         }
@@ -277,8 +286,11 @@ impl Controller {
             }
             self.recent.push_back(refused);
         }
+        // A probe past the level where the receiver was overloaded fails on a few refusals:
+        // they are the answer it was looking for.
+        let probe_failed = self.probing_since.is_some() && self.refused_in_probe >= BURST_REFUSALS as u32;
         if let Answer::Refused(delay) = answer
-            && self.burst()
+            && (self.burst() || probe_failed)
         {
             if self.limit == 1 {
                 // Refused even one at a time: the whole target waits; the burst is spent.
@@ -334,7 +346,6 @@ impl Controller {
         }
         self.overload_at = Some(from);
         self.next_probe = now + self.probe_gap;
-        self.recent.clear();
         self.window = Window::new(now, self.in_flight);
         Change::Decreased { from, to, cause }
     }
@@ -385,6 +396,7 @@ impl Controller {
                     return None;
                 }
                 self.probing_since = Some(now);
+                self.refused_in_probe = 0;
                 self.limit = level.min(self.ceiling);
             }
             _ => self.limit = to,
@@ -502,6 +514,51 @@ mod tests {
             }
         }
         assert_eq!(c.limit(), 16);
+    }
+
+    #[test]
+    fn hangs_that_time_out_together_among_successes_leave_the_limit_alone() {
+        let mut now = Instant::now();
+        let mut c = Controller::new(16, now);
+        against(&mut c, &mut now, 20, |_| 100);
+        assert_eq!(c.limit(), 16);
+        // One real overload first (twelve running, ten refused): a cut, after which the answers
+        // around new refusals still count.
+        for _ in 0..12 {
+            c.started();
+        }
+        for _ in 0..10 {
+            c.started();
+            let _ = c.finished(Answer::Refused(None), now);
+        }
+        for _ in 0..12 {
+            let _ = c.finished(Answer::Accepted(RTT), now);
+        }
+        assert_eq!(c.limit(), 8);
+        let mut lowest = c.limit();
+        for round in 0..500 {
+            let limit = c.limit();
+            for _ in 0..limit {
+                c.started();
+            }
+            now += RTT;
+            // Every tenth round, six requests that hung since long ago time out at once.
+            if round % 10 == 0 {
+                for _ in 0..6 {
+                    c.started();
+                    let _ = c.finished(Answer::Refused(None), now);
+                }
+            }
+            for _ in 0..limit {
+                let _ = c.finished(Answer::Accepted(RTT), now);
+            }
+            lowest = lowest.min(c.limit());
+        }
+        assert!(
+            lowest >= 7,
+            "a clump of timeouts among many successes is not overload: down to {lowest}"
+        );
+        assert!(c.limit() >= 14, "{}", c.limit());
     }
 
     #[test]

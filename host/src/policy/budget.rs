@@ -111,9 +111,12 @@ impl RetryBudget {
             .fold((0, 0), |(f, r), (_, first, retries)| (f + first, r + retries))
     }
 
-    fn allowed(&self, first_attempts: u64) -> u64 {
-        let floor = self.config.min_per_sec * self.config.window.as_secs_f64();
-        (floor + self.config.ratio * first_attempts as f64) as u64
+    /// Retries the window allows: `ratio` of the first attempts, above the floor of
+    /// `min_per_sec`, or of `ratio` of `capacity_per_sec` (what the receiver can take, as
+    /// learned) if that is more.
+    fn allowed(&self, first_attempts: u64, capacity_per_sec: f64) -> u64 {
+        let per_sec = self.config.min_per_sec.max(self.config.ratio * capacity_per_sec);
+        (per_sec * self.config.window.as_secs_f64() + self.config.ratio * first_attempts as f64) as u64
     }
 
     /// A first attempt started.
@@ -122,10 +125,12 @@ impl RetryBudget {
     }
 
     /// A retry wants to start: `true` (and counted) if the budget allows it, `false` (and
-    /// counted as held) if not.
-    pub fn try_retry(&mut self, now: Instant) -> bool {
+    /// counted as held) if not. `capacity_per_sec`: what the receiver can take, as learned (0
+    /// when not known): the floor is at least `ratio` of it, so that once no first attempts are
+    /// left a receiver's retries still go at a share of what it can take.
+    pub fn try_retry(&mut self, now: Instant, capacity_per_sec: f64) -> bool {
         let (first, retries) = self.totals(now);
-        if retries < self.allowed(first) {
+        if retries < self.allowed(first, capacity_per_sec) {
             self.current(now).2 += 1;
             true
         } else {
@@ -150,12 +155,12 @@ impl RetryBudget {
             .max(self.bucket_len())
     }
 
-    pub fn status(&mut self, now: Instant) -> BudgetStatus {
+    pub fn status(&mut self, now: Instant, capacity_per_sec: f64) -> BudgetStatus {
         let (first_attempts, retries) = self.totals(now);
         BudgetStatus {
             first_attempts,
             retries,
-            allowed: self.allowed(first_attempts),
+            allowed: self.allowed(first_attempts, capacity_per_sec),
             held: self.held,
         }
     }
@@ -180,9 +185,9 @@ mod tests {
         for _ in 0..100 {
             b.first_attempt(now);
         }
-        let granted = (0..50).filter(|_| b.try_retry(now)).count();
+        let granted = (0..50).filter(|_| b.try_retry(now, 0.0)).count();
         assert_eq!(granted, 20);
-        let s = b.status(now);
+        let s = b.status(now, 0.0);
         assert_eq!((s.first_attempts, s.retries, s.allowed, s.held), (100, 20, 20, 30));
     }
 
@@ -190,8 +195,17 @@ mod tests {
     fn the_floor_allows_a_few_retries_a_second_with_no_first_attempts() {
         let now = Instant::now();
         let mut b = budget(0.2, 1.0);
-        let granted = (0..50).filter(|_| b.try_retry(now)).count();
+        let granted = (0..50).filter(|_| b.try_retry(now, 0.0)).count();
         assert_eq!(granted, 10, "one a second over ten seconds");
+    }
+
+    #[test]
+    fn with_no_first_attempts_left_retries_still_get_a_share_of_what_the_receiver_can_take() {
+        let now = Instant::now();
+        let mut b = budget(0.2, 1.0);
+        // A receiver that takes 100 a second: a fifth of that, 20 a second over ten seconds.
+        let granted = (0..500).filter(|_| b.try_retry(now, 100.0)).count();
+        assert_eq!(granted, 200);
     }
 
     #[test]
@@ -201,28 +215,31 @@ mod tests {
         for _ in 0..10 {
             b.first_attempt(start);
         }
-        assert!(b.try_retry(start));
-        assert!(b.try_retry(start));
-        assert!(!b.try_retry(start), "two retries for ten first attempts");
+        assert!(b.try_retry(start, 0.0));
+        assert!(b.try_retry(start, 0.0));
+        assert!(!b.try_retry(start, 0.0), "two retries for ten first attempts");
         assert_eq!(b.wait(start), Duration::from_secs(10), "until the first bucket leaves");
         let later = start + Duration::from_secs(5);
         for _ in 0..5 {
             b.first_attempt(later);
         }
-        assert!(b.try_retry(later), "fifteen first attempts allow three");
-        assert!(!b.try_retry(later));
+        assert!(b.try_retry(later, 0.0), "fifteen first attempts allow three");
+        assert!(!b.try_retry(later, 0.0));
         let after = start + Duration::from_secs(10);
-        let s = b.status(after);
+        let s = b.status(after, 0.0);
         assert_eq!(
             (s.first_attempts, s.retries),
             (5, 1),
             "the first bucket has left the window"
         );
-        assert!(!b.try_retry(after), "five first attempts allow one, which is taken");
+        assert!(
+            !b.try_retry(after, 0.0),
+            "five first attempts allow one, which is taken"
+        );
         for _ in 0..5 {
             b.first_attempt(after);
         }
-        assert!(b.try_retry(after));
+        assert!(b.try_retry(after, 0.0));
     }
 
     #[test]
@@ -234,6 +251,6 @@ mod tests {
         }
         b.retry(now);
         b.retry(now);
-        assert!(!b.try_retry(now), "the two unbudgeted retries used it up");
+        assert!(!b.try_retry(now, 0.0), "the two unbudgeted retries used it up");
     }
 }
