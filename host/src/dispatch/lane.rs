@@ -27,7 +27,7 @@ use super::limiter::Limiter;
 use super::pool::{PoolPermit, PriorityPool};
 use crate::domain::{Millis, TargetClass, now_ms};
 use crate::policy::breaker::Admit;
-use crate::store::{Claimed, Store};
+use crate::store::{ClaimRequest, Claimed, Store};
 use crate::targets::manifest::TargetSpec;
 
 /// How far a plain lane reads ahead, in multiples of its concurrency. A lane whose read-ahead
@@ -290,14 +290,14 @@ impl Lane {
         let now = now_ms();
         self.cx
             .store
-            .claim(
-                &self.spec.name,
-                want,
-                &self.cx.owner,
+            .claim(ClaimRequest {
+                target: self.spec.name.clone(),
+                limit: want,
+                owner: self.cx.owner.clone(),
                 now,
-                now + self.lease.as_millis() as Millis,
-                self.spec.ordered,
-            )
+                lease_until: now + self.lease.as_millis() as Millis,
+                ordered: self.spec.ordered,
+            })
             .await
             .map_err(|e| tracing::error!(target = %self.spec.name, error = %e, "claim failed; retrying"))
     }

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 
 use crate::domain::{EventId, Millis, TargetName};
 use crate::store::{
-    Claimed, EventDetail, FailedDelivery, FailedFilter, Ingested, NewEvent, SettleReport, Settlement, StatusCounts,
-    Store, StoreError, StoredEvent, VersionAttempts,
+    ClaimRequest, Claimed, EventDetail, FailedDelivery, FailedFilter, Ingested, NewEvent, SettleReport, Settlement,
+    StatusCounts, Store, StoreError, StoredEvent, VersionAttempts,
 };
 use crate::targets::manifest::TargetSpec;
 
@@ -71,18 +71,10 @@ impl Store for FakeStore {
             .collect())
     }
 
-    async fn claim(
-        &self,
-        _target: &TargetName,
-        limit: usize,
-        _owner: &str,
-        _now: Millis,
-        _lease_until: Millis,
-        _ordered: bool,
-    ) -> Result<Vec<Claimed>, StoreError> {
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
         self.with(|s| {
-            s.claims.push(limit);
-            let n = limit.min(s.due.len());
+            s.claims.push(request.limit);
+            let n = request.limit.min(s.due.len());
             Ok(s.due.drain(..n).collect())
         })
     }

@@ -132,7 +132,9 @@ fn one(body: &[u8], max_payload_bytes: usize) -> Result<Accepted, IngestError> {
         return Err(IngestError::Invalid("`ordering_key` must be 1-255 bytes".into()));
     }
     if e.ordering_key.as_deref().is_some_and(|k| k.contains('\0')) {
-        return Err(IngestError::Invalid("`ordering_key` must not contain NUL characters".into()));
+        return Err(IngestError::Invalid(
+            "`ordering_key` must not contain NUL characters".into(),
+        ));
     }
     let payload = e.payload.get();
     if payload.len() > max_payload_bytes {

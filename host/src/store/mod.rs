@@ -1,28 +1,40 @@
 //! The outbox store: events, one delivery per (event, target), the attempt history and the
-//! producer idempotency ledger. [`Store`] is the seam between the dispatcher/API and a
-//! database; [`sqlite::SqliteStore`] is the embedded implementation. Every method works in
-//! batches (ingest many events, claim many deliveries, settle many outcomes) so that one
-//! transaction carries many rows. [`postgres::PgStore`] is the shared implementation for
-//! several hosts on one PostgreSQL database; [`open`] picks the one the configuration names.
+//! producer idempotency ledger, behind the [`Store`] trait that the dispatcher, the API and the
+//! CLI speak to. Two backends implement it with one model ([`history`]): [`sqlite`], embedded
+//! and exclusive to one `serve`, and [`postgres`], shared by several hosts; [`open`] picks the
+//! one the configuration names. Every method works in batches so that one transaction carries
+//! many rows. The conformance scenarios (`conformance/`) run against both.
 
+#[cfg(test)]
+mod conformance;
 mod group_commit;
+pub mod history;
 mod location;
+mod model;
+mod ordering;
 pub mod postgres;
 pub mod retention;
+mod rows;
+#[cfg(test)]
+mod sql_literals;
 pub mod sqlite;
 
 pub use location::DatabaseLocation;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use thiserror::Error;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{AttemptOutcome, DeliveryStatus, EventId, EventType, Millis, ProducerKey, TargetName};
+use crate::domain::{EventId, Millis, TargetName};
+
+pub use model::{
+    AttemptRecord, ClaimRequest, Claimed, DeliveryDetail, EventDetail, FailedDelivery, FailedFilter, Ingested,
+    NewEvent, SettleReport, Settlement, StatusCounts, StoredEvent, TokenGrant, VersionAttempts,
+};
 
 /// A failure of the store itself (not of a delivery).
 #[derive(Debug, Error)]
@@ -82,190 +94,39 @@ pub async fn open(location: &DatabaseLocation, access: Access) -> Result<Arc<dyn
     }
 }
 
-/// What a shared rate limit granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenGrant {
-    /// Tokens taken (at most those asked for); 0 when the bucket is empty.
-    pub granted: usize,
-    /// With nothing granted, how long until one token is due.
-    pub wait: Duration,
-}
-
-/// An event to accept, already validated and routed.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub id: EventId,
-    pub event_type: EventType,
-    /// The payload as JSON text.
-    pub payload: String,
-    pub headers: Vec<(String, String)>,
-    pub idempotency_key: Option<ProducerKey>,
-    /// Events with the same key reach an `ordered` target one after another, in order.
-    pub ordering_key: Option<String>,
-    /// The targets subscribed to this event: one delivery each.
-    pub targets: Vec<TargetName>,
-}
-
-/// What ingesting one event did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ingested {
-    /// The event's id: the new one, or the first event's for a repeated idempotency key.
-    pub id: EventId,
-    /// The idempotency key had been seen: nothing was written.
-    pub duplicate: bool,
-}
-
-/// An accepted event as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredEvent {
-    pub id: EventId,
-    pub event_type: String,
-    pub payload: String,
-    pub headers: Vec<(String, String)>,
-    pub idempotency_key: Option<String>,
-    pub ordering_key: Option<String>,
-    pub created_at: Millis,
-}
-
-/// A delivery claimed under a lease, with its event, ready to attempt.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    pub delivery_id: i64,
-    pub target: TargetName,
-    /// This attempt's number towards the retry budget, 1-based (a replay starts again at 1).
-    pub attempt: u32,
-    /// This attempt's number over the delivery's whole history: its history row, and the
-    /// lease's identity.
-    pub seq: u32,
-    pub event: StoredEvent,
-}
-
-/// The result of one attempt, to be written if the lease is still ours.
-#[derive(Debug, Clone)]
-pub struct Settlement {
-    pub target: TargetName,
-    pub delivery_id: i64,
-    /// The history number (`Claimed::seq`) the lease was taken for.
-    pub seq: u32,
-    pub status: DeliveryStatus,
-    pub next_attempt_at: Millis,
-    pub last_error: Option<String>,
-    pub outcome: AttemptOutcome,
-    pub finished_at: Millis,
-    pub duration_ms: u64,
-    /// Content hash of the plugin version that ran the attempt.
-    pub plugin_hash: Option<String>,
-    /// Events to accept in the same transaction, if the lease was still ours (operational
-    /// events such as `outboxd.delivery.dead`).
-    pub emit: Vec<NewEvent>,
-}
-
-/// What a settle batch did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SettleReport {
-    /// Deliveries whose lease was no longer ours: their outcome was recorded in the attempt
-    /// history but did not change the delivery.
-    pub lost_leases: Vec<i64>,
-}
-
-/// One row of the attempt history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttemptRecord {
-    pub n: u32,
-    pub started_at: Millis,
-    pub duration_ms: Option<u64>,
-    pub outcome: AttemptOutcome,
-    pub error: Option<String>,
-    pub plugin_hash: Option<String>,
-}
-
-/// One delivery with its history, for the status API.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryDetail {
-    pub target: TargetName,
-    pub status: DeliveryStatus,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    pub next_attempt_at: Option<Millis>,
-    pub delivered_at: Option<Millis>,
-    pub history: Vec<AttemptRecord>,
-}
-
-/// An event with all its deliveries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventDetail {
-    pub event: StoredEvent,
-    pub deliveries: Vec<DeliveryDetail>,
-}
-
-/// Deliveries per status, per target name.
-pub type StatusCounts = BTreeMap<String, BTreeMap<DeliveryStatus, u64>>;
-
-/// Attempts per plugin content hash, per target name.
-pub type VersionAttempts = BTreeMap<String, BTreeMap<String, u64>>;
-
-/// Which failed (dead or discarded) deliveries a listing or replay applies to. Every field
-/// narrows the set; the default matches every failed delivery.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FailedFilter {
-    /// Only these statuses (each `dead` or `discarded`); empty for both.
-    pub statuses: Vec<DeliveryStatus>,
-    pub target: Option<TargetName>,
-    /// Event-type glob (`*`, `?`), as in manifests.
-    pub event_type: Option<String>,
-    /// Failed at or after this time.
-    pub since: Option<Millis>,
-    /// Failed before this time.
-    pub until: Option<Millis>,
-    /// The last error contains this text (case-insensitive).
-    pub error_contains: Option<String>,
-    /// Only these deliveries.
-    pub delivery_ids: Vec<i64>,
-}
-
-/// A failed delivery, for the dead-letter listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailedDelivery {
-    pub delivery_id: i64,
-    pub event_id: EventId,
-    pub event_type: String,
-    pub target: TargetName,
-    pub status: DeliveryStatus,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    /// When it failed for good.
-    pub failed_at: Millis,
-}
-
 /// The outbox's persistence. Implementations must make every method atomic.
+///
+/// **The attempt history** has one row per attempt, numbered by the delivery's `attempt_seq`
+/// and written once, when the attempt settles or is abandoned. While an attempt runs, the
+/// in-flight delivery itself stands for it (its `attempt_seq`, started at the claim), and
+/// [`Store::event`] shows it as a `running` row. A settled attempt's row started
+/// `duration_ms` before it finished. An attempt is abandoned, with one of the
+/// [`history::Abandonment`] reasons, when its lease expires, its host releases it or a new
+/// `serve` recovers it. A `running` row written by an older version (SQLite schema 3 and
+/// older, PostgreSQL before this model) becomes `abandoned` the same way, and a settle
+/// replaces it with what the attempt did.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Accepts a batch atomically: each event with one pending delivery per target, due
     /// `now`. An event whose idempotency key is known writes nothing and reports the first id.
     async fn ingest(&self, events: Vec<NewEvent>, now: Millis) -> Result<Vec<Ingested>, StoreError>;
 
-    /// Claims up to `limit` due deliveries of `target` for `owner` until `lease_until`:
-    /// pending ones whose time has come, and in-flight ones whose lease has expired. Each
-    /// claim counts an attempt and opens its history row. With `ordered`, a delivery with an
-    /// ordering key is due only when every earlier delivery of the same key to the target
-    /// is final. Nothing is claimed while the target is paused by hand.
-    async fn claim(
-        &self,
-        target: &TargetName,
-        limit: usize,
-        owner: &str,
-        now: Millis,
-        lease_until: Millis,
-        ordered: bool,
-    ) -> Result<Vec<Claimed>, StoreError>;
+    /// Claims up to `request.limit` due deliveries of `request.target` for `request.owner`
+    /// until `request.lease_until`: pending ones whose time has come, and in-flight ones whose
+    /// lease has expired (their attempt is abandoned). Each claim counts an attempt and takes
+    /// the next history number; its row is written when it ends. With `ordered`, a delivery
+    /// with an ordering key is due only when every earlier delivery of the same key to the
+    /// target is final. Nothing is claimed while the target is paused by hand. The claimed
+    /// deliveries come in id order.
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>, StoreError>;
 
-    /// Writes attempt outcomes. A delivery changes only while `owner` still holds its lease
-    /// for that attempt.
+    /// Writes attempt outcomes, in delivery id order. A delivery changes only while `owner`
+    /// still holds its lease for that attempt; the attempt's history row is written either way.
     async fn settle(&self, owner: &str, batch: Vec<Settlement>) -> Result<SettleReport, StoreError>;
 
     /// Gives back deliveries that `owner` claimed but never started (a lane's read-ahead when
     /// the lane stops or its breaker opens): each is pending again as if it had not been
-    /// claimed, its attempt uncounted and its `running` history row removed. `claims` are
+    /// claimed, its attempt uncounted (no history row was written for it). `claims` are
     /// `(delivery id, attempt seq)`; one whose lease `owner` no longer holds for that seq is
     /// left alone. Returns how many were given back.
     async fn unclaim(&self, owner: &str, claims: Vec<(i64, u32)>) -> Result<usize, StoreError>;
@@ -274,7 +135,7 @@ pub trait Store: Send + Sync + 'static {
     async fn extend_leases(&self, owner: &str, lease_until: Millis) -> Result<usize, StoreError>;
 
     /// The sweeper: returns in-flight deliveries whose lease expired (their worker is gone)
-    /// to pending, whatever their target.
+    /// to pending, due `now`, whatever their target; their attempt is abandoned.
     async fn sweep_expired(&self, now: Millis) -> Result<usize, StoreError>;
 
     /// Pauses (`true`) or resumes a target by hand. Returns whether that changed anything.
@@ -283,7 +144,8 @@ pub trait Store: Send + Sync + 'static {
     /// Targets paused by hand.
     async fn paused_targets(&self) -> Result<Vec<String>, StoreError>;
 
-    /// Failed deliveries matching `filter` with an id above `after`, oldest first.
+    /// Failed deliveries matching `filter` with an id above `after`, oldest first. An event-type
+    /// glob knows `*` and `?`; every other character is literal.
     async fn list_failed(
         &self,
         filter: FailedFilter,
@@ -299,11 +161,13 @@ pub trait Store: Send + Sync + 'static {
     /// that is not failed (already replayed) is left alone, so replay is idempotent.
     async fn replay(&self, filter: FailedFilter, limit: usize, now: Millis) -> Result<usize, StoreError>;
 
-    /// Returns every delivery `owner` holds to `pending`, due `now` (graceful shutdown).
+    /// Returns every delivery `owner` holds to `pending`, due `now` (graceful shutdown); their
+    /// attempt is abandoned.
     async fn release(&self, owner: &str, now: Millis) -> Result<usize, StoreError>;
 
-    /// Returns every in-flight delivery to `pending`. Only for a store that a single host owns
-    /// exclusively, at start-up: whatever is in flight was left by a crashed predecessor.
+    /// Returns every in-flight delivery to `pending`, due `now`, abandoning its attempt. Only
+    /// for a store that a single host owns exclusively, at start-up: whatever is in flight was
+    /// left by a crashed predecessor.
     async fn recover_orphans(&self, now: Millis) -> Result<usize, StoreError>;
 
     /// Pauses the pending deliveries of every target not in `live`, and resumes the paused

@@ -130,7 +130,15 @@ mod tests {
 
     async fn finish(store: &SqliteStore, target: &str, status: DeliveryStatus, at: Millis) {
         let t: TargetName = target.parse().unwrap();
-        let claimed = store.claim(&t, 1000, "me", at, at + 60_000, false).await.unwrap();
+        let request = crate::store::ClaimRequest {
+            target: t.clone(),
+            limit: 1000,
+            owner: "me".into(),
+            now: at,
+            lease_until: at + 60_000,
+            ordered: false,
+        };
+        let claimed = store.claim(request).await.unwrap();
         let batch = claimed
             .iter()
             .map(|c| Settlement {

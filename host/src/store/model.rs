@@ -1,0 +1,191 @@
+//! The store's vocabulary of requests and records: what the dispatcher, the API and the CLI
+//! hand to a [`Store`](super::Store) and get back, the same for every backend.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::domain::{AttemptOutcome, DeliveryStatus, EventId, EventType, Millis, ProducerKey, TargetName};
+
+/// What a shared rate limit granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenGrant {
+    /// Tokens taken (at most those asked for); 0 when the bucket is empty.
+    pub granted: usize,
+    /// With nothing granted, how long until one token is due.
+    pub wait: Duration,
+}
+
+/// An event to accept, already validated and routed.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub event_type: EventType,
+    /// The payload as JSON text.
+    pub payload: String,
+    pub headers: Vec<(String, String)>,
+    pub idempotency_key: Option<ProducerKey>,
+    /// Events with the same key reach an `ordered` target one after another, in order.
+    pub ordering_key: Option<String>,
+    /// The targets subscribed to this event: one delivery each.
+    pub targets: Vec<TargetName>,
+}
+
+/// What ingesting one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    /// The event's id: the new one, or the first event's for a repeated idempotency key.
+    pub id: EventId,
+    /// The idempotency key had been seen: nothing was written.
+    pub duplicate: bool,
+}
+
+/// An accepted event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub id: EventId,
+    pub event_type: String,
+    pub payload: String,
+    pub headers: Vec<(String, String)>,
+    pub idempotency_key: Option<String>,
+    pub ordering_key: Option<String>,
+    pub created_at: Millis,
+}
+
+/// A delivery claimed under a lease, with its event, ready to attempt.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub delivery_id: i64,
+    pub target: TargetName,
+    /// This attempt's number towards the retry budget, 1-based (a replay starts again at 1).
+    pub attempt: u32,
+    /// This attempt's number over the delivery's whole history: its history row, and the
+    /// lease's identity.
+    pub seq: u32,
+    pub event: StoredEvent,
+}
+
+/// What [`Store::claim`](super::Store::claim) asks for: up to `limit` due deliveries of
+/// `target`, leased to `owner` until `lease_until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRequest {
+    pub target: TargetName,
+    pub limit: usize,
+    /// The lease owner: this process (`<pid>-<uuid>`).
+    pub owner: String,
+    pub now: Millis,
+    pub lease_until: Millis,
+    /// The target keeps per-key FIFO: a delivery with an ordering key is due only when every
+    /// earlier delivery of its key to the target is final.
+    pub ordered: bool,
+}
+
+/// The result of one attempt, to be written if the lease is still ours.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub target: TargetName,
+    pub delivery_id: i64,
+    /// The history number (`Claimed::seq`) the lease was taken for.
+    pub seq: u32,
+    pub status: DeliveryStatus,
+    pub next_attempt_at: Millis,
+    pub last_error: Option<String>,
+    pub outcome: AttemptOutcome,
+    pub finished_at: Millis,
+    pub duration_ms: u64,
+    /// Content hash of the plugin version that ran the attempt.
+    pub plugin_hash: Option<String>,
+    /// Events to accept in the same transaction, if the lease was still ours (operational
+    /// events such as `outboxd.delivery.dead`).
+    pub emit: Vec<NewEvent>,
+}
+
+/// What a settle batch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SettleReport {
+    /// Deliveries whose lease was no longer ours, in id order: their outcome was recorded in
+    /// the attempt history but did not change the delivery.
+    pub lost_leases: Vec<i64>,
+}
+
+/// One row of the attempt history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub n: u32,
+    pub started_at: Millis,
+    pub duration_ms: Option<u64>,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+    pub plugin_hash: Option<String>,
+}
+
+/// One delivery with its history, for the status API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryDetail {
+    pub target: TargetName,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<Millis>,
+    pub delivered_at: Option<Millis>,
+    pub history: Vec<AttemptRecord>,
+}
+
+/// An event with all its deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDetail {
+    pub event: StoredEvent,
+    pub deliveries: Vec<DeliveryDetail>,
+}
+
+/// Deliveries per status, per target name.
+pub type StatusCounts = BTreeMap<String, BTreeMap<DeliveryStatus, u64>>;
+
+/// Attempts per plugin content hash, per target name.
+pub type VersionAttempts = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// Which failed (dead or discarded) deliveries a listing or replay applies to. Every field
+/// narrows the set; the default matches every failed delivery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailedFilter {
+    /// Only these statuses (each `dead` or `discarded`); empty for both.
+    pub statuses: Vec<DeliveryStatus>,
+    pub target: Option<TargetName>,
+    /// Event-type glob (`*`, `?`), as in manifests.
+    pub event_type: Option<String>,
+    /// Failed at or after this time.
+    pub since: Option<Millis>,
+    /// Failed before this time.
+    pub until: Option<Millis>,
+    /// The last error contains this text (case-insensitive).
+    pub error_contains: Option<String>,
+    /// Only these deliveries.
+    pub delivery_ids: Vec<i64>,
+}
+
+impl FailedFilter {
+    /// The statuses the filter matches: those it names that are failed (`dead`,
+    /// `discarded`), or both when it names none. Empty when it names only others, so that
+    /// it matches nothing.
+    pub fn failed_statuses(&self) -> Vec<DeliveryStatus> {
+        const FAILED: [DeliveryStatus; 2] = [DeliveryStatus::Dead, DeliveryStatus::Discarded];
+        if self.statuses.is_empty() {
+            FAILED.to_vec()
+        } else {
+            self.statuses.iter().copied().filter(|s| FAILED.contains(s)).collect()
+        }
+    }
+}
+
+/// A failed delivery, for the dead-letter listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedDelivery {
+    pub delivery_id: i64,
+    pub event_id: EventId,
+    pub event_type: String,
+    pub target: TargetName,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// When it failed for good.
+    pub failed_at: Millis,
+}

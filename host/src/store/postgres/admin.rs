@@ -1,0 +1,158 @@
+//! The operator's and the host's bulk changes: manual pause, replay of failed deliveries,
+//! holding and resuming targets that no live host has loaded, and retention (prune).
+
+use sqlx::postgres::{PgConnection, PgPool};
+
+use super::{filters, hosts, wakeups};
+use crate::domain::{Millis, TargetName};
+use crate::store::{FailedFilter, StoreError};
+
+pub(super) async fn set_target_paused(
+    conn: &mut PgConnection,
+    target: &TargetName,
+    paused: bool,
+    now: Millis,
+) -> Result<bool, StoreError> {
+    let mut changed = sqlx::query(sql!("update_target_paused"))
+        .bind(target.as_str())
+        .bind(paused)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+        > 0;
+    if !changed && paused {
+        changed = sqlx::query(sql!("insert_target_paused"))
+            .bind(target.as_str())
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+            > 0;
+    }
+    if changed && !paused {
+        wakeups::notify(conn).await?;
+    }
+    Ok(changed)
+}
+
+pub(super) async fn replay(
+    conn: &mut PgConnection,
+    filter: &FailedFilter,
+    limit: usize,
+    now: Millis,
+) -> Result<usize, StoreError> {
+    let n = filters::replay(filter, limit as i64, now)
+        .build()
+        .execute(&mut *conn)
+        .await?
+        .rows_affected() as usize;
+    if n > 0 {
+        wakeups::notify(conn).await?;
+    }
+    Ok(n)
+}
+
+/// Records the targets this host has loaded, then pauses the pending deliveries of targets no
+/// live host has and resumes the paused ones of targets some live host has.
+pub(super) async fn sync_paused(
+    conn: &mut PgConnection,
+    host: &str,
+    live: &[String],
+    now: Millis,
+) -> Result<(usize, usize), StoreError> {
+    hosts::register(conn, host, live, now).await?;
+    let paused = sqlx::query(sql!("pause_unloaded"))
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected() as usize;
+    let resumed = sqlx::query(sql!("resume_loaded"))
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected() as usize;
+    if resumed > 0 {
+        wakeups::notify(conn).await?;
+    }
+    Ok((paused, resumed))
+}
+
+pub(super) async fn hold_target(
+    pool: &PgPool,
+    target: &TargetName,
+    reason: &str,
+    now: Millis,
+) -> Result<usize, StoreError> {
+    let n = sqlx::query(sql!("hold_target"))
+        .bind(target.as_str())
+        .bind(reason)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(n as usize)
+}
+
+pub(super) async fn prune_finished(conn: &mut PgConnection, before: Millis, limit: usize) -> Result<usize, StoreError> {
+    let ids: Vec<String> = sqlx::query_scalar(sql!("choose_finished_events"))
+        .bind(before)
+        .bind(limit as i64)
+        .fetch_all(&mut *conn)
+        .await?;
+    delete_events(conn, &ids).await?;
+    Ok(ids.len())
+}
+
+pub(super) async fn prune_idempotency_keys(pool: &PgPool, before: Millis, limit: usize) -> Result<usize, StoreError> {
+    let n = sqlx::query(sql!("prune_idempotency_keys"))
+        .bind(before)
+        .bind(limit as i64)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(n as usize)
+}
+
+/// Deletes up to `limit` failed deliveries matching `filter` with their history, then the
+/// events left with no delivery.
+pub(super) async fn prune_failed(
+    conn: &mut PgConnection,
+    filter: &FailedFilter,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let chosen: Vec<(i64, String)> = filters::choose_failed(filter, limit as i64)
+        .build_query_as()
+        .fetch_all(&mut *conn)
+        .await?;
+    let (ids, events): (Vec<i64>, Vec<String>) = chosen.into_iter().unzip();
+    sqlx::query(sql!("delete_delivery_attempts"))
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(sql!("delete_deliveries"))
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+    let emptied: Vec<String> = sqlx::query_scalar(sql!("choose_emptied_events"))
+        .bind(&events)
+        .fetch_all(&mut *conn)
+        .await?;
+    delete_events(conn, &emptied).await?;
+    Ok(ids.len())
+}
+
+/// Deletes events with their deliveries and attempt history.
+async fn delete_events(conn: &mut PgConnection, ids: &[String]) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    for sql in [
+        sql!("delete_event_attempts"),
+        sql!("delete_event_deliveries"),
+        sql!("delete_events"),
+    ] {
+        sqlx::query(sql).bind(ids).execute(&mut *conn).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! The SQL composed at run time, in one place: the claim statement with and without the
+//! per-key FIFO condition, and the statements over a dead-letter filter (its conditions, bound
+//! as parameters).
+
+use std::sync::LazyLock;
+
+use sqlx::{Postgres, QueryBuilder};
+
+use crate::domain::{DeliveryStatus, Millis};
+use crate::store::FailedFilter;
+use crate::store::ordering::claim_variants;
+
+/// The claim statement without and with the FIFO condition, composed once.
+static CLAIMS: LazyLock<[String; 2]> = LazyLock::new(|| claim_variants(sql!("claim_pending")));
+
+/// The claim of due pending deliveries, for an `ordered` target or not.
+pub(super) fn claim_pending(ordered: bool) -> &'static str {
+    &CLAIMS[usize::from(ordered)]
+}
+
+/// Appends the conditions of a [`FailedFilter`] over `deliveries d` (after `WHERE`).
+fn push_failed_where(q: &mut QueryBuilder<'_, Postgres>, f: &FailedFilter) {
+    let statuses: Vec<&str> = f.failed_statuses().iter().map(|s| s.as_str()).collect();
+    q.push("d.status = ANY(").push_bind(statuses).push(")");
+    if let Some(t) = &f.target {
+        q.push(" AND d.target = ").push_bind(t.to_string());
+    }
+    if let Some(glob) = &f.event_type {
+        q.push(" AND d.event_id IN (SELECT id FROM events WHERE type LIKE ")
+            .push_bind(glob_to_like(glob))
+            .push(" ESCAPE '\\')");
+    }
+    if let Some(since) = f.since {
+        q.push(" AND d.updated_at >= ").push_bind(since);
+    }
+    if let Some(until) = f.until {
+        q.push(" AND d.updated_at < ").push_bind(until);
+    }
+    if let Some(text) = &f.error_contains {
+        q.push(" AND strpos(lower(d.last_error), lower(")
+            .push_bind(text.clone())
+            .push(")) > 0");
+    }
+    if !f.delivery_ids.is_empty() {
+        q.push(" AND d.id = ANY(").push_bind(f.delivery_ids.clone()).push(")");
+    }
+}
+
+/// A manifest-style glob (`*`, `?`, everything else literal) as a `LIKE` pattern with `\` as
+/// the escape character.
+fn glob_to_like(glob: &str) -> String {
+    let mut out = String::with_capacity(glob.len() + 4);
+    for c in glob.chars() {
+        match c {
+            '*' => out.push('%'),
+            '?' => out.push('_'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The failed deliveries matching `f` with an id above `after`, oldest first, at most `limit`.
+pub(super) fn list_failed(f: &FailedFilter, after: i64, limit: i64) -> QueryBuilder<'static, Postgres> {
+    let mut q = QueryBuilder::new(
+        "SELECT d.id, d.event_id, e.type, d.target, d.status, d.attempts::bigint, d.last_error, d.updated_at
+         FROM deliveries d JOIN events e ON e.id = d.event_id WHERE ",
+    );
+    push_failed_where(&mut q, f);
+    q.push(" AND d.id > ")
+        .push_bind(after)
+        .push(" ORDER BY d.id LIMIT ")
+        .push_bind(limit);
+    q
+}
+
+pub(super) fn count_failed(f: &FailedFilter) -> QueryBuilder<'static, Postgres> {
+    let mut q = QueryBuilder::new("SELECT COUNT(*) FROM deliveries d WHERE ");
+    push_failed_where(&mut q, f);
+    q
+}
+
+/// Up to `limit` failed deliveries matching `f` pending again, due `now`, their attempt count
+/// reset; rows another transaction holds are skipped.
+pub(super) fn replay(f: &FailedFilter, limit: i64, now: Millis) -> QueryBuilder<'static, Postgres> {
+    let mut q = QueryBuilder::new("WITH chosen AS MATERIALIZED (SELECT d.id FROM deliveries d WHERE ");
+    push_failed_where(&mut q, f);
+    q.push(" ORDER BY d.id LIMIT ")
+        .push_bind(limit)
+        .push(format!(
+            " FOR UPDATE SKIP LOCKED)
+             UPDATE deliveries d SET status = '{}', attempts = 0, next_attempt_at = ",
+            DeliveryStatus::Pending.as_str()
+        ))
+        .push_bind(now)
+        .push(", updated_at = ")
+        .push_bind(now)
+        .push(" FROM chosen c WHERE d.id = c.id");
+    q
+}
+
+/// The ids and events of up to `limit` failed deliveries matching `f`, locked.
+pub(super) fn choose_failed(f: &FailedFilter, limit: i64) -> QueryBuilder<'static, Postgres> {
+    let mut q = QueryBuilder::new("SELECT d.id, d.event_id FROM deliveries d WHERE ");
+    push_failed_where(&mut q, f);
+    q.push(" ORDER BY d.id LIMIT ")
+        .push_bind(limit)
+        .push(" FOR UPDATE SKIP LOCKED");
+    q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_become_like_patterns() {
+        assert_eq!(glob_to_like("order.*"), "order.%");
+        assert_eq!(glob_to_like("a?c"), "a_c");
+        assert_eq!(glob_to_like("100%_x\\"), "100\\%\\_x\\\\");
+    }
+}

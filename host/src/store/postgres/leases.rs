@@ -1,0 +1,78 @@
+//! Leases after the claim: given back unstarted (unclaim), extended (heartbeat), and ended
+//! without an outcome (claim take-over, sweep, release, recovery), which abandons the running
+//! attempt.
+
+use sqlx::postgres::{PgConnection, PgPool};
+
+use super::SWEEP_CHUNK;
+use crate::domain::Millis;
+use crate::store::StoreError;
+use crate::store::history::InFlight;
+
+/// Returns up to [`SWEEP_CHUNK`] deliveries of `which` to pending (due `now`; a take-over
+/// keeps their place) and writes their attempt's history row as abandoned. Rows another
+/// transaction holds are skipped: they are being settled or claimed right now.
+pub(super) async fn return_in_flight(
+    conn: &mut PgConnection,
+    which: InFlight<'_>,
+    now: Millis,
+) -> Result<usize, StoreError> {
+    let query = match which {
+        InFlight::ExpiredOf { target, at } => sqlx::query_as(sql!("return_expired_of_target"))
+            .bind(now)
+            .bind(SWEEP_CHUNK)
+            .bind(target)
+            .bind(at),
+        InFlight::Expired(at) => sqlx::query_as(sql!("return_expired"))
+            .bind(now)
+            .bind(SWEEP_CHUNK)
+            .bind(at),
+        InFlight::Owned(owner) => sqlx::query_as(sql!("return_owned"))
+            .bind(now)
+            .bind(SWEEP_CHUNK)
+            .bind(owner),
+        InFlight::All => sqlx::query_as(sql!("return_all")).bind(now).bind(SWEEP_CHUNK),
+    };
+    let returned: Vec<(i64, i32, Millis, Option<String>)> = query.fetch_all(&mut *conn).await?;
+    if returned.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = returned.iter().map(|r| r.0).collect();
+    let seqs: Vec<i32> = returned.iter().map(|r| r.1).collect();
+    let starts: Vec<Millis> = returned.iter().map(|r| r.2).collect();
+    let owners: Vec<Option<&str>> = returned.iter().map(|r| r.3.as_deref()).collect();
+    sqlx::query(sql!("abandon_attempts"))
+        .bind(&ids)
+        .bind(&seqs)
+        .bind(&starts)
+        .bind(&owners)
+        .bind(which.abandonment().as_str())
+        .execute(&mut *conn)
+        .await?;
+    Ok(returned.len())
+}
+
+/// Gives back `claims` (delivery id, attempt seq) that `owner` still holds, uncounted.
+pub(super) async fn unclaim(conn: &mut PgConnection, owner: &str, claims: &[(i64, u32)]) -> Result<usize, StoreError> {
+    let ids: Vec<i64> = claims.iter().map(|c| c.0).collect();
+    let seqs: Vec<i32> = claims.iter().map(|c| c.1 as i32).collect();
+    let n = sqlx::query(sql!("unclaim"))
+        .bind(&ids)
+        .bind(&seqs)
+        .bind(owner)
+        .execute(conn)
+        .await?
+        .rows_affected();
+    Ok(n as usize)
+}
+
+/// Extends every lease `owner` holds to at least `lease_until`.
+pub(super) async fn extend(pool: &PgPool, owner: &str, lease_until: Millis) -> Result<usize, StoreError> {
+    let n = sqlx::query(sql!("extend_leases"))
+        .bind(lease_until)
+        .bind(owner)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(n as usize)
+}

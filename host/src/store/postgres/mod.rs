@@ -1,0 +1,371 @@
+//! The shared store: PostgreSQL, for several `outboxd serve` hosts delivering from one
+//! database. Hosts share the work through the database alone: claims take due deliveries with
+//! `FOR UPDATE SKIP LOCKED` under a lease (owner + expiry), a settle changes a delivery only
+//! while its owner still holds that lease, and a host that dies simply lets its leases expire
+//! (there is no lock file and no start-up recovery). What must hold cluster-wide lives in the
+//! database too: the idempotency ledger, the manual pause, the per-key FIFO, the rate limit of
+//! each target ([`rate`]) and which targets are loaded somewhere ([`hosts`]). Ingest, replay
+//! and resume wake the idle lanes of every host ([`wakeups`]).
+//!
+//! This module owns the pool and the one way a transaction is run on it
+//! ([`PgStore::transaction`]: short, never spanning a plugin call, run again on a deadlock or
+//! serialization failure); the operations live in one module per concern and their SQL in
+//! `sql/`, the schema in `migrations/`. Rows are always locked deliveries first, then attempts,
+//! and several deliveries in id order (or with `SKIP LOCKED`), so that hosts cannot deadlock.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres};
+
+use super::history::{InFlight, settle_order};
+use super::{
+    ClaimRequest, Claimed, EventDetail, FailedDelivery, FailedFilter, Ingested, NewEvent, SettleReport, Settlement,
+    StatusCounts, Store, StoreError, TokenGrant, VersionAttempts,
+};
+use crate::domain::{EventId, Millis, TargetName, now_ms};
+
+/// A statement of `sql/`, by file name.
+macro_rules! sql {
+    ($name:literal) => {
+        include_str!(concat!("sql/", $name, ".sql"))
+    };
+}
+
+mod admin;
+mod claim;
+mod filters;
+mod hosts;
+mod ingest;
+mod leases;
+mod queries;
+mod rate;
+mod schema;
+mod settle;
+#[cfg(test)]
+mod tests;
+mod wakeups;
+
+/// Connections per host.
+const POOL_SIZE: u32 = 16;
+/// How often a transaction that lost a deadlock or serialization conflict is tried again.
+const RETRIES: u32 = 5;
+/// Most in-flight deliveries returned by one transaction of a sweep, release or recovery.
+const SWEEP_CHUNK: i64 = 1_000;
+
+/// A transaction on a pooled connection.
+type Tx = sqlx::Transaction<'static, Postgres>;
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    /// This process's entry in `cluster_hosts`.
+    host_id: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Whether a failed transaction may simply be run again: a deadlock or serialization failure.
+fn retryable(e: &StoreError) -> bool {
+    match e {
+        StoreError::Postgres(sqlx::Error::Database(db)) => matches!(db.code().as_deref(), Some("40P01" | "40001")),
+        _ => false,
+    }
+}
+
+impl PgStore {
+    /// Connects to the database at `url`, creating or migrating its schema (under an advisory
+    /// lock, so hosts starting together migrate once).
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("database URL {}: {e}", redact(url))))?
+            .application_name("outboxd");
+        let connect_error = |source| StoreError::Connect {
+            url: redact(url),
+            source,
+        };
+        let conn = PgConnection::connect_with(&options).await.map_err(connect_error)?;
+        schema::migrate(conn).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(connect_error)?;
+        Ok(Self {
+            pool,
+            host_id: uuid::Uuid::now_v7().simple().to_string(),
+        })
+    }
+
+    /// Runs `body` in one transaction: begun, handed to `body` (which hands it back with its
+    /// result), committed. An error rolls it back; a deadlock or serialization failure runs it
+    /// again (a few times, after a short pause).
+    async fn transaction<T, F, Fut>(&self, mut body: F) -> Result<T, StoreError>
+    where
+        T: Send,
+        F: FnMut(Tx) -> Fut + Send,
+        Fut: Future<Output = Result<(Tx, T), StoreError>> + Send,
+    {
+        let mut tries = 0;
+        loop {
+            let attempt = async {
+                let tx = self.pool.begin().await?;
+                let (tx, out) = body(tx).await?;
+                tx.commit().await?;
+                Ok(out)
+            };
+            match attempt.await {
+                Err(e) if tries < RETRIES && retryable(&e) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(tries))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Returns the deliveries of `which` to pending in chunks, one transaction each, waking
+    /// every host when something came back.
+    async fn return_in_flight(&self, which: InFlight<'_>, now: Millis) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self
+                .transaction(|mut tx| async move {
+                    let n = leases::return_in_flight(&mut tx, which, now).await?;
+                    if n > 0 {
+                        wakeups::notify(&mut tx).await?;
+                    }
+                    Ok((tx, n))
+                })
+                .await?;
+            total += n;
+            if (n as i64) < SWEEP_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ingest(&self, events: Vec<NewEvent>, now: Millis) -> Result<Vec<Ingested>, StoreError> {
+        let events = &events;
+        self.transaction(|mut tx| async move {
+            let out = ingest::insert_events(&mut tx, events, now).await?;
+            Ok((tx, out))
+        })
+        .await
+    }
+
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
+        let request = &request;
+        self.transaction(|mut tx| async move {
+            let out = claim::claim(&mut tx, request).await?;
+            Ok((tx, out))
+        })
+        .await
+    }
+
+    async fn settle(&self, owner: &str, batch: Vec<Settlement>) -> Result<SettleReport, StoreError> {
+        let batch = &settle_order(batch);
+        self.transaction(|mut tx| async move {
+            let report = settle::settle(&mut tx, owner, batch).await?;
+            Ok((tx, report))
+        })
+        .await
+    }
+
+    async fn unclaim(&self, owner: &str, claims: Vec<(i64, u32)>) -> Result<usize, StoreError> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let claims = &claims;
+        self.transaction(|mut tx| async move {
+            let n = leases::unclaim(&mut tx, owner, claims).await?;
+            Ok((tx, n))
+        })
+        .await
+    }
+
+    async fn extend_leases(&self, owner: &str, lease_until: Millis) -> Result<usize, StoreError> {
+        let n = leases::extend(&self.pool, owner, lease_until).await?;
+        hosts::refresh(&self.pool, &self.host_id, lease_until).await?;
+        Ok(n)
+    }
+
+    async fn sweep_expired(&self, now: Millis) -> Result<usize, StoreError> {
+        self.return_in_flight(InFlight::Expired(now), now).await
+    }
+
+    async fn set_target_paused(&self, target: &TargetName, paused: bool, now: Millis) -> Result<bool, StoreError> {
+        self.transaction(|mut tx| async move {
+            let changed = admin::set_target_paused(&mut tx, target, paused, now).await?;
+            Ok((tx, changed))
+        })
+        .await
+    }
+
+    async fn paused_targets(&self) -> Result<Vec<String>, StoreError> {
+        queries::paused_targets(&self.pool).await
+    }
+
+    async fn list_failed(
+        &self,
+        filter: FailedFilter,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<FailedDelivery>, StoreError> {
+        queries::list_failed(&self.pool, &filter, after, limit).await
+    }
+
+    async fn count_failed(&self, filter: FailedFilter) -> Result<u64, StoreError> {
+        queries::count_failed(&self.pool, &filter).await
+    }
+
+    async fn replay(&self, filter: FailedFilter, limit: usize, now: Millis) -> Result<usize, StoreError> {
+        let filter = &filter;
+        self.transaction(|mut tx| async move {
+            let n = admin::replay(&mut tx, filter, limit, now).await?;
+            Ok((tx, n))
+        })
+        .await
+    }
+
+    async fn release(&self, owner: &str, now: Millis) -> Result<usize, StoreError> {
+        let n = self.return_in_flight(InFlight::Owned(owner), now).await?;
+        hosts::forget(&self.pool, &self.host_id).await?;
+        Ok(n)
+    }
+
+    async fn recover_orphans(&self, now: Millis) -> Result<usize, StoreError> {
+        self.return_in_flight(InFlight::All, now).await
+    }
+
+    async fn sync_paused(&self, live: Vec<TargetName>) -> Result<(usize, usize), StoreError> {
+        let live: Vec<String> = live.iter().map(|t| t.to_string()).collect();
+        let (live, host) = (&live, self.host_id.as_str());
+        self.transaction(|mut tx| async move {
+            let changed = admin::sync_paused(&mut tx, host, live, now_ms()).await?;
+            Ok((tx, changed))
+        })
+        .await
+    }
+
+    async fn version_attempts(&self) -> Result<VersionAttempts, StoreError> {
+        queries::version_attempts(&self.pool).await
+    }
+
+    async fn next_due(&self, target: &TargetName) -> Result<Option<Millis>, StoreError> {
+        queries::next_due(&self.pool, target).await
+    }
+
+    async fn event(&self, id: EventId) -> Result<Option<EventDetail>, StoreError> {
+        self.transaction(|mut tx| async move {
+            let detail = queries::event(&mut tx, id).await?;
+            Ok((tx, detail))
+        })
+        .await
+    }
+
+    async fn status_counts(&self) -> Result<StatusCounts, StoreError> {
+        queries::status_counts(&self.pool).await
+    }
+
+    async fn hold_target(&self, target: &TargetName, reason: &str, now: Millis) -> Result<usize, StoreError> {
+        admin::hold_target(&self.pool, target, reason, now).await
+    }
+
+    async fn prune_finished(&self, before: Millis, limit: usize) -> Result<usize, StoreError> {
+        self.transaction(|mut tx| async move {
+            let n = admin::prune_finished(&mut tx, before, limit).await?;
+            Ok((tx, n))
+        })
+        .await
+    }
+
+    async fn prune_idempotency_keys(&self, before: Millis, limit: usize) -> Result<usize, StoreError> {
+        admin::prune_idempotency_keys(&self.pool, before, limit).await
+    }
+
+    async fn prune_failed(&self, filter: FailedFilter, limit: usize) -> Result<usize, StoreError> {
+        let filter = &filter;
+        self.transaction(|mut tx| async move {
+            let n = admin::prune_failed(&mut tx, filter, limit).await?;
+            Ok((tx, n))
+        })
+        .await
+    }
+
+    async fn oldest_due(&self, now: Millis) -> Result<BTreeMap<String, Millis>, StoreError> {
+        queries::oldest_due(&self.pool, now).await
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn take_tokens(&self, target: &TargetName, rate: f64, want: usize) -> Result<Option<TokenGrant>, StoreError> {
+        self.transaction(|mut tx| async move {
+            let grant = rate::take(&mut tx, target, rate, want).await?;
+            Ok((tx, grant))
+        })
+        .await
+        .map(Some)
+    }
+
+    async fn give_back_tokens(&self, target: &TargetName, rate: f64, n: usize) -> Result<(), StoreError> {
+        rate::give_back(&self.pool, target, rate, n).await
+    }
+
+    async fn forward_wakeups(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        wakeups::forward(&self.pool, &wake, &stop).await
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db.internal:5432/outbox"),
+            "postgres://app:***@db.internal:5432/outbox"
+        );
+        assert_eq!(redact("postgres://app@db/outbox"), "postgres://app@db/outbox");
+        assert_eq!(redact("postgres://db/outbox"), "postgres://db/outbox");
+        assert_eq!(
+            redact("postgres://u:p@ss@db/x?sslmode=require"),
+            "postgres://u:***@db/x?sslmode=require"
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! What the API, the CLI and the dispatcher read: an event with its deliveries and history,
+//! the dead-letter listing and count, status counts, due times, attempts per version and the
+//! paused targets.
+
+use std::collections::BTreeMap;
+
+use sqlx::postgres::{PgConnection, PgPool};
+
+use super::filters;
+use crate::domain::{EventId, Millis, TargetName};
+use crate::store::rows::{self, AttemptColumns, DeliveryRow, EventColumns, FailedColumns};
+use crate::store::{EventDetail, FailedDelivery, FailedFilter, StatusCounts, StoreError, VersionAttempts};
+
+/// An attempt of `select_attempts_of_deliveries`: its delivery, then [`AttemptColumns`].
+type DeliveryAttemptColumns = (i64, i64, Millis, Option<i64>, String, Option<String>, Option<String>);
+
+/// A delivery of `select_deliveries_of_event`.
+type DeliveryColumns = (
+    i64,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Millis,
+    Option<Millis>,
+    i64,
+    Millis,
+);
+
+pub(super) async fn event(conn: &mut PgConnection, id: EventId) -> Result<Option<EventDetail>, StoreError> {
+    let id = id.to_string();
+    let Some(columns) = sqlx::query_as::<_, EventColumns>(sql!("select_event"))
+        .bind(&id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let event = rows::stored_event(columns)?;
+    let deliveries: Vec<DeliveryColumns> = sqlx::query_as(sql!("select_deliveries_of_event"))
+        .bind(&id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let ids: Vec<i64> = deliveries.iter().map(|d| d.0).collect();
+    let history: Vec<DeliveryAttemptColumns> = sqlx::query_as(sql!("select_attempts_of_deliveries"))
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut by_delivery: BTreeMap<i64, Vec<AttemptColumns>> = BTreeMap::new();
+    for (delivery_id, n, started_at, duration_ms, outcome, error, plugin_hash) in history {
+        by_delivery
+            .entry(delivery_id)
+            .or_default()
+            .push((n, started_at, duration_ms, outcome, error, plugin_hash));
+    }
+    let deliveries = deliveries
+        .into_iter()
+        .map(
+            |(id, target, status, attempts, last_error, next_attempt_at, delivered_at, attempt_seq, updated_at)| {
+                let row = DeliveryRow {
+                    id,
+                    target,
+                    status,
+                    attempts,
+                    last_error,
+                    next_attempt_at,
+                    delivered_at,
+                    attempt_seq,
+                    updated_at,
+                };
+                rows::delivery_detail(row, by_delivery.remove(&id).unwrap_or_default())
+            },
+        )
+        .collect::<Result<_, _>>()?;
+    Ok(Some(EventDetail { event, deliveries }))
+}
+
+pub(super) async fn list_failed(
+    pool: &PgPool,
+    filter: &FailedFilter,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<FailedDelivery>, StoreError> {
+    let found: Vec<FailedColumns> = filters::list_failed(filter, after, limit as i64)
+        .build_query_as()
+        .fetch_all(pool)
+        .await?;
+    found.into_iter().map(rows::failed_delivery).collect()
+}
+
+pub(super) async fn count_failed(pool: &PgPool, filter: &FailedFilter) -> Result<u64, StoreError> {
+    let (n,): (i64,) = filters::count_failed(filter).build_query_as().fetch_one(pool).await?;
+    Ok(n.max(0) as u64)
+}
+
+pub(super) async fn status_counts(pool: &PgPool) -> Result<StatusCounts, StoreError> {
+    rows::status_counts(sqlx::query_as(sql!("status_counts")).fetch_all(pool).await?)
+}
+
+pub(super) async fn version_attempts(pool: &PgPool) -> Result<VersionAttempts, StoreError> {
+    Ok(rows::version_attempts(
+        sqlx::query_as(sql!("version_attempts")).fetch_all(pool).await?,
+    ))
+}
+
+pub(super) async fn next_due(pool: &PgPool, target: &TargetName) -> Result<Option<Millis>, StoreError> {
+    Ok(sqlx::query_scalar(sql!("next_due"))
+        .bind(target.as_str())
+        .fetch_one(pool)
+        .await?)
+}
+
+pub(super) async fn oldest_due(pool: &PgPool, now: Millis) -> Result<BTreeMap<String, Millis>, StoreError> {
+    let found: Vec<(String, Millis)> = sqlx::query_as(sql!("oldest_due")).bind(now).fetch_all(pool).await?;
+    Ok(found.into_iter().collect())
+}
+
+pub(super) async fn paused_targets(pool: &PgPool) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(sql!("paused_targets")).fetch_all(pool).await?)
+}

@@ -1,0 +1,1 @@
+CREATE TABLE IF NOT EXISTS outboxd_schema (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)

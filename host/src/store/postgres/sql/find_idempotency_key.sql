@@ -1,0 +1,1 @@
+SELECT event_id FROM idempotency_keys WHERE key = $1

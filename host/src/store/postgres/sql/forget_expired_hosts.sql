@@ -1,0 +1,1 @@
+DELETE FROM cluster_hosts WHERE expires_at <= $1

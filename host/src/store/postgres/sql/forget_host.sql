@@ -1,0 +1,1 @@
+DELETE FROM cluster_hosts WHERE host = $1

@@ -1,0 +1,1 @@
+SELECT target FROM target_state WHERE paused ORDER BY target

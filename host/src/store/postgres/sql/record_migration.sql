@@ -1,0 +1,1 @@
+INSERT INTO outboxd_schema (version, applied_at) VALUES ($1, $2)

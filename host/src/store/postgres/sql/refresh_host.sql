@@ -1,0 +1,1 @@
+UPDATE cluster_hosts SET expires_at = $2 WHERE host = $1

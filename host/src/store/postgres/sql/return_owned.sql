@@ -1,0 +1,12 @@
+-- Returns up to $2 deliveries that owner $3 holds to pending, due $1, skipping rows another
+-- transaction holds. Returns each one's attempt: number, claim time, owner.
+WITH chosen AS MATERIALIZED (
+    SELECT id, attempt_seq, updated_at, lease_owner FROM deliveries
+    WHERE status = 'in_flight' AND lease_owner = $3
+    ORDER BY id LIMIT $2
+    FOR UPDATE SKIP LOCKED)
+UPDATE deliveries d
+SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+    next_attempt_at = $1, updated_at = $1
+FROM chosen c WHERE d.id = c.id
+RETURNING d.id, c.attempt_seq, c.updated_at, c.lease_owner

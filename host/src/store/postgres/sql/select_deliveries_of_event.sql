@@ -1,0 +1,3 @@
+SELECT id, target, status, attempts::bigint, last_error, next_attempt_at, delivered_at,
+       attempt_seq::bigint, updated_at
+FROM deliveries WHERE event_id = $1 ORDER BY target

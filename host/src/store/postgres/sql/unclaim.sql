@@ -1,0 +1,6 @@
+-- Gives back the deliveries $1[i], claimed by owner $3 for attempt $2[i] and never started.
+UPDATE deliveries d
+SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+    attempts = d.attempts - 1, attempt_seq = d.attempt_seq - 1
+FROM unnest($1::bigint[], $2::int[]) AS r(id, n)
+WHERE d.id = r.id AND d.attempt_seq = r.n AND d.lease_owner = $3 AND d.status = 'in_flight'

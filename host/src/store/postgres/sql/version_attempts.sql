@@ -1,0 +1,1 @@
+SELECT target, plugin_hash, attempts FROM version_attempts

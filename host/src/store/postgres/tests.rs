@@ -1,0 +1,151 @@
+//! What only a shared store does: several hosts on one database (migrating once, claiming side
+//! by side, one key from many hosts, one rate bucket, the host registry). What every store
+//! does is in the conformance suite.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::PgStore;
+use crate::domain::{AttemptOutcome, DeliveryStatus};
+use crate::store::Store;
+use crate::store::conformance::{TempDb, claim, event, settlement, t};
+
+async fn two_hosts(db: &TempDb) -> (PgStore, PgStore) {
+    (
+        PgStore::open(&db.url()).await.unwrap(),
+        PgStore::open(&db.url()).await.unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn hosts_opening_together_migrate_once() {
+    let db = TempDb::new().await;
+    let url = db.url();
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { PgStore::open(&url).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for o in opens {
+        stores.push(o.await.unwrap().unwrap());
+    }
+    let versions: Vec<i32> = sqlx::query_scalar("SELECT version FROM outboxd_schema")
+        .fetch_all(&stores[0].pool)
+        .await
+        .unwrap();
+    assert_eq!(versions, [1]);
+}
+
+#[tokio::test]
+async fn leases_are_exclusive_across_hosts_and_a_lost_lease_settles_nothing() {
+    let db = TempDb::new().await;
+    let (a, b) = two_hosts(&db).await;
+    a.ingest((0..6).map(|_| event(None, &["crm"])).collect(), 0)
+        .await
+        .unwrap();
+    // Two hosts claiming at once get disjoint deliveries.
+    let (x, y) = tokio::join!(
+        a.claim(claim("crm", 4, "a", 100, 1_000)),
+        b.claim(claim("crm", 4, "b", 100, 1_000))
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x.len() + y.len(), 6);
+    let ids: BTreeSet<i64> = x.iter().chain(&y).map(|c| c.delivery_id).collect();
+    assert_eq!(ids.len(), 6, "no delivery claimed twice");
+
+    // After expiry, the other host takes over one of them; the late outcome changes nothing.
+    let first = x.first().or(y.first()).unwrap().clone();
+    let holder = if x.iter().any(|c| c.delivery_id == first.delivery_id) {
+        "a"
+    } else {
+        "b"
+    };
+    let taker = if holder == "a" { "b" } else { "a" };
+    let again = b.claim(claim("crm", 10, taker, 1_000, 2_000)).await.unwrap();
+    assert_eq!(again.len(), 6, "every expired lease is taken over");
+    let late = settlement(&first, DeliveryStatus::Dead, AttemptOutcome::Permanent, 1_100);
+    let report = a.settle(holder, vec![late]).await.unwrap();
+    assert_eq!(report.lost_leases, vec![first.delivery_id]);
+    let now_held = again.iter().find(|c| c.delivery_id == first.delivery_id).unwrap();
+    assert_eq!(now_held.attempt, 2);
+    let held = settlement(now_held, DeliveryStatus::Delivered, AttemptOutcome::Delivered, 1_200);
+    let report = b.settle(taker, vec![held]).await.unwrap();
+    assert!(report.lost_leases.is_empty());
+    let detail = a.event(first.event.id).await.unwrap().unwrap();
+    let d = &detail.deliveries[0];
+    assert_eq!(d.status, DeliveryStatus::Delivered);
+    let outcomes: Vec<_> = d.history.iter().map(|h| h.outcome).collect();
+    assert_eq!(outcomes, [AttemptOutcome::Permanent, AttemptOutcome::Delivered]);
+    // The history row names the host that ran each attempt.
+    let owners: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT owner FROM attempts WHERE delivery_id = $1 ORDER BY n")
+            .bind(first.delivery_id)
+            .fetch_all(&a.pool)
+            .await
+            .unwrap();
+    assert_eq!(owners, [Some(holder.to_owned()), Some(taker.to_owned())]);
+}
+
+#[tokio::test]
+async fn one_key_ingested_by_many_hosts_at_once_is_one_event() {
+    let db = TempDb::new().await;
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(PgStore::open(&db.url()).await.unwrap());
+    }
+    for round in 0..10 {
+        let key = format!("k{round}");
+        let tasks: Vec<_> = stores
+            .iter()
+            .map(|s| {
+                let (s, key) = (s.clone(), key.clone());
+                tokio::spawn(async move { s.ingest(vec![event(Some(&key), &["crm"])], 0).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap().unwrap()[0]);
+        }
+        assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1, "{results:?}");
+        assert!(results.iter().all(|r| r.id == results[0].id), "{results:?}");
+    }
+    assert_eq!(
+        stores[0].status_counts().await.unwrap()["crm"][&DeliveryStatus::Pending],
+        10
+    );
+}
+
+#[tokio::test]
+async fn a_target_is_paused_only_when_no_live_host_has_it() {
+    let db = TempDb::new().await;
+    let (a, b) = two_hosts(&db).await;
+    a.ingest(vec![event(None, &["crm", "billing"])], 0).await.unwrap();
+    assert_eq!(a.sync_paused(vec![t("crm"), t("billing")]).await.unwrap(), (0, 0));
+    // Host b (in the middle of a deploy) has only crm: billing is still delivered by a.
+    assert_eq!(b.sync_paused(vec![t("crm")]).await.unwrap(), (0, 0));
+    assert_eq!(b.hold_target(&t("billing"), "no plugin here", 0).await.unwrap(), 0);
+    // Once a stops, nobody has billing any more.
+    a.release("a", 0).await.unwrap();
+    assert_eq!(b.sync_paused(vec![t("crm")]).await.unwrap(), (1, 0));
+    assert_eq!(b.sync_paused(vec![t("crm"), t("billing")]).await.unwrap(), (0, 1));
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_one_bucket_for_all_hosts() {
+    let db = TempDb::new().await;
+    let (a, b) = two_hosts(&db).await;
+    let grant = a.take_tokens(&t("crm"), 5.0, 4).await.unwrap().unwrap();
+    assert_eq!(grant.granted, 4, "the bucket starts full (burst 5)");
+    let grant = b.take_tokens(&t("crm"), 5.0, 4).await.unwrap().unwrap();
+    assert_eq!(grant.granted, 1, "the other host shares what is left");
+    let grant = a.take_tokens(&t("crm"), 5.0, 4).await.unwrap().unwrap();
+    assert_eq!(grant.granted, 0);
+    assert!(
+        grant.wait > Duration::ZERO && grant.wait <= Duration::from_millis(200),
+        "{grant:?}"
+    );
+    b.give_back_tokens(&t("crm"), 5.0, 2).await.unwrap();
+    assert_eq!(a.take_tokens(&t("crm"), 5.0, 4).await.unwrap().unwrap().granted, 2);
+}

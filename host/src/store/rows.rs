@@ -1,0 +1,131 @@
+//! Rows as both backends read them (plain column values) and their one decoding into the
+//! model's records: a value this version does not understand is [`StoreError::Corrupt`].
+
+use std::str::FromStr;
+
+use crate::domain::{DeliveryStatus, Millis};
+use crate::store::history::push_running_attempt;
+use crate::store::{
+    AttemptRecord, DeliveryDetail, FailedDelivery, StatusCounts, StoreError, StoredEvent, VersionAttempts,
+};
+
+/// Parses a stored string (an id, a name, a status).
+pub(crate) fn decode<T: FromStr>(s: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e: T::Err| StoreError::Corrupt(e.to_string()))
+}
+
+/// A stored count or number, which the schema keeps non-negative.
+pub(crate) fn count(n: i64) -> u32 {
+    n.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// An event's headers as stored: a JSON array of `[name, value]`.
+pub(crate) fn encode_headers(headers: &[(String, String)]) -> Result<String, StoreError> {
+    serde_json::to_string(headers).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The columns of `events`: id, type, payload, headers, idempotency_key, ordering_key,
+/// created_at.
+pub(crate) type EventColumns = (String, String, String, String, Option<String>, Option<String>, i64);
+
+pub(crate) fn stored_event(
+    (id, event_type, payload, headers, idempotency_key, ordering_key, created_at): EventColumns,
+) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        id: decode(&id)?,
+        event_type,
+        payload,
+        headers: serde_json::from_str(&headers).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        idempotency_key,
+        ordering_key,
+        created_at,
+    })
+}
+
+/// A delivery of the event detail.
+pub(crate) struct DeliveryRow {
+    pub id: i64,
+    pub target: String,
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Millis,
+    pub delivered_at: Option<Millis>,
+    pub attempt_seq: i64,
+    /// When it was claimed, while it is in flight.
+    pub updated_at: Millis,
+}
+
+/// One row of `attempts`: n, started_at, duration_ms, outcome, error, plugin_hash.
+pub(crate) type AttemptColumns = (i64, Millis, Option<i64>, String, Option<String>, Option<String>);
+
+/// A delivery with its stored history rows, completed by its running attempt.
+pub(crate) fn delivery_detail(row: DeliveryRow, attempts: Vec<AttemptColumns>) -> Result<DeliveryDetail, StoreError> {
+    let status: DeliveryStatus = decode(&row.status)?;
+    let mut history = attempts
+        .into_iter()
+        .map(|(n, started_at, duration_ms, outcome, error, plugin_hash)| {
+            Ok(AttemptRecord {
+                n: count(n),
+                started_at,
+                duration_ms: duration_ms.map(|d| d.max(0) as u64),
+                outcome: decode(&outcome)?,
+                error,
+                plugin_hash,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    push_running_attempt(&mut history, status, count(row.attempt_seq), row.updated_at);
+    Ok(DeliveryDetail {
+        target: decode(&row.target)?,
+        status,
+        attempts: count(row.attempts),
+        last_error: row.last_error,
+        next_attempt_at: (status == DeliveryStatus::Pending).then_some(row.next_attempt_at),
+        delivered_at: row.delivered_at,
+        history,
+    })
+}
+
+/// One row of the dead-letter listing: delivery id, event id, event type, target, status,
+/// attempts, last error, failed at.
+pub(crate) type FailedColumns = (i64, String, String, String, String, i64, Option<String>, Millis);
+
+pub(crate) fn failed_delivery(
+    (delivery_id, event_id, event_type, target, status, attempts, last_error, failed_at): FailedColumns,
+) -> Result<FailedDelivery, StoreError> {
+    Ok(FailedDelivery {
+        delivery_id,
+        event_id: decode(&event_id)?,
+        event_type,
+        target: decode(&target)?,
+        status: decode(&status)?,
+        attempts: count(attempts),
+        last_error,
+        failed_at,
+    })
+}
+
+/// Status counts from (target, status, count) rows.
+pub(crate) fn status_counts(rows: Vec<(String, String, i64)>) -> Result<StatusCounts, StoreError> {
+    let mut counts = StatusCounts::new();
+    for (target, status, n) in rows {
+        counts
+            .entry(target)
+            .or_default()
+            .insert(decode(&status)?, n.max(0) as u64);
+    }
+    Ok(counts)
+}
+
+/// Attempts per version from (target, plugin hash, attempts) rows.
+pub(crate) fn version_attempts(rows: Vec<(String, String, i64)>) -> VersionAttempts {
+    let mut out = VersionAttempts::new();
+    for (target, hash, n) in rows {
+        out.entry(target).or_default().insert(hash, n.max(0) as u64);
+    }
+    out
+}

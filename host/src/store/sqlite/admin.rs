@@ -1,0 +1,104 @@
+//! The operator's and the host's bulk changes: manual pause, replay of failed deliveries,
+//! holding and resuming targets that are not loaded, and retention (prune).
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::filters;
+use crate::domain::{Millis, TargetName};
+use crate::store::{FailedFilter, StoreError};
+
+pub(super) fn set_target_paused(
+    tx: &Transaction<'_>,
+    target: &TargetName,
+    paused: bool,
+    now: Millis,
+) -> Result<bool, StoreError> {
+    let before = tx
+        .prepare_cached(sql!("target_paused"))?
+        .query_row([target.as_str()], |r| r.get::<_, i64>(0))
+        .optional()?
+        .is_some_and(|p| p != 0);
+    tx.prepare_cached(sql!("set_target_paused"))?
+        .execute(params![target.as_str(), paused as i64, now])?;
+    Ok(before != paused)
+}
+
+pub(super) fn replay(
+    tx: &Transaction<'_>,
+    filter: &FailedFilter,
+    limit: usize,
+    now: Millis,
+) -> Result<usize, StoreError> {
+    let (clause, params) = filters::failed_where(filter);
+    let limit = limit as i64;
+    let bind = filters::bind(&params, &[(":now", &now), (":limit", &limit)]);
+    Ok(tx.prepare(&filters::replay(&clause))?.execute(bind.as_slice())?)
+}
+
+pub(super) fn hold_target(
+    tx: &Transaction<'_>,
+    target: &TargetName,
+    reason: &str,
+    now: Millis,
+) -> Result<usize, StoreError> {
+    Ok(tx
+        .prepare_cached(sql!("hold_target"))?
+        .execute(params![target.as_str(), reason, now])?)
+}
+
+/// Pauses the pending deliveries of targets not in `live`, resumes the paused ones in it.
+pub(super) fn sync_paused(tx: &Transaction<'_>, live: &[TargetName]) -> Result<(usize, usize), StoreError> {
+    tx.execute(sql!("create_live_targets"), [])?;
+    tx.execute(sql!("clear_live_targets"), [])?;
+    {
+        let mut insert = tx.prepare_cached(sql!("insert_live_target"))?;
+        for name in live {
+            insert.execute([name.as_str()])?;
+        }
+    }
+    let paused = tx.execute(sql!("pause_unloaded"), [])?;
+    let resumed = tx.execute(sql!("resume_loaded"), [])?;
+    tx.execute(sql!("clear_live_targets"), [])?;
+    Ok((paused, resumed))
+}
+
+pub(super) fn prune_finished(tx: &Transaction<'_>, before: Millis, limit: usize) -> Result<usize, StoreError> {
+    tx.execute(sql!("create_prune_events"), [])?;
+    tx.execute(sql!("clear_prune_events"), [])?;
+    let n = tx.execute(sql!("choose_finished_events"), params![before, limit as i64])?;
+    delete_pruned_events(tx)?;
+    Ok(n)
+}
+
+pub(super) fn prune_idempotency_keys(tx: &Transaction<'_>, before: Millis, limit: usize) -> Result<usize, StoreError> {
+    Ok(tx.execute(sql!("prune_idempotency_keys"), params![before, limit as i64])?)
+}
+
+/// Deletes up to `limit` failed deliveries matching `filter` with their history, then the
+/// events left with no delivery.
+pub(super) fn prune_failed(tx: &Transaction<'_>, filter: &FailedFilter, limit: usize) -> Result<usize, StoreError> {
+    tx.execute(sql!("create_prune_deliveries"), [])?;
+    tx.execute(sql!("clear_prune_deliveries"), [])?;
+    let (clause, params) = filters::failed_where(filter);
+    let limit = limit as i64;
+    let bind = filters::bind(&params, &[(":limit", &limit)]);
+    let n = tx.prepare(&filters::choose_failed(&clause))?.execute(bind.as_slice())?;
+    tx.execute(sql!("delete_pruned_delivery_attempts"), [])?;
+    tx.execute(sql!("delete_pruned_deliveries"), [])?;
+    tx.execute(sql!("create_prune_events"), [])?;
+    tx.execute(sql!("clear_prune_events"), [])?;
+    tx.execute(sql!("choose_emptied_events"), [])?;
+    delete_pruned_events(tx)?;
+    tx.execute(sql!("clear_prune_deliveries"), [])?;
+    Ok(n)
+}
+
+/// Deletes the events listed in the temporary table `prune_events`, with their deliveries
+/// and attempt history, and empties the list.
+fn delete_pruned_events(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute(sql!("delete_pruned_event_attempts"), [])?;
+    tx.execute(sql!("delete_pruned_event_deliveries"), [])?;
+    tx.execute(sql!("delete_pruned_events"), [])?;
+    tx.execute(sql!("clear_prune_events"), [])?;
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! What the API, the CLI and the dispatcher read: an event with its deliveries and history,
+//! the dead-letter listing and count, status counts, due times, attempts per version and the
+//! paused targets.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::filters;
+use crate::domain::{EventId, Millis, TargetName};
+use crate::store::rows::{self, DeliveryRow};
+use crate::store::{EventDetail, FailedDelivery, FailedFilter, StatusCounts, StoreError, StoredEvent, VersionAttempts};
+
+pub(super) fn load_event(conn: &Connection, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+    conn.prepare_cached(sql!("select_event"))?
+        .query_row([id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })
+        .optional()?
+        .map(rows::stored_event)
+        .transpose()
+}
+
+pub(super) fn event(tx: &Transaction<'_>, id: EventId) -> Result<Option<EventDetail>, StoreError> {
+    let id = id.to_string();
+    let Some(event) = load_event(tx, &id)? else {
+        return Ok(None);
+    };
+    let deliveries: Vec<DeliveryRow> = tx
+        .prepare_cached(sql!("select_deliveries_of_event"))?
+        .query_map([&id], |r| {
+            Ok(DeliveryRow {
+                id: r.get(0)?,
+                target: r.get(1)?,
+                status: r.get(2)?,
+                attempts: r.get(3)?,
+                last_error: r.get(4)?,
+                next_attempt_at: r.get(5)?,
+                delivered_at: r.get(6)?,
+                attempt_seq: r.get(7)?,
+                updated_at: r.get(8)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut history = tx.prepare_cached(sql!("select_attempts_of_delivery"))?;
+    let deliveries = deliveries
+        .into_iter()
+        .map(|d| {
+            let attempts = history
+                .query_map([d.id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            rows::delivery_detail(d, attempts)
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(Some(EventDetail { event, deliveries }))
+}
+
+pub(super) fn list_failed(
+    tx: &Transaction<'_>,
+    filter: &FailedFilter,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<FailedDelivery>, StoreError> {
+    let (clause, params) = filters::failed_where(filter);
+    let limit = limit as i64;
+    let bind = filters::bind(&params, &[(":after", &after), (":limit", &limit)]);
+    let mut stmt = tx.prepare(&filters::list_failed(&clause))?;
+    let found: Vec<rows::FailedColumns> = stmt
+        .query_map(bind.as_slice(), |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    found.into_iter().map(rows::failed_delivery).collect()
+}
+
+pub(super) fn count_failed(tx: &Transaction<'_>, filter: &FailedFilter) -> Result<u64, StoreError> {
+    let (clause, params) = filters::failed_where(filter);
+    let bind = filters::bind(&params, &[]);
+    Ok(tx
+        .prepare(&filters::count_failed(&clause))?
+        .query_row(bind.as_slice(), |r| r.get(0))?)
+}
+
+/// (target, key, count) rows of a cached statement without parameters.
+fn triples(tx: &Transaction<'_>, sql: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
+    Ok(tx
+        .prepare_cached(sql)?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?)
+}
+
+pub(super) fn status_counts(tx: &Transaction<'_>) -> Result<StatusCounts, StoreError> {
+    rows::status_counts(triples(tx, sql!("status_counts"))?)
+}
+
+pub(super) fn version_attempts(tx: &Transaction<'_>) -> Result<VersionAttempts, StoreError> {
+    Ok(rows::version_attempts(triples(tx, sql!("version_attempts"))?))
+}
+
+pub(super) fn next_due(tx: &Transaction<'_>, target: &TargetName) -> Result<Option<Millis>, StoreError> {
+    Ok(tx
+        .prepare_cached(sql!("next_due"))?
+        .query_row([target.as_str()], |r| r.get(0))?)
+}
+
+pub(super) fn oldest_due(tx: &Transaction<'_>, now: Millis) -> Result<BTreeMap<String, Millis>, StoreError> {
+    Ok(tx
+        .prepare_cached(sql!("oldest_due"))?
+        .query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?)
+}
+
+pub(super) fn paused_targets(tx: &Transaction<'_>) -> Result<Vec<String>, StoreError> {
+    Ok(tx
+        .prepare_cached(sql!("paused_targets"))?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
+}

@@ -1,0 +1,1 @@
+DELETE FROM deliveries WHERE id IN (SELECT id FROM prune_deliveries)

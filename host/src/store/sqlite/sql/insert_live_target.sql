@@ -1,0 +1,1 @@
+INSERT OR IGNORE INTO live_targets (name) VALUES (?1)

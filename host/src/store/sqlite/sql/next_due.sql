@@ -1,0 +1,1 @@
+SELECT MIN(next_attempt_at) FROM deliveries WHERE target = ?1 AND status = 'pending'

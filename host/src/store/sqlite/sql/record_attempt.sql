@@ -1,0 +1,6 @@
+-- The one history row of a settled attempt. A row is already there when the attempt was
+-- abandoned meanwhile (or, from schema 3 or older, as `running`): what it did replaces it.
+INSERT INTO attempts (delivery_id, n, started_at, duration_ms, outcome, error, plugin_hash)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+ON CONFLICT (delivery_id, n) DO UPDATE SET outcome = excluded.outcome, error = excluded.error,
+    duration_ms = excluded.duration_ms, plugin_hash = excluded.plugin_hash

@@ -1,0 +1,1 @@
+SELECT target, status, COUNT(*) FROM deliveries GROUP BY target, status

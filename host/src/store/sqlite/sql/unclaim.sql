@@ -1,0 +1,5 @@
+-- Gives back delivery ?1, claimed by owner ?2 for attempt ?3 and never started.
+UPDATE deliveries
+SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+    attempts = attempts - 1, attempt_seq = attempt_seq - 1
+WHERE id = ?1 AND lease_owner = ?2 AND attempt_seq = ?3 AND status = 'in_flight'
