@@ -35,9 +35,13 @@ async fn scrape(state: &AppState) -> Result<Scrape, StoreError> {
         loaded: snapshot.targets.keys().map(|n| n.to_string()).collect(),
         reload_errors: snapshot.errors.len(),
         breakers: Default::default(),
+        limits: Default::default(),
         now,
     };
     for target in input.targets() {
+        if let Some(flow) = state.flows.status(&target) {
+            input.limits.insert(target.clone(), flow.limit);
+        }
         if let Some(b) = state.breakers.status(&target) {
             input.breakers.insert(
                 target,

@@ -15,7 +15,8 @@ use super::Shared;
 use super::lane::Slot;
 use crate::domain::{DeliveryStatus, Millis, Outcome, TargetClass, TargetName, delivery_key, now_ms};
 use crate::outbox::operational_event;
-use crate::plugin::{BatchReport, EventInput, Report};
+use crate::plugin::{BatchReport, EventInput, HttpExchange, Report};
+use crate::policy::adaptive::Answer;
 use crate::policy::breaker::{Signal, Transition};
 use crate::policy::retry;
 use crate::store::{Claimed, NewEvent, Settlement};
@@ -40,12 +41,16 @@ pub(super) fn spawn(shared: &Arc<Shared>, lane_target: &Arc<Target>, deliveries:
 pub(super) struct CallReport {
     pub outcomes: Vec<Outcome>,
     pub duration: Duration,
+    /// What the call says about the receiver's load.
+    pub answer: Answer,
 }
 
 impl From<Report> for CallReport {
     fn from(r: Report) -> Self {
+        let outcomes = vec![r.outcome];
         Self {
-            outcomes: vec![r.outcome],
+            answer: answer_of(&outcomes, &r.requests, r.duration),
+            outcomes,
             duration: r.duration,
         }
     }
@@ -54,9 +59,35 @@ impl From<Report> for CallReport {
 impl From<BatchReport> for CallReport {
     fn from(r: BatchReport) -> Self {
         Self {
+            answer: answer_of(&r.outcomes, &r.requests, r.duration),
             outcomes: r.outcomes,
             duration: r.duration,
         }
+    }
+}
+
+/// How the receiver answered a call, from the requests the plugin sent through the host: a
+/// refusal if any was answered 429 or 503, or failed to connect or timed out, or if the
+/// plugin asked for a delay (`after-ms`, a receiver's `Retry-After`); else accepted (a round
+/// trip of the call's duration) if an event was delivered; else nothing the load explains.
+fn answer_of(outcomes: &[Outcome], requests: &[HttpExchange], duration: Duration) -> Answer {
+    let delay = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Retry { after, .. } => *after,
+            _ => None,
+        })
+        .max();
+    let refused = requests.iter().any(|r| match &r.result {
+        Ok(status) => matches!(status, 429 | 503),
+        Err(e) => e == "timeout" || e.starts_with("connect"),
+    });
+    if refused || delay.is_some() {
+        Answer::Refused(delay)
+    } else if outcomes.contains(&Outcome::Delivered) {
+        Answer::Accepted(duration)
+    } else {
+        Answer::Other
     }
 }
 
@@ -82,6 +113,8 @@ async fn run(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Target>
     // target has just been removed.
     let target = registry.snapshot().targets.get(&name).cloned().unwrap_or(lane_target);
     let mut inputs: Vec<EventInput> = deliveries.iter().map(input_for).collect();
+    let flow = shared.services.flows.get(&target.spec);
+    flow.started();
     let report: CallReport = tokio::select! {
         r = async {
             if target.spec.class == TargetClass::Batched {
@@ -97,6 +130,10 @@ async fn run(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Target>
     // operational events it may cause.
     let after = registry.snapshot();
     let recovered = learn(shared, &target.spec, &report, &after.routes);
+    if let Some(pause) = flow.finished(report.answer, Instant::now()) {
+        // Refused even one at a time: the whole target waits, as the receiver asked.
+        pause_target(shared, &target.spec, pause);
+    }
     let finished = Finished {
         spec: &target.spec,
         plugin_hash: target.binding.plugin().hash(),
@@ -150,6 +187,21 @@ fn learn(shared: &Shared, spec: &TargetSpec, report: &CallReport, routes: &Route
                 format!("outboxd.target.recovered:{name}:{}", now_ms()),
             ))
         }
+    }
+}
+
+/// Pauses the whole target for `pause` (at most its `max_backoff_ms`).
+fn pause_target(shared: &Shared, spec: &TargetSpec, pause: Duration) {
+    let pause = pause.min(spec.retry.max_backoff);
+    let paused = shared
+        .services
+        .breakers
+        .with(spec.name.as_str(), spec.breaker, |b| b.pause(pause, Instant::now()));
+    if paused {
+        tracing::info!(
+            target = %spec.name, pause_ms = pause.as_millis() as u64,
+            "the receiver refuses even one attempt at a time: no attempts to this target until the pause is over"
+        );
     }
 }
 
@@ -277,6 +329,7 @@ mod tests {
         let report = CallReport {
             outcomes,
             duration: Duration::from_millis(12),
+            answer: Answer::Other,
         };
         finished.settlements(deliveries, report, recovered, &mut StdRng::seed_from_u64(7))
     }

@@ -17,11 +17,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::breakers::Breakers;
+use super::flow::{Flow, GatePermit};
 use super::leases;
 use super::limiter::Limiter;
 use super::pool::{PoolPermit, PriorityPool};
@@ -41,7 +42,7 @@ const MIN_IDLE: Duration = Duration::from_millis(5);
 
 /// What a lane holds for one attempt (one delivery, or one batch): released on drop.
 pub(super) struct Slot {
-    _target: OwnedSemaphorePermit,
+    _target: GatePermit,
     _pool: Option<PoolPermit>,
 }
 
@@ -75,28 +76,29 @@ pub(super) struct Lane {
     cx: LaneContext,
     spec: TargetSpec,
     start: Start,
-    permits: Arc<Semaphore>,
+    /// The target's limit in force, and its retry budget.
+    flow: Arc<Flow>,
     /// The lease of a claim: the target's deadline plus the margin.
     lease: Duration,
     batched: bool,
     bucket: Option<Limiter>,
-    /// How many deliveries to claim beyond the free permits.
+    /// How many deliveries to claim beyond the free permits, per permit of the limit.
     ahead: usize,
     /// Claimed, not started yet.
     ready: VecDeque<Claimed>,
 }
 
 impl Lane {
-    pub(super) fn new(cx: LaneContext, spec: TargetSpec, start: Start) -> Self {
+    pub(super) fn new(cx: LaneContext, spec: TargetSpec, flow: Arc<Flow>, start: Start) -> Self {
         let batched = spec.class == TargetClass::Batched;
         let bucket = spec.rate_per_sec.map(|r| Limiter::new(&cx.store, r));
         let ahead = if batched || bucket.is_some() || spec.class == TargetClass::Slow {
             0
         } else {
-            spec.concurrency as usize * READ_AHEAD
+            READ_AHEAD
         };
         Self {
-            permits: Arc::new(Semaphore::new(spec.concurrency as usize)),
+            flow,
             lease: spec.timeout + cx.lease_margin,
             batched,
             bucket,
@@ -133,8 +135,9 @@ impl Lane {
 
     /// One turn: permits, breaker, tokens, pool slots, claim, start.
     async fn turn(&mut self, token: &CancellationToken) -> Next {
+        let gate = Arc::clone(self.flow.gate());
         let first = tokio::select! {
-            p = Arc::clone(&self.permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return Next::Stop },
+            p = gate.acquire() => match p { Some(p) => p, None => return Next::Stop },
             _ = token.cancelled() => return Next::Stop,
         };
         let admit = self
@@ -161,7 +164,7 @@ impl Lane {
         };
         let mut held = vec![first];
         if !probe && !self.batched {
-            while let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
+            while let Some(p) = gate.try_acquire() {
                 held.push(p);
             }
         }
@@ -225,7 +228,7 @@ impl Lane {
     /// Slots of the shared pool for the permits held: critical lanes are served first when
     /// it is saturated. Waits for the first; takes the others only if free. Empty when
     /// cancelled while waiting.
-    async fn pool_slots(&self, held: Vec<OwnedSemaphorePermit>, token: &CancellationToken) -> Vec<Slot> {
+    async fn pool_slots(&self, held: Vec<GatePermit>, token: &CancellationToken) -> Vec<Slot> {
         let mut slots = Vec::with_capacity(held.len());
         for permit in held {
             let pool = if self.spec.class == TargetClass::Slow {
@@ -261,7 +264,12 @@ impl Lane {
     ) -> Option<usize> {
         let mut claimed = Vec::new();
         if self.ready.len() < want {
-            let ask = want - self.ready.len() + if probe { 0 } else { self.ahead };
+            let ahead = if probe {
+                0
+            } else {
+                self.ahead * self.flow.limit() as usize
+            };
+            let ask = want - self.ready.len() + ahead;
             match self.claim(ask).await {
                 Ok(c) => claimed = c,
                 Err(()) if self.ready.is_empty() => return None,
@@ -272,18 +280,60 @@ impl Lane {
             if !claimed.is_empty() && claimed.len() < want && !probe {
                 self.linger(&mut claimed, want, token).await;
             }
-            let n = claimed.len();
+            let (batch, held) = self.budgeted(claimed, probe);
+            let n = batch.len();
             if n > 0 {
-                (self.start)(claimed, slots.swap_remove(0));
+                (self.start)(batch, slots.swap_remove(0));
             }
+            self.hold(held).await;
             return Some(n);
         }
         self.ready.extend(claimed);
-        let n = self.ready.len().min(slots.len());
-        for (delivery, slot) in self.ready.drain(..n).zip(slots.drain(..)) {
-            (self.start)(vec![delivery], slot);
+        let mut held = Vec::new();
+        let mut n = 0;
+        while !slots.is_empty()
+            && let Some(delivery) = self.ready.pop_front()
+        {
+            match self.admit(&delivery, probe) {
+                Ok(()) => {
+                    (self.start)(vec![delivery], slots.pop().expect("not empty"));
+                    n += 1;
+                }
+                Err(wait) => held.push((delivery, wait)),
+            }
         }
+        self.hold(held).await;
         Some(n)
+    }
+
+    /// Asks the retry budget whether `delivery` may start now (a first attempt always may).
+    fn admit(&self, delivery: &Claimed, probe: bool) -> Result<(), Duration> {
+        self.flow.admit(delivery.attempt > 1, !probe, Instant::now())
+    }
+
+    /// The deliveries of a batch the retry budget lets start, and those it holds back.
+    fn budgeted(&self, claimed: Vec<Claimed>, probe: bool) -> (Vec<Claimed>, Vec<(Claimed, Duration)>) {
+        let mut batch = Vec::with_capacity(claimed.len());
+        let mut held = Vec::new();
+        for delivery in claimed {
+            match self.admit(&delivery, probe) {
+                Ok(()) => batch.push(delivery),
+                Err(wait) => held.push((delivery, wait)),
+            }
+        }
+        (batch, held)
+    }
+
+    /// Gives retries the budget held back to the store to wait, uncounted, until it has room
+    /// for them again. If the store fails they stay in hand and are asked about again.
+    async fn hold(&mut self, held: Vec<(Claimed, Duration)>) {
+        let Some(wait) = held.iter().map(|(_, w)| *w).max() else {
+            return;
+        };
+        let held: VecDeque<Claimed> = held.into_iter().map(|(d, _)| d).collect();
+        let until = now_ms() + wait.as_millis() as Millis;
+        let kept = leases::defer(self.cx.store.as_ref(), &self.cx.owner, &self.spec.name, held, until).await;
+        self.ready.extend(kept);
     }
 
     async fn claim(&self, want: usize) -> Result<Vec<Claimed>, ()> {
@@ -351,10 +401,15 @@ mod tests {
     use tokio::task::JoinHandle;
 
     use super::*;
+    use crate::dispatch::flow::Flows;
     use crate::dispatch::testing::{FakeStore, claimed, spec};
     use crate::policy::breaker::Signal;
 
     type Started = Arc<Mutex<Vec<(Vec<Claimed>, Slot)>>>;
+
+    /// The lane's own mechanics, with a limit that does not move (the adaptive limit has
+    /// tests of its own, and its lane only sees the gate).
+    const FIXED_2: &str = "concurrency = 2\nconcurrency_mode = \"fixed\"";
 
     /// A lane over a fake store whose attempts never end until the test drops their slots.
     struct Harness {
@@ -363,6 +418,7 @@ mod tests {
         wake: Arc<Notify>,
         started: Started,
         spec: TargetSpec,
+        flow: Arc<Flow>,
         stop: CancellationToken,
         task: JoinHandle<()>,
     }
@@ -387,13 +443,15 @@ mod tests {
             let record = Arc::clone(&started);
             let start: Start = Box::new(move |d, slot| record.lock().unwrap().push((d, slot)));
             let stop = CancellationToken::new();
-            let task = tokio::spawn(Lane::new(cx, spec.clone(), start).run(stop.clone()));
+            let flow = Arc::new(Flows::default()).get(&spec);
+            let task = tokio::spawn(Lane::new(cx, spec.clone(), Arc::clone(&flow), start).run(stop.clone()));
             Self {
                 store,
                 breakers,
                 wake,
                 started,
                 spec,
+                flow,
                 stop,
                 task,
             }
@@ -430,7 +488,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_busy_lane_reads_ahead_twice_its_concurrency_and_runs_one_attempt_per_permit() {
-        let h = Harness::start("concurrency = 2", 10);
+        let h = Harness::start(FIXED_2, 10);
         settle().await;
         assert_eq!(h.running(), [[1], [2]], "one attempt per permit");
         assert_eq!(h.claims(), [6], "2 for the permits and 4 ahead, in one claim");
@@ -459,7 +517,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_open_breaker_gives_back_the_read_ahead_and_starts_nothing_until_its_cool_down() {
-        let h = Harness::start("concurrency = 2\n[breaker]\nfailures = 1\ncooldown_ms = 10000", 10);
+        let h = Harness::start(
+            "concurrency = 2\nconcurrency_mode = \"fixed\"\n[breaker]\nfailures = 1\ncooldown_ms = 10000",
+            10,
+        );
         settle().await;
         assert_eq!(h.running(), [[1], [2]]);
         h.breakers
@@ -483,7 +544,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_lane_claims_again_on_a_wake_up_or_after_its_poll_interval() {
-        let h = Harness::start("concurrency = 2", 0);
+        let h = Harness::start(FIXED_2, 0);
         settle().await;
         let idle = h.claims().len();
         assert_eq!(idle, 1);
@@ -503,6 +564,33 @@ mod tests {
             after_wake + 1,
             "the poll interval (250 ms) is the longest sleep"
         );
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_over_the_budget_wait_in_the_store_while_first_attempts_go() {
+        // Adaptive, so the limit starts below this ceiling: the receiver counts as under
+        // pressure, and this budget allows no retries at all.
+        let h = Harness::start("concurrency = 8\n[retry_budget]\nratio = 0\nmin_per_sec = 0", 0);
+        h.store.with(|s| {
+            s.due.push_back(claimed(1, "crm", "order.created", 3));
+            s.due.push_back(claimed(2, "crm", "order.created", 1));
+            s.due.push_back(claimed(3, "crm", "order.created", 2));
+        });
+        h.wake.notify_waiters();
+        settle().await;
+        assert_eq!(h.running(), [[2]], "the first attempt starts");
+        let ids: Vec<i64> = h.store.with(|s| s.deferred.iter().map(|(id, _)| *id).collect());
+        assert_eq!(ids, [1, 3], "the retries go back to the store");
+        let deferred = h.store.with(|s| s.deferred.clone());
+        let now = now_ms();
+        assert!(
+            deferred
+                .iter()
+                .all(|(_, until)| until.is_some_and(|u| u >= now + 1_000)),
+            "not due again before the budget has room: {deferred:?}"
+        );
+        assert_eq!(h.flow.status().budget.map(|(_, b)| b.held), Some(2));
         h.stop().await;
     }
 

@@ -61,7 +61,7 @@ pub(super) async fn give_back(
         return;
     }
     let claims: Vec<(i64, u32)> = ready.iter().map(|c| (c.delivery_id, c.seq)).collect();
-    match store.unclaim(owner, claims).await {
+    match store.unclaim(owner, claims, None).await {
         Ok(n) => {
             tracing::debug!(target = %target, given_back = n, "read-ahead given back");
             ready.clear();
@@ -71,6 +71,29 @@ pub(super) async fn give_back(
             target = %target, error = %e, count = ready.len(),
             "could not give back deliveries claimed ahead; they stay claimed by this host until it stops"
         ),
+    }
+}
+
+/// Returns retries that the retry budget held back to pending, uncounted, not due before
+/// `until`. Returns those the store could not take back (still claimed, to be asked about
+/// again).
+pub(super) async fn defer(
+    store: &dyn Store,
+    owner: &str,
+    target: &TargetName,
+    held: VecDeque<Claimed>,
+    until: Millis,
+) -> VecDeque<Claimed> {
+    let claims: Vec<(i64, u32)> = held.iter().map(|c| (c.delivery_id, c.seq)).collect();
+    match store.unclaim(owner, claims, Some(until)).await {
+        Ok(n) => {
+            tracing::debug!(target = %target, held = n, "retries held back by the retry budget");
+            VecDeque::new()
+        }
+        Err(e) => {
+            tracing::error!(target = %target, error = %e, "could not hold retries back; trying again");
+            held
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 //!   circuit breaker, its rate limit and (except for `slow` targets) a slot of the shared
 //!   priority pool, and starts their attempts;
 //! - [`attempt`]: runs claimed deliveries through the target's plugin and decides what each
-//!   outcome means (retry schedule, breaker, operational events);
+//!   outcome means (retry schedule, breaker, adaptive limit, operational events);
+//! - [`flow`]: each target's limit in force (adaptive or fixed), the gate that enforces it,
+//!   and its retry budget;
 //! - [`settler`]: writes the outcomes in batches, each only while this process still holds
 //!   the delivery's lease;
 //! - [`leases`]: the heartbeat that keeps this process's leases alive, the sweeper that
@@ -19,6 +21,7 @@
 
 mod attempt;
 pub mod breakers;
+pub mod flow;
 mod held;
 mod lane;
 mod leases;
@@ -38,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::breakers::Breakers;
+use self::flow::Flows;
 use self::pool::PriorityPool;
 use crate::outbox::Outbox;
 use crate::store::{Settlement, Store};
@@ -65,6 +69,8 @@ pub struct Services {
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
     pub breakers: Arc<Breakers>,
+    /// Each target's limit in force and retry budget.
+    pub flows: Arc<Flows>,
     /// The front door, for operational events.
     pub outbox: Outbox,
     /// Notified when due work appears (ingest, replay, a sweep); idle lanes wait on it.

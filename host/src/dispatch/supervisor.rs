@@ -66,8 +66,9 @@ fn spawn_lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken
         lease_margin: shared.config.lease_margin,
     };
     let spec = target.spec.clone();
+    let flow = shared.services.flows.get(&spec);
     let start: Start = Box::new(move |deliveries, slot| attempt::spawn(&shared, &target, deliveries, slot));
-    tokio::spawn(Lane::new(context, spec, start).run(token))
+    tokio::spawn(Lane::new(context, spec, flow, start).run(token))
 }
 
 /// Starts a holding lane for every held target, and stops those whose target loads now (or

@@ -36,6 +36,8 @@ pub(super) struct FakeState {
     /// What successive sweeps return (then 0).
     pub sweeps: VecDeque<usize>,
     pub sweep_calls: u32,
+    /// Every delivery given back, with the time it may not be due before.
+    pub deferred: Vec<(i64, Option<Millis>)>,
     /// `unclaim` fails while set.
     pub unclaim_fails: bool,
     /// The answer of `next_due`.
@@ -96,12 +98,18 @@ impl Store for FakeStore {
         })
     }
 
-    async fn unclaim(&self, _owner: &str, claims: Vec<(i64, u32)>) -> Result<usize, StoreError> {
+    async fn unclaim(
+        &self,
+        _owner: &str,
+        claims: Vec<(i64, u32)>,
+        not_before: Option<Millis>,
+    ) -> Result<usize, StoreError> {
         self.with(|s| {
             if s.unclaim_fails {
                 return Err(failure("unclaim"));
             }
             s.unclaimed.extend(&claims);
+            s.deferred.extend(claims.iter().map(|c| (c.0, not_before)));
             Ok(claims.len())
         })
     }

@@ -3,12 +3,18 @@
 //! time in and apply the limit).
 //!
 //! The limit moves between 1 and the manifest's `concurrency` (the ceiling):
-//! - **Slow start.** It starts at 1 and doubles every window in which it was reached without a
-//!   sign of trouble, so a healthy receiver is at the ceiling within a few round trips.
+//! - **Slow start.** It starts at [`INITIAL`] (a few requests that hang cannot hold the target
+//!   hostage: a hang says nothing until it times out) and doubles every window in which it was
+//!   reached without a sign of trouble, so a healthy receiver is at the ceiling within a few
+//!   round trips, and the receiver's unloaded round trip is measured before it is loaded.
 //! - **Refusals cut it at once.** A refusal (429, 503, a refused connection, a timeout) that
 //!   comes as part of a burst (at least [`BURST_REFUSALS`] of the last [`RECENT`] answers, and
-//!   at least [`BURST_SHARE`] of them) cuts the limit: halved when it ends slow start, else by
-//!   [`DECREASE`]; at most once per window, so that the effect of a cut is seen before the next.
+//!   at least [`BURST_SHARE`] of them) cuts the limit: halved the first time, else by
+//!   [`DECREASE`], and never above the attempts still running (those the receiver is taking:
+//!   the refused ones come back first). Another cut follows once a window has passed or the
+//!   refusals since the last cut outnumber the new limit, whichever comes first: a receiver
+//!   that refuses instantly has every slot above its capacity turn out refusals as fast as
+//!   outboxd can send, and waiting a window per cut would multiply them.
 //!   Refusals scattered at random among successes (a flaky receiver's 5 % of 429s) are no sign
 //!   of overload: they make no burst and leave the limit alone; each waits out its own delay.
 //! - **Latency cuts it too.** A window whose mean round trip exceeds [`LATENCY_CUT`] times the
@@ -16,7 +22,7 @@
 //!   that queues rather than refuses is kept near the point where its latency starts to rise.
 //! - **Growth is additive, and careful where it failed.** A window in which the limit was
 //!   reached, with fewer than half a burst's share of refusals and the round trip under
-//!   [`LATENCY_GROW`] times the baseline, raises it by one. The level at which overload was last seen is remembered; the
+//!   [`LATENCY_GROW`] times the baseline, raises it by one (doubles it, before the first cut). The level at which overload was last seen is remembered; the
 //!   limit goes back up to it only as a probe, at most every [`PROBE_GAP_MIN`] (doubling up to
 //!   [`PROBE_GAP_MAX`] while probes keep failing), so a receiver that admits N at once sees a
 //!   refused request every few seconds, not every round trip. A probe that passes forgets the
@@ -29,12 +35,13 @@
 //! most one attempt at a time (the receiver's unloaded latency by definition), so a receiver
 //! that became slower for good is re-learned once the limit has come down to 1.
 //!
-//! Why this shape: Vector's adaptive request concurrency (AIMD on a window of about one round
-//! trip, latency against a moving average) grows by one every window and cuts by a tenth, which
-//! against a receiver that refuses instantly above N keeps it one above N half the time, and
-//! the slot above N turns out a refusal per round trip; Netflix's Gradient2 and Envoy's gradient
-//! controller track latency only, with no notion of refusals. This controller keeps AIMD's
-//! shape, reacts to refusal bursts at once, and probes past a known overload level on a timer.
+//! Why this shape (docs/architecture.md, "Adaptive delivery"): Vector's adaptive request
+//! concurrency (AIMD on a window of about one round trip, latency against a moving average)
+//! grows by one every window and cuts by a tenth, which against a receiver that refuses
+//! instantly above N keeps it one above N half the time, and the slot above N turns out
+//! refusals as fast as it can send; Netflix's Gradient2 and Envoy's gradient controller track
+//! latency only, with no notion of refusals. This controller keeps AIMD's shape, reacts to
+//! refusal bursts at once, and probes past a known overload level on a timer.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -63,8 +70,45 @@ pub const WINDOW_MAX: Duration = Duration::from_secs(1);
 /// Least and most time between probes past the level where overload was seen.
 pub const PROBE_GAP_MIN: Duration = Duration::from_secs(1);
 pub const PROBE_GAP_MAX: Duration = Duration::from_secs(5);
+/// Where the limit starts (or the ceiling, if lower): a healthy receiver is at the ceiling
+/// after a few round trips of slow start, an overloaded one is not flooded first, and a few
+/// requests that hang cannot hold the target hostage.
+pub const INITIAL: u32 = 4;
 /// The pause at the floor when the receiver gave no delay.
 pub const FLOOR_PAUSE: Duration = Duration::from_secs(1);
+
+/// How a target's concurrency is set: `concurrency_mode` in its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConcurrencyMode {
+    /// Learned from the receiver, between 1 and the manifest's `concurrency` (the default).
+    #[default]
+    Adaptive,
+    /// Always the manifest's `concurrency`.
+    Fixed,
+}
+
+impl ConcurrencyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Adaptive => "adaptive",
+            Self::Fixed => "fixed",
+        }
+    }
+}
+
+impl std::str::FromStr for ConcurrencyMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "adaptive" => Ok(Self::Adaptive),
+            "fixed" => Ok(Self::Fixed),
+            other => Err(format!(
+                "`concurrency_mode` must be `adaptive` or `fixed`, not `{other}`"
+            )),
+        }
+    }
+}
 
 /// How an attempt ended, as the controller sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +167,8 @@ pub struct Controller {
     /// The last answers (true: refused).
     recent: VecDeque<bool>,
     last_cut: Option<Instant>,
+    /// Refusals since the last cut.
+    refused_since_cut: u32,
     /// The limit at which overload was last seen, until a probe past it passes.
     overload_at: Option<u32>,
     probe_gap: Duration,
@@ -158,17 +204,19 @@ impl Window {
 }
 
 impl Controller {
-    /// A controller for a target of at most `ceiling` attempts at once, starting at 1.
+    /// A controller for a target of at most `ceiling` attempts at once, starting at
+    /// [`INITIAL`].
     pub fn new(ceiling: u32, now: Instant) -> Self {
         Self {
             ceiling: ceiling.max(1),
-            limit: 1,
+            limit: INITIAL.min(ceiling.max(1)),
             slow_start: true,
             baseline: None,
             in_flight: 0,
             window: Window::new(now, 0),
             recent: VecDeque::with_capacity(RECENT),
             last_cut: None,
+            refused_since_cut: 0,
             overload_at: None,
             probe_gap: PROBE_GAP_MIN,
             next_probe: now,
@@ -211,7 +259,10 @@ impl Controller {
                 self.window.accepted += 1;
                 self.window.rtt_sum += rtt;
             }
-            Answer::Refused(_) => self.window.refused += 1,
+            Answer::Refused(_) => {
+                self.window.refused += 1;
+                self.refused_since_cut += 1;
+            }
             Answer::Other => {}
         }
         if !matches!(answer, Answer::Other) {
@@ -250,22 +301,27 @@ impl Controller {
             .clamp(WINDOW_MIN, WINDOW_MAX)
     }
 
+    /// Whether the last cut has had its chance to show: a window has passed, or more
+    /// refusals than the limit came back since.
     fn may_cut(&self, now: Instant) -> bool {
         self.last_cut
-            .is_none_or(|at| now.duration_since(at) >= self.window_len())
+            .is_none_or(|at| now.duration_since(at) >= self.window_len() || self.refused_since_cut > self.limit)
     }
 
     fn cut(&mut self, cause: Cause, now: Instant) -> Change {
         let from = self.limit;
-        let to = if self.slow_start {
+        let by_factor = if self.slow_start {
             from / 2
         } else {
             ((f64::from(from) * DECREASE) as u32).min(from - 1)
-        }
-        .max(1);
+        };
+        // Refusals come back first: what is still running is what the receiver took.
+        let taken = if cause == Cause::Refusals { self.in_flight } else { from };
+        let to = by_factor.min(taken).max(1);
         self.slow_start = false;
         self.limit = to;
         self.last_cut = Some(now);
+        self.refused_since_cut = 0;
         // A probe that ends in overload waits longer before the next one.
         if self.probing_since.take().is_some() || self.overload_at == Some(from) {
             self.probe_gap = (self.probe_gap * 2).min(PROBE_GAP_MAX);
@@ -358,11 +414,14 @@ mod tests {
             for _ in 0..admitted {
                 c.started();
             }
-            // The slots above the capacity spin through refusals while the others run.
-            for _ in 0..(limit - admitted) * SPIN {
-                c.started();
-                refused += 1;
-                let _ = c.finished(Answer::Refused(AFTER), *clock);
+            // The slots above the capacity spin through refusals while the others run, as
+            // long as the limit leaves room above the admitted ones.
+            for _ in 0..SPIN {
+                for _ in 0..c.limit().saturating_sub(admitted) {
+                    c.started();
+                    refused += 1;
+                    let _ = c.finished(Answer::Refused(AFTER), *clock);
+                }
             }
             *clock += RTT;
             for _ in 0..admitted {
@@ -496,11 +555,23 @@ mod tests {
         let mut c = Controller::new(16, now);
         let wait = Duration::from_secs(2);
         let mut changes = Vec::new();
-        for _ in 0..3 {
+        // One request at a time, every one refused (a rate limit whose bucket is empty).
+        for _ in 0..6 {
             c.started();
             changes.extend(c.finished(Answer::Refused(Some(wait)), now));
         }
-        assert_eq!(changes, [Change::Pause(wait)]);
+        assert_eq!(
+            changes,
+            [
+                Change::Decreased {
+                    from: INITIAL,
+                    to: 1,
+                    cause: Cause::Refusals
+                },
+                Change::Pause(wait)
+            ],
+            "down to one, then the target waits"
+        );
         assert_eq!(c.limit(), 1);
     }
 

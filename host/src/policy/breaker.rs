@@ -296,6 +296,18 @@ impl Breaker {
         };
     }
 
+    /// Pauses the whole target for `pause` whatever `pause_target` says (the adaptive limit
+    /// found the receiver refusing even one attempt at a time). A longer pause already running
+    /// is kept. Returns whether it paused.
+    pub fn pause(&mut self, pause: Duration, now: Instant) -> bool {
+        let until = now + pause;
+        if self.paused_until.is_some_and(|u| u >= until) || pause.is_zero() {
+            return false;
+        }
+        self.paused_until = Some(until);
+        true
+    }
+
     /// Records what a call said about the target.
     pub fn record(&mut self, signal: Signal, now: Instant) -> Option<Transition> {
         let failed = match signal {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::config::ServiceConfig;
 use crate::dispatch::breakers::Breakers;
+use crate::dispatch::flow::Flows;
 use crate::dispatch::{self, DispatchConfig};
 use crate::domain::now_ms;
 use crate::outbox::{Outbox, Routing};
@@ -113,6 +114,7 @@ pub async fn serve(
     let wake = Arc::new(Notify::new());
     let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
     let breakers = Arc::new(Breakers::default());
+    let flows = Arc::new(Flows::default());
     let retention = tokio::spawn(crate::store::retention::run(
         Arc::clone(&store),
         config.retention,
@@ -134,6 +136,7 @@ pub async fn serve(
             store: Arc::clone(&store),
             registry: Arc::clone(&registry),
             breakers: Arc::clone(&breakers),
+            flows: Arc::clone(&flows),
             outbox: outbox.clone(),
             wake,
         },
@@ -158,6 +161,7 @@ pub async fn serve(
         store,
         registry: Arc::clone(&registry),
         breakers,
+        flows,
         outbox,
         sources,
         max_payload_bytes: config.max_payload_bytes,

@@ -11,7 +11,9 @@ use serde::Deserialize;
 use crate::config::{ConfigError, read_toml};
 use crate::domain::{TargetClass, TargetName};
 use crate::plugin::LogBudget;
+use crate::policy::adaptive::ConcurrencyMode;
 use crate::policy::breaker::BreakerConfig;
+use crate::policy::budget::BudgetConfig;
 use crate::policy::retry::RetryPolicy;
 use crate::targets::routing::Pattern;
 
@@ -31,7 +33,9 @@ struct ManifestFile {
     rate_per_sec: Option<f64>,
     max_batch: Option<u32>,
     linger_ms: Option<u64>,
+    concurrency_mode: Option<String>,
     retry: Option<RetryFile>,
+    retry_budget: Option<BudgetFile>,
     breaker: Option<BreakerFile>,
     log: Option<LogFile>,
     config: Option<toml::Table>,
@@ -67,6 +71,40 @@ impl LogFile {
     }
 }
 
+/// A manifest's `[retry_budget]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetFile {
+    enabled: Option<bool>,
+    ratio: Option<f64>,
+    min_per_sec: Option<f64>,
+    window_ms: Option<u64>,
+}
+
+impl BudgetFile {
+    fn into_config(self) -> Result<Option<BudgetConfig>, String> {
+        if self.enabled == Some(false) {
+            return Ok(None);
+        }
+        let d = BudgetConfig::default();
+        let c = BudgetConfig {
+            ratio: self.ratio.unwrap_or(d.ratio),
+            min_per_sec: self.min_per_sec.unwrap_or(d.min_per_sec),
+            window: self.window_ms.map(Duration::from_millis).unwrap_or(d.window),
+        };
+        if !(0.0..=10.0).contains(&c.ratio) {
+            return Err("`retry_budget.ratio` must be between 0 and 10".into());
+        }
+        if !(0.0..=1_000_000.0).contains(&c.min_per_sec) {
+            return Err("`retry_budget.min_per_sec` must be between 0 and 1000000".into());
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&c.window) {
+            return Err("`retry_budget.window_ms` must be between 1000 and 3600000".into());
+        }
+        Ok(Some(c))
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BreakerFile {
@@ -83,11 +121,15 @@ struct BreakerFile {
 }
 
 impl BreakerFile {
-    fn into_config(self) -> Result<BreakerConfig, String> {
+    /// `pause_by_default`: what a `Retry-After` pauses when the manifest does not say (the
+    /// whole target with a fixed concurrency; only its delivery with an adaptive one, whose
+    /// limit slows the target instead).
+    fn into_config(self, pause_by_default: bool) -> Result<BreakerConfig, String> {
         let d = BreakerConfig::default();
         let cooldown = self.cooldown_ms.map(Duration::from_millis).unwrap_or(d.cooldown);
         let pause_target = match self.retry_after.as_deref() {
-            None | Some("target") => true,
+            None => pause_by_default,
+            Some("target") => true,
             Some("delivery") => false,
             Some(other) => {
                 return Err(format!(
@@ -166,8 +208,11 @@ pub struct TargetSpec {
     pub events: Vec<Pattern>,
     /// Deadline of one attempt, the plugin's outbound HTTP included. Default 10 s.
     pub timeout: Duration,
-    /// Attempts of this target running at once. Default 4.
+    /// Attempts of this target running at once: the most, with an adaptive limit. Default 4.
     pub concurrency: u32,
+    /// Whether the limit in force is learned from the receiver (`adaptive`, the default) or
+    /// always `concurrency`.
+    pub concurrency_mode: ConcurrencyMode,
     /// Linear-memory cap of one plugin instance, in bytes. Default 64 MiB.
     pub memory_bytes: usize,
     /// Invocations one plugin instance may serve, one after another, before a fresh one
@@ -179,6 +224,9 @@ pub struct TargetSpec {
     /// How the target fails: its default schedule, deadline and claim priority.
     pub class: TargetClass,
     pub retry: RetryPolicy,
+    /// How much retries may add to first attempts while the receiver is under pressure;
+    /// `None`: no budget.
+    pub retry_budget: Option<BudgetConfig>,
     pub breaker: BreakerConfig,
     /// What one attempt may write to the log.
     pub log_budget: LogBudget,
@@ -277,7 +325,15 @@ impl TargetSpec {
         if !(1.0..=100.0).contains(&retry.multiplier) {
             return Err("`retry.multiplier` must be between 1 and 100".into());
         }
-        let breaker = file.breaker.unwrap_or_default().into_config()?;
+        let concurrency_mode = match file.concurrency_mode.as_deref() {
+            None => ConcurrencyMode::default(),
+            Some(m) => m.parse::<ConcurrencyMode>()?,
+        };
+        let breaker = file
+            .breaker
+            .unwrap_or_default()
+            .into_config(concurrency_mode == ConcurrencyMode::Fixed)?;
+        let retry_budget = file.retry_budget.unwrap_or_default().into_config()?;
         let log_budget = file.log.unwrap_or_default().into_budget()?;
         if let Some(rate) = file.rate_per_sec
             && !(rate > 0.0 && rate <= 1_000_000.0)
@@ -312,11 +368,13 @@ impl TargetSpec {
             events,
             timeout: Duration::from_millis(timeout_ms),
             concurrency,
+            concurrency_mode,
             memory_bytes: memory_mb as usize * 1024 * 1024,
             instance_reuse,
             allowed_hosts,
             class,
             retry,
+            retry_budget,
             breaker,
             log_budget,
             ordered: file.ordered.unwrap_or(false),
@@ -540,7 +598,11 @@ retries = 2
         assert_eq!(rate.log_budget.max_line_bytes, LogBudget::default().max_line_bytes);
         assert_eq!(
             by_name("old").breaker,
-            BreakerConfig::consecutive(3, Duration::from_secs(1)),
+            BreakerConfig {
+                // With an adaptive limit (the default) a `Retry-After` delays its delivery.
+                pause_target: false,
+                ..BreakerConfig::consecutive(3, Duration::from_secs(1))
+            },
             "the former key keeps its meaning"
         );
         let errors: Vec<String> = scan.errors.iter().map(|e| e.to_string()).collect();
@@ -563,6 +625,55 @@ retries = 2
                 .any(|e| e.contains("badlog.toml") && e.contains("max_line_bytes")),
             "{errors:#?}"
         );
+    }
+
+    #[test]
+    fn concurrency_mode_and_retry_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(d, "plain.toml", "concurrency = 16\n");
+        write(d, "fixed.toml", "concurrency_mode = \"fixed\"\n");
+        write(d, "paused.toml", "[breaker]\nretry_after = \"target\"\n");
+        write(
+            d,
+            "budget.toml",
+            "[retry_budget]\nratio = 0.5\nmin_per_sec = 2\nwindow_ms = 5000\n",
+        );
+        write(d, "nobudget.toml", "[retry_budget]\nenabled = false\n");
+        write(d, "badmode.toml", "concurrency_mode = \"elastic\"\n");
+        write(d, "badratio.toml", "[retry_budget]\nratio = -1\n");
+        write(d, "badkey.toml", "[retry_budget]\nration = 1\n");
+        let scan = scan_targets(d).unwrap();
+        let by_name = |n: &str| scan.targets.iter().find(|t| t.name.as_str() == n).unwrap();
+        let plain = by_name("plain");
+        assert_eq!(plain.concurrency_mode, ConcurrencyMode::Adaptive, "adaptive by default");
+        assert!(!plain.breaker.pause_target, "a Retry-After delays its own delivery");
+        assert_eq!(plain.retry_budget, Some(BudgetConfig::default()), "a budget by default");
+        let fixed = by_name("fixed");
+        assert_eq!(fixed.concurrency_mode, ConcurrencyMode::Fixed);
+        assert!(fixed.breaker.pause_target, "fixed keeps the target-wide pause");
+        assert!(by_name("paused").breaker.pause_target, "said explicitly");
+        assert_eq!(
+            by_name("budget").retry_budget,
+            Some(BudgetConfig {
+                ratio: 0.5,
+                min_per_sec: 2.0,
+                window: Duration::from_secs(5)
+            })
+        );
+        assert_eq!(by_name("nobudget").retry_budget, None);
+        let errors: Vec<String> = scan.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        for (file, text) in [
+            ("badmode.toml", "`adaptive` or `fixed`"),
+            ("badratio.toml", "retry_budget.ratio"),
+            ("badkey.toml", "unknown field `ration`"),
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(file) && e.contains(text)),
+                "{file}: {errors:#?}"
+            );
+        }
     }
 
     #[test]

@@ -103,6 +103,9 @@ struct Metrics {
     targets_loaded: Gauge,
     reload_errors: Gauge,
     source_lag: Family<SourceLabel, FloatGauge>,
+    concurrency_limit: Family<TargetLabel, Gauge>,
+    refusals: Family<TargetLabel, Counter>,
+    retries_held: Family<TargetLabel, Counter>,
     recent: Mutex<Recent>,
     /// Serialises scrapes: each clears and refills the scrape-time gauges.
     scrape: Mutex<()>,
@@ -196,8 +199,29 @@ impl Metrics {
             Unit::Seconds,
             source_lag.clone(),
         );
+        let concurrency_limit = Family::<TargetLabel, Gauge>::default();
+        registry.register(
+            "concurrency_limit",
+            "Attempts of each target that may run at once now (adaptive: learned from the receiver; fixed: its concurrency); read at scrape time",
+            concurrency_limit.clone(),
+        );
+        let refusals = Family::<TargetLabel, Counter>::default();
+        registry.register(
+            "refusals",
+            "Attempts the receiver refused (429, 503, a refused connection, a timeout), by target",
+            refusals.clone(),
+        );
+        let retries_held = Family::<TargetLabel, Counter>::default();
+        registry.register(
+            "retries_held",
+            "Retries held back by the target's retry budget (each waits, uncounted, and goes again later)",
+            retries_held.clone(),
+        );
         Self {
             registry,
+            concurrency_limit,
+            refusals,
+            retries_held,
             events_ingested,
             ingest_seconds,
             attempts,
@@ -287,6 +311,22 @@ pub fn source_lag(source: &str, lag: Duration) {
         .source_lag
         .get_or_create(&SourceLabel { source: source.into() })
         .set(lag.as_secs_f64());
+}
+
+/// Records an attempt of `target` that the receiver refused.
+pub fn refusal(target: &str) {
+    METRICS
+        .refusals
+        .get_or_create(&TargetLabel { target: target.into() })
+        .inc();
+}
+
+/// Records a retry of `target` held back by its retry budget.
+pub fn retry_held(target: &str) {
+    METRICS
+        .retries_held
+        .get_or_create(&TargetLabel { target: target.into() })
+        .inc();
 }
 
 /// Attempt outcomes of one target in the recent window.
@@ -383,6 +423,8 @@ pub struct Scrape {
     pub reload_errors: usize,
     /// The breaker of each target that has one.
     pub breakers: BTreeMap<String, BreakerGauge>,
+    /// The concurrency limit in force of each target that has run.
+    pub limits: BTreeMap<String, u32>,
     pub now: Millis,
 }
 
@@ -407,6 +449,7 @@ pub fn render(input: &Scrape) -> Result<String, std::fmt::Error> {
     m.breaker.clear();
     m.breaker_failures.clear();
     m.paused.clear();
+    m.concurrency_limit.clear();
     for target in input.targets() {
         let counts = input.counts.get(&target);
         for status in DeliveryStatus::ALL {
@@ -425,6 +468,11 @@ pub fn render(input: &Scrape) -> Result<String, std::fmt::Error> {
         m.paused
             .get_or_create(&TargetLabel { target: target.clone() })
             .set(i64::from(input.paused.contains(&target)));
+        if let Some(limit) = input.limits.get(&target) {
+            m.concurrency_limit
+                .get_or_create(&TargetLabel { target: target.clone() })
+                .set(i64::from(*limit));
+        }
         if let Some(b) = input.breakers.get(&target) {
             for s in ["closed", "open", "half_open"] {
                 m.breaker

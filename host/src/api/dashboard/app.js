@@ -81,6 +81,15 @@ function renderTargets(targets) {
       ? Math.round(t.recent.success_rate * 100) + "% of " + (t.recent.delivered + t.recent.failed)
       : "–";
     const breaker = t.breaker ? t.breaker.state : "closed";
+    const cl = t.concurrency_limit;
+    const limit = cl ? cl.limit + " / " + cl.ceiling + (cl.mode === "fixed" ? " fixed" : "") : "–";
+    const budget = t.retry_budget;
+    const limitTitle = cl
+      ? cl.mode + "; " + cl.refusals + " refused since start-up" +
+        (cl.baseline_ms !== null ? "; unloaded round trip " + cl.baseline_ms.toFixed(1) + " ms" : "") +
+        (budget ? "; retry budget " + (budget.engaged ? "engaged" : "idle") + ": " + budget.retries + " of " +
+          budget.allowed + " retries in its window, " + budget.held + " held" : "")
+      : "";
     const err = t.last_reload_error;
     const version = t.loaded ? (t.hash || "").slice(0, 12) + " (" + t.compiled_from + ")" : "not loaded";
     return el("tr", { "data-target": t.name },
@@ -91,6 +100,7 @@ function renderTargets(targets) {
       el("td", { class: "num" + ((c.dead || 0) > 0 ? " s-dead" : ""), text: c.dead || 0 }),
       el("td", { class: "num", text: rate }),
       el("td", { class: "num lag", text: t.lag_ms ? duration(t.lag_ms) : "0" }),
+      el("td", { class: "num limit" + (cl && cl.limit < cl.ceiling ? " s-limited" : ""), title: limitTitle, text: limit }),
       el("td", { class: "b-" + breaker, text: breaker.replace("_", " ") + (t.breaker && t.breaker.consecutive_failures ? " (" + t.breaker.consecutive_failures + ")" : "") }),
       el("td", { class: "paused", text: t.paused ? "paused" : "no" }),
       el("td", { class: "wrap error", title: err ? err.file : null, text: err ? err.message : "" }),

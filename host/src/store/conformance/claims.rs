@@ -219,13 +219,16 @@ pub(super) async fn unclaimed_deliveries_are_pending_again_as_if_never_claimed(d
     let back: Vec<(i64, u32)> = claimed[1..].iter().map(|c| (c.delivery_id, c.seq)).collect();
     // Someone else's lease, or a stale seq, is left alone.
     assert_eq!(
-        b.unclaim("b", back.clone()).await.unwrap(),
+        b.unclaim("b", back.clone(), None).await.unwrap(),
         0,
         "only the holder gives back"
     );
-    assert_eq!(a.unclaim("a", vec![(claimed[1].delivery_id, 7)]).await.unwrap(), 0);
-    assert_eq!(a.unclaim("a", Vec::new()).await.unwrap(), 0);
-    assert_eq!(a.unclaim("a", back).await.unwrap(), 2);
+    assert_eq!(
+        a.unclaim("a", vec![(claimed[1].delivery_id, 7)], None).await.unwrap(),
+        0
+    );
+    assert_eq!(a.unclaim("a", Vec::new(), None).await.unwrap(), 0);
+    assert_eq!(a.unclaim("a", back, None).await.unwrap(), 2);
     for (i, c) in claimed.iter().enumerate() {
         let d = &b.event(c.event.id).await.unwrap().unwrap().deliveries[0];
         if i == 0 {
@@ -270,4 +273,29 @@ pub(super) async fn heartbeat_keeps_leases_and_sweeper_returns_expired_ones(db: 
     assert_eq!(b.next_due(&t("crm")).await.unwrap(), None, "still in flight");
     assert_eq!(b.sweep_expired(999).await.unwrap(), 0, "the heartbeat kept it");
     assert_eq!(b.sweep_expired(1_000).await.unwrap(), 1);
+}
+
+/// A retry its budget held back: given back uncounted, and not due before the time given
+/// (a time earlier than its due time changes nothing).
+pub(super) async fn a_delivery_given_back_to_wait_is_not_due_before_its_time(s: &dyn Store) {
+    s.ingest(vec![event(None, &["crm"])], 1_000).await.unwrap();
+    let claimed = s.claim(claim("crm", 10, "a", 1_000, 60_000)).await.unwrap();
+    let back = vec![(claimed[0].delivery_id, claimed[0].seq)];
+    assert_eq!(s.unclaim("a", back, Some(5_000)).await.unwrap(), 1);
+    assert_eq!(s.next_due(&t("crm")).await.unwrap(), Some(5_000));
+    assert!(s.claim(claim("crm", 10, "a", 4_999, 60_000)).await.unwrap().is_empty());
+    let again = s.claim(claim("crm", 10, "a", 5_000, 60_000)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].attempt, again[0].seq),
+        (1, 1),
+        "the held-back attempt was not counted"
+    );
+    let back = vec![(again[0].delivery_id, again[0].seq)];
+    assert_eq!(s.unclaim("a", back, Some(10)).await.unwrap(), 1);
+    assert_eq!(
+        s.next_due(&t("crm")).await.unwrap(),
+        Some(5_000),
+        "an earlier time changes nothing"
+    );
 }

@@ -244,6 +244,7 @@ conformance! {
         claims::ordered_head_that_retries_then_dies_unblocks_its_key,
         claims::settle_emits_events_only_when_the_lease_holds,
         claims::lost_leases_are_reported_in_id_order,
+        claims::a_delivery_given_back_to_wait_is_not_due_before_its_time,
         history::a_running_attempt_is_the_in_flight_delivery_until_it_settles,
         history::every_abandonment_records_its_reason,
         history::a_late_outcome_replaces_the_abandoned_row,

@@ -52,14 +52,21 @@ pub(super) async fn return_in_flight(
     Ok(returned.len())
 }
 
-/// Gives back `claims` (delivery id, attempt seq) that `owner` still holds, uncounted.
-pub(super) async fn unclaim(conn: &mut PgConnection, owner: &str, claims: &[(i64, u32)]) -> Result<usize, StoreError> {
+/// Gives back `claims` (delivery id, attempt seq) that `owner` still holds, uncounted, not due
+/// before `not_before`.
+pub(super) async fn unclaim(
+    conn: &mut PgConnection,
+    owner: &str,
+    claims: &[(i64, u32)],
+    not_before: Option<Millis>,
+) -> Result<usize, StoreError> {
     let ids: Vec<i64> = claims.iter().map(|c| c.0).collect();
     let seqs: Vec<i32> = claims.iter().map(|c| c.1 as i32).collect();
     let n = sqlx::query(sql!("unclaim"))
         .bind(&ids)
         .bind(&seqs)
         .bind(owner)
+        .bind(not_before)
         .execute(conn)
         .await?
         .rows_affected();

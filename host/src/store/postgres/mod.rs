@@ -200,13 +200,18 @@ impl Store for PgStore {
         .await
     }
 
-    async fn unclaim(&self, owner: &str, claims: Vec<(i64, u32)>) -> Result<usize, StoreError> {
+    async fn unclaim(
+        &self,
+        owner: &str,
+        claims: Vec<(i64, u32)>,
+        not_before: Option<Millis>,
+    ) -> Result<usize, StoreError> {
         if claims.is_empty() {
             return Ok(0);
         }
         let claims = &claims;
         self.transaction(|mut tx| async move {
-            let n = leases::unclaim(&mut tx, owner, claims).await?;
+            let n = leases::unclaim(&mut tx, owner, claims, not_before).await?;
             Ok((tx, n))
         })
         .await

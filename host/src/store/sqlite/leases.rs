@@ -39,12 +39,18 @@ pub(super) fn return_in_flight(tx: &Transaction<'_>, which: InFlight<'_>, now: M
     Ok(n)
 }
 
-/// Gives back `claims` (delivery id, attempt seq) that `owner` still holds, uncounted.
-pub(super) fn unclaim(tx: &Transaction<'_>, owner: &str, claims: &[(i64, u32)]) -> Result<usize, StoreError> {
+/// Gives back `claims` (delivery id, attempt seq) that `owner` still holds, uncounted, not due
+/// before `not_before`.
+pub(super) fn unclaim(
+    tx: &Transaction<'_>,
+    owner: &str,
+    claims: &[(i64, u32)],
+    not_before: Option<Millis>,
+) -> Result<usize, StoreError> {
     let mut give_back = tx.prepare_cached(sql!("unclaim"))?;
     let mut given_back = 0;
     for (id, seq) in claims {
-        given_back += give_back.execute(params![id, owner, seq])?;
+        given_back += give_back.execute(params![id, owner, seq, not_before])?;
     }
     Ok(given_back)
 }

@@ -203,13 +203,20 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn unclaim(&self, owner: &str, claims: Vec<(i64, u32)>) -> Result<usize, StoreError> {
+    async fn unclaim(
+        &self,
+        owner: &str,
+        claims: Vec<(i64, u32)>,
+        not_before: Option<Millis>,
+    ) -> Result<usize, StoreError> {
         if claims.is_empty() {
             return Ok(0);
         }
         let owner = owner.to_owned();
-        self.write_tx(Synchronous::Full, move |tx| leases::unclaim(tx, &owner, &claims))
-            .await
+        self.write_tx(Synchronous::Full, move |tx| {
+            leases::unclaim(tx, &owner, &claims, not_before)
+        })
+        .await
     }
 
     async fn extend_leases(&self, owner: &str, lease_until: Millis) -> Result<usize, StoreError> {

@@ -1,0 +1,389 @@
+//! Flow control of each target, in memory: the limit in force on its attempts (learned by a
+//! `policy::adaptive::Controller`, or the manifest's `concurrency` when fixed), the gate
+//! that enforces it on the lane, and the retry budget. Driven by the lane (which passes the
+//! gate and asks the budget) and the attempt (which reports how each call went); shown by the
+//! API and the metrics. Like breakers, flows outlive reloads of their target: a new version
+//! of a manifest keeps what was learned about its receiver.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::domain::TargetName;
+use crate::policy::adaptive::{Answer, Cause, Change, ConcurrencyMode, Controller};
+use crate::policy::budget::{BudgetStatus, RetryBudget};
+use crate::targets::manifest::TargetSpec;
+use crate::telemetry::metrics;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A semaphore whose size can shrink while permits are out: what is taken back is kept as a
+/// debt and paid by permits as they come back.
+#[derive(Debug)]
+pub(super) struct Gate {
+    permits: Arc<Semaphore>,
+    /// (size, permits to forget as they come back).
+    size: Mutex<(u32, u32)>,
+}
+
+/// A permit of a [`Gate`]: returned (or forgotten, to pay a shrink) on drop.
+#[derive(Debug)]
+pub(super) struct GatePermit {
+    permit: Option<OwnedSemaphorePermit>,
+    gate: Arc<Gate>,
+}
+
+impl Drop for GatePermit {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else { return };
+        let mut size = lock(&self.gate.size);
+        if size.1 > 0 {
+            size.1 -= 1;
+            permit.forget();
+        }
+    }
+}
+
+impl Gate {
+    fn new(size: u32) -> Arc<Self> {
+        Arc::new(Self {
+            permits: Arc::new(Semaphore::new(size as usize)),
+            size: Mutex::new((size, 0)),
+        })
+    }
+
+    /// Waits for a permit; `None` only if the gate was closed (never, while the flow lives).
+    pub(super) async fn acquire(self: &Arc<Self>) -> Option<GatePermit> {
+        let permit = Arc::clone(&self.permits).acquire_owned().await.ok()?;
+        Some(GatePermit {
+            permit: Some(permit),
+            gate: Arc::clone(self),
+        })
+    }
+
+    /// A permit if one is free now.
+    pub(super) fn try_acquire(self: &Arc<Self>) -> Option<GatePermit> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        Some(GatePermit {
+            permit: Some(permit),
+            gate: Arc::clone(self),
+        })
+    }
+
+    fn resize(&self, to: u32) {
+        let mut size = lock(&self.size);
+        let (from, debt) = *size;
+        if to > from {
+            let grow = to - from;
+            let repaid = grow.min(debt);
+            self.permits.add_permits((grow - repaid) as usize);
+            *size = (to, debt - repaid);
+        } else if to < from {
+            let shrink = from - to;
+            let forgotten = self.permits.forget_permits(shrink as usize) as u32;
+            *size = (to, debt + shrink - forgotten);
+        }
+    }
+}
+
+/// What `GET /v1/targets` and the metrics show of a target's flow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowStatus {
+    pub mode: ConcurrencyMode,
+    /// Attempts that may run at once now.
+    pub limit: u32,
+    /// The manifest's `concurrency`.
+    pub ceiling: u32,
+    /// The receiver's unloaded round trip, as learned (adaptive only).
+    pub baseline: Option<Duration>,
+    /// Refusals seen (429, 503, refused connections, timeouts) since the start.
+    pub refusals: u64,
+    /// The retry budget, if the target has one: whether it holds retries back now (the
+    /// receiver is under pressure), and its window.
+    pub budget: Option<(bool, BudgetStatus)>,
+}
+
+/// Whether the last logged limit was a drop to half or less, for "recovered" lines.
+#[derive(Debug, Clone, Copy)]
+struct Told {
+    /// The highest limit since the last line.
+    high: u32,
+    /// The limit that the last "halved" line reported, until it recovers.
+    low: Option<u32>,
+}
+
+#[derive(Debug)]
+struct State {
+    mode: ConcurrencyMode,
+    controller: Controller,
+    budget: Option<RetryBudget>,
+    refusals: u64,
+    told: Told,
+}
+
+/// One target's flow control.
+#[derive(Debug)]
+pub struct Flow {
+    target: TargetName,
+    gate: Arc<Gate>,
+    state: Mutex<State>,
+}
+
+impl Flow {
+    fn new(spec: &TargetSpec) -> Self {
+        let controller = Controller::new(spec.concurrency, Instant::now());
+        let limit = match spec.concurrency_mode {
+            ConcurrencyMode::Adaptive => controller.limit(),
+            ConcurrencyMode::Fixed => spec.concurrency,
+        };
+        Self {
+            target: spec.name.clone(),
+            gate: Gate::new(limit),
+            state: Mutex::new(State {
+                mode: spec.concurrency_mode,
+                controller,
+                budget: spec.retry_budget.map(RetryBudget::new),
+                refusals: 0,
+                told: Told { high: limit, low: None },
+            }),
+        }
+    }
+
+    /// Takes a manifest's new settings.
+    fn reconfigure(&self, spec: &TargetSpec) {
+        let mut s = lock(&self.state);
+        s.mode = spec.concurrency_mode;
+        s.controller.set_ceiling(spec.concurrency);
+        match (&mut s.budget, spec.retry_budget) {
+            (Some(b), Some(c)) => b.reconfigure(c),
+            (b, c) => *b = c.map(RetryBudget::new),
+        }
+        self.gate.resize(Self::limit_of(&s));
+    }
+
+    fn limit_of(s: &State) -> u32 {
+        match s.mode {
+            ConcurrencyMode::Adaptive => s.controller.limit(),
+            ConcurrencyMode::Fixed => s.controller.ceiling(),
+        }
+    }
+
+    /// The gate the lane passes for every attempt.
+    pub(super) fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
+    /// Attempts that may run at once now.
+    pub fn limit(&self) -> u32 {
+        Self::limit_of(&lock(&self.state))
+    }
+
+    /// Whether a retry may start now: always while the receiver is not under pressure (the
+    /// limit at its ceiling, `breaker_closed`), else as the budget allows. A first attempt is
+    /// counted with `retry` false.
+    pub(super) fn admit(&self, retry: bool, breaker_closed: bool, now: Instant) -> Result<(), Duration> {
+        let mut s = lock(&self.state);
+        let pressure = !breaker_closed || Self::limit_of(&s) < s.controller.ceiling();
+        let Some(budget) = s.budget.as_mut() else { return Ok(()) };
+        if !retry {
+            budget.first_attempt(now);
+        } else if !pressure {
+            budget.retry(now);
+        } else if !budget.try_retry(now) {
+            let wait = budget.wait(now);
+            drop(s);
+            metrics::retry_held(self.target.as_str());
+            return Err(wait);
+        }
+        Ok(())
+    }
+
+    /// An attempt started.
+    pub(super) fn started(&self) {
+        lock(&self.state).controller.started();
+    }
+
+    /// An attempt ended with `answer`: the controller learns from it and the gate follows
+    /// the limit. Returns a pause of the whole target when the receiver refuses even one
+    /// attempt at a time.
+    pub(super) fn finished(&self, answer: Answer, now: Instant) -> Option<Duration> {
+        if matches!(answer, Answer::Refused(_)) {
+            metrics::refusal(self.target.as_str());
+        }
+        let mut s = lock(&self.state);
+        if matches!(answer, Answer::Refused(_)) {
+            s.refusals += 1;
+        }
+        let change = s.controller.finished(answer, now);
+        if s.mode == ConcurrencyMode::Fixed {
+            return None;
+        }
+        match change? {
+            Change::Pause(pause) => Some(pause),
+            Change::Decreased { from, to, cause } => {
+                self.gate.resize(to);
+                if to * 2 <= s.told.high {
+                    tracing::warn!(
+                        target = %self.target, from = s.told.high, to, cause = cause.as_str(),
+                        "the receiver is overloaded: concurrency limit halved"
+                    );
+                    s.told = Told {
+                        high: to,
+                        low: Some(to),
+                    };
+                } else if cause == Cause::Latency || from > to {
+                    tracing::debug!(target = %self.target, from, to, cause = cause.as_str(), "concurrency limit lowered");
+                }
+                None
+            }
+            Change::Increased { to, .. } => {
+                self.gate.resize(to);
+                s.told.high = s.told.high.max(to);
+                if let Some(low) = s.told.low
+                    && (to >= low * 2 || to >= s.controller.ceiling())
+                {
+                    tracing::info!(target = %self.target, from = low, to, "the receiver recovered: concurrency limit back up");
+                    s.told = Told { high: to, low: None };
+                }
+                None
+            }
+        }
+    }
+
+    pub(super) fn status(&self) -> FlowStatus {
+        let mut s = lock(&self.state);
+        let limit = Self::limit_of(&s);
+        let pressure = limit < s.controller.ceiling();
+        let now = Instant::now();
+        FlowStatus {
+            mode: s.mode,
+            limit,
+            ceiling: s.controller.ceiling(),
+            baseline: s.controller.baseline(),
+            refusals: s.refusals,
+            budget: s.budget.as_mut().map(|b| (pressure, b.status(now))),
+        }
+    }
+}
+
+/// The flows of every target, shared by the dispatcher and the API.
+#[derive(Debug, Default)]
+pub struct Flows {
+    map: Mutex<HashMap<TargetName, Arc<Flow>>>,
+}
+
+impl Flows {
+    /// The flow of `spec`'s target, created, or updated to this version of its manifest.
+    pub(super) fn get(&self, spec: &TargetSpec) -> Arc<Flow> {
+        let mut map = lock(&self.map);
+        if let Some(flow) = map.get(&spec.name) {
+            flow.reconfigure(spec);
+            return Arc::clone(flow);
+        }
+        let flow = Arc::new(Flow::new(spec));
+        map.insert(spec.name.clone(), Arc::clone(&flow));
+        flow
+    }
+
+    /// `target`'s flow, as the API shows it, if it has one.
+    pub fn status(&self, target: &str) -> Option<FlowStatus> {
+        let flow = lock(&self.map)
+            .iter()
+            .find(|(n, _)| n.as_str() == target)
+            .map(|(_, f)| Arc::clone(f));
+        flow.map(|f| f.status())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::testing::spec;
+    use crate::policy::adaptive::Answer;
+
+    const RTT: Duration = Duration::from_millis(20);
+
+    /// Drives `flow` until its limit is at its ceiling.
+    fn grow(flow: &Flow, now: &mut Instant) {
+        for _ in 0..20 {
+            let limit = flow.limit();
+            for _ in 0..limit {
+                flow.started();
+            }
+            *now += RTT;
+            for _ in 0..limit {
+                flow.finished(Answer::Accepted(RTT), *now);
+            }
+        }
+    }
+
+    #[test]
+    fn the_budget_holds_retries_only_while_the_receiver_is_under_pressure() {
+        let flow = Flow::new(&spec(
+            "crm",
+            "concurrency = 4\n[retry_budget]\nmin_per_sec = 0\nratio = 0.5",
+        ));
+        let mut now = Instant::now();
+        grow(&flow, &mut now);
+        assert_eq!(flow.limit(), 4);
+        for _ in 0..4 {
+            flow.admit(false, true, now).unwrap();
+        }
+        // At the ceiling with the breaker closed: no pressure, retries go whatever the budget.
+        for _ in 0..10 {
+            assert!(flow.admit(true, true, now).is_ok());
+        }
+        // The breaker not closed is pressure: the window is already over its budget.
+        assert!(flow.admit(true, false, now).is_err());
+        let status = flow.status();
+        let (engaged, budget) = status.budget.unwrap();
+        assert!(!engaged, "the limit is at its ceiling");
+        assert_eq!((budget.first_attempts, budget.retries, budget.held), (4, 10, 1));
+    }
+
+    #[test]
+    fn a_refusal_burst_lowers_the_gate_and_a_fixed_flow_never_moves() {
+        let adaptive = Flow::new(&spec("a", "concurrency = 8"));
+        let fixed = Flow::new(&spec("f", "concurrency = 8\nconcurrency_mode = \"fixed\""));
+        let mut now = Instant::now();
+        grow(&adaptive, &mut now);
+        grow(&fixed, &mut now);
+        assert_eq!((adaptive.limit(), fixed.limit()), (8, 8));
+        // Six attempts running, and then half of the last answers refused: a burst.
+        for flow in [&adaptive, &fixed] {
+            for _ in 0..6 {
+                flow.started();
+            }
+            for _ in 0..10 {
+                flow.started();
+                flow.finished(Answer::Refused(Some(Duration::from_secs(1))), now);
+            }
+        }
+        assert_eq!(adaptive.limit(), 4, "the first cut ends the slow start: halved");
+        assert_eq!(fixed.limit(), 8);
+        assert_eq!(fixed.status().refusals, 10, "refusals are counted in both modes");
+        let permits: Vec<_> = std::iter::from_fn(|| adaptive.gate().try_acquire()).collect();
+        assert_eq!(permits.len(), 4, "the gate follows the limit");
+    }
+
+    #[tokio::test]
+    async fn a_gate_shrinks_while_its_permits_are_out_and_grows_again() {
+        let gate = Gate::new(4);
+        let held: Vec<_> = (0..4).map(|_| gate.try_acquire().unwrap()).collect();
+        gate.resize(2);
+        drop(held);
+        let again: Vec<_> = std::iter::from_fn(|| gate.try_acquire()).collect();
+        assert_eq!(again.len(), 2, "two returned permits paid the shrink");
+        gate.resize(3);
+        assert!(gate.try_acquire().is_some(), "grown by one");
+        drop(again);
+        gate.resize(1);
+        let one: Vec<_> = std::iter::from_fn(|| gate.try_acquire()).collect();
+        assert_eq!(one.len(), 1);
+    }
+}
