@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testkit::{
-    Behavior, Host, Receiver, RecordedRequest, Reply, StartError, Target, default_timeout, delivery, eventually_within,
-    scaled, target_count, target_entry,
+    Behavior, Host, Receiver, RecordedRequest, Reply, StartError, Target, concurrency_limit, default_timeout, delivery,
+    eventually_within, scaled, target_count, target_entry,
 };
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -112,7 +112,12 @@ async fn flaky_targets_keep_flowing_and_a_dead_one_gets_a_probe_per_cooldown() {
     }
     poster.await.expect("poster");
     let n64 = n as u64;
+    // Each flaky target's concurrency limit at every poll, for the printout.
+    let mut limits: [Vec<u64>; 3] = Default::default();
     let settled = |ts: &Value| {
+        for (seen, name) in limits.iter_mut().zip(["c1", "c2", "be"]) {
+            seen.extend(concurrency_limit(ts, name));
+        }
         target_count(ts, "c1", "delivered") == n64
             && target_count(ts, "c2", "delivered") == n64
             && target_count(ts, "be", "delivered") + target_count(ts, "be", "discarded") == n64
@@ -129,7 +134,16 @@ async fn flaky_targets_keep_flowing_and_a_dead_one_gets_a_probe_per_cooldown() {
 
     let log = host.stderr();
     let openings: Vec<&str> = log.lines().filter(|l| l.contains("circuit breaker opened")).collect();
-    for name in ["c1", "c2", "be"] {
+    for (name, seen) in ["c1", "c2", "be"].into_iter().zip(&mut limits) {
+        seen.sort_unstable();
+        let budget = &target_entry(&targets, name)["retry_budget"];
+        eprintln!(
+            "{name}: limit over the last drain min {:?}, median {:?}, at 1 in {} of {} polls; retry budget {budget}",
+            seen.first(),
+            seen.get(seen.len() / 2),
+            seen.iter().filter(|l| **l == 1).count(),
+            seen.len()
+        );
         assert!(
             !openings.iter().any(|l| l.contains(&format!("target={name} "))),
             "the breaker of flaky target {name} opened:\n{}",
