@@ -212,6 +212,12 @@ fn settled_limit(samples: &[(Instant, Vec<Option<u64>>)], index: usize, from: In
     limits.get(limits.len() / 2).copied()
 }
 
+/// What the receiver saw of `reqs` (a window of `window` from `from`) in the window's second
+/// half.
+fn second_half(reqs: &[RecordedRequest], from: Instant, window: Duration) -> Load {
+    Load::of(reqs.iter().filter(|r| r.received_at >= from + window / 2))
+}
+
 fn limit_text(limit: Option<u64>) -> String {
     limit.map_or_else(|| "not reported".to_owned(), |l| l.to_string())
 }
@@ -240,6 +246,8 @@ pub async fn run(outboxd: &Path, plugins: &Path, quick: bool, rows: &mut Vec<Row
 struct Admitted {
     goodput_share: f64,
     refused_share: f64,
+    /// The refused share over the window's second half (once the limit had settled).
+    refused_share_second_half: f64,
     limit: Option<u64>,
     load: Load,
 }
@@ -248,6 +256,7 @@ impl Admitted {
     fn json(&self) -> Value {
         json!({
             "goodput_share_of_capacity": self.goodput_share, "refused_share": self.refused_share,
+            "refused_share_second_half": self.refused_share_second_half,
             "settled_limit": self.limit, "requests": self.load.requests, "succeeded": self.load.succeeded,
             "refused": self.load.refused, "peak_concurrency": self.load.peak_concurrency,
         })
@@ -284,10 +293,12 @@ async fn admit_n(
     let f0 = s.first_request("/fixed").await?;
     let samples = s.poll_until(&["adaptive", "fixed"], a0.max(f0) + sizes.window).await?;
     let measure = |path: &str, from: Instant, index: usize| {
-        let load = Load::of(&s.window(path, from, sizes.window));
+        let reqs = s.window(path, from, sizes.window);
+        let load = Load::of(&reqs);
         Admitted {
             goodput_share: load.succeeded as f64 / sizes.window.as_secs_f64() / capacity,
             refused_share: load.refused_share(),
+            refused_share_second_half: second_half(&reqs, from, sizes.window).refused_share(),
             limit: settled_limit(&samples, index, from + sizes.window / 2),
             load,
         }
@@ -302,8 +313,9 @@ async fn admit_n(
         ),
         format!("{:.1} % of capacity", adaptive.goodput_share * 100.0),
         format!(
-            "{:.1} % refused, limit {}, {} at once at most; fixed (today): {:.1} % of capacity, {:.1} % refused",
+            "{:.1} % refused ({:.1} % in the second half), limit {}, {} at once at most; fixed (today): {:.1} % of capacity, {:.1} % refused",
             adaptive.refused_share * 100.0,
+            adaptive.refused_share_second_half * 100.0,
             limit_text(adaptive.limit),
             adaptive.load.peak_concurrency,
             fixed.goodput_share * 100.0,
@@ -430,7 +442,7 @@ async fn queueing(outboxd: &Path, plugins: &Path, sizes: &Sizes, rows: &mut Vec<
     s.stop();
 
     let load = Load::of(&reqs);
-    let steady = Load::of(reqs.iter().filter(|r| r.received_at >= t0 + sizes.window / 2));
+    let steady = second_half(&reqs, t0, sizes.window);
     // Unloaded: what it took when it was serving no more than `QUEUE_FREE`.
     let unloaded = Load::of(reqs.iter().filter(|r| r.in_progress < QUEUE_FREE))
         .latency_quantile(0.5)
@@ -485,8 +497,11 @@ async fn token_bucket(outboxd: &Path, plugins: &Path, sizes: &Sizes, rows: &mut 
     let t0 = s.first_request("/bucket").await?;
     let samples = s.poll_until(&["bucket"], t0 + sizes.window).await?;
     let limit = settled_limit(&samples, 0, t0 + sizes.window / 2);
-    let load = Load::of(&s.window("/bucket", t0, sizes.window));
+    let reqs = s.window("/bucket", t0, sizes.window);
     s.stop();
+    let load = Load::of(&reqs);
+    let steady = second_half(&reqs, t0, sizes.window);
+    let steady_could = BUCKET_RATE * sizes.window.as_secs_f64() / 2.0;
 
     // What the bucket could give over the window: its burst, then its rate.
     let could = f64::from(BUCKET_BURST) + BUCKET_RATE * sizes.window.as_secs_f64();
@@ -495,15 +510,19 @@ async fn token_bucket(outboxd: &Path, plugins: &Path, sizes: &Sizes, rows: &mut 
         format!("adaptive: token bucket ({model})"),
         format!("{:.1} % of its rate", share * 100.0),
         format!(
-            "{:.1} % refused, limit {}; {} taken of {could:.0} the bucket could give",
+            "{:.1} % refused, limit {}; {} taken of {could:.0} the bucket could give; second half {:.1} % of its rate, {:.1} % refused",
             load.refused_share() * 100.0,
             limit_text(limit),
-            load.succeeded
+            load.succeeded,
+            steady.succeeded as f64 / steady_could * 100.0,
+            steady.refused_share() * 100.0
         ),
     ));
     Ok(json!({
         "rate_per_s": BUCKET_RATE, "burst": BUCKET_BURST, "service_ms": BUCKET_SERVICE.as_millis() as u64,
         "events": events, "share_of_rate": share, "refused_share": load.refused_share(),
+        "second_half_share_of_rate": steady.succeeded as f64 / steady_could,
+        "second_half_refused_share": steady.refused_share(),
         "settled_limit": limit, "requests": load.requests, "succeeded": load.succeeded, "refused": load.refused,
     }))
 }
