@@ -5,6 +5,7 @@
 mod plugin;
 mod scaffold;
 mod source;
+mod table;
 
 pub use plugin::{CacheOptions, RunOptions, outcome_exit_code, plugin_check, plugin_run, run_exit_code};
 pub use scaffold::{Lang, NewOptions, World, plugin_new, plugin_wit};
@@ -26,6 +27,7 @@ use crate::server::config::ServiceConfig;
 use crate::store::{self, Access, FailedFilter, Store, StoreError};
 use crate::targets::manifest::scan_targets;
 use crate::targets::routing::Routes;
+use table::{Col, Table};
 
 /// outboxd: persist events first, then deliver them to every target through sandboxed
 /// WebAssembly plugins.
@@ -415,27 +417,43 @@ pub async fn status(config: &ServiceConfig, event_id: Option<String>) -> Result<
 pub async fn dead_list(config: &ServiceConfig, filter: FilterArgs, limit: usize) -> Result<String, CliError> {
     let store = open_store(config).await?;
     let rows = store.list_failed(filter.into_filter()?, 0, limit).await?;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:>10}  {:<36}  {:<20}  {:<24}  {:<9}  {:>8}  {:<24}  LAST ERROR",
-        "DELIVERY", "EVENT", "TARGET", "TYPE", "STATUS", "ATTEMPTS", "FAILED AT"
+    const COLS: &[Col] = &[
+        Col::Right(10),
+        Col::Left(36),
+        Col::Left(20),
+        Col::Left(24),
+        Col::Left(9),
+        Col::Right(8),
+        Col::Left(24),
+        Col::Rest,
+    ];
+    let mut table = Table::new(
+        COLS,
+        "  ",
+        &[
+            "DELIVERY",
+            "EVENT",
+            "TARGET",
+            "TYPE",
+            "STATUS",
+            "ATTEMPTS",
+            "FAILED AT",
+            "LAST ERROR",
+        ],
     );
     for r in rows {
-        let _ = writeln!(
-            out,
-            "{:>10}  {:<36}  {:<20}  {:<24}  {:<9}  {:>8}  {:<24}  {}",
-            r.delivery_id,
+        table.row(&[
+            r.delivery_id.to_string(),
             r.event_id.to_string(),
-            r.target.as_str(),
+            r.target.to_string(),
             r.event_type,
-            r.status.as_str(),
-            r.attempts,
+            r.status.as_str().to_owned(),
+            r.attempts.to_string(),
             format_ms(r.failed_at),
-            r.last_error.unwrap_or_default()
-        );
+            r.last_error.unwrap_or_default(),
+        ]);
     }
-    Ok(out)
+    Ok(table.finish())
 }
 
 /// `outboxd dead replay`: replays in chunks, reporting progress on stderr.

@@ -1,11 +1,11 @@
 //! `outboxd source status`: the relay status of every source, read from the running
 //! service's `GET /v1/sources` (relay state lives in the service, not in the database).
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use super::CliError;
+use super::table::{Col, Table};
 use crate::api::sources::SourceOut;
 use crate::server::config::ServiceConfig;
 
@@ -58,35 +58,50 @@ pub async fn source_status(
 }
 
 fn render(sources: &[SourceOut]) -> String {
-    let mut out = String::new();
     if sources.is_empty() {
-        out.push_str("no sources configured\n");
-        return out;
+        return "no sources configured\n".into();
     }
-    let _ = writeln!(
-        out,
-        "{:<20} {:<8} {:<24} {:<9} {:>10} {:>8} {:>9}  LAST POLL / LAST ERROR",
-        "SOURCE", "KIND", "TABLE", "STATE", "RELAYED", "FAILED", "LAG MS"
+    const COLS: &[Col] = &[
+        Col::Left(20),
+        Col::Left(8),
+        Col::Left(24),
+        Col::Left(9),
+        Col::Right(10),
+        Col::Right(8),
+        Col::Right(9),
+        Col::Rest,
+    ];
+    let mut table = Table::new(
+        COLS,
+        " ",
+        &[
+            "SOURCE",
+            "KIND",
+            "TABLE",
+            "STATE",
+            "RELAYED",
+            "FAILED",
+            "LAG MS",
+            " LAST POLL / LAST ERROR",
+        ],
     );
     for s in sources {
-        let _ = writeln!(
-            out,
-            "{:<20} {:<8} {:<24} {:<9} {:>10} {:>8} {:>9}  {}",
-            s.name,
-            s.kind,
-            s.table,
-            s.state,
-            s.rows_relayed,
-            s.rows_failed,
+        table.row(&[
+            s.name.clone(),
+            s.kind.clone(),
+            s.table.clone(),
+            s.state.clone(),
+            s.rows_relayed.to_string(),
+            s.rows_failed.to_string(),
             s.lag_ms.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
-            s.last_poll_at.as_deref().unwrap_or("-"),
-        );
+            format!(" {}", s.last_poll_at.as_deref().unwrap_or("-")),
+        ]);
         if let Some(e) = &s.last_error {
-            let _ = writeln!(out, "    last error at {}: {}", e.at, e.message);
+            table.note(&format!("    last error at {}: {}", e.at, e.message));
         }
         if let Some(b) = &s.last_bad_row {
-            let _ = writeln!(out, "    last refused row at {}: {}", b.at, b.message);
+            table.note(&format!("    last refused row at {}: {}", b.at, b.message));
         }
     }
-    out
+    table.finish()
 }

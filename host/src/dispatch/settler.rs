@@ -102,26 +102,13 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
-    use crate::dispatch::testing::{FakeStore, claimed};
-    use crate::domain::{AttemptOutcome, DeliveryStatus};
+    use crate::dispatch::testing::FakeStore;
+    use crate::domain::DeliveryStatus;
     use crate::outbox::{Routing, operational_event};
     use crate::targets::routing::Routes;
 
     fn outcome(id: i64) -> Settlement {
-        let c = claimed(id, "crm", "order.created", 1);
-        Settlement {
-            target: c.target,
-            delivery_id: id,
-            seq: 1,
-            status: DeliveryStatus::Delivered,
-            next_attempt_at: 0,
-            last_error: None,
-            outcome: AttemptOutcome::Delivered,
-            finished_at: 0,
-            duration_ms: 1,
-            plugin_hash: None,
-            emit: Vec::new(),
-        }
+        Settlement::delivered("crm", id, 0)
     }
 
     fn settler(store: &Arc<FakeStore>, wake: &Arc<Notify>) -> (mpsc::Sender<Settlement>, JoinHandle<()>) {

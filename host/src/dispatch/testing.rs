@@ -98,18 +98,13 @@ impl Store for FakeStore {
         })
     }
 
-    async fn unclaim(
-        &self,
-        _owner: &str,
-        claims: Vec<(i64, u32)>,
-        not_before: Option<Millis>,
-    ) -> Result<usize, StoreError> {
+    async fn unclaim(&self, _owner: &str, claims: Vec<(i64, u32)>, until: Option<Millis>) -> Result<usize, StoreError> {
         self.with(|s| {
             if s.unclaim_fails {
                 return Err(failure("unclaim"));
             }
             s.unclaimed.extend(&claims);
-            s.deferred.extend(claims.iter().map(|c| (c.0, not_before)));
+            s.deferred.extend(claims.iter().map(|c| (c.0, until)));
             Ok(claims.len())
         })
     }

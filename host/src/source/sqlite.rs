@@ -243,7 +243,7 @@ mod tests {
         let mut st = conn
             .prepare("SELECT CAST(id AS TEXT), status FROM outbox ORDER BY id")
             .unwrap();
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        st.query_map([], |r| r.try_into())
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()

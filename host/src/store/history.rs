@@ -107,7 +107,6 @@ pub(crate) fn version_counts(batch: &[Settlement]) -> BTreeMap<(&str, &str), i64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::TargetName;
 
     fn record(n: u32, outcome: AttemptOutcome) -> AttemptRecord {
         AttemptRecord {
@@ -143,17 +142,8 @@ mod tests {
     #[test]
     fn a_settle_batch_is_counted_per_target_and_version_in_key_order() {
         let s = |target: &str, id: i64, hash: Option<&str>| Settlement {
-            target: target.parse::<TargetName>().unwrap(),
-            delivery_id: id,
-            seq: 1,
-            status: DeliveryStatus::Delivered,
-            next_attempt_at: 0,
-            last_error: None,
-            outcome: AttemptOutcome::Delivered,
-            finished_at: 10,
-            duration_ms: 4,
             plugin_hash: hash.map(str::to_owned),
-            emit: Vec::new(),
+            ..Settlement::delivered(target, id, 10)
         };
         let batch = settle_order(vec![
             s("crm", 3, Some("b")),

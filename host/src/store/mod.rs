@@ -11,13 +11,13 @@ mod group_commit;
 pub mod history;
 mod location;
 mod model;
-mod ordering;
 pub mod postgres;
 pub mod retention;
 mod rows;
 #[cfg(test)]
 mod sql_literals;
 pub mod sqlite;
+mod template;
 
 pub use location::DatabaseLocation;
 
@@ -127,15 +127,10 @@ pub trait Store: Send + Sync + 'static {
     /// Gives back deliveries that `owner` claimed but never started (a lane's read-ahead when
     /// the lane stops or its breaker opens, a retry its retry budget held back): each is
     /// pending again as if it had not been claimed, its attempt uncounted (no history row was
-    /// written for it), and not due before `not_before` if that is later than its due time.
+    /// written for it), and not due before `until` if that is later than its due time.
     /// `claims` are `(delivery id, attempt seq)`; one whose lease `owner` no longer holds for
     /// that seq is left alone. Returns how many were given back.
-    async fn unclaim(
-        &self,
-        owner: &str,
-        claims: Vec<(i64, u32)>,
-        not_before: Option<Millis>,
-    ) -> Result<usize, StoreError>;
+    async fn unclaim(&self, owner: &str, claims: Vec<(i64, u32)>, until: Option<Millis>) -> Result<usize, StoreError>;
 
     /// The heartbeat: extends every lease `owner` holds to at least `lease_until`.
     async fn extend_leases(&self, owner: &str, lease_until: Millis) -> Result<usize, StoreError>;

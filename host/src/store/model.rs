@@ -99,6 +99,27 @@ pub struct Settlement {
     pub emit: Vec<NewEvent>,
 }
 
+#[cfg(test)]
+impl Settlement {
+    /// For tests: attempt 1 of delivery `id` of `target`, delivered at `at` after 4 ms by no
+    /// particular plugin version, emitting nothing. Tests change what they need.
+    pub(crate) fn delivered(target: &str, id: i64, at: Millis) -> Self {
+        Self {
+            target: target.parse().expect("a valid target name"),
+            delivery_id: id,
+            seq: 1,
+            status: DeliveryStatus::Delivered,
+            next_attempt_at: at,
+            last_error: None,
+            outcome: AttemptOutcome::Delivered,
+            finished_at: at,
+            duration_ms: 4,
+            plugin_hash: None,
+            emit: Vec::new(),
+        }
+    }
+}
+
 /// What a settle batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SettleReport {

@@ -8,10 +8,35 @@ use sqlx::{Postgres, QueryBuilder};
 
 use crate::domain::{DeliveryStatus, Millis};
 use crate::store::FailedFilter;
-use crate::store::ordering::claim_variants;
+use crate::store::history::InFlight;
+use crate::store::template::{claim_variants, fill};
 
 /// The claim statement without and with the FIFO condition, composed once.
 static CLAIMS: LazyLock<[String; 2]> = LazyLock::new(|| claim_variants(sql!("claim_pending")));
+
+/// The statements that return in-flight deliveries to pending, composed once: expired leases
+/// of one target (a claim's take-over, keeping their place), expired leases (the sweeper),
+/// one owner's leases (a release), every one (a recovery).
+static RETURNS: LazyLock<[String; 4]> = LazyLock::new(|| {
+    let take_over = fill(sql!("return_in_flight"), "/*DUE*/", "LEAST(d.next_attempt_at, $1)");
+    let now = fill(sql!("return_in_flight"), "/*DUE*/", "$1");
+    [
+        fill(&take_over, "/*AND WHICH*/", sql!("which_expired_of_target")),
+        fill(&now, "/*AND WHICH*/", sql!("which_expired")),
+        fill(&now, "/*AND WHICH*/", sql!("which_owned")),
+        fill(&now, "/*AND WHICH*/", ""),
+    ]
+});
+
+/// The statement that returns the in-flight deliveries `which` chooses to pending.
+pub(super) fn return_in_flight(which: InFlight<'_>) -> &'static str {
+    &RETURNS[match which {
+        InFlight::ExpiredOf { .. } => 0,
+        InFlight::Expired(_) => 1,
+        InFlight::Owned(_) => 2,
+        InFlight::All => 3,
+    }]
+}
 
 /// The claim of due pending deliveries, for an `ordered` target or not.
 pub(super) fn claim_pending(ordered: bool) -> &'static str {

@@ -4,7 +4,7 @@
 
 use sqlx::postgres::{PgConnection, PgPool};
 
-use super::SWEEP_CHUNK;
+use super::{SWEEP_CHUNK, filters};
 use crate::domain::Millis;
 use crate::store::StoreError;
 use crate::store::history::InFlight;
@@ -17,21 +17,14 @@ pub(super) async fn return_in_flight(
     which: InFlight<'_>,
     now: Millis,
 ) -> Result<usize, StoreError> {
+    let query = sqlx::query_as(filters::return_in_flight(which))
+        .bind(now)
+        .bind(SWEEP_CHUNK);
     let query = match which {
-        InFlight::ExpiredOf { target, at } => sqlx::query_as(sql!("return_expired_of_target"))
-            .bind(now)
-            .bind(SWEEP_CHUNK)
-            .bind(target)
-            .bind(at),
-        InFlight::Expired(at) => sqlx::query_as(sql!("return_expired"))
-            .bind(now)
-            .bind(SWEEP_CHUNK)
-            .bind(at),
-        InFlight::Owned(owner) => sqlx::query_as(sql!("return_owned"))
-            .bind(now)
-            .bind(SWEEP_CHUNK)
-            .bind(owner),
-        InFlight::All => sqlx::query_as(sql!("return_all")).bind(now).bind(SWEEP_CHUNK),
+        InFlight::ExpiredOf { target, at } => query.bind(target).bind(at),
+        InFlight::Expired(at) => query.bind(at),
+        InFlight::Owned(owner) => query.bind(owner),
+        InFlight::All => query,
     };
     let returned: Vec<(i64, i32, Millis, Option<String>)> = query.fetch_all(&mut *conn).await?;
     if returned.is_empty() {

@@ -200,18 +200,10 @@ impl Store for PgStore {
         .await
     }
 
-    async fn unclaim(
-        &self,
-        owner: &str,
-        claims: Vec<(i64, u32)>,
-        not_before: Option<Millis>,
-    ) -> Result<usize, StoreError> {
-        if claims.is_empty() {
-            return Ok(0);
-        }
+    async fn unclaim(&self, owner: &str, claims: Vec<(i64, u32)>, until: Option<Millis>) -> Result<usize, StoreError> {
         let claims = &claims;
         self.transaction(|mut tx| async move {
-            let n = leases::unclaim(&mut tx, owner, claims, not_before).await?;
+            let n = leases::unclaim(&mut tx, owner, claims, until).await?;
             Ok((tx, n))
         })
         .await

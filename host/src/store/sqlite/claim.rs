@@ -42,7 +42,7 @@ pub(super) fn claim(tx: &Transaction<'_>, req: &ClaimRequest) -> Result<Vec<Clai
         let rows = tx
             .prepare_cached(sql)?
             .query_map(params![target, req.owner, req.lease_until, req.now, left as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                r.try_into()
             })?
             .collect::<Result<Vec<_>, _>>()?;
         claimed.extend(rows);

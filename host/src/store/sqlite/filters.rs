@@ -6,12 +6,13 @@ use std::sync::LazyLock;
 
 use crate::domain::DeliveryStatus;
 use crate::store::FailedFilter;
-use crate::store::ordering::claim_variants;
+use crate::store::template::{claim_variants, fill};
 
 /// The claim statements: (expired leases, due pending), each without and with the FIFO
 /// condition, composed once.
-static CLAIMS: LazyLock<[[String; 2]; 2]> =
-    LazyLock::new(|| [sql!("claim_expired"), sql!("claim_pending")].map(claim_variants));
+static CLAIMS: LazyLock<[[String; 2]; 2]> = LazyLock::new(|| {
+    [sql!("due_expired"), sql!("due_pending")].map(|due| claim_variants(&fill(sql!("claim"), "/*DUE*/", due)))
+});
 
 /// The claim of expired leases, for an `ordered` target or not.
 pub(super) fn claim_expired(ordered: bool) -> &'static str {

@@ -203,20 +203,10 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn unclaim(
-        &self,
-        owner: &str,
-        claims: Vec<(i64, u32)>,
-        not_before: Option<Millis>,
-    ) -> Result<usize, StoreError> {
-        if claims.is_empty() {
-            return Ok(0);
-        }
+    async fn unclaim(&self, owner: &str, claims: Vec<(i64, u32)>, until: Option<Millis>) -> Result<usize, StoreError> {
         let owner = owner.to_owned();
-        self.write_tx(Synchronous::Full, move |tx| {
-            leases::unclaim(tx, &owner, &claims, not_before)
-        })
-        .await
+        self.write_tx(Synchronous::Full, move |tx| leases::unclaim(tx, &owner, &claims, until))
+            .await
     }
 
     async fn extend_leases(&self, owner: &str, lease_until: Millis) -> Result<usize, StoreError> {

@@ -13,17 +13,7 @@ use crate::store::{EventDetail, FailedDelivery, FailedFilter, StatusCounts, Stor
 
 pub(super) fn load_event(conn: &Connection, id: &str) -> Result<Option<StoredEvent>, StoreError> {
     conn.prepare_cached(sql!("select_event"))?
-        .query_row([id], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
-        })
+        .query_row([id], |r| r.try_into())
         .optional()?
         .map(rows::stored_event)
         .transpose()
@@ -54,11 +44,7 @@ pub(super) fn event(tx: &Transaction<'_>, id: EventId) -> Result<Option<EventDet
     let deliveries = deliveries
         .into_iter()
         .map(|d| {
-            let attempts = history
-                .query_map([d.id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-                })?
-                .collect::<Result<_, _>>()?;
+            let attempts = history.query_map([d.id], |r| r.try_into())?.collect::<Result<_, _>>()?;
             rows::delivery_detail(d, attempts)
         })
         .collect::<Result<_, StoreError>>()?;
@@ -76,18 +62,7 @@ pub(super) fn list_failed(
     let bind = filters::bind(&params, &[(":after", &after), (":limit", &limit)]);
     let mut stmt = tx.prepare(&filters::list_failed(&clause))?;
     let found: Vec<rows::FailedColumns> = stmt
-        .query_map(bind.as_slice(), |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
-        })?
+        .query_map(bind.as_slice(), |r| r.try_into())?
         .collect::<Result<_, _>>()?;
     found.into_iter().map(rows::failed_delivery).collect()
 }
@@ -104,7 +79,7 @@ pub(super) fn count_failed(tx: &Transaction<'_>, filter: &FailedFilter) -> Resul
 fn triples(tx: &Transaction<'_>, sql: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
     Ok(tx
         .prepare_cached(sql)?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map([], |r| r.try_into())?
         .collect::<Result<_, _>>()?)
 }
 
@@ -125,7 +100,7 @@ pub(super) fn next_due(tx: &Transaction<'_>, target: &TargetName) -> Result<Opti
 pub(super) fn oldest_due(tx: &Transaction<'_>, now: Millis) -> Result<BTreeMap<String, Millis>, StoreError> {
     Ok(tx
         .prepare_cached(sql!("oldest_due"))?
-        .query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![now], |r| r.try_into())?
         .collect::<Result<_, _>>()?)
 }
 

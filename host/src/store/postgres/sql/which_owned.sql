@@ -1,0 +1,2 @@
+-- Every lease of owner $3 (a graceful shutdown).
+AND lease_owner = $3
