@@ -20,9 +20,9 @@ pub fn payload(i: u64) -> Value {
     })
 }
 
-/// One event for `POST /v1/events`.
-pub fn event(i: u64) -> Value {
-    json!({"type": "order.created", "payload": payload(i)})
+/// One event of type `event_type` for `POST /v1/events`.
+pub fn event(event_type: &str, i: u64) -> Value {
+    json!({"type": event_type, "payload": payload(i)})
 }
 
 /// The body the webhook plugin sends for [`event`]: `{"type", "timestamp", "data"}`.
@@ -123,13 +123,14 @@ pub async fn ceiling(client: reqwest::Client, urls: Vec<String>, concurrency: us
     Throughput::new(total, started.elapsed(), errors.load(Ordering::Relaxed))
 }
 
-/// Producers: `connections` tasks posting `total` events to `POST /v1/events`, `per_request`
-/// events per request (1: single objects, otherwise arrays), numbered from `first`; the
-/// connections take the hosts of `bases` in turn. Returns the events/s and the latency of each
-/// request.
+/// Producers: `connections` tasks posting `total` events of `event_type` to
+/// `POST /v1/events`, `per_request` events per request (1: single objects, otherwise arrays),
+/// numbered from `first`; the connections take the hosts of `bases` in turn. Returns the
+/// events/s and the latency of each request.
 pub async fn ingest(
     client: reqwest::Client,
     bases: &[String],
+    event_type: &str,
     connections: usize,
     total: u64,
     per_request: u64,
@@ -143,7 +144,9 @@ pub async fn ingest(
     for c in 0..connections {
         let (client, next, errors) = (client.clone(), Arc::clone(&next), Arc::clone(&errors));
         let url = format!("{}/v1/events", bases[c % bases.len()]);
+        let event_type = event_type.to_owned();
         tasks.push(tokio::spawn(async move {
+            let event = |i| event(&event_type, i);
             let mut samples = Vec::new();
             loop {
                 let r = next.fetch_add(1, Ordering::Relaxed);

@@ -1,7 +1,8 @@
 //! The real `outboxd serve` under test: one host or several sharing a PostgreSQL database,
-//! each in a temporary directory of its own with the same configuration and three webhook
-//! targets pointing at the sink (one of them signing); the child processes, their API, and
-//! what `/proc` says about each (resident memory, CPU time).
+//! each in a temporary directory of its own with the same configuration and the same target
+//! manifests (for the drain, three webhook targets pointing at the sink, one of them signing:
+//! [`drain_targets`]; for the adaptive scenarios, whatever they need: [`Webhook`]); the child
+//! processes, their API, and what `/proc` says about each (resident memory, CPU time).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,10 @@ use crate::sink::Sink;
 /// The targets of the drain and end-to-end runs: the stock webhook plugin, concurrency 16
 /// each, signatures on for the first.
 pub const TARGETS: [&str; 3] = ["hook-signed", "hook-a", "hook-b"];
+/// The event type the drain targets of each mode take ([`drain_targets`]): both the same
+/// length, so that the webhook bodies are the same size.
+pub const ORDER: &str = "order.created";
+pub const FIXED: &str = "fixed.created";
 /// Each target's concurrency.
 pub const CONCURRENCY: usize = 16;
 /// A fixed, public benchmark secret (Standard Webhooks format).
@@ -25,6 +30,138 @@ pub const SQLITE: &str = "outboxd.db";
 /// Why the service could not be driven.
 pub type Error = String;
 
+/// One target of the service: its name and its manifest (`plugins.d/<name>.toml`).
+#[derive(Clone, Debug)]
+pub struct TargetSpec {
+    pub name: String,
+    pub manifest: String,
+}
+
+/// A manifest of the stock webhook plugin (`webhook.wasm`): `events`, `concurrency`,
+/// `allowed_hosts` (the URL's authority), further top-level keys, and `[config]` with `url`
+/// and an optional `secret`. Nothing else is written, so the host's defaults apply.
+#[derive(Clone, Debug)]
+pub struct Webhook {
+    name: String,
+    url: String,
+    authority: String,
+    events: Vec<String>,
+    concurrency: usize,
+    keys: Vec<String>,
+    secret: Option<String>,
+}
+
+impl Webhook {
+    /// Target `name` posting to `url` on `authority` (`127.0.0.1:PORT`), for every event,
+    /// concurrency [`CONCURRENCY`].
+    pub fn new(name: &str, url: &str, authority: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            authority: authority.to_owned(),
+            events: vec!["*".to_owned()],
+            concurrency: CONCURRENCY,
+            keys: Vec::new(),
+            secret: None,
+        }
+    }
+
+    /// The event type globs.
+    pub fn events(mut self, globs: &[&str]) -> Self {
+        self.events = globs.iter().map(|g| (*g).to_owned()).collect();
+        self
+    }
+
+    /// A top-level key, its value written as TOML (`"fixed"` with the quotes, `16`).
+    pub fn key(mut self, key: &str, toml_value: &str) -> Self {
+        self.keys.push(format!("{key} = {toml_value}"));
+        self
+    }
+
+    /// `concurrency_mode = "fixed"`: the limit is `concurrency`, whatever the receiver shows.
+    pub fn fixed(self) -> Self {
+        self.key("concurrency_mode", "\"fixed\"")
+    }
+
+    /// `[config] secret`: Standard Webhooks signatures.
+    pub fn secret(mut self, secret: &str) -> Self {
+        self.secret = Some(secret.to_owned());
+        self
+    }
+
+    pub fn spec(self) -> TargetSpec {
+        let events: Vec<String> = self.events.iter().map(|e| format!("{e:?}")).collect();
+        let mut manifest = format!(
+            "plugin = \"webhook.wasm\"\nevents = [{}]\nconcurrency = {}\nallowed_hosts = [\"{}\"]\n",
+            events.join(", "),
+            self.concurrency,
+            self.authority
+        );
+        for k in &self.keys {
+            manifest.push_str(k);
+            manifest.push('\n');
+        }
+        manifest.push_str(&format!("\n[config]\nurl = \"{}\"\n", self.url));
+        if let Some(secret) = &self.secret {
+            manifest.push_str(&format!("secret = \"{secret}\"\n"));
+        }
+        TargetSpec {
+            name: self.name,
+            manifest,
+        }
+    }
+}
+
+/// How the drain targets limit their attempts at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// As the manifest's defaults say (no `concurrency_mode`: adaptive).
+    Default,
+    /// `concurrency_mode = "fixed"`.
+    Fixed,
+}
+
+impl Mode {
+    /// The drain targets' names in this mode.
+    pub fn names(self) -> Vec<String> {
+        TARGETS
+            .iter()
+            .map(|t| match self {
+                Mode::Default => (*t).to_owned(),
+                Mode::Fixed => format!("{t}-fixed"),
+            })
+            .collect()
+    }
+
+    /// The event type the targets of this mode take.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Mode::Default => ORDER,
+            Mode::Fixed => FIXED,
+        }
+    }
+}
+
+/// The three drain targets of `mode` ([`TARGETS`], `-fixed` after the name in the fixed mode),
+/// posting to the sink at `/<name>`, the first signing, for events of [`Mode::event_type`].
+pub fn drain_targets(sink: &Sink, mode: Mode) -> Vec<TargetSpec> {
+    let glob = mode.event_type().replace("created", "*");
+    mode.names()
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut hook = Webhook::new(name, &sink.url(&format!("/{name}")), &sink.authority()).events(&[&glob]);
+            if mode == Mode::Fixed {
+                hook = hook.fixed();
+            }
+            if i == 0 {
+                hook = hook.secret(SECRET);
+            }
+            hook.spec()
+        })
+        .collect()
+}
+
 /// One running `outboxd serve`.
 pub struct Host {
     child: Child,
@@ -33,9 +170,9 @@ pub struct Host {
 }
 
 impl Host {
-    /// Lays out the directory (config, `webhook.wasm` and three manifests) and starts
+    /// Lays out the directory (config, `webhook.wasm` and the targets' manifests) and starts
     /// `outboxd serve`, waiting for its `listening on` line.
-    async fn start(outboxd: &Path, plugins: &Path, sink: &Sink, database: &str) -> Result<Self, Error> {
+    async fn start(outboxd: &Path, plugins: &Path, database: &str, targets: &[TargetSpec]) -> Result<Self, Error> {
         let dir = tempfile::Builder::new()
             .prefix("outboxd-bench-")
             .tempdir()
@@ -44,17 +181,8 @@ impl Host {
         std::fs::create_dir_all(&pd).map_err(|e| e.to_string())?;
         let webhook = plugins.join("webhook.wasm");
         std::fs::copy(&webhook, pd.join("webhook.wasm")).map_err(|e| format!("copy {}: {e}", webhook.display()))?;
-        for (i, name) in TARGETS.iter().enumerate() {
-            let mut manifest = format!(
-                "plugin = \"webhook.wasm\"\nevents = [\"order.*\"]\nconcurrency = {CONCURRENCY}\n\
-                 allowed_hosts = [\"{}\"]\n\n[config]\nurl = \"{}\"\n",
-                sink.authority(),
-                sink.url(&format!("/{name}"))
-            );
-            if i == 0 {
-                manifest.push_str(&format!("secret = \"{SECRET}\"\n"));
-            }
-            std::fs::write(pd.join(format!("{name}.toml")), manifest).map_err(|e| e.to_string())?;
+        for t in targets {
+            std::fs::write(pd.join(format!("{}.toml", t.name)), &t.manifest).map_err(|e| e.to_string())?;
         }
         let config = format!(
             "listen = \"127.0.0.1:0\"\ndatabase = \"{database}\"\nplugins_dir = \"plugins.d\"\n\
@@ -142,19 +270,21 @@ impl Drop for Host {
 pub struct Service {
     hosts: Vec<Host>,
     client: reqwest::Client,
+    /// The targets' names.
+    names: Vec<String>,
 }
 
 impl Service {
     /// Starts `hosts` processes of `outboxd serve`, one after another, each with
     /// `database = "<database>"` in its `outboxd.toml` ([`SQLITE`]: a file in each host's own
-    /// directory, so one host only; a `postgres://` URL: one database they all share), and
-    /// returns once every one of them listens.
+    /// directory, so one host only; a `postgres://` URL: one database they all share) and
+    /// `targets`, and returns once every one of them listens.
     pub async fn start(
         outboxd: &Path,
         plugins: &Path,
-        sink: &Sink,
         database: &str,
         hosts: usize,
+        targets: &[TargetSpec],
     ) -> Result<Self, Error> {
         if hosts == 0 || (hosts > 1 && !database.starts_with("postgres")) {
             return Err(format!(
@@ -163,14 +293,18 @@ impl Service {
         }
         let mut started = Vec::with_capacity(hosts);
         for _ in 0..hosts {
-            started.push(Host::start(outboxd, plugins, sink, database).await?);
+            started.push(Host::start(outboxd, plugins, database, targets).await?);
         }
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Self { hosts: started, client })
+        Ok(Self {
+            hosts: started,
+            client,
+            names: targets.iter().map(|t| t.name.clone()).collect(),
+        })
     }
 
     pub fn hosts(&self) -> &[Host] {
@@ -197,21 +331,21 @@ impl Service {
         }
     }
 
-    /// Pauses every benchmark target through the first host, then checks that every host
-    /// reports them paused (the pause is a row of the store, which the hosts of a PostgreSQL
-    /// cluster share).
-    pub async fn pause(&self) -> Result<(), Error> {
-        for t in TARGETS {
+    /// Pauses targets `names` through the first host, then checks that every host reports
+    /// them paused (the pause is a row of the store, which the hosts of a PostgreSQL cluster
+    /// share).
+    pub async fn pause(&self, names: &[String]) -> Result<(), Error> {
+        for t in names {
             self.post(&format!("/v1/targets/{t}/pause")).await?;
         }
         for (i, host) in self.hosts.iter().enumerate() {
             let targets = self.targets_of(host).await?;
-            for t in TARGETS {
+            for t in names {
                 let paused = targets
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .find(|v| v["name"] == t)
+                    .find(|v| v["name"] == t.as_str())
                     .is_some_and(|v| v["paused"] == true);
                 if !paused {
                     return Err(format!(
@@ -225,9 +359,14 @@ impl Service {
         Ok(())
     }
 
-    /// Resumes every benchmark target, through the first host.
-    pub async fn resume(&self) -> Result<(), Error> {
-        for t in TARGETS {
+    /// Every target's name.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Resumes targets `names`, through the first host.
+    pub async fn resume(&self, names: &[String]) -> Result<(), Error> {
+        for t in names {
             self.post(&format!("/v1/targets/{t}/resume")).await?;
         }
         Ok(())
@@ -250,14 +389,14 @@ impl Service {
         self.targets_of(&self.hosts[0]).await
     }
 
-    /// Deliveries of the benchmark targets in `status`, summed.
+    /// Deliveries of the service's targets in `status`, summed.
     pub async fn count(&self, status: &str) -> Result<u64, Error> {
         let targets = self.targets().await?;
         Ok(targets
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|t| TARGETS.contains(&t["name"].as_str().unwrap_or_default()))
+            .filter(|t| self.names.iter().any(|n| t["name"] == n.as_str()))
             .map(|t| t["counts"][status].as_u64().unwrap_or(0))
             .sum())
     }

@@ -78,6 +78,24 @@ pub struct Breaker {
     pub retry_after: Option<String>,
 }
 
+/// The `[retry_budget]` table of a target manifest: how much retries may add to first
+/// attempts while the receiver is under pressure.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RetryBudget {
+    /// `enabled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `ratio`: retries per first attempt over the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    /// `min_per_sec`: retries a second allowed whatever the first attempts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_per_sec: Option<f64>,
+    /// `window_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
+}
+
 /// A target manifest (`plugins.d/<name>.toml`), serialised as TOML.
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
@@ -88,9 +106,13 @@ pub struct Target {
     /// `timeout_ms`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
-    /// `concurrency`.
+    /// `concurrency`: the ceiling of the adaptive limit, or the fixed number of attempts at
+    /// once with `concurrency_mode = "fixed"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// `concurrency_mode`: `adaptive` (the default) or `fixed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_mode: Option<String>,
     /// `memory_mb`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
@@ -121,6 +143,9 @@ pub struct Target {
     /// `[breaker]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breaker: Option<Breaker>,
+    /// `[retry_budget]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
     /// `[config]`, handed to the plugin.
     #[serde(skip_serializing_if = "toml::Table::is_empty")]
     pub config: toml::Table,
@@ -134,6 +159,7 @@ impl Target {
             events: vec!["*".to_owned()],
             timeout_ms: None,
             concurrency: None,
+            concurrency_mode: None,
             memory_mb: None,
             allowed_hosts: Vec::new(),
             class: None,
@@ -144,6 +170,7 @@ impl Target {
             instance_reuse: None,
             retry: None,
             breaker: None,
+            retry_budget: None,
             config: toml::Table::new(),
         }
     }
@@ -187,6 +214,18 @@ impl Target {
     /// Set `concurrency`.
     pub fn concurrency(mut self, n: u32) -> Self {
         self.concurrency = Some(n);
+        self
+    }
+
+    /// Set `concurrency_mode`: `adaptive` or `fixed`.
+    pub fn concurrency_mode(mut self, mode: &str) -> Self {
+        self.concurrency_mode = Some(mode.to_owned());
+        self
+    }
+
+    /// Set the whole `[retry_budget]` table.
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.retry_budget = Some(budget);
         self
     }
 

@@ -65,3 +65,9 @@ pub fn source_entry<'a>(sources: &'a Value, name: &str) -> &'a Value {
 pub fn target_count(targets: &Value, name: &str, status: &str) -> u64 {
     target_entry(targets, name)["counts"][status].as_u64().unwrap_or(0)
 }
+
+/// Target `name`'s adaptive limit now (`concurrency_limit.limit` of a `GET /v1/targets`
+/// document); `None` while the target has not run in this process (the field is null).
+pub fn concurrency_limit(targets: &Value, name: &str) -> Option<u64> {
+    target_entry(targets, name)["concurrency_limit"]["limit"].as_u64()
+}

@@ -34,11 +34,12 @@ pub mod signature;
 pub mod sources;
 
 pub use database::{StoreKind, TestDatabase};
-pub use host::{Breaker, CliOutput, Host, Retry, StartError, Target};
+pub use host::{Breaker, CliOutput, Host, Retry, RetryBudget, StartError, Target};
 pub use json::{
-    deliveries_by_target, delivery, find_named, history, source_entry, status_of, target_count, target_entry,
+    concurrency_limit, deliveries_by_target, delivery, find_named, history, source_entry, status_of, target_count,
+    target_entry,
 };
-pub use receiver::{Behavior, Receiver, RecordedRequest, Reply};
+pub use receiver::{Behavior, Load, Receiver, RecordedRequest, Reply};
 pub use signature::{sign_standard_webhook, verify_standard_webhook};
 
 use std::time::Duration;

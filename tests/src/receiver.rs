@@ -8,6 +8,16 @@
 //! failures for a seeded-random fraction of requests, or a JSON body computed
 //! from the request ([`Behavior::respond_with`]).
 //!
+//! A path can also follow a load-dependent model of a real receiver, whose answer
+//! depends on what it is serving at that moment or has served lately: one that admits
+//! at most N requests at once ([`Behavior::admit`]), a token-bucket rate limit
+//! ([`Behavior::token_bucket`]), or one whose latency grows with the requests in
+//! service ([`Behavior::queueing`]). For those, every recorded request also says how
+//! many requests were in service at its path when it arrived
+//! ([`RecordedRequest::in_progress`]) and how long the receiver took to answer it
+//! ([`RecordedRequest::took`]); [`Load`] sums that up (refusals, peak concurrency,
+//! latency percentiles at the receiver).
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use testkit::{Behavior, Receiver};
@@ -39,6 +49,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::{default_timeout, scaled};
+
+/// The `Retry-After` (seconds) of a load-dependent model's refusals.
+pub const REFUSAL_RETRY_AFTER_SECS: u64 = 1;
 
 /// How the receiver answers one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +93,81 @@ impl fmt::Debug for Responder {
     }
 }
 
+/// A load-dependent model of a receiver at one path (see [`Behavior::admit`],
+/// [`Behavior::token_bucket`] and [`Behavior::queueing`]). Its state (the requests in
+/// service at the path, the bucket's tokens) lives in the receiver, per path.
+#[derive(Clone, Debug, PartialEq)]
+enum Model {
+    /// At most `limit` requests in service at once, each answered after `service`;
+    /// beyond, an immediate 503 with `Retry-After`.
+    Admit { limit: usize, service: Duration },
+    /// A bucket of `burst` tokens refilled at `rate` per second; a request takes a token
+    /// and is answered after `service`, or gets an immediate 429 with `Retry-After`
+    /// when the bucket is empty.
+    TokenBucket { rate: f64, burst: f64, service: Duration },
+    /// Every request answered after `base + per_request × max(0, n − free)`, where `n` is
+    /// the number in service once it arrived (itself included); never refuses.
+    Queueing {
+        base: Duration,
+        per_request: Duration,
+        free: usize,
+    },
+}
+
+/// A token bucket's state: tokens left at `at`.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Model {
+    /// The reply to a request arriving at `now` while `load.in_progress` others are in
+    /// service at its path; takes a token from the bucket when one is needed.
+    fn decide(&self, load: &mut PathLoad, now: Instant) -> Reply {
+        let refused = |status| Reply::RetryAfter {
+            status,
+            secs: REFUSAL_RETRY_AFTER_SECS,
+        };
+        let served = |d: Duration| {
+            if d.is_zero() {
+                Reply::Status(200)
+            } else {
+                Reply::Delay(d)
+            }
+        };
+        match *self {
+            Model::Admit { limit, service } => {
+                if load.in_progress < limit {
+                    served(service)
+                } else {
+                    refused(503)
+                }
+            }
+            Model::TokenBucket { rate, burst, service } => {
+                let bucket = load.bucket.get_or_insert(Bucket { tokens: burst, at: now });
+                let refill = now.saturating_duration_since(bucket.at).as_secs_f64() * rate;
+                bucket.tokens = (bucket.tokens + refill).min(burst);
+                bucket.at = now;
+                if bucket.tokens >= 1.0 {
+                    bucket.tokens -= 1.0;
+                    served(service)
+                } else {
+                    refused(429)
+                }
+            }
+            Model::Queueing {
+                base,
+                per_request,
+                free,
+            } => {
+                let n = load.in_progress + 1;
+                served(base + per_request * n.saturating_sub(free) as u32)
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum When {
     FirstN(usize),
@@ -89,14 +177,16 @@ enum When {
 
 /// The scripted behaviour of one path. Rules are checked in the order they
 /// were added; the first that matches decides the reply; if none matches,
-/// the default status is answered. "First K" rules count requests at this
-/// path since the behaviour was installed.
+/// the load-dependent model decides, if the behaviour has one, else the
+/// default status is answered. "First K" rules count requests at this path
+/// since the behaviour was installed.
 #[derive(Clone, Debug)]
 pub struct Behavior {
     default_status: u16,
     rules: Vec<(When, Reply)>,
     seed: u64,
     responder: Option<Responder>,
+    model: Option<Model>,
 }
 
 impl Default for Behavior {
@@ -118,7 +208,62 @@ impl Behavior {
             rules: Vec::new(),
             seed: 0x5eed,
             responder: None,
+            model: None,
         }
+    }
+
+    fn model(model: Model) -> Self {
+        Self {
+            model: Some(model),
+            ..Self::ok()
+        }
+    }
+
+    /// A receiver that admits at most `n` requests at once at this path: each admitted one
+    /// is answered 200 after `service`; beyond `n` in service, a request gets an immediate
+    /// 503 with `Retry-After: 1` (and is not in service). Its capacity is `n / service`
+    /// requests per second. To change `n` at run time, [`Receiver::behave`] the path
+    /// again: the requests in service are the path's, and count against the new limit.
+    pub fn admit(n: usize, service: Duration) -> Self {
+        Self::model(Model::Admit { limit: n, service })
+    }
+
+    /// A token-bucket rate limit: a bucket of `burst` tokens (full at the start) refilled at
+    /// `rate` tokens per second; a request that finds a token takes it and is answered 200
+    /// (at once, or after [`Behavior::service_time`]); one that finds the bucket empty gets
+    /// an immediate 429 with `Retry-After: 1`. The bucket starts full again whenever the
+    /// path's behaviour is replaced.
+    pub fn token_bucket(rate: f64, burst: u32) -> Self {
+        Self::model(Model::TokenBucket {
+            rate,
+            burst: f64::from(burst.max(1)),
+            service: Duration::ZERO,
+        })
+    }
+
+    /// A receiver whose latency grows with load and that never refuses: a request that
+    /// arrives while `k` others are in service at this path is answered 200 after
+    /// `base + per_request × max(0, k + 1 − free)`. Up to `free` at once cost nothing
+    /// extra; `base` is its unloaded latency.
+    pub fn queueing(base: Duration, per_request: Duration, free: usize) -> Self {
+        Self::model(Model::Queueing {
+            base,
+            per_request,
+            free,
+        })
+    }
+
+    /// The time an admitted request takes, for [`Behavior::admit`] and
+    /// [`Behavior::token_bucket`].
+    ///
+    /// # Panics
+    /// On a behaviour without one of those models.
+    pub fn service_time(mut self, d: Duration) -> Self {
+        match &mut self.model {
+            Some(Model::Admit { service, .. } | Model::TokenBucket { service, .. }) => *service = d,
+            other => panic!("service_time: the behaviour has no admit or token-bucket model ({other:?})"),
+        }
+        self
     }
 
     fn rule(mut self, when: When, reply: Reply) -> Self {
@@ -190,7 +335,7 @@ impl Behavior {
     /// Answer every request that no rule claims with what `f` computes from it:
     /// `(status, body)`, the body sent as `application/json` (recorded as
     /// [`Reply::Computed`]). Rules added with the other methods still come
-    /// first. `f` runs while the receiver records the request, so it must not
+    /// first, and a load-dependent model claims every request a rule leaves. `f` runs while the receiver records the request, so it must not
     /// call back into the [`Receiver`]; it may keep state of its own (e.g. to
     /// fail an item only the first time it is seen).
     pub fn respond_with(mut self, f: impl Fn(&RecordedRequest) -> (u16, String) + Send + Sync + 'static) -> Self {
@@ -248,6 +393,15 @@ pub struct RecordedRequest {
     pub reply: Reply,
     /// The status code of that answer (after any delay); `None` for a request left hanging.
     pub status: Option<u16>,
+    /// Requests at this path that were in service when it arrived, itself not included. A
+    /// request is in service from its arrival until the receiver answers it (or its client
+    /// gives up) if the receiver makes it wait (a delay, a model's service time, a hang);
+    /// one answered at once (a refusal, a plain status) is never in service.
+    pub in_progress: usize,
+    /// How long the receiver took to answer it, from its arrival to the answer being ready
+    /// (after any delay); `None` until then, and for a request left hanging or whose client
+    /// gave up first. Read it from [`Receiver::requests`] once the request was answered.
+    pub took: Option<Duration>,
 }
 
 impl RecordedRequest {
@@ -274,6 +428,17 @@ impl RecordedRequest {
     /// Whether the receiver answered it with a 2xx.
     pub fn succeeded(&self) -> bool {
         self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+
+    /// Whether the receiver refused it as overloaded: a 429 or a 503.
+    pub fn refused(&self) -> bool {
+        matches!(self.status, Some(429 | 503))
+    }
+
+    /// Whether the receiver made it wait (so that it was in service; see
+    /// [`RecordedRequest::in_progress`]).
+    pub fn waited(&self) -> bool {
+        matches!(self.reply, Reply::Delay(_) | Reply::Hang)
     }
 
     /// The body as (lossy) UTF-8 text.
@@ -316,6 +481,66 @@ impl fmt::Display for RecordedRequest {
     }
 }
 
+/// A summary of what a receiver saw over some requests (usually those of one path, possibly
+/// over a span of time: filter [`Receiver::requests_at`] by
+/// [`RecordedRequest::received_at`]): how many it served and refused, how many it served at
+/// once at most, and how long it took to answer, as the adaptive-delivery tests and the
+/// benchmark read it.
+#[derive(Clone, Debug, Default)]
+pub struct Load {
+    /// Requests in all.
+    pub requests: usize,
+    /// Requests answered with a 2xx.
+    pub succeeded: usize,
+    /// Requests refused as overloaded (429 or 503, see [`RecordedRequest::refused`]).
+    pub refused: usize,
+    /// The most requests in service at once: over the requests the receiver made wait, the
+    /// largest [`RecordedRequest::in_progress`] plus one (themselves).
+    pub peak_concurrency: usize,
+    /// The answer times ([`RecordedRequest::took`]) of the succeeded requests, sorted.
+    latencies: Vec<Duration>,
+}
+
+impl Load {
+    /// The summary of `requests`.
+    pub fn of<'a>(requests: impl IntoIterator<Item = &'a RecordedRequest>) -> Self {
+        let mut load = Load::default();
+        for r in requests {
+            load.requests += 1;
+            load.succeeded += usize::from(r.succeeded());
+            load.refused += usize::from(r.refused());
+            let at_once = r.in_progress + usize::from(r.waited());
+            load.peak_concurrency = load.peak_concurrency.max(at_once);
+            if let (true, Some(took)) = (r.succeeded(), r.took) {
+                load.latencies.push(took);
+            }
+        }
+        load.latencies.sort_unstable();
+        load
+    }
+
+    /// The refused share of all requests (0 when there were none).
+    pub fn refused_share(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.refused as f64 / self.requests as f64
+        }
+    }
+
+    /// The `q` quantile (0..=1, nearest rank) of the succeeded requests' answer times;
+    /// `None` when none was answered.
+    pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
+        let rank = (self.latencies.len() as f64 * q.clamp(0.0, 1.0)).ceil() as usize;
+        self.latencies.get(rank.max(1) - 1).copied()
+    }
+
+    /// How many succeeded requests have an answer time.
+    pub fn timed(&self) -> usize {
+        self.latencies.len()
+    }
+}
+
 /// Called for every request as it arrives (used by `demo-receiver` to print).
 pub type OnRequest = Arc<dyn Fn(&RecordedRequest) + Send + Sync>;
 
@@ -336,12 +561,22 @@ impl PathState {
     }
 }
 
+/// What a path is carrying: requests in service and a token bucket's state. Kept apart from
+/// the behaviour so that replacing the behaviour keeps the requests in service (the bucket
+/// starts afresh).
+#[derive(Default)]
+struct PathLoad {
+    in_progress: usize,
+    bucket: Option<Bucket>,
+}
+
 struct Inner {
     requests: Vec<RecordedRequest>,
     paths: HashMap<String, PathState>,
     default_behavior: Behavior,
     default_rng: StdRng,
     default_counts: HashMap<String, usize>,
+    loads: HashMap<String, PathLoad>,
 }
 
 struct Shared {
@@ -413,6 +648,7 @@ impl ReceiverBuilder {
                 default_behavior: self.default_behavior,
                 default_rng,
                 default_counts: HashMap::new(),
+                loads: HashMap::new(),
             }),
             arrivals: watch::channel(0).0,
             on_request: self.on_request,
@@ -444,6 +680,22 @@ impl Drop for Receiver {
     }
 }
 
+/// A request in service at its path: counted in the path's [`PathLoad::in_progress`] until it
+/// is answered or its client gives up (axum then drops the handler, and with it this guard).
+struct InService {
+    shared: Arc<Shared>,
+    path: String,
+}
+
+impl Drop for InService {
+    fn drop(&mut self) {
+        let mut inner = self.shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(load) = inner.loads.get_mut(&self.path) {
+            load.in_progress = load.in_progress.saturating_sub(1);
+        }
+    }
+}
+
 async fn handle(
     State(shared): State<Arc<Shared>>,
     method: Method,
@@ -454,7 +706,7 @@ async fn handle(
     let received_at = Instant::now();
     let received_at_wall = SystemTime::now();
     let path = uri.path().to_owned();
-    let (record, default_status) = {
+    let (record, default_status, in_service) = {
         let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
         let seq = inner.requests.len();
         let inner = &mut *inner;
@@ -473,6 +725,16 @@ async fn handle(
                 (index, decided, inner.default_behavior.clone())
             }
         };
+        let load = inner.loads.entry(path.clone()).or_default();
+        let in_progress = load.in_progress;
+        let (reply, by_rule) = match (&behavior.model, by_rule) {
+            (Some(model), false) => (model.decide(load, received_at), true),
+            _ => (reply, by_rule),
+        };
+        let waits = matches!(reply, Reply::Delay(_) | Reply::Hang);
+        if waits {
+            load.in_progress += 1;
+        }
         let default_status = behavior.default_status;
         let mut record = RecordedRequest {
             seq,
@@ -486,6 +748,8 @@ async fn handle(
             received_at_wall,
             reply,
             status: None,
+            in_progress,
+            took: None,
         };
         behavior.finish(&mut record, by_rule);
         record.status = match &record.reply {
@@ -503,13 +767,17 @@ async fn handle(
                 ..record.clone()
             });
         }
-        (record, default_status)
+        let in_service = waits.then(|| InService {
+            shared: Arc::clone(&shared),
+            path: record.path.clone(),
+        });
+        (record, default_status, in_service)
     };
     shared.arrivals.send_modify(|n| *n += 1);
     if let Some(cb) = &shared.on_request {
         cb(&record);
     }
-    match record.reply {
+    let response = match record.reply {
         Reply::Status(s) => status_response(s, None),
         Reply::RetryAfter { status, secs } => status_response(status, Some(secs)),
         Reply::Hang => {
@@ -524,7 +792,15 @@ async fn handle(
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             (code, [("content-type", "application/json")], body).into_response()
         }
+    };
+    {
+        let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = inner.requests.get_mut(record.seq) {
+            r.took = Some(received_at.elapsed());
+        }
     }
+    drop(in_service);
+    response
 }
 
 fn status_response(status: u16, retry_after: Option<u64>) -> Response {
@@ -569,10 +845,25 @@ impl Receiver {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Replace the behaviour of `path` now; "first K" rules count from here.
+    /// Replace the behaviour of `path` now; "first K" rules count from here. The requests
+    /// in service at `path` stay in service (and count against a new [`Behavior::admit`]
+    /// limit); a token bucket starts full.
     pub fn behave(&self, path: &str, behavior: Behavior) {
         let mut inner = self.lock();
         inner.paths.insert(path.to_owned(), PathState::new(behavior));
+        if let Some(load) = inner.loads.get_mut(path) {
+            load.bucket = None;
+        }
+    }
+
+    /// Requests in service at `path` now (see [`RecordedRequest::in_progress`]).
+    pub fn in_progress_at(&self, path: &str) -> usize {
+        self.lock().loads.get(path).map_or(0, |l| l.in_progress)
+    }
+
+    /// What `path` has seen so far, summed up (see [`Load`]).
+    pub fn load_at(&self, path: &str) -> Load {
+        Load::of(&self.requests_at(path))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testkit::{
-    Behavior, Host, Receiver, RecordedRequest, Reply, StartError, Target, default_timeout, delivery, eventually_within,
-    scaled, target_count, target_entry,
+    Behavior, Host, Receiver, RecordedRequest, Reply, StartError, Target, concurrency_limit, default_timeout, delivery,
+    eventually_within, scaled, target_count, target_entry,
 };
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -68,15 +68,21 @@ async fn flaky_targets_keep_flowing_and_a_dead_one_gets_a_probe_per_cooldown() {
         .start()
         .await;
     let mut host = Host::new();
-    // `target` (the default) or `delivery`: what a `Retry-After` pauses.
-    let retry_after = std::env::var("OUTBOXD_FLAKY_RETRY_AFTER").unwrap_or_else(|_| "target".into());
+    // What a `Retry-After` pauses: the manifests say nothing by default, so the target's
+    // default applies (`delivery` with the adaptive limit); `OUTBOXD_FLAKY_RETRY_AFTER=target`
+    // or `delivery` forces one.
+    let retry_after = std::env::var("OUTBOXD_FLAKY_RETRY_AFTER")
+        .ok()
+        .filter(|s| !s.is_empty());
     for (name, class) in [("c1", "critical"), ("c2", "critical"), ("be", "best-effort")] {
         let mut t = Target::webhook(&rx.url(&format!("/{name}")))
             .events(&["order.*"])
             .class(class)
             .concurrency(16)
-            .timeout_ms(2_000)
-            .breaker_retry_after(&retry_after);
+            .timeout_ms(2_000);
+        if let Some(what) = &retry_after {
+            t = t.breaker_retry_after(what);
+        }
         if class == "critical" {
             t = t.retry(100, 200, 2_000);
         }
@@ -106,7 +112,12 @@ async fn flaky_targets_keep_flowing_and_a_dead_one_gets_a_probe_per_cooldown() {
     }
     poster.await.expect("poster");
     let n64 = n as u64;
+    // Each flaky target's concurrency limit at every poll, for the printout.
+    let mut limits: [Vec<u64>; 3] = Default::default();
     let settled = |ts: &Value| {
+        for (seen, name) in limits.iter_mut().zip(["c1", "c2", "be"]) {
+            seen.extend(concurrency_limit(ts, name));
+        }
         target_count(ts, "c1", "delivered") == n64
             && target_count(ts, "c2", "delivered") == n64
             && target_count(ts, "be", "delivered") + target_count(ts, "be", "discarded") == n64
@@ -116,13 +127,23 @@ async fn flaky_targets_keep_flowing_and_a_dead_one_gets_a_probe_per_cooldown() {
         .await;
     let drained = started.elapsed();
     eprintln!(
-        "{n} events, {kills} kills, retry_after = {retry_after}: drained in {drained:?}; best-effort discarded {}",
+        "{n} events, {kills} kills, retry_after = {}: drained in {drained:?}; best-effort discarded {}",
+        retry_after.as_deref().unwrap_or("the default"),
         target_count(&targets, "be", "discarded")
     );
 
     let log = host.stderr();
     let openings: Vec<&str> = log.lines().filter(|l| l.contains("circuit breaker opened")).collect();
-    for name in ["c1", "c2", "be"] {
+    for (name, seen) in ["c1", "c2", "be"].into_iter().zip(&mut limits) {
+        seen.sort_unstable();
+        let budget = &target_entry(&targets, name)["retry_budget"];
+        eprintln!(
+            "{name}: limit over the last drain min {:?}, median {:?}, at 1 in {} of {} polls; retry budget {budget}",
+            seen.first(),
+            seen.get(seen.len() / 2),
+            seen.iter().filter(|l| **l == 1).count(),
+            seen.len()
+        );
         assert!(
             !openings.iter().any(|l| l.contains(&format!("target={name} "))),
             "the breaker of flaky target {name} opened:\n{}",

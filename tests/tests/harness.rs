@@ -1,9 +1,10 @@
-//! Self-tests of the harness's `Receiver` (no outboxd needed): the scripted behaviours do what they say.
+//! Self-tests of the harness's `Receiver` (no outboxd needed): the scripted behaviours and the
+//! load-dependent models do what they say.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use testkit::{Behavior, Receiver, Reply, sign_standard_webhook, verify_standard_webhook};
+use testkit::{Behavior, Load, Receiver, Reply, sign_standard_webhook, verify_standard_webhook};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -185,4 +186,193 @@ async fn a_quiet_window_passes_when_nothing_arrives_and_fails_at_the_first_reque
         .expect("the window fails before its end");
     assert!(outcome.unwrap_err().is_panic(), "a request within the window");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// `n` requests to `url` at once (each on a connection of its own); their statuses and
+/// `Retry-After` headers, in the order they were sent.
+async fn at_once(url: &str, n: usize) -> Vec<(u16, Option<String>)> {
+    let c = client();
+    let sends = (0..n).map(|i| {
+        let (c, url) = (c.clone(), url.to_owned());
+        async move {
+            let r = post(&c, &url, &format!("k{i}")).await.unwrap();
+            let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            (r.status().as_u16(), retry_after)
+        }
+    });
+    futures_join_all(sends).await
+}
+
+/// `futures::future::join_all` without the dependency: spawns each future, awaits them in order.
+async fn futures_join_all<T: Send + 'static>(
+    futures: impl IntoIterator<Item = impl Future<Output = T> + Send + 'static>,
+) -> Vec<T> {
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+fn count(replies: &[(u16, Option<String>)], status: u16) -> usize {
+    replies.iter().filter(|(s, _)| *s == status).count()
+}
+
+#[tokio::test]
+async fn admit_serves_n_at_once_refuses_the_rest_and_takes_a_new_limit_at_run_time() {
+    let rx = Arc::new(
+        Receiver::builder()
+            .path("/two", Behavior::admit(2, Duration::from_millis(400)))
+            .start()
+            .await,
+    );
+    let url = rx.url("/two");
+    let replies = at_once(&url, 5).await;
+    assert_eq!(count(&replies, 200), 2, "{replies:?}");
+    assert_eq!(count(&replies, 503), 3, "{replies:?}");
+    assert!(
+        replies.iter().all(|(s, ra)| *s == 200 || ra.as_deref() == Some("1")),
+        "every refusal says Retry-After: 1: {replies:?}"
+    );
+    let reqs = rx.requests_at("/two");
+    let admitted: Vec<_> = reqs.iter().filter(|r| r.succeeded()).collect();
+    assert!(
+        admitted
+            .iter()
+            .all(|r| r.reply == Reply::Delay(Duration::from_millis(400)))
+    );
+    assert!(admitted.iter().all(|r| r.took.unwrap() >= Duration::from_millis(400)));
+    let refused: Vec<_> = reqs.iter().filter(|r| r.refused()).collect();
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.in_progress == 2 && r.took.unwrap() < Duration::from_millis(400))
+    );
+    let load = rx.load_at("/two");
+    assert_eq!(
+        (load.requests, load.succeeded, load.refused, load.peak_concurrency),
+        (5, 2, 3, 2)
+    );
+    assert!((load.refused_share() - 0.6).abs() < 1e-9);
+    assert_eq!(rx.in_progress_at("/two"), 0, "nothing in service once answered");
+
+    // A new limit while two are in service: they count against it.
+    let busy = tokio::spawn({
+        let url = url.clone();
+        async move { at_once(&url, 2).await }
+    });
+    wait_in_service(&rx, "/two", 2).await;
+    rx.behave("/two", Behavior::admit(3, Duration::from_millis(400)));
+    let more = at_once(&url, 2).await;
+    assert_eq!((count(&more, 200), count(&more, 503)), (1, 1), "{more:?}");
+    assert_eq!(count(&busy.await.unwrap(), 200), 2);
+    assert_eq!(rx.load_at("/two").peak_concurrency, 3);
+}
+
+/// Waits (at most 5 s) until `n` requests are in service at `path`.
+async fn wait_in_service(rx: &Receiver, path: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rx.in_progress_at(path) != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} in service at {path}, not {n}",
+            rx.in_progress_at(path)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_gives_up_leaves_service() {
+    let rx = Receiver::builder()
+        .path("/slow", Behavior::admit(1, Duration::from_secs(30)))
+        .start()
+        .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    assert!(post(&impatient, &rx.url("/slow"), "a").await.is_err());
+    wait_in_service(&rx, "/slow", 0).await;
+    assert_eq!(rx.requests_at("/slow")[0].took, None, "never answered");
+}
+
+#[tokio::test]
+async fn a_token_bucket_spends_its_burst_then_refuses_until_it_refills() {
+    // 4 tokens a second, 3 at most: the sequential requests below take far less than the
+    // quarter of a second a token takes to come back.
+    let rx = Receiver::builder()
+        .path("/limited", Behavior::token_bucket(4.0, 3))
+        .start()
+        .await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let r = post(&c, &rx.url("/limited"), &format!("k{i}")).await.unwrap();
+        if r.status() == 429 {
+            assert_eq!(r.headers()["retry-after"], "1");
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    // 600 ms: 2.4 tokens.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut later = Vec::new();
+    for i in 0..3 {
+        later.push(
+            post(&c, &rx.url("/limited"), &format!("l{i}"))
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(later, [200, 200, 429]);
+    let load = rx.load_at("/limited");
+    assert_eq!((load.succeeded, load.refused), (5, 3));
+    assert!(rx.requests_at("/limited")[3].reply == Reply::RetryAfter { status: 429, secs: 1 });
+
+    // A new behaviour starts with a full bucket; a service time makes the served ones wait.
+    rx.behave(
+        "/limited",
+        Behavior::token_bucket(1.0, 1).service_time(Duration::from_millis(100)),
+    );
+    let replies = at_once(&rx.url("/limited"), 3).await;
+    assert_eq!((count(&replies, 200), count(&replies, 429)), (1, 2), "{replies:?}");
+    let served = rx.requests_at("/limited").into_iter().rfind(|r| r.succeeded()).unwrap();
+    assert!(served.took.unwrap() >= Duration::from_millis(100));
+}
+
+#[tokio::test]
+async fn a_queueing_receiver_slows_down_with_load_and_never_refuses() {
+    // 200 ms alone or with one other; 100 ms more for each beyond two.
+    let rx = Receiver::builder()
+        .path(
+            "/queue",
+            Behavior::queueing(Duration::from_millis(200), Duration::from_millis(100), 2),
+        )
+        .start()
+        .await;
+    let replies = at_once(&rx.url("/queue"), 4).await;
+    assert_eq!(count(&replies, 200), 4, "{replies:?}");
+    let mut reqs = rx.requests_at("/queue");
+    reqs.sort_by_key(|r| r.in_progress);
+    let seen: Vec<(usize, Reply)> = reqs.iter().map(|r| (r.in_progress, r.reply.clone())).collect();
+    let ms = |m| Reply::Delay(Duration::from_millis(m));
+    assert_eq!(seen, [(0, ms(200)), (1, ms(200)), (2, ms(300)), (3, ms(400))]);
+    for r in &reqs {
+        let Reply::Delay(d) = r.reply else { unreachable!() };
+        let took = r.took.unwrap();
+        assert!(took >= d && took < d + Duration::from_millis(150), "{r}: took {took:?}");
+    }
+    let load = Load::of(&reqs);
+    assert_eq!((load.refused, load.peak_concurrency, load.timed()), (0, 4, 4));
+    assert!(load.latency_quantile(0.5).unwrap() < Duration::from_millis(300));
+    assert!(load.latency_quantile(0.99).unwrap() >= Duration::from_millis(400));
+
+    // Alone again: the unloaded latency.
+    post(&client(), &rx.url("/queue"), "alone").await.unwrap();
+    let alone = rx.requests_at("/queue").pop().unwrap();
+    assert_eq!((alone.in_progress, alone.reply), (0, ms(200)));
 }

@@ -513,7 +513,8 @@ fn cmd_bench(args: &[String]) -> Result<ExitCode> {
     }
     run(&mut build)?;
     let bins = target_dir().join(profile);
-    if relay && !rest.iter().any(|a| a == "--overhead-only") {
+    let only = |a: &String| a == "--overhead-only" || a == "--adaptive-only";
+    if relay && !rest.iter().any(only) {
         rest.push("--extra".into());
         rest.push(format!("relay={}", bins.join(exe("relay-bench")).display()));
     }
@@ -529,7 +530,7 @@ fn cmd_bench(args: &[String]) -> Result<ExitCode> {
     }
     let chosen = rest
         .iter()
-        .any(|a| a == "--postgres" || a.starts_with("--postgres=") || a == "--overhead-only");
+        .any(|a| a == "--postgres" || a.starts_with("--postgres=") || only(a));
     if !chosen && let Some(url) = bench_postgres() {
         cmd.arg("--postgres").arg(url);
     }
