@@ -42,8 +42,16 @@ const MIN_IDLE: Duration = Duration::from_millis(5);
 
 /// What a lane holds for one attempt (one delivery, or one batch): released on drop.
 pub(super) struct Slot {
-    _target: GatePermit,
+    target: GatePermit,
     _pool: Option<PoolPermit>,
+}
+
+impl Slot {
+    /// Gives the shared pool's part back and keeps the target's: a resting slot holds back
+    /// its own target only.
+    pub(super) fn rest(self) -> GatePermit {
+        self.target
+    }
 }
 
 /// Starts an attempt of claimed deliveries, holding the slot until the attempt ends.
@@ -245,7 +253,7 @@ impl Lane {
                 }
             };
             slots.push(Slot {
-                _target: permit,
+                target: permit,
                 _pool: pool,
             });
         }
