@@ -329,28 +329,28 @@ mod tests {
 
     const RTT: Duration = Duration::from_millis(20);
 
-    /// Drives `flow` until its limit is at its ceiling.
-    fn grow(flow: &Flow, now: &mut Instant) {
+    /// Drives `flow` until its limit is at its ceiling, on tokio's paused clock.
+    async fn grow(flows: &[&Flow]) -> Instant {
         for _ in 0..20 {
-            let limit = flow.limit();
-            for _ in 0..limit {
-                flow.started();
+            let limits: Vec<u32> = flows.iter().map(|f| f.limit()).collect();
+            for (flow, limit) in flows.iter().zip(&limits) {
+                (0..*limit).for_each(|_| flow.started());
             }
-            *now += RTT;
-            for _ in 0..limit {
-                flow.finished(Answer::Accepted(RTT), *now);
+            tokio::time::advance(RTT).await;
+            for (flow, limit) in flows.iter().zip(&limits) {
+                (0..*limit).for_each(|_| drop(flow.finished(Answer::Accepted(RTT), Instant::now())));
             }
         }
+        Instant::now()
     }
 
-    #[test]
-    fn the_budget_holds_retries_only_while_the_receiver_is_under_pressure() {
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_holds_retries_only_while_the_receiver_is_under_pressure() {
         let flow = Flow::new(&spec(
             "crm",
             "concurrency = 4\n[retry_budget]\nmin_per_sec = 0\nratio = 0",
         ));
-        let mut now = Instant::now();
-        grow(&flow, &mut now);
+        let now = grow(&[&flow]).await;
         assert_eq!(flow.limit(), 4);
         for _ in 0..4 {
             flow.admit(false, true, now).unwrap();
@@ -367,13 +367,11 @@ mod tests {
         assert_eq!((budget.first_attempts, budget.retries, budget.held), (4, 10, 1));
     }
 
-    #[test]
-    fn a_refusal_burst_lowers_the_gate_and_a_fixed_flow_never_moves() {
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_burst_lowers_the_gate_and_a_fixed_flow_never_moves() {
         let adaptive = Flow::new(&spec("a", "concurrency = 8"));
         let fixed = Flow::new(&spec("f", "concurrency = 8\nconcurrency_mode = \"fixed\""));
-        let mut now = Instant::now();
-        grow(&adaptive, &mut now);
-        grow(&fixed, &mut now);
+        let now = grow(&[&adaptive, &fixed]).await;
         assert_eq!((adaptive.limit(), fixed.limit()), (8, 8));
         // Six attempts running, and then half of the last answers refused: a burst.
         for flow in [&adaptive, &fixed] {
@@ -390,6 +388,20 @@ mod tests {
         assert_eq!(fixed.status().refusals, 10, "refusals are counted in both modes");
         let permits: Vec<_> = std::iter::from_fn(|| adaptive.gate().try_acquire()).collect();
         assert_eq!(permits.len(), 4, "the gate follows the limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_attempt_rests_its_slot_for_a_round_trip_on_adaptive_targets_only() {
+        let adaptive = Flow::new(&spec("a", "concurrency = 8"));
+        let fixed = Flow::new(&spec("f", "concurrency = 8\nconcurrency_mode = \"fixed\""));
+        let refused = Answer::Refused(Some(Duration::from_secs(1)));
+        assert_eq!(adaptive.rest(refused), None, "no round trip known yet: no rest");
+        grow(&[&adaptive, &fixed]).await;
+        assert_eq!(adaptive.rest(refused), Some(RTT), "the receiver's unloaded round trip");
+        assert_eq!(adaptive.rest(Answer::Refused(None)), Some(RTT), "a timeout too");
+        assert_eq!(adaptive.rest(Answer::Accepted(RTT)), None);
+        assert_eq!(adaptive.rest(Answer::Other), None, "a 500 says nothing about load");
+        assert_eq!(fixed.rest(refused), None, "a fixed target keeps today's behaviour");
     }
 
     #[tokio::test]
