@@ -26,21 +26,13 @@ use crate::targets::routing::{OPERATIONAL_PREFIX, Routes};
 use crate::telemetry::metrics;
 
 /// Starts an attempt of `deliveries` on the dispatcher's task tracker; `slot` is held until
-/// it ends (and the target's part of it for the rest of a refused attempt, see
-/// [`Flow::rest`](super::flow::Flow::rest)). `lane_target` runs it if the target has been
-/// removed meanwhile.
+/// it ends. `lane_target` runs it if the target has been removed meanwhile.
 pub(super) fn spawn(shared: &Arc<Shared>, lane_target: &Arc<Target>, deliveries: Vec<Claimed>, slot: Slot) {
     let shared_for_task = Arc::clone(shared);
     let fallback = Arc::clone(lane_target);
     shared.attempts.spawn(async move {
-        let rest = run(&shared_for_task, deliveries, fallback).await;
-        if let Some(rest) = rest {
-            let _target = slot.rest();
-            tokio::select! {
-                () = tokio::time::sleep(rest) => {}
-                () = shared_for_task.abort.cancelled() => {}
-            }
-        }
+        run(&shared_for_task, deliveries, fallback).await;
+        drop(slot);
     });
 }
 
@@ -112,10 +104,9 @@ fn input_for(delivery: &Claimed) -> EventInput {
     }
 }
 
-/// Runs claimed deliveries and queues their settlements; returns how long the slot should
-/// rest before its next attempt.
-async fn run(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Target>) -> Option<Duration> {
-    let first = deliveries.first()?;
+/// Runs claimed deliveries and queues their settlements.
+async fn run(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Target>) {
+    let Some(first) = deliveries.first() else { return };
     let name = first.target.clone();
     let registry = &shared.services.registry;
     // The newest version of the target runs the attempt; the lane's is the fallback when the
@@ -132,14 +123,13 @@ async fn run(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Target>
                 target.binding.deliver(inputs.remove(0)).await.into()
             }
         } => r,
-        _ = shared.abort.cancelled() => return None, // released at shutdown
+        _ = shared.abort.cancelled() => return, // released at shutdown
     };
 
     // After the call: whether the target was removed meanwhile, and who subscribes to the
     // operational events it may cause.
     let after = registry.snapshot();
     let recovered = learn(shared, &target.spec, &report, &after.routes);
-    let rest = flow.rest(report.answer);
     if let Some(pause) = flow.finished(report.answer, Instant::now()) {
         // Refused even one at a time: the whole target waits, as the receiver asked.
         pause_target(shared, &target.spec, pause);
@@ -160,7 +150,6 @@ async fn run(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Target>
             );
         }
     }
-    rest
 }
 
 /// Feeds the call to the target's breaker (as a whole: see `Signal::of_call`) and logs what

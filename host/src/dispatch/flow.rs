@@ -265,14 +265,6 @@ impl Flow {
         }
     }
 
-    /// How long the slot of an attempt that ended with `answer` stays taken after it: a
-    /// refused one rests for the receiver's unloaded round trip (adaptive targets only).
-    pub(super) fn rest(&self, answer: Answer) -> Option<Duration> {
-        let s = lock(&self.state);
-        let rest = s.controller.rest();
-        (matches!(answer, Answer::Refused(_)) && s.mode == ConcurrencyMode::Adaptive && !rest.is_zero()).then_some(rest)
-    }
-
     pub(super) fn status(&self) -> FlowStatus {
         let mut s = lock(&self.state);
         let limit = Self::limit_of(&s);

@@ -42,16 +42,8 @@ const MIN_IDLE: Duration = Duration::from_millis(5);
 
 /// What a lane holds for one attempt (one delivery, or one batch): released on drop.
 pub(super) struct Slot {
-    target: GatePermit,
+    _target: GatePermit,
     _pool: Option<PoolPermit>,
-}
-
-impl Slot {
-    /// Gives the shared pool's part back and keeps the target's: a resting slot holds back
-    /// its own target only.
-    pub(super) fn rest(self) -> GatePermit {
-        self.target
-    }
 }
 
 /// Starts an attempt of claimed deliveries, holding the slot until the attempt ends.
@@ -253,7 +245,7 @@ impl Lane {
                 }
             };
             slots.push(Slot {
-                target: permit,
+                _target: permit,
                 _pool: pool,
             });
         }

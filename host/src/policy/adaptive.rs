@@ -34,11 +34,6 @@
 //!   refuses even one request at a time (a rate limit): the controller asks for the target to
 //!   pause for the receiver's requested delay.
 //!
-//! - **A refused slot rests.** A refused attempt keeps its slot for one unloaded round trip
-//!   ([`Controller::rest`], at most [`REST_MAX`]), as an admitted one would have: a slot above
-//!   what the receiver takes then sends once a round trip instead of as fast as the receiver
-//!   can refuse, so the refusals a probe or a rate limit costs are a few, not a storm.
-//!
 //! A window's round trips are those of the attempts it started: an answer to an attempt
 //! started at the previous level says nothing about this one.
 //!
@@ -85,8 +80,6 @@ pub const PROBE_GAP_MAX: Duration = Duration::from_secs(5);
 /// after a few round trips of slow start, an overloaded one is not flooded first, and a few
 /// requests that hang cannot hold the target hostage.
 pub const INITIAL: u32 = 4;
-/// Longest rest of a refused slot.
-pub const REST_MAX: Duration = Duration::from_millis(100);
 /// The pause at the floor when the receiver gave no delay.
 pub const FLOOR_PAUSE: Duration = Duration::from_secs(1);
 
@@ -252,12 +245,6 @@ impl Controller {
     /// The receiver's unloaded round trip, as learned.
     pub fn baseline(&self) -> Option<Duration> {
         self.baseline
-    }
-
-    /// How long the slot of a refused attempt stays taken: the receiver's unloaded round trip
-    /// (what an admitted attempt would have taken), at most [`REST_MAX`]; none before it is known.
-    pub fn rest(&self) -> Duration {
-        self.baseline.unwrap_or_default().min(REST_MAX)
     }
 
     /// Takes a manifest's new ceiling (after a reload), keeping what was learned.
@@ -462,25 +449,6 @@ mod tests {
             limits.push(c.limit());
         }
         (limits, accepted, refused)
-    }
-
-    #[test]
-    fn a_refused_slot_rests_for_the_unloaded_round_trip_and_a_tenth_of_a_second_at_most() {
-        let mut now = Instant::now();
-        let mut c = Controller::new(16, now);
-        assert_eq!(c.rest(), Duration::ZERO, "no round trip known yet: no rest");
-        let _ = against(&mut c, &mut now, 4, |_| 100);
-        assert_eq!(c.rest(), RTT);
-
-        let slow = Duration::from_millis(300);
-        let mut c = Controller::new(16, now);
-        for _ in 0..2 {
-            c.started();
-            now += slow;
-            let _ = c.finished(Answer::Accepted(slow), now);
-        }
-        assert_eq!(c.baseline(), Some(slow));
-        assert_eq!(c.rest(), REST_MAX);
     }
 
     #[test]
