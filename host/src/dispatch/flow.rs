@@ -382,20 +382,6 @@ mod tests {
         assert_eq!(permits.len(), 4, "the gate follows the limit");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_refused_attempt_rests_its_slot_for_a_round_trip_on_adaptive_targets_only() {
-        let adaptive = Flow::new(&spec("a", "concurrency = 8"));
-        let fixed = Flow::new(&spec("f", "concurrency = 8\nconcurrency_mode = \"fixed\""));
-        let refused = Answer::Refused(Some(Duration::from_secs(1)));
-        assert_eq!(adaptive.rest(refused), None, "no round trip known yet: no rest");
-        grow(&[&adaptive, &fixed]).await;
-        assert_eq!(adaptive.rest(refused), Some(RTT), "the receiver's unloaded round trip");
-        assert_eq!(adaptive.rest(Answer::Refused(None)), Some(RTT), "a timeout too");
-        assert_eq!(adaptive.rest(Answer::Accepted(RTT)), None);
-        assert_eq!(adaptive.rest(Answer::Other), None, "a 500 says nothing about load");
-        assert_eq!(fixed.rest(refused), None, "a fixed target keeps today's behaviour");
-    }
-
     #[tokio::test]
     async fn a_gate_shrinks_while_its_permits_are_out_and_grows_again() {
         let gate = Gate::new(4);
