@@ -261,7 +261,7 @@ async fn tokens_and_scopes_guard_the_api() {
     })
     .await;
     let (status, body, _) = call("POST", &host.url("/v1/deliveries/replay"), Some(ADMIN), Some(json!({}))).await;
-    assert_eq!((status, &body), (200, &json!({"replayed": 1})));
+    assert_eq!((status, &body), (200, &json!({"replayed": 1, "more": false})));
     let (status, body, _) = call("POST", &host.url("/v1/targets/crm/pause"), Some(ADMIN), None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["paused"], true);

@@ -73,16 +73,35 @@ pub(crate) struct FailedPage {
 pub(crate) struct ReplayedOut {
     /// How many deliveries are pending again.
     pub replayed: u64,
+    /// The replay stopped at its cap with matching deliveries left: replay again.
+    pub more: bool,
 }
 
 /// The answer of `GET /healthz`.
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)] // describes an answer built with `json!` (or `ApiError`); schemathesis checks it
 pub(crate) struct HealthOut {
-    /// Always `ok`.
+    /// `ok`, or `degraded` when files in the plugins directory did not load.
     pub status: String,
     /// Loaded targets.
+    #[schema(minimum = 0)]
     pub targets: u64,
+    /// Degraded only: targets held because their plugin did not load.
+    pub held: Option<Vec<String>>,
+    /// Degraded only: the files that did not load: where and what, never their text.
+    pub errors: Option<Vec<HealthError>>,
+}
+
+/// A file that did not load, as `GET /healthz` shows it.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // describes an answer built with `json!`; schemathesis checks it
+pub(crate) struct HealthError {
+    pub target: Option<String>,
+    pub file: String,
+    pub line: Option<u32>,
+    pub column: Option<u32>,
+    pub message: String,
+    pub at: String,
 }
 
 /// The document's frame: info and the bearer security scheme. The paths are added by
