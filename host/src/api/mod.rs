@@ -520,10 +520,13 @@ async fn replay(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let started = now_ms();
     let body = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    // An empty body, `null` and `{}` are all the empty filter.
     let request: FilterIn = if body.iter().all(u8::is_ascii_whitespace) {
         FilterIn::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid replay filter: {e}")))?
+        serde_json::from_slice::<Option<FilterIn>>(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid replay filter: {e}")))?
+            .unwrap_or_default()
     };
     let (start_after, _) = extract::paging(request.after, None, 1, 1)?;
     let cap = match (request.limit, request.all) {

@@ -35,7 +35,7 @@ pub(crate) struct ErrorBody {
 #[allow(dead_code)] // documentation only: the handler parses the body with `outbox::input::parse`
 pub(crate) enum EventsIn {
     One(crate::outbox::input::EventIn),
-    Many(Vec<crate::outbox::input::EventIn>),
+    Many(#[schema(min_items = 1, max_items = 1000)] Vec<crate::outbox::input::EventIn>),
 }
 
 /// The answer to `POST /v1/events`: one result for one event, an array for an array.

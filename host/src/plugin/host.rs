@@ -279,17 +279,21 @@ fn check_headers(headers: &[(String, String)]) -> Result<(), http::Error> {
     Ok(())
 }
 
-/// What went wrong, without the URL: reqwest's text ends with the full URL.
+/// What went wrong, with the URL's scheme, host and port only: reqwest's own text ends with
+/// the full URL (user info, path and query).
 fn map_reqwest_error(e: reqwest::Error) -> http::Error {
+    let at = e.url().map(|u| crate::redact::origin(u.as_str()));
     let e = e.without_url();
+    let text = || match &at {
+        Some(origin) => format!("{origin}: {}", error_chain(&e)),
+        None => error_chain(&e),
+    };
     if e.is_timeout() {
         http::Error::Timeout
-    } else if e.is_connect() {
-        http::Error::Connect(error_chain(&e))
-    } else if e.is_builder() || e.is_request() {
-        http::Error::Other(error_chain(&e))
+    } else if e.is_builder() || (e.is_request() && !e.is_connect()) {
+        http::Error::Other(text())
     } else {
-        http::Error::Connect(error_chain(&e))
+        http::Error::Connect(text())
     }
 }
 
@@ -476,6 +480,10 @@ mod tests {
         for secret in ["PATHSECRET", "QUERYSECRET", "pw@"] {
             assert!(!err.contains(secret), "{err}");
         }
+        assert!(
+            err.starts_with("http://127.0.0.1:1: "),
+            "where it failed is kept: {err}"
+        );
         let (_, requests) = s.end();
         assert_eq!(requests[1].url, "http://127.0.0.1:1");
         assert!(!format!("{requests:?}").contains("SECRET"), "{requests:?}");
