@@ -17,7 +17,7 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder};
+use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr, Schema};
 
 use super::{FailedOut, IngestedOut};
 
@@ -29,13 +29,41 @@ pub(crate) struct ErrorBody {
     pub error: String,
 }
 
-/// The body of `POST /v1/events`: one event, or an array of 1 to 1000.
-#[derive(Deserialize, ToSchema)]
+/// The body of `POST /v1/events`: one event, or an array of 1 to 1000. Its schema is
+/// written out (below) for the array's bounds, which the derive cannot put on a variant.
+#[derive(Deserialize)]
 #[serde(untagged)]
 #[allow(dead_code)] // documentation only: the handler parses the body with `outbox::input::parse`
 pub(crate) enum EventsIn {
     One(crate::outbox::input::EventIn),
-    Many(#[schema(min_items = 1, max_items = 1000)] Vec<crate::outbox::input::EventIn>),
+    Many(Vec<crate::outbox::input::EventIn>),
+}
+
+impl utoipa::PartialSchema for EventsIn {
+    fn schema() -> RefOr<Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder};
+        let event = || Ref::from_schema_name("EventIn");
+        let batch = ArrayBuilder::new()
+            .items(event())
+            .min_items(Some(1))
+            .max_items(Some(crate::outbox::input::MAX_BATCH));
+        let one_of = OneOfBuilder::new()
+            .description(Some("One event, or an array of 1 to 1000 of them (all or nothing)."))
+            .item(event())
+            .item(Schema::Array(batch.build()));
+        RefOr::T(Schema::OneOf(one_of.build()))
+    }
+}
+
+impl ToSchema for EventsIn {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        use crate::outbox::input::EventIn;
+        schemas.push((
+            EventIn::name().into_owned(),
+            <EventIn as utoipa::PartialSchema>::schema(),
+        ));
+        <EventIn as ToSchema>::schemas(schemas);
+    }
 }
 
 /// The answer to `POST /v1/events`: one result for one event, an array for an array.

@@ -82,7 +82,7 @@ pub(crate) struct EventIn {
     /// the first event's id) and writes nothing. Keys starting with `source:` or `outboxd.`
     /// are outboxd's own and refused.
     #[serde(default)]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 255, pattern = "^[^\\x00]+$")]
     idempotency_key: Option<ProducerKey>,
     /// At most 64; names 1-256 bytes, values at most 8192; handed to plugins sorted by name.
     #[serde(default)]
@@ -156,7 +156,7 @@ pub fn parse(body: &[u8], max_payload_bytes: usize) -> Result<Batch, IngestError
                 return Err(IngestError::Invalid("the batch is empty".into()));
             }
             if items.len() > MAX_BATCH {
-                return Err(IngestError::TooLarge(format!(
+                return Err(IngestError::Invalid(format!(
                     "the batch has {} events; at most {MAX_BATCH} are accepted per request",
                     items.len()
                 )));
