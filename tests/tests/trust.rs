@@ -72,7 +72,11 @@ async fn a_web_page_can_neither_drive_nor_read_the_local_api() {
     )
     .await;
     assert_eq!(status, 202, "nothing was stored by the refused requests before: {body}");
-    assert_eq!(host.count_rows("events"), 1);
+    // (The delivery dies at the receiver's 400: outboxd's own dead-letter event is not counted.)
+    assert_eq!(
+        host.sql_i64("SELECT count(*) FROM events WHERE type = 'order.created'"),
+        1
+    );
 
     // What clients, the CLI's users and the dashboard send still works.
     let port = host.addr().port();
