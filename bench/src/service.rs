@@ -321,6 +321,7 @@ impl Service {
         let r = self
             .client
             .post(format!("{}{path}", self.hosts[0].base))
+            .header("x-outboxd-request", "bench")
             .send()
             .await
             .map_err(|e| format!("POST {path}: {e}"))?;

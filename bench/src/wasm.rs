@@ -63,6 +63,7 @@ pub async fn measure(
         target: name.as_str().into(),
         config: Arc::new(config.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()),
         allowed_hosts: allowed_hosts.to_vec().into(),
+        allow_private: false,
         timeout: Duration::from_secs(10),
         memory_bytes: 64 * 1024 * 1024,
         log_budget: outboxd::plugin::LogBudget::default(),

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod outbox;
 pub mod plugin;
 pub mod policy;
+pub mod redact;
 pub mod server;
 pub mod source;
 pub mod store;

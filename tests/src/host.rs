@@ -119,6 +119,9 @@ pub struct Target {
     /// `allowed_hosts` (`host:port`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
+    /// `allow_private`: names in `allowed_hosts` may resolve to private addresses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_private: Option<bool>,
     /// `class`: `critical`, `best-effort`, `slow` or `batched`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
@@ -162,6 +165,7 @@ impl Target {
             concurrency_mode: None,
             memory_mb: None,
             allowed_hosts: Vec::new(),
+            allow_private: None,
             class: None,
             ordered: None,
             rate_per_sec: None,
@@ -238,6 +242,12 @@ impl Target {
     /// Add a `host:port` to `allowed_hosts`.
     pub fn allow(mut self, authority: &str) -> Self {
         self.allowed_hosts.push(authority.to_owned());
+        self
+    }
+
+    /// Set `allow_private`.
+    pub fn allow_private(mut self, allow: bool) -> Self {
+        self.allow_private = Some(allow);
         self
     }
 
@@ -591,6 +601,12 @@ impl Host {
             .as_array_mut()
             .expect("api.tokens is an array")
             .push(entry.into());
+        self
+    }
+
+    /// Set a key of `[api]` (written at the next start).
+    pub fn set_api_config(&mut self, key: &str, value: impl Into<toml::Value>) -> &mut Self {
+        self.api_table().insert(key.to_owned(), value.into());
         self
     }
 

@@ -154,7 +154,11 @@ async fn ten_thousand_dead_deliveries_replayed_by_the_cli_arrive_exactly_once() 
     let (status, body) = host
         .post_json("/v1/deliveries/replay", &json!({"target": "bulk"}))
         .await;
-    assert_eq!((status, body.clone()), (200, json!({"replayed": 0})), "{body}");
+    assert_eq!(
+        (status, body.clone()),
+        (200, json!({"replayed": 0, "more": false})),
+        "{body}"
+    );
     // No further requests after replaying nothing.
     rx.expect_no_more(mark + BULK, Duration::from_millis(500)).await;
 }
@@ -276,7 +280,11 @@ async fn dead_critical_deliveries_are_listed_announced_and_replayable() {
     let (status, body) = host
         .post_json("/v1/deliveries/replay", &json!({"error": "HTTP 400", "status": "dead"}))
         .await;
-    assert_eq!((status, body.clone()), (200, json!({"replayed": 5})), "{body}");
+    assert_eq!(
+        (status, body.clone()),
+        (200, json!({"replayed": 5, "more": false})),
+        "{body}"
+    );
     for id in &ids {
         let ev = host.wait_settled(id, &["billing"]).await;
         assert_eq!(testkit::status_of(&ev, "billing"), Some("delivered"), "{ev:#}");
@@ -285,7 +293,11 @@ async fn dead_critical_deliveries_are_listed_announced_and_replayable() {
     let (status, body) = host
         .post_json("/v1/deliveries/replay", &json!({"error": "HTTP 400", "status": "dead"}))
         .await;
-    assert_eq!((status, body.clone()), (200, json!({"replayed": 0})), "{body}");
+    assert_eq!(
+        (status, body.clone()),
+        (200, json!({"replayed": 0, "more": false})),
+        "{body}"
+    );
 }
 
 /// `GET /v1/deliveries/failed?<query>`, asserting 200; returns (deliveries, next_after).

@@ -68,6 +68,15 @@ pub struct ApiFile {
     open: Option<Vec<String>>,
     #[serde(default)]
     tokens: Vec<TokenFile>,
+    /// Host names (beyond the listen address and loopback names) the API answers to.
+    #[serde(default)]
+    pub(crate) allowed_hosts: Vec<String>,
+    /// How long a client may take to send a request's headers, in ms.
+    pub(crate) header_read_timeout_ms: Option<u64>,
+    /// How long a request may take, its body and the answer included, in ms.
+    pub(crate) request_timeout_ms: Option<u64>,
+    /// Connections served at once; more wait to be accepted.
+    pub(crate) max_connections: Option<usize>,
 }
 
 /// One `[[api.tokens]]` entry as written.
@@ -114,7 +123,7 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 impl AuthConfig {
-    /// Validates `[api]`; the message names the offending key.
+    /// Validates `[api]`'s tokens and open endpoints; the message names the offending key.
     pub fn from_file(file: ApiFile) -> Result<Self, String> {
         let mut config = AuthConfig {
             allow_unauthenticated: file.allow_unauthenticated.unwrap_or(false),
@@ -265,15 +274,41 @@ pub fn check(auth: &AuthConfig, scope: Scope, path: &str, authorization: Option<
     }
 }
 
-/// The middleware: serves the request if its token has the guard's scope.
-pub async fn require(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+/// What the caller of a served request may see beyond its route: a handler whose answer
+/// could show other producers' data asks it (an ingest-only token is not told the id of
+/// another producer's event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The API is open, or the token has the `read` (or `admin`) scope.
+    pub may_read: bool,
+}
+
+impl Caller {
+    fn of(auth: &AuthConfig, authorization: Option<&HeaderValue>) -> Self {
+        let may_read = !auth.enabled()
+            || authorization
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.split_once(' '))
+                .and_then(|(_, token)| auth.lookup(token.trim()))
+                .is_some_and(|t| t.scopes.iter().any(|s| matches!(s, Scope::Read | Scope::Admin)));
+        Self { may_read }
+    }
+}
+
+/// The middleware: serves the request if its token has the guard's scope, with the
+/// [`Caller`] in the request's extensions.
+pub async fn require(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
     match check(
         &guard.auth,
         guard.scope,
         request.uri().path(),
         request.headers().get(AUTHORIZATION),
     ) {
-        Ok(()) => next.run(request).await,
+        Ok(()) => {
+            let caller = Caller::of(&guard.auth, request.headers().get(AUTHORIZATION));
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
         Err(denied) => denied.into_response(),
     }
 }
@@ -349,6 +384,13 @@ mod tests {
             check(&auth, Scope::Read, "/v1/targets", Some(&basic)),
             Err(Denied::Unauthenticated(_))
         ));
+        // Only a token that may read is told what others sent.
+        assert!(!Caller::of(&auth, Some(&ingest)).may_read);
+        assert!(Caller::of(&auth, Some(&read)).may_read && Caller::of(&auth, Some(&admin)).may_read);
+        assert!(
+            Caller::of(&config("").unwrap(), None).may_read,
+            "an open API hides nothing"
+        );
         // Opened by configuration.
         assert_eq!(check(&auth, Scope::Read, "/metrics", None), Ok(()));
         assert_eq!(check(&auth, Scope::Read, "/healthz", None), Ok(()));

@@ -3,6 +3,8 @@
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
 
 use super::ApiError;
 
@@ -23,6 +25,46 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
             ))),
         }
     }
+}
+
+/// A whole number as a JSON body sends it (`5`, or `5.0`, which JSON Schema counts as an
+/// integer too) or as a query string does (`"5"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Whole {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Whole {
+    fn get<T: TryFrom<i64>>(self) -> Option<T> {
+        let n = match self {
+            Whole::Int(n) => n,
+            Whole::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => f as i64,
+            Whole::Float(_) => return None,
+            Whole::Text(s) => s.trim().parse().ok()?,
+        };
+        T::try_from(n).ok()
+    }
+}
+
+/// `deserialize_with` for an optional whole number (see [`Whole`]).
+pub fn opt_whole<'de, D: Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<Option<T>, D::Error> {
+    Option::<Whole>::deserialize(d)?
+        .map(|w| {
+            w.get()
+                .ok_or_else(|| D::Error::custom("expected a whole number in range"))
+        })
+        .transpose()
+}
+
+/// `deserialize_with` for a list of whole numbers (see [`Whole`]).
+pub fn whole_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+    Vec::<Whole>::deserialize(d)?
+        .into_iter()
+        .map(|w| w.get().ok_or_else(|| D::Error::custom("expected whole numbers")))
+        .collect()
 }
 
 /// Checks the paging parameters of a listing: `limit` 1 to `max` (default `default`) and

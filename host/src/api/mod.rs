@@ -11,6 +11,7 @@
 //! of the handlers here) and `dashboard` (the web page at `/`).
 
 pub mod auth;
+pub mod browser;
 pub mod dashboard;
 pub mod metrics;
 pub mod openapi;
@@ -61,6 +62,10 @@ pub struct AppState {
     pub max_request_bytes: usize,
     /// Tokens and scopes (`[api]`).
     pub auth: Arc<auth::AuthConfig>,
+    /// The `Host` values the API answers to (`[api] allowed_hosts`).
+    pub hosts: Arc<browser::HostRules>,
+    /// A request that takes longer is answered `408` (`[api] request_timeout_ms`).
+    pub request_timeout: std::time::Duration,
 }
 
 /// The documented API, grouped by the scope a token needs for it. Every route goes through
@@ -95,13 +100,33 @@ pub fn api_routes(auth: Arc<auth::AuthConfig>) -> OpenApiRouter<Arc<AppState>> {
 /// The API router: the documented API, its document, and the dashboard.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_request_bytes;
+    let hosts = Arc::clone(&state.hosts);
+    let timeout = state.request_timeout;
     let (api, doc) = api_routes(Arc::clone(&state.auth)).split_for_parts();
     api.merge(openapi::router(doc))
         .merge(dashboard::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(hosts, browser::guard))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| within(timeout, request, next),
+        ))
         .with_state(state)
+}
+
+/// Answers `408` when serving a request (reading its body included) takes over `limit`.
+async fn within(limit: std::time::Duration, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            Json(serde_json::json!({
+                "error": format!("the request was not finished within {} ms", limit.as_millis())
+            })),
+        )
+            .into_response(),
+    }
 }
 
 /// An API failure, rendered as `{"error": "…"}`.
@@ -147,16 +172,18 @@ impl IntoResponse for ApiError {
 /// What ingesting one event did.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct IngestedOut {
-    /// The event's id (UUIDv7): the new one, or the first event's for a known idempotency key.
-    id: String,
+    /// The event's id (UUIDv7): the new one, or the first event's for a known idempotency
+    /// key, which is shown only to a caller that may read events (`null` to an ingest-only
+    /// token: the key may be another producer's).
+    id: Option<String>,
     /// The idempotency key had been seen before: nothing was written.
     duplicate: bool,
 }
 
-impl From<Ingested> for IngestedOut {
-    fn from(i: Ingested) -> Self {
+impl IngestedOut {
+    fn of(i: Ingested, caller: auth::Caller) -> Self {
         Self {
-            id: i.id.to_string(),
+            id: (!i.duplicate || caller.may_read).then(|| i.id.to_string()),
             duplicate: i.duplicate,
         }
     }
@@ -177,14 +204,17 @@ impl From<Ingested> for IngestedOut {
         (status = 401, description = "A token is required", body = openapi::ErrorBody),
         (status = 403, description = "The token lacks the `ingest` scope", body = openapi::ErrorBody),
         (status = 413, description = "Payload or request too large", body = openapi::ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = openapi::ErrorBody),
         (status = 503, description = "Database failure", body = openapi::ErrorBody),
     ),
     security(("bearer" = ["ingest"]), ()),
 )]
 async fn post_events(
     State(state): State<Arc<AppState>>,
+    caller: Option<axum::Extension<auth::Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let caller = caller.map_or(auth::Caller { may_read: false }, |c| c.0);
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(format!(
@@ -195,7 +225,7 @@ async fn post_events(
             ApiError::BadRequest(e.body_text())
         }
     })?;
-    let batch = input::parse(&body, state.max_payload_bytes)?;
+    let batch = input::parse_from_producer(&body, state.max_payload_bytes)?;
     let single = matches!(batch, Batch::One(_));
     let ingested = state.outbox.accept(batch.into_vec(), Origin::Api).await?;
     let status = if ingested.iter().any(|i| !i.duplicate) {
@@ -203,7 +233,7 @@ async fn post_events(
     } else {
         StatusCode::OK
     };
-    let out: Vec<IngestedOut> = ingested.into_iter().map(Into::into).collect();
+    let out: Vec<IngestedOut> = ingested.into_iter().map(|i| IngestedOut::of(i, caller)).collect();
     Ok(if single {
         (status, Json(out.into_iter().next())).into_response()
     } else {
@@ -298,7 +328,7 @@ fn event_out(d: EventDetail) -> Result<EventOut, ApiError> {
     path = "/v1/events/{id}",
     tag = "events",
     summary = "An event, its deliveries and their attempt history",
-    params(("id" = String, Path, description = "The event id (a UUID)")),
+    params(("id" = String, Path, description = "The event id (a UUID)", pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
     responses(
         (status = 200, description = "The event", body = EventOut),
         (status = 400, description = "Not a UUID", body = openapi::ErrorBody),
@@ -327,25 +357,46 @@ async fn get_event(State(state): State<Arc<AppState>>, PathParam(id): PathParam)
 #[into_params(parameter_in = Query)]
 pub struct FilterIn {
     /// `dead` or `discarded`; both when absent.
+    #[schema(pattern = "^(dead|discarded)$")]
+    #[param(pattern = "^(dead|discarded)$")]
     pub status: Option<String>,
+    /// A target name.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
+    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub target: Option<String>,
-    /// Event-type glob.
+    /// Event-type glob (letters, digits, `.`, `_`, `-`, `:`, and the wildcards `*` and `?`).
+    #[schema(pattern = "^[A-Za-z0-9._:*?-]{1,255}$")]
+    #[param(pattern = "^[A-Za-z0-9._:*?-]{1,255}$")]
     pub event_type: Option<String>,
-    /// RFC 3339 or epoch milliseconds: failed at or after.
+    /// Epoch milliseconds (RFC 3339 is accepted too): failed at or after.
+    #[schema(pattern = "^[0-9]{1,15}$")]
+    #[param(pattern = "^[0-9]{1,15}$")]
     pub since: Option<String>,
-    /// RFC 3339 or epoch milliseconds: failed before.
+    /// Epoch milliseconds (RFC 3339 is accepted too): failed before.
+    #[schema(pattern = "^[0-9]{1,15}$")]
+    #[param(pattern = "^[0-9]{1,15}$")]
     pub until: Option<String>,
     /// Text the last error contains (case-insensitive).
     pub error: Option<String>,
     /// Only these deliveries (JSON bodies only: a query string cannot carry a list).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "extract::whole_list")]
     #[param(ignore)]
     pub delivery_ids: Vec<i64>,
-    /// Listing only: deliveries with an id above this (paging).
+    /// Only deliveries with an id above this: the listing's paging, or where a replay starts.
+    #[serde(default, deserialize_with = "extract::opt_whole")]
+    #[schema(minimum = 0)]
+    #[param(minimum = 0)]
     pub after: Option<i64>,
     /// At most this many: a page of the listing (default 100, at most 1000), or a cap on
-    /// the replay (default: all that match).
+    /// the replay (default 1000; see `all`).
+    #[serde(default, deserialize_with = "extract::opt_whole")]
+    #[schema(minimum = 1)]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
+    /// Replay only: take every match that failed before the request (without it, a replay
+    /// takes at most `limit`, or 1000).
+    #[param(ignore)]
+    pub all: Option<bool>,
 }
 
 impl FilterIn {
@@ -413,6 +464,9 @@ async fn list_failed(
     query: Result<axum::extract::Query<FilterIn>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let axum::extract::Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if q.all.is_some() {
+        return Err(ApiError::BadRequest("`all` is for the replay only".into()));
+    }
     let (after, limit) = extract::paging(q.after, q.limit, 100, 1000)?;
     let filter = q.into_filter().map_err(|e| ApiError::BadRequest(e.0))?;
     let rows = state.store.list_failed(filter, after, limit).await?;
@@ -439,20 +493,25 @@ async fn list_failed(
 
 /// Replays in chunks of this many, one transaction each.
 pub const REPLAY_CHUNK: usize = 1000;
+/// A replay without `limit` or `"all": true` takes at most this many.
+pub const REPLAY_DEFAULT_CAP: usize = 1000;
 
 #[utoipa::path(
     post,
     path = "/v1/deliveries/replay",
     tag = "dead letters",
     summary = "Make matching dead/discarded deliveries pending again",
-    description = "The body is a filter (the listing's fields plus `delivery_ids` and `limit`). \
-                   An empty body or `{}` replays every failed delivery.",
+    description = "The body is a filter (the listing's fields plus `delivery_ids`, `after`, `limit` and `all`). \
+                   Only deliveries that failed before the request are taken, in id order, so one that \
+                   dies again meanwhile is not taken twice. At most `limit`, or 1000 when neither \
+                   `limit` nor `\"all\": true` is given; `more` says whether matches were left.",
     request_body(content = Option<FilterIn>, content_type = "application/json"),
     responses(
         (status = 200, description = "How many were replayed", body = openapi::ReplayedOut),
         (status = 400, description = "Invalid filter", body = openapi::ErrorBody),
         (status = 401, description = "A token is required", body = openapi::ErrorBody),
         (status = 403, description = "The token lacks the `admin` scope", body = openapi::ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = openapi::ErrorBody),
         (status = 503, description = "Database failure", body = openapi::ErrorBody),
     ),
     security(("bearer" = ["admin"]), ()),
@@ -461,33 +520,55 @@ async fn replay(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let started = now_ms();
     let body = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let filter: FilterIn = if body.iter().all(u8::is_ascii_whitespace) {
+    // An empty body, `null` and `{}` are all the empty filter.
+    let request: FilterIn = if body.iter().all(u8::is_ascii_whitespace) {
         FilterIn::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid replay filter: {e}")))?
+        serde_json::from_slice::<Option<FilterIn>>(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid replay filter: {e}")))?
+            .unwrap_or_default()
     };
-    if filter.limit == Some(0) {
-        return Err(ApiError::BadRequest(
-            "`limit` must be at least 1 (leave it out to replay every match)".into(),
-        ));
-    }
-    let mut cap = filter.limit.unwrap_or(usize::MAX);
-    let filter = filter.into_filter().map_err(|e| ApiError::BadRequest(e.0))?;
-    let mut replayed = 0;
-    while cap > 0 {
-        let chunk = REPLAY_CHUNK.min(cap);
-        let n = state.store.replay(filter.clone(), chunk, now_ms()).await?;
-        replayed += n;
-        cap -= n;
-        if n < chunk {
+    let (start_after, _) = extract::paging(request.after, None, 1, 1)?;
+    let cap = match (request.limit, request.all) {
+        (Some(0), _) => {
+            return Err(ApiError::BadRequest(
+                "`limit` must be at least 1 (or give `\"all\": true`)".into(),
+            ));
+        }
+        (Some(limit), _) => limit,
+        (None, Some(true)) => usize::MAX,
+        (None, _) => REPLAY_DEFAULT_CAP,
+    };
+    let mut filter = request.into_filter().map_err(|e| ApiError::BadRequest(e.0))?;
+    // Only what failed before this request: a delivery that dies again meanwhile is not
+    // taken a second time.
+    filter.until = Some(filter.until.map_or(started, |until| until.min(started)));
+    let (mut replayed, mut after, mut more) = (0, start_after, false);
+    loop {
+        let want = REPLAY_CHUNK.min(cap - replayed);
+        if want == 0 {
+            more = !state.store.list_failed(filter.clone(), after, 1).await?.is_empty();
+            break;
+        }
+        let page = state.store.list_failed(filter.clone(), after, want).await?;
+        let Some(last) = page.last() else { break };
+        after = last.delivery_id;
+        let ids: Vec<i64> = page.iter().map(|r| r.delivery_id).collect();
+        let chunk = FailedFilter {
+            delivery_ids: ids,
+            ..filter.clone()
+        };
+        replayed += state.store.replay(chunk, page.len(), now_ms()).await?;
+        if page.len() < want {
             break;
         }
     }
     if replayed > 0 {
         state.outbox.wake();
     }
-    Ok(Json(serde_json::json!({ "replayed": replayed })))
+    Ok(Json(serde_json::json!({ "replayed": replayed, "more": more })))
 }
 
 /// `200` in both cases: `ok`, or `degraded` with the files that did not load and the
@@ -517,10 +598,13 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> 
         .errors
         .iter()
         .map(|e| {
+            // Where and what only: the whole message (in the log) may quote the file's text.
             serde_json::json!({
                 "target": e.target.as_ref().map(|t| t.as_str()),
                 "file": e.file.display().to_string(),
-                "message": e.message,
+                "line": e.line,
+                "column": e.column,
+                "message": e.summary,
                 "at": format_ms(e.at),
             })
         })

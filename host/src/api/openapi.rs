@@ -17,7 +17,7 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder};
+use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr, Schema};
 
 use super::{FailedOut, IngestedOut};
 
@@ -29,13 +29,41 @@ pub(crate) struct ErrorBody {
     pub error: String,
 }
 
-/// The body of `POST /v1/events`: one event, or an array of 1 to 1000.
-#[derive(Deserialize, ToSchema)]
+/// The body of `POST /v1/events`: one event, or an array of 1 to 1000. Its schema is
+/// written out (below) for the array's bounds, which the derive cannot put on a variant.
+#[derive(Deserialize)]
 #[serde(untagged)]
 #[allow(dead_code)] // documentation only: the handler parses the body with `outbox::input::parse`
 pub(crate) enum EventsIn {
     One(crate::outbox::input::EventIn),
     Many(Vec<crate::outbox::input::EventIn>),
+}
+
+impl utoipa::PartialSchema for EventsIn {
+    fn schema() -> RefOr<Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder};
+        let event = || Ref::from_schema_name("EventIn");
+        let batch = ArrayBuilder::new()
+            .items(event())
+            .min_items(Some(1))
+            .max_items(Some(crate::outbox::input::MAX_BATCH));
+        let one_of = OneOfBuilder::new()
+            .description(Some("One event, or an array of 1 to 1000 of them (all or nothing)."))
+            .item(event())
+            .item(Schema::Array(batch.build()));
+        RefOr::T(Schema::OneOf(one_of.build()))
+    }
+}
+
+impl ToSchema for EventsIn {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        use crate::outbox::input::EventIn;
+        schemas.push((
+            EventIn::name().into_owned(),
+            <EventIn as utoipa::PartialSchema>::schema(),
+        ));
+        <EventIn as ToSchema>::schemas(schemas);
+    }
 }
 
 /// The answer to `POST /v1/events`: one result for one event, an array for an array.
@@ -73,16 +101,35 @@ pub(crate) struct FailedPage {
 pub(crate) struct ReplayedOut {
     /// How many deliveries are pending again.
     pub replayed: u64,
+    /// The replay stopped at its cap with matching deliveries left: replay again.
+    pub more: bool,
 }
 
 /// The answer of `GET /healthz`.
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)] // describes an answer built with `json!` (or `ApiError`); schemathesis checks it
 pub(crate) struct HealthOut {
-    /// Always `ok`.
+    /// `ok`, or `degraded` when files in the plugins directory did not load.
     pub status: String,
     /// Loaded targets.
+    #[schema(minimum = 0)]
     pub targets: u64,
+    /// Degraded only: targets held because their plugin did not load.
+    pub held: Option<Vec<String>>,
+    /// Degraded only: the files that did not load: where and what, never their text.
+    pub errors: Option<Vec<HealthError>>,
+}
+
+/// A file that did not load, as `GET /healthz` shows it.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // describes an answer built with `json!`; schemathesis checks it
+pub(crate) struct HealthError {
+    pub target: Option<String>,
+    pub file: String,
+    pub line: Option<u32>,
+    pub column: Option<u32>,
+    pub message: String,
+    pub at: String,
 }
 
 /// The document's frame: info and the bearer security scheme. The paths are added by

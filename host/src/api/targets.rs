@@ -17,10 +17,15 @@ use crate::domain::{DeliveryStatus, InvalidValue, TargetName, format_ms, now_ms}
 
 /// A file of the target that failed at the last reload.
 #[derive(Serialize, ToSchema)]
-pub(super) struct ReloadErrorOut {
-    file: String,
-    message: String,
-    at: String,
+pub(crate) struct ReloadErrorOut {
+    pub file: String,
+    /// 1-based line of the error in the file, when known.
+    pub line: Option<u32>,
+    /// 1-based column, when known.
+    pub column: Option<u32>,
+    /// What is wrong, without the file's text (the log has the whole message).
+    pub message: String,
+    pub at: String,
 }
 
 /// A target's circuit breaker.
@@ -214,7 +219,9 @@ pub(super) async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Js
                 .rfind(|e| e.target.as_ref().is_some_and(|n| n.as_str() == name))
                 .map(|e| ReloadErrorOut {
                     file: e.file.display().to_string(),
-                    message: e.message.clone(),
+                    line: e.line,
+                    column: e.column,
+                    message: e.summary.clone(),
                     at: format_ms(e.at),
                 });
             if let Some(h) = name.parse().ok().and_then(|n| snapshot.held.get(&n)) {
@@ -252,6 +259,8 @@ pub(super) async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Js
 async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Json<serde_json::Value>, ApiError> {
     let target: TargetName = name.parse().map_err(|e: InvalidValue| ApiError::BadRequest(e.0))?;
     let changed = state.store.set_target_paused(&target, paused, now_ms()).await?;
+    // A paused lane gives back what it read ahead, at once.
+    state.outbox.pause_changed();
     if !paused {
         state.outbox.wake();
     }
@@ -265,7 +274,7 @@ async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Json<s
     path = "/v1/targets/{name}/pause",
     tag = "targets",
     summary = "Pause a target by hand (stored; survives restarts)",
-    params(("name" = String, Path, description = "Target name")),
+    params(("name" = String, Path, description = "Target name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
     responses(
         (status = 200, description = "Paused", body = openapi::PausedOut),
         (status = 400, description = "Not a valid target name", body = openapi::ErrorBody),
@@ -287,7 +296,7 @@ pub(super) async fn pause_target(
     path = "/v1/targets/{name}/resume",
     tag = "targets",
     summary = "Resume a target paused by hand",
-    params(("name" = String, Path, description = "Target name")),
+    params(("name" = String, Path, description = "Target name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
     responses(
         (status = 200, description = "Resumed", body = openapi::PausedOut),
         (status = 400, description = "Not a valid target name", body = openapi::ErrorBody),

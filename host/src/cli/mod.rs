@@ -187,6 +187,7 @@ impl FilterArgs {
             delivery_ids: self.delivery_ids,
             after: None,
             limit: None,
+            all: None,
         }
         .into_filter()
         .map_err(|e| CliError::Input(e.0))
@@ -328,7 +329,7 @@ pub async fn enqueue(
         headers: headers.into_iter().collect(),
     })
     .map_err(|e| CliError::Input(e.to_string()))?;
-    let batch = input::parse(&body, config.max_payload_bytes)?;
+    let batch = input::parse_from_producer(&body, config.max_payload_bytes)?;
     let scan = scan_targets(&config.plugins_dir)?;
     for e in &scan.errors {
         eprintln!("warning: {e}");

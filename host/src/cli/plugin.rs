@@ -115,6 +115,10 @@ pub struct RunOptions {
     /// A `host:port` the plugin may reach; repeatable.
     #[arg(long = "allow-host", value_name = "HOST:PORT")]
     pub allow_hosts: Vec<String>,
+    /// Let names given to `--allow-host` resolve to loopback, private and link-local
+    /// addresses (a manifest's `allow_private = true`).
+    #[arg(long)]
+    pub allow_private: bool,
     /// The attempt's deadline.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
@@ -207,6 +211,7 @@ pub async fn plugin_run(path: &Path, opts: RunOptions) -> Result<(String, Vec<Ou
         target: name.as_str().into(),
         config: std::sync::Arc::new(opts.config.into_iter().collect()),
         allowed_hosts: allowed_hosts.into(),
+        allow_private: opts.allow_private,
         timeout: std::time::Duration::from_millis(opts.timeout_ms),
         memory_bytes: opts.memory_mb * 1024 * 1024,
         log_budget: crate::plugin::LogBudget::default(),

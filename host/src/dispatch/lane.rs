@@ -9,7 +9,9 @@
 //! that, a busy lane claimed for each permit as it freed (one or two deliveries per claim
 //! transaction); with it, claims carry about twice a lane's concurrency each. What was read
 //! ahead is given back (`leases::give_back`) when the breaker stops the lane and when the lane
-//! ends, unstarted and uncounted. Batched lanes (a batch is claimed whole), rate-limited ones
+//! ends, unstarted and uncounted, and when the target is paused by hand: at once when the
+//! pause was made through this process (`Outbox::pauses`), else within a poll interval.
+//! Batched lanes (a batch is claimed whole), rate-limited ones
 //! (a token per claimed delivery) and slow ones (whose attempts take long, so claims are rare
 //! anyway, and a hung receiver would hold the read-ahead hostage) do not read ahead.
 
@@ -57,6 +59,8 @@ pub(super) struct LaneContext {
     pub pool: Arc<PriorityPool>,
     /// Notified when due work appears.
     pub wake: Arc<Notify>,
+    /// Changes when a target is paused or resumed through this process.
+    pub pauses: tokio::sync::watch::Receiver<u64>,
     pub poll_interval: Duration,
     pub lease_margin: Duration,
 }
@@ -86,6 +90,8 @@ pub(super) struct Lane {
     ahead: usize,
     /// Claimed, not started yet.
     ready: VecDeque<Claimed>,
+    /// When the store last said whether the target is paused (a claim says it too).
+    pause_checked: Instant,
 }
 
 impl Lane {
@@ -104,6 +110,7 @@ impl Lane {
             bucket,
             ahead,
             ready: VecDeque::new(),
+            pause_checked: Instant::now(),
             cx,
             spec,
             start,
@@ -271,7 +278,12 @@ impl Lane {
             };
             let ask = want - self.ready.len() + ahead;
             match self.claim(ask).await {
-                Ok(c) => claimed = c,
+                Ok(c) => {
+                    if !c.is_empty() {
+                        self.pause_checked = Instant::now();
+                    }
+                    claimed = c;
+                }
                 Err(()) if self.ready.is_empty() => return None,
                 Err(()) => {}
             }
@@ -289,6 +301,10 @@ impl Lane {
             return Some(n);
         }
         self.ready.extend(claimed);
+        if !self.ready.is_empty() && self.paused().await {
+            self.give_back().await;
+            return Some(0);
+        }
         let mut held = Vec::new();
         let mut n = 0;
         while !slots.is_empty()
@@ -304,6 +320,25 @@ impl Lane {
         }
         self.hold(held).await;
         Some(n)
+    }
+
+    /// Whether the target is paused by hand, for a lane about to start what it read ahead
+    /// (its claims say so themselves): asked of the store at once after a pause through this
+    /// process, else at most once per poll interval.
+    async fn paused(&mut self) -> bool {
+        let told = self.cx.pauses.has_changed().unwrap_or(false);
+        if !told && self.pause_checked.elapsed() < self.cx.poll_interval {
+            return false;
+        }
+        self.cx.pauses.mark_unchanged();
+        self.pause_checked = Instant::now();
+        match self.cx.store.paused_targets().await {
+            Ok(paused) => paused.iter().any(|n| n == self.spec.name.as_str()),
+            Err(e) => {
+                tracing::warn!(target = %self.spec.name, error = %e, "cannot tell whether the target is paused");
+                false
+            }
+        }
     }
 
     /// Asks the retry budget whether `delivery` may start now (a first attempt always may).
@@ -421,6 +456,7 @@ mod tests {
         flow: Arc<Flow>,
         stop: CancellationToken,
         task: JoinHandle<()>,
+        pauses: tokio::sync::watch::Sender<u64>,
     }
 
     impl Harness {
@@ -431,7 +467,9 @@ mod tests {
             let wake: Arc<Notify> = Arc::default();
             let started: Started = Arc::default();
             let spec = spec("crm", manifest);
+            let pauses = tokio::sync::watch::Sender::new(0);
             let cx = LaneContext {
+                pauses: pauses.subscribe(),
                 store: Arc::clone(&store) as Arc<dyn Store>,
                 owner: "me".into(),
                 breakers: Arc::clone(&breakers),
@@ -454,6 +492,7 @@ mod tests {
                 flow,
                 stop,
                 task,
+                pauses,
             }
         }
 
@@ -513,6 +552,35 @@ mod tests {
             [(9, 1), (10, 1)],
             "a stopping lane gives back what it read ahead, unstarted"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_target_gives_back_its_read_ahead_and_starts_nothing_more() {
+        let h = Harness::start(FIXED_2, 10);
+        settle().await;
+        assert_eq!(h.running(), [[1], [2]]);
+        // Paused through this process: the lane hears of it at once.
+        h.store.with(|s| s.paused = vec!["crm".into()]);
+        h.pauses.send_modify(|n| *n += 1);
+        h.finish_all();
+        settle().await;
+        assert!(h.running().is_empty(), "a paused lane starts nothing it read ahead");
+        let given_back = |store: &FakeStore| store.with(|s| s.unclaimed.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+        assert_eq!(given_back(&h.store), [3, 4, 5, 6]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(h.running().is_empty(), "and claims nothing while paused");
+        h.stop().await;
+
+        // Paused by another process (the CLI, another host): found within a poll interval.
+        let h = Harness::start(FIXED_2, 10);
+        settle().await;
+        h.store.with(|s| s.paused = vec!["crm".into()]);
+        tokio::time::sleep(Duration::from_millis(260)).await;
+        h.finish_all();
+        settle().await;
+        assert!(h.running().is_empty(), "{:?}", h.running());
+        assert_eq!(given_back(&h.store), [3, 4, 5, 6]);
+        h.stop().await;
     }
 
     #[tokio::test(start_paused = true)]

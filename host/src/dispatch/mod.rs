@@ -94,6 +94,7 @@ pub async fn run(services: Services, config: DispatchConfig, stop: CancellationT
         Arc::clone(&services.store),
         config.owner.clone(),
         services.outbox.clone(),
+        stop.clone(),
     );
     let keeper = tokio::spawn(leases::keep(
         Arc::clone(&services.store),

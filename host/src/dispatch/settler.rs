@@ -1,7 +1,10 @@
 //! The settler: one task that writes attempt outcomes in batches. Whatever is queued when a
 //! write starts goes in one transaction (up to [`SETTLE_BATCH`]); under load, writes are
 //! paced [`SETTLE_PACE`] apart so that outcomes gather into fewer, larger transactions. A
-//! failed write is retried; the leases keep the deliveries safe meanwhile. Operational events
+//! failed write is retried for as long as the store is down (the heartbeat keeps the
+//! deliveries' leases meanwhile, and a full queue holds attempts back); only a stopping host
+//! gives up after [`MAX_FAILURES`] tries, and the next start or another host's sweeper
+//! returns what it held. An outage of any length therefore strands nothing. Operational events
 //! that a write stored (their delivery's lease still held) are counted by the front door.
 
 use std::sync::Arc;
@@ -10,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{Origin, Outbox};
 use crate::store::{SettleReport, Settlement, Store};
@@ -23,21 +27,31 @@ const SETTLE_QUEUE: usize = 4096;
 /// lets outcomes gather into fewer, larger transactions under load. Outcomes wait at most
 /// this long; leases keep their deliveries safe meanwhile.
 const SETTLE_PACE: Duration = Duration::from_millis(4);
-/// How often a failing write is tried before its outcomes are dropped (their leases then
-/// expire and the deliveries are attempted again).
+/// How often a failing write is tried by a stopping host before its outcomes are dropped
+/// (their leases then expire, or the next start returns them, and they are attempted again).
 const MAX_FAILURES: u32 = 10;
+/// Longest pause between two tries of a failing write.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
-/// Starts the settler. It ends once every sender is dropped and the queue is written.
+/// Starts the settler. It ends once every sender is dropped and the queue is written (after
+/// `stop`, a write that keeps failing is given up).
 pub(super) fn spawn(
     store: Arc<dyn Store>,
     owner: String,
     outbox: Outbox,
+    stop: CancellationToken,
 ) -> (mpsc::Sender<Settlement>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(SETTLE_QUEUE);
-    (tx, tokio::spawn(run(store, owner, outbox, rx)))
+    (tx, tokio::spawn(run(store, owner, outbox, rx, stop)))
 }
 
-async fn run(store: Arc<dyn Store>, owner: String, outbox: Outbox, mut rx: mpsc::Receiver<Settlement>) {
+async fn run(
+    store: Arc<dyn Store>,
+    owner: String,
+    outbox: Outbox,
+    mut rx: mpsc::Receiver<Settlement>,
+    stop: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     let mut last = Instant::now();
     while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
@@ -52,7 +66,7 @@ async fn run(store: Arc<dyn Store>, owner: String, outbox: Outbox, mut rx: mpsc:
             }
         }
         last = Instant::now();
-        if let Some(report) = write(store.as_ref(), &owner, &batch).await {
+        if let Some(report) = write(store.as_ref(), &owner, &batch, &stop).await {
             let emitted: usize = batch
                 .iter()
                 .filter(|s| !report.lost_leases.contains(&s.delivery_id))
@@ -66,13 +80,17 @@ async fn run(store: Arc<dyn Store>, owner: String, outbox: Outbox, mut rx: mpsc:
     }
 }
 
-/// Writes one batch, retrying a failing store with a growing pause. `None` when it kept
-/// failing and the outcomes were dropped.
-async fn write(store: &dyn Store, owner: &str, batch: &[Settlement]) -> Option<SettleReport> {
+/// Writes one batch, retrying a failing store with a growing pause (at most
+/// [`MAX_RETRY_PAUSE`]) until it succeeds. `None` when the host is stopping and the write
+/// kept failing: the outcomes are dropped.
+async fn write(store: &dyn Store, owner: &str, batch: &[Settlement], stop: &CancellationToken) -> Option<SettleReport> {
     let mut failures = 0u32;
     loop {
         match store.settle(owner, batch.to_vec()).await {
             Ok(report) => {
+                if failures > 0 {
+                    tracing::info!(failures, count = batch.len(), "settle succeeded after failing");
+                }
                 for id in &report.lost_leases {
                     tracing::warn!(
                         delivery = id,
@@ -81,17 +99,23 @@ async fn write(store: &dyn Store, owner: &str, batch: &[Settlement]) -> Option<S
                 }
                 return Some(report);
             }
-            Err(e) if failures < MAX_FAILURES => {
-                failures += 1;
-                tracing::error!(error = %e, failures, "settle failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures))).await;
-            }
-            Err(e) => {
+            Err(e) if stop.is_cancelled() && failures >= MAX_FAILURES => {
                 tracing::error!(
                     error = %e, count = batch.len(),
-                    "settle keeps failing; dropping these outcomes, their leases will expire and the deliveries be retried"
+                    "settle keeps failing while stopping; dropping these outcomes, their deliveries go back to \
+                     pending when their leases expire or at the next start, and are attempted again"
                 );
                 return None;
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::error!(error = %e, failures, count = batch.len(), "settle failed; keeping the outcomes and retrying");
+                let pause = (Duration::from_millis(100) * failures).min(MAX_RETRY_PAUSE);
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    // Stopping: try again now rather than at the end of a long pause.
+                    _ = stop.cancelled(), if !stop.is_cancelled() => {}
+                }
             }
         }
     }
@@ -118,7 +142,7 @@ mod tests {
             Routing::Fixed(Arc::new(Routes::default())),
             Arc::clone(wake),
         );
-        spawn(dyn_store, "me".into(), outbox)
+        spawn(dyn_store, "me".into(), outbox, CancellationToken::new())
     }
 
     fn batch_sizes(store: &FakeStore) -> Vec<usize> {
@@ -178,23 +202,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_write_that_keeps_failing_is_dropped_and_the_settler_goes_on() {
+    async fn outcomes_are_kept_through_a_store_outage_of_any_length() {
         let store = Arc::new(FakeStore::default());
-        store.with(|s| s.failing_settles = MAX_FAILURES + 1);
+        // Ten minutes of failures at the longest pause: far beyond the old ten tries.
+        store.with(|s| s.failing_settles = 120);
         let (tx, task) = settler(&store, &Arc::default());
         tx.send(outcome(1)).await.unwrap();
-        // Long enough for every retry of the first batch.
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
         tx.send(outcome(2)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(
+            store.with(|s| s.settle_calls),
+            122,
+            "the first batch tried until the store came back, then the second"
+        );
         drop(tx);
         task.await.unwrap();
-        assert_eq!(store.with(|s| s.settle_calls), MAX_FAILURES + 2);
         let ids: Vec<i64> = store.with(|s| s.settled.iter().flatten().map(|s| s.delivery_id).collect());
-        assert_eq!(
-            ids,
-            [2],
-            "the first outcome was dropped (its lease will expire), the next one written"
+        assert_eq!(ids, [1, 2], "nothing dropped: both written once the store was back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopping_host_gives_up_a_write_that_keeps_failing() {
+        let store = Arc::new(FakeStore::default());
+        store.with(|s| s.failing_settles = u32::MAX);
+        let dyn_store: Arc<dyn Store> = Arc::clone(&store) as Arc<dyn Store>;
+        let outbox = Outbox::new(
+            Arc::clone(&dyn_store),
+            Routing::Fixed(Arc::new(Routes::default())),
+            Arc::default(),
         );
+        let stop = CancellationToken::new();
+        let (tx, task) = spawn(dyn_store, "me".into(), outbox, stop.clone());
+        tx.send(outcome(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!task.is_finished(), "still trying while the host runs");
+        stop.cancel();
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("a stopping host does not wait for the store forever")
+            .unwrap();
+        assert!(store.with(|s| s.settled.is_empty()));
     }
 
     #[tokio::test(start_paused = true)]

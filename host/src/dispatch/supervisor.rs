@@ -62,6 +62,7 @@ fn spawn_lane(shared: Arc<Shared>, target: Arc<Target>, token: CancellationToken
         breakers: Arc::clone(&shared.services.breakers),
         pool: Arc::clone(&shared.pool),
         wake: Arc::clone(&shared.services.wake),
+        pauses: shared.services.outbox.pauses(),
         poll_interval: shared.config.poll_interval,
         lease_margin: shared.config.lease_margin,
     };

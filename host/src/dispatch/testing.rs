@@ -42,6 +42,8 @@ pub(super) struct FakeState {
     pub unclaim_fails: bool,
     /// The answer of `next_due`.
     pub next_due: Option<Millis>,
+    /// Targets paused by hand: `claim` hands them nothing.
+    pub paused: Vec<String>,
 }
 
 /// A store for the dispatcher's unit tests: claims come from [`FakeState::due`]; writes are
@@ -76,6 +78,9 @@ impl Store for FakeStore {
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
         self.with(|s| {
             s.claims.push(request.limit);
+            if s.paused.iter().any(|p| p == request.target.as_str()) {
+                return Ok(Vec::new());
+            }
             let n = request.limit.min(s.due.len());
             Ok(s.due.drain(..n).collect())
         })
@@ -126,7 +131,7 @@ impl Store for FakeStore {
     }
 
     async fn paused_targets(&self) -> Result<Vec<String>, StoreError> {
-        Ok(Vec::new())
+        Ok(self.with(|s| s.paused.clone()))
     }
 
     async fn list_failed(&self, _: FailedFilter, _: i64, _: usize) -> Result<Vec<FailedDelivery>, StoreError> {

@@ -16,6 +16,41 @@ use crate::targets::routing::Routes;
 /// Event types outboxd emits itself; producers may not use them.
 pub const RESERVED_PREFIX: &str = crate::targets::routing::OPERATIONAL_PREFIX;
 
+/// Idempotency-key namespaces outboxd writes itself: the relays' row keys (`source:<name>:<row
+/// id>`) and its own operational events (`outboxd.delivery.dead:…`). A producer's key there
+/// would take the place of (and so silence) the event outboxd writes under it.
+pub const RESERVED_KEY_PREFIXES: &[&str] = &["source:", "outboxd."];
+
+/// Whether `key` is in a namespace of [`RESERVED_KEY_PREFIXES`].
+pub fn is_reserved_key(key: &str) -> bool {
+    RESERVED_KEY_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+/// [`parse`] for producers (the API, `enqueue`): also refuses idempotency keys in the
+/// namespaces outboxd uses itself.
+pub fn parse_from_producer(body: &[u8], max_payload_bytes: usize) -> Result<Batch, IngestError> {
+    let batch = parse(body, max_payload_bytes)?;
+    let reserved = |a: &Accepted| a.idempotency_key.as_ref().is_some_and(|k| is_reserved_key(k.as_str()));
+    let refuse = |at: String| {
+        IngestError::Invalid(format!(
+            "{at}`idempotency_key` must not start with {}: outboxd keys its own events there",
+            RESERVED_KEY_PREFIXES
+                .iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ))
+    };
+    match &batch {
+        Batch::One(a) if reserved(a) => Err(refuse(String::new())),
+        Batch::Many(v) => match v.iter().position(reserved) {
+            Some(i) => Err(refuse(format!("event [{i}]: "))),
+            None => Ok(batch),
+        },
+        Batch::One(_) => Ok(batch),
+    }
+}
+
 /// Most events one request may carry.
 pub const MAX_BATCH: usize = 1000;
 /// Most headers one event may carry, and their size limits.
@@ -43,17 +78,40 @@ pub(crate) struct EventIn {
     /// Any JSON value, kept byte for byte; at most `max_payload_bytes` of JSON text.
     #[schema(value_type = serde_json::Value)]
     payload: Box<RawValue>,
-    /// A key seen before returns the first event's id with `duplicate: true` and writes nothing.
+    /// A key seen before returns `duplicate: true` (and, to a caller that may read events,
+    /// the first event's id) and writes nothing. Keys starting with `source:` or `outboxd.`
+    /// are outboxd's own and refused.
     #[serde(default)]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 255, pattern = "^[^\\x00]+$")]
     idempotency_key: Option<ProducerKey>,
-    /// At most 64; handed to plugins sorted by name.
+    /// At most 64; names 1-256 bytes, values at most 8192; handed to plugins sorted by name.
     #[serde(default)]
+    #[schema(schema_with = headers_schema)]
     headers: Option<BTreeMap<String, String>>,
     /// Events with the same key reach an `ordered` target in order.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00]+$")]
     ordering_key: Option<String>,
+}
+
+/// The schema of `headers`, with the limits [`parse`] enforces.
+fn headers_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let text = |min: usize, max: usize| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(min))
+            .max_length(Some(max))
+    };
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::Object,
+            Type::Null,
+        ]))
+        .max_properties(Some(MAX_HEADERS))
+        .property_names(Some(text(1, MAX_HEADER_NAME)))
+        .additional_properties(Some(text(0, MAX_HEADER_VALUE)))
+        .build()
 }
 
 /// A validated event, not yet routed.
@@ -98,7 +156,7 @@ pub fn parse(body: &[u8], max_payload_bytes: usize) -> Result<Batch, IngestError
                 return Err(IngestError::Invalid("the batch is empty".into()));
             }
             if items.len() > MAX_BATCH {
-                return Err(IngestError::TooLarge(format!(
+                return Err(IngestError::Invalid(format!(
                     "the batch has {} events; at most {MAX_BATCH} are accepted per request",
                     items.len()
                 )));
@@ -280,5 +338,27 @@ mod tests {
         assert_eq!(events[0].targets.len(), 1);
         assert!(events[1].targets.is_empty());
         assert_ne!(events[0].id, events[1].id);
+    }
+}
+
+#[cfg(test)]
+mod reserved_tests {
+    use super::*;
+
+    #[test]
+    fn producers_cannot_take_the_keys_outboxd_writes_itself() {
+        for body in [
+            r#"{"type":"a","payload":1,"idempotency_key":"source:shop:1000"}"#,
+            r#"[{"type":"a","payload":1},{"type":"a","payload":1,"idempotency_key":"outboxd.delivery.dead:7:1"}]"#,
+        ] {
+            let e = parse_from_producer(body.as_bytes(), 100).unwrap_err();
+            assert!(
+                matches!(&e, IngestError::Invalid(m) if m.contains("must not start with")),
+                "{e}"
+            );
+            // What a relay writes under that key is still accepted from the relay.
+            assert!(parse(body.as_bytes(), 100).is_ok());
+        }
+        assert!(parse_from_producer(br#"{"type":"a","payload":1,"idempotency_key":"Source:x"}"#, 100).is_ok());
     }
 }

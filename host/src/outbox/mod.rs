@@ -8,6 +8,8 @@
 //! validates what producers send.
 
 pub mod input;
+#[cfg(test)]
+mod proptests;
 
 use std::sync::Arc;
 
@@ -69,12 +71,31 @@ pub struct Outbox {
     store: Arc<dyn Store>,
     routing: Routing,
     wake: Arc<Notify>,
+    /// Counts the manual pauses and resumes made through this process, so that lanes look
+    /// at once (see [`Outbox::pauses`]).
+    pauses: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Outbox {
     /// `wake` is what idle dispatcher lanes wait on.
     pub fn new(store: Arc<dyn Store>, routing: Routing, wake: Arc<Notify>) -> Self {
-        Self { store, routing, wake }
+        Self {
+            store,
+            routing,
+            wake,
+            pauses: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    /// Tells the lanes that a target was paused or resumed by hand (stored already).
+    pub fn pause_changed(&self) {
+        self.pauses.send_modify(|n| *n += 1);
+    }
+
+    /// What lanes watch to hear of manual pauses made through this process; pauses made by
+    /// other processes they find on their own, within a poll interval.
+    pub fn pauses(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.pauses.subscribe()
     }
 
     /// Accepts validated events atomically (all or none): each gets an id and one pending

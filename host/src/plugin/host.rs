@@ -1,7 +1,10 @@
 //! The host side of the plugin contract: the per-invocation state a `Store` carries and the
 //! imports a plugin may call (`http.send`, `log.log`, `config.get`). Outbound HTTP is
-//! allowed only to the target's `allowed_hosts`, never follows redirects, and never runs
-//! past the invocation's deadline.
+//! allowed only to the target's `allowed_hosts` (and, once names are resolved, to public
+//! addresses unless the manifest says otherwise: see `reach`), never follows redirects, and
+//! never runs past the invocation's deadline. What a plugin sends is measured before it is
+//! parsed or kept (URL and header sizes), the transcript of an invocation is bounded in bytes,
+//! and URLs in what it records or returns as an error keep only scheme, host and port.
 
 use std::time::{Duration, Instant};
 
@@ -18,8 +21,18 @@ use super::logbudget::LogMeter;
 const MAX_RESPONSE_BODY: usize = 1024 * 1024;
 /// At most this many log lines and requests are kept per invocation for its report.
 const MAX_TRANSCRIPT: usize = 256;
+/// ... and at most this many bytes of them.
+const MAX_TRANSCRIPT_BYTES: usize = 256 * 1024;
 /// Each kept log line is cut at this size.
 const MAX_LOG_LINE: usize = 4096;
+/// Each kept request's error text is cut at this size.
+const MAX_RECORDED_ERROR: usize = 1024;
+/// The longest URL a plugin may send, measured before it is parsed.
+pub const MAX_URL_BYTES: usize = 8 * 1024;
+/// At most this many request headers ...
+pub const MAX_HEADERS: usize = 100;
+/// ... of at most this many bytes together (names and values).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Severity of a plugin's log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +81,8 @@ pub(crate) struct HostState {
     deadline: Instant,
     logs: Vec<LogLine>,
     requests: Vec<HttpExchange>,
+    /// Bytes held by `logs` and `requests`.
+    transcript_bytes: usize,
     /// This invocation's log budget (see `logbudget`); captured guest output shares it.
     pub(crate) log_meter: LogMeter,
 }
@@ -90,7 +105,17 @@ impl HostState {
             deadline: Instant::now(),
             logs: Vec::new(),
             requests: Vec::new(),
+            transcript_bytes: 0,
         }
+    }
+
+    /// Whether `bytes` more fit into the invocation's transcript; counts them if so.
+    fn transcript_admits(&mut self, entries: usize, bytes: usize) -> bool {
+        if entries >= MAX_TRANSCRIPT || self.transcript_bytes + bytes > MAX_TRANSCRIPT_BYTES {
+            return false;
+        }
+        self.transcript_bytes += bytes;
+        true
     }
 
     /// Starts an invocation that must end by `deadline`, with a full log budget.
@@ -109,29 +134,36 @@ impl HostState {
     pub(crate) fn end(&mut self) -> (Vec<LogLine>, Vec<HttpExchange>) {
         if let Some(summary) = self.log_meter.summary() {
             tracing::warn!(target: "outboxd::plugin", plugin = %self.grants.target, "{summary}");
-            if self.logs.len() < MAX_TRANSCRIPT {
+            if self.transcript_admits(self.logs.len(), summary.len()) {
                 self.logs.push(LogLine {
                     level: LogLevel::Warn,
                     message: summary,
                 });
             }
         }
+        self.transcript_bytes = 0;
         (std::mem::take(&mut self.logs), std::mem::take(&mut self.requests))
     }
 
-    fn record(&mut self, method: &str, url: &str, result: Result<u16, String>) {
-        if self.requests.len() < MAX_TRANSCRIPT {
-            self.requests.push(HttpExchange {
-                method: method.to_owned(),
-                url: url.to_owned(),
-                result,
-            });
+    /// Keeps one request in the transcript: its method, the URL's origin (see [`url_origin`])
+    /// and the first bytes of its error.
+    fn record(&mut self, method: String, url: String, result: Result<u16, String>) {
+        let result = result.map_err(|e| super::logbudget::cut_at_boundary(&e, MAX_RECORDED_ERROR).to_owned());
+        let bytes = method.len() + url.len() + result.as_ref().err().map_or(0, String::len);
+        if self.transcript_admits(self.requests.len(), bytes) {
+            self.requests.push(HttpExchange { method, url, result });
         }
     }
 
     /// Checks the URL against the grants; returns the parsed URL or why it is refused.
     fn permit(&self, url: &str) -> Result<reqwest::Url, http::Error> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| http::Error::Other(format!("invalid URL `{url}`: {e}")))?;
+        if url.len() > MAX_URL_BYTES {
+            return Err(http::Error::Other(format!(
+                "the URL is {} bytes long, over the limit of {MAX_URL_BYTES}",
+                url.len()
+            )));
+        }
+        let parsed = reqwest::Url::parse(url).map_err(|e| http::Error::Other(format!("invalid URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(http::Error::Denied(format!(
                 "scheme `{}` is not allowed, only http and https",
@@ -169,8 +201,13 @@ async fn send_permitted(
             .timeout_ms
             .map(|ms| Duration::from_millis(ms.into()).min(remaining))
             .unwrap_or(remaining);
-        let method = reqwest::Method::from_bytes(req.method.as_bytes())
-            .map_err(|_| http::Error::Other(format!("invalid method `{}`", req.method)))?;
+        let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|_| {
+            http::Error::Other(format!(
+                "invalid method `{}`",
+                super::logbudget::cut_at_boundary(&req.method, 32)
+            ))
+        })?;
+        check_headers(&req.headers)?;
         // The request is put together here rather than through reqwest's builder: the header
         // map is sized once, and a bad header is refused with its name.
         let mut headers = HeaderMap::with_capacity(req.headers.len());
@@ -210,15 +247,53 @@ async fn send_permitted(
     }
 }
 
+/// What the transcript and the log keep of a plugin's URL: scheme, host and port.
+fn url_origin(url: &str) -> String {
+    if url.len() > MAX_URL_BYTES {
+        "(an oversized URL)".to_owned()
+    } else {
+        crate::redact::origin(url)
+    }
+}
+
+/// Refuses headers over the limits (before any is parsed) and a `Host` header: the host
+/// sets it from the URL, so that a request reaches only the name that was allowed.
+fn check_headers(headers: &[(String, String)]) -> Result<(), http::Error> {
+    if headers.len() > MAX_HEADERS {
+        return Err(http::Error::Other(format!(
+            "{} headers, over the limit of {MAX_HEADERS}",
+            headers.len()
+        )));
+    }
+    let bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_HEADER_BYTES {
+        return Err(http::Error::Other(format!(
+            "the headers are {bytes} bytes, over the limit of {MAX_HEADER_BYTES}"
+        )));
+    }
+    if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        return Err(http::Error::Denied(
+            "a plugin cannot set the `Host` header: it is taken from the URL".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// What went wrong, with the URL's scheme, host and port only: reqwest's own text ends with
+/// the full URL (user info, path and query).
 fn map_reqwest_error(e: reqwest::Error) -> http::Error {
+    let at = e.url().map(|u| crate::redact::origin(u.as_str()));
+    let e = e.without_url();
+    let text = || match &at {
+        Some(origin) => format!("{origin}: {}", error_chain(&e)),
+        None => error_chain(&e),
+    };
     if e.is_timeout() {
         http::Error::Timeout
-    } else if e.is_connect() {
-        http::Error::Connect(error_chain(&e))
-    } else if e.is_builder() || e.is_request() {
-        http::Error::Other(error_chain(&e))
+    } else if e.is_builder() || (e.is_request() && !e.is_connect()) {
+        http::Error::Other(text())
     } else {
-        http::Error::Connect(error_chain(&e))
+        http::Error::Connect(text())
     }
 }
 
@@ -230,7 +305,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         text.push_str(&s.to_string());
         source = s.source();
     }
-    text
+    crate::redact::urls(&text).into_owned()
 }
 
 impl WasiView for HostState {
@@ -246,7 +321,9 @@ impl types::Host for HostState {}
 
 impl http::Host for HostState {
     async fn send(&mut self, req: http::Request) -> Result<http::Response, http::Error> {
-        let (method, url) = (req.method.clone(), req.url.clone());
+        // Measured, not copied: a plugin's URL may be as large as its memory.
+        let method = super::logbudget::cut_at_boundary(&req.method, 32).to_owned();
+        let url = url_origin(&req.url);
         let result = match self.permit(&req.url) {
             Ok(parsed) => send_permitted(self.http.clone(), self.deadline, parsed, req).await,
             Err(e) => Err(e),
@@ -259,9 +336,10 @@ impl http::Host for HostState {
             Err(http::Error::Other(m)) => Err(format!("other: {m}")),
         };
         if let Err(why) = &summary {
+            let why = super::logbudget::cut_at_boundary(why, MAX_RECORDED_ERROR);
             tracing::debug!(target: "outboxd::plugin", plugin = %self.grants.target, %method, %url, why, "plugin request failed");
         }
-        self.record(&method, &url, summary);
+        self.record(method, url, summary);
         result
     }
 }
@@ -291,8 +369,9 @@ impl log::Host for HostState {
                 LogLevel::Error
             }
         };
-        if self.logs.len() < MAX_TRANSCRIPT {
-            let message = super::logbudget::cut_at_boundary(&message, MAX_LOG_LINE).to_owned();
+        let message = super::logbudget::cut_at_boundary(&message, MAX_LOG_LINE);
+        if self.transcript_admits(self.logs.len(), message.len()) {
+            let message = message.to_owned();
             self.logs.push(LogLine { level, message });
         }
     }
@@ -325,6 +404,89 @@ mod tests {
         let client = reqwest::Client::new();
         let url = reqwest::Url::parse(&req.url).unwrap();
         send_permitted(client, Instant::now() + Duration::from_secs(5), url, req).await
+    }
+
+    fn state(allowed: &[&str]) -> HostState {
+        let grants = Grants {
+            target: "t".into(),
+            config: Default::default(),
+            allowed_hosts: allowed.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>().into(),
+            allow_private: false,
+            timeout: Duration::from_secs(5),
+            memory_bytes: 1 << 20,
+            log_budget: super::super::LogBudget::default(),
+        };
+        let mut state = HostState::new(
+            WasiCtx::builder().build(),
+            ResourceTable::new(),
+            wasmtime::StoreLimitsBuilder::new().build(),
+            grants,
+            reqwest::Client::new(),
+        );
+        state.begin(Instant::now() + Duration::from_secs(5));
+        state
+    }
+
+    async fn host_send(state: &mut HostState, req: http::Request) -> Result<http::Response, http::Error> {
+        <HostState as http::Host>::send(state, req).await
+    }
+
+    #[tokio::test]
+    async fn what_a_plugin_sends_is_measured_before_it_is_parsed_or_kept() {
+        let mut s = state(&["127.0.0.1:1"]);
+        let mut huge = request(&[]);
+        huge.url = format!("http://127.0.0.1:1/{}", "x".repeat(1 << 20));
+        huge.method = "M".repeat(1 << 16);
+        for _ in 0..300 {
+            match host_send(&mut s, huge.clone()).await {
+                Err(http::Error::Other(m)) => assert!(m.contains("over the limit of 8192"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut many = request(&[]);
+        many.url = "http://127.0.0.1:1/".into();
+        many.headers = (0..=MAX_HEADERS).map(|i| (format!("x-{i}"), "v".into())).collect();
+        assert!(matches!(host_send(&mut s, many).await, Err(http::Error::Other(m)) if m.contains("101 headers")));
+        let mut big = request(&[("x-big", &"v".repeat(MAX_HEADER_BYTES))]);
+        big.url = "http://127.0.0.1:1/".into();
+        assert!(matches!(host_send(&mut s, big).await, Err(http::Error::Other(m)) if m.contains("bytes, over")));
+        let (_, requests) = s.end();
+        let kept: usize = requests
+            .iter()
+            .map(|r| r.method.len() + r.url.len() + r.result.as_ref().err().map_or(0, String::len))
+            .sum();
+        assert!(
+            requests.len() <= MAX_TRANSCRIPT && kept <= MAX_TRANSCRIPT_BYTES,
+            "{} entries, {kept} bytes",
+            requests.len()
+        );
+        assert_eq!(requests[0].url, "(an oversized URL)");
+        assert!(requests[0].method.len() <= 32);
+    }
+
+    #[tokio::test]
+    async fn a_plugin_cannot_set_host_nor_see_its_url_in_errors() {
+        let mut s = state(&["127.0.0.1:1"]);
+        let mut to_host = request(&[("Host", "internal.example")]);
+        to_host.url = "http://127.0.0.1:1/".into();
+        assert!(matches!(host_send(&mut s, to_host).await, Err(http::Error::Denied(m)) if m.contains("`Host`")));
+        // Nothing listens on port 1: reqwest's error text would end with the whole URL.
+        let mut refused = request(&[]);
+        refused.url = "http://user:pw@127.0.0.1:1/services/T/B/PATHSECRET?token=QUERYSECRET".into();
+        let err = match host_send(&mut s, refused).await {
+            Err(http::Error::Connect(m) | http::Error::Other(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        for secret in ["PATHSECRET", "QUERYSECRET", "pw@"] {
+            assert!(!err.contains(secret), "{err}");
+        }
+        assert!(
+            err.starts_with("http://127.0.0.1:1: "),
+            "where it failed is kept: {err}"
+        );
+        let (_, requests) = s.end();
+        assert_eq!(requests[1].url, "http://127.0.0.1:1");
+        assert!(!format!("{requests:?}").contains("SECRET"), "{requests:?}");
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ mod host;
 pub mod logbudget;
 mod output;
 mod pool;
+mod reach;
 mod warm;
 
 use std::collections::BTreeMap;
@@ -105,13 +106,32 @@ pub struct Runtime {
 struct RuntimeInner {
     engine: Engine,
     linker: Linker<HostState>,
-    http: reqwest::Client,
+    /// The HTTP client of each [`reach::Reach`] (most targets share the default one).
+    http: std::sync::Mutex<std::collections::HashMap<reach::Reach, reqwest::Client>>,
     cache: Option<cache::CompileCache>,
     slots: pool::Slots,
     idle: Arc<warm::Idle>,
 }
 
 impl Runtime {
+    /// The HTTP client for a target's grants: one per distinct [`reach::Reach`], so that a
+    /// target never resolves a name to an address only another target may reach.
+    fn client_for(&self, grants: &Grants) -> reqwest::Client {
+        let reach = reach::Reach::new(&grants.allowed_hosts, grants.allow_private);
+        let mut clients = self.inner.http.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&reach) {
+            return client.clone();
+        }
+        match http_client_for(reach.clone()) {
+            Ok(client) => clients.entry(reach).or_insert(client).clone(),
+            Err(e) => {
+                // Public addresses only: never more than the target was granted.
+                tracing::error!(error = %e, "cannot build an HTTP client; the target reaches public addresses only");
+                clients[&reach::Reach::default()].clone()
+            }
+        }
+    }
+
     /// A runtime for one plugin run at a time (`plugin check|run`): see [`Runtime::with_pool`].
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
         Self::with_pool(cache_dir, PoolSize::SMALL)
@@ -137,7 +157,10 @@ impl Runtime {
         bindings::Target::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
-        let http = http_client()?;
+        let http = std::sync::Mutex::new(std::collections::HashMap::from([(
+            reach::Reach::default(),
+            http_client()?,
+        )]));
 
         // The ticker also drops instances idle for longer than `IDLE_TTL`, about once a
         // second.
@@ -163,7 +186,13 @@ impl Runtime {
             })
             .map_err(|e| PluginError::Engine(format!("epoch ticker: {e}")))?;
 
-        let cache = cache_dir.map(|dir| cache::CompileCache::new(dir, &engine));
+        let cache = cache_dir.and_then(|dir| match cache::CompileCache::new(dir, &engine) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                tracing::error!(error = %e, "not using the compile cache: plugins are compiled at every start");
+                None
+            }
+        });
         Ok(Self {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -258,12 +287,19 @@ impl Runtime {
     }
 }
 
-/// The HTTP client behind `http.send`, shared by every plugin of a runtime: pooled
+/// The HTTP client behind `http.send`, shared by every plugin of a runtime whose targets
+/// reach only public addresses: pooled
 /// keep-alive connections (idle ones closed after 90 s; at most as many per host as requests
 /// ran at once, which the targets' concurrency bounds), a 10 s connect timeout, no redirects
-/// followed, proxy variables ignored. Public so that the benchmark measures the same stack.
+/// followed, proxy variables ignored, names resolved to public addresses only (see `reach`).
+/// Public so that the benchmark measures the same stack.
 pub fn http_client() -> Result<reqwest::Client, PluginError> {
+    http_client_for(reach::Reach::default())
+}
+
+fn http_client_for(reach: reach::Reach) -> Result<reqwest::Client, PluginError> {
     reqwest::Client::builder()
+        .dns_resolver(reach::GuardedResolver::new(reach))
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .connect_timeout(Duration::from_secs(10))
@@ -286,6 +322,9 @@ pub struct Grants {
     pub config: Arc<BTreeMap<String, String>>,
     /// Lower-cased `host:port` pairs the plugin may reach.
     pub allowed_hosts: Arc<[String]>,
+    /// Names in `allowed_hosts` may resolve to loopback, private and link-local addresses
+    /// (`allow_private = true`); otherwise only to public ones or those listed.
+    pub allow_private: bool,
     /// Deadline of one invocation, outbound HTTP included.
     pub timeout: Duration,
     /// Linear-memory cap of the instance, in bytes.
@@ -483,12 +522,14 @@ impl Plugin {
                 .into_iter()
                 .map(|r| match r {
                     Ok(()) => Outcome::Delivered,
+                    // A reason is shown and sent on (`outboxd.delivery.dead`): URLs in it keep
+                    // only scheme, host and port.
                     Err(DeliveryError::Retry(info)) => Outcome::Retry {
-                        reason: cap_text(info.reason, MAX_REASON_TEXT),
+                        reason: cap_text(crate::redact::urls(&info.reason).into_owned(), MAX_REASON_TEXT),
                         after: info.after_ms.map(Duration::from_millis),
                     },
                     Err(DeliveryError::Permanent(reason)) => Outcome::Permanent {
-                        reason: cap_text(reason, MAX_REASON_TEXT),
+                        reason: cap_text(crate::redact::urls(&reason).into_owned(), MAX_REASON_TEXT),
                     },
                 })
                 .collect(),
@@ -536,7 +577,7 @@ impl Plugin {
             ResourceTable::new(),
             limits,
             grants.clone(),
-            self.runtime.inner.http.clone(),
+            self.runtime.client_for(grants),
         );
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -606,5 +647,8 @@ fn classify_trap(err: &wasmtime::Error, grants: &Grants, stderr: &Tail) -> Outco
         }
         t
     };
-    Outcome::Retry { reason, after: None }
+    Outcome::Retry {
+        reason: crate::redact::urls(&reason).into_owned(),
+        after: None,
+    }
 }

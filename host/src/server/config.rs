@@ -74,8 +74,61 @@ pub struct ServiceConfig {
     /// `[api]`: tokens and their scopes, endpoints left open. Default: no tokens (open API,
     /// loopback addresses only).
     pub api: AuthConfig,
+    /// `[api] allowed_hosts`: names the API answers to beyond the listen address and loopback
+    /// names (see `api::browser`). Default none.
+    pub allowed_hosts: Vec<String>,
+    /// The HTTP server's limits (`[api]`).
+    pub http: HttpLimits,
     /// `[[sources]]`: application outbox tables to relay (see `source/config.rs`).
     pub sources: Vec<SourceConfig>,
+}
+
+/// The HTTP server's limits, so that slow or half-sent requests cannot hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// `[api] header_read_timeout_ms`: a client must send a request's headers within this.
+    /// Default 10 s.
+    pub header_read_timeout: Duration,
+    /// `[api] request_timeout_ms`: a request, its body and the answer included, must finish
+    /// within this, else `408`. Default 60 s.
+    pub request_timeout: Duration,
+    /// `[api] max_connections`: connections served at once; more wait to be accepted.
+    /// Default 512.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            max_connections: 512,
+        }
+    }
+}
+
+impl HttpLimits {
+    fn from_file(api: &ApiFile) -> Result<Self, String> {
+        let d = Self::default();
+        let ms = |key: &str, v: Option<u64>, default: Duration| match v {
+            None => Ok(default),
+            Some(0) => Err(format!("`api.{key}` must be at least 1")),
+            Some(v) => Ok(Duration::from_millis(v)),
+        };
+        Ok(Self {
+            header_read_timeout: ms(
+                "header_read_timeout_ms",
+                api.header_read_timeout_ms,
+                d.header_read_timeout,
+            )?,
+            request_timeout: ms("request_timeout_ms", api.request_timeout_ms, d.request_timeout)?,
+            max_connections: match api.max_connections {
+                None => d.max_connections,
+                Some(0) => return Err("`api.max_connections` must be at least 1".into()),
+                Some(n) => n,
+            },
+        })
+    }
 }
 
 /// `"7d"`, `"90m"`, … (humantime), or `"off"`.
@@ -130,6 +183,8 @@ impl ServiceConfig {
             reload_debounce: Duration::from_millis(f.reload_debounce_ms.unwrap_or(200)),
             max_in_flight: f.max_in_flight.unwrap_or(64).max(1),
             api: AuthConfig::default(),
+            allowed_hosts: Vec::new(),
+            http: HttpLimits::default(),
             sources: Vec::new(),
         }
     }
@@ -146,11 +201,14 @@ impl ServiceConfig {
             file.idempotency_retention.as_deref(),
             d.idempotency_retention,
         )?;
-        let api = file.api.take().unwrap_or_default();
+        let mut api = file.api.take().unwrap_or_default();
         let sources = file.sources.take().unwrap_or_default();
         let mut config = Self::from_file(file, base);
         config.retention.retention = retention;
         config.retention.idempotency_retention = idempotency_retention;
+        config.http = HttpLimits::from_file(&api).map_err(|m| ConfigError::invalid(path, m))?;
+        crate::api::browser::HostRules::check_names(&api.allowed_hosts).map_err(|m| ConfigError::invalid(path, m))?;
+        config.allowed_hosts = std::mem::take(&mut api.allowed_hosts);
         config.api = AuthConfig::from_file(api).map_err(|m| ConfigError::invalid(path, m))?;
         config
             .api

@@ -3,6 +3,7 @@
 //! together, and shuts them down in order; [`config`] is its configuration file.
 
 pub mod config;
+mod http;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -167,6 +168,8 @@ pub async fn serve(
         max_payload_bytes: config.max_payload_bytes,
         max_request_bytes: config.max_request_bytes,
         auth: Arc::new(config.api.clone()),
+        hosts: Arc::new(api::browser::HostRules::new(addr, &config.allowed_hosts)),
+        request_timeout: config.http.request_timeout,
     }));
 
     let reloader = if config.watch_plugins {
@@ -186,9 +189,7 @@ pub async fn serve(
     });
     tracing::info!(%addr, targets = snapshot.targets.len(), database = %config.database, "outboxd is up");
     on_listening(addr);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .await;
+    http::run(listener, app, config.http, stop.clone()).await;
     stop.cancel();
     if let Some(reloader) = reloader {
         let _ = reloader.await;
@@ -201,5 +202,5 @@ pub async fn serve(
         tracing::error!(error = %e, "dispatcher task failed");
     }
     let _ = wakeups.await;
-    served.map_err(ServeError::Http)
+    Ok(())
 }

@@ -84,6 +84,12 @@ pub fn to_event(source: &str, row: &SourceRow, max_payload_bytes: usize) -> Resu
             .get_or_insert_with(BTreeMap::new)
             .insert("aggregate-type".into(), agg.clone());
     }
+    if row.idempotency_key.as_deref().is_some_and(input::is_reserved_key) {
+        return Err(format!(
+            "the idempotency key column starts with one of {:?}, which outboxd keeps for its own events",
+            input::RESERVED_KEY_PREFIXES
+        ));
+    }
     let key = producer_key(source, row, id);
     let out = EventOut {
         event_type,

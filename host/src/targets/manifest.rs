@@ -28,6 +28,7 @@ struct ManifestFile {
     memory_mb: Option<u32>,
     instance_reuse: Option<u32>,
     allowed_hosts: Option<Vec<String>>,
+    allow_private: Option<bool>,
     class: Option<String>,
     ordered: Option<bool>,
     rate_per_sec: Option<f64>,
@@ -221,6 +222,9 @@ pub struct TargetSpec {
     pub instance_reuse: u32,
     /// `host:port` pairs the plugin may reach, lower-cased. Default: none.
     pub allowed_hosts: Vec<String>,
+    /// Names in `allowed_hosts` may resolve to loopback, private and link-local addresses.
+    /// Default false: only to public addresses, or to addresses listed in `allowed_hosts`.
+    pub allow_private: bool,
     /// How the target fails: its default schedule, deadline and claim priority.
     pub class: TargetClass,
     pub retry: RetryPolicy,
@@ -372,6 +376,7 @@ impl TargetSpec {
             memory_bytes: memory_mb as usize * 1024 * 1024,
             instance_reuse,
             allowed_hosts,
+            allow_private: file.allow_private.unwrap_or(false),
             class,
             retry,
             retry_budget,

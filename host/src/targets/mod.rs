@@ -4,6 +4,8 @@
 //! wait for a compile. Start-up is a reload from an empty registry.
 
 pub mod manifest;
+#[cfg(test)]
+mod proptests;
 pub mod routing;
 pub mod watcher;
 
@@ -34,7 +36,13 @@ pub struct LoadError {
     /// The target the file belongs to, when that can be told.
     pub target: Option<TargetName>,
     pub file: PathBuf,
+    /// The whole message, for the log: it may quote the file's text.
     pub message: String,
+    /// Where in the file (1-based), when known.
+    pub line: Option<u32>,
+    pub column: Option<u32>,
+    /// The message without any of the file's text: what API answers show.
+    pub summary: String,
     pub at: Millis,
 }
 
@@ -165,6 +173,9 @@ impl Registry {
                         target: Some(spec.name.clone()),
                         file: spec.plugin_path.clone(),
                         message: message.clone(),
+                        line: None,
+                        column: None,
+                        summary: message.clone(),
                         at: now,
                     });
                     if let Some(old) = previous.targets.get(&spec.name) {
@@ -249,10 +260,14 @@ impl Registry {
 }
 
 fn load_error(e: &ConfigError, target: Option<TargetName>, at: Millis) -> LoadError {
+    let located = e.located();
     LoadError {
         target,
-        file: e.path().to_owned(),
+        file: located.file,
         message: e.to_string(),
+        line: located.line,
+        column: located.column,
+        summary: located.message,
         at,
     }
 }
@@ -262,6 +277,7 @@ fn grants_for(spec: &TargetSpec) -> Grants {
         target: Arc::from(spec.name.as_str()),
         config: Arc::new(spec.config.clone()),
         allowed_hosts: spec.allowed_hosts.clone().into(),
+        allow_private: spec.allow_private,
         timeout: spec.timeout,
         memory_bytes: spec.memory_bytes,
         log_budget: spec.log_budget,

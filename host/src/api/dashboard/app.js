@@ -16,7 +16,8 @@ class Unauthorized extends Error {}
 function token() { return sessionStorage.getItem(TOKEN_KEY); }
 
 async function api(method, path, body) {
-  const headers = {};
+  // The marker of a request the API's own page sent (a page elsewhere cannot send it).
+  const headers = { "X-Outboxd-Request": "dashboard" };
   const t = token();
   if (t) headers["Authorization"] = "Bearer " + t;
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -195,7 +196,8 @@ async function doReplay() {
   $("#confirm").hidden = true;
   if (!body) return;
   const res = await api("POST", "/v1/deliveries/replay", body);
-  $("#replay-result").textContent = "Replayed " + res.replayed + (res.replayed === 1 ? " delivery" : " deliveries");
+  $("#replay-result").textContent = "Replayed " + res.replayed + (res.replayed === 1 ? " delivery" : " deliveries") +
+    (res.more ? " (more match: replay again for the next ones)" : "");
   $("#dead-all").checked = false;
   await refresh();
   if (shownEvent) await loadEvent(shownEvent);

@@ -272,6 +272,34 @@ pub(super) async fn prune_deletes_finished_events_failed_deliveries_and_old_keys
     assert_eq!(counts["later"][&DeliveryStatus::Pending], 1);
 }
 
+pub(super) async fn delivery_ids_are_never_reused_after_a_prune(s: &dyn Store) {
+    const DAY: Millis = 24 * 3_600_000;
+    let t0: Millis = 1_000 * DAY;
+    // Every delivery finished and pruned: the table is empty.
+    s.ingest(vec![event(None, &["ok", "bad"]), event(None, &["ok"])], t0)
+        .await
+        .unwrap();
+    let mut earlier = finish(s, "ok", DeliveryStatus::Delivered, t0, None).await;
+    earlier.extend(finish(s, "bad", DeliveryStatus::Dead, t0, Some("HTTP 400")).await);
+    assert_eq!(earlier.len(), 3);
+    s.prune_failed(FailedFilter::default(), 10).await.unwrap();
+    while s.prune_finished(t0 + DAY, 10).await.unwrap() > 0 {}
+    assert!(s.status_counts().await.unwrap().is_empty(), "all pruned");
+    // New deliveries get ids above every earlier one.
+    s.ingest(vec![event(None, &["ok", "bad"])], t0 + DAY).await.unwrap();
+    let later = [
+        finish(s, "ok", DeliveryStatus::Delivered, t0 + DAY, None).await,
+        finish(s, "bad", DeliveryStatus::Dead, t0 + DAY, None).await,
+    ]
+    .concat();
+    let highest = earlier.iter().max().copied().unwrap();
+    assert_eq!(later.len(), 2);
+    assert!(
+        later.iter().all(|id| *id > highest),
+        "earlier {earlier:?}, later {later:?}"
+    );
+}
+
 pub(super) async fn oldest_due_is_per_target_and_only_due(s: &dyn Store) {
     s.ingest(vec![event(None, &["crm"])], 10).await.unwrap();
     s.ingest(vec![event(None, &["crm"])], 20).await.unwrap();

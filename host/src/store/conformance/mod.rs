@@ -252,6 +252,7 @@ conformance! {
         admin::failed_filters_narrow_listing_count_and_replay,
         admin::prune_deletes_finished_events_failed_deliveries_and_old_keys,
         admin::oldest_due_is_per_target_and_only_due,
+        admin::delivery_ids_are_never_reused_after_a_prune,
     ],
     backends: [
         claims::unclaimed_deliveries_are_pending_again_as_if_never_claimed,

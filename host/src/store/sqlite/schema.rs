@@ -15,6 +15,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_idempotency_ledger_outlives_events.sql"),
     include_str!("migrations/0003_fewer_btree_writes.sql"),
+    include_str!("migrations/0004_delivery_ids_never_reused.sql"),
 ];
 
 /// The connections of an opened database, and its lock when taken.
@@ -94,13 +95,32 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             supported,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        tx.commit()?;
+    if version == supported {
+        return Ok(());
     }
-    Ok(())
+    // A migration may rebuild a table others refer to (SQLite's way to change a key), which
+    // foreign key enforcement would turn into deleting its rows; the pragma is a no-op inside a
+    // transaction, so it is switched off around them, and every migration checks the keys
+    // before it commits.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let migrated = (|| -> Result<(), StoreError> {
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+            tx.execute_batch(sql)?;
+            let broken: i64 = tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+            if broken > 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "migration {} would leave {broken} rows referring to nothing",
+                    i + 1
+                )));
+            }
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(())
+    })();
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrated
 }
 
 #[cfg(test)]
