@@ -35,7 +35,8 @@
 //!   pause for the receiver's requested delay.
 //!
 //! A window's round trips are those of the attempts it started: an answer to an attempt
-//! started at the previous level says nothing about this one.
+//! started at the previous level says nothing about this one. So a window stays open until it
+//! has heard from one of them (at most [`WINDOW_MAX`]), however long the round trips grow.
 //!
 //! The baseline is the lowest window mean seen, and is measured afresh whenever a window ran at
 //! most one attempt at a time (the receiver's unloaded latency by definition), so a receiver
@@ -301,7 +302,12 @@ impl Controller {
                 return Some(self.cut(Cause::Refusals, now));
             }
         }
-        if now.duration_since(self.window.start) >= self.window_len() {
+        // A window closes once it is long enough and has heard from an attempt it started:
+        // when the receiver queues, round trips outgrow the window, and a window closed before
+        // its first answer would never see the latency that should cut the limit.
+        let elapsed = now.duration_since(self.window.start);
+        let heard = self.window.accepted + self.window.refused > 0;
+        if elapsed >= self.window_len() && (heard || elapsed >= WINDOW_MAX) {
             return self.close_window(now);
         }
         None
@@ -449,6 +455,53 @@ mod tests {
             limits.push(c.limit());
         }
         (limits, accepted, refused)
+    }
+
+    #[test]
+    fn round_trips_longer_than_a_window_still_cut_the_limit() {
+        let mut now = Instant::now();
+        let mut c = Controller::new(16, now);
+        let _ = against(&mut c, &mut now, 8, |_| 100);
+        assert_eq!(c.limit(), 16);
+        // The receiver now queues: every answer takes seven unloaded round trips, far longer
+        // than a window (two of them).
+        let slow = RTT * 7;
+        let step = Duration::from_millis(1);
+        let start = now;
+        // (started, answered) of the running attempts; the round trips vary a little, so the
+        // answers come spread out, as they do from a receiver working through a queue.
+        // It is already working through a queue: attempts started one after the other before
+        // now, so answers come all the time, each window's first ones from earlier windows.
+        let mut running: Vec<(Instant, Instant)> = (1..=16u32)
+            .map(|k| {
+                c.started();
+                let started = now - slow * k / 16;
+                (started, started + slow)
+            })
+            .collect();
+        let mut cuts = 0;
+        for n in 0u32.. {
+            if now.duration_since(start) > Duration::from_secs(2) {
+                break;
+            }
+            while running.len() < c.limit() as usize {
+                c.started();
+                running.push((now, now + slow + step * (n * 7 % 13)));
+            }
+            now += step;
+            running.sort_by_key(|(_, answered)| *answered);
+            while running.first().is_some_and(|(_, answered)| *answered <= now) {
+                let (started, _) = running.remove(0);
+                if let Some(Change::Decreased { cause, .. }) = c.finished(Answer::Accepted(now - started), now) {
+                    assert_eq!(cause, Cause::Latency);
+                    cuts += 1;
+                }
+            }
+        }
+        // Answers keep coming all the time (each slot's in turn), yet each window waits for one
+        // of its own attempts: every window sees the long round trips, and the limit keeps
+        // coming down.
+        assert!(cuts >= 3, "{cuts} cuts, limit {}", c.limit());
     }
 
     #[test]
