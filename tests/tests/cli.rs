@@ -103,3 +103,24 @@ async fn sigint_exits_zero() {
     let status = host.sigint().await;
     assert_eq!(status.code(), Some(0), "exit after SIGINT: {status}");
 }
+
+#[test]
+fn version_names_the_commit() {
+    let out = std::process::Command::new(testkit::artifacts::outboxd_bin())
+        .arg("--version")
+        .output()
+        .expect("run outboxd --version");
+    assert!(out.status.success(), "{out:?}");
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(testkit::artifacts::workspace_root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("outboxd {} (commit {head})", env!("CARGO_PKG_VERSION")),
+    );
+}

@@ -29,10 +29,14 @@ use crate::targets::manifest::scan_targets;
 use crate::targets::routing::Routes;
 use table::{Col, Table};
 
+/// The version `--version` prints: the package's and the commit it was built from (`build.rs`;
+/// `unknown` when built outside a git checkout).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("OUTBOXD_COMMIT"), ")");
+
 /// outboxd: persist events first, then deliver them to every target through sandboxed
 /// WebAssembly plugins.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

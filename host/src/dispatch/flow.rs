@@ -338,7 +338,9 @@ mod tests {
             }
             tokio::time::advance(RTT).await;
             for (flow, limit) in flows.iter().zip(&limits) {
-                (0..*limit).for_each(|_| drop(flow.finished(Answer::Accepted(RTT), Instant::now())));
+                (0..*limit).for_each(|_| {
+                    let _ = flow.finished(Answer::Accepted(RTT), Instant::now());
+                });
             }
         }
         Instant::now()
