@@ -113,6 +113,8 @@ async fn run() -> anyhow::Result<u8> {
             return Ok(cli::run_exit_code(&outcomes));
         }
         Command::Plugin(PluginCommand::Wit { out }) => print!("{}", cli::plugin_wit(out.as_deref())?),
+        Command::Completions { shell } => std::io::stdout().write_all(&cli::completions(shell))?,
+        Command::Man => std::io::stdout().write_all(&cli::man_page()?)?,
         Command::Plugin(PluginCommand::New(options)) => {
             print!("{}", cli::plugin_new(&options, &std::env::current_dir()?)?)
         }

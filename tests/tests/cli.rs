@@ -124,3 +124,29 @@ fn version_names_the_commit() {
         format!("outboxd {} (commit {head})", env!("CARGO_PKG_VERSION")),
     );
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_binary() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(testkit::artifacts::outboxd_bin())
+            .args(args)
+            .output()
+            .expect("run outboxd")
+    };
+    let out = run(&["completions", "bash"]);
+    assert!(out.status.success(), "{out:?}");
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("complete -F _outboxd"), "{script}");
+    assert!(script.contains("enqueue"), "{script}");
+    let out = run(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("possible values"),
+        "{out:?}"
+    );
+    let out = run(&["man"]);
+    assert!(out.status.success(), "{out:?}");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH outboxd 1"), "{page}");
+    assert!(page.contains("completions"), "{page}");
+}
