@@ -94,3 +94,23 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.trim().is_empty(), "{out:?}\n{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_one_json_object_per_line() {
+    let mut host = Host::new();
+    host.set_config("log_format", "json");
+    host.start().await;
+    let exit = host.sigterm().await;
+    assert_eq!(exit.code(), Some(0), "{exit}");
+    let stderr = host.stderr_this_run();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("=====")).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    let mut up = false;
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{stderr}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{line}");
+        up |= v["fields"]["message"] == "outboxd is up";
+    }
+    assert!(up, "the start-up line is among them:\n{stderr}");
+}
