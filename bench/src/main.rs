@@ -2,6 +2,7 @@
 //! `cargo xtask bench`, which builds everything in release first). It starts its own HTTP
 //! sink on loopback and the real `outboxd serve`, and measures, in this order:
 //!
+//! 0. the size of the `outboxd` binary given (no run: a `stat`);
 //! 1. RSS of the idle service;
 //! 2. single-event ingest (`POST /v1/events`, one event per request, 16 connections):
 //!    events/s, p50 and p99, with the targets paused so that only ingest runs;
@@ -249,6 +250,16 @@ async fn run(args: Args) -> Result<(), String> {
     report.insert("machine".into(), machine());
     report.insert("quick".into(), json!(args.quick));
     report.insert("load_at_start".into(), json!(loadavg()));
+    // The size of the binary measured: what an operator installs (issue 26: under 60 MB).
+    let binary_bytes = std::fs::metadata(&args.outboxd)
+        .map_err(|e| format!("{}: {e}", args.outboxd.display()))?
+        .len();
+    report.insert("binary_bytes".into(), json!(binary_bytes));
+    rows.push(row(
+        "outboxd binary",
+        format!("{:.1} MB", binary_bytes as f64 / 1e6),
+        args.outboxd.display().to_string(),
+    ));
 
     let postgres = match &args.postgres {
         Some(url) if !args.overhead_only && !args.adaptive_only => {

@@ -4,6 +4,7 @@ use std::io::Write as _;
 
 use clap::Parser as _;
 use outboxd::cli::{self, Cli, Command, DeadCommand, PluginCommand, SourceCommand, TargetCommand};
+use outboxd::server::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc rather than the C library's malloc: a delivery allocates and frees on several
@@ -44,23 +45,36 @@ fn main() -> std::process::ExitCode {
 #[tokio::main]
 async fn run() -> anyhow::Result<u8> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("OUTBOXD_LOG").unwrap_or_else(|_| {
-            // `plugin` commands print the plugin's logs themselves.
-            let level = if matches!(cli.command, Command::Plugin(_)) {
-                "warn"
-            } else {
-                "info"
-            };
-            EnvFilter::new(format!("{level},wasmtime=warn,cranelift_codegen=warn"))
-        }))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // `serve` reads its configuration first: `log_format` decides how it logs.
+    let serve_config = match &cli.command {
+        Command::Serve(args) => Some(args.load()?),
+        _ => None,
+    };
+    let filter = EnvFilter::try_from_env("OUTBOXD_LOG").unwrap_or_else(|_| {
+        // `plugin` commands print the plugin's logs themselves.
+        let level = if matches!(cli.command, Command::Plugin(_)) {
+            "warn"
+        } else {
+            "info"
+        };
+        EnvFilter::new(format!("{level},wasmtime=warn,cranelift_codegen=warn"))
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if serve_config.as_ref().is_some_and(|c| c.log_format == LogFormat::Json) {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     match cli.command {
         Command::Serve(args) => {
             outboxd::server::serve(
-                args.load()?,
+                match serve_config {
+                    Some(config) => config,
+                    None => args.load()?,
+                },
                 |addr| {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "listening on {addr}");
@@ -113,6 +127,8 @@ async fn run() -> anyhow::Result<u8> {
             return Ok(cli::run_exit_code(&outcomes));
         }
         Command::Plugin(PluginCommand::Wit { out }) => print!("{}", cli::plugin_wit(out.as_deref())?),
+        Command::Completions { shell } => std::io::stdout().write_all(&cli::completions(shell))?,
+        Command::Man => std::io::stdout().write_all(&cli::man_page()?)?,
         Command::Plugin(PluginCommand::New(options)) => {
             print!("{}", cli::plugin_new(&options, &std::env::current_dir()?)?)
         }

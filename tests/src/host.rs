@@ -445,6 +445,8 @@ pub struct Host {
     api_token: Option<String>,
     /// Shared by the hosts of one cluster; a PostgreSQL database is dropped with the last.
     database: Arc<TestDatabase>,
+    /// Extra environment of `serve` ([`Host::set_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Default for Host {
@@ -530,6 +532,7 @@ impl Host {
             http,
             api_token: None,
             database,
+            env: Vec::new(),
         }
     }
 
@@ -556,6 +559,13 @@ impl Host {
     /// Set a key of `outboxd.toml` (written at the next start).
     pub fn set_config(&mut self, key: &str, value: impl Into<toml::Value>) -> &mut Self {
         self.config.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Set an environment variable of `serve` (from the next start on).
+    pub fn set_env(&mut self, name: &str, value: &str) -> &mut Self {
+        self.env.retain(|(n, _)| n != name);
+        self.env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -762,6 +772,7 @@ impl Host {
             .current_dir(&self.root)
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(n, v)| (n, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr_file))

@@ -316,6 +316,13 @@ const PG_OPT_OUTS: &[(&str, PgOptOut)] = &[
         ),
     ),
     (
+        "readiness_disk",
+        PgOptOut::SqliteOnly(
+            "a full filesystem under the SQLite database (a tmpfs of a few MB); a PostgreSQL \
+             server's disk is not the host's to fill",
+        ),
+    ),
+    (
         "pg_cluster",
         PgOptOut::AlwaysPostgres("several hosts on one database: every run is on PostgreSQL"),
     ),

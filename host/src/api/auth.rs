@@ -56,7 +56,7 @@ impl FromStr for Scope {
 }
 
 /// Endpoints that may be left open (answered without a token) by `[api] open`.
-pub const OPENABLE: &[&str] = &["/healthz", "/metrics"];
+pub const OPENABLE: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
 /// The `[api]` section as written.
 #[derive(Debug, Default, Deserialize)]
@@ -112,7 +112,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             tokens: HashMap::new(),
-            open: vec!["/healthz".into()],
+            open: vec!["/healthz".into(), "/readyz".into()],
             allow_unauthenticated: false,
         }
     }
@@ -394,6 +394,17 @@ mod tests {
         // Opened by configuration.
         assert_eq!(check(&auth, Scope::Read, "/metrics", None), Ok(()));
         assert_eq!(check(&auth, Scope::Read, "/healthz", None), Ok(()));
+    }
+
+    #[test]
+    fn probes_are_open_by_default_and_only_what_is_listed_when_open_is_set() {
+        let tokens = "[[tokens]]\nname = \"ops\"\ntoken = \"ops-token-0123456789\"\nscopes = [\"read\"]\n";
+        let auth = config(tokens).unwrap();
+        assert_eq!(check(&auth, Scope::Read, "/healthz", None), Ok(()));
+        assert_eq!(check(&auth, Scope::Read, "/readyz", None), Ok(()));
+        let auth = config(&format!("open = [\"/healthz\"]\n{tokens}")).unwrap();
+        assert!(check(&auth, Scope::Read, "/readyz", None).is_err());
+        assert!(config("open = [\"/readyz\"]").is_ok());
     }
 
     #[test]

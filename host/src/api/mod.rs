@@ -1,7 +1,7 @@
 //! The HTTP API: ingest (`POST /v1/events`), event status (`GET /v1/events/{id}`), targets
 //! (`GET /v1/targets`, `POST /v1/targets/{name}/pause|resume`), dead letters
 //! (`GET /v1/deliveries/failed`, `POST /v1/deliveries/replay`), sources (`GET /v1/sources`)
-//! and liveness (`GET /healthz`).
+//! liveness (`GET /healthz`) and readiness (`GET /readyz`, in `ready`).
 //! Every error is a JSON body `{"error": "…"}` with a 4xx or 5xx status, and a refused
 //! request changes nothing.
 //!
@@ -15,6 +15,7 @@ pub mod browser;
 pub mod dashboard;
 pub mod metrics;
 pub mod openapi;
+mod ready;
 pub mod sources;
 mod targets;
 
@@ -86,6 +87,7 @@ pub fn api_routes(auth: Arc<auth::AuthConfig>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list_failed))
         .routes(routes!(sources::get_sources))
         .routes(routes!(healthz))
+        .routes(routes!(ready::readyz))
         .routes(routes!(metrics::get_metrics));
     let admin = OpenApiRouter::new()
         .routes(routes!(targets::pause_target))

@@ -189,6 +189,7 @@ mod tests {
         ("post", "/v1/deliveries/replay"),
         ("get", "/v1/sources"),
         ("get", "/healthz"),
+        ("get", "/readyz"),
         ("get", "/metrics"),
     ];
 

@@ -1,14 +1,17 @@
 //! The command line: `serve`, `enqueue`, `status`, `dead list|replay`, `prune`, `target
-//! pause|resume`, `source status` and `plugin check|run|wit|new`. The commands other than `serve` and `plugin` open
+//! pause|resume`, `source status`, `plugin check|run|wit|new`, and `completions` and `man`
+//! (`shell.rs`, from the clap definition). The commands other than `serve` and `plugin` open
 //! the database directly, so they work with or without a running `serve`.
 
 mod plugin;
 mod scaffold;
+mod shell;
 mod source;
 mod table;
 
 pub use plugin::{CacheOptions, RunOptions, outcome_exit_code, plugin_check, plugin_run, run_exit_code};
 pub use scaffold::{Lang, NewOptions, World, plugin_new, plugin_wit};
+pub use shell::{completions, man_page};
 pub use source::source_status;
 
 use std::fmt::Write as _;
@@ -29,10 +32,14 @@ use crate::targets::manifest::scan_targets;
 use crate::targets::routing::Routes;
 use table::{Col, Table};
 
+/// The version `--version` prints: the package's and the commit it was built from (`build.rs`;
+/// `unknown` when built outside a git checkout).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("OUTBOXD_COMMIT"), ")");
+
 /// outboxd: persist events first, then deliver them to every target through sandboxed
 /// WebAssembly plugins.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -132,6 +139,14 @@ pub enum Command {
     /// Relay status of the application outbox tables (`[[sources]]`).
     #[command(subcommand)]
     Source(SourceCommand),
+    /// Print the completion script for a shell, e.g. `outboxd completions bash >
+    /// /etc/bash_completion.d/outboxd`.
+    Completions {
+        /// bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `outboxd man > outboxd.1`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]

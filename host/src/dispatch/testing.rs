@@ -170,6 +170,10 @@ impl Store for FakeStore {
         Ok(None)
     }
 
+    async fn probe_write(&self, _: Millis) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn status_counts(&self) -> Result<StatusCounts, StoreError> {
         Ok(StatusCounts::new())
     }

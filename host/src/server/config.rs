@@ -34,8 +34,21 @@ struct ServiceFile {
     idempotency_retention: Option<String>,
     retention_batch: Option<usize>,
     retention_interval_ms: Option<u64>,
+    log_format: Option<LogFormat>,
     api: Option<ApiFile>,
     sources: Option<Vec<SourceFile>>,
+}
+
+/// How `serve` writes its log lines to stderr (`log_format`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers: `timestamp`, `level`, `target`, `fields`
+    /// (with `message`) and the spans.
+    Json,
 }
 
 /// The service configuration, with defaults applied and paths resolved.
@@ -81,6 +94,8 @@ pub struct ServiceConfig {
     pub http: HttpLimits,
     /// `[[sources]]`: application outbox tables to relay (see `source/config.rs`).
     pub sources: Vec<SourceConfig>,
+    /// `log_format`: `text` (default) or `json`.
+    pub log_format: LogFormat,
 }
 
 /// The HTTP server's limits, so that slow or half-sent requests cannot hold it.
@@ -186,6 +201,7 @@ impl ServiceConfig {
             allowed_hosts: Vec::new(),
             http: HttpLimits::default(),
             sources: Vec::new(),
+            log_format: f.log_format.unwrap_or_default(),
         }
     }
 
@@ -248,6 +264,18 @@ mod tests {
             .to_string();
         assert!(err.contains("outboxd.toml"), "{err}");
         assert!(err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn log_format_is_text_json_or_an_error_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outboxd.toml");
+        assert_eq!(ServiceConfig::defaults_in(dir.path()).log_format, LogFormat::Text);
+        write(dir.path(), "outboxd.toml", "log_format = \"json\"\n");
+        assert_eq!(ServiceConfig::load(&path).unwrap().log_format, LogFormat::Json);
+        write(dir.path(), "outboxd.toml", "log_format = \"xml\"\n");
+        let err = ServiceConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("outboxd.toml") && err.contains("log_format"), "{err}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Running the service: `serve()` wires the store, the target registry, the front door, the
 //! dispatcher, the source relays, the retention task, the plugin watcher and the HTTP API
-//! together, and shuts them down in order; [`config`] is its configuration file.
+//! together, and shuts them down in order; [`config`] is its configuration file, [`notify`]
+//! what it tells a service manager (systemd).
 
 pub mod config;
 mod http;
+pub mod notify;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -158,6 +160,7 @@ pub async fn serve(
         },
         stop.clone(),
     );
+    let notified_store = Arc::clone(&store);
     let app = api::router(Arc::new(api::AppState {
         store,
         registry: Arc::clone(&registry),
@@ -185,10 +188,16 @@ pub async fn serve(
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
+        notify::stopping();
         trigger.cancel();
     });
     tracing::info!(%addr, targets = snapshot.targets.len(), database = %config.database, "outboxd is up");
     on_listening(addr);
+    notify::ready(&format!(
+        "listening on {addr}; {} targets loaded",
+        snapshot.targets.len()
+    ));
+    let keeper = notify::spawn(notified_store, addr.to_string(), stop.clone());
     http::run(listener, app, config.http, stop.clone()).await;
     stop.cancel();
     if let Some(reloader) = reloader {
@@ -202,5 +211,8 @@ pub async fn serve(
         tracing::error!(error = %e, "dispatcher task failed");
     }
     let _ = wakeups.await;
+    if let Some(keeper) = keeper {
+        let _ = keeper.await;
+    }
     Ok(())
 }

@@ -65,7 +65,14 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Config(String),
+    #[error("the filesystem of {path} is full: {free} bytes free (fewer than {MIN_FREE_BYTES})")]
+    DiskFull { path: String, free: u64 },
 }
+
+/// Below this much room on the database's filesystem, the store does not count as accepting
+/// writes (`/readyz`): a transaction of a few pages may still fit, an ingest of any size or a
+/// checkpoint may not.
+pub const MIN_FREE_BYTES: u64 = 1 << 20;
 
 /// Who opens the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +114,11 @@ pub async fn open(location: &DatabaseLocation, access: Access) -> Result<Arc<dyn
 /// replaces it with what the attempt did.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Proves that the store accepts writes now, for `/readyz`: one small committed write
+    /// (the one row of `readiness_probe`), and for a database file, at least
+    /// [`MIN_FREE_BYTES`] free on its filesystem ([`StoreError::DiskFull`]).
+    async fn probe_write(&self, now: Millis) -> Result<(), StoreError>;
+
     /// Accepts a batch atomically: each event with one pending delivery per target, due
     /// `now`. An event whose idempotency key is known writes nothing and reports the first id.
     async fn ingest(&self, events: Vec<NewEvent>, now: Millis) -> Result<Vec<Ingested>, StoreError>;

@@ -289,6 +289,12 @@ impl Store for PgStore {
         .await
     }
 
+    /// The write only: the database server's disk is not this host's to measure.
+    async fn probe_write(&self, now: Millis) -> Result<(), StoreError> {
+        sqlx::query(sql!("probe_write")).bind(now).execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn status_counts(&self) -> Result<StatusCounts, StoreError> {
         queries::status_counts(&self.pool).await
     }

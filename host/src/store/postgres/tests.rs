@@ -35,7 +35,20 @@ async fn hosts_opening_together_migrate_once() {
         .fetch_all(&stores[0].pool)
         .await
         .unwrap();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
+}
+
+#[tokio::test]
+async fn hosts_sharing_a_database_probe_the_one_readiness_row() {
+    let db = TempDb::new().await;
+    let (a, b) = two_hosts(&db).await;
+    a.probe_write(7).await.unwrap();
+    b.probe_write(9).await.unwrap();
+    let rows: Vec<(i32, i64)> = sqlx::query_as("SELECT id, probed_at FROM readiness_probe")
+        .fetch_all(&a.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, [(1, 9)]);
 }
 
 #[tokio::test]

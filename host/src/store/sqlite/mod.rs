@@ -6,7 +6,7 @@
 //! concern and their SQL in `sql/`, the schema in `migrations/`.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -14,8 +14,8 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::history::InFlight;
 use super::{
-    ClaimRequest, Claimed, EventDetail, FailedDelivery, FailedFilter, Ingested, NewEvent, SettleReport, Settlement,
-    StatusCounts, Store, StoreError, VersionAttempts,
+    ClaimRequest, Claimed, EventDetail, FailedDelivery, FailedFilter, Ingested, MIN_FREE_BYTES, NewEvent, SettleReport,
+    Settlement, StatusCounts, Store, StoreError, VersionAttempts,
 };
 use crate::domain::{EventId, Millis, TargetName};
 
@@ -66,6 +66,8 @@ pub struct SqliteStore {
     ingests: Arc<ingest::IngestGroup>,
     /// The exclusive `serve` lock, held for this store's life when taken.
     _lock: Option<Arc<File>>,
+    /// The database file, whose filesystem's free space [`Store::probe_write`] checks.
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -105,6 +107,35 @@ fn begin_write(conn: &mut Connection, level: Synchronous) -> Result<Transaction<
     Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
 }
 
+/// Fails with [`StoreError::DiskFull`] when the filesystem holding `path` has fewer than
+/// [`MIN_FREE_BYTES`] available to this process.
+#[cfg(unix)]
+fn free_space(path: &Path) -> Result<(), StoreError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| StoreError::Open {
+        path: dir.display().to_string(),
+        source: e.into(),
+    })?;
+    #[allow(clippy::useless_conversion)] // u64 on Linux, narrower on some other systems
+    let free = u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+    if free < MIN_FREE_BYTES {
+        return Err(StoreError::DiskFull {
+            path: path.display().to_string(),
+            free,
+        });
+    }
+    Ok(())
+}
+
+/// Elsewhere only the write probe tells.
+#[cfg(not(unix))]
+fn free_space(_path: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating and migrating) the database at `path` for a client such as the CLI,
     /// which may run beside a `serve`.
@@ -124,6 +155,7 @@ impl SqliteStore {
             reader: Gated::new(opened.reader),
             ingests: Arc::default(),
             _lock: opened.lock.map(Arc::new),
+            path: path.to_owned(),
         })
     }
 
@@ -284,6 +316,18 @@ impl Store for SqliteStore {
 
     async fn event(&self, id: EventId) -> Result<Option<EventDetail>, StoreError> {
         self.read(move |tx| queries::event(tx, id)).await
+    }
+
+    async fn probe_write(&self, now: Millis) -> Result<(), StoreError> {
+        self.write_tx(Synchronous::Full, move |tx| {
+            tx.prepare_cached(sql!("probe_write"))?.execute([now])?;
+            Ok(())
+        })
+        .await?;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || free_space(&path))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     async fn status_counts(&self) -> Result<StatusCounts, StoreError> {

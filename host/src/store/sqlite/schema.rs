@@ -16,6 +16,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_idempotency_ledger_outlives_events.sql"),
     include_str!("migrations/0003_fewer_btree_writes.sql"),
     include_str!("migrations/0004_delivery_ids_never_reused.sql"),
+    include_str!("migrations/0005_readiness_probe.sql"),
 ];
 
 /// The connections of an opened database, and its lock when taken.
@@ -140,6 +141,24 @@ mod tests {
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
         // A client (the CLI) may still open it beside the server.
         SqliteStore::open(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_write_probe_commits_its_row_and_keeps_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let store = SqliteStore::open_exclusive(&path).unwrap();
+        store.probe_write(7).await.unwrap();
+        store.probe_write(9).await.unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let rows: Vec<(i64, i64)> = conn
+            .prepare("SELECT id, probed_at FROM readiness_probe")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [(1, 9)]);
     }
 
     #[tokio::test]
