@@ -42,6 +42,7 @@
 //! the relay benchmark (`tests/src/bin/relay-bench.rs`).
 
 mod adaptive;
+mod dbcost;
 mod load;
 mod pg;
 mod service;
@@ -55,6 +56,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde_json::{Value, json};
 
+use crate::dbcost::{Cost, Probe};
 use crate::load::Throughput;
 use crate::pg::PgDatabase;
 use crate::service::{CONCURRENCY, Mode, ORDER, SQLITE, Service, TARGETS, drain_targets};
@@ -107,6 +109,13 @@ struct Args {
     /// with two sharing a database.
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+    /// The server size of the projection line of the PostgreSQL phases: what a server of this
+    /// many cores could carry at the measured CPU time per delivery or event.
+    #[arg(long, default_value_t = 16, value_name = "K")]
+    project_cores: u32,
+    /// Wake-up latency probes per store (events posted one at a time to idle hosts).
+    #[arg(long)]
+    wake_probes: Option<u64>,
     /// Where to write the JSON report.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -133,6 +142,7 @@ struct Sizes {
     e2e: u64,
     ceiling: u64,
     repeat: u32,
+    wake: u64,
 }
 
 impl Sizes {
@@ -144,6 +154,7 @@ impl Sizes {
                 e2e: 300,
                 ceiling: 3_000,
                 repeat: 200,
+                wake: 20,
             }
         } else {
             Sizes {
@@ -152,6 +163,7 @@ impl Sizes {
                 e2e: 10_000,
                 ceiling: 200_000,
                 repeat: 2_000,
+                wake: 200,
             }
         };
         let events = a.events.unwrap_or(d.events).max(1);
@@ -161,6 +173,7 @@ impl Sizes {
             e2e: a.e2e.unwrap_or(d.e2e),
             ceiling: a.ceiling.unwrap_or(d.ceiling),
             repeat: a.repeat.unwrap_or(d.repeat).max(1),
+            wake: a.wake_probes.unwrap_or(d.wake),
         }
     }
 }
@@ -411,6 +424,7 @@ async fn service_phases(
     );
     wait_settled(&svc, drained_total + e2e_deliveries).await?;
     let duplicates = sink.requests() - drains[0].sink_before - (drained_total + e2e_deliveries);
+    report.insert("wake".into(), run.wake(sizes.wake, first_e2e + sizes.e2e, rows).await);
     svc.stop();
 
     // 8. The raw ceiling.
@@ -525,23 +539,48 @@ async fn postgres_run(
     let run = Run::new(&svc, sink, prefix)?;
 
     let paused = run.pause(svc.names()).await?;
+    let cores = args.project_cores;
+    let mut costs = Report::new();
+    let probe = Probe::start(server, db.name(), &svc.bases()).await?;
     let single = run.ingest_single(sizes.single, rows).await;
-    let batched = run
-        .ingest_batched(sizes.events - sizes.single, sizes.single, rows)
-        .await;
+    let cost = probe.finish(sizes.single, "event").await?;
+    rows.push(cost_row(&run.prefix, "single-event ingest", &cost, cores));
+    costs.insert("ingest_single".into(), cost.json(cores));
+    let batched_events = sizes.events - sizes.single;
+    let probe = Probe::start(server, db.name(), &svc.bases()).await?;
+    let batched = run.ingest_batched(batched_events, sizes.single, rows).await;
+    if batched.is_some() {
+        let cost = probe.finish(batched_events, "event").await?;
+        rows.push(cost_row(&run.prefix, "ingest of arrays", &cost, cores));
+        costs.insert("ingest_batched".into(), cost.json(cores));
+    }
     let deliveries = sizes.events * TARGETS.len() as u64;
+    let probe = Probe::start(server, db.name(), &svc.bases()).await?;
     let drained = run.drain(paused, svc.names(), deliveries).await?;
     wait_settled(&svc, deliveries).await?;
+    let cost = probe.finish(deliveries, "delivery").await?;
     let duplicates = sink.requests() - drained.sink_before - deliveries;
     rows.push(drained.row(&drain_figure(&run.prefix, Mode::Default), ceiling, ""));
+    rows.push(cost_row(&run.prefix, "drain", &cost, cores));
+    costs.insert("drain".into(), cost.json(cores));
+    let wake = run.wake(sizes.wake, sizes.events, rows).await;
     svc.stop();
     Ok((
         json!({
             "hosts": hosts, "ingest_single": single, "ingest_batched": batched,
-            "drain": drained.json(ceiling, duplicates),
+            "drain": drained.json(ceiling, duplicates), "database_cost": costs, "wake": wake,
         }),
         duplicates,
     ))
+}
+
+/// A row of the database's cost of a phase (`dbcost`).
+fn cost_row(prefix: &str, phase: &str, cost: &Cost, cores: u32) -> Row {
+    row(
+        format!("{prefix}database cost of the {phase}"),
+        format!("{:.1} µs server CPU/{}", cost.server_cpu_us, cost.unit),
+        cost.note(cores),
+    )
 }
 
 /// The phases shared by the SQLite and PostgreSQL runs, against one running service.
@@ -636,6 +675,32 @@ impl<'a> Run<'a> {
             format!("p50 {:.1} ms per request; {} errors", latency.p50_ms, batched.errors),
         ));
         Some(json!({"connections": 4, "per_request": BATCH, "throughput": batched, "latency": latency, "load": load}))
+    }
+
+    /// Wake-up latency with idle hosts (`load::wake_latency`): `probes` events posted one at a
+    /// time, numbered from `first`.
+    async fn wake(&self, probes: u64, first: u64, rows: &mut Vec<Row>) -> Value {
+        say(&format!(
+            "{}wake-up latency: {probes} events posted one at a time to idle hosts",
+            self.prefix
+        ));
+        let per_event = TARGETS.len() as u64;
+        let (latency, lost) = load::wake_latency(
+            self.api.clone(),
+            &self.svc.bases(),
+            self.sink,
+            ORDER,
+            per_event,
+            probes,
+            first,
+        )
+        .await;
+        rows.push(row(
+            format!("{}wake-up latency, 202 to first attempt (idle hosts)", self.prefix),
+            format!("p50 {:.2} ms, p99 {:.2} ms", latency.p50_ms, latency.p99_ms),
+            format!("max {:.1} ms; {probes} events one at a time, {lost} not delivered within 10 s", latency.max_ms),
+        ));
+        json!({"probes": probes, "latency": latency, "lost": lost})
     }
 
     /// Tops the backlog up with `count` events of `event_type` numbered from `first`, in arrays

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use sqlx::postgres::PgConnection;
 
-use super::{filters, leases};
+use super::{counted, filters, leases};
 use crate::store::history::InFlight;
 use crate::store::rows::{self, EventColumns, count};
 use crate::store::{ClaimRequest, Claimed, StoreError};
@@ -15,7 +15,7 @@ use crate::store::{ClaimRequest, Claimed, StoreError};
 /// One claim (see [`Store::claim`](crate::store::Store::claim)).
 pub(super) async fn claim(conn: &mut PgConnection, req: &ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
     let target = req.target.as_str();
-    let paused: Option<bool> = sqlx::query_scalar(sql!("target_paused"))
+    let paused: Option<bool> = counted::query_scalar(sql!("target_paused"))
         .bind(target)
         .fetch_optional(&mut *conn)
         .await?;
@@ -26,7 +26,7 @@ pub(super) async fn claim(conn: &mut PgConnection, req: &ClaimRequest) -> Result
     leases::return_in_flight(conn, InFlight::ExpiredOf { target, at: req.now }, req.now).await?;
     // A concurrent claimer's rows are skipped (locked), and in this snapshot they are still
     // pending, so with `ordered` the deliveries behind them stay blocked as they should.
-    let claimed: Vec<(i64, String, i32, i32)> = sqlx::query_as(filters::claim_pending(req.ordered))
+    let claimed: Vec<(i64, String, i32, i32)> = counted::query_as(filters::claim_pending(req.ordered))
         .bind(target)
         .bind(req.now)
         .bind(req.limit as i64)
@@ -38,7 +38,7 @@ pub(super) async fn claim(conn: &mut PgConnection, req: &ClaimRequest) -> Result
         return Ok(Vec::new());
     }
     let event_ids: Vec<&str> = claimed.iter().map(|c| c.1.as_str()).collect();
-    let found: Vec<EventColumns> = sqlx::query_as(sql!("select_events"))
+    let found: Vec<EventColumns> = counted::query_as(sql!("select_events"))
         .bind(&event_ids)
         .fetch_all(&mut *conn)
         .await?;

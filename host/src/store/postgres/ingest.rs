@@ -4,7 +4,7 @@
 
 use sqlx::postgres::PgConnection;
 
-use super::wakeups;
+use super::{counted, wakeups};
 use crate::domain::Millis;
 use crate::store::rows::{decode, encode_headers};
 use crate::store::{Ingested, NewEvent, StoreError};
@@ -21,7 +21,7 @@ pub(super) async fn insert_events(
     for e in events {
         let id = e.id.to_string();
         if let Some(key) = &e.idempotency_key {
-            let taken = sqlx::query(sql!("insert_idempotency_key"))
+            let taken = counted::query(sql!("insert_idempotency_key"))
                 .bind(key.as_str())
                 .bind(&id)
                 .bind(now)
@@ -30,7 +30,7 @@ pub(super) async fn insert_events(
                 .rows_affected()
                 == 0;
             if taken {
-                let first: String = sqlx::query_scalar(sql!("find_idempotency_key"))
+                let first: String = counted::query_scalar(sql!("find_idempotency_key"))
                     .bind(key.as_str())
                     .fetch_one(&mut *conn)
                     .await?;
@@ -41,7 +41,7 @@ pub(super) async fn insert_events(
                 continue;
             }
         }
-        sqlx::query(sql!("insert_event"))
+        counted::query(sql!("insert_event"))
             .bind(&id)
             .bind(e.event_type.as_str())
             .bind(&e.payload)
@@ -53,7 +53,7 @@ pub(super) async fn insert_events(
             .await?;
         if !e.targets.is_empty() {
             let targets: Vec<&str> = e.targets.iter().map(|t| t.as_str()).collect();
-            sqlx::query(sql!("insert_deliveries"))
+            counted::query(sql!("insert_deliveries"))
                 .bind(&id)
                 .bind(targets)
                 .bind(now)

@@ -37,6 +37,7 @@ macro_rules! sql {
 
 mod admin;
 mod claim;
+mod counted;
 mod filters;
 mod hosts;
 mod ingest;
@@ -136,6 +137,7 @@ impl PgStore {
             let attempt = async {
                 let tx = self.pool.begin().await?;
                 let (tx, out) = body(tx).await?;
+                counted::count(2);
                 tx.commit().await?;
                 Ok(out)
             };

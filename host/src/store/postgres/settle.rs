@@ -5,6 +5,7 @@
 
 use sqlx::postgres::PgConnection;
 
+use super::counted;
 use super::ingest::insert_events;
 use crate::domain::now_ms;
 use crate::store::history::{started_at, version_counts};
@@ -19,7 +20,7 @@ pub(super) async fn settle(
     let mut report = SettleReport::default();
     let mut emitted = Vec::new();
     for s in batch {
-        let changed = sqlx::query(sql!("settle_delivery"))
+        let changed = counted::query(sql!("settle_delivery"))
             .bind(s.status.as_str())
             .bind(s.next_attempt_at)
             .bind(&s.last_error)
@@ -44,7 +45,7 @@ pub(super) async fn settle(
     let outcomes: Vec<&str> = batch.iter().map(|s| s.outcome.as_str()).collect();
     let errors: Vec<Option<&str>> = batch.iter().map(|s| s.last_error.as_deref()).collect();
     let hashes: Vec<Option<&str>> = batch.iter().map(|s| s.plugin_hash.as_deref()).collect();
-    sqlx::query(sql!("record_attempts"))
+    counted::query(sql!("record_attempts"))
         .bind(&ids)
         .bind(&seqs)
         .bind(&starts)
@@ -56,7 +57,7 @@ pub(super) async fn settle(
         .execute(&mut *conn)
         .await?;
     for ((target, hash), n) in version_counts(batch) {
-        sqlx::query(sql!("count_version_attempts"))
+        counted::query(sql!("count_version_attempts"))
             .bind(target)
             .bind(hash)
             .bind(n)
