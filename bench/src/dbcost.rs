@@ -39,7 +39,6 @@ struct Snapshot {
 /// A phase being measured.
 pub struct Probe {
     server: Server,
-    database: String,
     bases: Vec<String>,
     client: reqwest::Client,
     start: Snapshot,
@@ -103,7 +102,6 @@ impl Probe {
         };
         let mut probe = Self {
             server: server.clone(),
-            database: database.to_owned(),
             bases: bases.to_vec(),
             client,
             start: Snapshot {

@@ -101,6 +101,11 @@ struct Args {
     /// Only the scenarios against receivers that push back (phase 10).
     #[arg(long, conflicts_with = "overhead_only")]
     adaptive_only: bool,
+    /// Only the PostgreSQL phases (9), without the SQLite ones, the receivers that push back
+    /// and the plugin overhead (needs `--postgres`): for working on the PostgreSQL store; the
+    /// drains' ratio to the ceiling is then not measured.
+    #[arg(long, requires = "postgres", conflicts_with_all = ["overhead_only", "adaptive_only"])]
+    postgres_only: bool,
     /// Without the scenarios against receivers that push back (phase 10).
     #[arg(long, conflicts_with = "adaptive_only")]
     no_adaptive: bool,
@@ -279,11 +284,16 @@ async fn run(args: Args) -> Result<(), String> {
             say("--adaptive-only: no PostgreSQL phases");
         }
         adaptive_phase(&args, &mut rows, &mut report).await?;
-    } else if !args.overhead_only {
-        let ceiling;
-        (duplicates, ceiling) = service_phases(&args, &sizes, &sink, &mut rows, &mut report).await?;
+    } else if args.postgres_only {
         if let Some(server) = &postgres {
-            duplicates += postgres_phases(&args, &sizes, &sink, server, ceiling, &mut rows, &mut report).await?;
+            duplicates += postgres_phases(&args, &sizes, &sink, server, None, &mut rows, &mut report).await?;
+        }
+    } else if !args.overhead_only {
+        let yardsticks;
+        (duplicates, yardsticks) = service_phases(&args, &sizes, &sink, &mut rows, &mut report).await?;
+        if let Some(server) = &postgres {
+            duplicates +=
+                postgres_phases(&args, &sizes, &sink, server, Some(yardsticks), &mut rows, &mut report).await?;
         }
         if !args.no_adaptive {
             adaptive_phase(&args, &mut rows, &mut report).await?;
@@ -291,7 +301,7 @@ async fn run(args: Args) -> Result<(), String> {
     } else if args.postgres.is_some() {
         say("--overhead-only: no PostgreSQL phases");
     }
-    if !args.adaptive_only {
+    if !args.adaptive_only && !args.postgres_only {
         overhead_phase(&args, &sizes, &sink, &mut rows, &mut report).await?;
         extra_phase(&args, &mut rows, &mut report)?;
     }
@@ -312,14 +322,14 @@ async fn run(args: Args) -> Result<(), String> {
 type Report = serde_json::Map<String, Value>;
 
 /// Phases 1 to 8: everything that runs against `outboxd serve` on SQLite. Returns how many
-/// deliveries reached the sink more than once, and the raw ceiling (requests/s).
+/// deliveries reached the sink more than once, and the yardsticks of the PostgreSQL phases.
 async fn service_phases(
     args: &Args,
     sizes: &Sizes,
     sink: &Sink,
     rows: &mut Vec<Row>,
     report: &mut Report,
-) -> Result<(u64, f64), String> {
+) -> Result<(u64, Yardsticks), String> {
     say("starting outboxd serve");
     // The drain targets of both modes: the default ones (adaptive) take the ingest phases'
     // events, the fixed ones only their drain rounds'.
@@ -492,19 +502,40 @@ async fn service_phases(
         json!({"concurrency": total_concurrency, "throughput": ceiling, "rounds": rounds, "load": load_ceiling}),
     );
 
-    Ok((duplicates, ceiling.per_second))
+    Ok((
+        duplicates,
+        Yardsticks {
+            ceiling: ceiling.per_second,
+            sqlite_best: best.deliveries.per_second,
+            sqlite_median: median,
+        },
+    ))
 }
 
+/// What the PostgreSQL drains are set against, from the SQLite phases of the same run.
+#[derive(Debug, Clone, Copy)]
+struct Yardsticks {
+    /// The raw ceiling, requests/s.
+    ceiling: f64,
+    /// SQLite's best and median drain round, deliveries/s.
+    sqlite_best: f64,
+    sqlite_median: f64,
+}
+
+/// Rounds of each PostgreSQL drain (the first of the ingest phases' backlog, the others of a
+/// backlog as large, ingested in arrays): best and median, as for SQLite's.
+const PG_DRAIN_ROUNDS: u64 = 3;
+
 /// The PostgreSQL phases (`--postgres`): the ingest and drain phases again, on a fresh
-/// database of the server with one host, then on another with two hosts sharing it. `ceiling`
-/// is the SQLite run's raw ceiling (requests/s), the drains' common yardstick. Returns how many
+/// database of the server with one host, then on another with two hosts sharing it. `yardsticks`
+/// are the SQLite run's raw ceiling and drain (none with `--postgres-only`). Returns how many
 /// deliveries reached the sink more than once.
 async fn postgres_phases(
     args: &Args,
     sizes: &Sizes,
     sink: &Sink,
     server: &pg::Server,
-    ceiling: f64,
+    yardsticks: Option<Yardsticks>,
     rows: &mut Vec<Row>,
     report: &mut Report,
 ) -> Result<u64, String> {
@@ -512,7 +543,7 @@ async fn postgres_phases(
     figures.insert("server".into(), json!(server.redacted()));
     let mut duplicates = 0;
     for hosts in [1, 2] {
-        let (run, dup) = postgres_run(args, sizes, sink, server, hosts, ceiling, rows).await?;
+        let (run, dup) = postgres_run(args, sizes, sink, server, hosts, yardsticks, rows).await?;
         figures.insert(format!("hosts_{hosts}"), run);
         duplicates += dup;
     }
@@ -521,14 +552,16 @@ async fn postgres_phases(
 }
 
 /// One PostgreSQL run: `hosts` processes of `outboxd serve` on a database of their own (dropped
-/// afterwards, also when the run fails), single-event and batched ingest, and the drain.
+/// afterwards, also when the run fails), single-event and batched ingest, the drain in
+/// [`PG_DRAIN_ROUNDS`] rounds, the database's cost of each (the drain's of its first round), and
+/// the wake-up latency.
 async fn postgres_run(
     args: &Args,
     sizes: &Sizes,
     sink: &Sink,
     server: &pg::Server,
     hosts: usize,
-    ceiling: f64,
+    yardsticks: Option<Yardsticks>,
     rows: &mut Vec<Row>,
 ) -> Result<(Value, u64), String> {
     let db = PgDatabase::create(server)?;
@@ -537,6 +570,7 @@ async fn postgres_run(
     let targets = drain_targets(sink, Mode::Default);
     let svc = Service::start(&args.outboxd, &args.plugins, &db.url(), hosts, &targets).await?;
     let run = Run::new(&svc, sink, prefix)?;
+    let ceiling = yardsticks.map_or(0.0, |y| y.ceiling);
 
     let paused = run.pause(svc.names()).await?;
     let cores = args.project_cores;
@@ -556,19 +590,44 @@ async fn postgres_run(
     }
     let deliveries = sizes.events * TARGETS.len() as u64;
     let probe = Probe::start(server, db.name(), &svc.bases()).await?;
-    let drained = run.drain(paused, svc.names(), deliveries).await?;
+    let first = run.drain(paused, svc.names(), deliveries).await?;
     wait_settled(&svc, deliveries).await?;
     let cost = probe.finish(deliveries, "delivery").await?;
-    let duplicates = sink.requests() - drained.sink_before - deliveries;
-    rows.push(drained.row(&drain_figure(&run.prefix, Mode::Default), ceiling, ""));
+    let sink_before = first.sink_before;
+    let mut drains = vec![first];
+    for round in 1..PG_DRAIN_ROUNDS {
+        let paused = run.pause(svc.names()).await?;
+        run.refill(ORDER, sizes.events, sizes.events * round).await?;
+        drains.push(run.drain(paused, svc.names(), deliveries).await?);
+        wait_settled(&svc, deliveries * (round + 1)).await?;
+    }
+    let duplicates = sink.requests() - sink_before - deliveries * PG_DRAIN_ROUNDS;
+    let (best, median, mut note) = Drained::rounds(&drains, ceiling);
+    if let Some(y) = yardsticks {
+        note.push_str(&format!(
+            "; {:.1} % of SQLite's best round, median {:.1} % of SQLite's median",
+            best.deliveries.per_second / y.sqlite_best.max(1e-9) * 100.0,
+            median / y.sqlite_median.max(1e-9) * 100.0
+        ));
+    }
+    rows.push(best.row(&drain_figure(&run.prefix, Mode::Default), ceiling, &note));
     rows.push(cost_row(&run.prefix, "drain", &cost, cores));
     costs.insert("drain".into(), cost.json(cores));
-    let wake = run.wake(sizes.wake, sizes.events, rows).await;
+    let mut drain = best.json(ceiling, duplicates);
+    drain["rounds"] = json!(drains.iter().map(|d| d.deliveries.clone()).collect::<Vec<_>>());
+    drain["median_round"] = json!(median);
+    if let Some(y) = yardsticks {
+        drain["to_sqlite_best"] = json!(best.deliveries.per_second / y.sqlite_best.max(1e-9));
+        drain["to_sqlite_median"] = json!(median / y.sqlite_median.max(1e-9));
+    }
+    let wake = run
+        .wake(sizes.wake, sizes.events * PG_DRAIN_ROUNDS, rows)
+        .await;
     svc.stop();
     Ok((
         json!({
             "hosts": hosts, "ingest_single": single, "ingest_batched": batched,
-            "drain": drained.json(ceiling, duplicates), "database_cost": costs, "wake": wake,
+            "drain": drain, "database_cost": costs, "wake": wake,
         }),
         duplicates,
     ))

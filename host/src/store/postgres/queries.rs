@@ -29,7 +29,7 @@ type DeliveryColumns = (
 
 pub(super) async fn event(conn: &mut PgConnection, id: EventId) -> Result<Option<EventDetail>, StoreError> {
     let id = id.to_string();
-    let Some(columns) = sqlx::query_as::<_, EventColumns>(sql!("select_event"))
+    let Some(columns) = counted::query_as::<EventColumns>(sql!("select_event"))
         .bind(&id)
         .fetch_optional(&mut *conn)
         .await?

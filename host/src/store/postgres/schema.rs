@@ -10,7 +10,10 @@ use crate::domain::now_ms;
 use crate::store::StoreError;
 
 /// Schema migrations, applied in order; `outboxd_schema` records the applied ones.
-pub(super) const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+pub(super) const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_leaner_writes.sql"),
+];
 
 /// The advisory lock that serialises migrations across hosts ("outboxd" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006f_7574_626f_7864;
