@@ -243,11 +243,16 @@ impl Store for PgStore {
 
     async fn settle(&self, owner: &str, batch: Vec<Settlement>) -> Result<SettleReport, StoreError> {
         let batch = &settle_order(batch);
-        self.transaction(|mut tx| async move {
-            let report = settle::settle(&mut tx, owner, batch).await?;
-            Ok((tx, report))
-        })
-        .await
+        let report = self
+            .transaction(|mut tx| async move {
+                let report = settle::settle(&mut tx, owner, batch).await?;
+                Ok((tx, report))
+            })
+            .await?;
+        if let Err(e) = settle::count_versions(&self.claims, batch).await {
+            tracing::warn!(error = %e, "could not count the attempts per plugin version of a settled batch");
+        }
+        Ok(report)
     }
 
     async fn unclaim(&self, owner: &str, claims: Vec<(i64, u32)>, until: Option<Millis>) -> Result<usize, StoreError> {

@@ -1,12 +1,12 @@
 //! Settling in sets: one statement writes the batch's outcomes on the deliveries whose lease
 //! still holds (`UPDATE … FROM unnest(…)`, in id order, each row checked for its owner, its
-//! attempt and `in_flight`), one writes every attempt's history row either way, one adds to
-//! the per-version counters (in key order: hot rows shared by hosts), and the operational
-//! events of the outcomes whose lease held are ingested in the same transaction.
+//! attempt and `in_flight`), one writes every attempt's history row either way, and the
+//! operational events of the outcomes whose lease held are ingested in the same transaction.
+//! After its commit, one statement of its own adds the batch to the per-version counters.
 
 use std::collections::HashSet;
 
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnection, PgPool};
 
 use super::counted;
 use super::ingest::insert_events;
@@ -62,16 +62,25 @@ pub(super) async fn settle(
     if !emitted.is_empty() {
         insert_events(conn, &emitted, now_ms()).await?;
     }
-    // Last: these rows are shared by every host, and stay locked until the commit.
-    let counts = version_counts(batch);
-    if !counts.is_empty() {
-        let (keys, n): (Vec<(&str, &str)>, Vec<i64>) = counts.into_iter().unzip();
-        counted::query(sql!("count_version_attempts"))
-            .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-            .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-            .bind(n)
-            .execute(&mut *conn)
-            .await?;
-    }
     Ok(report)
+}
+
+/// Adds a settled batch's attempts to the per-version counters, in key order, on its own after
+/// the settle has committed: these rows are shared by every host, and inside the settle they
+/// stayed locked until its commit and WAL flush, so that the settles of all hosts took turns.
+/// They are statistics (`GET /v1/targets`): a crash between the two loses a batch's count, not
+/// an outcome.
+pub(super) async fn count_versions(pool: &PgPool, batch: &[Settlement]) -> Result<(), StoreError> {
+    let counts = version_counts(batch);
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let (keys, n): (Vec<(&str, &str)>, Vec<i64>) = counts.into_iter().unzip();
+    counted::query(sql!("count_version_attempts"))
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .bind(n)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
