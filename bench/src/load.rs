@@ -228,7 +228,12 @@ pub async fn wake_latency(
             Err(_) => false,
         };
         let answered = Instant::now();
-        if !accepted || sink.wait_for(before + per_event, Duration::from_secs(10)).await.is_none() {
+        if !accepted
+            || sink
+                .wait_for(before + per_event, Duration::from_secs(10))
+                .await
+                .is_none()
+        {
             lost += 1;
             continue;
         }

@@ -620,9 +620,7 @@ async fn postgres_run(
         drain["to_sqlite_best"] = json!(best.deliveries.per_second / y.sqlite_best.max(1e-9));
         drain["to_sqlite_median"] = json!(median / y.sqlite_median.max(1e-9));
     }
-    let wake = run
-        .wake(sizes.wake, sizes.events * PG_DRAIN_ROUNDS, rows)
-        .await;
+    let wake = run.wake(sizes.wake, sizes.events * PG_DRAIN_ROUNDS, rows).await;
     svc.stop();
     Ok((
         json!({
@@ -757,7 +755,10 @@ impl<'a> Run<'a> {
         rows.push(row(
             format!("{}wake-up latency, 202 to first attempt (idle hosts)", self.prefix),
             format!("p50 {:.2} ms, p99 {:.2} ms", latency.p50_ms, latency.p99_ms),
-            format!("max {:.1} ms; {probes} events one at a time, {lost} not delivered within 10 s", latency.max_ms),
+            format!(
+                "max {:.1} ms; {probes} events one at a time, {lost} not delivered within 10 s",
+                latency.max_ms
+            ),
         ));
         json!({"probes": probes, "latency": latency, "lost": lost})
     }

@@ -51,7 +51,11 @@ pub(super) async fn a_batched_settle_changes_only_the_leases_still_held(db: &dyn
         let d = &b.event(c.event.id).await.unwrap().unwrap().deliveries[0];
         match i {
             0..=2 => {
-                assert_eq!((d.status, d.attempts), (DeliveryStatus::InFlight, 2), "b's lease is untouched");
+                assert_eq!(
+                    (d.status, d.attempts),
+                    (DeliveryStatus::InFlight, 2),
+                    "b's lease is untouched"
+                );
                 assert_eq!(d.history[0].outcome, AttemptOutcome::Permanent, "what a's attempt did");
             }
             3 | 4 => assert_eq!(d.status, DeliveryStatus::Dead),
@@ -107,7 +111,11 @@ pub(super) async fn concurrent_ingests_of_shared_keys_make_one_event_per_key(db:
         assert_eq!(new[key], 1, "exactly one request stored {key}");
     }
     let counts = hosts[0].status_counts().await.unwrap();
-    assert_eq!(counts["crm"][&DeliveryStatus::Pending], 3 + 24, "one event, one delivery per key");
+    assert_eq!(
+        counts["crm"][&DeliveryStatus::Pending],
+        3 + 24,
+        "one event, one delivery per key"
+    );
     for (key, set) in ids {
         let id = set.into_iter().next().unwrap();
         let detail = hosts[1].event(id).await.unwrap().unwrap();

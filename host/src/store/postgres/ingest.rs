@@ -112,7 +112,10 @@ pub(super) async fn insert_events(
 }
 
 /// [`insert_events`] for events each with its own acceptance time.
-async fn insert_events_at(conn: &mut PgConnection, events: &[(&NewEvent, Millis)]) -> Result<Vec<Ingested>, StoreError> {
+async fn insert_events_at(
+    conn: &mut PgConnection,
+    events: &[(&NewEvent, Millis)],
+) -> Result<Vec<Ingested>, StoreError> {
     let ids: Vec<String> = events.iter().map(|(e, _)| e.id.to_string()).collect();
     let duplicates = take_keys(conn, events, &ids).await?;
     let mut out = Vec::with_capacity(events.len());
@@ -149,7 +152,11 @@ async fn insert_events_at(conn: &mut PgConnection, events: &[(&NewEvent, Millis)
                 .map(|(_, e, _)| e.idempotency_key.as_ref().map(|k| k.as_str()))
                 .collect::<Vec<_>>(),
         )
-        .bind(new.iter().map(|(_, e, _)| e.ordering_key.as_deref()).collect::<Vec<_>>())
+        .bind(
+            new.iter()
+                .map(|(_, e, _)| e.ordering_key.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .bind(new.iter().map(|(_, _, now)| *now).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
@@ -157,7 +164,9 @@ async fn insert_events_at(conn: &mut PgConnection, events: &[(&NewEvent, Millis)
         .iter()
         .flat_map(|(i, e, now)| {
             let id = ids[*i].as_str();
-            e.targets.iter().map(move |t| (id, t.as_str(), *now, e.ordering_key.as_deref()))
+            e.targets
+                .iter()
+                .map(move |t| (id, t.as_str(), *now, e.ordering_key.as_deref()))
         })
         .collect();
     if !deliveries.is_empty() {
