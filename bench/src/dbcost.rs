@@ -67,7 +67,7 @@ impl Cost {
     pub fn note(&self, cores: u32) -> String {
         format!(
             "per {}: {:.2} statements, {:.3} write transactions, {:.0} B WAL, {:.1} µs server CPU \
-             (server at {:.0} % of a core); one server core ≈ {:.0} {}s/s, {cores} cores ≈ {:.0}/s",
+             (server at {:.0} % of a core); one server core ≈ {:.0} {}/s, {cores} cores ≈ {:.0}/s",
             self.unit,
             self.statements,
             self.transactions,
@@ -75,7 +75,7 @@ impl Cost {
             self.server_cpu_us,
             self.server_cpu_percent,
             self.per_core,
-            self.unit,
+            if self.unit == "delivery" { "deliveries" } else { "events" },
             self.per_core * f64::from(cores),
         )
     }

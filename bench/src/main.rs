@@ -862,16 +862,18 @@ impl Drained {
         let mut by_speed: Vec<f64> = rounds.iter().map(|d| d.deliveries.per_second).collect();
         by_speed.sort_by(f64::total_cmp);
         let median = by_speed[by_speed.len() / 2];
-        let note = format!(
-            ", best of {} rounds ({}), median round {:.1} %",
+        let mut note = format!(
+            ", best of {} rounds ({})",
             rounds.len(),
             rounds
                 .iter()
                 .map(|d| format!("{:.0}", d.deliveries.per_second))
                 .collect::<Vec<_>>()
                 .join(", "),
-            median / ceiling.max(1e-9) * 100.0,
         );
+        if ceiling > 0.0 {
+            note.push_str(&format!(", median round {:.1} %", median / ceiling * 100.0));
+        }
         (best, median, note)
     }
 
@@ -887,8 +889,12 @@ impl Drained {
             figure,
             format!("{:.0} deliveries/s", self.deliveries.per_second),
             format!(
-                "{:.1} % of the raw ceiling{rounds}; {cpu}; peak VSZ {}",
-                self.ratio(ceiling) * 100.0,
+                "{}{rounds}; {cpu}; peak VSZ {}",
+                if ceiling > 0.0 {
+                    format!("{:.1} % of the raw ceiling", self.ratio(ceiling) * 100.0)
+                } else {
+                    "no raw ceiling measured".to_owned()
+                },
                 gib(self.peak_vsz_kib)
             ),
         )
