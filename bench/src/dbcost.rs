@@ -75,7 +75,11 @@ impl Cost {
             self.server_cpu_us,
             self.server_cpu_percent,
             self.per_core,
-            if self.unit == "delivery" { "deliveries" } else { "events" },
+            if self.unit == "delivery" {
+                "deliveries"
+            } else {
+                "events"
+            },
             self.per_core * f64::from(cores),
         )
     }
