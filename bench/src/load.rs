@@ -189,3 +189,56 @@ pub async fn ingest(
         Latency::of(samples),
     )
 }
+
+/// Wake-up latency with idle hosts: `probes` events of `event_type`, numbered from `first`,
+/// posted one at a time to the hosts of `bases` in turn, each once the `per_event` deliveries
+/// of the one before have reached `sink` and a pause of 20 to 80 ms has let the lanes fall
+/// idle. Each sample is the time from the `202` to the first request of that event at the
+/// sink (0 when the request came first: the lanes are woken at the commit, before the answer
+/// is written). Returns the latencies and how many events did not arrive within 10 s.
+pub async fn wake_latency(
+    client: reqwest::Client,
+    bases: &[String],
+    sink: &crate::sink::Sink,
+    event_type: &str,
+    per_event: u64,
+    probes: u64,
+    first: u64,
+) -> (Latency, u64) {
+    let mut samples = Vec::with_capacity(probes as usize);
+    let mut lost = 0;
+    let mut jitter: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..probes {
+        jitter ^= jitter << 13;
+        jitter ^= jitter >> 7;
+        jitter ^= jitter << 17;
+        tokio::time::sleep(Duration::from_millis(20 + jitter % 60)).await;
+        let before = sink.requests();
+        sink.arm();
+        let url = format!("{}/v1/events", bases[i as usize % bases.len()]);
+        let body = serde_json::to_vec(&event(event_type, first + i)).expect("serializable");
+        let sent = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        let accepted = match sent {
+            Ok(resp) => resp.status().as_u16() == 202 && resp.bytes().await.is_ok(),
+            Err(_) => false,
+        };
+        let answered = Instant::now();
+        if !accepted
+            || sink
+                .wait_for(before + per_event, Duration::from_secs(10))
+                .await
+                .is_none()
+        {
+            lost += 1;
+            continue;
+        }
+        let arrived = sink.first_arrival().unwrap_or(answered);
+        samples.push(arrived.saturating_duration_since(answered));
+    }
+    (Latency::of(samples), lost)
+}

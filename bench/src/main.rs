@@ -43,6 +43,7 @@
 //! the relay benchmark (`tests/src/bin/relay-bench.rs`).
 
 mod adaptive;
+mod dbcost;
 mod load;
 mod pg;
 mod service;
@@ -56,6 +57,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde_json::{Value, json};
 
+use crate::dbcost::{Cost, Probe};
 use crate::load::Throughput;
 use crate::pg::PgDatabase;
 use crate::service::{CONCURRENCY, Mode, ORDER, SQLITE, Service, TARGETS, drain_targets};
@@ -100,6 +102,11 @@ struct Args {
     /// Only the scenarios against receivers that push back (phase 10).
     #[arg(long, conflicts_with = "overhead_only")]
     adaptive_only: bool,
+    /// Only the PostgreSQL phases (9), without the SQLite ones, the receivers that push back
+    /// and the plugin overhead (needs `--postgres`): for working on the PostgreSQL store; the
+    /// drains' ratio to the ceiling is then not measured.
+    #[arg(long, requires = "postgres", conflicts_with_all = ["overhead_only", "adaptive_only"])]
+    postgres_only: bool,
     /// Without the scenarios against receivers that push back (phase 10).
     #[arg(long, conflicts_with = "adaptive_only")]
     no_adaptive: bool,
@@ -108,6 +115,13 @@ struct Args {
     /// with two sharing a database.
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+    /// The server size of the projection line of the PostgreSQL phases: what a server of this
+    /// many cores could carry at the measured CPU time per delivery or event.
+    #[arg(long, default_value_t = 16, value_name = "K")]
+    project_cores: u32,
+    /// Wake-up latency probes per store (events posted one at a time to idle hosts).
+    #[arg(long)]
+    wake_probes: Option<u64>,
     /// Where to write the JSON report.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -134,6 +148,7 @@ struct Sizes {
     e2e: u64,
     ceiling: u64,
     repeat: u32,
+    wake: u64,
 }
 
 impl Sizes {
@@ -145,6 +160,7 @@ impl Sizes {
                 e2e: 300,
                 ceiling: 3_000,
                 repeat: 200,
+                wake: 20,
             }
         } else {
             Sizes {
@@ -153,6 +169,7 @@ impl Sizes {
                 e2e: 10_000,
                 ceiling: 200_000,
                 repeat: 2_000,
+                wake: 200,
             }
         };
         let events = a.events.unwrap_or(d.events).max(1);
@@ -162,6 +179,7 @@ impl Sizes {
             e2e: a.e2e.unwrap_or(d.e2e),
             ceiling: a.ceiling.unwrap_or(d.ceiling),
             repeat: a.repeat.unwrap_or(d.repeat).max(1),
+            wake: a.wake_probes.unwrap_or(d.wake),
         }
     }
 }
@@ -277,11 +295,16 @@ async fn run(args: Args) -> Result<(), String> {
             say("--adaptive-only: no PostgreSQL phases");
         }
         adaptive_phase(&args, &mut rows, &mut report).await?;
-    } else if !args.overhead_only {
-        let ceiling;
-        (duplicates, ceiling) = service_phases(&args, &sizes, &sink, &mut rows, &mut report).await?;
+    } else if args.postgres_only {
         if let Some(server) = &postgres {
-            duplicates += postgres_phases(&args, &sizes, &sink, server, ceiling, &mut rows, &mut report).await?;
+            duplicates += postgres_phases(&args, &sizes, &sink, server, None, &mut rows, &mut report).await?;
+        }
+    } else if !args.overhead_only {
+        let yardsticks;
+        (duplicates, yardsticks) = service_phases(&args, &sizes, &sink, &mut rows, &mut report).await?;
+        if let Some(server) = &postgres {
+            duplicates +=
+                postgres_phases(&args, &sizes, &sink, server, Some(yardsticks), &mut rows, &mut report).await?;
         }
         if !args.no_adaptive {
             adaptive_phase(&args, &mut rows, &mut report).await?;
@@ -289,7 +312,7 @@ async fn run(args: Args) -> Result<(), String> {
     } else if args.postgres.is_some() {
         say("--overhead-only: no PostgreSQL phases");
     }
-    if !args.adaptive_only {
+    if !args.adaptive_only && !args.postgres_only {
         overhead_phase(&args, &sizes, &sink, &mut rows, &mut report).await?;
         extra_phase(&args, &mut rows, &mut report)?;
     }
@@ -310,14 +333,14 @@ async fn run(args: Args) -> Result<(), String> {
 type Report = serde_json::Map<String, Value>;
 
 /// Phases 1 to 8: everything that runs against `outboxd serve` on SQLite. Returns how many
-/// deliveries reached the sink more than once, and the raw ceiling (requests/s).
+/// deliveries reached the sink more than once, and the yardsticks of the PostgreSQL phases.
 async fn service_phases(
     args: &Args,
     sizes: &Sizes,
     sink: &Sink,
     rows: &mut Vec<Row>,
     report: &mut Report,
-) -> Result<(u64, f64), String> {
+) -> Result<(u64, Yardsticks), String> {
     say("starting outboxd serve");
     // The drain targets of both modes: the default ones (adaptive) take the ingest phases'
     // events, the fixed ones only their drain rounds'.
@@ -422,6 +445,7 @@ async fn service_phases(
     );
     wait_settled(&svc, drained_total + e2e_deliveries).await?;
     let duplicates = sink.requests() - drains[0].sink_before - (drained_total + e2e_deliveries);
+    report.insert("wake".into(), run.wake(sizes.wake, first_e2e + sizes.e2e, rows).await);
     svc.stop();
 
     // 8. The raw ceiling.
@@ -489,19 +513,40 @@ async fn service_phases(
         json!({"concurrency": total_concurrency, "throughput": ceiling, "rounds": rounds, "load": load_ceiling}),
     );
 
-    Ok((duplicates, ceiling.per_second))
+    Ok((
+        duplicates,
+        Yardsticks {
+            ceiling: ceiling.per_second,
+            sqlite_best: best.deliveries.per_second,
+            sqlite_median: median,
+        },
+    ))
 }
 
+/// What the PostgreSQL drains are set against, from the SQLite phases of the same run.
+#[derive(Debug, Clone, Copy)]
+struct Yardsticks {
+    /// The raw ceiling, requests/s.
+    ceiling: f64,
+    /// SQLite's best and median drain round, deliveries/s.
+    sqlite_best: f64,
+    sqlite_median: f64,
+}
+
+/// Rounds of each PostgreSQL drain (the first of the ingest phases' backlog, the others of a
+/// backlog as large, ingested in arrays): best and median, as for SQLite's.
+const PG_DRAIN_ROUNDS: u64 = 3;
+
 /// The PostgreSQL phases (`--postgres`): the ingest and drain phases again, on a fresh
-/// database of the server with one host, then on another with two hosts sharing it. `ceiling`
-/// is the SQLite run's raw ceiling (requests/s), the drains' common yardstick. Returns how many
+/// database of the server with one host, then on another with two hosts sharing it. `yardsticks`
+/// are the SQLite run's raw ceiling and drain (none with `--postgres-only`). Returns how many
 /// deliveries reached the sink more than once.
 async fn postgres_phases(
     args: &Args,
     sizes: &Sizes,
     sink: &Sink,
     server: &pg::Server,
-    ceiling: f64,
+    yardsticks: Option<Yardsticks>,
     rows: &mut Vec<Row>,
     report: &mut Report,
 ) -> Result<u64, String> {
@@ -509,7 +554,7 @@ async fn postgres_phases(
     figures.insert("server".into(), json!(server.redacted()));
     let mut duplicates = 0;
     for hosts in [1, 2] {
-        let (run, dup) = postgres_run(args, sizes, sink, server, hosts, ceiling, rows).await?;
+        let (run, dup) = postgres_run(args, sizes, sink, server, hosts, yardsticks, rows).await?;
         figures.insert(format!("hosts_{hosts}"), run);
         duplicates += dup;
     }
@@ -518,14 +563,16 @@ async fn postgres_phases(
 }
 
 /// One PostgreSQL run: `hosts` processes of `outboxd serve` on a database of their own (dropped
-/// afterwards, also when the run fails), single-event and batched ingest, and the drain.
+/// afterwards, also when the run fails), single-event and batched ingest, the drain in
+/// [`PG_DRAIN_ROUNDS`] rounds, the database's cost of each (the drain's of its first round), and
+/// the wake-up latency.
 async fn postgres_run(
     args: &Args,
     sizes: &Sizes,
     sink: &Sink,
     server: &pg::Server,
     hosts: usize,
-    ceiling: f64,
+    yardsticks: Option<Yardsticks>,
     rows: &mut Vec<Row>,
 ) -> Result<(Value, u64), String> {
     let db = PgDatabase::create(server)?;
@@ -534,25 +581,74 @@ async fn postgres_run(
     let targets = drain_targets(sink, Mode::Default);
     let svc = Service::start(&args.outboxd, &args.plugins, &db.url(), hosts, &targets).await?;
     let run = Run::new(&svc, sink, prefix)?;
+    let ceiling = yardsticks.map_or(0.0, |y| y.ceiling);
 
     let paused = run.pause(svc.names()).await?;
+    let cores = args.project_cores;
+    let mut costs = Report::new();
+    let probe = Probe::start(server, db.name(), &svc.bases()).await?;
     let single = run.ingest_single(sizes.single, rows).await;
-    let batched = run
-        .ingest_batched(sizes.events - sizes.single, sizes.single, rows)
-        .await;
+    let cost = probe.finish(sizes.single, "event").await?;
+    rows.push(cost_row(&run.prefix, "single-event ingest", &cost, cores));
+    costs.insert("ingest_single".into(), cost.json(cores));
+    let batched_events = sizes.events - sizes.single;
+    let probe = Probe::start(server, db.name(), &svc.bases()).await?;
+    let batched = run.ingest_batched(batched_events, sizes.single, rows).await;
+    if batched.is_some() {
+        let cost = probe.finish(batched_events, "event").await?;
+        rows.push(cost_row(&run.prefix, "ingest of arrays", &cost, cores));
+        costs.insert("ingest_batched".into(), cost.json(cores));
+    }
     let deliveries = sizes.events * TARGETS.len() as u64;
-    let drained = run.drain(paused, svc.names(), deliveries).await?;
+    let probe = Probe::start(server, db.name(), &svc.bases()).await?;
+    let first = run.drain(paused, svc.names(), deliveries).await?;
     wait_settled(&svc, deliveries).await?;
-    let duplicates = sink.requests() - drained.sink_before - deliveries;
-    rows.push(drained.row(&drain_figure(&run.prefix, Mode::Default), ceiling, ""));
+    let cost = probe.finish(deliveries, "delivery").await?;
+    let sink_before = first.sink_before;
+    let mut drains = vec![first];
+    for round in 1..PG_DRAIN_ROUNDS {
+        let paused = run.pause(svc.names()).await?;
+        run.refill(ORDER, sizes.events, sizes.events * round).await?;
+        drains.push(run.drain(paused, svc.names(), deliveries).await?);
+        wait_settled(&svc, deliveries * (round + 1)).await?;
+    }
+    let duplicates = sink.requests() - sink_before - deliveries * PG_DRAIN_ROUNDS;
+    let (best, median, mut note) = Drained::rounds(&drains, ceiling);
+    if let Some(y) = yardsticks {
+        note.push_str(&format!(
+            "; {:.1} % of SQLite's best round, median {:.1} % of SQLite's median",
+            best.deliveries.per_second / y.sqlite_best.max(1e-9) * 100.0,
+            median / y.sqlite_median.max(1e-9) * 100.0
+        ));
+    }
+    rows.push(best.row(&drain_figure(&run.prefix, Mode::Default), ceiling, &note));
+    rows.push(cost_row(&run.prefix, "drain", &cost, cores));
+    costs.insert("drain".into(), cost.json(cores));
+    let mut drain = best.json(ceiling, duplicates);
+    drain["rounds"] = json!(drains.iter().map(|d| d.deliveries.clone()).collect::<Vec<_>>());
+    drain["median_round"] = json!(median);
+    if let Some(y) = yardsticks {
+        drain["to_sqlite_best"] = json!(best.deliveries.per_second / y.sqlite_best.max(1e-9));
+        drain["to_sqlite_median"] = json!(median / y.sqlite_median.max(1e-9));
+    }
+    let wake = run.wake(sizes.wake, sizes.events * PG_DRAIN_ROUNDS, rows).await;
     svc.stop();
     Ok((
         json!({
             "hosts": hosts, "ingest_single": single, "ingest_batched": batched,
-            "drain": drained.json(ceiling, duplicates),
+            "drain": drain, "database_cost": costs, "wake": wake,
         }),
         duplicates,
     ))
+}
+
+/// A row of the database's cost of a phase (`dbcost`).
+fn cost_row(prefix: &str, phase: &str, cost: &Cost, cores: u32) -> Row {
+    row(
+        format!("{prefix}database cost of the {phase}"),
+        format!("{:.1} µs server CPU/{}", cost.server_cpu_us, cost.unit),
+        cost.note(cores),
+    )
 }
 
 /// The phases shared by the SQLite and PostgreSQL runs, against one running service.
@@ -647,6 +743,35 @@ impl<'a> Run<'a> {
             format!("p50 {:.1} ms per request; {} errors", latency.p50_ms, batched.errors),
         ));
         Some(json!({"connections": 4, "per_request": BATCH, "throughput": batched, "latency": latency, "load": load}))
+    }
+
+    /// Wake-up latency with idle hosts (`load::wake_latency`): `probes` events posted one at a
+    /// time, numbered from `first`.
+    async fn wake(&self, probes: u64, first: u64, rows: &mut Vec<Row>) -> Value {
+        say(&format!(
+            "{}wake-up latency: {probes} events posted one at a time to idle hosts",
+            self.prefix
+        ));
+        let per_event = TARGETS.len() as u64;
+        let (latency, lost) = load::wake_latency(
+            self.api.clone(),
+            &self.svc.bases(),
+            self.sink,
+            ORDER,
+            per_event,
+            probes,
+            first,
+        )
+        .await;
+        rows.push(row(
+            format!("{}wake-up latency, 202 to first attempt (idle hosts)", self.prefix),
+            format!("p50 {:.2} ms, p99 {:.2} ms", latency.p50_ms, latency.p99_ms),
+            format!(
+                "max {:.1} ms; {probes} events one at a time, {lost} not delivered within 10 s",
+                latency.max_ms
+            ),
+        ));
+        json!({"probes": probes, "latency": latency, "lost": lost})
     }
 
     /// Tops the backlog up with `count` events of `event_type` numbered from `first`, in arrays
@@ -748,16 +873,18 @@ impl Drained {
         let mut by_speed: Vec<f64> = rounds.iter().map(|d| d.deliveries.per_second).collect();
         by_speed.sort_by(f64::total_cmp);
         let median = by_speed[by_speed.len() / 2];
-        let note = format!(
-            ", best of {} rounds ({}), median round {:.1} %",
+        let mut note = format!(
+            ", best of {} rounds ({})",
             rounds.len(),
             rounds
                 .iter()
                 .map(|d| format!("{:.0}", d.deliveries.per_second))
                 .collect::<Vec<_>>()
                 .join(", "),
-            median / ceiling.max(1e-9) * 100.0,
         );
+        if ceiling > 0.0 {
+            note.push_str(&format!(", median round {:.1} %", median / ceiling * 100.0));
+        }
         (best, median, note)
     }
 
@@ -773,8 +900,12 @@ impl Drained {
             figure,
             format!("{:.0} deliveries/s", self.deliveries.per_second),
             format!(
-                "{:.1} % of the raw ceiling{rounds}; {cpu}; peak VSZ {}",
-                self.ratio(ceiling) * 100.0,
+                "{}{rounds}; {cpu}; peak VSZ {}",
+                if ceiling > 0.0 {
+                    format!("{:.1} % of the raw ceiling", self.ratio(ceiling) * 100.0)
+                } else {
+                    "no raw ceiling measured".to_owned()
+                },
                 gib(self.peak_vsz_kib)
             ),
         )

@@ -87,6 +87,11 @@ impl Server {
         psql(&self.url_of("postgres"), "SELECT 1").map_err(|e| format!("--postgres {}: {e}", self.redacted()))
     }
 
+    /// Runs one query on `database` and returns its output (unaligned, tuples only), trimmed.
+    pub fn query(&self, database: &str, sql: &str) -> Result<String, String> {
+        psql_output(&self.url_of(database), sql)
+    }
+
     fn url_of(&self, database: &str) -> String {
         format!("{}/{database}{}", self.base, self.query)
     }
@@ -99,6 +104,11 @@ impl Server {
 
 /// `psql` running one command, quietly.
 fn psql(url: &str, sql: &str) -> Result<(), String> {
+    psql_output(url, sql).map(drop)
+}
+
+/// `psql` running one command, quietly; its output, trimmed.
+fn psql_output(url: &str, sql: &str) -> Result<String, String> {
     let out = Command::new("psql")
         .arg(url)
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c"])
@@ -106,7 +116,7 @@ fn psql(url: &str, sql: &str) -> Result<(), String> {
         .output()
         .map_err(|e| format!("cannot run psql (the PostgreSQL client): {e}"))?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     } else {
         Err(format!(
             "psql exited with {}: {}",

@@ -3,8 +3,8 @@
 //! client and outboxd's plugins send to it, so that the two figures share one receiver.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -16,6 +16,9 @@ use axum::routing::post;
 #[derive(Default)]
 struct Counters {
     requests: AtomicU64,
+    /// When the first request after [`Sink::arm`] arrived (the wake-up latency probes).
+    first_arrival: Mutex<Option<Instant>>,
+    armed: std::sync::atomic::AtomicBool,
 }
 
 /// A running sink. Counting is cheap (one relaxed atomic per request), so the sink costs
@@ -58,6 +61,17 @@ impl Sink {
         self.counters.requests.load(Ordering::Relaxed)
     }
 
+    /// Forgets the last first arrival: the next request's time is kept.
+    pub fn arm(&self) {
+        *self.counters.first_arrival.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.counters.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// When the first request since [`Sink::arm`] arrived, if one has.
+    pub fn first_arrival(&self) -> Option<Instant> {
+        *self.counters.first_arrival.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Waits until at least `total` requests have arrived, checking every millisecond;
     /// returns when they had (to within that millisecond), or `None` after `timeout`.
     pub async fn wait_for(&self, total: u64, timeout: Duration) -> Option<Instant> {
@@ -75,6 +89,9 @@ impl Sink {
 }
 
 async fn receive(State(counters): State<Arc<Counters>>, _body: Bytes) -> StatusCode {
+    if counters.armed.swap(false, Ordering::SeqCst) {
+        *counters.first_arrival.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
     counters.requests.fetch_add(1, Ordering::Relaxed);
     StatusCode::OK
 }

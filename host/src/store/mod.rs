@@ -190,7 +190,9 @@ pub trait Store: Send + Sync + 'static {
     /// How many attempts each plugin version of each target has run.
     async fn version_attempts(&self) -> Result<VersionAttempts, StoreError>;
 
-    /// The earliest `next_attempt_at` among `target`'s pending deliveries.
+    /// The earliest `next_attempt_at` among `target`'s pending deliveries; `None` while the
+    /// target is paused by hand (nothing of it is due: its lanes sleep until a wake-up, such as
+    /// the resumption, rather than claim nothing over and over).
     async fn next_due(&self, target: &TargetName) -> Result<Option<Millis>, StoreError>;
 
     /// One event with its deliveries and their history.

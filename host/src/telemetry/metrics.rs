@@ -106,6 +106,7 @@ struct Metrics {
     concurrency_limit: Family<TargetLabel, Gauge>,
     refusals: Family<TargetLabel, Counter>,
     retries_held: Family<TargetLabel, Counter>,
+    store_statements: Counter,
     recent: Mutex<Recent>,
     /// Serialises scrapes: each clears and refills the scrape-time gauges.
     scrape: Mutex<()>,
@@ -217,8 +218,15 @@ impl Metrics {
             "Retries held back by the target's retry budget (each waits, uncounted, and goes again later)",
             retries_held.clone(),
         );
+        let store_statements = Counter::default();
+        registry.register(
+            "store_statements",
+            "Statements sent to a PostgreSQL store (BEGIN and COMMIT included): with the deliveries and events, the database's round trips per unit of work",
+            store_statements.clone(),
+        );
         Self {
             registry,
+            store_statements,
             concurrency_limit,
             refusals,
             retries_held,
@@ -262,6 +270,11 @@ pub fn events_ingested(origin: &str, accepted: usize, duplicates: usize) {
                 .inc_by(n as u64);
         }
     }
+}
+
+/// Counts `n` statements sent to a PostgreSQL store.
+pub fn store_statements(n: u64) {
+    METRICS.store_statements.inc_by(n);
 }
 
 /// Records how long one `POST /v1/events` took.

@@ -6,6 +6,7 @@
 //! `on_postgres::<scenario>`.
 
 mod admin;
+mod batches;
 mod claims;
 mod history;
 
@@ -260,5 +261,7 @@ conformance! {
         history::a_running_row_of_an_older_version_is_abandoned_or_replaced,
         admin::replay_resets_attempts_keeps_history_and_is_idempotent,
         admin::paused_targets_claim_nothing_until_resumed,
+        batches::a_batched_settle_changes_only_the_leases_still_held,
+        batches::concurrent_ingests_of_shared_keys_make_one_event_per_key,
     ],
 }

@@ -3,7 +3,7 @@
 
 use sqlx::postgres::{PgConnection, PgPool};
 
-use super::{filters, hosts, wakeups};
+use super::{counted, filters, hosts, wakeups};
 use crate::domain::{Millis, TargetName};
 use crate::store::{FailedFilter, StoreError};
 
@@ -13,7 +13,7 @@ pub(super) async fn set_target_paused(
     paused: bool,
     now: Millis,
 ) -> Result<bool, StoreError> {
-    let mut changed = sqlx::query(sql!("update_target_paused"))
+    let mut changed = counted::query(sql!("update_target_paused"))
         .bind(target.as_str())
         .bind(paused)
         .bind(now)
@@ -22,7 +22,7 @@ pub(super) async fn set_target_paused(
         .rows_affected()
         > 0;
     if !changed && paused {
-        changed = sqlx::query(sql!("insert_target_paused"))
+        changed = counted::query(sql!("insert_target_paused"))
             .bind(target.as_str())
             .bind(now)
             .execute(&mut *conn)
@@ -62,12 +62,12 @@ pub(super) async fn sync_paused(
     now: Millis,
 ) -> Result<(usize, usize), StoreError> {
     hosts::register(conn, host, live, now).await?;
-    let paused = sqlx::query(sql!("pause_unloaded"))
+    let paused = counted::query(sql!("pause_unloaded"))
         .bind(now)
         .execute(&mut *conn)
         .await?
         .rows_affected() as usize;
-    let resumed = sqlx::query(sql!("resume_loaded"))
+    let resumed = counted::query(sql!("resume_loaded"))
         .bind(now)
         .execute(&mut *conn)
         .await?
@@ -84,7 +84,7 @@ pub(super) async fn hold_target(
     reason: &str,
     now: Millis,
 ) -> Result<usize, StoreError> {
-    let n = sqlx::query(sql!("hold_target"))
+    let n = counted::query(sql!("hold_target"))
         .bind(target.as_str())
         .bind(reason)
         .bind(now)
@@ -95,7 +95,7 @@ pub(super) async fn hold_target(
 }
 
 pub(super) async fn prune_finished(conn: &mut PgConnection, before: Millis, limit: usize) -> Result<usize, StoreError> {
-    let ids: Vec<String> = sqlx::query_scalar(sql!("choose_finished_events"))
+    let ids: Vec<String> = counted::query_scalar(sql!("choose_finished_events"))
         .bind(before)
         .bind(limit as i64)
         .fetch_all(&mut *conn)
@@ -105,7 +105,7 @@ pub(super) async fn prune_finished(conn: &mut PgConnection, before: Millis, limi
 }
 
 pub(super) async fn prune_idempotency_keys(pool: &PgPool, before: Millis, limit: usize) -> Result<usize, StoreError> {
-    let n = sqlx::query(sql!("prune_idempotency_keys"))
+    let n = counted::query(sql!("prune_idempotency_keys"))
         .bind(before)
         .bind(limit as i64)
         .execute(pool)
@@ -126,15 +126,15 @@ pub(super) async fn prune_failed(
         .fetch_all(&mut *conn)
         .await?;
     let (ids, events): (Vec<i64>, Vec<String>) = chosen.into_iter().unzip();
-    sqlx::query(sql!("delete_delivery_attempts"))
+    counted::query(sql!("delete_delivery_attempts"))
         .bind(&ids)
         .execute(&mut *conn)
         .await?;
-    sqlx::query(sql!("delete_deliveries"))
+    counted::query(sql!("delete_deliveries"))
         .bind(&ids)
         .execute(&mut *conn)
         .await?;
-    let emptied: Vec<String> = sqlx::query_scalar(sql!("choose_emptied_events"))
+    let emptied: Vec<String> = counted::query_scalar(sql!("choose_emptied_events"))
         .bind(&events)
         .fetch_all(&mut *conn)
         .await?;
@@ -152,7 +152,7 @@ async fn delete_events(conn: &mut PgConnection, ids: &[String]) -> Result<(), St
         sql!("delete_event_deliveries"),
         sql!("delete_events"),
     ] {
-        sqlx::query(sql).bind(ids).execute(&mut *conn).await?;
+        counted::query(sql).bind(ids).execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -1,66 +1,81 @@
-//! Claiming: due deliveries of one target leased to a host, in one transaction. Expired leases
-//! of the target go back to the queue first (their attempt abandoned), keeping their place;
-//! then due pending deliveries are locked with `SKIP LOCKED`, so hosts claim side by side. No
-//! history row is written (the in-flight delivery is the running attempt).
+//! Claiming: due deliveries of one target leased to a host. A probe first says whether the
+//! target is paused by hand (then nothing is claimed) and whether any lease of it has expired;
+//! if one has, a transaction returns the expired leases to the queue (their attempt abandoned,
+//! keeping their place) and then claims; otherwise the claim is a single statement. It locks
+//! due pending deliveries with `SKIP LOCKED` (so hosts claim side by side), leases them and
+//! returns them with their events. Claims run on connections whose commits do not wait for
+//! the WAL flush (see [`PgStore::relaxed_transaction`]). No history row is written (the
+//! in-flight delivery is the running attempt).
 
-use std::collections::BTreeMap;
+use sqlx::PgExecutor;
 
-use sqlx::postgres::PgConnection;
-
-use super::{filters, leases};
+use super::{PgStore, counted, filters, leases};
 use crate::store::history::InFlight;
 use crate::store::rows::{self, EventColumns, count};
 use crate::store::{ClaimRequest, Claimed, StoreError};
 
+/// A claimed row: delivery id, attempts, attempt seq, then its event's columns.
+type ClaimedRow = (
+    i64,
+    i32,
+    i32,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+);
+
 /// One claim (see [`Store::claim`](crate::store::Store::claim)).
-pub(super) async fn claim(conn: &mut PgConnection, req: &ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
+pub(super) async fn claim(store: &PgStore, req: &ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
     let target = req.target.as_str();
-    let paused: Option<bool> = sqlx::query_scalar(sql!("target_paused"))
-        .bind(target)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if paused == Some(true) {
-        return Ok(Vec::new());
-    }
-    // Expired leases of this target: the attempt they covered never reported back.
-    leases::return_in_flight(conn, InFlight::ExpiredOf { target, at: req.now }, req.now).await?;
-    // A concurrent claimer's rows are skipped (locked), and in this snapshot they are still
-    // pending, so with `ordered` the deliveries behind them stay blocked as they should.
-    let claimed: Vec<(i64, String, i32, i32)> = sqlx::query_as(filters::claim_pending(req.ordered))
+    let (paused, expired): (bool, bool) = counted::query_as(sql!("claim_probe"))
         .bind(target)
         .bind(req.now)
-        .bind(req.limit as i64)
-        .bind(&req.owner)
-        .bind(req.lease_until)
-        .fetch_all(&mut *conn)
+        .fetch_one(&store.claims)
         .await?;
-    if claimed.is_empty() {
+    if paused {
         return Ok(Vec::new());
     }
-    let event_ids: Vec<&str> = claimed.iter().map(|c| c.1.as_str()).collect();
-    let found: Vec<EventColumns> = sqlx::query_as(sql!("select_events"))
-        .bind(&event_ids)
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut events = BTreeMap::new();
-    for columns in found {
-        let e = rows::stored_event(columns)?;
-        events.insert(e.id.to_string(), e);
-    }
+    let claimed = if expired {
+        store
+            .relaxed_transaction(|mut tx| async move {
+                // The attempts these leases covered never reported back.
+                leases::return_in_flight(&mut tx, InFlight::ExpiredOf { target, at: req.now }, req.now).await?;
+                let claimed = claim_due(&mut *tx, req).await?;
+                Ok((tx, claimed))
+            })
+            .await?
+    } else {
+        claim_due(&store.claims, req).await?
+    };
     let mut out = Vec::with_capacity(claimed.len());
-    for (delivery_id, event_id, attempt, seq) in claimed {
-        let event = events
-            .get(&event_id)
-            .cloned()
-            .ok_or_else(|| StoreError::Corrupt(format!("delivery {delivery_id} has no event {event_id}")))?;
+    for (delivery_id, attempt, seq, id, event_type, payload, headers, key, ordering_key, created_at) in claimed {
+        let columns: EventColumns = (id, event_type, payload, headers, key, ordering_key, created_at);
         out.push(Claimed {
             delivery_id,
             target: req.target.clone(),
             attempt: count(attempt.into()),
             seq: count(seq.into()),
-            event,
+            event: rows::stored_event(columns)?,
         });
     }
     out.sort_by_key(|c| c.delivery_id);
     Ok(out)
+}
+
+/// The claim statement: due pending deliveries, leased, with their events. A concurrent
+/// claimer's rows are skipped (locked), and in this snapshot they are still pending, so with
+/// `ordered` the deliveries behind them stay blocked as they should.
+async fn claim_due<'e>(conn: impl PgExecutor<'e>, req: &ClaimRequest) -> Result<Vec<ClaimedRow>, StoreError> {
+    Ok(counted::query_as(filters::claim_pending(req.ordered))
+        .bind(req.target.as_str())
+        .bind(req.now)
+        .bind(req.limit as i64)
+        .bind(&req.owner)
+        .bind(req.lease_until)
+        .fetch_all(conn)
+        .await?)
 }

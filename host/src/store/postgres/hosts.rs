@@ -4,6 +4,7 @@
 
 use sqlx::postgres::{PgConnection, PgPool};
 
+use super::counted;
 use crate::domain::{Millis, now_ms};
 use crate::store::StoreError;
 
@@ -17,13 +18,13 @@ pub(super) async fn register(
     targets: &[String],
     now: Millis,
 ) -> Result<(), StoreError> {
-    sqlx::query(sql!("register_host"))
+    counted::query(sql!("register_host"))
         .bind(host)
         .bind(targets)
         .bind(now + HOST_TTL_MS)
         .execute(&mut *conn)
         .await?;
-    sqlx::query(sql!("forget_expired_hosts"))
+    counted::query(sql!("forget_expired_hosts"))
         .bind(now)
         .execute(&mut *conn)
         .await?;
@@ -34,7 +35,7 @@ pub(super) async fn register(
 pub(super) async fn refresh(pool: &PgPool, host: &str, lease_until: Millis) -> Result<(), StoreError> {
     let now = now_ms();
     let ttl = HOST_TTL_MS.max(3 * (lease_until - now));
-    sqlx::query(sql!("refresh_host"))
+    counted::query(sql!("refresh_host"))
         .bind(host)
         .bind(now + ttl)
         .execute(pool)
@@ -44,6 +45,6 @@ pub(super) async fn refresh(pool: &PgPool, host: &str, lease_until: Millis) -> R
 
 /// `host` stops serving.
 pub(super) async fn forget(pool: &PgPool, host: &str) -> Result<(), StoreError> {
-    sqlx::query(sql!("forget_host")).bind(host).execute(pool).await?;
+    counted::query(sql!("forget_host")).bind(host).execute(pool).await?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use sqlx::postgres::{PgConnection, PgPool};
 
-use super::{SWEEP_CHUNK, filters};
+use super::{SWEEP_CHUNK, counted, filters};
 use crate::domain::Millis;
 use crate::store::StoreError;
 use crate::store::history::InFlight;
@@ -17,7 +17,7 @@ pub(super) async fn return_in_flight(
     which: InFlight<'_>,
     now: Millis,
 ) -> Result<usize, StoreError> {
-    let query = sqlx::query_as(filters::return_in_flight(which))
+    let query = counted::query_as(filters::return_in_flight(which))
         .bind(now)
         .bind(SWEEP_CHUNK);
     let query = match which {
@@ -34,7 +34,7 @@ pub(super) async fn return_in_flight(
     let seqs: Vec<i32> = returned.iter().map(|r| r.1).collect();
     let starts: Vec<Millis> = returned.iter().map(|r| r.2).collect();
     let owners: Vec<Option<&str>> = returned.iter().map(|r| r.3.as_deref()).collect();
-    sqlx::query(sql!("abandon_attempts"))
+    counted::query(sql!("abandon_attempts"))
         .bind(&ids)
         .bind(&seqs)
         .bind(&starts)
@@ -55,7 +55,7 @@ pub(super) async fn unclaim(
 ) -> Result<usize, StoreError> {
     let ids: Vec<i64> = claims.iter().map(|c| c.0).collect();
     let seqs: Vec<i32> = claims.iter().map(|c| c.1 as i32).collect();
-    let n = sqlx::query(sql!("unclaim"))
+    let n = counted::query(sql!("unclaim"))
         .bind(&ids)
         .bind(&seqs)
         .bind(owner)
@@ -68,7 +68,7 @@ pub(super) async fn unclaim(
 
 /// Extends every lease `owner` holds to at least `lease_until`.
 pub(super) async fn extend(pool: &PgPool, owner: &str, lease_until: Millis) -> Result<usize, StoreError> {
-    let n = sqlx::query(sql!("extend_leases"))
+    let n = counted::query(sql!("extend_leases"))
         .bind(lease_until)
         .bind(owner)
         .execute(pool)

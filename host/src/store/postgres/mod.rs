@@ -15,11 +15,13 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres};
+use tokio::sync::Semaphore;
 
 use super::history::{InFlight, settle_order};
 use super::{
@@ -37,6 +39,7 @@ macro_rules! sql {
 
 mod admin;
 mod claim;
+mod counted;
 mod filters;
 mod hosts;
 mod ingest;
@@ -56,6 +59,9 @@ const RETRIES: u32 = 5;
 /// Most in-flight deliveries returned by one transaction of a sweep, release or recovery.
 const SWEEP_CHUNK: i64 = 1_000;
 
+/// Connections per host for claims, whose commits do not wait for the WAL flush.
+const CLAIM_POOL_SIZE: u32 = 4;
+
 /// A transaction on a pooled connection.
 type Tx = sqlx::Transaction<'static, Postgres>;
 
@@ -63,8 +69,15 @@ type Tx = sqlx::Transaction<'static, Postgres>;
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Connections whose commits do not wait for the WAL flush (`synchronous_commit = off` for
+    /// the session): claims ([`PgStore::relaxed_transaction`]).
+    claims: PgPool,
     /// This process's entry in `cluster_hosts`.
     host_id: String,
+    /// Concurrent ingests, written together ([`ingest`]).
+    ingests: Arc<ingest::IngestGroup>,
+    /// Ingest groups written at once ([`ingest::INGEST_WRITERS`]).
+    ingest_gate: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -110,22 +123,58 @@ impl PgStore {
         };
         let conn = PgConnection::connect_with(&options).await.map_err(connect_error)?;
         schema::migrate(conn).await?;
+        // No ping before each use, a round trip per transaction: a connection that broke while
+        // idle fails at `BEGIN` (see `run_transaction`) or fails its statement.
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
+            .await
+            .map_err(connect_error)?;
+        let claims = PgPoolOptions::new()
+            .max_connections(CLAIM_POOL_SIZE)
+            .test_before_acquire(false)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.options([("synchronous_commit", "off")]))
             .await
             .map_err(connect_error)?;
         Ok(Self {
             pool,
+            claims,
             host_id: uuid::Uuid::now_v7().simple().to_string(),
+            ingests: Arc::default(),
+            ingest_gate: Arc::new(Semaphore::new(ingest::INGEST_WRITERS)),
         })
     }
 
     /// Runs `body` in one transaction: begun, handed to `body` (which hands it back with its
     /// result), committed. An error rolls it back; a deadlock or serialization failure runs it
     /// again (a few times, after a short pause).
-    async fn transaction<T, F, Fut>(&self, mut body: F) -> Result<T, StoreError>
+    async fn transaction<T, F, Fut>(&self, body: F) -> Result<T, StoreError>
+    where
+        T: Send,
+        F: FnMut(Tx) -> Fut + Send,
+        Fut: Future<Output = Result<(Tx, T), StoreError>> + Send,
+    {
+        self.run_transaction(&self.pool, body).await
+    }
+
+    /// [`PgStore::transaction`] on a connection whose commits do not wait for the WAL flush
+    /// (`synchronous_commit = off`): for writes that a crash of the server may undo without
+    /// losing anything accepted. A claim is one: undone, its deliveries are pending again (an
+    /// attempt that ran meanwhile is made again: at least once). The flush of any later
+    /// synchronous commit carries it to disk anyway.
+    async fn relaxed_transaction<T, F, Fut>(&self, body: F) -> Result<T, StoreError>
+    where
+        T: Send,
+        F: FnMut(Tx) -> Fut + Send,
+        Fut: Future<Output = Result<(Tx, T), StoreError>> + Send,
+    {
+        self.run_transaction(&self.claims, body).await
+    }
+
+    async fn run_transaction<T, F, Fut>(&self, pool: &PgPool, mut body: F) -> Result<T, StoreError>
     where
         T: Send,
         F: FnMut(Tx) -> Fut + Send,
@@ -134,8 +183,19 @@ impl PgStore {
         let mut tries = 0;
         loop {
             let attempt = async {
-                let tx = self.pool.begin().await?;
+                let tx = match pool.begin().await {
+                    Ok(tx) => tx,
+                    // The pool does not test a connection before handing it out (a round trip
+                    // each time): one that broke while idle fails here, before anything was
+                    // done, and is closed; the next one is tried.
+                    Err(e @ (sqlx::Error::Io(_) | sqlx::Error::Protocol(_))) => {
+                        tracing::debug!(error = %e, "a pooled connection failed at BEGIN; trying another");
+                        pool.begin().await?
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 let (tx, out) = body(tx).await?;
+                counted::count(2);
                 tx.commit().await?;
                 Ok(out)
             };
@@ -174,30 +234,25 @@ impl PgStore {
 #[async_trait]
 impl Store for PgStore {
     async fn ingest(&self, events: Vec<NewEvent>, now: Millis) -> Result<Vec<Ingested>, StoreError> {
-        let events = &events;
-        self.transaction(|mut tx| async move {
-            let out = ingest::insert_events(&mut tx, events, now).await?;
-            Ok((tx, out))
-        })
-        .await
+        ingest::ingest(self, events, now).await
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
-        let request = &request;
-        self.transaction(|mut tx| async move {
-            let out = claim::claim(&mut tx, request).await?;
-            Ok((tx, out))
-        })
-        .await
+        claim::claim(self, &request).await
     }
 
     async fn settle(&self, owner: &str, batch: Vec<Settlement>) -> Result<SettleReport, StoreError> {
         let batch = &settle_order(batch);
-        self.transaction(|mut tx| async move {
-            let report = settle::settle(&mut tx, owner, batch).await?;
-            Ok((tx, report))
-        })
-        .await
+        let report = self
+            .transaction(|mut tx| async move {
+                let report = settle::settle(&mut tx, owner, batch).await?;
+                Ok((tx, report))
+            })
+            .await?;
+        if let Err(e) = settle::count_versions(&self.claims, batch).await {
+            tracing::warn!(error = %e, "could not count the attempts per plugin version of a settled batch");
+        }
+        Ok(report)
     }
 
     async fn unclaim(&self, owner: &str, claims: Vec<(i64, u32)>, until: Option<Millis>) -> Result<usize, StoreError> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use sqlx::postgres::{PgConnection, PgPool};
 
-use super::filters;
+use super::{counted, filters};
 use crate::domain::{EventId, Millis, TargetName};
 use crate::store::rows::{self, AttemptColumns, DeliveryRow, EventColumns, FailedColumns};
 use crate::store::{EventDetail, FailedDelivery, FailedFilter, StatusCounts, StoreError, VersionAttempts};
@@ -29,7 +29,7 @@ type DeliveryColumns = (
 
 pub(super) async fn event(conn: &mut PgConnection, id: EventId) -> Result<Option<EventDetail>, StoreError> {
     let id = id.to_string();
-    let Some(columns) = sqlx::query_as::<_, EventColumns>(sql!("select_event"))
+    let Some(columns) = counted::query_as::<EventColumns>(sql!("select_event"))
         .bind(&id)
         .fetch_optional(&mut *conn)
         .await?
@@ -37,12 +37,12 @@ pub(super) async fn event(conn: &mut PgConnection, id: EventId) -> Result<Option
         return Ok(None);
     };
     let event = rows::stored_event(columns)?;
-    let deliveries: Vec<DeliveryColumns> = sqlx::query_as(sql!("select_deliveries_of_event"))
+    let deliveries: Vec<DeliveryColumns> = counted::query_as(sql!("select_deliveries_of_event"))
         .bind(&id)
         .fetch_all(&mut *conn)
         .await?;
     let ids: Vec<i64> = deliveries.iter().map(|d| d.0).collect();
-    let history: Vec<DeliveryAttemptColumns> = sqlx::query_as(sql!("select_attempts_of_deliveries"))
+    let history: Vec<DeliveryAttemptColumns> = counted::query_as(sql!("select_attempts_of_deliveries"))
         .bind(&ids)
         .fetch_all(&mut *conn)
         .await?;
@@ -94,27 +94,27 @@ pub(super) async fn count_failed(pool: &PgPool, filter: &FailedFilter) -> Result
 }
 
 pub(super) async fn status_counts(pool: &PgPool) -> Result<StatusCounts, StoreError> {
-    rows::status_counts(sqlx::query_as(sql!("status_counts")).fetch_all(pool).await?)
+    rows::status_counts(counted::query_as(sql!("status_counts")).fetch_all(pool).await?)
 }
 
 pub(super) async fn version_attempts(pool: &PgPool) -> Result<VersionAttempts, StoreError> {
     Ok(rows::version_attempts(
-        sqlx::query_as(sql!("version_attempts")).fetch_all(pool).await?,
+        counted::query_as(sql!("version_attempts")).fetch_all(pool).await?,
     ))
 }
 
 pub(super) async fn next_due(pool: &PgPool, target: &TargetName) -> Result<Option<Millis>, StoreError> {
-    Ok(sqlx::query_scalar(sql!("next_due"))
+    Ok(counted::query_scalar(sql!("next_due"))
         .bind(target.as_str())
         .fetch_one(pool)
         .await?)
 }
 
 pub(super) async fn oldest_due(pool: &PgPool, now: Millis) -> Result<BTreeMap<String, Millis>, StoreError> {
-    let found: Vec<(String, Millis)> = sqlx::query_as(sql!("oldest_due")).bind(now).fetch_all(pool).await?;
+    let found: Vec<(String, Millis)> = counted::query_as(sql!("oldest_due")).bind(now).fetch_all(pool).await?;
     Ok(found.into_iter().collect())
 }
 
 pub(super) async fn paused_targets(pool: &PgPool) -> Result<Vec<String>, StoreError> {
-    Ok(sqlx::query_scalar(sql!("paused_targets")).fetch_all(pool).await?)
+    Ok(counted::query_scalar(sql!("paused_targets")).fetch_all(pool).await?)
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnection, PgPool};
 
+use super::counted;
 use crate::domain::TargetName;
 use crate::store::{StoreError, TokenGrant};
 
@@ -16,19 +17,19 @@ pub(super) async fn take(
     want: usize,
 ) -> Result<TokenGrant, StoreError> {
     let burst = rate.max(1.0);
-    sqlx::query(sql!("create_bucket"))
+    counted::query(sql!("create_bucket"))
         .bind(target.as_str())
         .bind(burst)
         .execute(&mut *conn)
         .await?;
-    let (tokens, elapsed): (f64, f64) = sqlx::query_as(sql!("lock_bucket"))
+    let (tokens, elapsed): (f64, f64) = counted::query_as(sql!("lock_bucket"))
         .bind(target.as_str())
         .fetch_one(&mut *conn)
         .await?;
     let tokens = (tokens + elapsed * rate).min(burst);
     let granted = (tokens.floor().max(0.0) as usize).min(want);
     let left = tokens - granted as f64;
-    sqlx::query(sql!("update_bucket"))
+    counted::query(sql!("update_bucket"))
         .bind(target.as_str())
         .bind(left)
         .bind(elapsed)
@@ -47,7 +48,7 @@ pub(super) async fn give_back(pool: &PgPool, target: &TargetName, rate: f64, n: 
     if n == 0 {
         return Ok(());
     }
-    sqlx::query(sql!("give_back_tokens"))
+    counted::query(sql!("give_back_tokens"))
         .bind(target.as_str())
         .bind(n as f64)
         .bind(rate.max(1.0))

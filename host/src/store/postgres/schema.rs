@@ -12,7 +12,8 @@ use crate::store::StoreError;
 /// Schema migrations, applied in order; `outboxd_schema` records the applied ones.
 pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
-    include_str!("migrations/0002_readiness_probe.sql"),
+    include_str!("migrations/0002_leaner_writes.sql"),
+    include_str!("migrations/0003_readiness_probe.sql"),
 ];
 
 /// The advisory lock that serialises migrations across hosts ("outboxd" in ASCII).

@@ -31,11 +31,11 @@ async fn hosts_opening_together_migrate_once() {
     for o in opens {
         stores.push(o.await.unwrap().unwrap());
     }
-    let versions: Vec<i32> = sqlx::query_scalar("SELECT version FROM outboxd_schema")
+    let versions: Vec<i32> = sqlx::query_scalar("SELECT version FROM outboxd_schema ORDER BY version")
         .fetch_all(&stores[0].pool)
         .await
         .unwrap();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3], "each migration once");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use sqlx::postgres::{PgConnection, PgListener, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::counted;
 use crate::store::StoreError;
 
 /// The channel of wake-ups.
@@ -15,7 +16,7 @@ const WAKE_CHANNEL: &str = "outboxd_wake";
 /// Announces new due work to every host (this one included), at the commit of `conn`'s
 /// transaction.
 pub(super) async fn notify(conn: &mut PgConnection) -> Result<(), StoreError> {
-    sqlx::query(sql!("notify")).bind(WAKE_CHANNEL).execute(conn).await?;
+    counted::query(sql!("notify")).bind(WAKE_CHANNEL).execute(conn).await?;
     Ok(())
 }
 

@@ -1,1 +1,0 @@
-SELECT event_id FROM idempotency_keys WHERE key = $1
