@@ -162,16 +162,7 @@ pub async fn ingest(
                 }
                 .expect("serializable");
                 let t0 = Instant::now();
-                let sent = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                let ok = match sent {
-                    Ok(resp) => resp.status().as_u16() == 202 && resp.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
+                let ok = post_accepted(&client, &url, body).await;
                 samples.push(t0.elapsed());
                 if !ok {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -188,6 +179,20 @@ pub async fn ingest(
         Throughput::new(total, started.elapsed(), errors.load(Ordering::Relaxed)),
         Latency::of(samples),
     )
+}
+
+/// Posts a JSON `body` to `url`; whether it was accepted (`202`, the whole answer read).
+async fn post_accepted(client: &reqwest::Client, url: &str, body: Vec<u8>) -> bool {
+    let sent = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await;
+    match sent {
+        Ok(resp) => resp.status().as_u16() == 202 && resp.bytes().await.is_ok(),
+        Err(_) => false,
+    }
 }
 
 /// Wake-up latency with idle hosts: `probes` events of `event_type`, numbered from `first`,
@@ -217,16 +222,7 @@ pub async fn wake_latency(
         sink.arm();
         let url = format!("{}/v1/events", bases[i as usize % bases.len()]);
         let body = serde_json::to_vec(&event(event_type, first + i)).expect("serializable");
-        let sent = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await;
-        let accepted = match sent {
-            Ok(resp) => resp.status().as_u16() == 202 && resp.bytes().await.is_ok(),
-            Err(_) => false,
-        };
+        let accepted = post_accepted(&client, &url, body).await;
         let answered = Instant::now();
         if !accepted
             || sink
