@@ -85,7 +85,6 @@ impl Sizes {
 struct Scenario {
     rx: Receiver,
     svc: Service,
-    api: reqwest::Client,
 }
 
 impl Scenario {
@@ -122,7 +121,7 @@ impl Scenario {
         if done.errors > 0 {
             return Err(format!("{} of the ingest's requests failed", done.errors));
         }
-        Ok(Self { rx, svc, api })
+        Ok(Self { rx, svc })
     }
 
     async fn resume(&self) -> Result<(), String> {
@@ -149,14 +148,7 @@ impl Scenario {
 
     /// `GET /v1/targets`.
     async fn targets(&self) -> Result<Value, String> {
-        self.api
-            .get(format!("{}/v1/targets", self.svc.bases()[0]))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())
+        self.svc.targets().await
     }
 
     /// Target `name`'s `concurrency_limit.limit` now; `None` while it reports none.
