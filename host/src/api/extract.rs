@@ -28,7 +28,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
 }
 
 /// A whole number as a JSON body sends it (`5`, or `5.0`, which JSON Schema counts as an
-/// integer too) or as a query string does (`"5"`).
+/// integer too, however large, as long as it fits an int64) or as a query string does (`"5"`).
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Whole {
@@ -41,7 +41,9 @@ impl Whole {
     fn get<T: TryFrom<i64>>(self) -> Option<T> {
         let n = match self {
             Whole::Int(n) => n,
-            Whole::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => f as i64,
+            // Every f64 without a fraction is a whole number; `i64::MAX as f64` is 2^63, the
+            // first value past the range.
+            Whole::Float(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => f as i64,
             Whole::Float(_) => return None,
             Whole::Text(s) => s.trim().parse().ok()?,
         };
@@ -106,6 +108,21 @@ mod tests {
         ] {
             let e = paging(after, limit, 100, 1000).unwrap_err().to_string();
             assert!(e.contains(word), "{e}");
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct Ids {
+        #[serde(deserialize_with = "whole_list")]
+        ids: Vec<i64>,
+    }
+
+    #[test]
+    fn whole_numbers_written_as_floats_count_up_to_the_int64_range() {
+        let ids: Ids = serde_json::from_str(r#"{"ids": [784.0, 9007199254740992.0, -3704, "12"]}"#).unwrap();
+        assert_eq!(ids.ids, vec![784, 9_007_199_254_740_992, -3704, 12]);
+        for bad in [r#"{"ids": [1.5]}"#, r#"{"ids": [1e19]}"#, r#"{"ids": ["x"]}"#] {
+            assert!(serde_json::from_str::<Ids>(bad).is_err(), "{bad}");
         }
     }
 }
