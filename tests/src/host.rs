@@ -103,6 +103,9 @@ pub struct Target {
     pub plugin: String,
     /// Event type globs.
     pub events: Vec<String>,
+    /// `filter`: a CEL expression over `payload`, `headers` and `event_type`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
     /// `timeout_ms`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -160,6 +163,7 @@ impl Target {
         Self {
             plugin: plugin.to_owned(),
             events: vec!["*".to_owned()],
+            filter: None,
             timeout_ms: None,
             concurrency: None,
             concurrency_mode: None,
@@ -206,6 +210,12 @@ impl Target {
     /// Replace the event globs.
     pub fn events(mut self, globs: &[&str]) -> Self {
         self.events = globs.iter().map(|g| (*g).to_owned()).collect();
+        self
+    }
+
+    /// Set `filter`.
+    pub fn filter(mut self, expression: &str) -> Self {
+        self.filter = Some(expression.to_owned());
         self
     }
 

@@ -75,3 +75,17 @@ async fn unknown_key_in_outboxd_toml_fails_start_naming_file_and_key() {
         Ok(addr) => panic!("outboxd started on {addr} despite an unknown key in outboxd.toml"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_that_does_not_compile_is_reported_with_file_and_key() {
+    assert_manifest_error_reported(
+        "plugin = \"webhook.wasm\"\n\
+         events = [\"order.*\"]\n\
+         filter = \"payload.total >\"\n\
+         \n\
+         [config]\n\
+         url = \"http://127.0.0.1:9/bad\"\n",
+        "`filter` does not compile",
+    )
+    .await;
+}

@@ -183,3 +183,102 @@ async fn events_route_by_type_glob() {
         rx.describe()
     );
 }
+
+/// A key rotation with the stock adapter: `secrets = [new, old]` signs every request with both,
+/// so a receiver still on the old key and one already on the new key both accept it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_signs_with_the_new_and_the_old_key() {
+    const NEW: &str = BILLING_SECRET;
+    const OLD: &str = CRM_SECRET;
+    const UNRELATED: &str = "whsec_dW5yZWxhdGVkLXNlY3JldC1mb3ItdGhlLXRlc3Q=";
+    let rx = Receiver::start().await;
+    let mut host = Host::new();
+    host.add_target(
+        "billing",
+        &Target::webhook(&rx.url("/billing")).config("secrets", toml::Value::Array(vec![NEW.into(), OLD.into()])),
+    );
+    host.start().await;
+
+    let (status, body) = host
+        .post_event(&json!({"type": "invoice.sent", "payload": {"n": 1}}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().expect("id").to_owned();
+    host.wait_delivered(&id, &["billing"]).await;
+
+    let reqs = rx.requests_at("/billing");
+    assert_eq!(reqs.len(), 1, "{}", rx.describe());
+    let req = &reqs[0];
+    let header = req.header("webhook-signature").unwrap_or_default();
+    assert_eq!(header.split(' ').count(), 2, "one entry per key: {req}");
+    for key in [NEW, OLD] {
+        assert!(
+            verify_standard_webhook(key, &req.headers, &req.body),
+            "does not verify with {key}: {req}"
+        );
+    }
+    assert!(!verify_standard_webhook(UNRELATED, &req.headers, &req.body), "{req}");
+    let targets = host.targets().await.to_string();
+    for key in [NEW, OLD] {
+        assert!(!targets.contains(&key[6..]), "GET /v1/targets shows a key: {targets}");
+    }
+}
+
+/// A payload filter: a target subscribed to `order.*` with
+/// `filter = "payload.total > 100 && headers['x-region'] == 'eu'"` gets only the orders that
+/// pass; an event the filter fails on (no `total`) gets no delivery to it and is counted as an
+/// error; the other target, without a filter, gets every order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_filter_picks_the_events_a_target_wants() {
+    const FILTER: &str = "payload.total > 100 && headers['x-region'] == 'eu'";
+    let rx = Receiver::start().await;
+    let mut host = Host::new();
+    host.add_target(
+        "billing",
+        &Target::webhook(&rx.url("/billing")).events(&["order.*"]).filter(FILTER),
+    )
+    .add_target("crm", &Target::webhook(&rx.url("/crm")).events(&["order.*"]));
+    host.start().await;
+
+    let mut ids = Vec::new();
+    for (payload, region) in [
+        (json!({"total": 150}), "eu"),
+        (json!({"total": 50}), "eu"),
+        (json!({"total": 150}), "us"),
+        (json!({"note": "no total"}), "eu"),
+    ] {
+        let (status, body) = host
+            .post_event(&json!({"type": "order.created", "payload": payload, "headers": {"x-region": region}}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    host.wait_delivered(&ids[0], &["billing", "crm"]).await;
+    for id in &ids[1..] {
+        let ev = host.wait_delivered(id, &["crm"]).await;
+        let targets: BTreeSet<String> = testkit::deliveries_by_target(&ev).into_keys().collect();
+        assert_eq!(
+            targets,
+            BTreeSet::from(["crm".to_owned()]),
+            "no delivery to billing: {ev:#}"
+        );
+    }
+    let billing = rx.requests_at("/billing");
+    assert_eq!(billing.len(), 1, "{}", rx.describe());
+    assert_eq!(billing[0].event_id(), Some(ids[0].as_str()));
+    assert_eq!(rx.requests_at("/crm").len(), 4, "{}", rx.describe());
+
+    let targets = host.targets().await;
+    let listed = targets
+        .as_array()
+        .and_then(|l| l.iter().find(|t| t["name"] == "billing"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(listed["filter"], FILTER, "{targets:#}");
+
+    let metrics = reqwest::get(host.url("/metrics")).await.unwrap().text().await.unwrap();
+    for (result, n) in [("matched", 1), ("skipped", 2), ("error", 1)] {
+        let line = format!("outboxd_filter_events_total{{target=\"billing\",result=\"{result}\"}} {n}");
+        assert!(metrics.contains(&line), "no `{line}` in /metrics:\n{metrics}");
+    }
+}

@@ -420,7 +420,8 @@ fn cmd_test(extra: &[String]) -> Result<ExitCode> {
         return Err(format!("{} was not built", bin.display()));
     }
     let mut cmd = cargo();
-    cmd.arg("test");
+    // Every suite runs even after one fails, so that a CI log lists every failure at once.
+    cmd.args(["test", "--no-fail-fast"]);
     let selects_packages = extra
         .iter()
         .any(|a| a == "-p" || a.starts_with("--package") || a.starts_with("-p"));
@@ -464,7 +465,7 @@ fn cmd_test(extra: &[String]) -> Result<ExitCode> {
         // `--workspace`, as the first pass: the same features, so the same test binaries (the
         // suites are test targets of `outboxd-tests` alone).
         let mut cmd = cargo();
-        cmd.args(["test", "--workspace"]);
+        cmd.args(["test", "--no-fail-fast", "--workspace"]);
         for suite in &on_postgres {
             cmd.args(["--test", suite]);
         }

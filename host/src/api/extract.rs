@@ -27,8 +27,13 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
     }
 }
 
+/// The largest whole number the API takes: 2^53 - 1, the largest that every JSON parser
+/// (JavaScript's included) reads exactly, and the bound the OpenAPI document gives.
+pub const MAX_WHOLE: i64 = (1 << 53) - 1;
+
 /// A whole number as a JSON body sends it (`5`, or `5.0`, which JSON Schema counts as an
-/// integer too, however large, as long as it fits an int64) or as a query string does (`"5"`).
+/// integer too) or as a query string does (`"5"`), between -[`MAX_WHOLE`] and [`MAX_WHOLE`]:
+/// beyond that a number written as a float may stand for several integers.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Whole {
@@ -41,14 +46,29 @@ impl Whole {
     fn get<T: TryFrom<i64>>(self) -> Option<T> {
         let n = match self {
             Whole::Int(n) => n,
-            // Every f64 without a fraction is a whole number; `i64::MAX as f64` is 2^63, the
-            // first value past the range.
-            Whole::Float(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => f as i64,
+            Whole::Float(f) if f.fract() == 0.0 && f.abs() <= MAX_WHOLE as f64 => f as i64,
             Whole::Float(_) => return None,
             Whole::Text(s) => s.trim().parse().ok()?,
         };
+        if n.abs() > MAX_WHOLE {
+            return None;
+        }
         T::try_from(n).ok()
     }
+}
+
+/// The OpenAPI schema of a list of whole numbers taken by [`whole_list`].
+pub fn whole_list_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(-MAX_WHOLE as f64))
+                .maximum(Some(MAX_WHOLE as f64)),
+        )
+        .build()
 }
 
 /// `deserialize_with` for an optional whole number (see [`Whole`]).
@@ -118,10 +138,18 @@ mod tests {
     }
 
     #[test]
-    fn whole_numbers_written_as_floats_count_up_to_the_int64_range() {
-        let ids: Ids = serde_json::from_str(r#"{"ids": [784.0, 9007199254740992.0, -3704, "12"]}"#).unwrap();
-        assert_eq!(ids.ids, vec![784, 9_007_199_254_740_992, -3704, 12]);
-        for bad in [r#"{"ids": [1.5]}"#, r#"{"ids": [1e19]}"#, r#"{"ids": ["x"]}"#] {
+    fn whole_numbers_are_taken_as_floats_too_up_to_2_to_the_53() {
+        let ids: Ids = serde_json::from_str(r#"{"ids": [784.0, 9007199254740991.0, -3704, "12"]}"#).unwrap();
+        assert_eq!(ids.ids, vec![784, MAX_WHOLE, -3704, 12]);
+        for bad in [
+            r#"{"ids": [1.5]}"#,
+            r#"{"ids": [1e19]}"#,
+            r#"{"ids": ["x"]}"#,
+            // Past 2^53 a float stands for several integers; past int64 an integer is rounded.
+            r#"{"ids": [9007199254740992.0]}"#,
+            r#"{"ids": [9007199254740992]}"#,
+            r#"{"ids": [-9223372036854775809]}"#,
+        ] {
             assert!(serde_json::from_str::<Ids>(bad).is_err(), "{bad}");
         }
     }

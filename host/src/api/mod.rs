@@ -382,17 +382,18 @@ pub struct FilterIn {
     pub error: Option<String>,
     /// Only these deliveries (JSON bodies only: a query string cannot carry a list).
     #[serde(default, deserialize_with = "extract::whole_list")]
+    #[schema(schema_with = extract::whole_list_schema)]
     #[param(ignore)]
     pub delivery_ids: Vec<i64>,
     /// Only deliveries with an id above this: the listing's paging, or where a replay starts.
     #[serde(default, deserialize_with = "extract::opt_whole")]
-    #[schema(minimum = 0)]
-    #[param(minimum = 0)]
+    #[schema(minimum = 0, maximum = 9007199254740991_i64)]
+    #[param(minimum = 0, maximum = 9007199254740991_i64)]
     pub after: Option<i64>,
     /// At most this many: a page of the listing (default 100, at most 1000), or a cap on
     /// the replay (default 1000; see `all`).
     #[serde(default, deserialize_with = "extract::opt_whole")]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 9007199254740991_i64)]
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Replay only: take every match that failed before the request (without it, a replay

@@ -112,6 +112,8 @@ pub(super) struct TargetOut {
     #[schema(value_type = Option<String>)]
     compiled_from: Option<&'static str>,
     events: Vec<String>,
+    /// Its payload filter (a CEL expression), if it has one.
+    filter: Option<String>,
     timeout_ms: Option<u64>,
     concurrency: Option<u32>,
     allowed_hosts: Vec<String>,
@@ -228,6 +230,7 @@ pub(super) async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Js
                 t.held = true;
                 t.plugin = h.spec.plugin_path.file_name().map(|f| f.to_string_lossy().into_owned());
                 t.events = h.spec.events.iter().map(|p| p.to_string()).collect();
+                t.filter = h.spec.filter.as_ref().map(|f| f.text().to_owned());
                 t.class = Some(h.spec.class.as_str());
             }
             if let Some(live) = name.parse().ok().and_then(|n| snapshot.targets.get(&n)) {
@@ -242,6 +245,7 @@ pub(super) async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Js
                     "compile"
                 });
                 t.events = spec.events.iter().map(|p| p.to_string()).collect();
+                t.filter = spec.filter.as_ref().map(|f| f.text().to_owned());
                 t.timeout_ms = Some(spec.timeout.as_millis() as u64);
                 t.concurrency = Some(spec.concurrency);
                 t.allowed_hosts = spec.allowed_hosts.clone();

@@ -28,6 +28,7 @@ use crate::outbox::{Origin, Outbox, Routing};
 use crate::plugin::PluginError;
 use crate::server::config::ServiceConfig;
 use crate::store::{self, Access, FailedFilter, Store, StoreError};
+use crate::targets::manifest::TargetSpec;
 use crate::targets::manifest::scan_targets;
 use crate::targets::routing::Routes;
 use table::{Col, Table};
@@ -349,7 +350,7 @@ pub async fn enqueue(
     for e in &scan.errors {
         eprintln!("warning: {e}");
     }
-    let routes = Routes::new(scan.targets.into_iter().map(|t| (t.name, t.events)));
+    let routes = Routes::new(scan.targets.iter().map(TargetSpec::route));
     let outbox = Outbox::new(
         open_store(config).await?,
         Routing::Fixed(std::sync::Arc::new(routes)),

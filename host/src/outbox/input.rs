@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use crate::domain::{EventId, EventType, ProducerKey};
 use crate::store::NewEvent;
+use crate::targets::filter::Input;
 use crate::targets::routing::Routes;
 
 /// Event types outboxd emits itself; producers may not use them.
@@ -238,7 +239,7 @@ pub fn route(accepted: Vec<Accepted>, routes: &Routes) -> Vec<NewEvent> {
         .into_iter()
         .map(|a| NewEvent {
             id: EventId::new(),
-            targets: routes.targets_for(a.event_type.as_str()),
+            targets: routes.targets_for_event(&mut Input::new(a.event_type.as_str(), &a.payload, &a.headers)),
             event_type: a.event_type,
             payload: a.payload,
             headers: a.headers,

@@ -15,7 +15,8 @@ use crate::policy::adaptive::ConcurrencyMode;
 use crate::policy::breaker::BreakerConfig;
 use crate::policy::budget::BudgetConfig;
 use crate::policy::retry::RetryPolicy;
-use crate::targets::routing::Pattern;
+use crate::targets::filter::Filter;
+use crate::targets::routing::{Pattern, Route};
 
 /// A target manifest as written.
 #[derive(Debug, Default, Deserialize)]
@@ -23,6 +24,7 @@ use crate::targets::routing::Pattern;
 struct ManifestFile {
     plugin: Option<String>,
     events: Option<Vec<String>>,
+    filter: Option<String>,
     timeout_ms: Option<u64>,
     concurrency: Option<u32>,
     memory_mb: Option<u32>,
@@ -207,6 +209,8 @@ pub struct TargetSpec {
     pub manifest_path: Option<PathBuf>,
     /// Event-type patterns this target subscribes to.
     pub events: Vec<Pattern>,
+    /// Which events of those types it wants, by payload and headers.
+    pub filter: Option<Filter>,
     /// Deadline of one attempt, the plugin's outbound HTTP included. Default 10 s.
     pub timeout: Duration,
     /// Attempts of this target running at once: the most, with an adaptive limit. Default 4.
@@ -247,6 +251,15 @@ pub struct TargetSpec {
 }
 
 impl TargetSpec {
+    /// This target's line of the subscription table.
+    pub fn route(&self) -> Route {
+        Route {
+            target: self.name.clone(),
+            events: self.events.clone(),
+            filter: self.filter.clone(),
+        }
+    }
+
     /// The target a manifest's text describes, as if read from `<dir>/<name>.toml`.
     pub fn from_toml(name: TargetName, text: &str, dir: &Path) -> Result<Self, String> {
         let file: ManifestFile = toml::from_str(text).map_err(|e| e.to_string())?;
@@ -276,6 +289,12 @@ impl TargetSpec {
         if events.is_empty() {
             return Err("`events` must list at least one pattern".into());
         }
+        let filter = file
+            .filter
+            .as_deref()
+            .map(Filter::compile)
+            .transpose()
+            .map_err(|e| e.to_string())?;
         let class = match file.class.as_deref() {
             None => TargetClass::Critical,
             Some(c) => c
@@ -370,6 +389,7 @@ impl TargetSpec {
             plugin_path: dir.join(plugin_rel),
             manifest_path: manifest.map(Path::to_owned),
             events,
+            filter,
             timeout: Duration::from_millis(timeout_ms),
             concurrency,
             concurrency_mode,

@@ -3,6 +3,7 @@
 //! changed off to the side, and swaps in a new immutable [`Snapshot`] at once; readers never
 //! wait for a compile. Start-up is a reload from an empty registry.
 
+pub mod filter;
 pub mod manifest;
 #[cfg(test)]
 mod proptests;
@@ -216,7 +217,7 @@ impl Registry {
                 .values()
                 .map(|t| &t.spec)
                 .chain(held.values().map(|h| &h.spec))
-                .map(|spec| (spec.name.clone(), spec.events.clone())),
+                .map(TargetSpec::route),
         );
         crate::telemetry::metrics::reload_finished(errors.len());
         self.publish(Snapshot {

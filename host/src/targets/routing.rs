@@ -1,10 +1,12 @@
-//! Routing: which targets subscribe to an event type. A target lists glob patterns in its
-//! manifest; `*` matches any run of characters (dots included) and `?` one character.
-//! Matching is case-sensitive. No other character is special.
+//! Routing: which targets subscribe to an event. A target lists glob patterns of event types
+//! in its manifest; `*` matches any run of characters (dots included) and `?` one character.
+//! Matching is case-sensitive. No other character is special. A target may also have a
+//! payload filter (`targets::filter`), asked only for events whose type it subscribes to.
 
 use std::fmt;
 use std::str::FromStr;
 
+use super::filter::{Filter, Input};
 use crate::domain::{InvalidValue, TargetName};
 
 /// One compiled event-type pattern, such as `order.*`.
@@ -72,26 +74,73 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     pattern[p..].iter().all(|&c| c == b'*')
 }
 
-/// The subscription table: each target with its patterns.
+/// One target's subscription: its event-type patterns and its payload filter, if any.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub target: TargetName,
+    pub events: Vec<Pattern>,
+    pub filter: Option<Filter>,
+}
+
+impl From<(TargetName, Vec<Pattern>)> for Route {
+    fn from((target, events): (TargetName, Vec<Pattern>)) -> Self {
+        Self {
+            target,
+            events,
+            filter: None,
+        }
+    }
+}
+
+/// The subscription table: each target with its patterns and filter.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
-    entries: Vec<(TargetName, Vec<Pattern>)>,
+    entries: Vec<Route>,
 }
 
 impl Routes {
-    pub fn new(entries: impl IntoIterator<Item = (TargetName, Vec<Pattern>)>) -> Self {
-        let mut entries: Vec<_> = entries.into_iter().collect();
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+    pub fn new<R: Into<Route>>(entries: impl IntoIterator<Item = R>) -> Self {
+        let mut entries: Vec<Route> = entries.into_iter().map(Into::into).collect();
+        entries.sort_by(|a, b| a.target.cmp(&b.target));
         Self { entries }
     }
 
-    /// The targets subscribed to `event_type`, in name order.
+    /// The targets subscribed to `event_type`, in name order, filters aside: where outboxd's
+    /// own operational events go (they are not filtered).
     pub fn targets_for(&self, event_type: &str) -> Vec<TargetName> {
         self.entries
             .iter()
-            .filter(|(_, patterns)| patterns.iter().any(|p| p.matches(event_type)))
-            .map(|(name, _)| name.clone())
+            .filter(|r| r.events.iter().any(|p| p.matches(event_type)))
+            .map(|r| r.target.clone())
             .collect()
+    }
+
+    /// The targets that get `event`, in name order: subscribed to its type and, where the
+    /// target has a filter, passed by it. A filter that fails on the event counts as no.
+    pub fn targets_for_event(&self, event: &mut Input<'_>) -> Vec<TargetName> {
+        let event_type = event.event_type();
+        let mut out = Vec::new();
+        for route in self
+            .entries
+            .iter()
+            .filter(|r| r.events.iter().any(|p| p.matches(event_type)))
+        {
+            let passes = match &route.filter {
+                None => true,
+                Some(filter) => {
+                    let decided = filter.matches(event);
+                    if let Err(e) = &decided {
+                        tracing::debug!(target = %route.target, error = %e, "a filter failed on an event: no delivery");
+                    }
+                    crate::telemetry::metrics::filter_decided(route.target.as_str(), decided.as_ref().ok().copied());
+                    decided.unwrap_or(false)
+                }
+            };
+            if passes {
+                out.push(route.target.clone());
+            }
+        }
+        out
     }
 }
 
@@ -143,6 +192,34 @@ mod tests {
         assert!("".parse::<Pattern>().is_err());
         assert!("order.[ab]".parse::<Pattern>().is_err());
         assert!("order created".parse::<Pattern>().is_err());
+    }
+
+    #[test]
+    fn a_filter_narrows_its_target_only() {
+        let filter = Filter::compile("payload.total > 100").unwrap();
+        let routes = Routes::new([
+            Route {
+                target: "billing".parse().unwrap(),
+                events: vec!["order.*".parse().unwrap()],
+                filter: Some(filter),
+            },
+            Route::from(("crm".parse().unwrap(), vec!["order.*".parse().unwrap()])),
+        ]);
+        let names = |payload: &str| {
+            routes
+                .targets_for_event(&mut Input::new("order.created", payload, &[]))
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(r#"{"total": 150}"#), ["billing", "crm"]);
+        assert_eq!(names(r#"{"total": 50}"#), ["crm"]);
+        assert_eq!(names(r#"{"no_total": 1}"#), ["crm"], "a failing filter is a no");
+        assert_eq!(
+            routes.targets_for("order.created").len(),
+            2,
+            "operational routing ignores filters"
+        );
     }
 
     #[test]

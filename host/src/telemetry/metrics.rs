@@ -70,6 +70,12 @@ struct IngestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FilterLabels {
+    target: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LoadLabel {
     from: String,
 }
@@ -106,6 +112,7 @@ struct Metrics {
     concurrency_limit: Family<TargetLabel, Gauge>,
     refusals: Family<TargetLabel, Counter>,
     retries_held: Family<TargetLabel, Counter>,
+    filter_events: Family<FilterLabels, Counter>,
     store_statements: Counter,
     recent: Mutex<Recent>,
     /// Serialises scrapes: each clears and refills the scrape-time gauges.
@@ -218,6 +225,12 @@ impl Metrics {
             "Retries held back by the target's retry budget (each waits, uncounted, and goes again later)",
             retries_held.clone(),
         );
+        let filter_events = Family::<FilterLabels, Counter>::default();
+        registry.register(
+            "filter_events",
+            "Events a target's payload filter was asked about, by result: matched (a delivery), skipped (none), error (the filter failed on the event: none)",
+            filter_events.clone(),
+        );
         let store_statements = Counter::default();
         registry.register(
             "store_statements",
@@ -230,6 +243,7 @@ impl Metrics {
             concurrency_limit,
             refusals,
             retries_held,
+            filter_events,
             events_ingested,
             ingest_seconds,
             attempts,
@@ -331,6 +345,23 @@ pub fn refusal(target: &str) {
     METRICS
         .refusals
         .get_or_create(&TargetLabel { target: target.into() })
+        .inc();
+}
+
+/// Records what `target`'s payload filter decided on one event: `Some(true)` matched,
+/// `Some(false)` skipped, `None` the filter failed on it.
+pub fn filter_decided(target: &str, decided: Option<bool>) {
+    let result = match decided {
+        Some(true) => "matched",
+        Some(false) => "skipped",
+        None => "error",
+    };
+    METRICS
+        .filter_events
+        .get_or_create(&FilterLabels {
+            target: target.into(),
+            result,
+        })
         .inc();
 }
 

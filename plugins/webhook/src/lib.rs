@@ -7,12 +7,13 @@
 //!   "data": <payload>}` (see the `body` module);
 //! - headers: `content-type: application/json`, `idempotency-key` and
 //!   `webhook-id` (both the event's idempotency key), `webhook-timestamp`
-//!   (Unix seconds, now), `webhook-signature` when `config.secret` is set
-//!   (see the `signature` module), and `outboxd-event-id`, `outboxd-event-type`,
-//!   `outboxd-attempt`.
+//!   (Unix seconds, now), `webhook-signature` when a secret is set (one
+//!   `v1,` entry per key, see the `signature` module), and `outboxd-event-id`,
+//!   `outboxd-event-type`, `outboxd-attempt`.
 //!
-//! Configuration: `url` (required), `secret` (optional, `whsec_…`),
-//! `timeout_ms` (optional request timeout). The response is classified by
+//! Configuration: `url` (required), `secret` (optional, `whsec_…`) or
+//! `secrets` (a list of them, for a key rotation: every request is signed with
+//! each), `timeout_ms` (optional request timeout). The response is classified by
 //! [`outboxd_plugin::outcome`]: 2xx delivered; 408, 429, 5xx, timeouts and
 //! connection failures retried (honouring `Retry-After` on 429/503); anything
 //! else permanent. One line is logged per delivery: at debug when delivered,
@@ -63,10 +64,11 @@ impl Target for Webhook {
 
 outboxd_plugin::export_target!(Webhook);
 
-/// The target's configuration, checked: `url`, the signing key of `secret`, `timeout_ms`.
+/// The target's configuration, checked: `url`, the signing keys of `secret` or `secrets`,
+/// `timeout_ms`.
 struct Settings {
     url: String,
-    signing_key: Option<SigningKey>,
+    signing_keys: Vec<SigningKey>,
     timeout_ms: Option<u32>,
 }
 
@@ -75,9 +77,7 @@ impl Settings {
     fn read() -> Result<Self, DeliveryError> {
         Ok(Self {
             url: config::require("url")?,
-            signing_key: config::get("secret")
-                .map(|secret| SigningKey::from_secret(&secret))
-                .transpose()
+            signing_keys: signature::keys(config::get("secret"), config::get("secrets"))
                 .map_err(DeliveryError::permanent)?,
             timeout_ms: config::get_as::<u32>("timeout_ms")?,
         })
@@ -107,8 +107,11 @@ fn send(event: &Event) -> Result<(), DeliveryError> {
         .header("idempotency-key", webhook_id)
         .header("webhook-id", webhook_id)
         .header("webhook-timestamp", timestamp.to_string());
-    if let Some(key) = &settings.signing_key {
-        request = request.header("webhook-signature", key.sign(webhook_id, timestamp, &body));
+    if !settings.signing_keys.is_empty() {
+        request = request.header(
+            "webhook-signature",
+            signature::sign_all(&settings.signing_keys, webhook_id, timestamp, &body),
+        );
     }
     let response = request
         .header("outboxd-event-id", &event.id)
