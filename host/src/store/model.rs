@@ -65,15 +65,18 @@ pub struct Claimed {
 }
 
 /// What [`Store::claim`](super::Store::claim) asks for: up to `limit` due deliveries of
-/// `target`, leased to `owner` until `lease_until`.
+/// `target`, leased to `owner` for `lease_ms` from the store's clock (see
+/// [`Store::claim`](super::Store::claim)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimRequest {
     pub target: TargetName,
     pub limit: usize,
     /// The lease owner: this process (`<pid>-<uuid>`).
     pub owner: String,
+    /// This host's time: what is due, and when the attempt started.
     pub now: Millis,
-    pub lease_until: Millis,
+    /// How long the lease lasts from the claim.
+    pub lease_ms: Millis,
     /// The target keeps per-key FIFO: a delivery with an ordering key is due only when every
     /// earlier delivery of its key to the target is final.
     pub ordered: bool,

@@ -135,7 +135,7 @@ mod tests {
             limit: 1000,
             owner: "me".into(),
             now: at,
-            lease_until: at + 60_000,
+            lease_ms: 60_000,
             ordered: false,
         };
         let claimed = store.claim(request).await.unwrap();
