@@ -422,6 +422,15 @@ pub async fn status(config: &ServiceConfig, event_id: Option<String>) -> Result<
                         h.duration_ms.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
                         h.error.as_deref().map(|e| format!(" {e}")).unwrap_or_default()
                     );
+                    match &h.response {
+                        Some(r) if r.body.is_empty() => {
+                            let _ = writeln!(out, "      response {}", r.status);
+                        }
+                        Some(r) => {
+                            let _ = writeln!(out, "      response {}: {}", r.status, table::one_line(&r.body));
+                        }
+                        None => {}
+                    }
                 }
             }
         }
@@ -441,6 +450,7 @@ pub async fn dead_list(config: &ServiceConfig, filter: FilterArgs, limit: usize)
         Col::Left(9),
         Col::Right(8),
         Col::Left(24),
+        Col::Left(40),
         Col::Rest,
     ];
     let mut table = Table::new(
@@ -455,6 +465,7 @@ pub async fn dead_list(config: &ServiceConfig, filter: FilterArgs, limit: usize)
             "ATTEMPTS",
             "FAILED AT",
             "LAST ERROR",
+            "LAST RESPONSE",
         ],
     );
     for r in rows {
@@ -466,7 +477,10 @@ pub async fn dead_list(config: &ServiceConfig, filter: FilterArgs, limit: usize)
             r.status.as_str().to_owned(),
             r.attempts.to_string(),
             format_ms(r.failed_at),
-            r.last_error.unwrap_or_default(),
+            table::one_line(&r.last_error.unwrap_or_default()),
+            r.last_response
+                .map(|r| format!("{} {}", r.status, table::one_line(&r.body)))
+                .unwrap_or_default(),
         ]);
     }
     Ok(table.finish())

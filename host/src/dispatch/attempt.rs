@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::lane::Slot;
-use crate::domain::{DeliveryStatus, Millis, Outcome, TargetClass, TargetName, delivery_key, now_ms};
+use crate::domain::{DeliveryStatus, Millis, Outcome, ReceiverResponse, TargetClass, TargetName, delivery_key, now_ms};
 use crate::outbox::operational_event;
 use crate::plugin::{BatchReport, EventInput, HttpExchange, Report};
 use crate::policy::adaptive::Answer;
@@ -43,6 +43,8 @@ pub(super) struct CallReport {
     pub duration: Duration,
     /// What the call says about the receiver's load.
     pub answer: Answer,
+    /// The receiver's last response of the call, kept in each attempt's history.
+    pub response: Option<ReceiverResponse>,
 }
 
 impl From<Report> for CallReport {
@@ -50,6 +52,7 @@ impl From<Report> for CallReport {
         let outcomes = vec![r.outcome];
         Self {
             answer: answer_of(&outcomes, &r.requests, r.duration),
+            response: last_response(r.requests),
             outcomes,
             duration: r.duration,
         }
@@ -60,10 +63,19 @@ impl From<BatchReport> for CallReport {
     fn from(r: BatchReport) -> Self {
         Self {
             answer: answer_of(&r.outcomes, &r.requests, r.duration),
+            response: last_response(r.requests),
             outcomes: r.outcomes,
             duration: r.duration,
         }
     }
+}
+
+/// The last response the plugin received through the host during a call: what the receiver
+/// said about the attempt, whatever the plugin made of it. It comes from the host's transcript,
+/// not from the plugin, so that it is the receiver's own text for every plugin (old ones too)
+/// and no plugin can change it. A batch call's response belongs to every event of the batch.
+fn last_response(requests: Vec<HttpExchange>) -> Option<ReceiverResponse> {
+    requests.into_iter().rev().find_map(|r| r.response)
 }
 
 /// How the receiver answered a call, from the requests the plugin sent through the host: a
@@ -254,6 +266,7 @@ impl Finished<'_> {
                 finished_at: self.now,
                 duration_ms,
                 plugin_hash: Some(self.plugin_hash.to_owned()),
+                response: report.response.clone(),
                 emit,
             });
         }
@@ -330,8 +343,60 @@ mod tests {
             outcomes,
             duration: Duration::from_millis(12),
             answer: Answer::Other,
+            response: Some(ReceiverResponse::new(500, b"no")),
         };
         finished.settlements(deliveries, report, recovered, &mut StdRng::seed_from_u64(7))
+    }
+
+    #[test]
+    fn each_attempt_keeps_the_receivers_last_response_of_its_call() {
+        let exchange = |status: Option<u16>, body: &[u8]| HttpExchange {
+            method: "POST".into(),
+            url: "http://crm.example".into(),
+            result: status.ok_or_else(|| "timeout".to_owned()),
+            response: status.map(|s| ReceiverResponse::new(s, body)),
+        };
+        let report = Report {
+            outcome: retry("status 500"),
+            logs: Vec::new(),
+            requests: vec![
+                exchange(Some(401), b"token expired"),
+                exchange(Some(500), br#"{"error":"upstream exploded"}"#),
+                exchange(None, b""),
+            ],
+            duration: Duration::from_millis(3),
+            output: Default::default(),
+        };
+        let call = CallReport::from(report);
+        let response = call.response.as_ref().unwrap();
+        assert_eq!(
+            (response.status, response.body.as_str()),
+            (500, r#"{"error":"upstream exploded"}"#),
+            "the last request that was answered"
+        );
+        let spec = spec("crm", "");
+        let s = settle(
+            &spec,
+            false,
+            &[
+                claimed(1, "crm", "order.created", 1),
+                claimed(2, "crm", "order.created", 1),
+            ],
+            vec![retry("a"), retry("b")],
+            None,
+        );
+        assert!(
+            s.iter().all(|s| s.response == Some(ReceiverResponse::new(500, b"no"))),
+            "every event of the call: {s:?}"
+        );
+        let silent = Report {
+            outcome: retry("timeout"),
+            logs: Vec::new(),
+            requests: vec![exchange(None, b"")],
+            duration: Duration::from_millis(3),
+            output: Default::default(),
+        };
+        assert_eq!(CallReport::from(silent).response, None);
     }
 
     fn retry(reason: &str) -> Outcome {

@@ -16,6 +16,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::Grants;
 use super::bindings::outboxd::target::{config, http, log, types};
 use super::logbudget::LogMeter;
+use crate::domain::ReceiverResponse;
 
 /// A response body is cut at this size; a plugin needs the status and a little text.
 const MAX_RESPONSE_BODY: usize = 1024 * 1024;
@@ -68,6 +69,9 @@ pub struct HttpExchange {
     pub url: String,
     /// The status, or why there was none (`denied: …`, `timeout`, `connect: …`).
     pub result: Result<u16, String>,
+    /// The response, when there was one: its status and the first KiB of its body (see
+    /// [`ReceiverResponse`]), what the attempt's history shows of the receiver's answer.
+    pub response: Option<ReceiverResponse>,
 }
 
 /// What a `Store` carries: the instance's WASI context and resources, and the current
@@ -146,12 +150,20 @@ impl HostState {
     }
 
     /// Keeps one request in the transcript: its method, the URL's origin (see [`url_origin`])
-    /// and the first bytes of its error.
-    fn record(&mut self, method: String, url: String, result: Result<u16, String>) {
+    /// and the first bytes of its error or of its response.
+    fn record(&mut self, method: String, url: String, result: Result<u16, String>, response: Option<ReceiverResponse>) {
         let result = result.map_err(|e| super::logbudget::cut_at_boundary(&e, MAX_RECORDED_ERROR).to_owned());
-        let bytes = method.len() + url.len() + result.as_ref().err().map_or(0, String::len);
+        let bytes = method.len()
+            + url.len()
+            + result.as_ref().err().map_or(0, String::len)
+            + response.as_ref().map_or(0, |r| r.body.len());
         if self.transcript_admits(self.requests.len(), bytes) {
-            self.requests.push(HttpExchange { method, url, result });
+            self.requests.push(HttpExchange {
+                method,
+                url,
+                result,
+                response,
+            });
         }
     }
 
@@ -328,6 +340,7 @@ impl http::Host for HostState {
             Ok(parsed) => send_permitted(self.http.clone(), self.deadline, parsed, req).await,
             Err(e) => Err(e),
         };
+        let response = result.as_ref().ok().map(|r| ReceiverResponse::new(r.status, &r.body));
         let summary = match &result {
             Ok(r) => Ok(r.status),
             Err(http::Error::Denied(m)) => Err(format!("denied: {m}")),
@@ -339,7 +352,7 @@ impl http::Host for HostState {
             let why = super::logbudget::cut_at_boundary(why, MAX_RECORDED_ERROR);
             tracing::debug!(target: "outboxd::plugin", plugin = %self.grants.target, %method, %url, why, "plugin request failed");
         }
-        self.record(method, url, summary);
+        self.record(method, url, summary, response);
         result
     }
 }
@@ -499,5 +512,49 @@ mod tests {
             Err(http::Error::Other(m)) => assert_eq!(m, "invalid value of header `x-ok`"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn the_transcript_keeps_the_status_and_the_first_kib_of_each_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = format!("{{\"error\":\"upstream exploded\"}}{}", " ".repeat(2000));
+        let answer = format!(
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await.unwrap();
+            socket.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let mut s = state(&[&format!("127.0.0.1:{port}")]);
+        let mut req = request(&[]);
+        req.url = format!("http://127.0.0.1:{port}/hook");
+        let response = host_send(&mut s, req).await.unwrap();
+        assert_eq!(
+            (response.status, response.body.len()),
+            (500, body.len()),
+            "the plugin gets it all"
+        );
+        let mut denied = request(&[]);
+        denied.url = "http://elsewhere.example/".into();
+        assert!(host_send(&mut s, denied).await.is_err());
+        let (_, requests) = s.end();
+        let kept = requests[0].response.as_ref().expect("a response");
+        assert_eq!(kept.status, 500);
+        assert!(
+            kept.body.starts_with(r#"{"error":"upstream exploded"}"#),
+            "{}",
+            kept.body
+        );
+        assert!(
+            kept.body.ends_with(&format!("… [cut from {} bytes]", body.len())),
+            "{}",
+            kept.body
+        );
+        assert_eq!(requests[1].response, None, "no response, nothing kept");
     }
 }

@@ -76,6 +76,7 @@ pub(crate) fn push_running_attempt(
             outcome: AttemptOutcome::Running,
             error: None,
             plugin_hash: None,
+            response: None,
         });
     }
 }
@@ -116,6 +117,7 @@ mod tests {
             outcome,
             error: None,
             plugin_hash: None,
+            response: None,
         }
     }
 

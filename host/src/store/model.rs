@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::domain::{AttemptOutcome, DeliveryStatus, EventId, EventType, Millis, ProducerKey, TargetName};
+use crate::domain::{
+    AttemptOutcome, DeliveryStatus, EventId, EventType, Millis, ProducerKey, ReceiverResponse, TargetName,
+};
 
 /// What a shared rate limit granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +99,8 @@ pub struct Settlement {
     pub duration_ms: u64,
     /// Content hash of the plugin version that ran the attempt.
     pub plugin_hash: Option<String>,
+    /// What the receiver last answered during the attempt, if it answered.
+    pub response: Option<ReceiverResponse>,
     /// Events to accept in the same transaction, if the lease was still ours (operational
     /// events such as `outboxd.delivery.dead`).
     pub emit: Vec<NewEvent>,
@@ -118,6 +122,7 @@ impl Settlement {
             finished_at: at,
             duration_ms: 4,
             plugin_hash: None,
+            response: None,
             emit: Vec::new(),
         }
     }
@@ -140,6 +145,9 @@ pub struct AttemptRecord {
     pub outcome: AttemptOutcome,
     pub error: Option<String>,
     pub plugin_hash: Option<String>,
+    /// What the receiver last answered during the attempt (none while it runs, when it was
+    /// abandoned, or when no request of it was answered).
+    pub response: Option<ReceiverResponse>,
 }
 
 /// One delivery with its history, for the status API.
@@ -212,4 +220,6 @@ pub struct FailedDelivery {
     pub last_error: Option<String>,
     /// When it failed for good.
     pub failed_at: Millis,
+    /// What the receiver answered to its last attempt, if it answered.
+    pub last_response: Option<ReceiverResponse>,
 }

@@ -152,6 +152,7 @@ mod tests {
                 finished_at: at,
                 duration_ms: 1,
                 plugin_hash: None,
+                response: None,
                 emit: Vec::new(),
             })
             .collect();

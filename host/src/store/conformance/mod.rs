@@ -204,6 +204,7 @@ pub(crate) fn settlement(c: &Claimed, status: DeliveryStatus, outcome: AttemptOu
         finished_at: at,
         duration_ms: 3,
         plugin_hash: Some("abc".into()),
+        response: None,
         emit: Vec::new(),
     }
 }
@@ -252,6 +253,7 @@ conformance! {
         history::a_running_attempt_is_the_in_flight_delivery_until_it_settles,
         history::every_abandonment_records_its_reason,
         history::a_late_outcome_replaces_the_abandoned_row,
+        history::each_attempt_keeps_the_receivers_response,
         admin::held_targets_wait_until_they_are_live_again,
         admin::failed_filters_narrow_listing_count_and_replay,
         admin::prune_deletes_finished_events_failed_deliveries_and_old_keys,
