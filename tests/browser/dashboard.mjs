@@ -81,7 +81,8 @@ try {
     rows.map((r) => r.dataset.target + "=" + r.dataset.status));
   console.log("event: " + statuses.join(","));
   const responses = await page.$$eval("#event-deliveries .response", (els) => els.map((e) => e.textContent));
-  console.log("responses: " + responses.join(" | "));
+  // One line: a body's line breaks (the receiver's own) written as \n.
+  console.log("responses: " + responses.map((r) => r.replace(/\n/g, "\\n")).join(" | "));
   step("the dead-letter list no longer shows it");
   await until("the replayed row to leave the list", async () =>
     (await page.locator(`#dead tbody tr[data-event="${eventId}"]`).count()) === 0);
