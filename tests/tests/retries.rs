@@ -176,3 +176,32 @@ async fn the_receivers_answer_is_in_the_history_of_the_api_and_the_cli() {
     assert!(out.stdout.contains("LAST RESPONSE"), "{out}");
     assert!(out.stdout.contains(&format!("500 {ANSWER}")), "{out}");
 }
+
+/// Issue 25: a plugin of contract 0.1.1 attaches a detail of its own to the attempt
+/// (`report.detail`), kept in the history beside the receiver's answer and shown by the API and
+/// the CLI. (Plugins of 0.1.0, such as `webhook_batch`, still load: see `plugin_cli`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_attaches_its_own_detail_to_the_attempt() {
+    let mut host = Host::new();
+    host.add_target(
+        "detailed",
+        &Target::misbehave("detail").config("detail", "stage=charge ref=42\nsecond line"),
+    );
+    host.start().await;
+
+    let id = host.enqueue("order.created", json!({"order_id": 26})).await;
+    let event = host.wait_settled(&id, &["detailed"]).await;
+    let d = delivery(&event, "detailed");
+    assert_eq!(d["status"], "dead", "{d:#}");
+    let hist = history(&event, "detailed");
+    assert_eq!(hist.len(), 1, "{d:#}");
+    assert_eq!(hist[0]["detail"], "stage=charge ref=42\nsecond line", "{d:#}");
+    assert!(hist[0]["response"].is_null(), "it sent no request: {d:#}");
+
+    let out = host.run_cli(&["status", &id]).await;
+    assert!(out.status.success(), "{out}");
+    assert!(
+        out.stdout.contains("detail: stage=charge ref=42\\nsecond line"),
+        "one line, the break escaped:\n{out}"
+    );
+}

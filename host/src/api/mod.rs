@@ -258,6 +258,10 @@ struct AttemptOut {
     /// What the receiver answered to this attempt; `null` while it runs, when it was abandoned,
     /// or when no request of it got an answer (a timeout, a refused connection).
     response: Option<ResponseOut>,
+    /// What the plugin attached to this attempt itself (`report.detail`, contract 0.1.1): at most
+    /// a KiB of text, ending with `… [cut from N bytes]` when it was longer; `null` when it
+    /// attached nothing.
+    detail: Option<String>,
 }
 
 /// What a receiver answered to an attempt: the HTTP status of the last response the plugin
@@ -343,6 +347,7 @@ fn event_out(d: EventDetail) -> Result<EventOut, ApiError> {
                         error: h.error,
                         plugin_hash: h.plugin_hash,
                         response: h.response.map(ResponseOut::from),
+                        detail: h.detail,
                     })
                     .collect(),
             })

@@ -431,6 +431,9 @@ pub async fn status(config: &ServiceConfig, event_id: Option<String>) -> Result<
                         }
                         None => {}
                     }
+                    if let Some(detail) = &h.detail {
+                        let _ = writeln!(out, "      detail: {}", table::one_line(detail));
+                    }
                 }
             }
         }

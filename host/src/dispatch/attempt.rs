@@ -40,6 +40,8 @@ pub(super) fn spawn(shared: &Arc<Shared>, lane_target: &Arc<Target>, deliveries:
 #[derive(Debug)]
 pub(super) struct CallReport {
     pub outcomes: Vec<Outcome>,
+    /// What the plugin attached to each event's attempt (`report.detail`), in event order.
+    pub details: Vec<Option<String>>,
     pub duration: Duration,
     /// What the call says about the receiver's load.
     pub answer: Answer,
@@ -51,6 +53,7 @@ impl From<Report> for CallReport {
     fn from(r: Report) -> Self {
         let outcomes = vec![r.outcome];
         Self {
+            details: vec![r.detail],
             answer: answer_of(&outcomes, &r.requests, r.duration),
             response: last_response(r.requests),
             outcomes,
@@ -65,6 +68,7 @@ impl From<BatchReport> for CallReport {
             answer: answer_of(&r.outcomes, &r.requests, r.duration),
             response: last_response(r.requests),
             outcomes: r.outcomes,
+            details: r.details,
             duration: r.duration,
         }
     }
@@ -243,7 +247,8 @@ impl Finished<'_> {
         let name = &self.spec.name;
         let duration_ms = report.duration.as_millis() as u64;
         let mut out = Vec::with_capacity(deliveries.len());
-        for (delivery, outcome) in deliveries.iter().zip(report.outcomes) {
+        let details = report.details.into_iter().chain(std::iter::repeat(None));
+        for ((delivery, outcome), detail) in deliveries.iter().zip(report.outcomes).zip(details) {
             let mut decision = retry::decide(&self.spec.retry, delivery.attempt, &outcome, self.now, rng);
             if self.removed && decision.status == DeliveryStatus::Pending {
                 decision.status = DeliveryStatus::Paused;
@@ -267,6 +272,7 @@ impl Finished<'_> {
                 duration_ms,
                 plugin_hash: Some(self.plugin_hash.to_owned()),
                 response: report.response.clone(),
+                detail,
                 emit,
             });
         }
@@ -340,6 +346,7 @@ mod tests {
             now: NOW,
         };
         let report = CallReport {
+            details: outcomes.iter().map(|_| Some("mine".to_owned())).collect(),
             outcomes,
             duration: Duration::from_millis(12),
             answer: Answer::Other,
@@ -358,6 +365,7 @@ mod tests {
         };
         let report = Report {
             outcome: retry("status 500"),
+            detail: None,
             logs: Vec::new(),
             requests: vec![
                 exchange(Some(401), b"token expired"),
@@ -389,14 +397,25 @@ mod tests {
             s.iter().all(|s| s.response == Some(ReceiverResponse::new(500, b"no"))),
             "every event of the call: {s:?}"
         );
+        assert!(
+            s.iter().all(|s| s.detail.as_deref() == Some("mine")),
+            "each its own: {s:?}"
+        );
         let silent = Report {
             outcome: retry("timeout"),
+            detail: Some("no answer".into()),
             logs: Vec::new(),
             requests: vec![exchange(None, b"")],
             duration: Duration::from_millis(3),
             output: Default::default(),
         };
-        assert_eq!(CallReport::from(silent).response, None);
+        let silent = CallReport::from(silent);
+        assert_eq!(silent.response, None);
+        assert_eq!(
+            silent.details,
+            [Some("no answer".to_owned())],
+            "the plugin's own detail"
+        );
     }
 
     fn retry(reason: &str) -> Outcome {

@@ -14,9 +14,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Grants;
-use super::bindings::outboxd::target::{config, http, log, types};
+use super::bindings::outboxd::target::{config, http, log, report, types};
 use super::logbudget::LogMeter;
-use crate::domain::ReceiverResponse;
+use crate::domain::{ReceiverResponse, cap_text};
 
 /// A response body is cut at this size; a plugin needs the status and a little text.
 const MAX_RESPONSE_BODY: usize = 1024 * 1024;
@@ -28,6 +28,10 @@ const MAX_TRANSCRIPT_BYTES: usize = 256 * 1024;
 const MAX_LOG_LINE: usize = 4096;
 /// Each kept request's error text is cut at this size.
 const MAX_RECORDED_ERROR: usize = 1024;
+/// A detail an adapter attaches to an attempt (`report.detail`) is cut at this size.
+pub const MAX_DETAIL: usize = 1024;
+/// An event id is a UUID (36 bytes): a longer `report.detail` id names no event of the call.
+const MAX_EVENT_ID: usize = 64;
 /// The longest URL a plugin may send, measured before it is parsed.
 pub const MAX_URL_BYTES: usize = 8 * 1024;
 /// At most this many request headers ...
@@ -85,6 +89,9 @@ pub(crate) struct HostState {
     deadline: Instant,
     logs: Vec<LogLine>,
     requests: Vec<HttpExchange>,
+    /// What the adapter attached to each event's attempt (`report.detail`): (event id, text),
+    /// the latest per id.
+    details: Vec<(String, String)>,
     /// Bytes held by `logs` and `requests`.
     transcript_bytes: usize,
     /// This invocation's log budget (see `logbudget`); captured guest output shares it.
@@ -109,6 +116,7 @@ impl HostState {
             deadline: Instant::now(),
             logs: Vec::new(),
             requests: Vec::new(),
+            details: Vec::new(),
             transcript_bytes: 0,
         }
     }
@@ -126,6 +134,16 @@ impl HostState {
     pub(crate) fn begin(&mut self, deadline: Instant) {
         self.deadline = deadline;
         self.log_meter = LogMeter::new(self.grants.log_budget);
+        self.details.clear();
+    }
+
+    /// What the adapter attached with `report.detail` to each of `event_ids` during this
+    /// invocation, in their order (none for an event it said nothing about); then forgets it.
+    pub(crate) fn take_details<'a>(&mut self, event_ids: impl Iterator<Item = &'a str>) -> Vec<Option<String>> {
+        let details = std::mem::take(&mut self.details);
+        event_ids
+            .map(|id| details.iter().find(|(of, _)| of == id).map(|(_, text)| text.clone()))
+            .collect()
     }
 
     /// The current invocation's deadline.
@@ -390,6 +408,20 @@ impl log::Host for HostState {
     }
 }
 
+impl report::Host for HostState {
+    async fn detail(&mut self, event_id: String, text: String) {
+        if event_id.len() > MAX_EVENT_ID {
+            return;
+        }
+        let text = cap_text(text, MAX_DETAIL);
+        if let Some(kept) = self.details.iter_mut().find(|(of, _)| *of == event_id) {
+            kept.1 = text;
+        } else if self.details.len() < MAX_TRANSCRIPT {
+            self.details.push((event_id, text));
+        }
+    }
+}
+
 impl config::Host for HostState {
     async fn get(&mut self, key: String) -> Option<String> {
         self.grants.config.get(&key).cloned()
@@ -556,5 +588,33 @@ mod tests {
             kept.body
         );
         assert_eq!(requests[1].response, None, "no response, nothing kept");
+    }
+
+    #[tokio::test]
+    async fn a_detail_is_kept_per_event_bounded_and_the_latest_wins() {
+        async fn detail(s: &mut HostState, id: &str, text: String) {
+            <HostState as report::Host>::detail(s, id.to_owned(), text).await
+        }
+        let mut s = state(&[]);
+        detail(&mut s, "e1", "first".into()).await;
+        detail(&mut s, "e2", "x".repeat(10_000)).await;
+        detail(&mut s, "e1", "stage=charge ref=42".into()).await;
+        detail(&mut s, &"i".repeat(100), "no such event".into()).await;
+        let details = s.take_details(["e1", "e2", "e3"].into_iter());
+        assert_eq!(details[0].as_deref(), Some("stage=charge ref=42"), "the latest");
+        let long = details[1].as_deref().unwrap();
+        assert!(
+            long.len() <= MAX_DETAIL && long.ends_with("[cut from 10000 bytes]"),
+            "{long}"
+        );
+        assert_eq!(details[2], None);
+        assert_eq!(s.take_details(["e1"].into_iter()), [None], "taken once");
+        detail(&mut s, "e1", "stale".into()).await;
+        s.begin(Instant::now() + Duration::from_secs(5));
+        assert_eq!(
+            s.take_details(["e1"].into_iter()),
+            [None],
+            "a new invocation starts empty"
+        );
     }
 }

@@ -77,6 +77,7 @@ pub(crate) fn push_running_attempt(
             error: None,
             plugin_hash: None,
             response: None,
+            detail: None,
         });
     }
 }
@@ -118,6 +119,7 @@ mod tests {
             error: None,
             plugin_hash: None,
             response: None,
+            detail: None,
         }
     }
 

@@ -101,6 +101,8 @@ pub struct Settlement {
     pub plugin_hash: Option<String>,
     /// What the receiver last answered during the attempt, if it answered.
     pub response: Option<ReceiverResponse>,
+    /// What the plugin attached to the attempt (`report.detail`), at most a KiB.
+    pub detail: Option<String>,
     /// Events to accept in the same transaction, if the lease was still ours (operational
     /// events such as `outboxd.delivery.dead`).
     pub emit: Vec<NewEvent>,
@@ -123,6 +125,7 @@ impl Settlement {
             duration_ms: 4,
             plugin_hash: None,
             response: None,
+            detail: None,
             emit: Vec::new(),
         }
     }
@@ -148,6 +151,8 @@ pub struct AttemptRecord {
     /// What the receiver last answered during the attempt (none while it runs, when it was
     /// abandoned, or when no request of it was answered).
     pub response: Option<ReceiverResponse>,
+    /// What the plugin attached to the attempt (`report.detail`), if anything.
+    pub detail: Option<String>,
 }
 
 /// One delivery with its history, for the status API.

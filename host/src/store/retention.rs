@@ -153,6 +153,7 @@ mod tests {
                 duration_ms: 1,
                 plugin_hash: None,
                 response: None,
+                detail: None,
                 emit: Vec::new(),
             })
             .collect();

@@ -60,7 +60,7 @@ pub(crate) struct DeliveryRow {
 }
 
 /// One row of `attempts`: n, started_at, duration_ms, outcome, error, plugin_hash,
-/// response_status, response_body.
+/// response_status, response_body, detail.
 pub(crate) type AttemptColumns = (
     i64,
     Millis,
@@ -69,6 +69,7 @@ pub(crate) type AttemptColumns = (
     Option<String>,
     Option<String>,
     Option<i64>,
+    Option<String>,
     Option<String>,
 );
 
@@ -90,7 +91,7 @@ pub(crate) fn delivery_detail(row: DeliveryRow, attempts: Vec<AttemptColumns>) -
     let mut history = attempts
         .into_iter()
         .map(
-            |(n, started_at, duration_ms, outcome, error, plugin_hash, status, body)| {
+            |(n, started_at, duration_ms, outcome, error, plugin_hash, status, body, detail)| {
                 Ok(AttemptRecord {
                     n: count(n),
                     started_at,
@@ -99,6 +100,7 @@ pub(crate) fn delivery_detail(row: DeliveryRow, attempts: Vec<AttemptColumns>) -
                     error,
                     plugin_hash,
                     response: response(status, body)?,
+                    detail,
                 })
             },
         )

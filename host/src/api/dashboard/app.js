@@ -145,6 +145,7 @@ async function loadEvent(id) {
       el("div", { class: "history mono", text: "#" + h.n + " " + h.started_at + " " + h.outcome +
         (h.duration_ms !== null ? " " + h.duration_ms + " ms" : "") + (h.error ? ": " + h.error : "") }),
       ...(h.response ? [el("div", { class: "response mono", "data-attempt": h.n, text: responseText(h.response) })] : []),
+      ...(h.detail ? [el("div", { class: "detail mono", "data-attempt": h.n, text: "plugin: " + h.detail })] : []),
     ]);
     rows.push(el("tr", { class: "history-row" }, el("td", { colspan: 5 }, ...history)));
   }

@@ -23,12 +23,14 @@ pub(super) async fn a_running_attempt_is_the_in_flight_delivery_until_it_settles
         error: None,
         plugin_hash: None,
         response: None,
+        detail: None,
     };
     assert_eq!(d.history, [running]);
     let mut retry = settlement(&c[0], DeliveryStatus::Pending, AttemptOutcome::Retry, 60);
     retry.last_error = Some("HTTP 503".into());
     retry.next_attempt_at = 100;
     retry.response = Some(ReceiverResponse::new(503, b"busy"));
+    retry.detail = Some("charge refused".into());
     s.settle("w", vec![retry]).await.unwrap();
     let d = &s.event(id).await.unwrap().unwrap().deliveries[0];
     let settled = AttemptRecord {
@@ -39,6 +41,7 @@ pub(super) async fn a_running_attempt_is_the_in_flight_delivery_until_it_settles
         error: Some("HTTP 503".into()),
         plugin_hash: Some("abc".into()),
         response: Some(ReceiverResponse::new(503, b"busy")),
+        detail: Some("charge refused".into()),
     };
     assert_eq!(d.history, std::slice::from_ref(&settled));
     let c = s.claim(claim("crm", 1, "w", 100, 1_000)).await.unwrap();

@@ -205,6 +205,7 @@ pub(crate) fn settlement(c: &Claimed, status: DeliveryStatus, outcome: AttemptOu
         duration_ms: 3,
         plugin_hash: Some("abc".into()),
         response: None,
+        detail: None,
         emit: Vec::new(),
     }
 }

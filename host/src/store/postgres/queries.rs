@@ -22,6 +22,7 @@ type DeliveryAttemptColumns = (
     Option<String>,
     Option<i64>,
     Option<String>,
+    Option<String>,
 );
 
 /// A delivery of `select_deliveries_of_event`.
@@ -57,7 +58,7 @@ pub(super) async fn event(conn: &mut PgConnection, id: EventId) -> Result<Option
         .fetch_all(&mut *conn)
         .await?;
     let mut by_delivery: BTreeMap<i64, Vec<AttemptColumns>> = BTreeMap::new();
-    for (delivery_id, n, started_at, duration_ms, outcome, error, plugin_hash, status, body) in history {
+    for (delivery_id, n, started_at, duration_ms, outcome, error, plugin_hash, status, body, detail) in history {
         by_delivery.entry(delivery_id).or_default().push((
             n,
             started_at,
@@ -67,6 +68,7 @@ pub(super) async fn event(conn: &mut PgConnection, id: EventId) -> Result<Option
             plugin_hash,
             status,
             body,
+            detail,
         ));
     }
     let deliveries = deliveries

@@ -56,6 +56,7 @@ pub(super) async fn settle(
         .iter()
         .map(|s| s.response.as_ref().map(|r| r.body.as_str()))
         .collect();
+    let details: Vec<Option<&str>> = batch.iter().map(|s| s.detail.as_deref()).collect();
     counted::query(sql!("record_attempts"))
         .bind(&ids)
         .bind(&seqs)
@@ -67,6 +68,7 @@ pub(super) async fn settle(
         .bind(owner)
         .bind(&statuses)
         .bind(&bodies)
+        .bind(&details)
         .execute(&mut *conn)
         .await?;
     if !emitted.is_empty() {
