@@ -318,6 +318,50 @@ pub fn cap_error_text(text: String) -> String {
     cap_text(text, MAX_ERROR_TEXT)
 }
 
+/// The most of a receiver's response body an attempt's history keeps, in bytes.
+pub const MAX_RESPONSE_EXCERPT: usize = 1024;
+
+/// What the receiver answered to an attempt, as the host saw it: the HTTP status of the last
+/// response the plugin received through the host, and the beginning of its body, exactly as
+/// sent (nothing is redacted: it is the receiver's own text) but bounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiverResponse {
+    pub status: u16,
+    /// At most [`MAX_RESPONSE_EXCERPT`] bytes of text, then `… [cut from N bytes]` if the body
+    /// was longer (N: the bytes the host read).
+    pub body: String,
+}
+
+impl ReceiverResponse {
+    /// `status` and the first [`MAX_RESPONSE_EXCERPT`] bytes of `body` as text: UTF-8 as sent,
+    /// a character the cut would split left out, any byte that is not UTF-8 as U+FFFD (and the
+    /// text cut again at [`MAX_RESPONSE_EXCERPT`] should that have made it longer), marked
+    /// when anything was left out.
+    pub fn new(status: u16, body: &[u8]) -> Self {
+        let mut cut = body.len().min(MAX_RESPONSE_EXCERPT);
+        // A UTF-8 character is at most 4 bytes: never start the rest inside one.
+        let mut back = 0;
+        while cut < body.len() && cut > 0 && back < 3 && body[cut] & 0xC0 == 0x80 {
+            cut -= 1;
+            back += 1;
+        }
+        let mut text = String::from_utf8_lossy(&body[..cut]).into_owned();
+        let mut shortened = cut < body.len();
+        if text.len() > MAX_RESPONSE_EXCERPT {
+            let mut at = MAX_RESPONSE_EXCERPT;
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            text.truncate(at);
+            shortened = true;
+        }
+        if shortened {
+            text.push_str(&format!("… [cut from {} bytes]", body.len()));
+        }
+        Self { status, body: text }
+    }
+}
+
 /// What a delivery attempt produced, as the dispatcher sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -411,5 +455,35 @@ mod tests {
         let id = EventId::new();
         assert_eq!(id.to_string().parse::<EventId>(), Ok(id));
         assert!("nope".parse::<EventId>().is_err());
+    }
+
+    #[test]
+    fn a_receivers_answer_is_kept_as_sent_up_to_a_kib_and_marked_when_cut() {
+        let small = ReceiverResponse::new(500, br#"{"error":"upstream exploded"}"#);
+        assert_eq!(small.status, 500);
+        assert_eq!(small.body, r#"{"error":"upstream exploded"}"#, "as sent, unmarked");
+        let exact = ReceiverResponse::new(200, &[b'a'; MAX_RESPONSE_EXCERPT]);
+        assert_eq!(
+            exact.body.len(),
+            MAX_RESPONSE_EXCERPT,
+            "a body of exactly 1 KiB is whole"
+        );
+        let long = ReceiverResponse::new(502, &[b'x'; 5000]);
+        assert!(long.body.starts_with(&"x".repeat(MAX_RESPONSE_EXCERPT)));
+        assert!(long.body.ends_with("… [cut from 5000 bytes]"), "{}", long.body);
+        // A character the cut would split is left out, not mangled.
+        let mut split = vec![b'a'; MAX_RESPONSE_EXCERPT - 1];
+        split.extend("é and more".as_bytes());
+        let split = ReceiverResponse::new(400, &split);
+        assert!(split.body.starts_with(&"a".repeat(MAX_RESPONSE_EXCERPT - 1)));
+        assert!(!split.body.contains('\u{FFFD}'), "{}", split.body);
+        assert!(split.body.contains("… [cut from"));
+        // Bytes that are not UTF-8 become U+FFFD; the text stays within the bound.
+        let binary = ReceiverResponse::new(200, &[0xFF; 2000]);
+        let text = binary.body.split('…').next().unwrap();
+        assert!(text.len() <= MAX_RESPONSE_EXCERPT && text.chars().all(|c| c == '\u{FFFD}'));
+        assert!(binary.body.ends_with("[cut from 2000 bytes]"));
+        let garbled = ReceiverResponse::new(200, b"ok\xFF");
+        assert_eq!(garbled.body, "ok\u{FFFD}");
     }
 }

@@ -62,6 +62,7 @@ try {
   const eventId = await dead.getAttribute("data-event");
   const target = await dead.getAttribute("data-target");
   console.log("dead: " + target + " " + eventId);
+  console.log("dead response: " + (await dead.locator("td.response").textContent()));
 
   step("select it and replay with the button, confirming");
   await dead.locator("input[type=checkbox]").check();
@@ -79,6 +80,9 @@ try {
   const statuses = await page.$$eval("#event-deliveries tr[data-target]", (rows) =>
     rows.map((r) => r.dataset.target + "=" + r.dataset.status));
   console.log("event: " + statuses.join(","));
+  const responses = await page.$$eval("#event-deliveries .response", (els) => els.map((e) => e.textContent));
+  // One line: a body's line breaks (the receiver's own) written as \n.
+  console.log("responses: " + responses.map((r) => r.replace(/\n/g, "\\n")).join(" | "));
   step("the dead-letter list no longer shows it");
   await until("the replayed row to leave the list", async () =>
     (await page.locator(`#dead tbody tr[data-event="${eventId}"]`).count()) === 0);

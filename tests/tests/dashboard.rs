@@ -1,8 +1,9 @@
 //! The dashboard in a real browser: Debian's headless Chromium, driven by playwright-core
 //! (`tests/browser/dashboard.mjs`). outboxd runs with API tokens and the three demo targets;
-//! `billing` refuses the event (422) so its delivery is dead. The browser signs in with an
-//! admin token, sees the three targets, finds the dead delivery, replays it with the button
-//! (confirming), and sees it delivered. The screenshot is kept in
+//! `billing` refuses the event (422 `{"error":"upstream exploded"}`) so its delivery is dead.
+//! The browser signs in with an admin token, sees the three targets, finds the dead delivery
+//! with the receiver's answer, replays it with the button (confirming), and sees it delivered,
+//! the refused attempt's answer in the event's history. The screenshot is kept in
 //! `target/test-artifacts/dashboard.png`.
 //!
 //! Needs `/usr/bin/chromium` (or `CHROMIUM`), node, and `tests/browser/node_modules`
@@ -14,6 +15,8 @@ use serde_json::json;
 use testkit::{Behavior, artifacts, default_timeout, target_count};
 
 const ADMIN: &str = "admin-token-0123456789";
+/// What billing's receiver answers at first.
+const ANSWER: &str = r#"{"error":"upstream exploded"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
@@ -31,7 +34,7 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
         "{chromium} is missing: install Debian's `chromium` package (.ci/run does)"
     );
 
-    let (rx, mut host) = testkit::demo(Behavior::status(422)).await;
+    let (rx, mut host) = testkit::demo(Behavior::ok().respond_with(|_| (422, ANSWER.to_owned()))).await;
     host.add_api_token("ops", ADMIN, &["admin"]).set_api_token(ADMIN);
     host.start().await;
 
@@ -71,9 +74,21 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
     );
     assert!(stdout.contains("targets: analytics,billing,crm"), "{stdout}");
     assert!(stdout.contains(&format!("dead: billing {id}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("dead response: HTTP 422: {ANSWER}")),
+        "the dead letter shows the receiver's answer: {stdout}"
+    );
     assert!(stdout.contains("confirm: Replay 1 selected delivery?"), "{stdout}");
     assert!(stdout.contains("result: Replayed 1 delivery"), "{stdout}");
     assert!(stdout.contains("billing=delivered"), "{stdout}");
+    let responses = stdout
+        .lines()
+        .find(|l| l.starts_with("responses: "))
+        .unwrap_or_default();
+    assert!(
+        responses.contains(&format!("HTTP 422: {ANSWER}")) && responses.contains("HTTP 200"),
+        "the event's history shows each attempt's answer: {stdout}"
+    );
     assert!(
         stdout.contains("offsite requests: 0"),
         "the page loads nothing from elsewhere: {stdout}"

@@ -131,3 +131,77 @@ async fn attempts_run_out_and_the_delivery_is_dead() {
     assert!(d["last_error"].as_str().unwrap_or_default().contains("503"), "{d:#}");
     rx.expect_no_more_at("/down", 3, Duration::from_millis(400)).await;
 }
+
+/// Issue 25: every attempt keeps what the receiver answered (status and the first KiB of its
+/// body, as sent), shown in the event's history and the dead-letter listing of the API and by
+/// the CLI's `status` and `dead list`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receivers_answer_is_in_the_history_of_the_api_and_the_cli() {
+    const ANSWER: &str = r#"{"error":"upstream exploded"}"#;
+    let rx = Receiver::builder()
+        .path("/exploding", Behavior::ok().respond_with(|_| (500, ANSWER.to_owned())))
+        .start()
+        .await;
+    let mut host = Host::new();
+    host.add_target("exploding", &Target::webhook(&rx.url("/exploding")).retry(2, 50, 200));
+    host.start().await;
+
+    let id = host.enqueue("order.created", json!({"order_id": 25})).await;
+    let event = host.wait_settled(&id, &["exploding"]).await;
+    let d = delivery(&event, "exploding");
+    assert_eq!(d["status"], "dead", "two 500s and it gives up: {d:#}");
+    let hist = history(&event, "exploding");
+    assert_eq!(hist.len(), 2, "{d:#}");
+    for h in &hist {
+        assert_eq!(h["response"], json!({"status": 500, "body": ANSWER}), "{h}");
+    }
+
+    let (status, page) = host.get_json("/v1/deliveries/failed?target=exploding").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        page["deliveries"][0]["last_response"],
+        json!({"status": 500, "body": ANSWER}),
+        "{page}"
+    );
+
+    let out = host.run_cli(&["status", &id]).await;
+    assert!(out.status.success(), "{out}");
+    assert_eq!(
+        out.stdout.matches(&format!("response 500: {ANSWER}")).count(),
+        2,
+        "one line per attempt:\n{out}"
+    );
+    let out = host.run_cli(&["dead", "list", "--target", "exploding"]).await;
+    assert!(out.status.success(), "{out}");
+    assert!(out.stdout.contains("LAST RESPONSE"), "{out}");
+    assert!(out.stdout.contains(&format!("500 {ANSWER}")), "{out}");
+}
+
+/// Issue 25: a plugin of contract 0.1.1 attaches a detail of its own to the attempt
+/// (`report.detail`), kept in the history beside the receiver's answer and shown by the API and
+/// the CLI. (Plugins of 0.1.0, such as `webhook_batch`, still load: see `plugin_cli`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_attaches_its_own_detail_to_the_attempt() {
+    let mut host = Host::new();
+    host.add_target(
+        "detailed",
+        &Target::misbehave("detail").config("detail", "stage=charge ref=42\nsecond line"),
+    );
+    host.start().await;
+
+    let id = host.enqueue("order.created", json!({"order_id": 26})).await;
+    let event = host.wait_settled(&id, &["detailed"]).await;
+    let d = delivery(&event, "detailed");
+    assert_eq!(d["status"], "dead", "{d:#}");
+    let hist = history(&event, "detailed");
+    assert_eq!(hist.len(), 1, "{d:#}");
+    assert_eq!(hist[0]["detail"], "stage=charge ref=42\nsecond line", "{d:#}");
+    assert!(hist[0]["response"].is_null(), "it sent no request: {d:#}");
+
+    let out = host.run_cli(&["status", &id]).await;
+    assert!(out.status.success(), "{out}");
+    assert!(
+        out.stdout.contains("detail: stage=charge ref=42\\nsecond line"),
+        "one line, the break escaped:\n{out}"
+    );
+}

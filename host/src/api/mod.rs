@@ -38,7 +38,7 @@ use utoipa_axum::routes;
 
 use crate::dispatch::breakers::Breakers;
 use crate::dispatch::flow::Flows;
-use crate::domain::{DeliveryStatus, EventId, InvalidValue, format_ms, now_ms, parse_time};
+use crate::domain::{DeliveryStatus, EventId, InvalidValue, ReceiverResponse, format_ms, now_ms, parse_time};
 use crate::outbox::input::{self, Batch, IngestError};
 use crate::outbox::{Origin, Outbox};
 use crate::store::{EventDetail, FailedFilter, Ingested, Store, StoreError};
@@ -255,6 +255,34 @@ struct AttemptOut {
     outcome: &'static str,
     error: Option<String>,
     plugin_hash: Option<String>,
+    /// What the receiver answered to this attempt; `null` while it runs, when it was abandoned,
+    /// or when no request of it got an answer (a timeout, a refused connection).
+    response: Option<ResponseOut>,
+    /// What the plugin attached to this attempt itself (`report.detail`, contract 0.1.1): at most
+    /// a KiB of text, ending with `… [cut from N bytes]` when it was longer; `null` when it
+    /// attached nothing.
+    detail: Option<String>,
+}
+
+/// What a receiver answered to an attempt: the HTTP status of the last response the plugin
+/// received (through the host) during the attempt, and the beginning of its body.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ResponseOut {
+    /// HTTP status code.
+    #[schema(minimum = 0, maximum = 65535)]
+    status: u16,
+    /// The first KiB of the body as the receiver sent it (UTF-8; a byte that is not, as U+FFFD),
+    /// ending with `… [cut from N bytes]` when the body was longer.
+    body: String,
+}
+
+impl From<ReceiverResponse> for ResponseOut {
+    fn from(r: ReceiverResponse) -> Self {
+        Self {
+            status: r.status,
+            body: r.body,
+        }
+    }
 }
 
 /// One delivery of an event, with its attempt history.
@@ -318,6 +346,8 @@ fn event_out(d: EventDetail) -> Result<EventOut, ApiError> {
                         outcome: h.outcome.as_str(),
                         error: h.error,
                         plugin_hash: h.plugin_hash,
+                        response: h.response.map(ResponseOut::from),
+                        detail: h.detail,
                     })
                     .collect(),
             })
@@ -445,6 +475,8 @@ pub(crate) struct FailedOut {
     attempts: u32,
     last_error: Option<String>,
     failed_at: String,
+    /// What the receiver answered to the last attempt, if it answered.
+    last_response: Option<ResponseOut>,
 }
 
 #[utoipa::path(
@@ -487,6 +519,7 @@ async fn list_failed(
             attempts: r.attempts,
             last_error: r.last_error,
             failed_at: format_ms(r.failed_at),
+            last_response: r.last_response.map(ResponseOut::from),
         })
         .collect();
     Ok(Json(

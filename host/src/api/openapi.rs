@@ -241,4 +241,27 @@ mod tests {
         assert!(event["properties"]["type"].is_object(), "{event}");
         assert!(event["properties"]["payload"].is_object(), "{event}");
     }
+
+    #[test]
+    fn the_receivers_response_is_described_where_it_is_shown() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let response = &schemas["ResponseOut"];
+        assert_eq!(response["properties"]["status"]["maximum"], 65535, "{response}");
+        assert_eq!(response["properties"]["body"]["type"], "string", "{response}");
+        let required: BTreeSet<&str> = response["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(required, BTreeSet::from(["status", "body"]), "{response}");
+        for (schema, field) in [("AttemptOut", "response"), ("FailedOut", "last_response")] {
+            let text = schemas[schema]["properties"][field].to_string();
+            assert!(
+                text.contains("#/components/schemas/ResponseOut") && text.contains("null"),
+                "{schema}.{field}: {text}"
+            );
+        }
+    }
 }

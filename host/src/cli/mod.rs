@@ -423,6 +423,18 @@ pub async fn status(config: &ServiceConfig, event_id: Option<String>) -> Result<
                         h.duration_ms.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
                         h.error.as_deref().map(|e| format!(" {e}")).unwrap_or_default()
                     );
+                    match &h.response {
+                        Some(r) if r.body.is_empty() => {
+                            let _ = writeln!(out, "      response {}", r.status);
+                        }
+                        Some(r) => {
+                            let _ = writeln!(out, "      response {}: {}", r.status, table::one_line(&r.body));
+                        }
+                        None => {}
+                    }
+                    if let Some(detail) = &h.detail {
+                        let _ = writeln!(out, "      detail: {}", table::one_line(detail));
+                    }
                 }
             }
         }
@@ -442,6 +454,7 @@ pub async fn dead_list(config: &ServiceConfig, filter: FilterArgs, limit: usize)
         Col::Left(9),
         Col::Right(8),
         Col::Left(24),
+        Col::Left(40),
         Col::Rest,
     ];
     let mut table = Table::new(
@@ -456,6 +469,7 @@ pub async fn dead_list(config: &ServiceConfig, filter: FilterArgs, limit: usize)
             "ATTEMPTS",
             "FAILED AT",
             "LAST ERROR",
+            "LAST RESPONSE",
         ],
     );
     for r in rows {
@@ -467,7 +481,10 @@ pub async fn dead_list(config: &ServiceConfig, filter: FilterArgs, limit: usize)
             r.status.as_str().to_owned(),
             r.attempts.to_string(),
             format_ms(r.failed_at),
-            r.last_error.unwrap_or_default(),
+            table::one_line(&r.last_error.unwrap_or_default()),
+            r.last_response
+                .map(|r| format!("{} {}", r.status, table::one_line(&r.body)))
+                .unwrap_or_default(),
         ]);
     }
     Ok(table.finish())

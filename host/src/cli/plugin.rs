@@ -250,6 +250,9 @@ pub async fn plugin_run(path: &Path, opts: RunOptions) -> Result<(String, Vec<Ou
             };
             let _ = writeln!(out, "http  {} {} -> {}", r.method, r.url, result);
         }
+        if let Some(detail) = &report.detail {
+            let _ = writeln!(out, "detail: {detail}");
+        }
         write_output(&mut out, "stdout", &report.output.stdout);
         write_output(&mut out, "stderr", &report.output.stderr);
         let text = outcome_text(&report.outcome, report.duration.as_millis());

@@ -57,9 +57,33 @@ impl Table {
     }
 }
 
+/// `text` on one line and harmless to a terminal (it may be a receiver's answer): control
+/// characters (line breaks, escape sequences) written as escapes (`\n`, `\u{1b}`), everything
+/// else as it is.
+pub(crate) fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn foreign_text_is_one_line_without_control_characters() {
+        assert_eq!(
+            one_line(r#"{"error":"upstream exploded"}"#),
+            r#"{"error":"upstream exploded"}"#
+        );
+        assert_eq!(one_line("a\nb\u{1b}[31mred é"), "a\\nb\\u{1b}[31mred é");
+    }
 
     #[test]
     fn columns_are_padded_and_the_last_runs_on() {

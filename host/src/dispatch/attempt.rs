@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::lane::Slot;
-use crate::domain::{DeliveryStatus, Millis, Outcome, TargetClass, TargetName, delivery_key, now_ms};
+use crate::domain::{DeliveryStatus, Millis, Outcome, ReceiverResponse, TargetClass, TargetName, delivery_key, now_ms};
 use crate::outbox::operational_event;
 use crate::plugin::{BatchReport, EventInput, HttpExchange, Report};
 use crate::policy::adaptive::Answer;
@@ -40,16 +40,22 @@ pub(super) fn spawn(shared: &Arc<Shared>, lane_target: &Arc<Target>, deliveries:
 #[derive(Debug)]
 pub(super) struct CallReport {
     pub outcomes: Vec<Outcome>,
+    /// What the plugin attached to each event's attempt (`report.detail`), in event order.
+    pub details: Vec<Option<String>>,
     pub duration: Duration,
     /// What the call says about the receiver's load.
     pub answer: Answer,
+    /// The receiver's last response of the call, kept in each attempt's history.
+    pub response: Option<ReceiverResponse>,
 }
 
 impl From<Report> for CallReport {
     fn from(r: Report) -> Self {
         let outcomes = vec![r.outcome];
         Self {
+            details: vec![r.detail],
             answer: answer_of(&outcomes, &r.requests, r.duration),
+            response: last_response(r.requests),
             outcomes,
             duration: r.duration,
         }
@@ -60,10 +66,20 @@ impl From<BatchReport> for CallReport {
     fn from(r: BatchReport) -> Self {
         Self {
             answer: answer_of(&r.outcomes, &r.requests, r.duration),
+            response: last_response(r.requests),
             outcomes: r.outcomes,
+            details: r.details,
             duration: r.duration,
         }
     }
+}
+
+/// The last response the plugin received through the host during a call: what the receiver
+/// said about the attempt, whatever the plugin made of it. It comes from the host's transcript,
+/// not from the plugin, so that it is the receiver's own text for every plugin (old ones too)
+/// and no plugin can change it. A batch call's response belongs to every event of the batch.
+fn last_response(requests: Vec<HttpExchange>) -> Option<ReceiverResponse> {
+    requests.into_iter().rev().find_map(|r| r.response)
 }
 
 /// How the receiver answered a call, from the requests the plugin sent through the host: a
@@ -231,7 +247,8 @@ impl Finished<'_> {
         let name = &self.spec.name;
         let duration_ms = report.duration.as_millis() as u64;
         let mut out = Vec::with_capacity(deliveries.len());
-        for (delivery, outcome) in deliveries.iter().zip(report.outcomes) {
+        let details = report.details.into_iter().chain(std::iter::repeat(None));
+        for ((delivery, outcome), detail) in deliveries.iter().zip(report.outcomes).zip(details) {
             let mut decision = retry::decide(&self.spec.retry, delivery.attempt, &outcome, self.now, rng);
             if self.removed && decision.status == DeliveryStatus::Pending {
                 decision.status = DeliveryStatus::Paused;
@@ -254,6 +271,8 @@ impl Finished<'_> {
                 finished_at: self.now,
                 duration_ms,
                 plugin_hash: Some(self.plugin_hash.to_owned()),
+                response: report.response.clone(),
+                detail,
                 emit,
             });
         }
@@ -327,11 +346,76 @@ mod tests {
             now: NOW,
         };
         let report = CallReport {
+            details: outcomes.iter().map(|_| Some("mine".to_owned())).collect(),
             outcomes,
             duration: Duration::from_millis(12),
             answer: Answer::Other,
+            response: Some(ReceiverResponse::new(500, b"no")),
         };
         finished.settlements(deliveries, report, recovered, &mut StdRng::seed_from_u64(7))
+    }
+
+    #[test]
+    fn each_attempt_keeps_the_receivers_last_response_of_its_call() {
+        let exchange = |status: Option<u16>, body: &[u8]| HttpExchange {
+            method: "POST".into(),
+            url: "http://crm.example".into(),
+            result: status.ok_or_else(|| "timeout".to_owned()),
+            response: status.map(|s| ReceiverResponse::new(s, body)),
+        };
+        let report = Report {
+            outcome: retry("status 500"),
+            detail: None,
+            logs: Vec::new(),
+            requests: vec![
+                exchange(Some(401), b"token expired"),
+                exchange(Some(500), br#"{"error":"upstream exploded"}"#),
+                exchange(None, b""),
+            ],
+            duration: Duration::from_millis(3),
+            output: Default::default(),
+        };
+        let call = CallReport::from(report);
+        let response = call.response.as_ref().unwrap();
+        assert_eq!(
+            (response.status, response.body.as_str()),
+            (500, r#"{"error":"upstream exploded"}"#),
+            "the last request that was answered"
+        );
+        let spec = spec("crm", "");
+        let s = settle(
+            &spec,
+            false,
+            &[
+                claimed(1, "crm", "order.created", 1),
+                claimed(2, "crm", "order.created", 1),
+            ],
+            vec![retry("a"), retry("b")],
+            None,
+        );
+        assert!(
+            s.iter().all(|s| s.response == Some(ReceiverResponse::new(500, b"no"))),
+            "every event of the call: {s:?}"
+        );
+        assert!(
+            s.iter().all(|s| s.detail.as_deref() == Some("mine")),
+            "each its own: {s:?}"
+        );
+        let silent = Report {
+            outcome: retry("timeout"),
+            detail: Some("no answer".into()),
+            logs: Vec::new(),
+            requests: vec![exchange(None, b"")],
+            duration: Duration::from_millis(3),
+            output: Default::default(),
+        };
+        let silent = CallReport::from(silent);
+        assert_eq!(silent.response, None);
+        assert_eq!(
+            silent.details,
+            [Some("no answer".to_owned())],
+            "the plugin's own detail"
+        );
     }
 
     fn retry(reason: &str) -> Outcome {

@@ -380,7 +380,7 @@ impl Lane {
                 limit: want,
                 owner: self.cx.owner.clone(),
                 now,
-                lease_until: now + self.lease.as_millis() as Millis,
+                lease_ms: self.lease.as_millis() as Millis,
                 ordered: self.spec.ordered,
             })
             .await

@@ -33,7 +33,7 @@ pub(super) async fn keep(
             _ = stop.cancelled() => return,
         }
         let now = now_ms();
-        if let Err(e) = store.extend_leases(&owner, now + margin.as_millis() as Millis).await {
+        if let Err(e) = store.extend_leases(&owner, now, margin.as_millis() as Millis).await {
             tracing::error!(error = %e, "lease heartbeat failed");
         }
         match store.sweep_expired(now).await {

@@ -31,7 +31,7 @@ pub(super) struct FakeState {
     pub failing_settles: u32,
     /// Settle calls, failed ones included.
     pub settle_calls: u32,
-    /// `lease_until` of every heartbeat.
+    /// Until when every heartbeat asked to extend the leases (its `now` + `lease_ms`).
     pub extended: Vec<Millis>,
     /// What successive sweeps return (then 0).
     pub sweeps: VecDeque<usize>,
@@ -114,8 +114,8 @@ impl Store for FakeStore {
         })
     }
 
-    async fn extend_leases(&self, _owner: &str, lease_until: Millis) -> Result<usize, StoreError> {
-        self.with(|s| s.extended.push(lease_until));
+    async fn extend_leases(&self, _owner: &str, now: Millis, lease_ms: Millis) -> Result<usize, StoreError> {
+        self.with(|s| s.extended.push(now + lease_ms));
         Ok(0)
     }
 

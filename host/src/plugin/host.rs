@@ -14,8 +14,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Grants;
-use super::bindings::outboxd::target::{config, http, log, types};
+use super::bindings::outboxd::target::{config, http, log, report, types};
 use super::logbudget::LogMeter;
+use crate::domain::{ReceiverResponse, cap_text};
 
 /// A response body is cut at this size; a plugin needs the status and a little text.
 const MAX_RESPONSE_BODY: usize = 1024 * 1024;
@@ -27,6 +28,10 @@ const MAX_TRANSCRIPT_BYTES: usize = 256 * 1024;
 const MAX_LOG_LINE: usize = 4096;
 /// Each kept request's error text is cut at this size.
 const MAX_RECORDED_ERROR: usize = 1024;
+/// A detail an adapter attaches to an attempt (`report.detail`) is cut at this size.
+pub const MAX_DETAIL: usize = 1024;
+/// An event id is a UUID (36 bytes): a longer `report.detail` id names no event of the call.
+const MAX_EVENT_ID: usize = 64;
 /// The longest URL a plugin may send, measured before it is parsed.
 pub const MAX_URL_BYTES: usize = 8 * 1024;
 /// At most this many request headers ...
@@ -68,6 +73,9 @@ pub struct HttpExchange {
     pub url: String,
     /// The status, or why there was none (`denied: …`, `timeout`, `connect: …`).
     pub result: Result<u16, String>,
+    /// The response, when there was one: its status and the first KiB of its body (see
+    /// [`ReceiverResponse`]), what the attempt's history shows of the receiver's answer.
+    pub response: Option<ReceiverResponse>,
 }
 
 /// What a `Store` carries: the instance's WASI context and resources, and the current
@@ -81,6 +89,9 @@ pub(crate) struct HostState {
     deadline: Instant,
     logs: Vec<LogLine>,
     requests: Vec<HttpExchange>,
+    /// What the adapter attached to each event's attempt (`report.detail`): (event id, text),
+    /// the latest per id.
+    details: Vec<(String, String)>,
     /// Bytes held by `logs` and `requests`.
     transcript_bytes: usize,
     /// This invocation's log budget (see `logbudget`); captured guest output shares it.
@@ -105,6 +116,7 @@ impl HostState {
             deadline: Instant::now(),
             logs: Vec::new(),
             requests: Vec::new(),
+            details: Vec::new(),
             transcript_bytes: 0,
         }
     }
@@ -122,6 +134,16 @@ impl HostState {
     pub(crate) fn begin(&mut self, deadline: Instant) {
         self.deadline = deadline;
         self.log_meter = LogMeter::new(self.grants.log_budget);
+        self.details.clear();
+    }
+
+    /// What the adapter attached with `report.detail` to each of `event_ids` during this
+    /// invocation, in their order (none for an event it said nothing about); then forgets it.
+    pub(crate) fn take_details<'a>(&mut self, event_ids: impl Iterator<Item = &'a str>) -> Vec<Option<String>> {
+        let details = std::mem::take(&mut self.details);
+        event_ids
+            .map(|id| details.iter().find(|(of, _)| of == id).map(|(_, text)| text.clone()))
+            .collect()
     }
 
     /// The current invocation's deadline.
@@ -146,12 +168,20 @@ impl HostState {
     }
 
     /// Keeps one request in the transcript: its method, the URL's origin (see [`url_origin`])
-    /// and the first bytes of its error.
-    fn record(&mut self, method: String, url: String, result: Result<u16, String>) {
+    /// and the first bytes of its error or of its response.
+    fn record(&mut self, method: String, url: String, result: Result<u16, String>, response: Option<ReceiverResponse>) {
         let result = result.map_err(|e| super::logbudget::cut_at_boundary(&e, MAX_RECORDED_ERROR).to_owned());
-        let bytes = method.len() + url.len() + result.as_ref().err().map_or(0, String::len);
+        let bytes = method.len()
+            + url.len()
+            + result.as_ref().err().map_or(0, String::len)
+            + response.as_ref().map_or(0, |r| r.body.len());
         if self.transcript_admits(self.requests.len(), bytes) {
-            self.requests.push(HttpExchange { method, url, result });
+            self.requests.push(HttpExchange {
+                method,
+                url,
+                result,
+                response,
+            });
         }
     }
 
@@ -328,6 +358,7 @@ impl http::Host for HostState {
             Ok(parsed) => send_permitted(self.http.clone(), self.deadline, parsed, req).await,
             Err(e) => Err(e),
         };
+        let response = result.as_ref().ok().map(|r| ReceiverResponse::new(r.status, &r.body));
         let summary = match &result {
             Ok(r) => Ok(r.status),
             Err(http::Error::Denied(m)) => Err(format!("denied: {m}")),
@@ -339,7 +370,7 @@ impl http::Host for HostState {
             let why = super::logbudget::cut_at_boundary(why, MAX_RECORDED_ERROR);
             tracing::debug!(target: "outboxd::plugin", plugin = %self.grants.target, %method, %url, why, "plugin request failed");
         }
-        self.record(method, url, summary);
+        self.record(method, url, summary, response);
         result
     }
 }
@@ -373,6 +404,20 @@ impl log::Host for HostState {
         if self.transcript_admits(self.logs.len(), message.len()) {
             let message = message.to_owned();
             self.logs.push(LogLine { level, message });
+        }
+    }
+}
+
+impl report::Host for HostState {
+    async fn detail(&mut self, event_id: String, text: String) {
+        if event_id.len() > MAX_EVENT_ID {
+            return;
+        }
+        let text = cap_text(text, MAX_DETAIL);
+        if let Some(kept) = self.details.iter_mut().find(|(of, _)| *of == event_id) {
+            kept.1 = text;
+        } else if self.details.len() < MAX_TRANSCRIPT {
+            self.details.push((event_id, text));
         }
     }
 }
@@ -499,5 +544,77 @@ mod tests {
             Err(http::Error::Other(m)) => assert_eq!(m, "invalid value of header `x-ok`"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn the_transcript_keeps_the_status_and_the_first_kib_of_each_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = format!("{{\"error\":\"upstream exploded\"}}{}", " ".repeat(2000));
+        let answer = format!(
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await.unwrap();
+            socket.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let mut s = state(&[&format!("127.0.0.1:{port}")]);
+        let mut req = request(&[]);
+        req.url = format!("http://127.0.0.1:{port}/hook");
+        let response = host_send(&mut s, req).await.unwrap();
+        assert_eq!(
+            (response.status, response.body.len()),
+            (500, body.len()),
+            "the plugin gets it all"
+        );
+        let mut denied = request(&[]);
+        denied.url = "http://elsewhere.example/".into();
+        assert!(host_send(&mut s, denied).await.is_err());
+        let (_, requests) = s.end();
+        let kept = requests[0].response.as_ref().expect("a response");
+        assert_eq!(kept.status, 500);
+        assert!(
+            kept.body.starts_with(r#"{"error":"upstream exploded"}"#),
+            "{}",
+            kept.body
+        );
+        assert!(
+            kept.body.ends_with(&format!("… [cut from {} bytes]", body.len())),
+            "{}",
+            kept.body
+        );
+        assert_eq!(requests[1].response, None, "no response, nothing kept");
+    }
+
+    #[tokio::test]
+    async fn a_detail_is_kept_per_event_bounded_and_the_latest_wins() {
+        async fn detail(s: &mut HostState, id: &str, text: String) {
+            <HostState as report::Host>::detail(s, id.to_owned(), text).await
+        }
+        let mut s = state(&[]);
+        detail(&mut s, "e1", "first".into()).await;
+        detail(&mut s, "e2", "x".repeat(10_000)).await;
+        detail(&mut s, "e1", "stage=charge ref=42".into()).await;
+        detail(&mut s, &"i".repeat(100), "no such event".into()).await;
+        let details = s.take_details(["e1", "e2", "e3"].into_iter());
+        assert_eq!(details[0].as_deref(), Some("stage=charge ref=42"), "the latest");
+        let long = details[1].as_deref().unwrap();
+        assert!(
+            long.len() <= MAX_DETAIL && long.ends_with("[cut from 10000 bytes]"),
+            "{long}"
+        );
+        assert_eq!(details[2], None);
+        assert_eq!(s.take_details(["e1"].into_iter()), [None], "taken once");
+        detail(&mut s, "e1", "stale".into()).await;
+        s.begin(Instant::now() + Duration::from_secs(5));
+        assert_eq!(
+            s.take_details(["e1"].into_iter()),
+            [None],
+            "a new invocation starts empty"
+        );
     }
 }

@@ -36,9 +36,12 @@ pub use warm::Binding;
 use warm::IDLE_TTL;
 use warm::{Exports, Instance, Taken};
 
+// The newest version of the contract. Adapters built against an older 0.1 version (0.1.0,
+// `wit/target.wit`) load all the same: the linker matches their imports by semver, and they
+// just do not import what is newer.
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../wit/0.1.1",
         world: "target",
         imports: { default: async },
         exports: { default: async },
@@ -47,7 +50,7 @@ mod bindings {
 
 mod batch_bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../wit/0.1.1",
         world: "batch-target",
         imports: { default: async },
         exports: { default: async },
@@ -56,6 +59,7 @@ mod batch_bindings {
             "outboxd:target/http": super::bindings::outboxd::target::http,
             "outboxd:target/log": super::bindings::outboxd::target::log,
             "outboxd:target/config": super::bindings::outboxd::target::config,
+            "outboxd:target/report": super::bindings::outboxd::target::report,
         },
     });
 }
@@ -87,7 +91,7 @@ pub enum PluginError {
     #[error("invalid component: {0}")]
     Invalid(String),
     #[error(
-        "imports something the host does not provide: {0} (the host provides outboxd:target/{{http,log,config}}@0.1.0 and WASI 0.2 without files, environment or sockets; no wasi:http)"
+        "imports something the host does not provide: {0} (the host provides outboxd:target/{{http,log,config,report}}@0.1.1, which also serve 0.1.0, and WASI 0.2 without files, environment or sockets; no wasi:http)"
     )]
     Imports(String),
     #[error("does not implement world `outboxd:target/target@0.1.0` or `outboxd:target/batch-target@0.1.0`: {0}")]
@@ -350,6 +354,8 @@ pub struct EventInput {
 #[derive(Debug, Clone)]
 pub struct BatchReport {
     pub outcomes: Vec<Outcome>,
+    /// What the plugin attached to each event's attempt (`report.detail`), in event order.
+    pub details: Vec<Option<String>>,
     pub logs: Vec<LogLine>,
     pub requests: Vec<HttpExchange>,
     pub duration: Duration,
@@ -361,6 +367,8 @@ pub struct BatchReport {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub outcome: Outcome,
+    /// What the plugin attached to the attempt (`report.detail`).
+    pub detail: Option<String>,
     pub logs: Vec<LogLine>,
     pub requests: Vec<HttpExchange>,
     pub duration: Duration,
@@ -460,6 +468,7 @@ impl Plugin {
             Err(_) => {
                 return BatchReport {
                     outcomes: vec![deadline_exceeded(grants.timeout); count],
+                    details: vec![None; count],
                     logs: Vec::new(),
                     requests: Vec::new(),
                     duration: started.elapsed(),
@@ -535,6 +544,10 @@ impl Plugin {
                 .collect(),
         };
         let (logs, requests) = instance.store.data_mut().end();
+        let details = instance
+            .store
+            .data_mut()
+            .take_details(wit_events.iter().map(|e| e.id.as_str()));
         let output = GuestOutput {
             stdout: instance.stdout.take(),
             stderr: instance.stderr.take(),
@@ -549,6 +562,7 @@ impl Plugin {
         }
         BatchReport {
             outcomes,
+            details,
             logs,
             requests,
             duration: started.elapsed(),
@@ -600,6 +614,7 @@ impl BatchReport {
                 reason: "the plugin returned no result".into(),
                 after: None,
             }),
+            detail: self.details.into_iter().next().flatten(),
             logs: self.logs,
             requests: self.requests,
             duration: self.duration,

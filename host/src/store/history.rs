@@ -76,6 +76,8 @@ pub(crate) fn push_running_attempt(
             outcome: AttemptOutcome::Running,
             error: None,
             plugin_hash: None,
+            response: None,
+            detail: None,
         });
     }
 }
@@ -116,6 +118,8 @@ mod tests {
             outcome,
             error: None,
             plugin_hash: None,
+            response: None,
+            detail: None,
         }
     }
 

@@ -124,12 +124,18 @@ pub trait Store: Send + Sync + 'static {
     async fn ingest(&self, events: Vec<NewEvent>, now: Millis) -> Result<Vec<Ingested>, StoreError>;
 
     /// Claims up to `request.limit` due deliveries of `request.target` for `request.owner`
-    /// until `request.lease_until`: pending ones whose time has come, and in-flight ones whose
+    /// for `request.lease_ms`: pending ones whose time has come, and in-flight ones whose
     /// lease has expired (their attempt is abandoned). Each claim counts an attempt and takes
     /// the next history number; its row is written when it ends. With `ordered`, a delivery
     /// with an ordering key is due only when every earlier delivery of the same key to the
     /// target is final. Nothing is claimed while the target is paused by hand. The claimed
     /// deliveries come in id order.
+    ///
+    /// **Lease times** (the expiry a claim or heartbeat sets, and whether a lease has expired,
+    /// for a claim, heartbeat or sweep) are taken from the store's clock: for a store one host
+    /// owns (SQLite), the `now` the caller passes; for a shared store (PostgreSQL), the
+    /// database's clock, so that hosts whose clocks disagree still agree on every lease. What
+    /// is due (`next_attempt_at`) and when an attempt started stay on the caller's `now`.
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Claimed>, StoreError>;
 
     /// Writes attempt outcomes, in delivery id order. A delivery changes only while `owner`
@@ -144,11 +150,15 @@ pub trait Store: Send + Sync + 'static {
     /// that seq is left alone. Returns how many were given back.
     async fn unclaim(&self, owner: &str, claims: Vec<(i64, u32)>, until: Option<Millis>) -> Result<usize, StoreError>;
 
-    /// The heartbeat: extends every lease `owner` holds to at least `lease_until`.
-    async fn extend_leases(&self, owner: &str, lease_until: Millis) -> Result<usize, StoreError>;
+    /// The heartbeat: extends every lease `owner` still holds to at least `lease_ms` from now
+    /// (the store's clock, see [`Store::claim`]). A lease that has already expired is not
+    /// extended: it belongs to the sweeper (or a claim's take-over) now, and its outcome will be
+    /// a lost lease.
+    async fn extend_leases(&self, owner: &str, now: Millis, lease_ms: Millis) -> Result<usize, StoreError>;
 
-    /// The sweeper: returns in-flight deliveries whose lease expired (their worker is gone)
-    /// to pending, due `now`, whatever their target; their attempt is abandoned.
+    /// The sweeper: returns in-flight deliveries whose lease expired (their worker is gone;
+    /// by the store's clock, see [`Store::claim`]) to pending, due `now`, whatever their
+    /// target; their attempt is abandoned.
     async fn sweep_expired(&self, now: Millis) -> Result<usize, StoreError>;
 
     /// Pauses (`true`) or resumes a target by hand. Returns whether that changed anything.

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::domain::{AttemptOutcome, DeliveryStatus, EventId, EventType, Millis, ProducerKey, TargetName};
+use crate::domain::{
+    AttemptOutcome, DeliveryStatus, EventId, EventType, Millis, ProducerKey, ReceiverResponse, TargetName,
+};
 
 /// What a shared rate limit granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,15 +67,18 @@ pub struct Claimed {
 }
 
 /// What [`Store::claim`](super::Store::claim) asks for: up to `limit` due deliveries of
-/// `target`, leased to `owner` until `lease_until`.
+/// `target`, leased to `owner` for `lease_ms` from the store's clock (see
+/// [`Store::claim`](super::Store::claim)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimRequest {
     pub target: TargetName,
     pub limit: usize,
     /// The lease owner: this process (`<pid>-<uuid>`).
     pub owner: String,
+    /// This host's time: what is due, and when the attempt started.
     pub now: Millis,
-    pub lease_until: Millis,
+    /// How long the lease lasts from the claim.
+    pub lease_ms: Millis,
     /// The target keeps per-key FIFO: a delivery with an ordering key is due only when every
     /// earlier delivery of its key to the target is final.
     pub ordered: bool,
@@ -94,6 +99,10 @@ pub struct Settlement {
     pub duration_ms: u64,
     /// Content hash of the plugin version that ran the attempt.
     pub plugin_hash: Option<String>,
+    /// What the receiver last answered during the attempt, if it answered.
+    pub response: Option<ReceiverResponse>,
+    /// What the plugin attached to the attempt (`report.detail`), at most a KiB.
+    pub detail: Option<String>,
     /// Events to accept in the same transaction, if the lease was still ours (operational
     /// events such as `outboxd.delivery.dead`).
     pub emit: Vec<NewEvent>,
@@ -115,6 +124,8 @@ impl Settlement {
             finished_at: at,
             duration_ms: 4,
             plugin_hash: None,
+            response: None,
+            detail: None,
             emit: Vec::new(),
         }
     }
@@ -137,6 +148,11 @@ pub struct AttemptRecord {
     pub outcome: AttemptOutcome,
     pub error: Option<String>,
     pub plugin_hash: Option<String>,
+    /// What the receiver last answered during the attempt (none while it runs, when it was
+    /// abandoned, or when no request of it was answered).
+    pub response: Option<ReceiverResponse>,
+    /// What the plugin attached to the attempt (`report.detail`), if anything.
+    pub detail: Option<String>,
 }
 
 /// One delivery with its history, for the status API.
@@ -209,4 +225,6 @@ pub struct FailedDelivery {
     pub last_error: Option<String>,
     /// When it failed for good.
     pub failed_at: Millis,
+    /// What the receiver answered to its last attempt, if it answered.
+    pub last_response: Option<ReceiverResponse>,
 }

@@ -135,7 +135,7 @@ mod tests {
             limit: 1000,
             owner: "me".into(),
             now: at,
-            lease_until: at + 60_000,
+            lease_ms: 60_000,
             ordered: false,
         };
         let claimed = store.claim(request).await.unwrap();
@@ -152,6 +152,8 @@ mod tests {
                 finished_at: at,
                 duration_ms: 1,
                 plugin_hash: None,
+                response: None,
+                detail: None,
                 emit: Vec::new(),
             })
             .collect();

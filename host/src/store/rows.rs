@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use crate::domain::{DeliveryStatus, Millis};
+use crate::domain::{DeliveryStatus, Millis, ReceiverResponse};
 use crate::store::history::push_running_attempt;
 use crate::store::{
     AttemptRecord, DeliveryDetail, FailedDelivery, StatusCounts, StoreError, StoredEvent, VersionAttempts,
@@ -59,24 +59,51 @@ pub(crate) struct DeliveryRow {
     pub updated_at: Millis,
 }
 
-/// One row of `attempts`: n, started_at, duration_ms, outcome, error, plugin_hash.
-pub(crate) type AttemptColumns = (i64, Millis, Option<i64>, String, Option<String>, Option<String>);
+/// One row of `attempts`: n, started_at, duration_ms, outcome, error, plugin_hash,
+/// response_status, response_body, detail.
+pub(crate) type AttemptColumns = (
+    i64,
+    Millis,
+    Option<i64>,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The receiver's response as stored (status, body), if there was one.
+pub(crate) fn response(status: Option<i64>, body: Option<String>) -> Result<Option<ReceiverResponse>, StoreError> {
+    let Some(status) = status else {
+        return Ok(None);
+    };
+    let status = u16::try_from(status).map_err(|_| StoreError::Corrupt(format!("response status {status}")))?;
+    Ok(Some(ReceiverResponse {
+        status,
+        body: body.unwrap_or_default(),
+    }))
+}
 
 /// A delivery with its stored history rows, completed by its running attempt.
 pub(crate) fn delivery_detail(row: DeliveryRow, attempts: Vec<AttemptColumns>) -> Result<DeliveryDetail, StoreError> {
     let status: DeliveryStatus = decode(&row.status)?;
     let mut history = attempts
         .into_iter()
-        .map(|(n, started_at, duration_ms, outcome, error, plugin_hash)| {
-            Ok(AttemptRecord {
-                n: count(n),
-                started_at,
-                duration_ms: duration_ms.map(|d| d.max(0) as u64),
-                outcome: decode(&outcome)?,
-                error,
-                plugin_hash,
-            })
-        })
+        .map(
+            |(n, started_at, duration_ms, outcome, error, plugin_hash, status, body, detail)| {
+                Ok(AttemptRecord {
+                    n: count(n),
+                    started_at,
+                    duration_ms: duration_ms.map(|d| d.max(0) as u64),
+                    outcome: decode(&outcome)?,
+                    error,
+                    plugin_hash,
+                    response: response(status, body)?,
+                    detail,
+                })
+            },
+        )
         .collect::<Result<Vec<_>, StoreError>>()?;
     push_running_attempt(&mut history, status, count(row.attempt_seq), row.updated_at);
     Ok(DeliveryDetail {
@@ -91,11 +118,33 @@ pub(crate) fn delivery_detail(row: DeliveryRow, attempts: Vec<AttemptColumns>) -
 }
 
 /// One row of the dead-letter listing: delivery id, event id, event type, target, status,
-/// attempts, last error, failed at.
-pub(crate) type FailedColumns = (i64, String, String, String, String, i64, Option<String>, Millis);
+/// attempts, last error, failed at, and the last attempt's response status and body.
+pub(crate) type FailedColumns = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Millis,
+    Option<i64>,
+    Option<String>,
+);
 
 pub(crate) fn failed_delivery(
-    (delivery_id, event_id, event_type, target, status, attempts, last_error, failed_at): FailedColumns,
+    (
+        delivery_id,
+        event_id,
+        event_type,
+        target,
+        status,
+        attempts,
+        last_error,
+        failed_at,
+        response_status,
+        response_body,
+    ): FailedColumns,
 ) -> Result<FailedDelivery, StoreError> {
     Ok(FailedDelivery {
         delivery_id,
@@ -106,6 +155,7 @@ pub(crate) fn failed_delivery(
         attempts: count(attempts),
         last_error,
         failed_at,
+        last_response: response(response_status, response_body)?,
     })
 }
 

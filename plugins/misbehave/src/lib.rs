@@ -26,13 +26,16 @@
 //!   `config.trap_at` if set: shows when the host reuses an instance and when it
 //!   starts a fresh one.
 //!
+//! - `detail`: attaches `config.detail` (default `misbehave: deliberate detail`) to the
+//!   attempt through the `report` import, then returns a permanent error.
+//!
 //! Any other mode is a permanent error naming it.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use outboxd_plugin::http::Request;
-use outboxd_plugin::{DeliveryError, Event, Target, config, log, outcome};
+use outboxd_plugin::{DeliveryError, Event, Target, config, log, outcome, report};
 
 /// Size of each block the `grow` mode allocates.
 const BLOCK: usize = 1 << 20;
@@ -56,6 +59,11 @@ impl Target for Misbehave {
             "call" => call(),
             "flood" => flood(),
             "count" => count(),
+            "detail" => {
+                let text = config::get("detail").unwrap_or_else(|| "misbehave: deliberate detail".to_owned());
+                report::detail(&event, text);
+                Err(DeliveryError::permanent("misbehave: failed with a detail"))
+            }
             "shout" => Err(DeliveryError::retry(format!("misbehave: {}", "!".repeat(1 << 20)))),
             other => Err(DeliveryError::permanent(format!("misbehave: unknown mode `{other}`"))),
         }

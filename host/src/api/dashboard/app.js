@@ -115,6 +115,11 @@ function renderTargets(targets) {
 
 // ---- one event ----
 
+// A receiver's answer (status and the first KiB of its body) on one line.
+function responseText(r) {
+  return "HTTP " + r.status + (r.body ? ": " + r.body : "");
+}
+
 async function loadEvent(id) {
   shownEvent = id;
   $("#event-id").value = id;
@@ -135,10 +140,14 @@ async function loadEvent(id) {
       el("td", { class: "wrap", text: d.last_error || "" }),
       el("td", { class: "mono", text: d.delivered_at || d.next_attempt_at || "" }),
     ));
-    const history = d.history.map((h) => "#" + h.n + " " + h.started_at + " " + h.outcome +
-      (h.duration_ms !== null ? " " + h.duration_ms + " ms" : "") + (h.error ? ": " + h.error : ""));
-    rows.push(el("tr", { class: "history-row" }, el("td", { colspan: 5 },
-      ...history.map((line) => el("div", { class: "history mono", text: line })))));
+    // Each attempt, and under it what the receiver answered (its own text: set as text, never as HTML).
+    const history = d.history.flatMap((h) => [
+      el("div", { class: "history mono", text: "#" + h.n + " " + h.started_at + " " + h.outcome +
+        (h.duration_ms !== null ? " " + h.duration_ms + " ms" : "") + (h.error ? ": " + h.error : "") }),
+      ...(h.response ? [el("div", { class: "response mono", "data-attempt": h.n, text: responseText(h.response) })] : []),
+      ...(h.detail ? [el("div", { class: "detail mono", "data-attempt": h.n, text: "plugin: " + h.detail })] : []),
+    ]);
+    rows.push(el("tr", { class: "history-row" }, el("td", { colspan: 5 }, ...history)));
   }
   $("#event").replaceChildren(
     el("p", {}, el("span", { class: "mono", text: ev.id }), " ", el("strong", { text: ev.type }),
@@ -174,6 +183,7 @@ function renderDead(page) {
     el("td", { class: "s-" + d.status, text: d.status }),
     el("td", { class: "num", text: d.attempts }),
     el("td", { class: "wrap", text: d.last_error || "" }),
+    el("td", { class: "wrap mono response", text: d.last_response ? responseText(d.last_response) : "" }),
     el("td", { class: "mono", text: d.failed_at }),
   )));
   $("#dead-more").hidden = page.next_after === null;

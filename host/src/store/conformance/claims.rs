@@ -262,8 +262,8 @@ pub(super) async fn heartbeat_keeps_leases_and_sweeper_returns_expired_ones(db: 
         .unwrap();
     a.claim(claim("crm", 1, "alive", 0, 100)).await.unwrap();
     a.claim(claim("billing", 1, "gone", 0, 100)).await.unwrap();
-    assert_eq!(a.extend_leases("alive", 1_000).await.unwrap(), 1);
-    assert_eq!(a.extend_leases("alive", 50).await.unwrap(), 1, "never shortened");
+    assert_eq!(a.extend_leases("alive", 0, 1_000).await.unwrap(), 1);
+    assert_eq!(a.extend_leases("alive", 0, 50).await.unwrap(), 1, "never shortened");
     assert_eq!(
         b.sweep_expired(500).await.unwrap(),
         1,
@@ -273,6 +273,48 @@ pub(super) async fn heartbeat_keeps_leases_and_sweeper_returns_expired_ones(db: 
     assert_eq!(b.next_due(&t("crm")).await.unwrap(), None, "still in flight");
     assert_eq!(b.sweep_expired(999).await.unwrap(), 0, "the heartbeat kept it");
     assert_eq!(b.sweep_expired(1_000).await.unwrap(), 1);
+}
+
+/// A lease that has expired belongs to the sweeper (or a claim's take-over): its owner's
+/// heartbeat does not revive it, even before anyone has swept it, while the owner's live
+/// leases are kept.
+pub(super) async fn heartbeat_does_not_extend_an_expired_lease(db: &dyn Backend) {
+    let (a, b) = (db.open().await, db.open().await);
+    a.ingest(vec![event(None, &["crm"]), event(None, &["billing"])], 0)
+        .await
+        .unwrap();
+    let late = a.claim(claim("crm", 1, "slow", 0, 100)).await.unwrap();
+    let live = a.claim(claim("billing", 1, "slow", 150, 400)).await.unwrap();
+    assert_eq!((late.len(), live.len()), (1, 1));
+    // At 100 the first lease is over; the heartbeat at 200 extends only the live one.
+    assert_eq!(
+        a.extend_leases("slow", 200, 1_000).await.unwrap(),
+        1,
+        "only the live lease"
+    );
+    assert_eq!(
+        a.extend_leases("slow", 100, 1_000).await.unwrap(),
+        1,
+        "expired at exactly its end"
+    );
+    assert_eq!(
+        b.sweep_expired(200).await.unwrap(),
+        1,
+        "the expired lease is still expired"
+    );
+    assert_eq!(b.next_due(&t("crm")).await.unwrap(), Some(200), "swept: due now");
+    assert_eq!(
+        b.sweep_expired(1_100).await.unwrap(),
+        0,
+        "the live one was extended to 1 200"
+    );
+    assert_eq!(b.sweep_expired(1_200).await.unwrap(), 1);
+    // Its late outcome is a lost lease; the history keeps both attempts' ends.
+    let outcome = settlement(&late[0], DeliveryStatus::Delivered, AttemptOutcome::Delivered, 1_300);
+    let report = a.settle("slow", vec![outcome]).await.unwrap();
+    assert_eq!(report.lost_leases, vec![late[0].delivery_id]);
+    let d = &b.event(late[0].event.id).await.unwrap().unwrap().deliveries[0];
+    assert_eq!(d.status, DeliveryStatus::Pending, "the sweeper's, not revived");
 }
 
 /// A retry its budget held back: given back uncounted, and not due before the time given

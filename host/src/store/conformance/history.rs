@@ -3,9 +3,9 @@
 //! older version.
 
 use super::{Backend, claim, event, settlement, t};
-use crate::domain::{AttemptOutcome, DeliveryStatus};
+use crate::domain::{AttemptOutcome, DeliveryStatus, ReceiverResponse};
 use crate::store::history::Abandonment;
-use crate::store::{AttemptRecord, Store};
+use crate::store::{AttemptRecord, FailedFilter, Store};
 
 pub(super) async fn a_running_attempt_is_the_in_flight_delivery_until_it_settles(s: &dyn Store) {
     let id = s.ingest(vec![event(None, &["crm"])], 0).await.unwrap()[0].id;
@@ -22,11 +22,15 @@ pub(super) async fn a_running_attempt_is_the_in_flight_delivery_until_it_settles
         outcome: AttemptOutcome::Running,
         error: None,
         plugin_hash: None,
+        response: None,
+        detail: None,
     };
     assert_eq!(d.history, [running]);
     let mut retry = settlement(&c[0], DeliveryStatus::Pending, AttemptOutcome::Retry, 60);
     retry.last_error = Some("HTTP 503".into());
     retry.next_attempt_at = 100;
+    retry.response = Some(ReceiverResponse::new(503, b"busy"));
+    retry.detail = Some("charge refused".into());
     s.settle("w", vec![retry]).await.unwrap();
     let d = &s.event(id).await.unwrap().unwrap().deliveries[0];
     let settled = AttemptRecord {
@@ -36,6 +40,8 @@ pub(super) async fn a_running_attempt_is_the_in_flight_delivery_until_it_settles
         outcome: AttemptOutcome::Retry,
         error: Some("HTTP 503".into()),
         plugin_hash: Some("abc".into()),
+        response: Some(ReceiverResponse::new(503, b"busy")),
+        detail: Some("charge refused".into()),
     };
     assert_eq!(d.history, std::slice::from_ref(&settled));
     let c = s.claim(claim("crm", 1, "w", 100, 1_000)).await.unwrap();
@@ -186,4 +192,40 @@ pub(super) async fn a_running_row_of_an_older_version_is_abandoned_or_replaced(d
     assert_eq!(s.sweep_expired(100).await.unwrap(), 1);
     assert_eq!(history_of(s.as_ref(), ids[1]).await, [abandoned(Abandonment::Swept)]);
     assert_eq!(s.next_due(&t("crm")).await.unwrap(), Some(100));
+}
+
+/// Each attempt keeps what the receiver answered (status and text, as they were settled); the
+/// dead-letter listing shows the last attempt's, and an attempt nobody answered keeps none.
+pub(super) async fn each_attempt_keeps_the_receivers_response(s: &dyn Store) {
+    let id = s.ingest(vec![event(None, &["crm"])], 0).await.unwrap()[0].id;
+    let c = s.claim(claim("crm", 1, "w", 10, 1_000)).await.unwrap();
+    let mut first = settlement(&c[0], DeliveryStatus::Pending, AttemptOutcome::Retry, 20);
+    first.response = Some(ReceiverResponse::new(500, br#"{"error":"upstream exploded"}"#));
+    first.last_error = Some("HTTP 500".into());
+    s.settle("w", vec![first]).await.unwrap();
+    let c = s.claim(claim("crm", 1, "w", 30, 1_000)).await.unwrap();
+    let mut timeout = settlement(&c[0], DeliveryStatus::Pending, AttemptOutcome::Retry, 40);
+    timeout.last_error = Some("timeout".into());
+    s.settle("w", vec![timeout]).await.unwrap();
+    let c = s.claim(claim("crm", 1, "w", 50, 1_000)).await.unwrap();
+    let mut last = settlement(&c[0], DeliveryStatus::Dead, AttemptOutcome::Permanent, 60);
+    let long = format!("{{\"error\":\"{}\"}}", "é".repeat(1_000));
+    last.response = Some(ReceiverResponse::new(422, long.as_bytes()));
+    s.settle("w", vec![last]).await.unwrap();
+
+    let d = &s.event(id).await.unwrap().unwrap().deliveries[0];
+    let responses: Vec<_> = d.history.iter().map(|h| h.response.clone()).collect();
+    assert_eq!(
+        responses,
+        [
+            Some(ReceiverResponse::new(500, br#"{"error":"upstream exploded"}"#)),
+            None,
+            Some(ReceiverResponse::new(422, long.as_bytes())),
+        ]
+    );
+    let kept = responses[2].as_ref().unwrap();
+    assert!(kept.body.ends_with("… [cut from 2012 bytes]"), "{}", kept.body);
+    let failed = s.list_failed(FailedFilter::default(), 0, 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].last_response, responses[2], "the last attempt's");
 }

@@ -125,8 +125,11 @@ impl Drop for TempDb {
 
 #[async_trait]
 impl Backend for TempDb {
+    /// A store on the caller's clock, like SQLite: the scenarios play on a made-up timeline.
+    /// The database's clock, which PostgreSQL uses outside of tests, has tests of its own
+    /// (`postgres::tests`).
     async fn open(&self) -> Arc<dyn Store> {
-        Arc::new(PgStore::open(&self.url()).await.unwrap())
+        Arc::new(PgStore::open_on_caller_clock(&self.url()).await.unwrap())
     }
 
     async fn plant_running_row(&self, delivery_id: i64, n: u32, started_at: Millis) {
@@ -168,14 +171,14 @@ pub(crate) fn keyed(key: &str) -> NewEvent {
     }
 }
 
-/// An unordered claim.
+/// An unordered claim at `now`, leased until `lease_until`.
 pub(crate) fn claim(target: &str, limit: usize, owner: &str, now: Millis, lease_until: Millis) -> ClaimRequest {
     ClaimRequest {
         target: t(target),
         limit,
         owner: owner.into(),
         now,
-        lease_until,
+        lease_ms: lease_until - now,
         ordered: false,
     }
 }
@@ -201,6 +204,8 @@ pub(crate) fn settlement(c: &Claimed, status: DeliveryStatus, outcome: AttemptOu
         finished_at: at,
         duration_ms: 3,
         plugin_hash: Some("abc".into()),
+        response: None,
+        detail: None,
         emit: Vec::new(),
     }
 }
@@ -249,6 +254,7 @@ conformance! {
         history::a_running_attempt_is_the_in_flight_delivery_until_it_settles,
         history::every_abandonment_records_its_reason,
         history::a_late_outcome_replaces_the_abandoned_row,
+        history::each_attempt_keeps_the_receivers_response,
         admin::held_targets_wait_until_they_are_live_again,
         admin::failed_filters_narrow_listing_count_and_replay,
         admin::prune_deletes_finished_events_failed_deliveries_and_old_keys,
@@ -258,6 +264,7 @@ conformance! {
     backends: [
         claims::unclaimed_deliveries_are_pending_again_as_if_never_claimed,
         claims::heartbeat_keeps_leases_and_sweeper_returns_expired_ones,
+        claims::heartbeat_does_not_extend_an_expired_lease,
         history::a_running_row_of_an_older_version_is_abandoned_or_replaced,
         admin::replay_resets_attempts_keeps_history_and_is_idempotent,
         admin::paused_targets_claim_nothing_until_resumed,

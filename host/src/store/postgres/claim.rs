@@ -9,7 +9,7 @@
 
 use sqlx::PgExecutor;
 
-use super::{PgStore, counted, filters, leases};
+use super::{LeaseClock, PgStore, counted, filters, leases};
 use crate::store::history::InFlight;
 use crate::store::rows::{self, EventColumns, count};
 use crate::store::{ClaimRequest, Claimed, StoreError};
@@ -33,7 +33,7 @@ pub(super) async fn claim(store: &PgStore, req: &ClaimRequest) -> Result<Vec<Cla
     let target = req.target.as_str();
     let (paused, expired): (bool, bool) = counted::query_as(sql!("claim_probe"))
         .bind(target)
-        .bind(req.now)
+        .bind(store.clock.bind(req.now))
         .fetch_one(&store.claims)
         .await?;
     if paused {
@@ -43,13 +43,14 @@ pub(super) async fn claim(store: &PgStore, req: &ClaimRequest) -> Result<Vec<Cla
         store
             .relaxed_transaction(|mut tx| async move {
                 // The attempts these leases covered never reported back.
-                leases::return_in_flight(&mut tx, InFlight::ExpiredOf { target, at: req.now }, req.now).await?;
-                let claimed = claim_due(&mut *tx, req).await?;
+                let which = InFlight::ExpiredOf { target, at: req.now };
+                leases::return_in_flight(&mut tx, which, req.now, store.clock).await?;
+                let claimed = claim_due(&mut *tx, req, store.clock).await?;
                 Ok((tx, claimed))
             })
             .await?
     } else {
-        claim_due(&store.claims, req).await?
+        claim_due(&store.claims, req, store.clock).await?
     };
     let mut out = Vec::with_capacity(claimed.len());
     for (delivery_id, attempt, seq, id, event_type, payload, headers, key, ordering_key, created_at) in claimed {
@@ -68,14 +69,20 @@ pub(super) async fn claim(store: &PgStore, req: &ClaimRequest) -> Result<Vec<Cla
 
 /// The claim statement: due pending deliveries, leased, with their events. A concurrent
 /// claimer's rows are skipped (locked), and in this snapshot they are still pending, so with
-/// `ordered` the deliveries behind them stay blocked as they should.
-async fn claim_due<'e>(conn: impl PgExecutor<'e>, req: &ClaimRequest) -> Result<Vec<ClaimedRow>, StoreError> {
+/// `ordered` the deliveries behind them stay blocked as they should. The lease ends
+/// `lease_ms` after the claim by `clock`.
+async fn claim_due<'e>(
+    conn: impl PgExecutor<'e>,
+    req: &ClaimRequest,
+    clock: LeaseClock,
+) -> Result<Vec<ClaimedRow>, StoreError> {
     Ok(counted::query_as(filters::claim_pending(req.ordered))
         .bind(req.target.as_str())
         .bind(req.now)
         .bind(req.limit as i64)
         .bind(&req.owner)
-        .bind(req.lease_until)
+        .bind(req.lease_ms)
+        .bind(clock.bind(req.now))
         .fetch_all(conn)
         .await?)
 }

@@ -92,8 +92,10 @@ fn glob_to_like(glob: &str) -> String {
 /// The failed deliveries matching `f` with an id above `after`, oldest first, at most `limit`.
 pub(super) fn list_failed(f: &FailedFilter, after: i64, limit: i64) -> QueryBuilder<'static, Postgres> {
     let mut q = QueryBuilder::new(
-        "SELECT d.id, d.event_id, e.type, d.target, d.status, d.attempts::bigint, d.last_error, d.updated_at
-         FROM deliveries d JOIN events e ON e.id = d.event_id WHERE ",
+        "SELECT d.id, d.event_id, e.type, d.target, d.status, d.attempts::bigint, d.last_error, d.updated_at,
+                a.response_status::bigint, a.response_body
+         FROM deliveries d JOIN events e ON e.id = d.event_id
+         LEFT JOIN attempts a ON a.delivery_id = d.id AND a.n = d.attempt_seq WHERE ",
     );
     push_failed_where(&mut q, f);
     q.push(" AND d.id > ")

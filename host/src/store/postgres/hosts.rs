@@ -31,10 +31,10 @@ pub(super) async fn register(
     Ok(())
 }
 
-/// The heartbeat of `host`, whose leases now last until `lease_until`.
-pub(super) async fn refresh(pool: &PgPool, host: &str, lease_until: Millis) -> Result<(), StoreError> {
+/// The heartbeat of `host`, whose leases now last `lease_ms` more.
+pub(super) async fn refresh(pool: &PgPool, host: &str, lease_ms: Millis) -> Result<(), StoreError> {
     let now = now_ms();
-    let ttl = HOST_TTL_MS.max(3 * (lease_until - now));
+    let ttl = HOST_TTL_MS.max(3 * lease_ms);
     counted::query(sql!("refresh_host"))
         .bind(host)
         .bind(now + ttl)

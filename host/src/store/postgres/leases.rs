@@ -4,25 +4,27 @@
 
 use sqlx::postgres::{PgConnection, PgPool};
 
-use super::{SWEEP_CHUNK, counted, filters};
+use super::{LeaseClock, SWEEP_CHUNK, counted, filters};
 use crate::domain::Millis;
 use crate::store::StoreError;
 use crate::store::history::InFlight;
 
 /// Returns up to [`SWEEP_CHUNK`] deliveries of `which` to pending (due `now`; a take-over
 /// keeps their place) and writes their attempt's history row as abandoned. Rows another
-/// transaction holds are skipped: they are being settled or claimed right now.
+/// transaction holds are skipped: they are being settled or claimed right now. Whether a lease
+/// has expired is read from `clock`.
 pub(super) async fn return_in_flight(
     conn: &mut PgConnection,
     which: InFlight<'_>,
     now: Millis,
+    clock: LeaseClock,
 ) -> Result<usize, StoreError> {
     let query = counted::query_as(filters::return_in_flight(which))
         .bind(now)
         .bind(SWEEP_CHUNK);
     let query = match which {
-        InFlight::ExpiredOf { target, at } => query.bind(target).bind(at),
-        InFlight::Expired(at) => query.bind(at),
+        InFlight::ExpiredOf { target, at } => query.bind(target).bind(clock.bind(at)),
+        InFlight::Expired(at) => query.bind(clock.bind(at)),
         InFlight::Owned(owner) => query.bind(owner),
         InFlight::All => query,
     };
@@ -66,11 +68,18 @@ pub(super) async fn unclaim(
     Ok(n as usize)
 }
 
-/// Extends every lease `owner` holds to at least `lease_until`.
-pub(super) async fn extend(pool: &PgPool, owner: &str, lease_until: Millis) -> Result<usize, StoreError> {
+/// Extends every lease `owner` holds that is still live to at least `lease_ms` from now, by
+/// the database's clock (`clock_now` is `None`) or that time.
+pub(super) async fn extend(
+    pool: &PgPool,
+    owner: &str,
+    lease_ms: Millis,
+    clock_now: Option<Millis>,
+) -> Result<usize, StoreError> {
     let n = counted::query(sql!("extend_leases"))
-        .bind(lease_until)
+        .bind(lease_ms)
         .bind(owner)
+        .bind(clock_now)
         .execute(pool)
         .await?
         .rows_affected();

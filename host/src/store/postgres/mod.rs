@@ -65,6 +65,26 @@ const CLAIM_POOL_SIZE: u32 = 4;
 /// A transaction on a pooled connection.
 type Tx = sqlx::Transaction<'static, Postgres>;
 
+/// Whose clock lease times are read from: when a claim or heartbeat makes a lease end, and
+/// whether a lease has ended (claim, heartbeat, sweep).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaseClock {
+    /// The database's (`statement_timestamp()`, in epoch milliseconds): one clock for every
+    /// host, whatever their own clocks say. Always, outside of tests.
+    Database,
+    /// The `now` each call passes: the conformance scenarios, which play on a made-up timeline
+    /// (a claim at 100, a sweep at 1 000) that both stores must read alike.
+    #[cfg(test)]
+    Caller,
+}
+
+impl LeaseClock {
+    /// What to bind as a statement's lease clock: `NULL` for the database's, else `now`.
+    fn bind(self, now: Millis) -> Option<Millis> {
+        (self != LeaseClock::Database).then_some(now)
+    }
+}
+
 /// The PostgreSQL store.
 #[derive(Clone)]
 pub struct PgStore {
@@ -74,6 +94,8 @@ pub struct PgStore {
     claims: PgPool,
     /// This process's entry in `cluster_hosts`.
     host_id: String,
+    /// Whose clock lease times are read from.
+    clock: LeaseClock,
     /// Concurrent ingests, written together ([`ingest`]).
     ingests: Arc<ingest::IngestGroup>,
     /// Ingest groups written at once ([`ingest::INGEST_WRITERS`]).
@@ -114,6 +136,16 @@ impl PgStore {
     /// Connects to the database at `url`, creating or migrating its schema (under an advisory
     /// lock, so hosts starting together migrate once).
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_on(url, LeaseClock::Database).await
+    }
+
+    /// [`PgStore::open`] with lease times read from the caller's `now` (see [`LeaseClock`]).
+    #[cfg(test)]
+    pub(crate) async fn open_on_caller_clock(url: &str) -> Result<Self, StoreError> {
+        Self::open_on(url, LeaseClock::Caller).await
+    }
+
+    async fn open_on(url: &str, clock: LeaseClock) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Config(format!("database URL {}: {e}", redact(url))))?
             .application_name("outboxd");
@@ -143,6 +175,7 @@ impl PgStore {
             pool,
             claims,
             host_id: uuid::Uuid::now_v7().simple().to_string(),
+            clock,
             ingests: Arc::default(),
             ingest_gate: Arc::new(Semaphore::new(ingest::INGEST_WRITERS)),
         })
@@ -216,7 +249,7 @@ impl PgStore {
         loop {
             let n = self
                 .transaction(|mut tx| async move {
-                    let n = leases::return_in_flight(&mut tx, which, now).await?;
+                    let n = leases::return_in_flight(&mut tx, which, now, self.clock).await?;
                     if n > 0 {
                         wakeups::notify(&mut tx).await?;
                     }
@@ -264,9 +297,9 @@ impl Store for PgStore {
         .await
     }
 
-    async fn extend_leases(&self, owner: &str, lease_until: Millis) -> Result<usize, StoreError> {
-        let n = leases::extend(&self.pool, owner, lease_until).await?;
-        hosts::refresh(&self.pool, &self.host_id, lease_until).await?;
+    async fn extend_leases(&self, owner: &str, now: Millis, lease_ms: Millis) -> Result<usize, StoreError> {
+        let n = leases::extend(&self.pool, owner, lease_ms, self.clock.bind(now)).await?;
+        hosts::refresh(&self.pool, &self.host_id, lease_ms).await?;
         Ok(n)
     }
 

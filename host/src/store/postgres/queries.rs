@@ -12,7 +12,18 @@ use crate::store::rows::{self, AttemptColumns, DeliveryRow, EventColumns, Failed
 use crate::store::{EventDetail, FailedDelivery, FailedFilter, StatusCounts, StoreError, VersionAttempts};
 
 /// An attempt of `select_attempts_of_deliveries`: its delivery, then [`AttemptColumns`].
-type DeliveryAttemptColumns = (i64, i64, Millis, Option<i64>, String, Option<String>, Option<String>);
+type DeliveryAttemptColumns = (
+    i64,
+    i64,
+    Millis,
+    Option<i64>,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
 
 /// A delivery of `select_deliveries_of_event`.
 type DeliveryColumns = (
@@ -47,11 +58,18 @@ pub(super) async fn event(conn: &mut PgConnection, id: EventId) -> Result<Option
         .fetch_all(&mut *conn)
         .await?;
     let mut by_delivery: BTreeMap<i64, Vec<AttemptColumns>> = BTreeMap::new();
-    for (delivery_id, n, started_at, duration_ms, outcome, error, plugin_hash) in history {
-        by_delivery
-            .entry(delivery_id)
-            .or_default()
-            .push((n, started_at, duration_ms, outcome, error, plugin_hash));
+    for (delivery_id, n, started_at, duration_ms, outcome, error, plugin_hash, status, body, detail) in history {
+        by_delivery.entry(delivery_id).or_default().push((
+            n,
+            started_at,
+            duration_ms,
+            outcome,
+            error,
+            plugin_hash,
+            status,
+            body,
+            detail,
+        ));
     }
     let deliveries = deliveries
         .into_iter()

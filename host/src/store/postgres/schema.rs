@@ -14,6 +14,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_leaner_writes.sql"),
     include_str!("migrations/0003_readiness_probe.sql"),
+    include_str!("migrations/0004_receiver_responses.sql"),
+    include_str!("migrations/0005_attempt_details.sql"),
 ];
 
 /// The advisory lock that serialises migrations across hosts ("outboxd" in ASCII).

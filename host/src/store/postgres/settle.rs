@@ -48,6 +48,15 @@ pub(super) async fn settle(
     let durations: Vec<i64> = batch.iter().map(|s| s.duration_ms as i64).collect();
     let outcomes: Vec<&str> = batch.iter().map(|s| s.outcome.as_str()).collect();
     let hashes: Vec<Option<&str>> = batch.iter().map(|s| s.plugin_hash.as_deref()).collect();
+    let statuses: Vec<Option<i32>> = batch
+        .iter()
+        .map(|s| s.response.as_ref().map(|r| i32::from(r.status)))
+        .collect();
+    let bodies: Vec<Option<&str>> = batch
+        .iter()
+        .map(|s| s.response.as_ref().map(|r| r.body.as_str()))
+        .collect();
+    let details: Vec<Option<&str>> = batch.iter().map(|s| s.detail.as_deref()).collect();
     counted::query(sql!("record_attempts"))
         .bind(&ids)
         .bind(&seqs)
@@ -57,6 +66,9 @@ pub(super) async fn settle(
         .bind(&errors)
         .bind(&hashes)
         .bind(owner)
+        .bind(&statuses)
+        .bind(&bodies)
+        .bind(&details)
         .execute(&mut *conn)
         .await?;
     if !emitted.is_empty() {

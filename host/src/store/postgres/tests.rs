@@ -6,14 +6,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::PgStore;
-use crate::domain::{AttemptOutcome, DeliveryStatus};
+use crate::domain::{AttemptOutcome, DeliveryStatus, Millis, now_ms};
 use crate::store::Store;
 use crate::store::conformance::{TempDb, claim, event, settlement, t};
 
+/// Two hosts on the made-up timeline of the scenarios (see [`super::LeaseClock`]).
 async fn two_hosts(db: &TempDb) -> (PgStore, PgStore) {
     (
-        PgStore::open(&db.url()).await.unwrap(),
-        PgStore::open(&db.url()).await.unwrap(),
+        PgStore::open_on_caller_clock(&db.url()).await.unwrap(),
+        PgStore::open_on_caller_clock(&db.url()).await.unwrap(),
     )
 }
 
@@ -35,7 +36,7 @@ async fn hosts_opening_together_migrate_once() {
         .fetch_all(&stores[0].pool)
         .await
         .unwrap();
-    assert_eq!(versions, [1, 2, 3], "each migration once");
+    assert_eq!(versions, [1, 2, 3, 4, 5], "each migration once");
 }
 
 #[tokio::test]
@@ -161,4 +162,90 @@ async fn the_rate_limit_is_one_bucket_for_all_hosts() {
     );
     b.give_back_tokens(&t("crm"), 5.0, 2).await.unwrap();
     assert_eq!(a.take_tokens(&t("crm"), 5.0, 4).await.unwrap().unwrap().granted, 2);
+}
+
+/// Lease times are read from the database's clock, not from the hosts': a host whose own clock
+/// runs an hour ahead neither sweeps nor takes over a live lease, and a host whose clock runs
+/// an hour behind neither hands out leases that the others see as long over nor keeps an
+/// expired one alive with its heartbeat. (The skew is the `now` each host passes.)
+#[tokio::test]
+async fn a_host_with_a_skewed_clock_neither_steals_a_live_lease_nor_keeps_an_expired_one() {
+    const HOUR: Millis = 3_600_000;
+    let db = TempDb::new().await;
+    let on_time = PgStore::open(&db.url()).await.unwrap();
+    let ahead = PgStore::open(&db.url()).await.unwrap();
+    let behind = PgStore::open(&db.url()).await.unwrap();
+    // Due for every host, the one behind included.
+    on_time
+        .ingest(
+            vec![event(None, &["crm"]), event(None, &["billing"])],
+            now_ms() - 2 * HOUR,
+        )
+        .await
+        .unwrap();
+    let now = now_ms();
+    let held = on_time
+        .claim(claim("crm", 10, "on-time", now, now + 60_000))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+
+    // An hour ahead, that lease ended long ago by the host's clock; not by the database's.
+    let skewed = now_ms() + HOUR;
+    assert_eq!(
+        ahead.sweep_expired(skewed).await.unwrap(),
+        0,
+        "no sweep of a live lease"
+    );
+    let stolen = ahead
+        .claim(claim("crm", 10, "ahead", skewed, skewed + 60_000))
+        .await
+        .unwrap();
+    assert!(stolen.is_empty(), "no take-over of a live lease: {stolen:?}");
+
+    // An hour behind, a lease of 300 ms: by that host's clock it would end an hour before the
+    // others' now; by the database's it is live for 300 ms.
+    let skewed = now_ms() - HOUR;
+    let short = behind
+        .claim(claim("billing", 10, "behind", skewed, skewed + 300))
+        .await
+        .unwrap();
+    assert_eq!(short.len(), 1);
+    assert_eq!(
+        on_time.sweep_expired(now_ms()).await.unwrap(),
+        0,
+        "both leases are live"
+    );
+
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    // Over by the database's clock: the late heartbeat of the host behind (its clock says the
+    // lease has an hour to go) does not revive it, and its own sweeper returns it.
+    let skewed = now_ms() - HOUR;
+    assert_eq!(behind.extend_leases("behind", skewed, 60_000).await.unwrap(), 0);
+    assert_eq!(on_time.extend_leases("on-time", now_ms(), 60_000).await.unwrap(), 1);
+    assert_eq!(behind.sweep_expired(skewed).await.unwrap(), 1, "the expired lease only");
+    let d = &on_time.event(short[0].event.id).await.unwrap().unwrap().deliveries[0];
+    assert_eq!(d.status, DeliveryStatus::Pending);
+    assert_eq!(d.history.last().unwrap().outcome, AttemptOutcome::Abandoned);
+    let late = settlement(
+        &short[0],
+        DeliveryStatus::Delivered,
+        AttemptOutcome::Delivered,
+        now_ms(),
+    );
+    assert_eq!(
+        behind.settle("behind", vec![late]).await.unwrap().lost_leases,
+        vec![short[0].delivery_id]
+    );
+
+    // The live lease is still its holder's.
+    let outcome = settlement(&held[0], DeliveryStatus::Delivered, AttemptOutcome::Delivered, now_ms());
+    assert!(
+        on_time
+            .settle("on-time", vec![outcome])
+            .await
+            .unwrap()
+            .lost_leases
+            .is_empty()
+    );
 }

@@ -41,9 +41,10 @@ pub(super) fn claim(tx: &Transaction<'_>, req: &ClaimRequest) -> Result<Vec<Clai
         }
         let rows = tx
             .prepare_cached(sql)?
-            .query_map(params![target, req.owner, req.lease_until, req.now, left as i64], |r| {
-                r.try_into()
-            })?
+            .query_map(
+                params![target, req.owner, req.now + req.lease_ms, req.now, left as i64],
+                |r| r.try_into(),
+            )?
             .collect::<Result<Vec<_>, _>>()?;
         claimed.extend(rows);
     }

@@ -91,8 +91,10 @@ pub(super) fn bind<'a>(
 /// The failed deliveries matching `clause` after `:after`, oldest first, at most `:limit`.
 pub(super) fn list_failed(clause: &str) -> String {
     format!(
-        "SELECT d.id, d.event_id, e.type, d.target, d.status, d.attempts, d.last_error, d.updated_at
+        "SELECT d.id, d.event_id, e.type, d.target, d.status, d.attempts, d.last_error, d.updated_at,
+                a.response_status, a.response_body
          FROM deliveries d JOIN events e ON e.id = d.event_id
+         LEFT JOIN attempts a ON a.delivery_id = d.id AND a.n = d.attempt_seq
          WHERE {clause} AND d.id > :after ORDER BY d.id LIMIT :limit"
     )
 }

@@ -55,9 +55,9 @@ pub(super) fn unclaim(
     Ok(given_back)
 }
 
-/// Extends every lease `owner` holds to at least `lease_until`.
-pub(super) fn extend(tx: &Transaction<'_>, owner: &str, lease_until: Millis) -> Result<usize, StoreError> {
+/// Extends every lease `owner` holds that is still live at `now` to at least `lease_until`.
+pub(super) fn extend(tx: &Transaction<'_>, owner: &str, now: Millis, lease_until: Millis) -> Result<usize, StoreError> {
     Ok(tx
         .prepare_cached(sql!("extend_leases"))?
-        .execute(params![lease_until, owner])?)
+        .execute(params![lease_until, owner, now])?)
 }

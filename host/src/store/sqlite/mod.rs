@@ -241,10 +241,12 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn extend_leases(&self, owner: &str, lease_until: Millis) -> Result<usize, StoreError> {
+    async fn extend_leases(&self, owner: &str, now: Millis, lease_ms: Millis) -> Result<usize, StoreError> {
         let owner = owner.to_owned();
-        self.write_tx(Synchronous::Full, move |tx| leases::extend(tx, &owner, lease_until))
-            .await
+        self.write_tx(Synchronous::Full, move |tx| {
+            leases::extend(tx, &owner, now, now + lease_ms)
+        })
+        .await
     }
 
     async fn sweep_expired(&self, now: Millis) -> Result<usize, StoreError> {

@@ -17,6 +17,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_fewer_btree_writes.sql"),
     include_str!("migrations/0004_delivery_ids_never_reused.sql"),
     include_str!("migrations/0005_readiness_probe.sql"),
+    include_str!("migrations/0006_receiver_responses.sql"),
+    include_str!("migrations/0007_attempt_details.sql"),
 ];
 
 /// The connections of an opened database, and its lock when taken.

@@ -40,6 +40,9 @@ pub(super) fn settle(tx: &Transaction<'_>, owner: &str, batch: Vec<Settlement>) 
             s.outcome.as_str(),
             s.last_error,
             s.plugin_hash,
+            s.response.as_ref().map(|r| r.status),
+            s.response.as_ref().map(|r| r.body.as_str()),
+            s.detail,
         ])?;
     }
     let mut count_version = tx.prepare_cached(sql!("count_version_attempts"))?;

@@ -1,5 +1,6 @@
--- Claims up to $3 pending deliveries of target $1 due at $2, for owner $4 until $5, unless the
--- target is paused by hand, and returns each with its event. The candidates are materialised
+-- Claims up to $3 pending deliveries of target $1 due at $2, for owner $4 for $5 ms from the
+-- database's clock ($6 is NULL; a store on the caller's clock, in tests, passes that time),
+-- unless the target is paused by hand, and returns each with its event. The candidates are materialised
 -- (locked, LIMIT applied after SKIP LOCKED) before the update, so that the planner cannot run
 -- the subquery again per row and claim more than the limit. An ordered claim puts the per-key
 -- FIFO condition in place of the marker.
@@ -12,7 +13,8 @@ WITH candidates AS MATERIALIZED (
     LIMIT $3
     FOR UPDATE OF d SKIP LOCKED)
 UPDATE deliveries d
-SET status = 'in_flight', lease_owner = $4, lease_expires_at = $5, attempts = d.attempts + 1,
+SET status = 'in_flight', lease_owner = $4,
+    lease_expires_at = COALESCE($6::bigint, (extract(epoch FROM statement_timestamp()) * 1000)::bigint) + $5, attempts = d.attempts + 1,
     attempt_seq = d.attempt_seq + 1, updated_at = $2
 FROM candidates c, events e
 WHERE d.id = c.id AND e.id = d.event_id

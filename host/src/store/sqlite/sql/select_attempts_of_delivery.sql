@@ -1,2 +1,2 @@
-SELECT n, started_at, duration_ms, outcome, error, plugin_hash
+SELECT n, started_at, duration_ms, outcome, error, plugin_hash, response_status, response_body, detail
 FROM attempts WHERE delivery_id = ?1 ORDER BY n
