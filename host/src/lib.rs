@@ -17,3 +17,4 @@ pub mod source;
 pub mod store;
 pub mod targets;
 pub mod telemetry;
+pub mod whole;

@@ -192,6 +192,21 @@ async fn malformed_requests_are_rejected_and_store_nothing() {
             400,
         ),
         (
+            "deliver_at below 0",
+            r#"{"type": "order.created", "payload": {}, "deliver_at": -1}"#.to_owned(),
+            400,
+        ),
+        (
+            "delay_ms over 366 days",
+            r#"{"type": "order.created", "payload": {}, "delay_ms": 31622400001}"#.to_owned(),
+            400,
+        ),
+        (
+            "deliver_at as text",
+            r#"{"type": "order.created", "payload": {}, "deliver_at": "tomorrow"}"#.to_owned(),
+            400,
+        ),
+        (
             "payload over max_payload_bytes",
             json!({"type": "order.created", "payload": {"blob": big}}).to_string(),
             413,
@@ -221,4 +236,90 @@ async fn malformed_requests_are_rejected_and_store_nothing() {
     host.stop().await;
     assert_eq!(host.count_rows("events"), 2, "only the two good events are stored");
     assert_eq!(host.count_rows("deliveries"), 2);
+}
+
+/// Scheduled deliveries: `delay_ms` (and `deliver_at`) keep the deliveries `pending`, shown as
+/// scheduled and unattempted, until their time; a time already past is now; an ordered target
+/// keeps a key's order, so an unscheduled event waits behind a scheduled one of its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_events_wait_for_their_time_and_keep_their_keys_order() {
+    let rx = Receiver::start().await;
+    let mut host = Host::new();
+    host.add_target("sink", &Target::webhook(&rx.url("/sink")).events(&["order.*"]))
+        .add_target(
+            "ledger",
+            &Target::webhook(&rx.url("/ledger")).events(&["order.*"]).ordered(true),
+        );
+    host.start().await;
+
+    let posted = std::time::Instant::now();
+    let (status, body) = host
+        .post_event(&json!({"type": "order.created", "payload": {"n": 1}, "delay_ms": 2000, "ordering_key": "o-1"}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let scheduled = id_of(&body);
+    let (status, body) = host
+        .post_event(&json!({"type": "order.paid", "payload": {"n": 2}, "ordering_key": "o-1"}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let follower = id_of(&body);
+    let (status, body) = host
+        .post_event(&json!({"type": "order.created", "payload": {"n": 3}, "deliver_at": 1000}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let past = id_of(&body);
+
+    // The past-scheduled event goes now; the unordered sink gets the follower at once.
+    host.wait_delivered(&past, &["sink", "ledger"]).await;
+    host.wait_delivered(&follower, &["sink"]).await;
+    let ev = host.get_event(&scheduled).await;
+    if posted.elapsed() < Duration::from_millis(1500) {
+        for d in ev["deliveries"].as_array().expect("deliveries") {
+            assert_eq!(d["status"], "pending", "{ev:#}");
+            assert_eq!(d["scheduled"], true, "{ev:#}");
+            assert_eq!(d["attempts"], 0, "{ev:#}");
+        }
+        let follower_ev = host.get_event(&follower).await;
+        assert_eq!(
+            testkit::status_of(&follower_ev, "ledger"),
+            Some("pending"),
+            "{follower_ev:#}"
+        );
+    }
+    host.wait_delivered(&scheduled, &["sink", "ledger"]).await;
+    host.wait_delivered(&follower, &["ledger"]).await;
+    for r in rx
+        .requests()
+        .iter()
+        .filter(|r| r.event_id() == Some(scheduled.as_str()))
+    {
+        assert!(
+            r.received_at.duration_since(posted) >= Duration::from_millis(1990),
+            "the scheduled event reached {} {:?} after it was posted, before its delay",
+            r.path,
+            r.received_at.duration_since(posted)
+        );
+    }
+    let ledger: Vec<String> = rx
+        .requests_at("/ledger")
+        .iter()
+        .filter_map(|r| r.event_id().map(str::to_owned))
+        .collect();
+    let (a, b) = (
+        ledger.iter().position(|i| *i == scheduled),
+        ledger.iter().position(|i| *i == follower),
+    );
+    assert!(
+        a.is_some() && a < b,
+        "the ledger got o-1's events out of order: {ledger:?}"
+    );
+    let ev = host.get_event(&scheduled).await;
+    assert!(
+        ev["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["scheduled"] == false),
+        "{ev:#}"
+    );
 }

@@ -295,6 +295,9 @@ struct DeliveryOut {
     attempts: u32,
     last_error: Option<String>,
     next_attempt_at: Option<String>,
+    /// Waiting for the time its event was scheduled for (`deliver_at` or `delay_ms`): pending,
+    /// never attempted, due later.
+    scheduled: bool,
     delivered_at: Option<String>,
     idempotency_key: String,
     history: Vec<AttemptOut>,
@@ -316,6 +319,7 @@ struct EventOut {
 }
 
 fn event_out(d: EventDetail) -> Result<EventOut, ApiError> {
+    let now = now_ms();
     let e = d.event;
     let payload = RawValue::from_string(e.payload).map_err(|err| StoreError::Corrupt(err.to_string()))?;
     Ok(EventOut {
@@ -329,6 +333,9 @@ fn event_out(d: EventDetail) -> Result<EventOut, ApiError> {
             .deliveries
             .into_iter()
             .map(|del| DeliveryOut {
+                scheduled: del.status == DeliveryStatus::Pending
+                    && del.attempts == 0
+                    && del.next_attempt_at.is_some_and(|at| at > now),
                 idempotency_key: crate::domain::delivery_key(&e.id, &del.target),
                 target: del.target.to_string(),
                 status: del.status.as_str(),
@@ -411,18 +418,18 @@ pub struct FilterIn {
     /// Text the last error contains (case-insensitive).
     pub error: Option<String>,
     /// Only these deliveries (JSON bodies only: a query string cannot carry a list).
-    #[serde(default, deserialize_with = "extract::whole_list")]
-    #[schema(schema_with = extract::whole_list_schema)]
+    #[serde(default, deserialize_with = "crate::whole::whole_list")]
+    #[schema(schema_with = crate::whole::whole_list_schema)]
     #[param(ignore)]
     pub delivery_ids: Vec<i64>,
     /// Only deliveries with an id above this: the listing's paging, or where a replay starts.
-    #[serde(default, deserialize_with = "extract::opt_whole")]
+    #[serde(default, deserialize_with = "crate::whole::opt_whole")]
     #[schema(minimum = 0, maximum = 9007199254740991_i64)]
     #[param(minimum = 0, maximum = 9007199254740991_i64)]
     pub after: Option<i64>,
     /// At most this many: a page of the listing (default 100, at most 1000), or a cap on
     /// the replay (default 1000; see `all`).
-    #[serde(default, deserialize_with = "extract::opt_whole")]
+    #[serde(default, deserialize_with = "crate::whole::opt_whole")]
     #[schema(minimum = 1, maximum = 9007199254740991_i64)]
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use thiserror::Error;
 
-use crate::domain::{EventId, EventType, ProducerKey};
+use crate::domain::{EventId, EventType, Millis, ProducerKey};
 use crate::store::NewEvent;
 use crate::targets::filter::Input;
 use crate::targets::routing::Routes;
@@ -93,7 +93,20 @@ pub(crate) struct EventIn {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00]+$")]
     ordering_key: Option<String>,
+    /// Scheduled delivery: not before this time, in milliseconds since the Unix epoch (a time
+    /// already past means now). With `delay_ms` too, the later of the two.
+    #[serde(default, deserialize_with = "crate::whole::opt_whole")]
+    #[schema(minimum = 0, maximum = 9007199254740991_i64)]
+    deliver_at: Option<i64>,
+    /// Scheduled delivery: this many milliseconds after acceptance (at most 366 days). With
+    /// `deliver_at` too, the later of the two.
+    #[serde(default, deserialize_with = "crate::whole::opt_whole")]
+    #[schema(minimum = 0, maximum = 31622400000_i64)]
+    delay_ms: Option<i64>,
 }
+
+/// The longest `delay_ms`: 366 days.
+pub const MAX_DELAY_MS: i64 = 366 * 24 * 3600 * 1000;
 
 /// The schema of `headers`, with the limits [`parse`] enforces.
 fn headers_schema() -> utoipa::openapi::Object {
@@ -125,6 +138,23 @@ pub struct Accepted {
     /// Headers in name order.
     pub headers: Vec<(String, String)>,
     pub ordering_key: Option<String>,
+    /// When its deliveries may start, if the producer scheduled it.
+    pub schedule: Option<Schedule>,
+}
+
+/// A producer's schedule for an event's deliveries: not before `at` (milliseconds since the
+/// Unix epoch) and not before `delay` milliseconds after acceptance (each 0 when not given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub at: Millis,
+    pub delay: Millis,
+}
+
+impl Schedule {
+    /// The time the deliveries become due for an event accepted at `now`: the later bound.
+    pub fn due(self, now: Millis) -> Millis {
+        self.at.max(now.saturating_add(self.delay))
+    }
 }
 
 /// Whether the request body was one event or an array of them.
@@ -216,12 +246,30 @@ fn one(body: &[u8], max_payload_bytes: usize) -> Result<Accepted, IngestError> {
             "header `{name}`: names must be 1-{MAX_HEADER_NAME} bytes and values at most {MAX_HEADER_VALUE}"
         )));
     }
+    if e.deliver_at.is_some_and(|at| at < 0) {
+        return Err(IngestError::Invalid(
+            "`deliver_at` is milliseconds since the Unix epoch: 0 or more".into(),
+        ));
+    }
+    if e.delay_ms.is_some_and(|d| !(0..=MAX_DELAY_MS).contains(&d)) {
+        return Err(IngestError::Invalid(format!(
+            "`delay_ms` must be between 0 and {MAX_DELAY_MS} (366 days)"
+        )));
+    }
+    let schedule = match (e.deliver_at, e.delay_ms) {
+        (None, None) => None,
+        (at, delay) => Some(Schedule {
+            at: at.unwrap_or(0),
+            delay: delay.unwrap_or(0),
+        }),
+    };
     Ok(Accepted {
         event_type: e.event_type,
         payload: payload.to_owned(),
         idempotency_key: e.idempotency_key,
         headers,
         ordering_key: e.ordering_key,
+        schedule,
     })
 }
 
@@ -233,8 +281,9 @@ fn describe_json_error(e: &serde_json::Error) -> String {
     }
 }
 
-/// Gives each accepted event an id and its subscribed targets.
-pub fn route(accepted: Vec<Accepted>, routes: &Routes) -> Vec<NewEvent> {
+/// Gives each accepted event an id, its subscribed targets and, if scheduled, the time its
+/// deliveries become due (for an event accepted at `now`).
+pub fn route(accepted: Vec<Accepted>, routes: &Routes, now: Millis) -> Vec<NewEvent> {
     accepted
         .into_iter()
         .map(|a| NewEvent {
@@ -245,6 +294,7 @@ pub fn route(accepted: Vec<Accepted>, routes: &Routes) -> Vec<NewEvent> {
             headers: a.headers,
             idempotency_key: a.idempotency_key,
             ordering_key: a.ordering_key,
+            deliver_at: a.schedule.map(|s| s.due(now)),
         })
         .collect()
 }
@@ -335,7 +385,7 @@ mod tests {
             100,
         )
         .unwrap();
-        let events = route(b.into_vec(), &routes);
+        let events = route(b.into_vec(), &routes, 0);
         assert_eq!(events[0].targets.len(), 1);
         assert!(events[1].targets.is_empty());
         assert_ne!(events[0].id, events[1].id);
@@ -361,5 +411,28 @@ mod reserved_tests {
             assert!(parse(body.as_bytes(), 100).is_ok());
         }
         assert!(parse_from_producer(br#"{"type":"a","payload":1,"idempotency_key":"Source:x"}"#, 100).is_ok());
+    }
+
+    #[test]
+    fn a_schedule_is_due_at_the_later_of_its_bounds() {
+        let one = |body: &str| match parse(body.as_bytes(), 100).unwrap() {
+            Batch::One(a) => a.schedule,
+            Batch::Many(_) => panic!("one event"),
+        };
+        assert_eq!(one(r#"{"type":"a","payload":1}"#), None);
+        let at = one(r#"{"type":"a","payload":1,"deliver_at":5000}"#).unwrap();
+        assert_eq!((at.due(1000), at.due(9000)), (5000, 9000));
+        let delay = one(r#"{"type":"a","payload":1,"delay_ms":300.0}"#).unwrap();
+        assert_eq!(delay.due(1000), 1300);
+        let both = one(r#"{"type":"a","payload":1,"deliver_at":5000,"delay_ms":300}"#).unwrap();
+        assert_eq!((both.due(1000), both.due(4900)), (5000, 5200));
+        for bad in [
+            r#"{"type":"a","payload":1,"deliver_at":-1}"#,
+            r#"{"type":"a","payload":1,"delay_ms":31622400001}"#,
+            r#"{"type":"a","payload":1,"delay_ms":-5}"#,
+            r#"{"type":"a","payload":1,"deliver_at":"soon"}"#,
+        ] {
+            assert!(parse(bad.as_bytes(), 100).is_err(), "{bad}");
+        }
     }
 }

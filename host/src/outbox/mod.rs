@@ -103,8 +103,9 @@ impl Outbox {
     /// known writes nothing and answers with the first event's id. Returns once the
     /// transaction has committed.
     pub async fn accept(&self, events: Vec<Accepted>, origin: Origin) -> Result<Vec<Ingested>, StoreError> {
-        let routed = self.routing.with(|routes| input::route(events, routes));
-        let ingested = self.store.ingest(routed, now_ms()).await?;
+        let now = now_ms();
+        let routed = self.routing.with(|routes| input::route(events, routes, now));
+        let ingested = self.store.ingest(routed, now).await?;
         let duplicates = ingested.iter().filter(|i| i.duplicate).count();
         self.stored(origin, ingested.len() - duplicates, duplicates);
         Ok(ingested)
@@ -139,5 +140,6 @@ pub fn operational_event(routes: &Routes, event_type: &str, payload: serde_json:
         idempotency_key: ProducerKey::try_from(key).ok(),
         ordering_key: None,
         targets: routes.targets_for(event_type),
+        deliver_at: None,
     }
 }

@@ -135,7 +135,7 @@ async function loadEvent(id) {
   for (const d of ev.deliveries) {
     rows.push(el("tr", { "data-target": d.target, "data-status": d.status },
       el("td", {}, el("strong", { text: d.target })),
-      el("td", { class: "status s-" + d.status, text: d.status }),
+      el("td", { class: "status s-" + d.status, text: d.scheduled ? "scheduled" : d.status }),
       el("td", { class: "num", text: d.attempts }),
       el("td", { class: "wrap", text: d.last_error || "" }),
       el("td", { class: "mono", text: d.delivered_at || d.next_attempt_at || "" }),

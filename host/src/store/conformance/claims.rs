@@ -341,3 +341,57 @@ pub(super) async fn a_delivery_given_back_to_wait_is_not_due_before_its_time(s: 
         "an earlier time changes nothing"
     );
 }
+
+pub(super) async fn a_scheduled_event_is_due_at_its_time_and_keeps_its_keys_order(s: &dyn Store) {
+    let scheduled = |deliver_at: Option<i64>, target: &str, key: Option<&str>| NewEvent {
+        deliver_at,
+        ordering_key: key.map(Into::into),
+        ..event(None, &[target])
+    };
+    let later = s
+        .ingest(
+            vec![
+                scheduled(Some(1_000), "crm", None),
+                scheduled(None, "crm", None),
+                // A time already past is now.
+                scheduled(Some(5), "crm", None),
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    let detail = s.event(later[0].id).await.unwrap().unwrap();
+    assert_eq!(detail.deliveries[0].next_attempt_at, Some(1_000));
+    assert_eq!(detail.deliveries[0].status, DeliveryStatus::Pending);
+    let past = s.event(later[2].id).await.unwrap().unwrap();
+    assert_eq!(past.deliveries[0].next_attempt_at, Some(10));
+    assert_eq!(s.next_due(&t("crm")).await.unwrap(), Some(10));
+    let now = s.claim(claim("crm", 10, "h", 20, 60_000)).await.unwrap();
+    assert_eq!(
+        now.len(),
+        2,
+        "only the unscheduled and the past-scheduled are due: {now:?}"
+    );
+    assert!(now.iter().all(|c| c.event.id != later[0].id));
+    assert_eq!(s.next_due(&t("crm")).await.unwrap(), Some(1_000));
+    assert!(s.claim(claim("crm", 10, "h", 999, 60_000)).await.unwrap().is_empty());
+    let due = s.claim(claim("crm", 10, "h", 1_000, 61_000)).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].event.id, later[0].id);
+
+    // Per-key order holds: an unscheduled event waits behind a scheduled one of its key.
+    let keyed = s
+        .ingest(
+            vec![
+                scheduled(Some(1_000), "erp", Some("k")),
+                scheduled(None, "erp", Some("k")),
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(s.claim(ordered("erp", 10, "h", 20, 60_000)).await.unwrap().is_empty());
+    let first = s.claim(ordered("erp", 10, "h", 1_000, 61_000)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].event.id, keyed[0].id);
+}

@@ -160,13 +160,13 @@ async fn insert_events_at(
         .bind(new.iter().map(|(_, _, now)| *now).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
-    let deliveries: Vec<(&str, &str, Millis, Option<&str>)> = new
+    let deliveries: Vec<(&str, &str, Millis, Option<&str>, Option<Millis>)> = new
         .iter()
         .flat_map(|(i, e, now)| {
             let id = ids[*i].as_str();
             e.targets
                 .iter()
-                .map(move |t| (id, t.as_str(), *now, e.ordering_key.as_deref()))
+                .map(move |t| (id, t.as_str(), *now, e.ordering_key.as_deref(), e.deliver_at))
         })
         .collect();
     if !deliveries.is_empty() {
@@ -175,6 +175,7 @@ async fn insert_events_at(
             .bind(deliveries.iter().map(|d| d.1).collect::<Vec<_>>())
             .bind(deliveries.iter().map(|d| d.2).collect::<Vec<_>>())
             .bind(deliveries.iter().map(|d| d.3).collect::<Vec<_>>())
+            .bind(deliveries.iter().map(|d| d.4).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         // Delivered at commit, to every host listening (this one included).
