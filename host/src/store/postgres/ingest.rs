@@ -160,22 +160,26 @@ async fn insert_events_at(
         .bind(new.iter().map(|(_, _, now)| *now).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
-    let deliveries: Vec<(&str, &str, Millis, Option<&str>, Option<Millis>)> = new
+    let deliveries: Vec<NewDelivery<'_>> = new
         .iter()
         .flat_map(|(i, e, now)| {
-            let id = ids[*i].as_str();
-            e.targets
-                .iter()
-                .map(move |t| (id, t.as_str(), *now, e.ordering_key.as_deref(), e.deliver_at))
+            let event = ids[*i].as_str();
+            e.targets.iter().map(move |t| NewDelivery {
+                event,
+                target: t.as_str(),
+                accepted: *now,
+                ordering_key: e.ordering_key.as_deref(),
+                deliver_at: e.deliver_at,
+            })
         })
         .collect();
     if !deliveries.is_empty() {
         counted::query(sql!("insert_deliveries"))
-            .bind(deliveries.iter().map(|d| d.0).collect::<Vec<_>>())
-            .bind(deliveries.iter().map(|d| d.1).collect::<Vec<_>>())
-            .bind(deliveries.iter().map(|d| d.2).collect::<Vec<_>>())
-            .bind(deliveries.iter().map(|d| d.3).collect::<Vec<_>>())
-            .bind(deliveries.iter().map(|d| d.4).collect::<Vec<_>>())
+            .bind(deliveries.iter().map(|d| d.event).collect::<Vec<_>>())
+            .bind(deliveries.iter().map(|d| d.target).collect::<Vec<_>>())
+            .bind(deliveries.iter().map(|d| d.accepted).collect::<Vec<_>>())
+            .bind(deliveries.iter().map(|d| d.ordering_key).collect::<Vec<_>>())
+            .bind(deliveries.iter().map(|d| d.deliver_at).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         // Delivered at commit, to every host listening (this one included).
@@ -236,4 +240,13 @@ async fn take_keys(
         }
     }
     Ok(duplicates)
+}
+
+/// One row of `insert_deliveries`: a pending delivery of `event` to `target`.
+struct NewDelivery<'a> {
+    event: &'a str,
+    target: &'a str,
+    accepted: Millis,
+    ordering_key: Option<&'a str>,
+    deliver_at: Option<Millis>,
 }
