@@ -379,7 +379,7 @@ impl log::Host for HostState {
 
 impl config::Host for HostState {
     async fn get(&mut self, key: String) -> Option<String> {
-        self.grants.config.get(&key).cloned()
+        self.grants.config.get(&key).map(|v| v.as_str().to_owned())
     }
 }
 

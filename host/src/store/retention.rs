@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Millis, now_ms};
@@ -88,16 +89,23 @@ pub async fn prune_once(
 }
 
 /// Runs retention passes every `interval` until `stop`.
-pub async fn run(store: Arc<dyn Store>, config: RetentionConfig, stop: CancellationToken) {
-    if config.retention.is_none() && config.idempotency_retention.is_none() {
-        return;
-    }
+pub async fn run(store: Arc<dyn Store>, mut config: watch::Receiver<RetentionConfig>, stop: CancellationToken) {
+    // Whether the configuration may still change (its sender, the reloader, is alive).
+    let mut live = true;
     loop {
+        let current = *config.borrow_and_update();
+        let off = current.retention.is_none() && current.idempotency_retention.is_none();
         tokio::select! {
-            _ = tokio::time::sleep(config.interval) => {}
+            _ = tokio::time::sleep(current.interval), if !off => {}
+            changed = config.changed(), if live => {
+                live = changed.is_ok();
+                continue;
+            }
             _ = stop.cancelled() => return,
+            // Off, and nothing can turn it on.
+            _ = std::future::ready(()), if off && !live => return,
         }
-        match prune_once(store.as_ref(), &config, now_ms(), &stop).await {
+        match prune_once(store.as_ref(), &current, now_ms(), &stop).await {
             Ok(Pruned { events: 0, keys: 0 }) => {}
             Ok(p) => tracing::info!(
                 events = p.events,

@@ -15,6 +15,7 @@ use crate::policy::adaptive::ConcurrencyMode;
 use crate::policy::breaker::BreakerConfig;
 use crate::policy::budget::BudgetConfig;
 use crate::policy::retry::RetryPolicy;
+use crate::secret::{ConfigValue, Secret, Written};
 use crate::targets::routing::Pattern;
 
 /// A target manifest as written.
@@ -242,8 +243,9 @@ pub struct TargetSpec {
     pub max_batch: u32,
     /// Batched class: how long to wait for a batch to fill.
     pub linger: Duration,
-    /// The manifest's `[config]` table, flattened to strings for the plugin's `config.get`.
-    pub config: BTreeMap<String, String>,
+    /// The manifest's `[config]` table, flattened to strings for the plugin's `config.get`;
+    /// values written `{ env = … }` or `{ file = … }` are read (see `crate::secret`).
+    pub config: BTreeMap<String, ConfigValue>,
 }
 
 impl TargetSpec {
@@ -353,18 +355,19 @@ impl TargetSpec {
             return Err("`max_batch` must be between 1 and 10000".into());
         }
         let linger = Duration::from_millis(file.linger_ms.unwrap_or(1_000));
-        let config = file
-            .config
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| {
-                let text = match v {
+        let mut config = BTreeMap::new();
+        for (k, v) in file.config.unwrap_or_default() {
+            let value = match Written::from_toml(&v).map_err(|e| format!("`config.{k}`: {e}"))? {
+                Some(written) => ConfigValue::Secret(Secret::new(
+                    written.resolve(dir).map_err(|e| format!("`config.{k}`: {e}"))?,
+                )),
+                None => ConfigValue::Plain(match v {
                     toml::Value::String(s) => s,
                     other => serde_json::to_string(&other).unwrap_or_else(|_| other.to_string()),
-                };
-                (k, text)
-            })
-            .collect();
+                }),
+            };
+            config.insert(k, value);
+        }
         Ok(Self {
             name,
             plugin_path: dir.join(plugin_rel),
@@ -532,8 +535,8 @@ retries = 2
         assert_eq!(crm.retry.max_attempts, 3);
         assert_eq!(crm.retry.initial_backoff, RetryPolicy::default().initial_backoff);
         assert_eq!(crm.class, TargetClass::Critical);
-        assert_eq!(crm.config["url"], "http://localhost:9000/crm");
-        assert_eq!(crm.config["retries"], "2");
+        assert_eq!(crm.config["url"].as_str(), "http://localhost:9000/crm");
+        assert_eq!(crm.config["retries"].as_str(), "2");
         let lonely = &scan.targets[1];
         assert!(lonely.manifest_path.is_none());
         assert!(lonely.events[0].matches("anything"));
@@ -673,6 +676,57 @@ retries = 2
             ("badmode.toml", "`adaptive` or `fixed`"),
             ("badratio.toml", "retry_budget.ratio"),
             ("badkey.toml", "unknown field `ration`"),
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(file) && e.contains(text)),
+                "{file}: {errors:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_values_may_be_read_from_the_environment_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(d, "key.txt", "whsec_c2VjcmV0\n");
+        let key = d.join("key.txt").display().to_string();
+        write(
+            d,
+            "good.toml",
+            &format!("[config]\nurl = \"http://x\"\nsecret = {{ file = {key:?} }}\n"),
+        );
+        write(
+            d,
+            "noenv.toml",
+            "[config]\nsecret = { env = \"OUTBOXD_TEST_SURELY_UNSET_VARIABLE\" }\n",
+        );
+        write(
+            d,
+            "nofile.toml",
+            "[config]\nsecret = { file = \"/nonexistent/outboxd-secret\" }\n",
+        );
+        write(d, "extra.toml", "[config]\nsecret = { env = \"X\", other = 1 }\n");
+        let scan = scan_targets(d).unwrap();
+        let good = &scan.targets[0];
+        assert_eq!(
+            good.config["secret"].as_str(),
+            "whsec_c2VjcmV0",
+            "one trailing newline trimmed"
+        );
+        assert!(!format!("{good:?}").contains("c2VjcmV0"), "never in Debug output");
+        assert_eq!(good.config["url"], ConfigValue::Plain("http://x".into()));
+        let errors: Vec<String> = scan.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        for (file, text) in [
+            (
+                "noenv.toml",
+                "`config.secret`: environment variable `OUTBOXD_TEST_SURELY_UNSET_VARIABLE` is not set",
+            ),
+            (
+                "nofile.toml",
+                "`config.secret`: cannot read /nonexistent/outboxd-secret",
+            ),
+            ("extra.toml", "`config.secret`: unknown key `other`"),
         ] {
             assert!(
                 errors.iter().any(|e| e.contains(file) && e.contains(text)),
