@@ -105,15 +105,18 @@ async fn config_check_lists_every_error_at_once_and_exits_1() {
         ("three.toml", "OUTBOXD_TEST_SURELY_UNSET_VARIABLE"),
         ("junk.wasm", ""),
     ] {
+        // One `error: ` paragraph per error, its further lines indented.
         assert!(
             out.stdout
-                .lines()
-                .any(|l| l.starts_with("error: ") && l.contains(file) && l.contains(text)),
+                .split("\nerror: ")
+                .any(|e| e.contains(file) && e.contains(text)),
             "{file} `{text}` is not listed:\n{}",
             out.stdout
         );
     }
     assert!(out.stdout.contains("4 errors found"), "{}", out.stdout);
+    let starts = out.stdout.lines().filter(|l| l.starts_with("error: ")).count();
+    assert_eq!(starts, 4, "one paragraph per error:\n{}", out.stdout);
 
     // Fixed: exit 0 and a summary.
     for name in ["one", "two", "three", "four"] {

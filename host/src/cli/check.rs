@@ -11,7 +11,7 @@ use crate::targets::Registry;
 /// What the check found.
 #[derive(Debug, Default)]
 pub struct ConfigCheck {
-    /// Every error, one message each (naming its file).
+    /// Every error, one message each (naming its file; a parse error's quotes its line).
     pub errors: Vec<String>,
     /// What would run: the configuration file and the targets.
     pub summary: String,
@@ -25,7 +25,8 @@ impl ConfigCheck {
         }
         let mut out = String::new();
         for e in &self.errors {
-            let _ = writeln!(out, "error: {e}");
+            // A parse error quotes its line over several: those are indented under it.
+            let _ = writeln!(out, "error: {}", e.trim_end().replace('\n', "\n  "));
         }
         let n = self.errors.len();
         let _ = writeln!(out, "{n} error{} found", if n == 1 { "" } else { "s" });
