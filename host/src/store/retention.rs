@@ -220,4 +220,43 @@ mod tests {
         assert!(store.event(old[1].id).await.unwrap().is_none());
         assert_eq!(store.prune_failed(filter, 10).await.unwrap(), 0);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn retention_turned_on_while_running_applies_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("o.db")).unwrap());
+        const DAY: Millis = 24 * 3_600_000;
+        let past = now_ms() - 2 * DAY;
+        let old = store.ingest(vec![event("a", &["ok"])], past).await.unwrap();
+        finish(&store, "ok", DeliveryStatus::Delivered, past).await;
+        let off = RetentionConfig {
+            retention: None,
+            idempotency_retention: None,
+            interval: Duration::from_millis(10),
+            pause: Duration::ZERO,
+            ..RetentionConfig::default()
+        };
+        let (tx, rx) = watch::channel(off);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(Arc::clone(&store) as Arc<dyn Store>, rx, stop.clone()));
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(store.event(old[0].id).await.unwrap().is_some(), "off: kept");
+        tx.send_replace(RetentionConfig {
+            retention: Some(Duration::from_secs(24 * 3600)),
+            ..off
+        });
+        let mut gone = false;
+        for _ in 0..500 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if store.event(old[0].id).await.unwrap().is_none() {
+                gone = true;
+                break;
+            }
+        }
+        assert!(gone, "a day's retention deletes the two-day-old event");
+        stop.cancel();
+        task.await.unwrap();
+    }
 }
