@@ -312,3 +312,33 @@ async fn sighup_reloads_the_log_level_and_the_tokens_without_failing_a_request()
     );
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_token_read_from_the_credentials_directory_is_the_one_accepted() {
+    const TOKEN: &str = "file-token-0123456789";
+    let mut host = Host::new();
+    // systemd's LoadCredential= directory: a relative `file` is looked up there first.
+    let creds = host.dir().join("credentials");
+    std::fs::create_dir_all(&creds).expect("create the credentials directory");
+    std::fs::write(creds.join("ingest-token"), format!("{TOKEN}\n")).expect("write the credential");
+    let mut from_file = toml::Table::new();
+    from_file.insert("file".into(), "ingest-token".into());
+    let mut entry = toml::Table::new();
+    entry.insert("name".into(), "ops".into());
+    entry.insert("scopes".into(), vec!["admin"].into());
+    entry.insert("token".into(), from_file.into());
+    host.set_api_config("tokens", toml::Value::Array(vec![entry.into()]));
+    host.set_env("CREDENTIALS_DIRECTORY", &creds.display().to_string());
+    host.set_api_token(TOKEN);
+    host.start().await;
+    assert_eq!(
+        status_with(&host, TOKEN).await,
+        200,
+        "the file's content, less its newline"
+    );
+    assert_eq!(status_with(&host, "ingest-token").await, 401);
+    let config = std::fs::read_to_string(host.config_path()).expect("read outboxd.toml");
+    assert!(!config.contains(TOKEN), "{config}");
+    host.stop().await;
+    assert!(!host.stderr().contains(TOKEN), "{}", host.stderr());
+}
