@@ -61,7 +61,12 @@ pub async fn measure(
     let name = compiled.file.strip_suffix(".wasm").unwrap_or(&compiled.file).to_owned();
     let grants = Grants {
         target: name.as_str().into(),
-        config: Arc::new(config.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()),
+        config: Arc::new(
+            config
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone().into()))
+                .collect(),
+        ),
         allowed_hosts: allowed_hosts.to_vec().into(),
         allow_private: false,
         timeout: Duration::from_secs(10),

@@ -3,8 +3,9 @@
 use std::io::Write as _;
 
 use clap::Parser as _;
-use outboxd::cli::{self, Cli, Command, DeadCommand, PluginCommand, SourceCommand, TargetCommand};
-use outboxd::server::config::LogFormat;
+use outboxd::cli::{self, Cli, Command, ConfigCommand, DeadCommand, PluginCommand, SourceCommand, TargetCommand};
+use outboxd::server::config::{LogFormat, log_filter};
+use outboxd::server::reload::{Reloads, SetLogLevel};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc rather than the C library's malloc: a delivery allocates and frees on several
@@ -52,29 +53,51 @@ async fn run() -> anyhow::Result<u8> {
     };
     let filter = EnvFilter::try_from_env("OUTBOXD_LOG").unwrap_or_else(|_| {
         // `plugin` commands print the plugin's logs themselves.
-        let level = if matches!(cli.command, Command::Plugin(_)) {
-            "warn"
-        } else {
-            "info"
+        let level = match (&cli.command, &serve_config) {
+            (Command::Plugin(_), _) => "warn",
+            // `config check` prints every error itself.
+            (Command::Config(_), _) => "off",
+            (_, Some(config)) => config.log_level.as_str(),
+            _ => "info",
         };
-        EnvFilter::new(format!("{level},wasmtime=warn,cranelift_codegen=warn"))
+        EnvFilter::new(log_filter(level))
     });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if serve_config.as_ref().is_some_and(|c| c.log_format == LogFormat::Json) {
-        logs.json().init();
+    // A `SIGHUP` may replace the filter (`log_level`).
+    let set_log_level: SetLogLevel = if serve_config.as_ref().is_some_and(|c| c.log_format == LogFormat::Json) {
+        let logs = logs.json().with_filter_reloading();
+        let handle = logs.reload_handle();
+        logs.init();
+        Box::new(move |level| {
+            let filter = EnvFilter::try_new(log_filter(level)).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        })
     } else {
-        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
+        let logs = logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter_reloading();
+        let handle = logs.reload_handle();
+        logs.init();
+        Box::new(move |level| {
+            let filter = EnvFilter::try_new(log_filter(level)).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        })
+    };
     match cli.command {
         Command::Serve(args) => {
+            let reloads = Reloads {
+                path: args.config.path(),
+                requests: reload_requests()?,
+                set_log_level,
+            };
             outboxd::server::serve(
                 match serve_config {
                     Some(config) => config,
                     None => args.load()?,
                 },
+                Some(reloads),
                 |addr| {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "listening on {addr}");
@@ -127,6 +150,11 @@ async fn run() -> anyhow::Result<u8> {
             return Ok(cli::run_exit_code(&outcomes));
         }
         Command::Plugin(PluginCommand::Wit { out }) => print!("{}", cli::plugin_wit(out.as_deref())?),
+        Command::Config(ConfigCommand::Check { config }) => {
+            let check = cli::config_check(&config).await;
+            print!("{}", check.report());
+            return Ok(u8::from(!check.errors.is_empty()));
+        }
         Command::Completions { shell } => std::io::stdout().write_all(&cli::completions(shell))?,
         Command::Man => std::io::stdout().write_all(&cli::man_page()?)?,
         Command::Plugin(PluginCommand::New(options)) => {
@@ -134,6 +162,27 @@ async fn run() -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// One message per `SIGHUP` (never one elsewhere). The handler is installed at once, so a
+/// `SIGHUP` during start-up is a reload once the service runs, not the end of the process.
+fn reload_requests() -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                if tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    Ok(rx)
 }
 
 /// A future that resolves on SIGINT or SIGTERM. The handlers are installed when this is

@@ -630,6 +630,12 @@ impl Host {
         self
     }
 
+    /// Remove every `[[api.tokens]]` entry.
+    pub fn clear_api_tokens(&mut self) -> &mut Self {
+        self.api_table().remove("tokens");
+        self
+    }
+
     /// Set `[api] open`: the paths served without a token although tokens are configured.
     pub fn set_api_open(&mut self, paths: &[&str]) -> &mut Self {
         self.api_table().insert("open".into(), paths.to_vec().into());
@@ -710,11 +716,17 @@ impl Host {
         self
     }
 
-    /// Write `outboxd.toml` and copy the needed components into `plugins.d`.
-    fn prepare(&mut self) {
+    /// Write `outboxd.toml` now, as configured so far (a running host reads it at its next
+    /// `SIGHUP`, see [`Host::sighup`]).
+    pub fn write_config(&self) {
         let mut text = toml::to_string(&self.config).expect("config serialises");
         text.push_str(&self.extra_config);
         fs::write(self.config_path(), text).expect("write outboxd.toml");
+    }
+
+    /// Write `outboxd.toml` and copy the needed components into `plugins.d`.
+    fn prepare(&mut self) {
+        self.write_config();
         for file in &self.plugin_files {
             let dst = self.plugins_dir().join(file);
             if dst.exists() {
@@ -968,6 +980,11 @@ impl Host {
         self.stop_with(Signal::SIGINT).await
     }
 
+    /// Send SIGHUP (reload `outboxd.toml`); the host keeps running.
+    pub fn sighup(&self) {
+        self.signal(Signal::SIGHUP);
+    }
+
     /// SIGTERM and assert a clean (code 0) exit.
     pub async fn stop(&mut self) {
         let status = self.sigterm().await;
@@ -1039,7 +1056,7 @@ impl Host {
     pub async fn run_cli(&mut self, args: &[&str]) -> CliOutput {
         assert!(!args.is_empty(), "run_cli needs a subcommand");
         let bin = self.prepare_async().await;
-        let words = if matches!(args[0], "dead" | "target" | "source") && args.len() > 1 {
+        let words = if matches!(args[0], "dead" | "target" | "source" | "config") && args.len() > 1 {
             2
         } else {
             1

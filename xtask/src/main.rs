@@ -19,6 +19,9 @@
 //!   run on `OUTBOXD_BENCH_PG` (`skip` skips them), by default on
 //!   `postgres://postgres@127.0.0.1:5432` when `pg_isready` finds it up. With `php` on
 //!   the PATH it also runs the relay benchmark (`relay-bench`, through `--extra relay=`).
+//! - `cargo xtask deb [CARGO DEB ARGS...]`: the Debian package (see [`deb`]).
+
+mod deb;
 
 use std::env;
 use std::ffi::OsString;
@@ -49,6 +52,8 @@ commands:
                    outboxd-bench, e.g. --quick, --events N; see docs/performance.md); the PostgreSQL
                    phases use OUTBOXD_BENCH_PG=URL, or the server at 127.0.0.1:5432 if pg_isready finds
                    it (OUTBOXD_BENCH_PG=skip skips them)
+  deb [ARGS...]    build the webhook plugin and outboxd in release, then the Debian package with
+                   cargo-deb (`cargo install cargo-deb`): target/debian/outboxd_*.deb
   help             this text";
 
 type Result<T, E = String> = std::result::Result<T, E>;
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
         "test" => cmd_test(&rest),
         "demo" => cmd_demo(&rest),
         "bench" => cmd_bench(&rest),
+        "deb" => deb::cmd_deb(&rest),
         "" | "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -966,47 +972,4 @@ fn cmd_demo(args: &[String]) -> Result<ExitCode> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn names(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    #[test]
-    fn the_postgres_pass_is_every_suite_but_the_opted_out() {
-        let suites = names(&["a", "b", "c"]);
-        let only_b = [("b", PgOptOut::StartsNoHost("why"))];
-        assert_eq!(pg_suites(&suites, &only_b).unwrap(), names(&["a", "c"]));
-        assert_eq!(pg_suites(&suites, &[]).unwrap(), suites);
-    }
-
-    #[test]
-    fn an_opt_out_that_names_no_suite_is_an_error() {
-        let suites = names(&["a", "b"]);
-        let stale = [("gone", PgOptOut::SqliteOnly("it was deleted"))];
-        let err = pg_suites(&suites, &stale).unwrap_err();
-        assert!(err.contains("\"gone\"") && err.contains("names no suite"), "{err}");
-        let twice = [("a", PgOptOut::StartsNoHost("x")), ("a", PgOptOut::AlwaysPostgres("y"))];
-        assert!(pg_suites(&suites, &twice).unwrap_err().contains("twice"));
-    }
-
-    #[test]
-    fn every_opt_out_names_a_suite_of_this_repository() {
-        let suites = e2e_suites(&root().join("tests")).unwrap();
-        assert!(suites.iter().any(|s| s == "ingest"), "{suites:?}");
-        let on_postgres = pg_suites(&suites, PG_OPT_OUTS).unwrap();
-        assert_eq!(on_postgres.len() + PG_OPT_OUTS.len(), suites.len());
-    }
-
-    #[test]
-    fn the_opt_outs_reach_the_testkit_as_suite_kind_pairs() {
-        let value = opt_outs_value();
-        for (name, why) in PG_OPT_OUTS {
-            assert!(
-                value.split(',').any(|p| p == format!("{name}={}", why.kind())),
-                "{value}"
-            );
-        }
-    }
-}
+mod tests;

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -19,6 +20,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::secret::Written;
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -85,10 +88,10 @@ pub struct ApiFile {
 struct TokenFile {
     name: String,
     scopes: Vec<String>,
-    /// The secret itself.
-    token: Option<String>,
-    /// Or its SHA-256, hex.
-    sha256: Option<String>,
+    /// The secret itself (or `{ env = … }`, `{ file = … }`: see `crate::secret`).
+    token: Option<Written>,
+    /// Or its SHA-256, hex (written in any of the same forms).
+    sha256: Option<Written>,
 }
 
 /// Shortest accepted `token`: a guessable token is no protection.
@@ -124,7 +127,8 @@ fn digest(token: &str) -> [u8; 32] {
 
 impl AuthConfig {
     /// Validates `[api]`'s tokens and open endpoints; the message names the offending key.
-    pub fn from_file(file: ApiFile) -> Result<Self, String> {
+    /// `base` is the directory of `outboxd.toml`, for a token read from a relative `file`.
+    pub fn from_file(file: ApiFile, base: &Path) -> Result<Self, String> {
         let mut config = AuthConfig {
             allow_unauthenticated: file.allow_unauthenticated.unwrap_or(false),
             ..AuthConfig::default()
@@ -145,7 +149,10 @@ impl AuthConfig {
             if t.name.trim().is_empty() {
                 return Err(format!("`api.tokens[{i}].name` must not be empty"));
             }
-            let digest = match (t.token, t.sha256) {
+            let read = |key: &str, w: Written| w.resolve(base).map_err(|e| format!("{at}: `{key}`: {e}"));
+            let token = t.token.map(|w| read("token", w)).transpose()?;
+            let sha256 = t.sha256.map(|w| read("sha256", w)).transpose()?;
+            let digest = match (token, sha256) {
                 (Some(token), None) => {
                     if token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
                         return Err(format!(
@@ -199,15 +206,24 @@ impl AuthConfig {
     }
 }
 
+/// The access rules in force: replaced whole when `outboxd.toml` is reloaded (`SIGHUP`).
+/// Readers take the current `Arc` and let go of the channel at once.
+pub type LiveAuth = tokio::sync::watch::Receiver<Arc<AuthConfig>>;
+
+/// Rules that never change (for tests and documentation dumps).
+pub fn fixed(auth: AuthConfig) -> LiveAuth {
+    tokio::sync::watch::channel(Arc::new(auth)).1
+}
+
 /// What a route needs: its scope, shared with the middleware.
 #[derive(Clone)]
 pub struct Guard {
-    auth: Arc<AuthConfig>,
+    auth: LiveAuth,
     scope: Scope,
 }
 
 impl Guard {
-    pub fn new(auth: Arc<AuthConfig>, scope: Scope) -> Self {
+    pub fn new(auth: LiveAuth, scope: Scope) -> Self {
         Self { auth, scope }
     }
 }
@@ -298,14 +314,15 @@ impl Caller {
 /// The middleware: serves the request if its token has the guard's scope, with the
 /// [`Caller`] in the request's extensions.
 pub async fn require(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
+    let auth = Arc::clone(&guard.auth.borrow());
     match check(
-        &guard.auth,
+        &auth,
         guard.scope,
         request.uri().path(),
         request.headers().get(AUTHORIZATION),
     ) {
         Ok(()) => {
-            let caller = Caller::of(&guard.auth, request.headers().get(AUTHORIZATION));
+            let caller = Caller::of(&auth, request.headers().get(AUTHORIZATION));
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
@@ -319,7 +336,7 @@ mod tests {
 
     fn config(toml_text: &str) -> Result<AuthConfig, String> {
         let file: ApiFile = toml::from_str(toml_text).map_err(|e| e.to_string())?;
-        AuthConfig::from_file(file)
+        AuthConfig::from_file(file, Path::new("."))
     }
 
     const TOKENS: &str = r#"

@@ -61,8 +61,8 @@ pub struct AppState {
     pub sources: Arc<crate::source::Sources>,
     pub max_payload_bytes: usize,
     pub max_request_bytes: usize,
-    /// Tokens and scopes (`[api]`).
-    pub auth: Arc<auth::AuthConfig>,
+    /// Tokens and scopes (`[api]`), as last (re)loaded.
+    pub auth: auth::LiveAuth,
     /// The `Host` values the API answers to (`[api] allowed_hosts`).
     pub hosts: Arc<browser::HostRules>,
     /// A request that takes longer is answered `408` (`[api] request_timeout_ms`).
@@ -71,10 +71,10 @@ pub struct AppState {
 
 /// The documented API, grouped by the scope a token needs for it. Every route goes through
 /// `routes!` so that it is in the OpenAPI document.
-pub fn api_routes(auth: Arc<auth::AuthConfig>) -> OpenApiRouter<Arc<AppState>> {
+pub fn api_routes(auth: auth::LiveAuth) -> OpenApiRouter<Arc<AppState>> {
     let guarded = |scope, routes: OpenApiRouter<Arc<AppState>>| {
         routes.route_layer(axum::middleware::from_fn_with_state(
-            auth::Guard::new(Arc::clone(&auth), scope),
+            auth::Guard::new(auth.clone(), scope),
             auth::require,
         ))
     };
@@ -104,7 +104,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_request_bytes;
     let hosts = Arc::clone(&state.hosts);
     let timeout = state.request_timeout;
-    let (api, doc) = api_routes(Arc::clone(&state.auth)).split_for_parts();
+    let (api, doc) = api_routes(state.auth.clone()).split_for_parts();
     api.merge(openapi::router(doc))
         .merge(dashboard::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

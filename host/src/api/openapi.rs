@@ -174,8 +174,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(doc: OpenApi) -> Router<S> {
 mod tests {
     use std::collections::BTreeSet;
 
-    use super::*;
-    use crate::api::auth::AuthConfig;
+    use crate::api::auth::{AuthConfig, fixed};
 
     /// Every route of the API, as (method, path). A route added to `api_routes` appears in
     /// the document by construction; this list makes adding one a visible decision.
@@ -194,7 +193,7 @@ mod tests {
     ];
 
     fn document() -> serde_json::Value {
-        let (_, doc) = crate::api::api_routes(Arc::new(AuthConfig::default())).split_for_parts();
+        let (_, doc) = crate::api::api_routes(fixed(AuthConfig::default())).split_for_parts();
         serde_json::from_str(&doc.to_json().unwrap()).unwrap()
     }
 

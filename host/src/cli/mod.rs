@@ -1,14 +1,16 @@
 //! The command line: `serve`, `enqueue`, `status`, `dead list|replay`, `prune`, `target
-//! pause|resume`, `source status`, `plugin check|run|wit|new`, and `completions` and `man`
-//! (`shell.rs`, from the clap definition). The commands other than `serve` and `plugin` open
+//! pause|resume`, `source status`, `plugin check|run|wit|new`, `config check` (`check.rs`),
+//! and `completions` and `man` (`shell.rs`, from the clap definition). The commands other than `serve` and `plugin` open
 //! the database directly, so they work with or without a running `serve`.
 
+mod check;
 mod plugin;
 mod scaffold;
 mod shell;
 mod source;
 mod table;
 
+pub use check::{ConfigCheck, config_check};
 pub use plugin::{CacheOptions, RunOptions, outcome_exit_code, plugin_check, plugin_run, run_exit_code};
 pub use scaffold::{Lang, NewOptions, World, plugin_new, plugin_wit};
 pub use shell::{completions, man_page};
@@ -56,6 +58,15 @@ pub struct ConfigArg {
 }
 
 impl ConfigArg {
+    /// The file [`ConfigArg::load`] reads, if any.
+    pub fn path(&self) -> Option<PathBuf> {
+        match &self.config {
+            Some(path) => Some(path.clone()),
+            None if Path::new("outboxd.toml").exists() => Some(PathBuf::from("outboxd.toml")),
+            None => None,
+        }
+    }
+
     /// Loads the named file, or `./outboxd.toml` when it exists, or the defaults.
     pub fn load(&self) -> Result<ServiceConfig, ConfigError> {
         match &self.config {
@@ -140,6 +151,9 @@ pub enum Command {
     /// Relay status of the application outbox tables (`[[sources]]`).
     #[command(subcommand)]
     Source(SourceCommand),
+    /// Check the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print the completion script for a shell, e.g. `outboxd completions bash >
     /// /etc/bash_completion.d/outboxd`.
     Completions {
@@ -245,6 +259,17 @@ pub enum TargetCommand {
         #[command(flatten)]
         config: ConfigArg,
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load `outboxd.toml`, every target manifest and every plugin file as `serve` would,
+    /// starting nothing, and list every error found: exit status 1 if there is any, else 0
+    /// and a summary.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 

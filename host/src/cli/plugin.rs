@@ -209,7 +209,7 @@ pub async fn plugin_run(path: &Path, opts: RunOptions) -> Result<(String, Vec<Ou
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_owned();
     let grants = Grants {
         target: name.as_str().into(),
-        config: std::sync::Arc::new(opts.config.into_iter().collect()),
+        config: std::sync::Arc::new(opts.config.into_iter().map(|(k, v)| (k, v.into())).collect()),
         allowed_hosts: allowed_hosts.into(),
         allow_private: opts.allow_private,
         timeout: std::time::Duration::from_millis(opts.timeout_ms),

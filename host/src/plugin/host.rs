@@ -424,7 +424,7 @@ impl report::Host for HostState {
 
 impl config::Host for HostState {
     async fn get(&mut self, key: String) -> Option<String> {
-        self.grants.config.get(&key).cloned()
+        self.grants.config.get(&key).map(|v| v.as_str().to_owned())
     }
 }
 

@@ -26,6 +26,7 @@ use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 
 use crate::domain::{MAX_REASON_TEXT, Outcome, cap_text};
+use crate::secret::ConfigValue;
 use host::HostState;
 pub use host::{HttpExchange, LogLevel, LogLine};
 pub use logbudget::LogBudget;
@@ -322,8 +323,8 @@ pub fn content_hash(bytes: &[u8]) -> String {
 pub struct Grants {
     /// The target's name, for log lines.
     pub target: Arc<str>,
-    /// What the plugin's `config.get` returns.
-    pub config: Arc<BTreeMap<String, String>>,
+    /// What the plugin's `config.get` returns (secrets redacted from `Debug`).
+    pub config: Arc<BTreeMap<String, ConfigValue>>,
     /// Lower-cased `host:port` pairs the plugin may reach.
     pub allowed_hosts: Arc<[String]>,
     /// Names in `allowed_hosts` may resolve to loopback, private and link-local addresses

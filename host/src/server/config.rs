@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::api::auth::{ApiFile, AuthConfig};
 use crate::config::{ConfigError, read_toml};
+use crate::secret::Written;
 use crate::source::SourceConfig;
 use crate::source::config::SourceFile;
 use crate::store::DatabaseLocation;
@@ -18,7 +19,7 @@ use crate::store::retention::RetentionConfig;
 #[serde(deny_unknown_fields)]
 struct ServiceFile {
     listen: Option<SocketAddr>,
-    database: Option<String>,
+    database: Option<Written>,
     plugins_dir: Option<PathBuf>,
     max_payload_bytes: Option<usize>,
     max_request_bytes: Option<usize>,
@@ -35,6 +36,7 @@ struct ServiceFile {
     retention_batch: Option<usize>,
     retention_interval_ms: Option<u64>,
     log_format: Option<LogFormat>,
+    log_level: Option<String>,
     api: Option<ApiFile>,
     sources: Option<Vec<SourceFile>>,
 }
@@ -96,6 +98,14 @@ pub struct ServiceConfig {
     pub sources: Vec<SourceConfig>,
     /// `log_format`: `text` (default) or `json`.
     pub log_format: LogFormat,
+    /// `log_level`: a level (`info`, the default) or a filter such as
+    /// `"info,outboxd::dispatch=debug"`; see [`log_filter`]. `OUTBOXD_LOG` overrides it at start.
+    pub log_level: String,
+}
+
+/// The tracing filter of a `log_level`: the engine's own crates stay at `warn` unless named.
+pub fn log_filter(level: &str) -> String {
+    format!("{level},wasmtime=warn,cranelift_codegen=warn")
 }
 
 /// The HTTP server's limits, so that slow or half-sent requests cannot hold it.
@@ -186,7 +196,7 @@ impl ServiceConfig {
                 ..d
             },
             listen: f.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            database: DatabaseLocation::parse(f.database.as_deref().unwrap_or("outboxd.db"), base),
+            database: DatabaseLocation::parse("outboxd.db", base),
             plugins_dir: base.join(f.plugins_dir.unwrap_or_else(|| "plugins.d".into())),
             max_payload_bytes: f.max_payload_bytes.unwrap_or(256 * 1024),
             max_request_bytes: f.max_request_bytes.unwrap_or(8 * 1024 * 1024),
@@ -202,6 +212,7 @@ impl ServiceConfig {
             http: HttpLimits::default(),
             sources: Vec::new(),
             log_format: f.log_format.unwrap_or_default(),
+            log_level: f.log_level.unwrap_or_else(|| "info".into()),
         }
     }
 
@@ -219,13 +230,30 @@ impl ServiceConfig {
         )?;
         let mut api = file.api.take().unwrap_or_default();
         let sources = file.sources.take().unwrap_or_default();
+        let database = file
+            .database
+            .take()
+            .map(|w| w.resolve(base))
+            .transpose()
+            .map_err(|e| ConfigError::invalid(path, format!("`database`: {e}")))?;
+        if let Some(level) = &file.log_level
+            && let Err(e) = tracing_subscriber::EnvFilter::try_new(log_filter(level))
+        {
+            return Err(ConfigError::invalid(
+                path,
+                format!("`log_level` must be a level (error, warn, info, debug, trace) or a filter: {e}"),
+            ));
+        }
         let mut config = Self::from_file(file, base);
+        if let Some(database) = database {
+            config.database = DatabaseLocation::parse(&database, base);
+        }
         config.retention.retention = retention;
         config.retention.idempotency_retention = idempotency_retention;
         config.http = HttpLimits::from_file(&api).map_err(|m| ConfigError::invalid(path, m))?;
         crate::api::browser::HostRules::check_names(&api.allowed_hosts).map_err(|m| ConfigError::invalid(path, m))?;
         config.allowed_hosts = std::mem::take(&mut api.allowed_hosts);
-        config.api = AuthConfig::from_file(api).map_err(|m| ConfigError::invalid(path, m))?;
+        config.api = AuthConfig::from_file(api, base).map_err(|m| ConfigError::invalid(path, m))?;
         config
             .api
             .check_listen(config.listen)
@@ -276,6 +304,19 @@ mod tests {
         write(dir.path(), "outboxd.toml", "log_format = \"xml\"\n");
         let err = ServiceConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("outboxd.toml") && err.contains("log_format"), "{err}");
+        assert_eq!(ServiceConfig::defaults_in(dir.path()).log_level, "info");
+        write(
+            dir.path(),
+            "outboxd.toml",
+            "log_level = \"debug,outboxd::dispatch=trace\"\n",
+        );
+        assert_eq!(
+            ServiceConfig::load(&path).unwrap().log_level,
+            "debug,outboxd::dispatch=trace"
+        );
+        write(dir.path(), "outboxd.toml", "log_level = \"loud[\"\n");
+        let err = ServiceConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("outboxd.toml") && err.contains("`log_level`"), "{err}");
     }
 
     #[test]
@@ -363,5 +404,47 @@ mod tests {
             e.contains("outboxd.toml") && e.contains("sources[1] `a`: another source"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_database_url_and_tokens_may_be_read_from_files_or_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outboxd.toml");
+        let secret = dir.path().join("db-url");
+        std::fs::write(&secret, "postgresql://app:s3cr3t@db.internal/outbox\n").unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "tok_0123456789abcdef\n").unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "database = {{ file = {:?} }}\n[[api.tokens]]\nname = \"ops\"\nscopes = [\"read\"]\ntoken = {{ file = {:?} }}\n",
+                secret.display().to_string(),
+                token.display().to_string()
+            ),
+        )
+        .unwrap();
+        let c = ServiceConfig::load(&path).unwrap();
+        assert_eq!(
+            c.database,
+            DatabaseLocation::Postgres("postgresql://app:s3cr3t@db.internal/outbox".into())
+        );
+        assert!(c.api.enabled());
+        assert!(!format!("{c:?}").contains("s3cr3t") && !format!("{c:?}").contains("tok_0123"));
+
+        for (text, wanted) in [
+            (
+                "database = { env = \"OUTBOXD_TEST_SURELY_UNSET_VARIABLE\" }\n",
+                "`database`: environment variable `OUTBOXD_TEST_SURELY_UNSET_VARIABLE` is not set",
+            ),
+            (
+                "[[api.tokens]]\nname = \"ops\"\nscopes = [\"read\"]\ntoken = { file = \"/nonexistent/tok\" }\n",
+                "`api.tokens[0]` (`ops`): `token`: cannot read /nonexistent/tok",
+            ),
+            ("database = { env = \"X\", other = 1 }\n", "unknown field `other`"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = ServiceConfig::load(&path).unwrap_err().to_string();
+            assert!(e.contains("outboxd.toml") && e.contains(wanted), "{e}");
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! Running the service: `serve()` wires the store, the target registry, the front door, the
 //! dispatcher, the source relays, the retention task, the plugin watcher and the HTTP API
 //! together, and shuts them down in order; [`config`] is its configuration file, [`notify`]
-//! what it tells a service manager (systemd).
+//! what it tells a service manager (systemd), [`reload`] what a `SIGHUP` changes.
 
 pub mod config;
 mod http;
 pub mod notify;
+pub mod reload;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,8 +55,10 @@ pub enum ServeError {
 /// Runs the service until `shutdown` resolves, then stops gracefully: the API stops
 /// accepting, lanes stop claiming, running attempts get the grace period, leases of the
 /// rest are released. `on_listening` is called with the bound address once the API is up.
+/// With `reloads`, each request rereads the configuration file (see [`reload`]).
 pub async fn serve(
     config: ServiceConfig,
+    reloads: Option<reload::Reloads>,
     on_listening: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -118,9 +121,10 @@ pub async fn serve(
     let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
     let breakers = Arc::new(Breakers::default());
     let flows = Arc::new(Flows::default());
+    let live = reload::Live::new(&config);
     let retention = tokio::spawn(crate::store::retention::run(
         Arc::clone(&store),
-        config.retention,
+        live.retention.subscribe(),
         stop.clone(),
     ));
     // Wake-ups announced by other processes (other hosts' ingests, the CLI) wake idle lanes.
@@ -170,20 +174,18 @@ pub async fn serve(
         sources,
         max_payload_bytes: config.max_payload_bytes,
         max_request_bytes: config.max_request_bytes,
-        auth: Arc::new(config.api.clone()),
+        auth: live.auth.subscribe(),
         hosts: Arc::new(api::browser::HostRules::new(addr, &config.allowed_hosts)),
         request_timeout: config.http.request_timeout,
     }));
 
-    let reloader = if config.watch_plugins {
-        Some(targets::watcher::spawn(
-            Arc::clone(&registry),
-            config.reload_debounce,
-            stop.clone(),
-        )?)
+    let (reloader, rescan) = if config.watch_plugins {
+        let watching = targets::watcher::spawn(Arc::clone(&registry), config.reload_debounce, stop.clone())?;
+        (Some(watching.task), reload::Rescan::Watcher(watching.rescan))
     } else {
-        None
+        (None, reload::Rescan::Direct(Arc::clone(&registry)))
     };
+    let reloading = reloads.map(|reloads| reload::spawn(reloads, config.clone(), addr, live, rescan, stop.clone()));
     let trigger = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -202,6 +204,9 @@ pub async fn serve(
     stop.cancel();
     if let Some(reloader) = reloader {
         let _ = reloader.await;
+    }
+    if let Some(reloading) = reloading {
+        let _ = reloading.await;
     }
     let _ = retention.await;
     for relay in relays {

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Millis, now_ms};
@@ -88,16 +89,23 @@ pub async fn prune_once(
 }
 
 /// Runs retention passes every `interval` until `stop`.
-pub async fn run(store: Arc<dyn Store>, config: RetentionConfig, stop: CancellationToken) {
-    if config.retention.is_none() && config.idempotency_retention.is_none() {
-        return;
-    }
+pub async fn run(store: Arc<dyn Store>, mut config: watch::Receiver<RetentionConfig>, stop: CancellationToken) {
+    // Whether the configuration may still change (its sender, the reloader, is alive).
+    let mut live = true;
     loop {
+        let current = *config.borrow_and_update();
+        let off = current.retention.is_none() && current.idempotency_retention.is_none();
         tokio::select! {
-            _ = tokio::time::sleep(config.interval) => {}
+            _ = tokio::time::sleep(current.interval), if !off => {}
+            changed = config.changed(), if live => {
+                live = changed.is_ok();
+                continue;
+            }
             _ = stop.cancelled() => return,
+            // Off, and nothing can turn it on.
+            _ = std::future::ready(()), if off && !live => return,
         }
-        match prune_once(store.as_ref(), &config, now_ms(), &stop).await {
+        match prune_once(store.as_ref(), &current, now_ms(), &stop).await {
             Ok(Pruned { events: 0, keys: 0 }) => {}
             Ok(p) => tracing::info!(
                 events = p.events,
@@ -214,5 +222,44 @@ mod tests {
         assert_eq!(store.prune_failed(filter.clone(), 10).await.unwrap(), 1);
         assert!(store.event(old[1].id).await.unwrap().is_none());
         assert_eq!(store.prune_failed(filter, 10).await.unwrap(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retention_turned_on_while_running_applies_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("o.db")).unwrap());
+        const DAY: Millis = 24 * 3_600_000;
+        let past = now_ms() - 2 * DAY;
+        let old = store.ingest(vec![event("a", &["ok"])], past).await.unwrap();
+        finish(&store, "ok", DeliveryStatus::Delivered, past).await;
+        let off = RetentionConfig {
+            retention: None,
+            idempotency_retention: None,
+            interval: Duration::from_millis(10),
+            pause: Duration::ZERO,
+            ..RetentionConfig::default()
+        };
+        let (tx, rx) = watch::channel(off);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(Arc::clone(&store) as Arc<dyn Store>, rx, stop.clone()));
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(store.event(old[0].id).await.unwrap().is_some(), "off: kept");
+        tx.send_replace(RetentionConfig {
+            retention: Some(Duration::from_secs(24 * 3600)),
+            ..off
+        });
+        let mut gone = false;
+        for _ in 0..500 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if store.event(old[0].id).await.unwrap().is_none() {
+                gone = true;
+                break;
+            }
+        }
+        assert!(gone, "a day's retention deletes the two-day-old event");
+        stop.cancel();
+        task.await.unwrap();
     }
 }

@@ -15,6 +15,7 @@ use crate::policy::adaptive::ConcurrencyMode;
 use crate::policy::breaker::BreakerConfig;
 use crate::policy::budget::BudgetConfig;
 use crate::policy::retry::RetryPolicy;
+use crate::secret::{ConfigValue, Secret, Written};
 use crate::targets::filter::Filter;
 use crate::targets::routing::{Pattern, Route};
 
@@ -246,8 +247,9 @@ pub struct TargetSpec {
     pub max_batch: u32,
     /// Batched class: how long to wait for a batch to fill.
     pub linger: Duration,
-    /// The manifest's `[config]` table, flattened to strings for the plugin's `config.get`.
-    pub config: BTreeMap<String, String>,
+    /// The manifest's `[config]` table, flattened to strings for the plugin's `config.get`;
+    /// values written `{ env = … }` or `{ file = … }` are read (see `crate::secret`).
+    pub config: BTreeMap<String, ConfigValue>,
 }
 
 impl TargetSpec {
@@ -372,18 +374,23 @@ impl TargetSpec {
             return Err("`max_batch` must be between 1 and 10000".into());
         }
         let linger = Duration::from_millis(file.linger_ms.unwrap_or(1_000));
-        let config = file
-            .config
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| {
-                let text = match v {
+        let mut config = BTreeMap::new();
+        for (k, v) in file.config.unwrap_or_default() {
+            if let Some(list) = secret_list(&v, dir).map_err(|e| format!("`config.{k}`: {e}"))? {
+                config.insert(k, ConfigValue::Secret(Secret::new(list)));
+                continue;
+            }
+            let value = match Written::from_toml(&v).map_err(|e| format!("`config.{k}`: {e}"))? {
+                Some(written) => ConfigValue::Secret(Secret::new(
+                    written.resolve(dir).map_err(|e| format!("`config.{k}`: {e}"))?,
+                )),
+                None => ConfigValue::Plain(match v {
                     toml::Value::String(s) => s,
                     other => serde_json::to_string(&other).unwrap_or_else(|_| other.to_string()),
-                };
-                (k, text)
-            })
-            .collect();
+                }),
+            };
+            config.insert(k, value);
+        }
         Ok(Self {
             name,
             plugin_path: dir.join(plugin_rel),
@@ -508,8 +515,57 @@ pub fn scan_targets(dir: &Path) -> Result<TargetScan, ConfigError> {
     Ok(scan)
 }
 
+/// A `[config]` list with a value read from the environment or a file among its items (such as
+/// `secrets = [{ env = "NEW" }, { env = "OLD" }]` during a key rotation), as the JSON array of
+/// its resolved strings the plugin reads; `None` for any other value. Such a list is a secret
+/// as a whole.
+fn secret_list(value: &toml::Value, dir: &Path) -> Result<Option<String>, String> {
+    let toml::Value::Array(items) = value else {
+        return Ok(None);
+    };
+    let mut any_written = false;
+    let mut resolved = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match Written::from_toml(item).map_err(|e| format!("[{i}]: {e}"))? {
+            Some(written) => {
+                any_written = true;
+                resolved.push(written.resolve(dir).map_err(|e| format!("[{i}]: {e}"))?);
+            }
+            None => match item {
+                toml::Value::String(s) => resolved.push(s.clone()),
+                _ => return Ok(None),
+            },
+        }
+    }
+    Ok(any_written.then(|| serde_json::to_string(&resolved).unwrap_or_default()))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_list_with_values_from_the_environment_is_resolved_as_one_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("old.key"), "whsec_OLD\n").unwrap();
+        // SAFETY: a variable of this test's own name, read by this test only.
+        unsafe { std::env::set_var("OUTBOXD_TEST_ROTATION_NEW", "whsec_NEW") };
+        let list: toml::Value = toml::from_str::<toml::Table>(
+            r#"v = [{ env = "OUTBOXD_TEST_ROTATION_NEW" }, { file = "old.key" }, "whsec_X"]"#,
+        )
+        .unwrap()["v"]
+            .clone();
+        let json = secret_list(&list, dir.path()).unwrap().unwrap();
+        assert_eq!(json, r#"["whsec_NEW","whsec_OLD","whsec_X"]"#);
+        let plain: toml::Value = toml::Value::Array(vec!["a".into(), "b".into()]);
+        assert_eq!(secret_list(&plain, dir.path()).unwrap(), None);
+        let unset: toml::Value =
+            toml::from_str::<toml::Table>(r#"v = [{ env = "OUTBOXD_TEST_SURELY_UNSET_VAR" }]"#).unwrap()["v"].clone();
+        let e = secret_list(&unset, dir.path()).unwrap_err();
+        assert!(
+            e.starts_with("[0]:") && e.contains("OUTBOXD_TEST_SURELY_UNSET_VAR"),
+            "{e}"
+        );
+    }
+
     use super::*;
 
     fn write(dir: &Path, name: &str, text: &str) {
@@ -552,8 +608,8 @@ retries = 2
         assert_eq!(crm.retry.max_attempts, 3);
         assert_eq!(crm.retry.initial_backoff, RetryPolicy::default().initial_backoff);
         assert_eq!(crm.class, TargetClass::Critical);
-        assert_eq!(crm.config["url"], "http://localhost:9000/crm");
-        assert_eq!(crm.config["retries"], "2");
+        assert_eq!(crm.config["url"].as_str(), "http://localhost:9000/crm");
+        assert_eq!(crm.config["retries"].as_str(), "2");
         let lonely = &scan.targets[1];
         assert!(lonely.manifest_path.is_none());
         assert!(lonely.events[0].matches("anything"));
@@ -693,6 +749,57 @@ retries = 2
             ("badmode.toml", "`adaptive` or `fixed`"),
             ("badratio.toml", "retry_budget.ratio"),
             ("badkey.toml", "unknown field `ration`"),
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(file) && e.contains(text)),
+                "{file}: {errors:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_values_may_be_read_from_the_environment_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(d, "key.txt", "whsec_c2VjcmV0\n");
+        let key = d.join("key.txt").display().to_string();
+        write(
+            d,
+            "good.toml",
+            &format!("[config]\nurl = \"http://x\"\nsecret = {{ file = {key:?} }}\n"),
+        );
+        write(
+            d,
+            "noenv.toml",
+            "[config]\nsecret = { env = \"OUTBOXD_TEST_SURELY_UNSET_VARIABLE\" }\n",
+        );
+        write(
+            d,
+            "nofile.toml",
+            "[config]\nsecret = { file = \"/nonexistent/outboxd-secret\" }\n",
+        );
+        write(d, "extra.toml", "[config]\nsecret = { env = \"X\", other = 1 }\n");
+        let scan = scan_targets(d).unwrap();
+        let good = &scan.targets[0];
+        assert_eq!(
+            good.config["secret"].as_str(),
+            "whsec_c2VjcmV0",
+            "one trailing newline trimmed"
+        );
+        assert!(!format!("{good:?}").contains("c2VjcmV0"), "never in Debug output");
+        assert_eq!(good.config["url"], ConfigValue::Plain("http://x".into()));
+        let errors: Vec<String> = scan.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        for (file, text) in [
+            (
+                "noenv.toml",
+                "`config.secret`: environment variable `OUTBOXD_TEST_SURELY_UNSET_VARIABLE` is not set",
+            ),
+            (
+                "nofile.toml",
+                "`config.secret`: cannot read /nonexistent/outboxd-secret",
+            ),
+            ("extra.toml", "`config.secret`: unknown key `other`"),
         ] {
             assert!(
                 errors.iter().any(|e| e.contains(file) && e.contains(text)),

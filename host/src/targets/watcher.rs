@@ -23,14 +23,20 @@ pub struct WatchError {
     source: notify::Error,
 }
 
+/// The running reloader.
+pub struct Watching {
+    /// Ends after `stop`.
+    pub task: JoinHandle<()>,
+    /// Asks for a reload as if the directory had changed (`SIGHUP` does): sending never
+    /// waits, and a full channel already holds a pending request.
+    pub rescan: mpsc::Sender<()>,
+}
+
 /// Starts the reloader: the only task that reloads the registry after start-up, so reloads
 /// never overlap.
-pub fn spawn(
-    registry: Arc<Registry>,
-    debounce: Duration,
-    stop: CancellationToken,
-) -> Result<JoinHandle<()>, WatchError> {
+pub fn spawn(registry: Arc<Registry>, debounce: Duration, stop: CancellationToken) -> Result<Watching, WatchError> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
+    let rescan = tx.clone();
     let dir = registry.dir().to_owned();
     let watch_error = |source| WatchError {
         dir: dir.display().to_string(),
@@ -48,7 +54,7 @@ pub fn spawn(
     watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(watch_error)?;
     tracing::info!(dir = %dir.display(), "watching the plugins directory for changes");
 
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _watcher = watcher; // dropping it ends the watch
         loop {
             tokio::select! {
@@ -73,5 +79,6 @@ pub fn spawn(
                 "plugins directory reloaded"
             );
         }
-    }))
+    });
+    Ok(Watching { task, rescan })
 }
