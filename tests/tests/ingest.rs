@@ -192,6 +192,11 @@ async fn malformed_requests_are_rejected_and_store_nothing() {
             400,
         ),
         (
+            "priority above 3600",
+            r#"{"type": "order.created", "payload": {}, "priority": 3601}"#.to_owned(),
+            400,
+        ),
+        (
             "deliver_at below 0",
             r#"{"type": "order.created", "payload": {}, "deliver_at": -1}"#.to_owned(),
             400,
@@ -322,4 +327,46 @@ async fn scheduled_events_wait_for_their_time_and_keep_their_keys_order() {
             .all(|d| d["scheduled"] == false),
         "{ev:#}"
     );
+}
+
+/// Priority: behind a backlog of a paused target, an event with `priority = 60` (a minute's
+/// head start) is delivered first once the target resumes; the rest follow in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_event_goes_ahead_of_the_backlog() {
+    let rx = Receiver::start().await;
+    let mut host = Host::new();
+    host.add_target(
+        "sink",
+        &Target::webhook(&rx.url("/sink"))
+            .events(&["order.*"])
+            .concurrency(1)
+            .concurrency_mode("fixed"),
+    );
+    host.start().await;
+    let (status, body) = host.post_json("/v1/targets/sink/pause", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+
+    let mut backlog = Vec::new();
+    for n in 0..5 {
+        backlog.push(host.enqueue("order.created", json!({"n": n})).await);
+    }
+    let (status, body) = host
+        .post_event(&json!({"type": "order.created", "payload": {"urgent": true}, "priority": 60}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let urgent = id_of(&body);
+    let (status, body) = host.post_json("/v1/targets/sink/resume", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+
+    for id in backlog.iter().chain([&urgent]) {
+        host.wait_delivered(id, &["sink"]).await;
+    }
+    let order: Vec<String> = rx
+        .requests_at("/sink")
+        .iter()
+        .filter_map(|r| r.event_id().map(str::to_owned))
+        .collect();
+    let mut expected = vec![urgent.clone()];
+    expected.extend(backlog);
+    assert_eq!(order, expected, "the urgent event first, then the backlog in order");
 }

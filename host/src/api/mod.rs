@@ -565,8 +565,9 @@ async fn replay(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let started = now_ms();
     let body = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    // An empty body, `null` and `{}` are all the empty filter.
-    let request: FilterIn = if body.iter().all(u8::is_ascii_whitespace) {
+    // An empty body, `null` and `{}` are all the empty filter; anything else must be JSON
+    // (blanks alone are not).
+    let request: FilterIn = if body.is_empty() {
         FilterIn::default()
     } else {
         serde_json::from_slice::<Option<FilterIn>>(&body)

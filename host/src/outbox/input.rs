@@ -103,7 +103,16 @@ pub(crate) struct EventIn {
     #[serde(default, deserialize_with = "crate::whole::opt_whole")]
     #[schema(minimum = 0, maximum = 31622400000_i64)]
     delay_ms: Option<i64>,
+    /// 0 (the default) to 3600: within each target, claimed as if accepted this many seconds
+    /// earlier, so ahead of what is waiting unless that has waited longer than the difference
+    /// (nothing starves). A scheduled event keeps its time.
+    #[serde(default, deserialize_with = "crate::whole::opt_whole")]
+    #[schema(minimum = 0, maximum = 3600)]
+    priority: Option<i64>,
 }
+
+/// The highest `priority`: an hour's head start.
+pub const MAX_PRIORITY: i64 = 3600;
 
 /// The longest `delay_ms`: 366 days.
 pub const MAX_DELAY_MS: i64 = 366 * 24 * 3600 * 1000;
@@ -140,6 +149,8 @@ pub struct Accepted {
     pub ordering_key: Option<String>,
     /// When its deliveries may start, if the producer scheduled it.
     pub schedule: Option<Schedule>,
+    /// Seconds of head start in its targets' queues (0 to [`MAX_PRIORITY`]).
+    pub priority: u16,
 }
 
 /// A producer's schedule for an event's deliveries: not before `at` (milliseconds since the
@@ -154,6 +165,16 @@ impl Schedule {
     /// The time the deliveries become due for an event accepted at `now`: the later bound.
     pub fn due(self, now: Millis) -> Millis {
         self.at.max(now.saturating_add(self.delay))
+    }
+}
+
+/// When the deliveries of an event accepted at `now` become due: its schedule's time if that is
+/// later, else `now` less its priority's head start (`None`: at acceptance, the common case).
+fn due_at(schedule: Option<Schedule>, priority: u16, now: Millis) -> Option<Millis> {
+    match schedule.map(|s| s.due(now)) {
+        Some(at) if at > now => Some(at),
+        _ if priority > 0 => Some(now - Millis::from(priority) * 1000),
+        _ => None,
     }
 }
 
@@ -256,6 +277,15 @@ fn one(body: &[u8], max_payload_bytes: usize) -> Result<Accepted, IngestError> {
             "`delay_ms` must be between 0 and {MAX_DELAY_MS} (366 days)"
         )));
     }
+    let priority = match e.priority {
+        None => 0,
+        Some(p) if (0..=MAX_PRIORITY).contains(&p) => p as u16,
+        Some(_) => {
+            return Err(IngestError::Invalid(format!(
+                "`priority` must be between 0 and {MAX_PRIORITY}"
+            )));
+        }
+    };
     let schedule = match (e.deliver_at, e.delay_ms) {
         (None, None) => None,
         (at, delay) => Some(Schedule {
@@ -270,6 +300,7 @@ fn one(body: &[u8], max_payload_bytes: usize) -> Result<Accepted, IngestError> {
         headers,
         ordering_key: e.ordering_key,
         schedule,
+        priority,
     })
 }
 
@@ -294,7 +325,7 @@ pub fn route(accepted: Vec<Accepted>, routes: &Routes, now: Millis) -> Vec<NewEv
             headers: a.headers,
             idempotency_key: a.idempotency_key,
             ordering_key: a.ordering_key,
-            deliver_at: a.schedule.map(|s| s.due(now)),
+            due_at: due_at(a.schedule, a.priority, now),
         })
         .collect()
 }
@@ -434,5 +465,20 @@ mod reserved_tests {
         ] {
             assert!(parse(bad.as_bytes(), 100).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_priority_is_a_head_start_unless_the_event_is_scheduled_later() {
+        let later = Some(Schedule { at: 90_000, delay: 0 });
+        let past = Some(Schedule { at: 5, delay: 0 });
+        assert_eq!(due_at(None, 0, 60_000), None);
+        assert_eq!(due_at(None, 10, 60_000), Some(50_000));
+        assert_eq!(due_at(past, 10, 60_000), Some(50_000));
+        assert_eq!(due_at(past, 0, 60_000), None);
+        assert_eq!(due_at(later, 10, 60_000), Some(90_000));
+        let p = |body: &str| parse(body.as_bytes(), 100).map(|b| b.into_vec()[0].priority);
+        assert_eq!(p(r#"{"type":"a","payload":1,"priority":3600}"#), Ok(3600));
+        assert!(p(r#"{"type":"a","payload":1,"priority":3601}"#).is_err());
+        assert!(p(r#"{"type":"a","payload":1,"priority":-1}"#).is_err());
     }
 }

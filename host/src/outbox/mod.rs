@@ -140,6 +140,6 @@ pub fn operational_event(routes: &Routes, event_type: &str, payload: serde_json:
         idempotency_key: ProducerKey::try_from(key).ok(),
         ordering_key: None,
         targets: routes.targets_for(event_type),
-        deliver_at: None,
+        due_at: None,
     }
 }

@@ -30,9 +30,9 @@ pub struct NewEvent {
     pub ordering_key: Option<String>,
     /// The targets subscribed to this event: one delivery each.
     pub targets: Vec<TargetName>,
-    /// Scheduled: its deliveries wait `pending` until then (a time already past, or `None`:
-    /// due at acceptance).
-    pub deliver_at: Option<Millis>,
+    /// When its deliveries become due; `None`: at acceptance. Later for a scheduled event,
+    /// earlier for a priority's head start (see `outbox::input::route`).
+    pub due_at: Option<Millis>,
 }
 
 /// What ingesting one event did.

@@ -133,7 +133,7 @@ mod tests {
             idempotency_key: Some(ProducerKey::try_from(key.to_owned()).unwrap()),
             ordering_key: None,
             targets: targets.iter().map(|t| t.parse().unwrap()).collect(),
-            deliver_at: None,
+            due_at: None,
         }
     }
 

@@ -342,56 +342,58 @@ pub(super) async fn a_delivery_given_back_to_wait_is_not_due_before_its_time(s: 
     );
 }
 
-pub(super) async fn a_scheduled_event_is_due_at_its_time_and_keeps_its_keys_order(s: &dyn Store) {
-    let scheduled = |deliver_at: Option<i64>, target: &str, key: Option<&str>| NewEvent {
-        deliver_at,
+pub(super) async fn a_delivery_is_due_at_the_time_given_and_keeps_its_keys_order(s: &dyn Store) {
+    let due = |due_at: Option<i64>, target: &str, key: Option<&str>| NewEvent {
+        due_at,
         ordering_key: key.map(Into::into),
         ..event(None, &[target])
     };
-    let later = s
+    let events = s
         .ingest(
             vec![
-                scheduled(Some(1_000), "crm", None),
-                scheduled(None, "crm", None),
-                // A time already past is now.
-                scheduled(Some(5), "crm", None),
+                // Scheduled.
+                due(Some(1_000), "crm", None),
+                // At acceptance.
+                due(None, "crm", None),
+                // Before acceptance: a priority's head start, claimed first.
+                due(Some(5), "crm", None),
             ],
             10,
         )
         .await
         .unwrap();
-    let detail = s.event(later[0].id).await.unwrap().unwrap();
+    let detail = s.event(events[0].id).await.unwrap().unwrap();
     assert_eq!(detail.deliveries[0].next_attempt_at, Some(1_000));
     assert_eq!(detail.deliveries[0].status, DeliveryStatus::Pending);
-    let past = s.event(later[2].id).await.unwrap().unwrap();
-    assert_eq!(past.deliveries[0].next_attempt_at, Some(10));
-    assert_eq!(s.next_due(&t("crm")).await.unwrap(), Some(10));
-    let now = s.claim(claim("crm", 10, "h", 20, 60_000)).await.unwrap();
-    assert_eq!(
-        now.len(),
-        2,
-        "only the unscheduled and the past-scheduled are due: {now:?}"
-    );
-    assert!(now.iter().all(|c| c.event.id != later[0].id));
+    let ahead = s.event(events[2].id).await.unwrap().unwrap();
+    assert_eq!(ahead.deliveries[0].next_attempt_at, Some(5));
+    assert_eq!(s.next_due(&t("crm")).await.unwrap(), Some(5));
+    let first = s.claim(claim("crm", 1, "h", 20, 60_000)).await.unwrap();
+    assert_eq!(first[0].event.id, events[2].id, "the head start goes first");
+    let second = s.claim(claim("crm", 10, "h", 20, 60_000)).await.unwrap();
+    assert_eq!(second.len(), 1, "the scheduled one is not due yet: {second:?}");
+    assert_eq!(second[0].event.id, events[1].id);
     assert_eq!(s.next_due(&t("crm")).await.unwrap(), Some(1_000));
     assert!(s.claim(claim("crm", 10, "h", 999, 60_000)).await.unwrap().is_empty());
-    let due = s.claim(claim("crm", 10, "h", 1_000, 61_000)).await.unwrap();
-    assert_eq!(due.len(), 1);
-    assert_eq!(due[0].event.id, later[0].id);
+    let scheduled = s.claim(claim("crm", 10, "h", 1_000, 61_000)).await.unwrap();
+    assert_eq!(scheduled.len(), 1);
+    assert_eq!(scheduled[0].event.id, events[0].id);
 
-    // Per-key order holds: an unscheduled event waits behind a scheduled one of its key.
+    // Per-key order holds: an unscheduled event waits behind a scheduled one of its key, and
+    // a head start does not pass an earlier event of its key.
     let keyed = s
         .ingest(
             vec![
-                scheduled(Some(1_000), "erp", Some("k")),
-                scheduled(None, "erp", Some("k")),
+                due(Some(1_000), "erp", Some("k")),
+                due(None, "erp", Some("k")),
+                due(Some(1), "erp", Some("k")),
             ],
             10,
         )
         .await
         .unwrap();
     assert!(s.claim(ordered("erp", 10, "h", 20, 60_000)).await.unwrap().is_empty());
-    let first = s.claim(ordered("erp", 10, "h", 1_000, 61_000)).await.unwrap();
-    assert_eq!(first.len(), 1);
-    assert_eq!(first[0].event.id, keyed[0].id);
+    let head = s.claim(ordered("erp", 10, "h", 1_000, 61_000)).await.unwrap();
+    assert_eq!(head.len(), 1);
+    assert_eq!(head[0].event.id, keyed[0].id);
 }

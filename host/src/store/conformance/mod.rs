@@ -160,7 +160,7 @@ pub(crate) fn event(key: Option<&str>, targets: &[&str]) -> NewEvent {
         idempotency_key: key.map(|k| ProducerKey::try_from(k.to_string()).unwrap()),
         ordering_key: None,
         targets: targets.iter().map(|n| t(n)).collect(),
-        deliver_at: None,
+        due_at: None,
     }
 }
 
@@ -252,7 +252,7 @@ conformance! {
         claims::settle_emits_events_only_when_the_lease_holds,
         claims::lost_leases_are_reported_in_id_order,
         claims::a_delivery_given_back_to_wait_is_not_due_before_its_time,
-        claims::a_scheduled_event_is_due_at_its_time_and_keeps_its_keys_order,
+        claims::a_delivery_is_due_at_the_time_given_and_keeps_its_keys_order,
         history::a_running_attempt_is_the_in_flight_delivery_until_it_settles,
         history::every_abandonment_records_its_reason,
         history::a_late_outcome_replaces_the_abandoned_row,

@@ -14,7 +14,8 @@ use crate::store::history::InFlight;
 use crate::store::rows::{self, EventColumns, count};
 use crate::store::{ClaimRequest, Claimed, StoreError};
 
-/// A claimed row: delivery id, attempts, attempt seq, then its event's columns.
+/// A claimed row: delivery id, attempts, attempt seq, its event's columns, then the time it
+/// was due.
 type ClaimedRow = (
     i64,
     i32,
@@ -25,6 +26,7 @@ type ClaimedRow = (
     String,
     Option<String>,
     Option<String>,
+    i64,
     i64,
 );
 
@@ -52,8 +54,12 @@ pub(super) async fn claim(store: &PgStore, req: &ClaimRequest) -> Result<Vec<Cla
     } else {
         claim_due(&store.claims, req, store.clock).await?
     };
+    // In the order they became due (ids break ties), which the lane starts them in: a
+    // priority's head start holds within a claim too.
+    let mut claimed = claimed;
+    claimed.sort_by_key(|row| (row.10, row.0));
     let mut out = Vec::with_capacity(claimed.len());
-    for (delivery_id, attempt, seq, id, event_type, payload, headers, key, ordering_key, created_at) in claimed {
+    for (delivery_id, attempt, seq, id, event_type, payload, headers, key, ordering_key, created_at, _) in claimed {
         let columns: EventColumns = (id, event_type, payload, headers, key, ordering_key, created_at);
         out.push(Claimed {
             delivery_id,
@@ -63,7 +69,6 @@ pub(super) async fn claim(store: &PgStore, req: &ClaimRequest) -> Result<Vec<Cla
             event: rows::stored_event(columns)?,
         });
     }
-    out.sort_by_key(|c| c.delivery_id);
     Ok(out)
 }
 

@@ -169,7 +169,7 @@ async fn insert_events_at(
                 target: t.as_str(),
                 accepted: *now,
                 ordering_key: e.ordering_key.as_deref(),
-                deliver_at: e.deliver_at,
+                due_at: e.due_at,
             })
         })
         .collect();
@@ -179,7 +179,7 @@ async fn insert_events_at(
             .bind(deliveries.iter().map(|d| d.target).collect::<Vec<_>>())
             .bind(deliveries.iter().map(|d| d.accepted).collect::<Vec<_>>())
             .bind(deliveries.iter().map(|d| d.ordering_key).collect::<Vec<_>>())
-            .bind(deliveries.iter().map(|d| d.deliver_at).collect::<Vec<_>>())
+            .bind(deliveries.iter().map(|d| d.due_at).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         // Delivered at commit, to every host listening (this one included).
@@ -248,5 +248,5 @@ struct NewDelivery<'a> {
     target: &'a str,
     accepted: Millis,
     ordering_key: Option<&'a str>,
-    deliver_at: Option<Millis>,
+    due_at: Option<Millis>,
 }

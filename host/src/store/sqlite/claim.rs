@@ -29,7 +29,7 @@ pub(super) fn claim(tx: &Transaction<'_>, req: &ClaimRequest) -> Result<Vec<Clai
     // Expired leases first, then due pending deliveries. Two statements rather than one with
     // an OR, so that each walks the due index in order and stops at the limit instead of
     // sorting every due delivery of the target.
-    let mut claimed: Vec<(i64, String, u32, u32)> = Vec::new();
+    let mut claimed: Vec<(i64, String, u32, u32, i64)> = Vec::new();
     let statements = [
         expired.then(|| filters::claim_expired(req.ordered)),
         Some(filters::claim_pending(req.ordered)),
@@ -49,7 +49,10 @@ pub(super) fn claim(tx: &Transaction<'_>, req: &ClaimRequest) -> Result<Vec<Clai
         claimed.extend(rows);
     }
     let mut out = Vec::with_capacity(claimed.len());
-    for (delivery_id, event_id, attempt, seq) in claimed {
+    // In the order they became due (ids break ties), which the lane starts them in: a
+    // priority's head start holds within a claim too.
+    claimed.sort_by_key(|&(id, _, _, _, due)| (due, id));
+    for (delivery_id, event_id, attempt, seq, _) in claimed {
         let event = queries::load_event(tx, &event_id)?
             .ok_or_else(|| StoreError::Corrupt(format!("delivery {delivery_id} has no event {event_id}")))?;
         out.push(Claimed {
@@ -60,6 +63,5 @@ pub(super) fn claim(tx: &Transaction<'_>, req: &ClaimRequest) -> Result<Vec<Clai
             event,
         });
     }
-    out.sort_by_key(|c| c.delivery_id);
     Ok(out)
 }

@@ -70,7 +70,7 @@ pub(super) fn insert_events(tx: &Connection, events: Vec<NewEvent>, now: Millis)
             insert_key.execute(params![key, id, now])?;
         }
         for target in &e.targets {
-            insert_delivery.execute(params![id, target.as_str(), now, e.ordering_key, e.deliver_at])?;
+            insert_delivery.execute(params![id, target.as_str(), now, e.ordering_key, e.due_at])?;
         }
         out.push(Ingested {
             id: e.id,

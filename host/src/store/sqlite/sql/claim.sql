@@ -10,4 +10,4 @@ WHERE id IN (
     /*AND FIFO*/
     ORDER BY d.next_attempt_at, d.id
     LIMIT ?5)
-RETURNING id, event_id, attempts, attempt_seq
+RETURNING id, event_id, attempts, attempt_seq, next_attempt_at
