@@ -32,8 +32,9 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{EventId, Millis, TargetName};
 
 pub use model::{
-    AttemptRecord, ClaimRequest, Claimed, DeliveryDetail, EventDetail, FailedDelivery, FailedFilter, Ingested,
-    NewEvent, SettleReport, Settlement, StatusCounts, StoredEvent, TokenGrant, VersionAttempts,
+    AttemptRecord, Cancellation, CancelledDelivery, ClaimRequest, Claimed, DeliveryDetail, EventDetail, EventRef,
+    FailedDelivery, FailedFilter, Ingested, NewEvent, SettleReport, Settlement, StatusCounts, StoredEvent, TokenGrant,
+    VersionAttempts,
 };
 
 /// A failure of the store itself (not of a delivery).
@@ -184,6 +185,15 @@ pub trait Store: Send + Sync + 'static {
     /// that is not failed (already replayed) is left alone, so replay is idempotent.
     async fn replay(&self, filter: FailedFilter, limit: usize, now: Millis) -> Result<usize, StoreError>;
 
+    /// Cancels the event `event` names: its deliveries that are `pending`, `paused` or `dead`
+    /// become `cancelled` (final; never claimed, replayed or counted as failed again), at
+    /// `now`, with their history kept. An `in_flight` delivery is left to finish its attempt
+    /// (and a retry of it makes it pending again, for another cancellation to take); the
+    /// final ones stay as they are. Returns every delivery with its status before and after,
+    /// in target order, or `None` when no such event is stored (for a producer key: the
+    /// ledger does not know it, or its event is gone). Idempotent.
+    async fn cancel(&self, event: EventRef, now: Millis) -> Result<Option<Cancellation>, StoreError>;
+
     /// Returns every delivery `owner` holds to `pending`, due `now` (graceful shutdown); their
     /// attempt is abandoned.
     async fn release(&self, owner: &str, now: Millis) -> Result<usize, StoreError>;
@@ -217,8 +227,8 @@ pub trait Store: Send + Sync + 'static {
     async fn hold_target(&self, target: &TargetName, reason: &str, now: Millis) -> Result<usize, StoreError>;
 
     /// Retention: deletes up to `limit` events created before `before` whose deliveries are
-    /// all `delivered` or `discarded` (or that have none), with their deliveries and attempt
-    /// history, in one short transaction. Events with a `dead`, pending, in-flight or paused
+    /// all `delivered`, `discarded` or `cancelled` (or that have none), with their deliveries
+    /// and attempt history, in one short transaction. Events with a `dead`, pending, in-flight or paused
     /// delivery are kept. Idempotency-ledger entries are not touched (see
     /// [`Store::prune_idempotency_keys`]). Returns how many events were deleted; call again
     /// while it returns `limit`.

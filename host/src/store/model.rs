@@ -228,3 +228,29 @@ pub struct FailedDelivery {
     /// What the receiver answered to its last attempt, if it answered.
     pub last_response: Option<ReceiverResponse>,
 }
+
+/// Which event an operation names: its id, or the producer idempotency key it was first
+/// accepted with (looked up in the idempotency ledger).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventRef {
+    Id(EventId),
+    ProducerKey(ProducerKey),
+}
+
+/// What a cancellation did to one delivery of the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelledDelivery {
+    pub target: TargetName,
+    /// Its status before the cancellation.
+    pub was: DeliveryStatus,
+    /// Its status after it: `cancelled` when the cancellation took it
+    /// ([`DeliveryStatus::is_cancellable`]), else unchanged.
+    pub status: DeliveryStatus,
+}
+
+/// What cancelling an event did: every delivery of it, by target name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancellation {
+    pub event_id: EventId,
+    pub deliveries: Vec<CancelledDelivery>,
+}

@@ -1,11 +1,12 @@
 //! The operator's and the host's bulk changes: manual pause, replay of failed deliveries,
-//! holding and resuming targets that no live host has loaded, and retention (prune).
+//! cancellation of an event's deliveries, holding and resuming targets that no live host has loaded, and retention (prune).
 
 use sqlx::postgres::{PgConnection, PgPool};
 
 use super::{counted, filters, hosts, wakeups};
 use crate::domain::{Millis, TargetName};
-use crate::store::{FailedFilter, StoreError};
+use crate::store::rows;
+use crate::store::{Cancellation, EventRef, FailedFilter, StoreError};
 
 pub(super) async fn set_target_paused(
     conn: &mut PgConnection,
@@ -55,6 +56,43 @@ pub(super) async fn replay(
 
 /// Records the targets this host has loaded, then pauses the pending deliveries of targets no
 /// live host has and resumes the paused ones of targets some live host has.
+/// Cancels the deliveries of the event `event` names that a cancellation takes; `None` when
+/// there is no such event. The deliveries are locked first, so what they were is what changed.
+pub(super) async fn cancel(
+    conn: &mut PgConnection,
+    event: &EventRef,
+    now: Millis,
+) -> Result<Option<Cancellation>, StoreError> {
+    let id = match event {
+        EventRef::Id(id) => id.to_string(),
+        EventRef::ProducerKey(key) => {
+            let found: Option<(String, String)> = counted::query_as(sql!("find_idempotency_keys"))
+                .bind(vec![key.as_str()])
+                .fetch_optional(&mut *conn)
+                .await?;
+            let Some((_, id)) = found else { return Ok(None) };
+            id
+        }
+    };
+    let exists: Option<i32> = counted::query_scalar(sql!("event_exists"))
+        .bind(&id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let before: Vec<(String, String)> = counted::query_as(sql!("lock_deliveries_of_event"))
+        .bind(&id)
+        .fetch_all(&mut *conn)
+        .await?;
+    counted::query(sql!("cancel_deliveries"))
+        .bind(&id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    rows::cancellation(&id, before).map(Some)
+}
+
 pub(super) async fn sync_paused(
     conn: &mut PgConnection,
     host: &str,

@@ -25,8 +25,8 @@ use tokio::sync::Semaphore;
 
 use super::history::{InFlight, settle_order};
 use super::{
-    ClaimRequest, Claimed, EventDetail, FailedDelivery, FailedFilter, Ingested, NewEvent, SettleReport, Settlement,
-    StatusCounts, Store, StoreError, TokenGrant, VersionAttempts,
+    Cancellation, ClaimRequest, Claimed, EventDetail, EventRef, FailedDelivery, FailedFilter, Ingested, NewEvent,
+    SettleReport, Settlement, StatusCounts, Store, StoreError, TokenGrant, VersionAttempts,
 };
 use crate::domain::{EventId, Millis, TargetName, now_ms};
 
@@ -337,6 +337,15 @@ impl Store for PgStore {
         self.transaction(|mut tx| async move {
             let n = admin::replay(&mut tx, filter, limit, now).await?;
             Ok((tx, n))
+        })
+        .await
+    }
+
+    async fn cancel(&self, event: EventRef, now: Millis) -> Result<Option<Cancellation>, StoreError> {
+        let event = &event;
+        self.transaction(|mut tx| async move {
+            let done = admin::cancel(&mut tx, event, now).await?;
+            Ok((tx, done))
         })
         .await
     }

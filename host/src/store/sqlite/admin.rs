@@ -1,11 +1,13 @@
 //! The operator's and the host's bulk changes: manual pause, replay of failed deliveries,
-//! holding and resuming targets that are not loaded, and retention (prune).
+//! cancellation of an event's deliveries, holding and resuming targets that are not loaded,
+//! and retention (prune).
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::filters;
 use crate::domain::{Millis, TargetName};
-use crate::store::{FailedFilter, StoreError};
+use crate::store::rows;
+use crate::store::{Cancellation, EventRef, FailedFilter, StoreError};
 
 pub(super) fn set_target_paused(
     tx: &Transaction<'_>,
@@ -33,6 +35,32 @@ pub(super) fn replay(
     let limit = limit as i64;
     let bind = filters::bind(&params, &[(":now", &now), (":limit", &limit)]);
     Ok(tx.prepare(&filters::replay(&clause))?.execute(bind.as_slice())?)
+}
+
+/// Cancels the deliveries of the event `event` names that a cancellation takes; `None` when
+/// there is no such event.
+pub(super) fn cancel(tx: &Transaction<'_>, event: &EventRef, now: Millis) -> Result<Option<Cancellation>, StoreError> {
+    let id = match event {
+        EventRef::Id(id) => id.to_string(),
+        EventRef::ProducerKey(key) => {
+            let found = tx
+                .prepare_cached(sql!("find_idempotency_key"))?
+                .query_row([key.as_str()], |r| r.get::<_, String>(0))
+                .optional()?;
+            let Some(id) = found else { return Ok(None) };
+            id
+        }
+    };
+    if !tx.prepare_cached(sql!("event_exists"))?.exists([&id])? {
+        return Ok(None);
+    }
+    let before: Vec<(String, String)> = tx
+        .prepare_cached(sql!("delivery_statuses_of_event"))?
+        .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    tx.prepare_cached(sql!("cancel_deliveries"))?
+        .execute(params![id, now])?;
+    rows::cancellation(&id, before).map(Some)
 }
 
 pub(super) fn hold_target(

@@ -14,8 +14,8 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::history::InFlight;
 use super::{
-    ClaimRequest, Claimed, EventDetail, FailedDelivery, FailedFilter, Ingested, MIN_FREE_BYTES, NewEvent, SettleReport,
-    Settlement, StatusCounts, Store, StoreError, VersionAttempts,
+    Cancellation, ClaimRequest, Claimed, EventDetail, EventRef, FailedDelivery, FailedFilter, Ingested, MIN_FREE_BYTES,
+    NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError, VersionAttempts,
 };
 use crate::domain::{EventId, Millis, TargetName};
 
@@ -284,6 +284,11 @@ impl Store for SqliteStore {
 
     async fn replay(&self, filter: FailedFilter, limit: usize, now: Millis) -> Result<usize, StoreError> {
         self.write_tx(Synchronous::Full, move |tx| admin::replay(tx, &filter, limit, now))
+            .await
+    }
+
+    async fn cancel(&self, event: EventRef, now: Millis) -> Result<Option<Cancellation>, StoreError> {
+        self.write_tx(Synchronous::Full, move |tx| admin::cancel(tx, &event, now))
             .await
     }
 
