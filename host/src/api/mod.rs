@@ -1,4 +1,5 @@
-//! The HTTP API: ingest (`POST /v1/events`), event status (`GET /v1/events/{id}`), targets
+//! The HTTP API: ingest (`POST /v1/events`), event status (`GET /v1/events/{id}`),
+//! cancellation (`POST /v1/events/{id}/cancel`, `POST /v1/events/cancel`, in `cancel`), targets
 //! (`GET /v1/targets`, `POST /v1/targets/{name}/pause|resume`), dead letters
 //! (`GET /v1/deliveries/failed`, `POST /v1/deliveries/replay`), sources (`GET /v1/sources`)
 //! liveness (`GET /healthz`) and readiness (`GET /readyz`, in `ready`).
@@ -12,6 +13,7 @@
 
 pub mod auth;
 pub mod browser;
+mod cancel;
 pub mod dashboard;
 pub mod metrics;
 pub mod openapi;
@@ -92,7 +94,9 @@ pub fn api_routes(auth: Arc<auth::AuthConfig>) -> OpenApiRouter<Arc<AppState>> {
     let admin = OpenApiRouter::new()
         .routes(routes!(targets::pause_target))
         .routes(routes!(targets::resume_target))
-        .routes(routes!(replay));
+        .routes(routes!(replay))
+        .routes(routes!(cancel::cancel_event))
+        .routes(routes!(cancel::cancel_by_key));
     OpenApiRouter::with_openapi(openapi::base())
         .merge(guarded(auth::Scope::Ingest, ingest))
         .merge(guarded(auth::Scope::Read, read))
@@ -289,7 +293,7 @@ impl From<ReceiverResponse> for ResponseOut {
 #[derive(Serialize, ToSchema)]
 struct DeliveryOut {
     target: String,
-    /// `pending`, `in_flight`, `delivered`, `dead`, `discarded` or `paused`.
+    /// `pending`, `in_flight`, `delivered`, `dead`, `discarded`, `paused` or `cancelled`.
     #[schema(value_type = String)]
     status: &'static str,
     attempts: u32,

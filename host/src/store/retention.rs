@@ -1,5 +1,5 @@
 //! Retention: a background task that deletes what the outbox no longer needs. Events whose
-//! deliveries are all `delivered` or `discarded` (or that have none) and that are older
+//! deliveries are all `delivered`, `discarded` or `cancelled` (or that have none) and that are older
 //! than `retention` are deleted with their deliveries and attempt history; producer
 //! idempotency keys older than `idempotency_retention` leave the ledger. `dead` deliveries
 //! (and so their events) are kept until replayed or pruned by hand (`outboxd prune`).
