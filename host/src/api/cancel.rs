@@ -137,6 +137,7 @@ async fn cancel(state: &AppState, event: EventRef) -> Result<Json<CancelOut>, Ap
         (status = 401, description = "A token is required", body = openapi::ErrorBody),
         (status = 403, description = "The token lacks the `admin` scope", body = openapi::ErrorBody),
         (status = 404, description = "No such event", body = openapi::ErrorBody),
+        (status = 415, description = "A body was sent that is not `application/json`", body = openapi::ErrorBody),
         (status = 503, description = "Database failure", body = openapi::ErrorBody),
     ),
     security(("bearer" = ["admin"]), ()),
