@@ -4,7 +4,8 @@
 //! The browser signs in with an admin token, sees the three targets, finds the dead delivery
 //! with the receiver's answer, replays it with the button (confirming), and sees it delivered,
 //! the refused attempt's answer in the event's history; then it cancels a second event's dead
-//! delivery from the event view (confirming) and sees it `cancelled`. The screenshot is kept in
+//! delivery from the event view (confirming) and sees it `cancelled`, and sees a third event's
+//! payload noted as erased. The screenshot is kept in
 //! `target/test-artifacts/dashboard.png`.
 //!
 //! Needs `/usr/bin/chromium` (or `CHROMIUM`), node, and `tests/browser/node_modules`
@@ -42,12 +43,16 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
     let id = host.enqueue("order.created", json!({"order_id": 1001})).await;
     // A second event, whose dead delivery the dashboard cancels.
     let to_cancel = host.enqueue("order.created", json!({"order_id": 1002})).await;
+    // A third, whose payload is erased once its deliveries are final.
+    let to_erase = host.enqueue("order.created", json!({"order_id": 1003})).await;
     host.wait_for_targets(default_timeout(), |targets| {
-        target_count(targets, "billing", "dead") == 2
-            && target_count(targets, "crm", "delivered") == 2
-            && target_count(targets, "analytics", "delivered") == 2
+        target_count(targets, "billing", "dead") == 3
+            && target_count(targets, "crm", "delivered") == 3
+            && target_count(targets, "analytics", "delivered") == 3
     })
     .await;
+    let (status, erased) = host.delete(&format!("/v1/events/{to_erase}/payload")).await;
+    assert_eq!(status, 200, "{erased}");
     // The receiver is fixed; the operator replays from the dashboard.
     rx.behave("/billing", Behavior::ok());
 
@@ -62,6 +67,7 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
         .env("DASHBOARD_TOKEN", ADMIN)
         .env("SCREENSHOT", &screenshot)
         .env("CANCEL_EVENT", &to_cancel)
+        .env("ERASED_EVENT", &to_erase)
         .env("CHROMIUM", &chromium)
         .env("TIMEOUT_MS", default_timeout().as_millis().to_string())
         .kill_on_drop(true)
@@ -114,8 +120,8 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
     assert_eq!(testkit::status_of(&event, "billing"), Some("delivered"), "{event}");
     assert_eq!(
         rx.requests_at("/billing").len(),
-        3,
-        "two 422s, then the replayed delivery"
+        4,
+        "three 422s, then the replayed delivery"
     );
     let cancelled = host.get_event(&to_cancel).await;
     assert_eq!(

@@ -190,6 +190,8 @@ mod tests {
         ("get", "/v1/sources"),
         ("post", "/v1/events/{id}/cancel"),
         ("post", "/v1/events/cancel"),
+        ("delete", "/v1/events/{id}/payload"),
+        ("delete", "/v1/events/payload"),
         ("get", "/healthz"),
         ("get", "/readyz"),
         ("get", "/metrics"),

@@ -413,6 +413,9 @@ pub async fn status(config: &ServiceConfig, event_id: Option<String>) -> Result<
                 e.event_type,
                 format_ms(e.created_at)
             );
+            if let Some(at) = detail.erased_at {
+                let _ = writeln!(out, "  payload and headers erased {}", format_ms(at));
+            }
             for d in &detail.deliveries {
                 let _ = write!(
                     out,

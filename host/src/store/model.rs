@@ -170,8 +170,27 @@ pub struct DeliveryDetail {
 /// An event with all its deliveries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventDetail {
+    /// The event; once erased, its payload is [`ERASED_PAYLOAD`] and it has no headers.
     pub event: StoredEvent,
     pub deliveries: Vec<DeliveryDetail>,
+    /// When its payload and headers were erased, if they were.
+    pub erased_at: Option<Millis>,
+}
+
+/// What an erased event's payload is stored as: JSON `null` (the column stays `NOT NULL`).
+pub const ERASED_PAYLOAD: &str = "null";
+/// What an erased event's headers are stored as: none.
+pub const ERASED_HEADERS: &str = "[]";
+
+/// What erasing an event's payload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Erasure {
+    /// Erased now, at this time.
+    Erased { at: Millis },
+    /// It had been erased before, at this time: nothing changed.
+    AlreadyErased { at: Millis },
+    /// Not erased: these deliveries (target, status) are not final yet.
+    NotFinal(Vec<(TargetName, DeliveryStatus)>),
 }
 
 /// Deliveries per status, per target name.

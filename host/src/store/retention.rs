@@ -2,7 +2,9 @@
 //! deliveries are all `delivered`, `discarded` or `cancelled` (or that have none) and that are older
 //! than `retention` are deleted with their deliveries and attempt history; producer
 //! idempotency keys older than `idempotency_retention` leave the ledger. `dead` deliveries
-//! (and so their events) are kept until replayed or pruned by hand (`outboxd prune`).
+//! (and so their events) are kept until replayed or pruned by hand (`outboxd prune`). With
+//! `payload_retention` (shorter than `retention`), the payload and headers of finished events
+//! older than it are erased first, the event, its history and its key kept until `retention`.
 //!
 //! Work is done in small batches, one short transaction each, with a pause between batches,
 //! so that ingest and claims, which share the database's single writer, never wait long.
@@ -22,6 +24,9 @@ pub struct RetentionConfig {
     pub retention: Option<Duration>,
     /// Producer idempotency keys are remembered this long; `None` forever.
     pub idempotency_retention: Option<Duration>,
+    /// The payloads of finished events older than this are erased; `None` keeps them (until
+    /// `retention`).
+    pub payload_retention: Option<Duration>,
     /// Events (or keys) deleted per transaction.
     pub batch: usize,
     /// How often a pass runs.
@@ -35,6 +40,7 @@ impl Default for RetentionConfig {
         Self {
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             idempotency_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            payload_retention: None,
             batch: 500,
             interval: Duration::from_secs(10),
             pause: Duration::from_millis(20),
@@ -47,6 +53,8 @@ impl Default for RetentionConfig {
 pub struct Pruned {
     pub events: usize,
     pub keys: usize,
+    /// Events whose payload was erased.
+    pub payloads: usize,
 }
 
 fn cutoff(now: Millis, age: Duration) -> Millis {
@@ -62,6 +70,17 @@ pub async fn prune_once(
 ) -> Result<Pruned, StoreError> {
     let mut pruned = Pruned::default();
     let batch = config.batch.max(1);
+    if let Some(age) = config.payload_retention {
+        let before = cutoff(now, age);
+        loop {
+            let n = store.erase_finished_payloads(before, batch, now).await?;
+            pruned.payloads += n;
+            if n < batch || stop.is_cancelled() {
+                break;
+            }
+            tokio::time::sleep(config.pause).await;
+        }
+    }
     if let Some(age) = config.retention {
         let before = cutoff(now, age);
         loop {
@@ -89,7 +108,7 @@ pub async fn prune_once(
 
 /// Runs retention passes every `interval` until `stop`.
 pub async fn run(store: Arc<dyn Store>, config: RetentionConfig, stop: CancellationToken) {
-    if config.retention.is_none() && config.idempotency_retention.is_none() {
+    if config.retention.is_none() && config.idempotency_retention.is_none() && config.payload_retention.is_none() {
         return;
     }
     loop {
@@ -98,11 +117,16 @@ pub async fn run(store: Arc<dyn Store>, config: RetentionConfig, stop: Cancellat
             _ = stop.cancelled() => return,
         }
         match prune_once(store.as_ref(), &config, now_ms(), &stop).await {
-            Ok(Pruned { events: 0, keys: 0 }) => {}
+            Ok(Pruned {
+                events: 0,
+                keys: 0,
+                payloads: 0,
+            }) => {}
             Ok(p) => tracing::info!(
                 events = p.events,
                 keys = p.keys,
-                "retention: deleted old events and keys"
+                payloads = p.payloads,
+                "retention: deleted old events and keys, erased old payloads"
             ),
             Err(e) => tracing::error!(error = %e, "retention pass failed; retrying at the next one"),
         }
@@ -186,7 +210,15 @@ mod tests {
         };
         let stop = CancellationToken::new();
         let pruned = prune_once(&store, &config, t0 + 8 * DAY, &stop).await.unwrap();
-        assert_eq!(pruned, Pruned { events: 2, keys: 0 }, "in batches of one");
+        assert_eq!(
+            pruned,
+            Pruned {
+                events: 2,
+                keys: 0,
+                payloads: 0
+            },
+            "in batches of one"
+        );
         assert!(store.event(old[0].id).await.unwrap().is_none(), "delivered: deleted");
         assert!(
             store.event(old[2].id).await.unwrap().is_none(),
@@ -213,5 +245,39 @@ mod tests {
         assert_eq!(store.prune_failed(filter.clone(), 10).await.unwrap(), 1);
         assert!(store.event(old[1].id).await.unwrap().is_none());
         assert_eq!(store.prune_failed(filter, 10).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn erases_payloads_of_finished_events_before_it_deletes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("o.db")).unwrap();
+        const DAY: Millis = 24 * 3_600_000;
+        let t0: Millis = 1_000 * DAY;
+        let ids = store
+            .ingest(vec![event("a", &["ok"]), event("b", &["later"])], t0)
+            .await
+            .unwrap();
+        finish(&store, "ok", DeliveryStatus::Delivered, t0).await;
+        let config = RetentionConfig {
+            payload_retention: Some(Duration::from_secs(24 * 3600)),
+            pause: Duration::ZERO,
+            ..RetentionConfig::default()
+        };
+        let stop = CancellationToken::new();
+        let pruned = prune_once(&store, &config, t0 + 2 * DAY, &stop).await.unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                events: 0,
+                keys: 0,
+                payloads: 1
+            }
+        );
+        let erased = store.event(ids[0].id).await.unwrap().unwrap();
+        assert_eq!(erased.erased_at, Some(t0 + 2 * DAY));
+        let waiting = store.event(ids[1].id).await.unwrap().unwrap();
+        assert_eq!((waiting.erased_at, waiting.event.payload.as_str()), (None, "{}"));
+        let pruned = prune_once(&store, &config, t0 + 8 * DAY, &stop).await.unwrap();
+        assert_eq!((pruned.events, pruned.payloads), (1, 0), "{pruned:?}");
     }
 }

@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use crate::domain::{DeliveryStatus, Millis, ReceiverResponse};
+use crate::domain::{DeliveryStatus, Millis, ReceiverResponse, TargetName};
 use crate::store::history::push_running_attempt;
 use crate::store::{
     AttemptRecord, Cancellation, CancelledDelivery, DeliveryDetail, FailedDelivery, StatusCounts, StoreError,
@@ -204,4 +204,16 @@ pub(crate) fn cancellation(id: &str, before: Vec<(String, String)>) -> Result<Ca
         event_id: decode(id)?,
         deliveries,
     })
+}
+
+/// The deliveries, of each delivery's `(target, status)`, that are not final yet.
+pub(crate) fn not_final(statuses: Vec<(String, String)>) -> Result<Vec<(TargetName, DeliveryStatus)>, StoreError> {
+    let mut out = Vec::new();
+    for (target, status) in statuses {
+        let status: DeliveryStatus = decode(&status)?;
+        if !status.is_final() {
+            out.push((decode(&target)?, status));
+        }
+    }
+    Ok(out)
 }

@@ -164,7 +164,8 @@ async function loadEvent(id) {
     el("span", { id: "event-cancel-result", class: "muted", text: cancelResult && cancelResult.event === id ? cancelResult.text : "" }));
   $("#event").replaceChildren(
     el("p", {}, el("span", { class: "mono", text: ev.id }), " ", el("strong", { text: ev.type }),
-      el("span", { class: "muted", text: " accepted " + ev.created_at })),
+      el("span", { class: "muted", text: " accepted " + ev.created_at }),
+      ...(ev.erased_at ? [" ", el("span", { id: "event-erased", class: "erased", text: "payload erased " + ev.erased_at })] : [])),
     actions,
     el("table", { id: "event-deliveries" },
       el("thead", {}, el("tr", {}, ...["target", "status", "attempts", "last error", "delivered / next attempt"].map((h) => el("th", { text: h })))),

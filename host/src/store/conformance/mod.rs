@@ -9,6 +9,7 @@ mod admin;
 mod batches;
 mod cancel;
 mod claims;
+mod erase;
 mod history;
 
 use std::path::PathBuf;
@@ -264,6 +265,8 @@ conformance! {
         cancel::cancel_takes_waiting_held_and_dead_deliveries_and_leaves_the_rest,
         cancel::cancel_of_an_unknown_event_or_key_changes_nothing,
         cancel::a_cancelled_head_unblocks_its_key_and_its_event_is_pruned,
+        erase::erasure_waits_for_final_deliveries_and_keeps_the_event,
+        erase::retention_erases_payloads_of_old_finished_events_only,
     ],
     backends: [
         claims::unclaimed_deliveries_are_pending_again_as_if_never_claimed,
