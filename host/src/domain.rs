@@ -250,13 +250,23 @@ string_enum! {
         /// Its target is not loaded (its plugin was removed): kept, not attempted, and
         /// pending again as soon as the target is back.
         Paused => "paused",
+        /// An operator cancelled it (`POST /v1/events/{id}/cancel`) before it was delivered.
+        /// Final: never attempted again, not replayable.
+        Cancelled => "cancelled",
     }
 }
 
 impl DeliveryStatus {
     /// Whether nothing more will happen to the delivery unless it is replayed.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Delivered | Self::Dead | Self::Discarded)
+        matches!(self, Self::Delivered | Self::Dead | Self::Discarded | Self::Cancelled)
+    }
+
+    /// Whether a cancellation takes the delivery: one that waits (`pending`, `paused`) or
+    /// failed for good but could still be replayed (`dead`). An `in_flight` one cannot be
+    /// recalled (its attempt is running), and the other final ones stay what they are.
+    pub fn is_cancellable(self) -> bool {
+        matches!(self, Self::Pending | Self::Paused | Self::Dead)
     }
 }
 

@@ -134,6 +134,11 @@ async fn run() -> anyhow::Result<u8> {
             print!("{}", cli::dead_replay(&config.load()?, filter).await?)
         }
         Command::Prune { config, filter, all } => print!("{}", cli::prune(&config.load()?, filter, all).await?),
+        Command::Cancel {
+            config,
+            event_id,
+            idempotency_key,
+        } => print!("{}", cli::cancel(&config.load()?, event_id, idempotency_key).await?),
         Command::Target(TargetCommand::Pause { config, name }) => {
             print!("{}", cli::set_target_paused(&config.load()?, &name, true).await?)
         }

@@ -1,6 +1,8 @@
 // Drives the outboxd dashboard in real headless Chromium (Debian's /usr/bin/chromium) through
 // playwright-core. Run by tests/tests/dashboard.rs, which starts outboxd with three targets,
-// one of whose deliveries is dead, and checks what this script prints.
+// one of whose deliveries is dead, and checks what this script prints. With CANCEL_EVENT, it
+// also cancels that event (whose delivery to a target is dead) from the event view; with
+// ERASED_EVENT, it looks that event up and prints what the page says about its payload.
 //
 // Environment: DASHBOARD_URL, DASHBOARD_TOKEN (an admin token), SCREENSHOT (output path),
 // CHROMIUM (default /usr/bin/chromium), TIMEOUT_MS (default 30000).
@@ -86,6 +88,34 @@ try {
   step("the dead-letter list no longer shows it");
   await until("the replayed row to leave the list", async () =>
     (await page.locator(`#dead tbody tr[data-event="${eventId}"]`).count()) === 0);
+
+  const cancelId = process.env.CANCEL_EVENT;
+  if (cancelId) {
+    step("cancel another event's dead delivery, confirming");
+    await page.fill("#event-id", cancelId);
+    await page.click("#event-lookup");
+    await page.waitForSelector(`#event-deliveries tr[data-status="dead"]`);
+    await page.click("#event-cancel");
+    await until("the confirmation", async () => ((await page.textContent("#event-cancel")) || "").startsWith("Really"));
+    console.log("cancel confirm: " + (await page.textContent("#event-cancel")));
+    await page.click("#event-cancel");
+    await page.waitForSelector(`#event-deliveries tr[data-status="cancelled"]`);
+    await until("the cancel result", async () => ((await page.textContent("#event-cancel-result")) || "").startsWith("Cancelled"));
+    console.log("cancel result: " + (await page.textContent("#event-cancel-result")));
+    const after = await page.$$eval("#event-deliveries tr[data-target]", (rows) =>
+      rows.map((r) => r.dataset.target + "=" + r.dataset.status));
+    console.log("cancelled event: " + after.join(","));
+    console.log("cancel button left: " + (await page.locator("#event-cancel").count()));
+  }
+
+  const erasedId = process.env.ERASED_EVENT;
+  if (erasedId) {
+    step("an erased event says so");
+    await page.fill("#event-id", erasedId);
+    await page.click("#event-lookup");
+    await page.waitForSelector("#event-erased");
+    console.log("erased: " + (await page.textContent("#event-erased")));
+  }
 
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log("screenshot: " + screenshot);

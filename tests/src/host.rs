@@ -1121,6 +1121,15 @@ impl Host {
         self.send(req, &format!("POST {path}")).await
     }
 
+    /// `DELETE <path>` (any API route), without a body: with the API's state-change marker
+    /// header (as a client of the API sends it), and the token if set. Status and body.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let req = self
+            .request(reqwest::Method::DELETE, path)
+            .header("x-outboxd-request", "testkit");
+        self.send(req, &format!("DELETE {path}")).await
+    }
+
     /// `POST /v1/events` with a raw body and content type.
     pub async fn post_raw(&self, body: impl Into<reqwest::Body>, content_type: &str) -> (u16, Value) {
         let req = self

@@ -3,7 +3,9 @@
 //! `billing` refuses the event (422 `{"error":"upstream exploded"}`) so its delivery is dead.
 //! The browser signs in with an admin token, sees the three targets, finds the dead delivery
 //! with the receiver's answer, replays it with the button (confirming), and sees it delivered,
-//! the refused attempt's answer in the event's history. The screenshot is kept in
+//! the refused attempt's answer in the event's history; then it cancels a second event's dead
+//! delivery from the event view (confirming) and sees it `cancelled`, and sees a third event's
+//! payload noted as erased. The screenshot is kept in
 //! `target/test-artifacts/dashboard.png`.
 //!
 //! Needs `/usr/bin/chromium` (or `CHROMIUM`), node, and `tests/browser/node_modules`
@@ -39,12 +41,18 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
     host.start().await;
 
     let id = host.enqueue("order.created", json!({"order_id": 1001})).await;
+    // A second event, whose dead delivery the dashboard cancels.
+    let to_cancel = host.enqueue("order.created", json!({"order_id": 1002})).await;
+    // A third, whose payload is erased once its deliveries are final.
+    let to_erase = host.enqueue("order.created", json!({"order_id": 1003})).await;
     host.wait_for_targets(default_timeout(), |targets| {
-        target_count(targets, "billing", "dead") == 1
-            && target_count(targets, "crm", "delivered") == 1
-            && target_count(targets, "analytics", "delivered") == 1
+        target_count(targets, "billing", "dead") == 3
+            && target_count(targets, "crm", "delivered") == 3
+            && target_count(targets, "analytics", "delivered") == 3
     })
     .await;
+    let (status, erased) = host.delete(&format!("/v1/events/{to_erase}/payload")).await;
+    assert_eq!(status, 200, "{erased}");
     // The receiver is fixed; the operator replays from the dashboard.
     rx.behave("/billing", Behavior::ok());
 
@@ -58,6 +66,8 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
         .env("DASHBOARD_URL", host.url("/"))
         .env("DASHBOARD_TOKEN", ADMIN)
         .env("SCREENSHOT", &screenshot)
+        .env("CANCEL_EVENT", &to_cancel)
+        .env("ERASED_EVENT", &to_erase)
         .env("CHROMIUM", &chromium)
         .env("TIMEOUT_MS", default_timeout().as_millis().to_string())
         .kill_on_drop(true)
@@ -93,6 +103,16 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
         stdout.contains("offsite requests: 0"),
         "the page loads nothing from elsewhere: {stdout}"
     );
+    assert!(stdout.contains("cancel confirm: Really cancel 1 delivery?"), "{stdout}");
+    assert!(stdout.contains("cancel result: Cancelled 1 delivery"), "{stdout}");
+    assert!(
+        stdout.contains("cancelled event: analytics=delivered,billing=cancelled,crm=delivered"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("cancel button left: 0"),
+        "nothing left to cancel: {stdout}"
+    );
     assert!(screenshot.is_file(), "no screenshot at {}", screenshot.display());
 
     // The replay really happened: billing got the event a second time, and it is delivered.
@@ -100,7 +120,13 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
     assert_eq!(testkit::status_of(&event, "billing"), Some("delivered"), "{event}");
     assert_eq!(
         rx.requests_at("/billing").len(),
-        2,
-        "the 422, then the replayed delivery"
+        4,
+        "three 422s, then the replayed delivery"
+    );
+    let cancelled = host.get_event(&to_cancel).await;
+    assert_eq!(
+        testkit::status_of(&cancelled, "billing"),
+        Some("cancelled"),
+        "{cancelled}"
     );
 }

@@ -30,7 +30,7 @@ pub enum Scope {
     Ingest,
     /// Every `GET` of the API, and `/metrics`.
     Read,
-    /// Everything: pause, resume and replay, plus what `ingest` and `read` allow.
+    /// Everything: pause, resume, replay, cancel and erase, plus what `ingest` and `read` allow.
     Admin,
 }
 

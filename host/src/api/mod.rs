@@ -1,4 +1,6 @@
-//! The HTTP API: ingest (`POST /v1/events`), event status (`GET /v1/events/{id}`), targets
+//! The HTTP API: ingest (`POST /v1/events`), event status (`GET /v1/events/{id}`),
+//! cancellation (`POST /v1/events/{id}/cancel`, `POST /v1/events/cancel`, in `cancel`), payload
+//! erasure (`DELETE /v1/events/{id}/payload`, `DELETE /v1/events/payload`, in `erase`), targets
 //! (`GET /v1/targets`, `POST /v1/targets/{name}/pause|resume`), dead letters
 //! (`GET /v1/deliveries/failed`, `POST /v1/deliveries/replay`), sources (`GET /v1/sources`)
 //! liveness (`GET /healthz`) and readiness (`GET /readyz`, in `ready`).
@@ -12,7 +14,9 @@
 
 pub mod auth;
 pub mod browser;
+mod cancel;
 pub mod dashboard;
+mod erase;
 pub mod metrics;
 pub mod openapi;
 mod ready;
@@ -92,7 +96,11 @@ pub fn api_routes(auth: auth::LiveAuth) -> OpenApiRouter<Arc<AppState>> {
     let admin = OpenApiRouter::new()
         .routes(routes!(targets::pause_target))
         .routes(routes!(targets::resume_target))
-        .routes(routes!(replay));
+        .routes(routes!(replay))
+        .routes(routes!(cancel::cancel_event))
+        .routes(routes!(cancel::cancel_by_key))
+        .routes(routes!(erase::erase_event_payload))
+        .routes(routes!(erase::erase_payload_by_key));
     OpenApiRouter::with_openapi(openapi::base())
         .merge(guarded(auth::Scope::Ingest, ingest))
         .merge(guarded(auth::Scope::Read, read))
@@ -140,6 +148,8 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
     #[error("{0}")]
@@ -161,6 +171,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store failure while serving a request");
@@ -289,7 +300,7 @@ impl From<ReceiverResponse> for ResponseOut {
 #[derive(Serialize, ToSchema)]
 struct DeliveryOut {
     target: String,
-    /// `pending`, `in_flight`, `delivered`, `dead`, `discarded` or `paused`.
+    /// `pending`, `in_flight`, `delivered`, `dead`, `discarded`, `paused` or `cancelled`.
     #[schema(value_type = String)]
     status: &'static str,
     attempts: u32,
@@ -309,19 +320,26 @@ struct EventOut {
     id: String,
     #[serde(rename = "type")]
     event_type: String,
-    /// The payload exactly as sent.
+    /// The payload exactly as sent; `null` once erased (`erased_at`).
     #[schema(value_type = serde_json::Value)]
-    payload: Box<RawValue>,
+    payload: Option<Box<RawValue>>,
+    /// The headers; none once the payload was erased.
     headers: BTreeMap<String, String>,
     idempotency_key: Option<String>,
     created_at: String,
+    /// When the payload and headers were erased (`DELETE /v1/events/{id}/payload`, or
+    /// `payload_retention`); `null` while they are kept.
+    erased_at: Option<String>,
     deliveries: Vec<DeliveryOut>,
 }
 
 fn event_out(d: EventDetail) -> Result<EventOut, ApiError> {
     let now = now_ms();
     let e = d.event;
-    let payload = RawValue::from_string(e.payload).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+    let payload = match d.erased_at {
+        Some(_) => None,
+        None => Some(RawValue::from_string(e.payload).map_err(|err| StoreError::Corrupt(err.to_string()))?),
+    };
     Ok(EventOut {
         id: e.id.to_string(),
         event_type: e.event_type,
@@ -329,6 +347,7 @@ fn event_out(d: EventDetail) -> Result<EventOut, ApiError> {
         headers: e.headers.into_iter().collect(),
         idempotency_key: e.idempotency_key,
         created_at: format_ms(e.created_at),
+        erased_at: d.erased_at.map(format_ms),
         deliveries: d
             .deliveries
             .into_iter()
@@ -565,8 +584,8 @@ async fn replay(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let started = now_ms();
     let body = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    // An empty body, `null` and `{}` are all the empty filter; anything else must be JSON
-    // (blanks alone are not).
+    // An empty body, `null` and `{}` are all the empty filter; a body of blanks only is not
+    // JSON, and refused as any other.
     let request: FilterIn = if body.is_empty() {
         FilterIn::default()
     } else {

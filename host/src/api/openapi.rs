@@ -187,6 +187,10 @@ mod tests {
         ("get", "/v1/deliveries/failed"),
         ("post", "/v1/deliveries/replay"),
         ("get", "/v1/sources"),
+        ("post", "/v1/events/{id}/cancel"),
+        ("post", "/v1/events/cancel"),
+        ("delete", "/v1/events/{id}/payload"),
+        ("delete", "/v1/events/payload"),
         ("get", "/healthz"),
         ("get", "/readyz"),
         ("get", "/metrics"),
@@ -231,10 +235,12 @@ mod tests {
         }
         let ingest = &doc["paths"]["/v1/events"]["post"];
         assert_eq!(ingest["security"][0]["bearer"][0], "ingest");
-        assert_eq!(
-            doc["paths"]["/v1/deliveries/replay"]["post"]["security"][0]["bearer"][0],
-            "admin"
-        );
+        for admin in ["/v1/deliveries/replay", "/v1/events/{id}/cancel", "/v1/events/cancel"] {
+            assert_eq!(
+                doc["paths"][admin]["post"]["security"][0]["bearer"][0], "admin",
+                "{admin}"
+            );
+        }
         // The request body schema is the producer's event type, with its fields.
         let event = &doc["components"]["schemas"]["EventIn"];
         assert!(event["properties"]["type"].is_object(), "{event}");

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `enqueue`, `status`, `dead list|replay`, `prune`, `target
+//! The command line: `serve`, `enqueue`, `status`, `dead list|replay`, `cancel`, `prune`, `target
 //! pause|resume`, `source status`, `plugin check|run|wit|new`, `config check` (`check.rs`),
 //! and `completions` and `man` (`shell.rs`, from the clap definition). The commands other than `serve` and `plugin` open
 //! the database directly, so they work with or without a running `serve`.
@@ -29,7 +29,7 @@ use crate::outbox::input::{self, IngestError};
 use crate::outbox::{Origin, Outbox, Routing};
 use crate::plugin::PluginError;
 use crate::server::config::ServiceConfig;
-use crate::store::{self, Access, FailedFilter, Store, StoreError};
+use crate::store::{self, Access, EventRef, FailedFilter, Store, StoreError};
 use crate::targets::manifest::TargetSpec;
 use crate::targets::manifest::scan_targets;
 use crate::targets::routing::Routes;
@@ -137,6 +137,19 @@ pub enum Command {
     /// Pause or resume a target by hand.
     #[command(subcommand)]
     Target(TargetCommand),
+    /// Cancel an event's deliveries that are not final: `pending`, `paused` and `dead` ones
+    /// become `cancelled`; one `in_flight` finishes its attempt (cancel again should it be
+    /// retried). Prints what happened to each delivery.
+    Cancel {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The event id.
+        #[arg(required_unless_present = "idempotency_key")]
+        event_id: Option<String>,
+        /// The producer's idempotency key instead of the event id.
+        #[arg(long, conflicts_with = "event_id")]
+        idempotency_key: Option<String>,
+    },
     /// Delete dead and discarded deliveries matching a filter, with their history, and their
     /// events once no delivery is left. Retention never deletes them on its own.
     Prune {
@@ -322,6 +335,8 @@ pub enum CliError {
     Service(String),
     #[error("no event with id {0}")]
     NotFound(EventId),
+    #[error("no stored event with idempotency key `{0}`")]
+    KeyNotFound(String),
     #[error("{path} is not a valid plugin: {source}")]
     Plugin {
         path: String,
@@ -423,6 +438,9 @@ pub async fn status(config: &ServiceConfig, event_id: Option<String>) -> Result<
                 e.event_type,
                 format_ms(e.created_at)
             );
+            if let Some(at) = detail.erased_at {
+                let _ = writeln!(out, "  payload and headers erased {}", format_ms(at));
+            }
             for d in &detail.deliveries {
                 let _ = write!(
                     out,
@@ -563,6 +581,46 @@ pub async fn prune(config: &ServiceConfig, filter: FilterArgs, all: bool) -> Res
         }
     }
     Ok(format!("pruned {done} deliveries\n"))
+}
+
+/// `outboxd cancel`: one line per delivery of the event, what the cancellation did to it.
+pub async fn cancel(
+    config: &ServiceConfig,
+    event_id: Option<String>,
+    idempotency_key: Option<String>,
+) -> Result<String, CliError> {
+    let event = match (event_id, idempotency_key) {
+        (Some(id), None) => EventRef::Id(
+            id.parse()
+                .map_err(|e: crate::domain::InvalidValue| CliError::Input(e.0))?,
+        ),
+        (None, Some(key)) => {
+            EventRef::ProducerKey(crate::domain::ProducerKey::try_from(key).map_err(|e| CliError::Input(e.0))?)
+        }
+        _ => {
+            return Err(CliError::Input(
+                "give an event id or --idempotency-key, not both".into(),
+            ));
+        }
+    };
+    let missing = match &event {
+        EventRef::Id(id) => CliError::NotFound(*id),
+        EventRef::ProducerKey(key) => CliError::KeyNotFound(key.as_str().to_owned()),
+    };
+    let store = open_store(config).await?;
+    let done = store.cancel(event, now_ms()).await?.ok_or(missing)?;
+    let mut out = format!("event {}\n", done.event_id);
+    for d in &done.deliveries {
+        let what = if d.was == DeliveryStatus::InFlight {
+            "in flight: its attempt finishes (cancel again should it be retried)".to_owned()
+        } else if d.was != d.status {
+            format!("cancelled (was {})", d.was.as_str())
+        } else {
+            format!("already final: {}", d.status.as_str())
+        };
+        let _ = writeln!(out, "  {:<20} {what}", d.target.as_str());
+    }
+    Ok(out)
 }
 
 /// `outboxd target pause|resume`.

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 
 use crate::domain::{EventId, Millis, TargetName};
 use crate::store::{
-    ClaimRequest, Claimed, EventDetail, FailedDelivery, FailedFilter, Ingested, NewEvent, SettleReport, Settlement,
-    StatusCounts, Store, StoreError, StoredEvent, VersionAttempts,
+    Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventRef, FailedDelivery, FailedFilter, Ingested,
+    NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError, StoredEvent, VersionAttempts,
 };
 use crate::targets::manifest::TargetSpec;
 
@@ -191,6 +191,18 @@ impl Store for FakeStore {
     }
 
     async fn prune_failed(&self, _: FailedFilter, _: usize) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
+    async fn cancel(&self, _: EventRef, _: Millis) -> Result<Option<Cancellation>, StoreError> {
+        Ok(None)
+    }
+
+    async fn erase_payload(&self, _: EventRef, _: Millis) -> Result<Option<(EventId, Erasure)>, StoreError> {
+        Ok(None)
+    }
+
+    async fn erase_finished_payloads(&self, _: Millis, _: usize, _: Millis) -> Result<usize, StoreError> {
         Ok(0)
     }
 

@@ -33,6 +33,7 @@ struct ServiceFile {
     strict_start: Option<bool>,
     retention: Option<String>,
     idempotency_retention: Option<String>,
+    payload_retention: Option<String>,
     retention_batch: Option<usize>,
     retention_interval_ms: Option<u64>,
     log_format: Option<LogFormat>,
@@ -228,6 +229,24 @@ impl ServiceConfig {
             file.idempotency_retention.as_deref(),
             d.idempotency_retention,
         )?;
+        let payload_retention = parse_age(
+            path,
+            "payload_retention",
+            file.payload_retention.as_deref(),
+            d.payload_retention,
+        )?;
+        if let (Some(payloads), Some(events)) = (payload_retention, retention)
+            && payloads >= events
+        {
+            return Err(ConfigError::invalid(
+                path,
+                format!(
+                    "`payload_retention` ({}) must be shorter than `retention` ({}): retention deletes the whole event first",
+                    humantime::format_duration(payloads),
+                    humantime::format_duration(events)
+                ),
+            ));
+        }
         let mut api = file.api.take().unwrap_or_default();
         let sources = file.sources.take().unwrap_or_default();
         let database = file
@@ -250,6 +269,7 @@ impl ServiceConfig {
         }
         config.retention.retention = retention;
         config.retention.idempotency_retention = idempotency_retention;
+        config.retention.payload_retention = payload_retention;
         config.http = HttpLimits::from_file(&api).map_err(|m| ConfigError::invalid(path, m))?;
         crate::api::browser::HostRules::check_names(&api.allowed_hosts).map_err(|m| ConfigError::invalid(path, m))?;
         config.allowed_hosts = std::mem::take(&mut api.allowed_hosts);
@@ -364,6 +384,39 @@ mod tests {
         write(dir.path(), "b.toml", "retention = \"soon\"\n");
         let e = ServiceConfig::load(&dir.path().join("b.toml")).unwrap_err().to_string();
         assert!(e.contains("b.toml") && e.contains("`retention`"), "{e}");
+    }
+
+    #[test]
+    fn payload_retention_is_off_by_default_and_shorter_than_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = ServiceConfig::defaults_in(dir.path());
+        assert_eq!(d.retention.payload_retention, None);
+        write(
+            dir.path(),
+            "a.toml",
+            "retention = \"30d\"\npayload_retention = \"2d\"\n",
+        );
+        let c = ServiceConfig::load(&dir.path().join("a.toml")).unwrap();
+        assert_eq!(c.retention.payload_retention, Some(Duration::from_secs(2 * 24 * 3600)));
+        write(dir.path(), "b.toml", "payload_retention = \"off\"\n");
+        let c = ServiceConfig::load(&dir.path().join("b.toml")).unwrap();
+        assert_eq!(c.retention.payload_retention, None);
+        // Events are kept forever: any payload retention will do.
+        write(
+            dir.path(),
+            "c.toml",
+            "retention = \"off\"\npayload_retention = \"400d\"\n",
+        );
+        ServiceConfig::load(&dir.path().join("c.toml")).unwrap();
+        for (file, text) in [
+            ("d.toml", "retention = \"2d\"\npayload_retention = \"2d\"\n"),
+            ("e.toml", "payload_retention = \"8d\"\n"),
+            ("f.toml", "payload_retention = \"soon\"\n"),
+        ] {
+            write(dir.path(), file, text);
+            let e = ServiceConfig::load(&dir.path().join(file)).unwrap_err().to_string();
+            assert!(e.contains(file) && e.contains("`payload_retention`"), "{e}");
+        }
     }
 
     #[test]

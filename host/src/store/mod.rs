@@ -32,8 +32,9 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{EventId, Millis, TargetName};
 
 pub use model::{
-    AttemptRecord, ClaimRequest, Claimed, DeliveryDetail, EventDetail, FailedDelivery, FailedFilter, Ingested,
-    NewEvent, SettleReport, Settlement, StatusCounts, StoredEvent, TokenGrant, VersionAttempts,
+    AttemptRecord, Cancellation, CancelledDelivery, ClaimRequest, Claimed, DeliveryDetail, ERASED_HEADERS,
+    ERASED_PAYLOAD, Erasure, EventDetail, EventRef, FailedDelivery, FailedFilter, Ingested, NewEvent, SettleReport,
+    Settlement, StatusCounts, StoredEvent, TokenGrant, VersionAttempts,
 };
 
 /// A failure of the store itself (not of a delivery).
@@ -180,9 +181,33 @@ pub trait Store: Send + Sync + 'static {
     async fn count_failed(&self, filter: FailedFilter) -> Result<u64, StoreError>;
 
     /// Replays up to `limit` failed deliveries matching `filter`: each is pending again, due
-    /// `now`, with its attempt count reset and its history kept. Returns how many; a delivery
+    /// `now`, with its attempt count reset and its history kept. A delivery of an event whose
+    /// payload was erased is not replayed. Returns how many; a delivery
     /// that is not failed (already replayed) is left alone, so replay is idempotent.
     async fn replay(&self, filter: FailedFilter, limit: usize, now: Millis) -> Result<usize, StoreError>;
+
+    /// Cancels the event `event` names: its deliveries that are `pending`, `paused` or `dead`
+    /// become `cancelled` (final; never claimed, replayed or counted as failed again), at
+    /// `now`, with their history kept. An `in_flight` delivery is left to finish its attempt
+    /// (and a retry of it makes it pending again, for another cancellation to take); the
+    /// final ones stay as they are. Returns every delivery with its status before and after,
+    /// in target order, or `None` when no such event is stored (for a producer key: the
+    /// ledger does not know it, or its event is gone). Idempotent.
+    async fn cancel(&self, event: EventRef, now: Millis) -> Result<Option<Cancellation>, StoreError>;
+
+    /// Erases the payload and headers of the event `event` names, at `now`, if every delivery
+    /// of it is final ([`DeliveryStatus::is_final`](crate::domain::DeliveryStatus::is_final)):
+    /// the event row, its deliveries, their history and its producer key stay, with
+    /// `erased_at`. An erased event's failed deliveries are never replayed (it has no payload
+    /// to deliver): [`Store::replay`] leaves them. Returns the event's id with what happened,
+    /// or `None` when there is no such event.
+    async fn erase_payload(&self, event: EventRef, now: Millis) -> Result<Option<(EventId, Erasure)>, StoreError>;
+
+    /// Retention of payloads: erases (as [`Store::erase_payload`], at `now`) the payloads of up
+    /// to `limit` events created before `before` whose deliveries are all `delivered`,
+    /// `discarded` or `cancelled` (or that have none) and that were not erased yet. Returns how
+    /// many; call again while it returns `limit`.
+    async fn erase_finished_payloads(&self, before: Millis, limit: usize, now: Millis) -> Result<usize, StoreError>;
 
     /// Returns every delivery `owner` holds to `pending`, due `now` (graceful shutdown); their
     /// attempt is abandoned.
@@ -217,8 +242,8 @@ pub trait Store: Send + Sync + 'static {
     async fn hold_target(&self, target: &TargetName, reason: &str, now: Millis) -> Result<usize, StoreError>;
 
     /// Retention: deletes up to `limit` events created before `before` whose deliveries are
-    /// all `delivered` or `discarded` (or that have none), with their deliveries and attempt
-    /// history, in one short transaction. Events with a `dead`, pending, in-flight or paused
+    /// all `delivered`, `discarded` or `cancelled` (or that have none), with their deliveries
+    /// and attempt history, in one short transaction. Events with a `dead`, pending, in-flight or paused
     /// delivery are kept. Idempotency-ledger entries are not touched (see
     /// [`Store::prune_idempotency_keys`]). Returns how many events were deleted; call again
     /// while it returns `limit`.

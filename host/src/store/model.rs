@@ -173,8 +173,27 @@ pub struct DeliveryDetail {
 /// An event with all its deliveries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventDetail {
+    /// The event; once erased, its payload is [`ERASED_PAYLOAD`] and it has no headers.
     pub event: StoredEvent,
     pub deliveries: Vec<DeliveryDetail>,
+    /// When its payload and headers were erased, if they were.
+    pub erased_at: Option<Millis>,
+}
+
+/// What an erased event's payload is stored as: JSON `null` (the column stays `NOT NULL`).
+pub const ERASED_PAYLOAD: &str = "null";
+/// What an erased event's headers are stored as: none.
+pub const ERASED_HEADERS: &str = "[]";
+
+/// What erasing an event's payload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Erasure {
+    /// Erased now, at this time.
+    Erased { at: Millis },
+    /// It had been erased before, at this time: nothing changed.
+    AlreadyErased { at: Millis },
+    /// Not erased: these deliveries (target, status) are not final yet.
+    NotFinal(Vec<(TargetName, DeliveryStatus)>),
 }
 
 /// Deliveries per status, per target name.
@@ -230,4 +249,30 @@ pub struct FailedDelivery {
     pub failed_at: Millis,
     /// What the receiver answered to its last attempt, if it answered.
     pub last_response: Option<ReceiverResponse>,
+}
+
+/// Which event an operation names: its id, or the producer idempotency key it was first
+/// accepted with (looked up in the idempotency ledger).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventRef {
+    Id(EventId),
+    ProducerKey(ProducerKey),
+}
+
+/// What a cancellation did to one delivery of the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelledDelivery {
+    pub target: TargetName,
+    /// Its status before the cancellation.
+    pub was: DeliveryStatus,
+    /// Its status after it: `cancelled` when the cancellation took it
+    /// ([`DeliveryStatus::is_cancellable`]), else unchanged.
+    pub status: DeliveryStatus,
+}
+
+/// What cancelling an event did: every delivery of it, by target name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancellation {
+    pub event_id: EventId,
+    pub deliveries: Vec<CancelledDelivery>,
 }

@@ -1,8 +1,10 @@
 //! Retention: a background task that deletes what the outbox no longer needs. Events whose
-//! deliveries are all `delivered` or `discarded` (or that have none) and that are older
+//! deliveries are all `delivered`, `discarded` or `cancelled` (or that have none) and that are older
 //! than `retention` are deleted with their deliveries and attempt history; producer
 //! idempotency keys older than `idempotency_retention` leave the ledger. `dead` deliveries
-//! (and so their events) are kept until replayed or pruned by hand (`outboxd prune`).
+//! (and so their events) are kept until replayed or pruned by hand (`outboxd prune`). With
+//! `payload_retention` (shorter than `retention`), the payload and headers of finished events
+//! older than it are erased first, the event, its history and its key kept until `retention`.
 //!
 //! Work is done in small batches, one short transaction each, with a pause between batches,
 //! so that ingest and claims, which share the database's single writer, never wait long.
@@ -23,6 +25,9 @@ pub struct RetentionConfig {
     pub retention: Option<Duration>,
     /// Producer idempotency keys are remembered this long; `None` forever.
     pub idempotency_retention: Option<Duration>,
+    /// The payloads of finished events older than this are erased; `None` keeps them (until
+    /// `retention`).
+    pub payload_retention: Option<Duration>,
     /// Events (or keys) deleted per transaction.
     pub batch: usize,
     /// How often a pass runs.
@@ -36,6 +41,7 @@ impl Default for RetentionConfig {
         Self {
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             idempotency_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            payload_retention: None,
             batch: 500,
             interval: Duration::from_secs(10),
             pause: Duration::from_millis(20),
@@ -48,6 +54,8 @@ impl Default for RetentionConfig {
 pub struct Pruned {
     pub events: usize,
     pub keys: usize,
+    /// Events whose payload was erased.
+    pub payloads: usize,
 }
 
 fn cutoff(now: Millis, age: Duration) -> Millis {
@@ -63,6 +71,17 @@ pub async fn prune_once(
 ) -> Result<Pruned, StoreError> {
     let mut pruned = Pruned::default();
     let batch = config.batch.max(1);
+    if let Some(age) = config.payload_retention {
+        let before = cutoff(now, age);
+        loop {
+            let n = store.erase_finished_payloads(before, batch, now).await?;
+            pruned.payloads += n;
+            if n < batch || stop.is_cancelled() {
+                break;
+            }
+            tokio::time::sleep(config.pause).await;
+        }
+    }
     if let Some(age) = config.retention {
         let before = cutoff(now, age);
         loop {
@@ -94,7 +113,9 @@ pub async fn run(store: Arc<dyn Store>, mut config: watch::Receiver<RetentionCon
     let mut live = true;
     loop {
         let current = *config.borrow_and_update();
-        let off = current.retention.is_none() && current.idempotency_retention.is_none();
+        let off = current.retention.is_none()
+            && current.idempotency_retention.is_none()
+            && current.payload_retention.is_none();
         tokio::select! {
             _ = tokio::time::sleep(current.interval), if !off => {}
             changed = config.changed(), if live => {
@@ -106,11 +127,16 @@ pub async fn run(store: Arc<dyn Store>, mut config: watch::Receiver<RetentionCon
             _ = std::future::ready(()), if off && !live => return,
         }
         match prune_once(store.as_ref(), &current, now_ms(), &stop).await {
-            Ok(Pruned { events: 0, keys: 0 }) => {}
+            Ok(Pruned {
+                events: 0,
+                keys: 0,
+                payloads: 0,
+            }) => {}
             Ok(p) => tracing::info!(
                 events = p.events,
                 keys = p.keys,
-                "retention: deleted old events and keys"
+                payloads = p.payloads,
+                "retention: deleted old events and keys, erased old payloads"
             ),
             Err(e) => tracing::error!(error = %e, "retention pass failed; retrying at the next one"),
         }
@@ -195,7 +221,15 @@ mod tests {
         };
         let stop = CancellationToken::new();
         let pruned = prune_once(&store, &config, t0 + 8 * DAY, &stop).await.unwrap();
-        assert_eq!(pruned, Pruned { events: 2, keys: 0 }, "in batches of one");
+        assert_eq!(
+            pruned,
+            Pruned {
+                events: 2,
+                keys: 0,
+                payloads: 0
+            },
+            "in batches of one"
+        );
         assert!(store.event(old[0].id).await.unwrap().is_none(), "delivered: deleted");
         assert!(
             store.event(old[2].id).await.unwrap().is_none(),
@@ -261,5 +295,39 @@ mod tests {
         assert!(gone, "a day's retention deletes the two-day-old event");
         stop.cancel();
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn erases_payloads_of_finished_events_before_it_deletes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("o.db")).unwrap();
+        const DAY: Millis = 24 * 3_600_000;
+        let t0: Millis = 1_000 * DAY;
+        let ids = store
+            .ingest(vec![event("a", &["ok"]), event("b", &["later"])], t0)
+            .await
+            .unwrap();
+        finish(&store, "ok", DeliveryStatus::Delivered, t0).await;
+        let config = RetentionConfig {
+            payload_retention: Some(Duration::from_secs(24 * 3600)),
+            pause: Duration::ZERO,
+            ..RetentionConfig::default()
+        };
+        let stop = CancellationToken::new();
+        let pruned = prune_once(&store, &config, t0 + 2 * DAY, &stop).await.unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                events: 0,
+                keys: 0,
+                payloads: 1
+            }
+        );
+        let erased = store.event(ids[0].id).await.unwrap().unwrap();
+        assert_eq!(erased.erased_at, Some(t0 + 2 * DAY));
+        let waiting = store.event(ids[1].id).await.unwrap().unwrap();
+        assert_eq!((waiting.erased_at, waiting.event.payload.as_str()), (None, "{}"));
+        let pruned = prune_once(&store, &config, t0 + 8 * DAY, &stop).await.unwrap();
+        assert_eq!((pruned.events, pruned.payloads), (1, 0), "{pruned:?}");
     }
 }

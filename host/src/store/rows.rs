@@ -3,10 +3,11 @@
 
 use std::str::FromStr;
 
-use crate::domain::{DeliveryStatus, Millis, ReceiverResponse};
+use crate::domain::{DeliveryStatus, Millis, ReceiverResponse, TargetName};
 use crate::store::history::push_running_attempt;
 use crate::store::{
-    AttemptRecord, DeliveryDetail, FailedDelivery, StatusCounts, StoreError, StoredEvent, VersionAttempts,
+    AttemptRecord, Cancellation, CancelledDelivery, DeliveryDetail, FailedDelivery, StatusCounts, StoreError,
+    StoredEvent, VersionAttempts,
 };
 
 /// Parses a stored string (an id, a name, a status).
@@ -178,4 +179,41 @@ pub(crate) fn version_attempts(rows: Vec<(String, String, i64)>) -> VersionAttem
         out.entry(target).or_default().insert(hash, n.max(0) as u64);
     }
     out
+}
+
+/// What a cancellation of event `id` did, from each delivery's `(target, status)` before it:
+/// those it takes ([`DeliveryStatus::is_cancellable`]) are `cancelled` after it, the others
+/// unchanged.
+pub(crate) fn cancellation(id: &str, before: Vec<(String, String)>) -> Result<Cancellation, StoreError> {
+    let deliveries = before
+        .into_iter()
+        .map(|(target, status)| {
+            let was: DeliveryStatus = decode(&status)?;
+            Ok(CancelledDelivery {
+                target: decode(&target)?,
+                was,
+                status: if was.is_cancellable() {
+                    DeliveryStatus::Cancelled
+                } else {
+                    was
+                },
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(Cancellation {
+        event_id: decode(id)?,
+        deliveries,
+    })
+}
+
+/// The deliveries, of each delivery's `(target, status)`, that are not final yet.
+pub(crate) fn not_final(statuses: Vec<(String, String)>) -> Result<Vec<(TargetName, DeliveryStatus)>, StoreError> {
+    let mut out = Vec::new();
+    for (target, status) in statuses {
+        let status: DeliveryStatus = decode(&status)?;
+        if !status.is_final() {
+            out.push((decode(&target)?, status));
+        }
+    }
+    Ok(out)
 }

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use crate::domain::{AttemptOutcome, DeliveryStatus};
 
-/// Literals that are neither: `pg_notify`'s empty payload.
-const OTHER_LITERALS: &[&str] = &[""];
+/// Literals that are neither: `pg_notify`'s empty payload, and the table whose
+/// `AUTOINCREMENT` counter SQLite migration 8 keeps (`sqlite_sequence.name`).
+const OTHER_LITERALS: &[&str] = &["", "deliveries"];
 
 fn sql_files() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");

@@ -164,7 +164,7 @@ impl Metrics {
         let deliveries = Family::<StatusLabels, Gauge>::default();
         registry.register(
             "deliveries",
-            "Deliveries in the database, by target and status (pending, in_flight, delivered, dead, discarded, paused); read at scrape time",
+            "Deliveries in the database, by target and status (pending, in_flight, delivered, dead, discarded, paused, cancelled); read at scrape time",
             deliveries.clone(),
         );
         let lag = Family::<TargetLabel, FloatGauge>::default();

@@ -10,6 +10,9 @@ const $ = (sel) => document.querySelector(sel);
 let deadFilter = {};
 let shownEvent = null;
 let pendingReplay = null;
+// The event whose cancellation awaits the second click, and what the last one did.
+let confirmCancel = null;
+let cancelResult = null;
 
 class Unauthorized extends Error {}
 
@@ -149,13 +152,40 @@ async function loadEvent(id) {
     ]);
     rows.push(el("tr", { class: "history-row" }, el("td", { colspan: 5 }, ...history)));
   }
+  // Pending, paused and dead deliveries can be cancelled; one in flight finishes its attempt.
+  const cancellable = ev.deliveries.filter((d) => ["pending", "paused", "dead"].includes(d.status)).length;
+  const sure = confirmCancel === id;
+  const actions = el("div", { class: "actions" },
+    ...(cancellable > 0 ? [el("button", {
+      id: "event-cancel", type: "button", class: sure ? "danger" : null,
+      onclick: () => cancelEvent(id).catch(report),
+    }, sure ? "Really cancel " + cancellable + (cancellable === 1 ? " delivery?" : " deliveries?") : "Cancel deliveries")] : []),
+    ...(sure ? [el("button", { type: "button", onclick: () => { confirmCancel = null; loadEvent(id).catch(report); } }, "Keep them")] : []),
+    el("span", { id: "event-cancel-result", class: "muted", text: cancelResult && cancelResult.event === id ? cancelResult.text : "" }));
   $("#event").replaceChildren(
     el("p", {}, el("span", { class: "mono", text: ev.id }), " ", el("strong", { text: ev.type }),
-      el("span", { class: "muted", text: " accepted " + ev.created_at })),
+      el("span", { class: "muted", text: " accepted " + ev.created_at }),
+      ...(ev.erased_at ? [" ", el("span", { id: "event-erased", class: "erased", text: "payload erased " + ev.erased_at })] : [])),
+    actions,
     el("table", { id: "event-deliveries" },
       el("thead", {}, el("tr", {}, ...["target", "status", "attempts", "last error", "delivered / next attempt"].map((h) => el("th", { text: h })))),
       el("tbody", {}, ...rows)),
   );
+}
+
+// The first click asks, the second cancels (POST /v1/events/{id}/cancel) and says what happened.
+async function cancelEvent(id) {
+  if (confirmCancel !== id) {
+    confirmCancel = id;
+    return loadEvent(id);
+  }
+  confirmCancel = null;
+  const res = await api("POST", "/v1/events/" + encodeURIComponent(id) + "/cancel");
+  const running = res.deliveries.filter((d) => d.result === "in_flight").map((d) => d.target);
+  cancelResult = { event: id, text: "Cancelled " + res.cancelled + (res.cancelled === 1 ? " delivery" : " deliveries") +
+    (running.length ? "; in flight, left to finish: " + running.join(", ") : "") };
+  await refresh();
+  await loadEvent(id);
 }
 
 // ---- dead letters ----

@@ -8,7 +8,13 @@ use crate::domain::{AttemptOutcome, DeliveryStatus, Millis};
 use crate::store::{FailedFilter, Store};
 
 /// Claims every due delivery of `target` and settles each as `status` at `at`, with `error`.
-async fn finish(s: &dyn Store, target: &str, status: DeliveryStatus, at: Millis, error: Option<&str>) -> Vec<i64> {
+pub(super) async fn finish(
+    s: &dyn Store,
+    target: &str,
+    status: DeliveryStatus,
+    at: Millis,
+    error: Option<&str>,
+) -> Vec<i64> {
     let outcome = match status {
         DeliveryStatus::Delivered => AttemptOutcome::Delivered,
         _ => AttemptOutcome::Permanent,

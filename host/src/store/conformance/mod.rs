@@ -7,7 +7,9 @@
 
 mod admin;
 mod batches;
+mod cancel;
 mod claims;
+mod erase;
 mod history;
 
 use std::path::PathBuf;
@@ -262,6 +264,11 @@ conformance! {
         admin::prune_deletes_finished_events_failed_deliveries_and_old_keys,
         admin::oldest_due_is_per_target_and_only_due,
         admin::delivery_ids_are_never_reused_after_a_prune,
+        cancel::cancel_takes_waiting_held_and_dead_deliveries_and_leaves_the_rest,
+        cancel::cancel_of_an_unknown_event_or_key_changes_nothing,
+        cancel::a_cancelled_head_unblocks_its_key_and_its_event_is_pruned,
+        erase::erasure_waits_for_final_deliveries_and_keeps_the_event,
+        erase::retention_erases_payloads_of_old_finished_events_only,
     ],
     backends: [
         claims::unclaimed_deliveries_are_pending_again_as_if_never_claimed,
@@ -272,5 +279,6 @@ conformance! {
         admin::paused_targets_claim_nothing_until_resumed,
         batches::a_batched_settle_changes_only_the_leases_still_held,
         batches::concurrent_ingests_of_shared_keys_make_one_event_per_key,
+        cancel::a_cancellation_on_one_handle_holds_for_the_other,
     ],
 }

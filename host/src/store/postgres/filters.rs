@@ -116,6 +116,8 @@ pub(super) fn count_failed(f: &FailedFilter) -> QueryBuilder<'static, Postgres> 
 pub(super) fn replay(f: &FailedFilter, limit: i64, now: Millis) -> QueryBuilder<'static, Postgres> {
     let mut q = QueryBuilder::new("WITH chosen AS MATERIALIZED (SELECT d.id FROM deliveries d WHERE ");
     push_failed_where(&mut q, f);
+    // An erased event has no payload to deliver.
+    q.push(" AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id AND e.erased_at IS NOT NULL)");
     q.push(" ORDER BY d.id LIMIT ")
         .push_bind(limit)
         .push(format!(

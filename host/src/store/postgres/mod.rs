@@ -25,8 +25,8 @@ use tokio::sync::Semaphore;
 
 use super::history::{InFlight, settle_order};
 use super::{
-    ClaimRequest, Claimed, EventDetail, FailedDelivery, FailedFilter, Ingested, NewEvent, SettleReport, Settlement,
-    StatusCounts, Store, StoreError, TokenGrant, VersionAttempts,
+    Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventRef, FailedDelivery, FailedFilter, Ingested,
+    NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError, TokenGrant, VersionAttempts,
 };
 use crate::domain::{EventId, Millis, TargetName, now_ms};
 
@@ -339,6 +339,28 @@ impl Store for PgStore {
             Ok((tx, n))
         })
         .await
+    }
+
+    async fn cancel(&self, event: EventRef, now: Millis) -> Result<Option<Cancellation>, StoreError> {
+        let event = &event;
+        self.transaction(|mut tx| async move {
+            let done = admin::cancel(&mut tx, event, now).await?;
+            Ok((tx, done))
+        })
+        .await
+    }
+
+    async fn erase_payload(&self, event: EventRef, now: Millis) -> Result<Option<(EventId, Erasure)>, StoreError> {
+        let event = &event;
+        self.transaction(|mut tx| async move {
+            let done = admin::erase_payload(&mut tx, event, now).await?;
+            Ok((tx, done))
+        })
+        .await
+    }
+
+    async fn erase_finished_payloads(&self, before: Millis, limit: usize, now: Millis) -> Result<usize, StoreError> {
+        admin::erase_finished_payloads(&self.pool, before, limit, now).await
     }
 
     async fn release(&self, owner: &str, now: Millis) -> Result<usize, StoreError> {

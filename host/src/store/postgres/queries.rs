@@ -90,7 +90,15 @@ pub(super) async fn event(conn: &mut PgConnection, id: EventId) -> Result<Option
             },
         )
         .collect::<Result<_, _>>()?;
-    Ok(Some(EventDetail { event, deliveries }))
+    let erased_at: Option<Millis> = counted::query_scalar(sql!("event_erased_at"))
+        .bind(&id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Some(EventDetail {
+        event,
+        deliveries,
+        erased_at,
+    }))
 }
 
 pub(super) async fn list_failed(

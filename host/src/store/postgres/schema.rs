@@ -16,6 +16,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_readiness_probe.sql"),
     include_str!("migrations/0004_receiver_responses.sql"),
     include_str!("migrations/0005_attempt_details.sql"),
+    include_str!("migrations/0006_cancelled_deliveries.sql"),
+    include_str!("migrations/0007_erased_payloads.sql"),
 ];
 
 /// The advisory lock that serialises migrations across hosts ("outboxd" in ASCII).

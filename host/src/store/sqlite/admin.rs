@@ -1,11 +1,13 @@
 //! The operator's and the host's bulk changes: manual pause, replay of failed deliveries,
-//! holding and resuming targets that are not loaded, and retention (prune).
+//! cancellation of an event's deliveries, erasure of an event's payload, holding and resuming
+//! targets that are not loaded, and retention (prune, payload erasure).
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::filters;
-use crate::domain::{Millis, TargetName};
-use crate::store::{FailedFilter, StoreError};
+use crate::domain::{EventId, Millis, TargetName};
+use crate::store::rows;
+use crate::store::{Cancellation, ERASED_HEADERS, ERASED_PAYLOAD, Erasure, EventRef, FailedFilter, StoreError};
 
 pub(super) fn set_target_paused(
     tx: &Transaction<'_>,
@@ -33,6 +35,79 @@ pub(super) fn replay(
     let limit = limit as i64;
     let bind = filters::bind(&params, &[(":now", &now), (":limit", &limit)]);
     Ok(tx.prepare(&filters::replay(&clause))?.execute(bind.as_slice())?)
+}
+
+/// The id of the event `event` names, if it is stored.
+fn resolve(tx: &Transaction<'_>, event: &EventRef) -> Result<Option<String>, StoreError> {
+    let id = match event {
+        EventRef::Id(id) => id.to_string(),
+        EventRef::ProducerKey(key) => {
+            let found = tx
+                .prepare_cached(sql!("find_idempotency_key"))?
+                .query_row([key.as_str()], |r| r.get::<_, String>(0))
+                .optional()?;
+            let Some(id) = found else { return Ok(None) };
+            id
+        }
+    };
+    let exists = tx.prepare_cached(sql!("event_exists"))?.exists([&id])?;
+    Ok(exists.then_some(id))
+}
+
+/// Each delivery of event `id`: `(target, status)`, by target.
+fn delivery_statuses(tx: &Transaction<'_>, id: &str) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(tx
+        .prepare_cached(sql!("delivery_statuses_of_event"))?
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Cancels the deliveries of the event `event` names that a cancellation takes; `None` when
+/// there is no such event.
+pub(super) fn cancel(tx: &Transaction<'_>, event: &EventRef, now: Millis) -> Result<Option<Cancellation>, StoreError> {
+    let Some(id) = resolve(tx, event)? else { return Ok(None) };
+    let before = delivery_statuses(tx, &id)?;
+    tx.prepare_cached(sql!("cancel_deliveries"))?
+        .execute(params![id, now])?;
+    rows::cancellation(&id, before).map(Some)
+}
+
+/// Erases the payload of the event `event` names once its deliveries are all final; `None`
+/// when there is no such event.
+pub(super) fn erase_payload(
+    tx: &Transaction<'_>,
+    event: &EventRef,
+    now: Millis,
+) -> Result<Option<(EventId, Erasure)>, StoreError> {
+    let Some(id) = resolve(tx, event)? else { return Ok(None) };
+    let erased_at: Option<Millis> = tx
+        .prepare_cached(sql!("event_erased_at"))?
+        .query_row([&id], |r| r.get(0))?;
+    if let Some(at) = erased_at {
+        return Ok(Some((rows::decode(&id)?, Erasure::AlreadyErased { at })));
+    }
+    let waiting = rows::not_final(delivery_statuses(tx, &id)?)?;
+    if !waiting.is_empty() {
+        return Ok(Some((rows::decode(&id)?, Erasure::NotFinal(waiting))));
+    }
+    tx.prepare_cached(sql!("erase_event_payload"))?
+        .execute(params![id, now, ERASED_PAYLOAD, ERASED_HEADERS])?;
+    Ok(Some((rows::decode(&id)?, Erasure::Erased { at: now })))
+}
+
+pub(super) fn erase_finished_payloads(
+    tx: &Transaction<'_>,
+    before: Millis,
+    limit: usize,
+    now: Millis,
+) -> Result<usize, StoreError> {
+    Ok(tx.prepare_cached(sql!("erase_finished_payloads"))?.execute(params![
+        before,
+        now,
+        ERASED_PAYLOAD,
+        ERASED_HEADERS,
+        limit as i64
+    ])?)
 }
 
 pub(super) fn hold_target(

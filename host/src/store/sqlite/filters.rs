@@ -109,7 +109,9 @@ pub(super) fn replay(clause: &str) -> String {
     format!(
         "UPDATE deliveries
          SET status = '{pending}', attempts = 0, next_attempt_at = :now, updated_at = :now
-         WHERE id IN (SELECT d.id FROM deliveries d WHERE {clause} ORDER BY d.id LIMIT :limit)",
+         WHERE id IN (SELECT d.id FROM deliveries d WHERE {clause}
+                        AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id AND e.erased_at IS NOT NULL)
+                      ORDER BY d.id LIMIT :limit)",
         pending = DeliveryStatus::Pending.as_str()
     )
 }

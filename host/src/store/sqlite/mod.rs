@@ -14,8 +14,8 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::history::InFlight;
 use super::{
-    ClaimRequest, Claimed, EventDetail, FailedDelivery, FailedFilter, Ingested, MIN_FREE_BYTES, NewEvent, SettleReport,
-    Settlement, StatusCounts, Store, StoreError, VersionAttempts,
+    Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventRef, FailedDelivery, FailedFilter, Ingested,
+    MIN_FREE_BYTES, NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError, VersionAttempts,
 };
 use crate::domain::{EventId, Millis, TargetName};
 
@@ -285,6 +285,23 @@ impl Store for SqliteStore {
     async fn replay(&self, filter: FailedFilter, limit: usize, now: Millis) -> Result<usize, StoreError> {
         self.write_tx(Synchronous::Full, move |tx| admin::replay(tx, &filter, limit, now))
             .await
+    }
+
+    async fn cancel(&self, event: EventRef, now: Millis) -> Result<Option<Cancellation>, StoreError> {
+        self.write_tx(Synchronous::Full, move |tx| admin::cancel(tx, &event, now))
+            .await
+    }
+
+    async fn erase_payload(&self, event: EventRef, now: Millis) -> Result<Option<(EventId, Erasure)>, StoreError> {
+        self.write_tx(Synchronous::Full, move |tx| admin::erase_payload(tx, &event, now))
+            .await
+    }
+
+    async fn erase_finished_payloads(&self, before: Millis, limit: usize, now: Millis) -> Result<usize, StoreError> {
+        self.write_tx(Synchronous::Full, move |tx| {
+            admin::erase_finished_payloads(tx, before, limit, now)
+        })
+        .await
     }
 
     async fn release(&self, owner: &str, now: Millis) -> Result<usize, StoreError> {

@@ -48,7 +48,14 @@ pub(super) fn event(tx: &Transaction<'_>, id: EventId) -> Result<Option<EventDet
             rows::delivery_detail(d, attempts)
         })
         .collect::<Result<_, StoreError>>()?;
-    Ok(Some(EventDetail { event, deliveries }))
+    let erased_at = tx
+        .prepare_cached(sql!("event_erased_at"))?
+        .query_row([&id], |r| r.get(0))?;
+    Ok(Some(EventDetail {
+        event,
+        deliveries,
+        erased_at,
+    }))
 }
 
 pub(super) fn list_failed(

@@ -19,6 +19,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_readiness_probe.sql"),
     include_str!("migrations/0006_receiver_responses.sql"),
     include_str!("migrations/0007_attempt_details.sql"),
+    include_str!("migrations/0008_cancelled_deliveries.sql"),
+    include_str!("migrations/0009_erased_payloads.sql"),
 ];
 
 /// The connections of an opened database, and its lock when taken.
@@ -210,5 +212,58 @@ mod tests {
         let detail = s.event(id).await.unwrap().unwrap();
         assert_eq!(detail.deliveries[0].history.len(), 2);
         assert_eq!(detail.deliveries[0].history[1].outcome, AttemptOutcome::Delivered);
+    }
+
+    #[tokio::test]
+    async fn the_rebuild_for_cancelled_keeps_rows_indexes_and_the_id_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        {
+            // Schema 7, where retention has pruned the newest deliveries (ids 2 and 3 were
+            // given out and are gone).
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..7] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 7).unwrap();
+            conn.execute_batch(
+                "INSERT INTO events (id, type, payload, headers, created_at)
+                     VALUES ('01a2200a-c31e-724e-b564-e1df5db6fbb0', 'order.created', '{}', '[]', 5);
+                 INSERT INTO deliveries (id, event_id, target, status, next_attempt_at, updated_at)
+                     VALUES (1, '01a2200a-c31e-724e-b564-e1df5db6fbb0', 'crm', 'pending', 5, 5),
+                            (2, '01a2200a-c31e-724e-b564-e1df5db6fbb0', 'x', 'pending', 5, 5),
+                            (3, '01a2200a-c31e-724e-b564-e1df5db6fbb0', 'y', 'pending', 5, 5);
+                 DELETE FROM deliveries WHERE id > 1;",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open_exclusive(&path).unwrap();
+        let id: EventId = "01a2200a-c31e-724e-b564-e1df5db6fbb0".parse().unwrap();
+        let cancelled = s.cancel(crate::store::EventRef::Id(id), 10).await.unwrap().unwrap();
+        assert_eq!(cancelled.deliveries[0].status, DeliveryStatus::Cancelled);
+        let later = s
+            .ingest(vec![crate::store::conformance::event(None, &["crm"])], 20)
+            .await
+            .unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let new_id: i64 = conn
+            .query_row(
+                "SELECT id FROM deliveries WHERE event_id = ?1",
+                [later[0].id.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(new_id, 4, "ids 2 and 3 are not given out again");
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries'
+                     AND name LIKE 'deliveries_%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 4);
+        let refused = conn.execute("UPDATE deliveries SET status = 'gone' WHERE id = 1", []);
+        assert!(refused.is_err(), "the CHECK still holds");
     }
 }
