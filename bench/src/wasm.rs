@@ -68,6 +68,7 @@ pub async fn measure(
                 .collect(),
         ),
         allowed_hosts: allowed_hosts.to_vec().into(),
+        headers: Arc::from([]),
         allow_private: false,
         timeout: Duration::from_secs(10),
         memory_bytes: 64 * 1024 * 1024,

@@ -155,6 +155,9 @@ pub struct Target {
     /// `[config]`, handed to the plugin.
     #[serde(skip_serializing_if = "toml::Table::is_empty")]
     pub config: toml::Table,
+    /// `[headers]`, set by the host on every request of the plugin.
+    #[serde(skip_serializing_if = "toml::Table::is_empty")]
+    pub headers: toml::Table,
 }
 
 impl Target {
@@ -180,6 +183,7 @@ impl Target {
             breaker: None,
             retry_budget: None,
             config: toml::Table::new(),
+            headers: toml::Table::new(),
         }
     }
 
@@ -344,6 +348,12 @@ impl Target {
     /// Set a `[config]` value.
     pub fn config(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
         self.config.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Set a `[headers]` value.
+    pub fn header(mut self, name: &str, value: impl Into<toml::Value>) -> Self {
+        self.headers.insert(name.to_owned(), value.into());
         self
     }
 

@@ -282,3 +282,55 @@ async fn a_payload_filter_picks_the_events_a_target_wants() {
         assert!(metrics.contains(&line), "no `{line}` in /metrics:\n{metrics}");
     }
 }
+
+/// Credentials held by the host: `[headers]` of the manifest, one read from the environment,
+/// reach the receiver on every request, replace a header of the same name the plugin sets,
+/// and are shown nowhere (the targets listing names them only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_held_by_the_host_reach_the_receiver_and_are_shown_nowhere() {
+    const KEY: &str = "key-from-the-environment-4711";
+    let rx = Receiver::start().await;
+    let mut host = Host::new();
+    host.set_env("OUTBOXD_TEST_HELD_API_KEY", KEY);
+    let mut key = toml::Table::new();
+    key.insert("env".into(), "OUTBOXD_TEST_HELD_API_KEY".into());
+    host.add_target(
+        "crm",
+        &Target::webhook(&rx.url("/crm"))
+            .header("X-Api-Key", toml::Value::Table(key))
+            .header("authorization", "Bearer static-token")
+            // The plugin sets `idempotency-key` itself; the host's value wins.
+            .header("idempotency-key", "held"),
+    );
+    host.start().await;
+
+    let id = host.enqueue("order.created", json!({"n": 1})).await;
+    host.wait_delivered(&id, &["crm"]).await;
+    let reqs = rx.requests_at("/crm");
+    assert_eq!(reqs.len(), 1, "{}", rx.describe());
+    assert_eq!(reqs[0].header("x-api-key"), Some(KEY), "{}", reqs[0]);
+    assert_eq!(
+        reqs[0].header("authorization"),
+        Some("Bearer static-token"),
+        "{}",
+        reqs[0]
+    );
+    assert_eq!(reqs[0].header("idempotency-key"), Some("held"), "{}", reqs[0]);
+
+    let targets = host.targets().await;
+    let listed = targets.to_string();
+    assert!(!listed.contains(KEY), "GET /v1/targets shows the key: {listed}");
+    let crm = targets
+        .as_array()
+        .and_then(|l| l.iter().find(|t| t["name"] == "crm"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        crm["held_headers"],
+        json!(["authorization", "idempotency-key", "x-api-key"]),
+        "{crm}"
+    );
+    let event = host.get_event(&id).await.to_string();
+    assert!(!event.contains(KEY), "{event}");
+    assert!(!host.stderr_this_run().contains(KEY), "the log shows the key");
+}

@@ -114,6 +114,9 @@ pub(super) struct TargetOut {
     events: Vec<String>,
     /// Its payload filter (a CEL expression), if it has one.
     filter: Option<String>,
+    /// The names of the headers the host sets on its plugin's requests, sorted (the values
+    /// are not shown: they may be credentials).
+    held_headers: Vec<String>,
     timeout_ms: Option<u64>,
     concurrency: Option<u32>,
     allowed_hosts: Vec<String>,
@@ -246,6 +249,8 @@ pub(super) async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Js
                 });
                 t.events = spec.events.iter().map(|p| p.to_string()).collect();
                 t.filter = spec.filter.as_ref().map(|f| f.text().to_owned());
+                t.held_headers = spec.headers.iter().map(|(name, _)| name.clone()).collect();
+                t.held_headers.sort();
                 t.timeout_ms = Some(spec.timeout.as_millis() as u64);
                 t.concurrency = Some(spec.concurrency);
                 t.allowed_hosts = spec.allowed_hosts.clone();

@@ -4,8 +4,11 @@
 //! addresses unless the manifest says otherwise: see `reach`), never follows redirects, and
 //! never runs past the invocation's deadline. What a plugin sends is measured before it is
 //! parsed or kept (URL and header sizes), the transcript of an invocation is bounded in bytes,
-//! and URLs in what it records or returns as an error keep only scheme, host and port.
+//! and URLs in what it records or returns as an error keep only scheme, host and port. The
+//! headers a target's manifest holds (credentials) are set here, on every request, out of the
+//! plugin's sight.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -17,6 +20,7 @@ use super::Grants;
 use super::bindings::outboxd::target::{config, http, log, report, types};
 use super::logbudget::LogMeter;
 use crate::domain::{ReceiverResponse, cap_text};
+use crate::secret::ConfigValue;
 
 /// A response body is cut at this size; a plugin needs the status and a little text.
 const MAX_RESPONSE_BODY: usize = 1024 * 1024;
@@ -221,6 +225,7 @@ async fn send_permitted(
     deadline: Instant,
     url: reqwest::Url,
     req: http::Request,
+    held: &[(String, ConfigValue)],
 ) -> Result<http::Response, http::Error> {
     {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -247,6 +252,17 @@ async fn send_permitted(
             let value = HeaderValue::from_str(value)
                 .map_err(|_| http::Error::Other(format!("invalid value of header `{name}`")))?;
             headers.append(name, value);
+        }
+        // The target's own headers (checked when its manifest loaded), over the plugin's; a
+        // value marked sensitive stays out of reqwest's and hyper's debug output.
+        for (name, value) in held {
+            if let (Ok(name), Ok(mut value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value.as_str()),
+            ) {
+                value.set_sensitive(true);
+                headers.insert(name, value);
+            }
         }
         let mut request = reqwest::Request::new(method, url);
         *request.headers_mut() = headers;
@@ -355,7 +371,10 @@ impl http::Host for HostState {
         let method = super::logbudget::cut_at_boundary(&req.method, 32).to_owned();
         let url = url_origin(&req.url);
         let result = match self.permit(&req.url) {
-            Ok(parsed) => send_permitted(self.http.clone(), self.deadline, parsed, req).await,
+            Ok(parsed) => {
+                let held = Arc::clone(&self.grants.headers);
+                send_permitted(self.http.clone(), self.deadline, parsed, req, &held).await
+            }
             Err(e) => Err(e),
         };
         let response = result.as_ref().ok().map(|r| ReceiverResponse::new(r.status, &r.body));
@@ -448,7 +467,7 @@ mod tests {
     async fn send(req: http::Request) -> Result<http::Response, http::Error> {
         let client = reqwest::Client::new();
         let url = reqwest::Url::parse(&req.url).unwrap();
-        send_permitted(client, Instant::now() + Duration::from_secs(5), url, req).await
+        send_permitted(client, Instant::now() + Duration::from_secs(5), url, req, &[]).await
     }
 
     fn state(allowed: &[&str]) -> HostState {
@@ -456,6 +475,7 @@ mod tests {
             target: "t".into(),
             config: Default::default(),
             allowed_hosts: allowed.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>().into(),
+            headers: Arc::from([]),
             allow_private: false,
             timeout: Duration::from_secs(5),
             memory_bytes: 1 << 20,

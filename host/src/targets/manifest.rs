@@ -43,6 +43,7 @@ struct ManifestFile {
     breaker: Option<BreakerFile>,
     log: Option<LogFile>,
     config: Option<toml::Table>,
+    headers: Option<toml::Table>,
 }
 
 /// A manifest's `[log]` table: the target's per-attempt log budget.
@@ -247,6 +248,8 @@ pub struct TargetSpec {
     pub max_batch: u32,
     /// Batched class: how long to wait for a batch to fill.
     pub linger: Duration,
+    /// The manifest's `[headers]`: set by the host on every request the plugin sends.
+    pub headers: Vec<(String, ConfigValue)>,
     /// The manifest's `[config]` table, flattened to strings for the plugin's `config.get`;
     /// values written `{ env = … }` or `{ file = … }` are read (see `crate::secret`).
     pub config: BTreeMap<String, ConfigValue>,
@@ -391,8 +394,10 @@ impl TargetSpec {
             };
             config.insert(k, value);
         }
+        let headers = held_headers(file.headers.unwrap_or_default(), dir)?;
         Ok(Self {
             name,
+            headers,
             plugin_path: dir.join(plugin_rel),
             manifest_path: manifest.map(Path::to_owned),
             events,
@@ -513,6 +518,45 @@ pub fn scan_targets(dir: &Path) -> Result<TargetScan, ConfigError> {
     }
     scan.targets.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(scan)
+}
+
+/// The manifest's `[headers]`: each a string or a value read from the environment or a file
+/// (then a secret), with a valid HTTP name and value; at most 32, and no `host`,
+/// `content-length` or `transfer-encoding`, which the host's HTTP client owns.
+fn held_headers(table: toml::Table, dir: &Path) -> Result<Vec<(String, ConfigValue)>, String> {
+    use reqwest::header::{HeaderName, HeaderValue};
+    if table.len() > 32 {
+        return Err("`headers` may hold at most 32 headers".into());
+    }
+    let mut out = Vec::with_capacity(table.len());
+    for (name, value) in table {
+        let lower = name.to_ascii_lowercase();
+        if HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            return Err(format!("`headers`: `{name}` is not a valid header name"));
+        }
+        if matches!(lower.as_str(), "host" | "content-length" | "transfer-encoding") {
+            return Err(format!("`headers.{name}`: the host sets this header itself"));
+        }
+        let value = match Written::from_toml(&value).map_err(|e| format!("`headers.{name}`: {e}"))? {
+            Some(written) => ConfigValue::Secret(Secret::new(
+                written.resolve(dir).map_err(|e| format!("`headers.{name}`: {e}"))?,
+            )),
+            None => match value {
+                toml::Value::String(s) => ConfigValue::Plain(s),
+                _ => {
+                    return Err(format!(
+                        "`headers.{name}` must be a string, `{{ env = … }}` or `{{ file = … }}`"
+                    ));
+                }
+            },
+        };
+        // Never quoted: the value may be a credential.
+        if HeaderValue::from_str(value.as_str()).is_err() {
+            return Err(format!("`headers.{name}`: the value is not a valid header value"));
+        }
+        out.push((lower, value));
+    }
+    Ok(out)
 }
 
 /// A `[config]` list with a value read from the environment or a file among its items (such as
