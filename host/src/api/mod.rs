@@ -434,7 +434,10 @@ pub struct FilterIn {
     #[schema(pattern = "^[0-9]{1,15}$")]
     #[param(pattern = "^[0-9]{1,15}$")]
     pub until: Option<String>,
-    /// Text the last error contains (case-insensitive).
+    /// Text the last error contains (case-insensitive); no NUL characters, which PostgreSQL's
+    /// text cannot hold.
+    #[schema(pattern = "^[^\\x00]*$")]
+    #[param(pattern = "^[^\\x00]*$")]
     pub error: Option<String>,
     /// Only these deliveries (JSON bodies only: a query string cannot carry a list).
     #[serde(default, deserialize_with = "crate::whole::whole_list")]
@@ -475,6 +478,9 @@ impl FilterIn {
         };
         if let Some(t) = &self.event_type {
             t.parse::<crate::targets::routing::Pattern>()?;
+        }
+        if self.error.as_deref().is_some_and(|e| e.contains('\0')) {
+            return Err(InvalidValue("`error` must not contain NUL characters".into()));
         }
         Ok(FailedFilter {
             statuses,

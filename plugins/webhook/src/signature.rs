@@ -138,10 +138,14 @@ mod tests {
         assert!(keys(None, None).unwrap().is_empty());
         assert_eq!(keys(Some(SECRET.into()), None).unwrap().len(), 1);
         assert_eq!(keys(None, Some(SECRET.into())).unwrap().len(), 1);
-        let both = keys(Some(SECRET.into()), Some(format!(r#"["{SECRET}"]"#))).err().unwrap();
+        let both = keys(Some(SECRET.into()), Some(format!(r#"["{SECRET}"]"#)))
+            .err()
+            .unwrap();
         assert!(both.contains("both set"), "{both}");
         assert!(keys(None, Some("[]".into())).err().unwrap().contains("empty list"));
-        let bad = keys(None, Some(format!(r#"["{SECRET}", "whsec_not base64!"]"#))).err().unwrap();
+        let bad = keys(None, Some(format!(r#"["{SECRET}", "whsec_not base64!"]"#)))
+            .err()
+            .unwrap();
         assert!(bad.starts_with("`secrets[1]`"), "{bad}");
         assert!(!bad.contains("not base64!"), "the key is not quoted: {bad}");
     }
