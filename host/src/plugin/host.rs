@@ -20,7 +20,6 @@ use super::Grants;
 use super::bindings::outboxd::target::{config, http, log, report, types};
 use super::logbudget::LogMeter;
 use crate::domain::{ReceiverResponse, cap_text};
-use crate::secret::ConfigValue;
 
 /// A response body is cut at this size; a plugin needs the status and a little text.
 const MAX_RESPONSE_BODY: usize = 1024 * 1024;
@@ -225,7 +224,7 @@ async fn send_permitted(
     deadline: Instant,
     url: reqwest::Url,
     req: http::Request,
-    held: &[(String, ConfigValue)],
+    held: &[(HeaderName, HeaderValue)],
 ) -> Result<http::Response, http::Error> {
     {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -253,16 +252,9 @@ async fn send_permitted(
                 .map_err(|_| http::Error::Other(format!("invalid value of header `{name}`")))?;
             headers.append(name, value);
         }
-        // The target's own headers (checked when its manifest loaded), over the plugin's; a
-        // value marked sensitive stays out of reqwest's and hyper's debug output.
+        // The target's own headers (parsed and marked sensitive at load), over the plugin's.
         for (name, value) in held {
-            if let (Ok(name), Ok(mut value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value.as_str()),
-            ) {
-                value.set_sensitive(true);
-                headers.insert(name, value);
-            }
+            headers.insert(name.clone(), value.clone());
         }
         let mut request = reqwest::Request::new(method, url);
         *request.headers_mut() = headers;

@@ -327,9 +327,10 @@ pub struct Grants {
     pub config: Arc<BTreeMap<String, ConfigValue>>,
     /// Lower-cased `host:port` pairs the plugin may reach.
     pub allowed_hosts: Arc<[String]>,
-    /// Headers the host sets on every request the plugin sends (the manifest's `[headers]`:
+    /// Headers the host sets on every request the plugin sends, parsed once at load and
+    /// marked sensitive (the manifest's `[headers]`:
     /// credentials the plugin never sees), replacing any of the same name the plugin set.
-    pub headers: Arc<[(String, ConfigValue)]>,
+    pub headers: Arc<[(reqwest::header::HeaderName, reqwest::header::HeaderValue)]>,
     /// Names in `allowed_hosts` may resolve to loopback, private and link-local addresses
     /// (`allow_private = true`); otherwise only to public ones or those listed.
     pub allow_private: bool,

@@ -256,6 +256,20 @@ pub struct TargetSpec {
 }
 
 impl TargetSpec {
+    /// Its `[headers]` as the host sends them: parsed (the load checked each) and marked
+    /// sensitive, so that no debug output of the HTTP client shows a value.
+    pub fn held_headers(&self) -> Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)> {
+        self.headers
+            .iter()
+            .filter_map(|(name, value)| {
+                let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).ok()?;
+                let mut value = reqwest::header::HeaderValue::from_str(value.as_str()).ok()?;
+                value.set_sensitive(true);
+                Some((name, value))
+            })
+            .collect()
+    }
+
     /// This target's line of the subscription table.
     pub fn route(&self) -> Route {
         Route {

@@ -278,7 +278,7 @@ fn grants_for(spec: &TargetSpec) -> Grants {
         target: Arc::from(spec.name.as_str()),
         config: Arc::new(spec.config.clone()),
         allowed_hosts: spec.allowed_hosts.clone().into(),
-        headers: spec.headers.clone().into(),
+        headers: spec.held_headers().into(),
         allow_private: spec.allow_private,
         timeout: spec.timeout,
         memory_bytes: spec.memory_bytes,
