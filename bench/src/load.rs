@@ -21,8 +21,13 @@ pub fn payload(i: u64) -> Value {
 }
 
 /// One event of type `event_type` for `POST /v1/events`.
+/// Events of the routed mode ([`crate::service::ROUTED`]) carry a priority: 0, 30 or 60.
 pub fn event(event_type: &str, i: u64) -> Value {
-    json!({"type": event_type, "payload": payload(i)})
+    if event_type == crate::service::ROUTED {
+        json!({"type": event_type, "payload": payload(i), "priority": i % 3 * 30})
+    } else {
+        json!({"type": event_type, "payload": payload(i)})
+    }
 }
 
 /// The body the webhook plugin sends for [`event`]: `{"type", "timestamp", "data"}`.

@@ -346,6 +346,7 @@ async fn service_phases(
     // events, the fixed ones only their drain rounds'.
     let mut targets = drain_targets(sink, Mode::Default);
     targets.extend(drain_targets(sink, Mode::Fixed));
+    targets.extend(drain_targets(sink, Mode::Routed));
     let svc = Service::start(&args.outboxd, &args.plugins, SQLITE, 1, &targets).await?;
     let host = &svc.hosts()[0];
     let run = Run::new(&svc, sink, String::new())?;
@@ -396,24 +397,30 @@ async fn service_phases(
     report.insert("rss_after_drain".into(), json!(after));
 
     // 5, again: the drain's further rounds, each of a backlog as large, ingested in arrays,
-    // alternating the fixed targets and the default ones (fixed first, as the default ones
-    // drained the first round): rounds of both modes on the same machine within minutes.
+    // rotating the fixed targets, the routed ones and the default ones (the default ones
+    // drained the first round): rounds of every mode on the same machine within minutes.
+    let modes = [Mode::Fixed, Mode::Routed, Mode::Default];
     let mut drains = vec![drained];
-    let mut fixed = Vec::new();
-    for round in 1..2 * DRAIN_ROUNDS as u64 {
-        let mode = if round % 2 == 1 { Mode::Fixed } else { Mode::Default };
+    let (mut fixed, mut routed) = (Vec::new(), Vec::new());
+    let mut refills: Vec<(Mode, load::Throughput)> = Vec::new();
+    for round in 1..(modes.len() * DRAIN_ROUNDS) as u64 {
+        let mode = modes[(round as usize - 1) % modes.len()];
         let names = mode.names();
         let paused = run.pause(&names).await?;
-        run.refill(mode.event_type(), sizes.events, sizes.events * round)
-            .await?;
+        refills.push((
+            mode,
+            run.refill(mode.event_type(), sizes.events, sizes.events * round)
+                .await?,
+        ));
         let drained = run.drain(paused, &names, deliveries).await?;
         match mode {
             Mode::Fixed => fixed.push(drained),
+            Mode::Routed => routed.push(drained),
             Mode::Default => drains.push(drained),
         }
         wait_settled(&svc, deliveries * (round + 1)).await?;
     }
-    let drained_total = deliveries * 2 * DRAIN_ROUNDS as u64;
+    let drained_total = deliveries * (modes.len() * DRAIN_ROUNDS) as u64;
 
     // 7. End to end.
     say(&format!("end to end: {} events posted one per request", sizes.e2e));
@@ -421,7 +428,7 @@ async fn service_phases(
     let before_e2e = sink.requests();
     let e2e_deliveries = sizes.e2e * TARGETS.len() as u64;
     let t0 = Instant::now();
-    let first_e2e = sizes.events * 2 * DRAIN_ROUNDS as u64;
+    let first_e2e = sizes.events * (modes.len() * DRAIN_ROUNDS) as u64;
     let (posted, posted_lat) =
         load::ingest(run.api.clone(), &svc.bases(), ORDER, PRODUCERS, sizes.e2e, 1, first_e2e).await;
     let e2e_done = sink
@@ -484,6 +491,30 @@ async fn service_phases(
             median_ratio * 100.0
         ),
     ));
+    let (best_routed, median_routed, routed_rounds) = Drained::rounds(&routed, ceiling.per_second);
+    let routed_ratio = best_routed.deliveries.per_second / best.deliveries.per_second.max(1e-9);
+    let routed_median_ratio = median_routed / median.max(1e-9);
+    let refill_median = |mode: Mode| {
+        let mut rates: Vec<f64> = refills
+            .iter()
+            .filter(|(m, _)| *m == mode)
+            .map(|(_, t)| t.per_second)
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        rates.get(rates.len() / 2).copied().unwrap_or(0.0)
+    };
+    let (refill_default, refill_routed) = (refill_median(Mode::Default), refill_median(Mode::Routed));
+    rows.push(best_routed.row(
+        &drain_figure("", Mode::Routed),
+        ceiling.per_second,
+        &format!(
+            "{routed_rounds}; routed / default: {:.1} % best round against best, {:.1} % median against median; \
+             the refills' arrays ingest, median: routed {refill_routed:.0} events/s, default {refill_default:.0} ({:.1} %)",
+            routed_ratio * 100.0,
+            routed_median_ratio * 100.0,
+            refill_routed / refill_default.max(1e-9) * 100.0
+        ),
+    ));
     let each: Vec<String> = rounds.iter().map(|r| format!("{:.0}", r.per_second)).collect();
     rows.push(row(
         format!("raw ceiling (same client stack, concurrency {total_concurrency})"),
@@ -504,6 +535,16 @@ async fn service_phases(
     drain["rounds"] = json!(fixed.iter().map(|d| d.deliveries.clone()).collect::<Vec<_>>());
     drain["ratio_median_round"] = json!(median_fixed / ceiling.per_second.max(1e-9));
     report.insert("drain_fixed".into(), drain);
+    let mut drain = best_routed.json(ceiling.per_second, duplicates);
+    drain["mode"] = json!("routed (a payload filter on each target, a priority on each event)");
+    drain["rounds"] = json!(routed.iter().map(|d| d.deliveries.clone()).collect::<Vec<_>>());
+    drain["ratio_median_round"] = json!(median_routed / ceiling.per_second.max(1e-9));
+    report.insert("drain_routed".into(), drain);
+    report.insert(
+        "drain_routed_to_default".into(),
+        json!({"best_round": routed_ratio, "median_round": routed_median_ratio,
+               "refill_ingest_median": {"routed": refill_routed, "default": refill_default}}),
+    );
     report.insert(
         "drain_adaptive_to_fixed".into(),
         json!({"best_round": best_ratio, "median_round": median_ratio}),
@@ -776,12 +817,12 @@ impl<'a> Run<'a> {
 
     /// Tops the backlog up with `count` events of `event_type` numbered from `first`, in arrays
     /// of `BATCH` on 4 connections, without a row in the table (the drain's further rounds).
-    async fn refill(&self, event_type: &str, count: u64, first: u64) -> Result<(), String> {
+    async fn refill(&self, event_type: &str, count: u64, first: u64) -> Result<load::Throughput, String> {
         let (done, _) = load::ingest(self.api.clone(), &self.svc.bases(), event_type, 4, count, BATCH, first).await;
         if done.errors > 0 {
             return Err(format!("{} of the refill's requests failed", done.errors));
         }
-        Ok(())
+        Ok(done)
     }
 
     /// The drain: resumes targets `names` and measures until the sink has `deliveries` more
@@ -850,6 +891,7 @@ fn drain_figure(prefix: &str, mode: Mode) -> String {
     let mode = match mode {
         Mode::Default => "",
         Mode::Fixed => ", concurrency_mode = fixed",
+        Mode::Routed => ", a payload filter, events with priorities",
     };
     format!(
         "{prefix}drain ({} targets x {CONCURRENCY}{mode}, webhook.wasm)",

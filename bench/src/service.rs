@@ -20,6 +20,11 @@ pub const TARGETS: [&str; 3] = ["hook-signed", "hook-a", "hook-b"];
 /// length, so that the webhook bodies are the same size.
 pub const ORDER: &str = "order.created";
 pub const FIXED: &str = "fixed.created";
+/// The event type of the routed mode: a payload filter on its targets, a priority on its events.
+pub const ROUTED: &str = "route.created";
+/// The routed targets' payload filter (CEL): every event of [`crate::load::payload`] passes, so
+/// that the routed mode delivers as many as the others and differs only by the work of routing.
+pub const FILTER: &str = "payload.total > 10.0 && payload.currency == 'EUR'";
 /// Each target's concurrency.
 pub const CONCURRENCY: usize = 16;
 /// A fixed, public benchmark secret (Standard Webhooks format).
@@ -119,6 +124,9 @@ pub enum Mode {
     Default,
     /// `concurrency_mode = "fixed"`.
     Fixed,
+    /// The default limit, with a payload filter ([`FILTER`]) on each target and a priority on
+    /// each event ([`crate::load::event`]): what routing costs.
+    Routed,
 }
 
 impl Mode {
@@ -129,6 +137,7 @@ impl Mode {
             .map(|t| match self {
                 Mode::Default => (*t).to_owned(),
                 Mode::Fixed => format!("{t}-fixed"),
+                Mode::Routed => format!("{t}-routed"),
             })
             .collect()
     }
@@ -138,11 +147,12 @@ impl Mode {
         match self {
             Mode::Default => ORDER,
             Mode::Fixed => FIXED,
+            Mode::Routed => ROUTED,
         }
     }
 }
 
-/// The three drain targets of `mode` ([`TARGETS`], `-fixed` after the name in the fixed mode),
+/// The three drain targets of `mode` ([`TARGETS`], `-fixed` or `-routed` after the name),
 /// posting to the sink at `/<name>`, the first signing, for events of [`Mode::event_type`].
 pub fn drain_targets(sink: &Sink, mode: Mode) -> Vec<TargetSpec> {
     let glob = mode.event_type().replace("created", "*");
@@ -151,8 +161,10 @@ pub fn drain_targets(sink: &Sink, mode: Mode) -> Vec<TargetSpec> {
         .enumerate()
         .map(|(i, name)| {
             let mut hook = Webhook::new(name, &sink.url(&format!("/{name}")), &sink.authority()).events(&[&glob]);
-            if mode == Mode::Fixed {
-                hook = hook.fixed();
+            match mode {
+                Mode::Default => {}
+                Mode::Fixed => hook = hook.fixed(),
+                Mode::Routed => hook = hook.key("filter", &format!("{FILTER:?}")),
             }
             if i == 0 {
                 hook = hook.secret(SECRET);

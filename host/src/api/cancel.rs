@@ -134,11 +134,10 @@ async fn cancel(state: &AppState, event: EventRef) -> Result<Json<CancelOut>, Ap
     responses(
         (status = 200, description = "What happened to each delivery", body = CancelOut),
         (status = 400, description = "Not a UUID", body = openapi::ErrorBody),
-        (status = 401, description = "A token is required", body = openapi::ErrorBody),
-        (status = 403, description = "The token lacks the `admin` scope", body = openapi::ErrorBody),
+        openapi::NeedsAdmin,
         (status = 404, description = "No such event", body = openapi::ErrorBody),
         (status = 415, description = "A body was sent that is not `application/json`", body = openapi::ErrorBody),
-        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+        openapi::StoreFailure,
     ),
     security(("bearer" = ["admin"]), ()),
 )]
@@ -161,11 +160,10 @@ pub(super) async fn cancel_event(
     responses(
         (status = 200, description = "What happened to each delivery", body = CancelOut),
         (status = 400, description = "Not a JSON object with an `idempotency_key`", body = openapi::ErrorBody),
-        (status = 401, description = "A token is required", body = openapi::ErrorBody),
-        (status = 403, description = "The token lacks the `admin` scope", body = openapi::ErrorBody),
+        openapi::NeedsAdmin,
         (status = 404, description = "No stored event with this key", body = openapi::ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = openapi::ErrorBody),
-        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+        openapi::StoreFailure,
     ),
     security(("bearer" = ["admin"]), ()),
 )]

@@ -81,12 +81,11 @@ async fn erase(state: &AppState, event: EventRef) -> Result<Json<ErasedOut>, Api
     responses(
         (status = 200, description = "Erased (now or before)", body = ErasedOut),
         (status = 400, description = "Not a UUID", body = openapi::ErrorBody),
-        (status = 401, description = "A token is required", body = openapi::ErrorBody),
-        (status = 403, description = "The token lacks the `admin` scope", body = openapi::ErrorBody),
+        openapi::NeedsAdmin,
         (status = 404, description = "No such event", body = openapi::ErrorBody),
         (status = 409, description = "A delivery is not final yet (named in the error)", body = openapi::ErrorBody),
         (status = 415, description = "A body was sent that is not `application/json`", body = openapi::ErrorBody),
-        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+        openapi::StoreFailure,
     ),
     security(("bearer" = ["admin"]), ()),
 )]
@@ -109,12 +108,11 @@ pub(super) async fn erase_event_payload(
     responses(
         (status = 200, description = "Erased (now or before)", body = ErasedOut),
         (status = 400, description = "No valid `idempotency_key` parameter", body = openapi::ErrorBody),
-        (status = 401, description = "A token is required", body = openapi::ErrorBody),
-        (status = 403, description = "The token lacks the `admin` scope", body = openapi::ErrorBody),
+        openapi::NeedsAdmin,
         (status = 404, description = "No stored event with this key", body = openapi::ErrorBody),
         (status = 409, description = "A delivery is not final yet (named in the error)", body = openapi::ErrorBody),
         (status = 415, description = "A body was sent that is not `application/json`", body = openapi::ErrorBody),
-        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+        openapi::StoreFailure,
     ),
     security(("bearer" = ["admin"]), ()),
 )]

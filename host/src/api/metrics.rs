@@ -64,9 +64,8 @@ async fn scrape(state: &AppState) -> Result<Scrape, StoreError> {
     description = "Every metric in the OpenMetrics text format (Prometheus scrapes it as is).",
     responses(
         (status = 200, description = "The metrics", content_type = "application/openmetrics-text", body = String),
-        (status = 401, description = "A token is required", body = openapi::ErrorBody),
-        (status = 403, description = "The token lacks the `read` scope", body = openapi::ErrorBody),
-        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+        openapi::NeedsRead,
+        openapi::StoreFailure,
     ),
     security(("bearer" = ["read"]), ()),
 )]

@@ -214,11 +214,10 @@ impl IngestedOut {
         (status = 202, description = "Stored (an array answers an array, in order)", body = openapi::IngestedAnswer),
         (status = 200, description = "Every event was a known idempotency key", body = openapi::IngestedAnswer),
         (status = 400, description = "Invalid input; nothing stored", body = openapi::ErrorBody),
-        (status = 401, description = "A token is required", body = openapi::ErrorBody),
-        (status = 403, description = "The token lacks the `ingest` scope", body = openapi::ErrorBody),
+        openapi::NeedsIngest,
         (status = 413, description = "Payload or request too large", body = openapi::ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = openapi::ErrorBody),
-        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+        openapi::StoreFailure,
     ),
     security(("bearer" = ["ingest"]), ()),
 )]
@@ -390,10 +389,9 @@ fn event_out(d: EventDetail) -> Result<EventOut, ApiError> {
     responses(
         (status = 200, description = "The event", body = EventOut),
         (status = 400, description = "Not a UUID", body = openapi::ErrorBody),
-        (status = 401, description = "A token is required", body = openapi::ErrorBody),
-        (status = 403, description = "The token lacks the `read` scope", body = openapi::ErrorBody),
+        openapi::NeedsRead,
         (status = 404, description = "No such event", body = openapi::ErrorBody),
-        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+        openapi::StoreFailure,
     ),
     security(("bearer" = ["read"]), ()),
 )]
@@ -520,9 +518,8 @@ pub(crate) struct FailedOut {
     responses(
         (status = 200, description = "One page", body = openapi::FailedPage),
         (status = 400, description = "Invalid filter", body = openapi::ErrorBody),
-        (status = 401, description = "A token is required", body = openapi::ErrorBody),
-        (status = 403, description = "The token lacks the `read` scope", body = openapi::ErrorBody),
-        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+        openapi::NeedsRead,
+        openapi::StoreFailure,
     ),
     security(("bearer" = ["read"]), ()),
 )]
@@ -577,10 +574,9 @@ pub const REPLAY_DEFAULT_CAP: usize = 1000;
     responses(
         (status = 200, description = "How many were replayed", body = openapi::ReplayedOut),
         (status = 400, description = "Invalid filter", body = openapi::ErrorBody),
-        (status = 401, description = "A token is required", body = openapi::ErrorBody),
-        (status = 403, description = "The token lacks the `admin` scope", body = openapi::ErrorBody),
+        openapi::NeedsAdmin,
         (status = 415, description = "The body is not `application/json`", body = openapi::ErrorBody),
-        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+        openapi::StoreFailure,
     ),
     security(("bearer" = ["admin"]), ()),
 )]

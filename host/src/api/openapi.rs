@@ -8,6 +8,8 @@
 //! described by the types below; the schemathesis run in CI checks every response against
 //! the document.
 
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use axum::Router;
@@ -15,9 +17,10 @@ use axum::body::Bytes;
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Response, ResponseBuilder};
 use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr, Schema};
+use utoipa::{IntoResponses, ToSchema};
 
 use super::{FailedOut, IngestedOut};
 
@@ -27,6 +30,66 @@ use super::{FailedOut, IngestedOut};
 pub(crate) struct ErrorBody {
     /// What went wrong; for a batch, which event.
     pub error: String,
+}
+
+/// The answers of a route that needs a token with one scope (when tokens are configured):
+/// 401 without one, 403 when it lacks the scope. Written once, listed in each route's
+/// `responses(…)` as [`NeedsRead`], [`NeedsAdmin`] or [`NeedsIngest`].
+pub(crate) struct NeedsScope<S>(PhantomData<S>);
+
+/// The scope a [`NeedsScope`] names.
+pub(crate) trait ScopeName {
+    const NAME: &'static str;
+}
+
+pub(crate) struct ReadScope;
+pub(crate) struct AdminScope;
+pub(crate) struct IngestScope;
+impl ScopeName for ReadScope {
+    const NAME: &'static str = "read";
+}
+impl ScopeName for AdminScope {
+    const NAME: &'static str = "admin";
+}
+impl ScopeName for IngestScope {
+    const NAME: &'static str = "ingest";
+}
+
+pub(crate) type NeedsRead = NeedsScope<ReadScope>;
+pub(crate) type NeedsAdmin = NeedsScope<AdminScope>;
+pub(crate) type NeedsIngest = NeedsScope<IngestScope>;
+
+impl<S: ScopeName> IntoResponses for NeedsScope<S> {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        BTreeMap::from([
+            ("401".to_owned(), error_response("A token is required")),
+            (
+                "403".to_owned(),
+                error_response(&format!("The token lacks the `{}` scope", S::NAME)),
+            ),
+        ])
+    }
+}
+
+/// The answer of a route whose store call failed (`ApiError::Store`).
+pub(crate) struct StoreFailure;
+
+impl IntoResponses for StoreFailure {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        BTreeMap::from([("503".to_owned(), error_response("Database failure"))])
+    }
+}
+
+/// A response with an [`ErrorBody`] as JSON, as `body = ErrorBody` in a route's tuple gives.
+fn error_response(description: &str) -> RefOr<Response> {
+    let content = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("ErrorBody")))
+        .build();
+    ResponseBuilder::new()
+        .description(description)
+        .content("application/json", content)
+        .build()
+        .into()
 }
 
 /// The body of `POST /v1/events`: one event, or an array of 1 to 1000. Its schema is
@@ -228,9 +291,13 @@ mod tests {
                 let responses = op["responses"].as_object().unwrap();
                 for status in ["401", "403"] {
                     assert!(responses.contains_key(status), "{method} {path} documents {status}");
+                    let body = &responses[status]["content"]["application/json"]["schema"]["$ref"];
+                    assert_eq!(body, "#/components/schemas/ErrorBody", "{method} {path} {status}");
                 }
                 let scopes = &op["security"][0]["bearer"];
                 assert_eq!(scopes.as_array().map(Vec::len), Some(1), "{method} {path}: {scopes}");
+                let lacks = format!("The token lacks the `{}` scope", scopes[0].as_str().unwrap());
+                assert_eq!(responses["403"]["description"], lacks.as_str(), "{method} {path}");
             }
         }
         let ingest = &doc["paths"]["/v1/events"]["post"];

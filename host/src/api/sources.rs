@@ -73,8 +73,7 @@ impl From<SourceStatus> for SourceOut {
     summary = "Relay status of every application outbox table (`[[sources]]`)",
     responses(
         (status = 200, description = "Sources in configuration order", body = Vec<SourceOut>),
-        (status = 401, description = "A token is required", body = openapi::ErrorBody),
-        (status = 403, description = "The token lacks the `read` scope", body = openapi::ErrorBody),
+        openapi::NeedsRead,
     ),
     security(("bearer" = ["read"]), ()),
 )]

@@ -166,9 +166,8 @@ pub(super) struct RecentOut {
     summary = "Every target: loaded version, settings, counts, breaker, lag, recent success",
     responses(
         (status = 200, description = "Targets by name", body = Vec<TargetOut>),
-        (status = 401, description = "A token is required", body = openapi::ErrorBody),
-        (status = 403, description = "The token lacks the `read` scope", body = openapi::ErrorBody),
-        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+        openapi::NeedsRead,
+        openapi::StoreFailure,
     ),
     security(("bearer" = ["read"]), ()),
 )]
@@ -287,9 +286,8 @@ async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Json<s
     responses(
         (status = 200, description = "Paused", body = openapi::PausedOut),
         (status = 400, description = "Not a valid target name", body = openapi::ErrorBody),
-        (status = 401, description = "A token is required", body = openapi::ErrorBody),
-        (status = 403, description = "The token lacks the `admin` scope", body = openapi::ErrorBody),
-        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+        openapi::NeedsAdmin,
+        openapi::StoreFailure,
     ),
     security(("bearer" = ["admin"]), ()),
 )]
@@ -309,9 +307,8 @@ pub(super) async fn pause_target(
     responses(
         (status = 200, description = "Resumed", body = openapi::PausedOut),
         (status = 400, description = "Not a valid target name", body = openapi::ErrorBody),
-        (status = 401, description = "A token is required", body = openapi::ErrorBody),
-        (status = 403, description = "The token lacks the `admin` scope", body = openapi::ErrorBody),
-        (status = 503, description = "Database failure", body = openapi::ErrorBody),
+        openapi::NeedsAdmin,
+        openapi::StoreFailure,
     ),
     security(("bearer" = ["admin"]), ()),
 )]

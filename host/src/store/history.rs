@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::domain::{AttemptOutcome, DeliveryStatus, Millis};
+use crate::domain::{DeliveryStatus, Millis};
 use crate::store::{AttemptRecord, Settlement};
 
 /// Why an attempt was abandoned: its history row's error.
@@ -69,16 +69,7 @@ pub(crate) fn push_running_attempt(
     claimed_at: Millis,
 ) {
     if status == DeliveryStatus::InFlight && history.last().is_none_or(|h| h.n < seq) {
-        history.push(AttemptRecord {
-            n: seq,
-            started_at: claimed_at,
-            duration_ms: None,
-            outcome: AttemptOutcome::Running,
-            error: None,
-            plugin_hash: None,
-            response: None,
-            detail: None,
-        });
+        history.push(AttemptRecord::running(seq, claimed_at));
     }
 }
 
@@ -109,6 +100,7 @@ pub(crate) fn version_counts(batch: &[Settlement]) -> BTreeMap<(&str, &str), i64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::AttemptOutcome;
 
     fn record(n: u32, outcome: AttemptOutcome) -> AttemptRecord {
         AttemptRecord {

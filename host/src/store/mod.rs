@@ -5,6 +5,14 @@
 //! one the configuration names. Every method works in batches so that one transaction carries
 //! many rows. The conformance scenarios (`conformance/`) run against both.
 
+/// A statement of the calling backend's `sql/` folder, by file name (`include_str!` resolves
+/// the path from the file that calls the macro: `sqlite/…` or `postgres/…`).
+macro_rules! sql {
+    ($name:literal) => {
+        include_str!(concat!("sql/", $name, ".sql"))
+    };
+}
+
 #[cfg(test)]
 mod conformance;
 mod group_commit;

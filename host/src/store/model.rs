@@ -158,6 +158,22 @@ pub struct AttemptRecord {
     pub detail: Option<String>,
 }
 
+impl AttemptRecord {
+    /// The attempt `n` of a delivery in flight since `started_at`: nothing known of it yet.
+    pub fn running(n: u32, started_at: Millis) -> Self {
+        Self {
+            n,
+            started_at,
+            duration_ms: None,
+            outcome: AttemptOutcome::Running,
+            error: None,
+            plugin_hash: None,
+            response: None,
+            detail: None,
+        }
+    }
+}
+
 /// One delivery with its history, for the status API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryDetail {

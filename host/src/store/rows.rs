@@ -60,6 +60,37 @@ pub(crate) struct DeliveryRow {
     pub updated_at: Millis,
 }
 
+/// One row of `select_deliveries_of_event`: id, target, status, attempts, last error, next
+/// attempt at, delivered at, attempt seq, updated at ([`DeliveryRow`]'s fields in order).
+pub(crate) type DeliveryColumns = (
+    i64,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Millis,
+    Option<Millis>,
+    i64,
+    Millis,
+);
+
+impl From<DeliveryColumns> for DeliveryRow {
+    fn from(c: DeliveryColumns) -> Self {
+        let (id, target, status, attempts, last_error, next_attempt_at, delivered_at, attempt_seq, updated_at) = c;
+        Self {
+            id,
+            target,
+            status,
+            attempts,
+            last_error,
+            next_attempt_at,
+            delivered_at,
+            attempt_seq,
+            updated_at,
+        }
+    }
+}
+
 /// One row of `attempts`: n, started_at, duration_ms, outcome, error, plugin_hash,
 /// response_status, response_body, detail.
 pub(crate) type AttemptColumns = (

@@ -15,17 +15,7 @@ pub(super) async fn a_running_attempt_is_the_in_flight_delivery_until_it_settles
         (d.status, d.attempts, d.next_attempt_at),
         (DeliveryStatus::InFlight, 1, None)
     );
-    let running = AttemptRecord {
-        n: 1,
-        started_at: 40,
-        duration_ms: None,
-        outcome: AttemptOutcome::Running,
-        error: None,
-        plugin_hash: None,
-        response: None,
-        detail: None,
-    };
-    assert_eq!(d.history, [running]);
+    assert_eq!(d.history, [AttemptRecord::running(1, 40)]);
     let mut retry = settlement(&c[0], DeliveryStatus::Pending, AttemptOutcome::Retry, 60);
     retry.last_error = Some("HTTP 503".into());
     retry.next_attempt_at = 100;

@@ -30,13 +30,6 @@ use super::{
 };
 use crate::domain::{EventId, Millis, TargetName, now_ms};
 
-/// A statement of `sql/`, by file name.
-macro_rules! sql {
-    ($name:literal) => {
-        include_str!(concat!("sql/", $name, ".sql"))
-    };
-}
-
 mod admin;
 mod claim;
 mod counted;

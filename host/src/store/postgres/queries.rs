@@ -8,35 +8,8 @@ use sqlx::postgres::{PgConnection, PgPool};
 
 use super::{counted, filters};
 use crate::domain::{EventId, Millis, TargetName};
-use crate::store::rows::{self, AttemptColumns, DeliveryRow, EventColumns, FailedColumns};
+use crate::store::rows::{self, AttemptColumns, DeliveryColumns, DeliveryRow, EventColumns, FailedColumns};
 use crate::store::{EventDetail, FailedDelivery, FailedFilter, StatusCounts, StoreError, VersionAttempts};
-
-/// An attempt of `select_attempts_of_deliveries`: its delivery, then [`AttemptColumns`].
-type DeliveryAttemptColumns = (
-    i64,
-    i64,
-    Millis,
-    Option<i64>,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-);
-
-/// A delivery of `select_deliveries_of_event`.
-type DeliveryColumns = (
-    i64,
-    String,
-    String,
-    i64,
-    Option<String>,
-    Millis,
-    Option<Millis>,
-    i64,
-    Millis,
-);
 
 pub(super) async fn event(conn: &mut PgConnection, id: EventId) -> Result<Option<EventDetail>, StoreError> {
     let id = id.to_string();
@@ -52,51 +25,22 @@ pub(super) async fn event(conn: &mut PgConnection, id: EventId) -> Result<Option
         .bind(&id)
         .fetch_all(&mut *conn)
         .await?;
-    let ids: Vec<i64> = deliveries.iter().map(|d| d.0).collect();
-    let history: Vec<DeliveryAttemptColumns> = counted::query_as(sql!("select_attempts_of_deliveries"))
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut by_delivery: BTreeMap<i64, Vec<AttemptColumns>> = BTreeMap::new();
-    for (delivery_id, n, started_at, duration_ms, outcome, error, plugin_hash, status, body, detail) in history {
-        by_delivery.entry(delivery_id).or_default().push((
-            n,
-            started_at,
-            duration_ms,
-            outcome,
-            error,
-            plugin_hash,
-            status,
-            body,
-            detail,
-        ));
+    let mut detailed = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        let d = DeliveryRow::from(d);
+        let attempts: Vec<AttemptColumns> = counted::query_as(sql!("select_attempts_of_delivery"))
+            .bind(d.id)
+            .fetch_all(&mut *conn)
+            .await?;
+        detailed.push(rows::delivery_detail(d, attempts)?);
     }
-    let deliveries = deliveries
-        .into_iter()
-        .map(
-            |(id, target, status, attempts, last_error, next_attempt_at, delivered_at, attempt_seq, updated_at)| {
-                let row = DeliveryRow {
-                    id,
-                    target,
-                    status,
-                    attempts,
-                    last_error,
-                    next_attempt_at,
-                    delivered_at,
-                    attempt_seq,
-                    updated_at,
-                };
-                rows::delivery_detail(row, by_delivery.remove(&id).unwrap_or_default())
-            },
-        )
-        .collect::<Result<_, _>>()?;
     let erased_at: Option<Millis> = counted::query_scalar(sql!("event_erased_at"))
         .bind(&id)
         .fetch_one(&mut *conn)
         .await?;
     Ok(Some(EventDetail {
         event,
-        deliveries,
+        deliveries: detailed,
         erased_at,
     }))
 }

@@ -19,13 +19,6 @@ use super::{
 };
 use crate::domain::{EventId, Millis, TargetName};
 
-/// A statement of `sql/`, by file name.
-macro_rules! sql {
-    ($name:literal) => {
-        include_str!(concat!("sql/", $name, ".sql"))
-    };
-}
-
 mod admin;
 mod claim;
 mod filters;

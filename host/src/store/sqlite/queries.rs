@@ -24,26 +24,15 @@ pub(super) fn event(tx: &Transaction<'_>, id: EventId) -> Result<Option<EventDet
     let Some(event) = load_event(tx, &id)? else {
         return Ok(None);
     };
-    let deliveries: Vec<DeliveryRow> = tx
+    let deliveries: Vec<rows::DeliveryColumns> = tx
         .prepare_cached(sql!("select_deliveries_of_event"))?
-        .query_map([&id], |r| {
-            Ok(DeliveryRow {
-                id: r.get(0)?,
-                target: r.get(1)?,
-                status: r.get(2)?,
-                attempts: r.get(3)?,
-                last_error: r.get(4)?,
-                next_attempt_at: r.get(5)?,
-                delivered_at: r.get(6)?,
-                attempt_seq: r.get(7)?,
-                updated_at: r.get(8)?,
-            })
-        })?
+        .query_map([&id], |r| r.try_into())?
         .collect::<Result<_, _>>()?;
     let mut history = tx.prepare_cached(sql!("select_attempts_of_delivery"))?;
     let deliveries = deliveries
         .into_iter()
         .map(|d| {
+            let d = DeliveryRow::from(d);
             let attempts = history.query_map([d.id], |r| r.try_into())?.collect::<Result<_, _>>()?;
             rows::delivery_detail(d, attempts)
         })
