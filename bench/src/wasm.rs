@@ -69,6 +69,8 @@ pub async fn measure(
         ),
         allowed_hosts: allowed_hosts.to_vec().into(),
         headers: Arc::from([]),
+        oauth2: None,
+        tls: None,
         allow_private: false,
         timeout: Duration::from_secs(10),
         memory_bytes: 64 * 1024 * 1024,

@@ -158,6 +158,12 @@ pub struct Target {
     /// `[headers]`, set by the host on every request of the plugin.
     #[serde(skip_serializing_if = "toml::Table::is_empty")]
     pub headers: toml::Table,
+    /// `[oauth2]`: client credentials the host gets a bearer token with.
+    #[serde(skip_serializing_if = "toml::Table::is_empty")]
+    pub oauth2: toml::Table,
+    /// `[tls]`: the client certificate and private CA of the target's requests.
+    #[serde(skip_serializing_if = "toml::Table::is_empty")]
+    pub tls: toml::Table,
 }
 
 impl Target {
@@ -184,6 +190,8 @@ impl Target {
             retry_budget: None,
             config: toml::Table::new(),
             headers: toml::Table::new(),
+            oauth2: toml::Table::new(),
+            tls: toml::Table::new(),
         }
     }
 
@@ -354,6 +362,18 @@ impl Target {
     /// Set a `[headers]` value.
     pub fn header(mut self, name: &str, value: impl Into<toml::Value>) -> Self {
         self.headers.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// Set an `[oauth2]` value.
+    pub fn oauth2(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.oauth2.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Set a `[tls]` value.
+    pub fn tls(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.tls.insert(key.to_owned(), value.into());
         self
     }
 

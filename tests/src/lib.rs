@@ -32,6 +32,7 @@ pub mod json;
 pub mod receiver;
 pub mod signature;
 pub mod sources;
+pub mod tls;
 
 pub use database::{StoreKind, TestDatabase};
 pub use host::{Breaker, CliOutput, Host, Retry, RetryBudget, StartError, Target};

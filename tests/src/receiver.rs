@@ -593,9 +593,18 @@ pub struct ReceiverBuilder {
     default_behavior: Behavior,
     on_request: Option<OnRequest>,
     keep_requests: bool,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ReceiverBuilder {
+    /// Speak HTTPS with this server configuration (see [`crate::tls::TestPki`]); its
+    /// [`Receiver::url`]s then start `https://`, and [`Receiver::handshake_failures`] counts
+    /// the connections whose handshake failed.
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Listen on `addr` instead of `127.0.0.1:0`.
     pub fn bind(mut self, addr: SocketAddr) -> Self {
         self.addr = addr;
@@ -658,12 +667,52 @@ impl ReceiverBuilder {
             .fallback(handle)
             .layer(DefaultBodyLimit::disable())
             .with_state(shared.clone());
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                eprintln!("receiver on {addr} stopped: {e}");
-            }
+        let handshake_failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let server = match self.tls {
+            None => tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    eprintln!("receiver on {addr} stopped: {e}");
+                }
+            }),
+            Some(config) => tokio::spawn(serve_tls(listener, app, config, Arc::clone(&handshake_failures))),
+        };
+        Ok(Receiver {
+            addr,
+            shared,
+            server,
+            handshake_failures,
+            scheme,
+        })
+    }
+}
+
+/// Serves `app` over TLS: each connection's handshake, then HTTP/1.1 on it.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    config: Arc<rustls::ServerConfig>,
+    handshake_failures: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let (acceptor, app, failures) = (acceptor.clone(), app.clone(), Arc::clone(&handshake_failures));
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(stream) => stream,
+                Err(_) => {
+                    failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
         });
-        Ok(Receiver { addr, shared, server })
     }
 }
 
@@ -672,6 +721,10 @@ pub struct Receiver {
     addr: SocketAddr,
     shared: Arc<Shared>,
     server: JoinHandle<()>,
+    /// TLS connections whose handshake failed (always 0 over plain HTTP).
+    handshake_failures: Arc<std::sync::atomic::AtomicUsize>,
+    /// `http` or `https`.
+    scheme: &'static str,
 }
 
 impl Drop for Receiver {
@@ -827,6 +880,7 @@ impl Receiver {
             default_behavior: Behavior::ok(),
             on_request: None,
             keep_requests: true,
+            tls: None,
         }
     }
 
@@ -840,9 +894,14 @@ impl Receiver {
         self.addr.to_string()
     }
 
-    /// `http://127.0.0.1:PORT{path}`.
+    /// `http://127.0.0.1:PORT{path}` (`https://` for a TLS receiver).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
+    }
+
+    /// TLS connections whose handshake failed: e.g. a client that sent no certificate.
+    pub fn handshake_failures(&self) -> usize {
+        self.handshake_failures.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Replace the behaviour of `path` now; "first K" rules count from here. The requests

@@ -314,3 +314,39 @@ pub async fn expect_every_order_once(rx: &Receiver, host: &Host, paths: &[&str],
         assert_eq!(rx.count_at(path), orders, "{path}: no order twice");
     }
 }
+
+/// Milliseconds since the epoch of a wall-clock time.
+fn epoch_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Asserts what a source's `deliver_at` column does: of two rows written together, the one
+/// with payload `{"row": 2}` (no `deliver_at`) reaches `path` at once, before `due_ms`, while
+/// the one with `{"row": 1}` (`deliver_at` = `due_ms`) waits; then it arrives, not before
+/// `due_ms`.
+pub async fn expect_scheduled_row_waits(rx: &Receiver, host: &Host, path: &str, due_ms: i64) {
+    let reqs = rx
+        .wait_for(path, 1, default_timeout())
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}\n{}", host.stderr_tail(40)));
+    assert_eq!(
+        reqs[0].json()["data"]["row"],
+        2,
+        "the unscheduled row first: {}",
+        reqs[0]
+    );
+    let first_at = epoch_ms(reqs[0].received_at_wall);
+    assert!(
+        first_at < due_ms,
+        "the unscheduled row arrived at {first_at}, not before the scheduled one's time {due_ms}"
+    );
+    assert_eq!(rx.count_at(path), 1, "the scheduled row waits: {}", rx.describe());
+    let reqs = rx
+        .wait_for(path, 2, default_timeout())
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}\n{}", host.stderr_tail(40)));
+    assert_eq!(reqs[1].json()["data"]["row"], 1, "{}", reqs[1]);
+    let at = epoch_ms(reqs[1].received_at_wall);
+    assert!(at >= due_ms, "delivered at {at}, before its deliver_at {due_ms}");
+}

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use testkit::sources::{
-    SHOP_TARGETS, Source, TempDb, expect_every_order_once, php_example_dir, run_php_producer, run_two_php_producers,
+    SHOP_TARGETS, Source, TempDb, expect_every_order_once, expect_scheduled_row_waits, php_example_dir,
+    run_php_producer, run_two_php_producers,
 };
 use testkit::{Behavior, Host, Receiver, Target, default_timeout, eventually, find_named, source_entry};
 
@@ -204,5 +205,36 @@ async fn a_backlog_is_relayed_in_id_order_batch_after_batch() {
         (n == ROWS, format!("{n} rows done"))
     })
     .await;
+    host.stop().await;
+}
+
+/// A `deliver_at` column of type `timestamptz`: the row scheduled a few seconds ahead waits,
+/// the other is delivered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_with_a_future_deliver_at_waits_then_is_delivered() {
+    let db = TempDb::postgres("outboxd_src_sched");
+    db.exec(
+        "CREATE TABLE outbox (id bigserial PRIMARY KEY, event_type text NOT NULL, payload jsonb NOT NULL,
+                              status text NOT NULL DEFAULT 'pending', deliver_at timestamptz)",
+    );
+    let rx = Receiver::start().await;
+    let mut host = Host::new();
+    host.add_target("sink", &Target::webhook(&rx.url("/sink")));
+    host.add_source(
+        &Source::postgres("shop", &db.url())
+            .set("poll_interval_ms", 20)
+            .column("deliver_at", "deliver_at"),
+    );
+    host.start().await;
+    db.exec(
+        "BEGIN;
+         INSERT INTO outbox (event_type, payload, deliver_at) VALUES ('cart.reminder', '{\"row\":1}', now() + interval '4 seconds');
+         INSERT INTO outbox (event_type, payload) VALUES ('order.created', '{\"row\":2}');
+         COMMIT;",
+    );
+    let due_ms =
+        db.count("SELECT (extract(epoch from deliver_at) * 1000)::bigint FROM outbox WHERE deliver_at IS NOT NULL");
+    expect_scheduled_row_waits(&rx, &host, "/sink", due_ms).await;
+    db.expect_outbox_done(2).await;
     host.stop().await;
 }

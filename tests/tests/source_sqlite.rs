@@ -3,8 +3,10 @@
 //! and billing once, and every outbox row ends `done`.
 
 use testkit::database::sqlite_rows;
-use testkit::sources::{Source, expect_every_order_once, run_php_producer, run_two_php_producers};
-use testkit::{Host, Receiver, default_timeout, eventually};
+use testkit::sources::{
+    Source, expect_every_order_once, expect_scheduled_row_waits, run_php_producer, run_two_php_producers,
+};
+use testkit::{Host, Receiver, Target, default_timeout, eventually, source_entry};
 
 const ORDERS: usize = 200;
 
@@ -71,4 +73,58 @@ async fn php_orders_in_sqlite_reach_every_target_and_rows_end_done() {
         "{cli}"
     );
     host.stop().await;
+}
+
+/// A `deliver_at` column: a row scheduled a few seconds ahead (written as PHP's
+/// `gmdate('Y-m-d H:i:s', …)` would) is relayed at once but delivered at its time; a row
+/// without one is delivered at once; a value that is no date/time is a bad row, marked failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_with_a_future_deliver_at_waits_then_is_delivered() {
+    let rx = Receiver::start().await;
+    let mut host = Host::new();
+    host.add_target("sink", &Target::webhook(&rx.url("/sink")));
+    let app_db = host.dir().join("app.db");
+    let app = rusqlite::Connection::open(&app_db).expect("open app.db");
+    app.execute_batch(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY, event_type TEXT NOT NULL, payload TEXT NOT NULL,
+                              status TEXT NOT NULL DEFAULT 'pending', send_at TEXT)",
+    )
+    .expect("schema");
+    host.add_source(
+        &Source::sqlite("shop", &app_db)
+            .set("poll_interval_ms", 20)
+            .column("deliver_at", "send_at"),
+    );
+    host.start().await;
+
+    app.execute_batch(
+        "BEGIN;
+         INSERT INTO outbox (id, event_type, payload, send_at)
+             VALUES (1, 'cart.reminder', '{\"row\":1}', strftime('%Y-%m-%d %H:%M:%S', 'now', '+4 seconds'));
+         INSERT INTO outbox (id, event_type, payload) VALUES (2, 'order.created', '{\"row\":2}');
+         INSERT INTO outbox (id, event_type, payload, send_at) VALUES (3, 'cart.reminder', '{\"row\":3}', 'next tuesday');
+         COMMIT;",
+    )
+    .expect("rows");
+    let due_ms: i64 = app
+        .query_row("SELECT unixepoch(send_at) * 1000 FROM outbox WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .expect("due");
+    // Relayed (row 1 too: its event is stored, its delivery waits), and row 3 refused.
+    let sources = host
+        .wait_for_sources(default_timeout(), |s| {
+            source_entry(s, "shop")["rows_relayed"] == 2 && source_entry(s, "shop")["rows_failed"] == 1
+        })
+        .await;
+    let shop = source_entry(&sources, "shop");
+    let bad = shop["last_bad_row"]["message"].as_str().unwrap_or_default();
+    assert!(
+        bad.contains("3: the deliver_at column holds `next tuesday`, which is not a date/time"),
+        "{shop:#}"
+    );
+    expect_scheduled_row_waits(&rx, &host, "/sink", due_ms).await;
+    let statuses = testkit::database::sqlite_rows(&app_db, "SELECT id, status FROM outbox ORDER BY id");
+    assert_eq!(statuses, [["1", "done"], ["2", "done"], ["3", "failed"]]);
+    assert_eq!(host.count_rows("events"), 2);
 }

@@ -97,6 +97,30 @@ impl RetryBudgetOut {
     }
 }
 
+/// A target's OAuth2 client credentials (`[oauth2]`) and its token cache: never the secret
+/// nor a token.
+#[derive(Serialize, ToSchema)]
+pub(super) struct OAuth2Out {
+    /// The token endpoint's scheme, host and port.
+    token_url: String,
+    scope: Option<String>,
+    /// `basic` or `body`: how the client authenticates at the token endpoint.
+    #[schema(value_type = String)]
+    auth_style: &'static str,
+    /// The `host:port` pairs whose requests carry the token.
+    hosts: Vec<String>,
+    /// Milliseconds the cached token is still used for; `null` without one (the next request
+    /// fetches one).
+    token_valid_ms: Option<u64>,
+    /// Tokens fetched since this version of the target loaded.
+    fetches: u64,
+    /// Fetches that failed since then.
+    failures: u64,
+    /// Why the last fetch failed (the endpoint's origin, status and error code); `null` once
+    /// one succeeds.
+    last_error: Option<String>,
+}
+
 /// A target: what is loaded, its settings, counts and health.
 #[derive(Serialize, Default, ToSchema)]
 pub(super) struct TargetOut {
@@ -117,6 +141,11 @@ pub(super) struct TargetOut {
     /// The names of the headers the host sets on its plugin's requests, sorted (the values
     /// are not shown: they may be credentials).
     held_headers: Vec<String>,
+    /// The kinds of credentials the host holds for it, sorted: `headers`, `oauth2`, `mtls`
+    /// (a client certificate), `ca` (a private CA); never their values.
+    credentials: Vec<String>,
+    /// Its OAuth2 client and token cache, when it has `[oauth2]`.
+    oauth2: Option<OAuth2Out>,
     timeout_ms: Option<u64>,
     concurrency: Option<u32>,
     allowed_hosts: Vec<String>,
@@ -250,6 +279,30 @@ pub(super) async fn get_targets(State(state): State<Arc<AppState>>) -> Result<Js
                 t.filter = spec.filter.as_ref().map(|f| f.text().to_owned());
                 t.held_headers = spec.headers.iter().map(|(name, _)| name.clone()).collect();
                 t.held_headers.sort();
+                let tls = spec.tls.as_deref();
+                t.credentials = [
+                    (!spec.headers.is_empty()).then_some("headers"),
+                    spec.oauth2.is_some().then_some("oauth2"),
+                    tls.filter(|t| t.mutual()).map(|_| "mtls"),
+                    tls.filter(|t| !t.ca.is_empty()).map(|_| "ca"),
+                ]
+                .into_iter()
+                .flatten()
+                .map(str::to_owned)
+                .collect();
+                t.credentials.sort();
+                if let (Some(config), Some(status)) = (&spec.oauth2, live.binding.oauth2_status()) {
+                    t.oauth2 = Some(OAuth2Out {
+                        token_url: crate::redact::origin(config.token_url.as_str()),
+                        scope: config.scope.clone(),
+                        auth_style: config.auth_style.as_str(),
+                        hosts: config.hosts.clone(),
+                        token_valid_ms: status.valid_for.map(|d| d.as_millis() as u64),
+                        fetches: status.fetches,
+                        failures: status.failures,
+                        last_error: status.last_error,
+                    });
+                }
                 t.timeout_ms = Some(spec.timeout.as_millis() as u64);
                 t.concurrency = Some(spec.concurrency);
                 t.allowed_hosts = spec.allowed_hosts.clone();

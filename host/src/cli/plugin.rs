@@ -212,6 +212,8 @@ pub async fn plugin_run(path: &Path, opts: RunOptions) -> Result<(String, Vec<Ou
         config: std::sync::Arc::new(opts.config.into_iter().map(|(k, v)| (k, v.into())).collect()),
         allowed_hosts: allowed_hosts.into(),
         headers: std::sync::Arc::from([]),
+        oauth2: None,
+        tls: None,
         allow_private: opts.allow_private,
         timeout: std::time::Duration::from_millis(opts.timeout_ms),
         memory_bytes: opts.memory_mb * 1024 * 1024,

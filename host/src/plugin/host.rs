@@ -5,13 +5,16 @@
 //! never runs past the invocation's deadline. What a plugin sends is measured before it is
 //! parsed or kept (URL and header sizes), the transcript of an invocation is bounded in bytes,
 //! and URLs in what it records or returns as an error keep only scheme, host and port. The
-//! headers a target's manifest holds (credentials) are set here, on every request, out of the
-//! plugin's sight.
+//! credentials a target's manifest holds are set here, on every request, out of the plugin's
+//! sight: its `[headers]`, and its OAuth2 token (see `oauth2`), fetched when needed and sent
+//! once more with a fresh token when the receiver answers 401. When no token can be had, the
+//! plugin's request fails and so does the attempt, retryably, with the host's reason.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -19,6 +22,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::Grants;
 use super::bindings::outboxd::target::{config, http, log, report, types};
 use super::logbudget::LogMeter;
+use super::oauth2::TokenSource;
 use crate::domain::{ReceiverResponse, cap_text};
 
 /// A response body is cut at this size; a plugin needs the status and a little text.
@@ -99,6 +103,9 @@ pub(crate) struct HostState {
     transcript_bytes: usize,
     /// This invocation's log budget (see `logbudget`); captured guest output shares it.
     pub(crate) log_meter: LogMeter,
+    /// Why the host could not authenticate a request of this invocation (no OAuth2 token):
+    /// the attempt's reason, whatever the plugin made of the failed request.
+    credential_failure: Option<String>,
 }
 
 impl HostState {
@@ -121,7 +128,14 @@ impl HostState {
             requests: Vec::new(),
             details: Vec::new(),
             transcript_bytes: 0,
+            credential_failure: None,
         }
+    }
+
+    /// Why the host could not authenticate a request of this invocation, if it could not;
+    /// then forgets it.
+    pub(crate) fn take_credential_failure(&mut self) -> Option<String> {
+        self.credential_failure.take()
     }
 
     /// Whether `bytes` more fit into the invocation's transcript; counts them if so.
@@ -138,6 +152,7 @@ impl HostState {
         self.deadline = deadline;
         self.log_meter = LogMeter::new(self.grants.log_budget);
         self.details.clear();
+        self.credential_failure = None;
     }
 
     /// What the adapter attached with `report.detail` to each of `event_ids` during this
@@ -188,8 +203,9 @@ impl HostState {
         }
     }
 
-    /// Checks the URL against the grants; returns the parsed URL or why it is refused.
-    fn permit(&self, url: &str) -> Result<reqwest::Url, http::Error> {
+    /// Checks the URL against the grants; returns the parsed URL and its `host:port`, or why
+    /// it is refused.
+    fn permit(&self, url: &str) -> Result<(reqwest::Url, String), http::Error> {
         if url.len() > MAX_URL_BYTES {
             return Err(http::Error::Other(format!(
                 "the URL is {} bytes long, over the limit of {MAX_URL_BYTES}",
@@ -207,7 +223,7 @@ impl HostState {
         let port = parsed.port_or_known_default().unwrap_or(0);
         let host_port = format!("{host}:{port}");
         if self.grants.allowed_hosts.contains(&host_port) {
-            Ok(parsed)
+            Ok((parsed, host_port))
         } else {
             Err(http::Error::Denied(format!(
                 "{host_port} is not in allowed_hosts of target `{}`",
@@ -217,14 +233,70 @@ impl HostState {
     }
 }
 
-/// Sends a permitted request, never past `deadline`. A free function: the future must not
-/// borrow the store's state, which is not `Sync`.
-async fn send_permitted(
+/// Why a request was not sent: the plugin's error, or no credentials to be had (the host's
+/// reason, which fails the attempt).
+enum SendError {
+    Plugin(http::Error),
+    Credentials(String),
+}
+
+impl From<http::Error> for SendError {
+    fn from(e: http::Error) -> Self {
+        Self::Plugin(e)
+    }
+}
+
+/// Sends a permitted request with the target's credentials: its held headers, and with
+/// `oauth2`, a bearer token; a 401 answer to a token sends the request once more with a fresh
+/// one (the second answer is the plugin's, whatever it is). A free function: the future must
+/// not borrow the store's state, which is not `Sync`.
+async fn send_authenticated(
     client: reqwest::Client,
     deadline: Instant,
     url: reqwest::Url,
-    req: http::Request,
+    mut req: http::Request,
     held: &[(HeaderName, HeaderValue)],
+    oauth2: Option<&TokenSource>,
+) -> Result<http::Response, SendError> {
+    let body = Bytes::from(std::mem::take(&mut req.body));
+    let Some(source) = oauth2 else {
+        return Ok(send_permitted(&client, deadline, url, &req, body, held, None).await?);
+    };
+    let token = source
+        .token(&client, deadline)
+        .await
+        .map_err(|e| SendError::Credentials(e.to_string()))?;
+    let response = send_permitted(
+        &client,
+        deadline,
+        url.clone(),
+        &req,
+        body.clone(),
+        held,
+        Some(token.header()),
+    )
+    .await?;
+    if response.status != 401 {
+        return Ok(response);
+    }
+    source.invalidate(&token);
+    let fresh = source
+        .token(&client, deadline)
+        .await
+        .map_err(|e| SendError::Credentials(e.to_string()))?;
+    tracing::debug!(target: "outboxd::plugin", url = %crate::redact::origin(url.as_str()), "the receiver refused the OAuth2 token (401): sending once more with a fresh one");
+    Ok(send_permitted(&client, deadline, url, &req, body, held, Some(fresh.header())).await?)
+}
+
+/// Sends a permitted request, never past `deadline`.
+async fn send_permitted(
+    client: &reqwest::Client,
+    deadline: Instant,
+    url: reqwest::Url,
+    req: &http::Request,
+    body: Bytes,
+    held: &[(HeaderName, HeaderValue)],
+    bearer: Option<&HeaderValue>,
 ) -> Result<http::Response, http::Error> {
     {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -256,10 +328,14 @@ async fn send_permitted(
         for (name, value) in held {
             headers.insert(name.clone(), value.clone());
         }
+        // The OAuth2 token (sensitive), over the plugin's and the held `authorization`.
+        if let Some(bearer) = bearer {
+            headers.insert(AUTHORIZATION, bearer.clone());
+        }
         let mut request = reqwest::Request::new(method, url);
         *request.headers_mut() = headers;
         *request.timeout_mut() = Some(timeout);
-        *request.body_mut() = Some(req.body.into());
+        *request.body_mut() = Some(body.into());
         let mut response = client.execute(request).await.map_err(map_reqwest_error)?;
         let status = response.status().as_u16();
         let headers = response
@@ -363,9 +439,19 @@ impl http::Host for HostState {
         let method = super::logbudget::cut_at_boundary(&req.method, 32).to_owned();
         let url = url_origin(&req.url);
         let result = match self.permit(&req.url) {
-            Ok(parsed) => {
+            Ok((parsed, host_port)) => {
                 let held = Arc::clone(&self.grants.headers);
-                send_permitted(self.http.clone(), self.deadline, parsed, req, &held).await
+                let oauth2 = self.grants.oauth2.clone().filter(|o| o.applies_to(&host_port));
+                match send_authenticated(self.http.clone(), self.deadline, parsed, req, &held, oauth2.as_deref()).await
+                {
+                    Ok(response) => Ok(response),
+                    Err(SendError::Plugin(e)) => Err(e),
+                    Err(SendError::Credentials(why)) => {
+                        tracing::warn!(target: "outboxd::plugin", plugin = %self.grants.target, %why, "no credentials for the plugin's request");
+                        self.credential_failure.get_or_insert_with(|| why.clone());
+                        Err(http::Error::Connect(why))
+                    }
+                }
             }
             Err(e) => Err(e),
         };
@@ -459,7 +545,17 @@ mod tests {
     async fn send(req: http::Request) -> Result<http::Response, http::Error> {
         let client = reqwest::Client::new();
         let url = reqwest::Url::parse(&req.url).unwrap();
-        send_permitted(client, Instant::now() + Duration::from_secs(5), url, req, &[]).await
+        let body = Bytes::from(req.body.clone());
+        send_permitted(
+            &client,
+            Instant::now() + Duration::from_secs(5),
+            url,
+            &req,
+            body,
+            &[],
+            None,
+        )
+        .await
     }
 
     fn state(allowed: &[&str]) -> HostState {
@@ -468,6 +564,8 @@ mod tests {
             config: Default::default(),
             allowed_hosts: allowed.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>().into(),
             headers: Arc::from([]),
+            oauth2: None,
+            tls: None,
             allow_private: false,
             timeout: Duration::from_secs(5),
             memory_bytes: 1 << 20,

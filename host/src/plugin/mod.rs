@@ -9,9 +9,11 @@
 mod cache;
 mod host;
 pub mod logbudget;
+pub mod oauth2;
 mod output;
 mod pool;
 mod reach;
+pub mod tls;
 mod warm;
 
 use std::collections::BTreeMap;
@@ -111,28 +113,42 @@ pub struct Runtime {
 struct RuntimeInner {
     engine: Engine,
     linker: Linker<HostState>,
-    /// The HTTP client of each [`reach::Reach`] (most targets share the default one).
-    http: std::sync::Mutex<std::collections::HashMap<reach::Reach, reqwest::Client>>,
+    /// The HTTP client of each [`reach::Reach`] and TLS configuration (most targets share
+    /// the default one).
+    http: std::sync::Mutex<std::collections::HashMap<ClientKey, reqwest::Client>>,
     cache: Option<cache::CompileCache>,
     slots: pool::Slots,
     idle: Arc<warm::Idle>,
 }
 
+/// What tells HTTP clients apart: where names may resolve to, and the TLS configuration (its
+/// digest) of a target with `[tls]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+struct ClientKey {
+    reach: reach::Reach,
+    tls: Option<String>,
+}
+
 impl Runtime {
     /// The HTTP client for a target's grants: one per distinct [`reach::Reach`], so that a
-    /// target never resolves a name to an address only another target may reach.
+    /// target never resolves a name to an address only another target may reach, and per
+    /// TLS configuration, so that a client certificate is presented for its target only.
     fn client_for(&self, grants: &Grants) -> reqwest::Client {
-        let reach = reach::Reach::new(&grants.allowed_hosts, grants.allow_private);
+        let key = ClientKey {
+            reach: reach::Reach::new(&grants.allowed_hosts, grants.allow_private),
+            tls: grants.tls.as_ref().map(|t| t.digest().to_owned()),
+        };
         let mut clients = self.inner.http.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = clients.get(&reach) {
+        if let Some(client) = clients.get(&key) {
             return client.clone();
         }
-        match http_client_for(reach.clone()) {
-            Ok(client) => clients.entry(reach).or_insert(client).clone(),
+        match http_client_for(key.reach.clone(), grants.tls.as_deref()) {
+            Ok(client) => clients.entry(key).or_insert(client).clone(),
             Err(e) => {
-                // Public addresses only: never more than the target was granted.
+                // Public addresses only, and no client certificate: never more than the target
+                // was granted (a server that wants the certificate refuses the handshake).
                 tracing::error!(error = %e, "cannot build an HTTP client; the target reaches public addresses only");
-                clients[&reach::Reach::default()].clone()
+                clients[&ClientKey::default()].clone()
             }
         }
     }
@@ -163,7 +179,7 @@ impl Runtime {
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
         let http = std::sync::Mutex::new(std::collections::HashMap::from([(
-            reach::Reach::default(),
+            ClientKey::default(),
             http_client()?,
         )]));
 
@@ -299,16 +315,30 @@ impl Runtime {
 /// followed, proxy variables ignored, names resolved to public addresses only (see `reach`).
 /// Public so that the benchmark measures the same stack.
 pub fn http_client() -> Result<reqwest::Client, PluginError> {
-    http_client_for(reach::Reach::default())
+    http_client_for(reach::Reach::default(), None)
 }
 
-fn http_client_for(reach: reach::Reach) -> Result<reqwest::Client, PluginError> {
-    reqwest::Client::builder()
+/// With `tls`: its client identity is presented to every server that asks, and its CA
+/// certificates, if any, are the only roots trusted.
+fn http_client_for(reach: reach::Reach, tls: Option<&tls::ClientTls>) -> Result<reqwest::Client, PluginError> {
+    let mut builder = reqwest::Client::builder()
         .dns_resolver(reach::GuardedResolver::new(reach))
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .connect_timeout(Duration::from_secs(10))
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(Duration::from_secs(90));
+    if let Some(tls) = tls {
+        if let Some(identity) = &tls.identity {
+            builder = builder.identity(identity.clone());
+        }
+        if !tls.ca.is_empty() {
+            builder = builder.tls_built_in_root_certs(false);
+            for ca in &tls.ca {
+                builder = builder.add_root_certificate(ca.clone());
+            }
+        }
+    }
+    builder
         .build()
         .map_err(|e| PluginError::Engine(format!("HTTP client: {e}")))
 }
@@ -331,6 +361,11 @@ pub struct Grants {
     /// marked sensitive (the manifest's `[headers]`:
     /// credentials the plugin never sees), replacing any of the same name the plugin set.
     pub headers: Arc<[(reqwest::header::HeaderName, reqwest::header::HeaderValue)]>,
+    /// The manifest's `[oauth2]`: the token source (and cache) of the loaded target version,
+    /// whose token the host sets on requests to its hosts.
+    pub oauth2: Option<Arc<oauth2::TokenSource>>,
+    /// The manifest's `[tls]`: the client certificate and CA of the target's HTTP client.
+    pub tls: Option<Arc<tls::ClientTls>>,
     /// Names in `allowed_hosts` may resolve to loopback, private and link-local addresses
     /// (`allow_private = true`); otherwise only to public ones or those listed.
     pub allow_private: bool,
@@ -547,6 +582,21 @@ impl Plugin {
                     },
                 })
                 .collect(),
+        };
+        // A request the host could not authenticate fails the attempt with the host's reason,
+        // whatever the plugin made of it (events it delivered before stay delivered).
+        let outcomes = match instance.store.data_mut().take_credential_failure() {
+            Some(why) => outcomes
+                .into_iter()
+                .map(|o| match o {
+                    Outcome::Delivered => Outcome::Delivered,
+                    _ => Outcome::Retry {
+                        reason: cap_text(why.clone(), MAX_REASON_TEXT),
+                        after: None,
+                    },
+                })
+                .collect(),
+            None => outcomes,
         };
         let (logs, requests) = instance.store.data_mut().end();
         let details = instance

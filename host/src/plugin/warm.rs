@@ -225,6 +225,11 @@ impl Binding {
         &self.plugin
     }
 
+    /// What the target's OAuth2 token cache holds (never the token), if it has `[oauth2]`.
+    pub fn oauth2_status(&self) -> Option<super::oauth2::TokenStatus> {
+        self.grants.oauth2.as_ref().map(|source| source.status())
+    }
+
     /// Runs one event, in a warm instance of this binding when one is idle.
     pub async fn deliver(&self, event: EventInput) -> Report {
         self.plugin

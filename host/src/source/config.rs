@@ -113,6 +113,7 @@ pub struct ColumnsFile {
     ordering_key: Option<String>,
     created_at: Option<String>,
     aggregate_type: Option<String>,
+    deliver_at: Option<String>,
 }
 
 /// One `[[sources]]` entry as written.
@@ -152,6 +153,9 @@ pub struct Columns {
     pub created_at: Option<String>,
     /// Debezium's `aggregatetype`: handed on as the event header `aggregate-type`.
     pub aggregate_type: Option<String>,
+    /// A date/time: the event's deliveries wait until then (`deliver_at` of `POST /v1/events`);
+    /// NULL delivers at once.
+    pub deliver_at: Option<String>,
 }
 
 impl Columns {
@@ -165,6 +169,7 @@ impl Columns {
             &self.ordering_key,
             &self.created_at,
             &self.aggregate_type,
+            &self.deliver_at,
         ]
         .into_iter()
         .flatten()
@@ -298,6 +303,7 @@ impl SourceConfig {
             ordering_key: optional(c.ordering_key, d_ordering),
             created_at: optional(c.created_at, None),
             aggregate_type: optional(c.aggregate_type, d_aggregate),
+            deliver_at: optional(c.deliver_at, None),
         };
         let order_by = f.order_by.unwrap_or_else(|| columns.id.clone());
         for col in columns.all().into_iter().chain([order_by.as_str()]) {

@@ -42,6 +42,10 @@ pub struct SourceRow {
     pub created_at_ms: Option<Millis>,
     /// The row's `order_by` value as text: where the next read of a backlog starts.
     pub order_value: Option<String>,
+    /// The `deliver_at` column as text, when mapped and not NULL ...
+    pub deliver_at: Option<String>,
+    /// ... and as milliseconds since the epoch, when the database could read it as a date/time.
+    pub deliver_at_ms: Option<Millis>,
 }
 
 /// The producer idempotency key of a row: the application's own key when it maps one,
@@ -64,6 +68,8 @@ struct EventOut<'a> {
     idempotency_key: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     ordering_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliver_at: Option<Millis>,
 }
 
 /// Validates one row into an event, or says why it cannot be one.
@@ -90,8 +96,22 @@ pub fn to_event(source: &str, row: &SourceRow, max_payload_bytes: usize) -> Resu
             input::RESERVED_KEY_PREFIXES
         ));
     }
+    let deliver_at = match (&row.deliver_at, row.deliver_at_ms) {
+        (None, _) => None,
+        (Some(_), Some(ms)) if ms < 0 => {
+            return Err("the deliver_at column is before 1970-01-01".into());
+        }
+        (Some(_), Some(ms)) => Some(ms),
+        (Some(text), None) => {
+            return Err(format!(
+                "the deliver_at column holds `{}`, which is not a date/time",
+                crate::domain::cap_text(text.clone(), 64)
+            ));
+        }
+    };
     let key = producer_key(source, row, id);
     let out = EventOut {
+        deliver_at,
         event_type,
         payload,
         headers,
@@ -143,6 +163,29 @@ mod tests {
                 ("x-tenant".to_owned(), "acme".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn a_deliver_at_column_schedules_the_event_and_a_bad_one_is_a_bad_row() {
+        let mut r = row("order.created", "1");
+        r.deliver_at = Some("2030-01-01 00:00:00".into());
+        r.deliver_at_ms = Some(1_893_456_000_000);
+        let e = to_event("shop", &r, 1000).unwrap();
+        let schedule = e.schedule.expect("scheduled");
+        assert_eq!((schedule.at, schedule.delay), (1_893_456_000_000, 0));
+        r.deliver_at_ms = None;
+        r.deliver_at = Some("next tuesday".into());
+        let bad = to_event("shop", &r, 1000).unwrap_err();
+        assert_eq!(
+            bad,
+            "the deliver_at column holds `next tuesday`, which is not a date/time"
+        );
+        r.deliver_at = Some("1960-01-01".into());
+        r.deliver_at_ms = Some(-315_619_200_000);
+        assert!(to_event("shop", &r, 1000).unwrap_err().contains("before 1970"));
+        r.deliver_at = None;
+        r.deliver_at_ms = None;
+        assert!(to_event("shop", &r, 1000).unwrap().schedule.is_none());
     }
 
     #[test]

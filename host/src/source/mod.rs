@@ -573,6 +573,8 @@ where
         aggregate_type: r.try_get(6)?,
         created_at_ms: r.try_get(7)?,
         order_value: r.try_get(8)?,
+        deliver_at: r.try_get(9)?,
+        deliver_at_ms: r.try_get(10)?,
     })
 }
 
@@ -595,6 +597,10 @@ pub(crate) fn select_pending(config: &SourceConfig, d: &Dialect, after: Option<&
         .created_at
         .as_deref()
         .map_or_else(|| d.null_ms.to_owned(), |n| (d.epoch_ms)(&q(n)));
+    let deliver_at = c.deliver_at.as_deref().map_or_else(
+        || format!("{}, {}", d.null_text, d.null_ms),
+        |n| format!("{}, {}", text(n), (d.epoch_ms)(&q(n))),
+    );
     let mut filter = match &c.status {
         Some(status) => format!("WHERE {} = {}", q(status), d.pending),
         None => format!("WHERE {} IS NOT NULL", d.pending_typed),
@@ -604,7 +610,7 @@ pub(crate) fn select_pending(config: &SourceConfig, d: &Dialect, after: Option<&
         filter.push_str(&format!(" AND {order} >= {after}"));
     }
     format!(
-        "SELECT {}, {}, {}, {}, {}, {}, {}, {created}, {} FROM {} AS {ROWS} {filter} ORDER BY {order} LIMIT {}",
+        "SELECT {}, {}, {}, {}, {}, {}, {}, {created}, {}, {deliver_at} FROM {} AS {ROWS} {filter} ORDER BY {order} LIMIT {}",
         text(&c.id),
         text(&c.event_type),
         text(&c.payload),

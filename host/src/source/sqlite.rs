@@ -149,6 +149,8 @@ impl SourceDb for SqliteSource {
                     aggregate_type: v(6)?,
                     created_at_ms: r.get::<_, Option<i64>>(7).map_err(q)?,
                     order_value: v(8)?,
+                    deliver_at: v(9)?,
+                    deliver_at_ms: r.get::<_, Option<i64>>(10).map_err(q)?,
                 });
             }
             Ok(out)

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -11,11 +12,14 @@ use serde::Deserialize;
 use crate::config::{ConfigError, read_toml};
 use crate::domain::{TargetClass, TargetName};
 use crate::plugin::LogBudget;
+use crate::plugin::oauth2::OAuth2Config;
+use crate::plugin::tls::ClientTls;
 use crate::policy::adaptive::ConcurrencyMode;
 use crate::policy::breaker::BreakerConfig;
 use crate::policy::budget::BudgetConfig;
 use crate::policy::retry::RetryPolicy;
 use crate::secret::{ConfigValue, Secret, Written};
+use crate::targets::credentials;
 use crate::targets::filter::Filter;
 use crate::targets::routing::{Pattern, Route};
 
@@ -44,6 +48,8 @@ struct ManifestFile {
     log: Option<LogFile>,
     config: Option<toml::Table>,
     headers: Option<toml::Table>,
+    oauth2: Option<toml::Table>,
+    tls: Option<toml::Table>,
 }
 
 /// A manifest's `[log]` table: the target's per-attempt log budget.
@@ -250,6 +256,10 @@ pub struct TargetSpec {
     pub linger: Duration,
     /// The manifest's `[headers]`: set by the host on every request the plugin sends.
     pub headers: Vec<(String, ConfigValue)>,
+    /// The manifest's `[oauth2]`: client credentials the host gets a token with.
+    pub oauth2: Option<OAuth2Config>,
+    /// The manifest's `[tls]`: the client certificate and private CA of its HTTP client.
+    pub tls: Option<Arc<ClientTls>>,
     /// The manifest's `[config]` table, flattened to strings for the plugin's `config.get`;
     /// values written `{ env = … }` or `{ file = … }` are read (see `crate::secret`).
     pub config: BTreeMap<String, ConfigValue>,
@@ -408,10 +418,17 @@ impl TargetSpec {
             };
             config.insert(k, value);
         }
-        let headers = held_headers(file.headers.unwrap_or_default(), dir)?;
+        let headers = credentials::held_headers(file.headers.unwrap_or_default(), dir)?;
+        let oauth2 = file
+            .oauth2
+            .map(|t| credentials::oauth2(t, dir, &allowed_hosts))
+            .transpose()?;
+        let tls = file.tls.map(|t| credentials::tls(t, dir)).transpose()?.map(Arc::new);
         Ok(Self {
             name,
             headers,
+            oauth2,
+            tls,
             plugin_path: dir.join(plugin_rel),
             manifest_path: manifest.map(Path::to_owned),
             events,
@@ -532,45 +549,6 @@ pub fn scan_targets(dir: &Path) -> Result<TargetScan, ConfigError> {
     }
     scan.targets.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(scan)
-}
-
-/// The manifest's `[headers]`: each a string or a value read from the environment or a file
-/// (then a secret), with a valid HTTP name and value; at most 32, and no `host`,
-/// `content-length` or `transfer-encoding`, which the host's HTTP client owns.
-fn held_headers(table: toml::Table, dir: &Path) -> Result<Vec<(String, ConfigValue)>, String> {
-    use reqwest::header::{HeaderName, HeaderValue};
-    if table.len() > 32 {
-        return Err("`headers` may hold at most 32 headers".into());
-    }
-    let mut out = Vec::with_capacity(table.len());
-    for (name, value) in table {
-        let lower = name.to_ascii_lowercase();
-        if HeaderName::from_bytes(lower.as_bytes()).is_err() {
-            return Err(format!("`headers`: `{name}` is not a valid header name"));
-        }
-        if matches!(lower.as_str(), "host" | "content-length" | "transfer-encoding") {
-            return Err(format!("`headers.{name}`: the host sets this header itself"));
-        }
-        let value = match Written::from_toml(&value).map_err(|e| format!("`headers.{name}`: {e}"))? {
-            Some(written) => ConfigValue::Secret(Secret::new(
-                written.resolve(dir).map_err(|e| format!("`headers.{name}`: {e}"))?,
-            )),
-            None => match value {
-                toml::Value::String(s) => ConfigValue::Plain(s),
-                _ => {
-                    return Err(format!(
-                        "`headers.{name}` must be a string, `{{ env = … }}` or `{{ file = … }}`"
-                    ));
-                }
-            },
-        };
-        // Never quoted: the value may be a credential.
-        if HeaderValue::from_str(value.as_str()).is_err() {
-            return Err(format!("`headers.{name}`: the value is not a valid header value"));
-        }
-        out.push((lower, value));
-    }
-    Ok(out)
 }
 
 /// A `[config]` list with a value read from the environment or a file among its items (such as

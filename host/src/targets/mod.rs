@@ -3,6 +3,7 @@
 //! changed off to the side, and swaps in a new immutable [`Snapshot`] at once; readers never
 //! wait for a compile. Start-up is a reload from an empty registry.
 
+pub mod credentials;
 pub mod filter;
 pub mod manifest;
 #[cfg(test)]
@@ -279,6 +280,11 @@ fn grants_for(spec: &TargetSpec) -> Grants {
         config: Arc::new(spec.config.clone()),
         allowed_hosts: spec.allowed_hosts.clone().into(),
         headers: spec.held_headers().into(),
+        oauth2: spec
+            .oauth2
+            .clone()
+            .map(|c| Arc::new(crate::plugin::oauth2::TokenSource::new(c))),
+        tls: spec.tls.clone(),
         allow_private: spec.allow_private,
         timeout: spec.timeout,
         memory_bytes: spec.memory_bytes,

@@ -95,9 +95,19 @@ function renderTargets(targets) {
           budget.allowed + " retries in its window, " + budget.held + " held" : "")
       : "";
     const err = t.last_reload_error;
+    // Credentials the host holds (never their values) and the OAuth2 token's state.
+    const creds = (t.credentials || []).join(" · ");
+    const o = t.oauth2;
+    const credsTitle = o
+      ? "OAuth2 token from " + o.token_url + ": " +
+        (o.token_valid_ms !== null ? "valid for " + duration(o.token_valid_ms) : "none cached") +
+        "; " + o.fetches + " fetched, " + o.failures + " failed"
+      : "credentials the host sets on the plugin's requests";
+    const errText = err ? err.message : (o && o.last_error ? o.last_error : "");
     const version = t.loaded ? (t.hash || "").slice(0, 12) + " (" + t.compiled_from + ")" : "not loaded";
     return el("tr", { "data-target": t.name },
-      el("td", {}, el("strong", { text: t.name })),
+      el("td", {}, el("strong", { text: t.name }),
+        ...(creds ? [el("div", { class: "creds muted" + (o && o.last_error ? " error" : ""), title: credsTitle, text: creds })] : [])),
       el("td", { class: "mono", title: t.hash || "" }, version),
       el("td", { text: t.class || "–" }),
       el("td", { class: "num backlog", text: backlog }),
@@ -107,7 +117,7 @@ function renderTargets(targets) {
       el("td", { class: "num limit" + (cl && cl.limit < cl.ceiling ? " s-limited" : ""), title: limitTitle, text: limit }),
       el("td", { class: "b-" + breaker, text: breaker.replace("_", " ") + (t.breaker && t.breaker.consecutive_failures ? " (" + t.breaker.consecutive_failures + ")" : "") }),
       el("td", { class: "paused", text: t.paused ? "paused" : "no" }),
-      el("td", { class: "wrap error", title: err ? err.file : null, text: err ? err.message : "" }),
+      el("td", { class: "wrap error", title: err ? err.file : null, text: errText }),
       el("td", {}, el("button", {
         type: "button", class: t.paused ? "resume" : "pause",
         onclick: () => setPaused(t.name, !t.paused).catch(report),
