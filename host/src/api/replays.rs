@@ -38,12 +38,12 @@ pub(crate) struct JobFilterOut {
     target: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     event_type: Option<String>,
-    /// Failed at or after (RFC 3339).
+    /// Failed at or after (epoch milliseconds).
     #[serde(skip_serializing_if = "Option::is_none")]
-    since: Option<String>,
-    /// Failed before (RFC 3339).
+    since: Option<i64>,
+    /// Failed before (epoch milliseconds).
     #[serde(skip_serializing_if = "Option::is_none")]
-    until: Option<String>,
+    until: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -106,8 +106,8 @@ impl From<ReplayJob> for ReplayJobOut {
                 status: (j.filter.statuses.len() == 1).then(|| j.filter.statuses[0].as_str().to_owned()),
                 target: j.filter.target.as_ref().map(|t| t.to_string()),
                 event_type: j.filter.event_type.clone(),
-                since: j.filter.since.map(format_ms),
-                until: j.filter.until.map(format_ms),
+                since: j.filter.since,
+                until: j.filter.until,
                 error: j.filter.error_contains.clone(),
             },
             after: j.after,
