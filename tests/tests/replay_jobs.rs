@@ -50,7 +50,7 @@ async fn a_replay_job_of_100k_dead_deliveries_survives_a_sigkill_and_replays_eac
     host.start().await;
     let started = Instant::now();
     enqueue(&host, BULK).await;
-    let long = scaled(Duration::from_secs(300));
+    let long = scaled(Duration::from_secs(600));
     host.wait_for_targets(long, |ts| target_count(ts, "bulk", "dead") == BULK as u64)
         .await;
     eprintln!("{BULK} deliveries dead after {:?}", started.elapsed());
