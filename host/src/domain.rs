@@ -271,6 +271,27 @@ impl DeliveryStatus {
 }
 
 string_enum! {
+    /// Where a bulk replay job stands (`POST /v1/deliveries/replay` with a filter).
+    ReplayJobStatus {
+        /// Chunks are still to be replayed; `serve` works it (and resumes it after a restart).
+        Running => "running",
+        /// Every match up to its bound was reached. Final.
+        Done => "done",
+        /// Cancelled by an operator; the chunks committed before stay replayed. Final.
+        Cancelled => "cancelled",
+        /// Could not be worked (its stored filter is not understood by this version). Final.
+        Failed => "failed",
+    }
+}
+
+impl ReplayJobStatus {
+    /// Whether nothing more will happen to the job.
+    pub fn is_final(self) -> bool {
+        self != Self::Running
+    }
+}
+
+string_enum! {
     /// How a target fails, and so how it is retried and scheduled.
     TargetClass {
         /// Must eventually succeed: a long retry schedule, then `dead` and an

@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod plugin;
 pub mod policy;
 pub mod redact;
+pub mod replay;
 pub mod secret;
 pub mod server;
 pub mod source;

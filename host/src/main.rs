@@ -3,7 +3,9 @@
 use std::io::Write as _;
 
 use clap::Parser as _;
-use outboxd::cli::{self, Cli, Command, ConfigCommand, DeadCommand, PluginCommand, SourceCommand, TargetCommand};
+use outboxd::cli::{
+    self, Cli, Command, ConfigCommand, DeadCommand, PluginCommand, ReplayCommand, SourceCommand, TargetCommand,
+};
 use outboxd::server::config::{LogFormat, log_filter};
 use outboxd::server::reload::{Reloads, SetLogLevel};
 use tracing_subscriber::EnvFilter;
@@ -130,8 +132,19 @@ async fn run() -> anyhow::Result<u8> {
         Command::Dead(DeadCommand::List { config, filter, limit }) => {
             print!("{}", cli::dead_list(&config.load()?, filter, limit).await?)
         }
-        Command::Dead(DeadCommand::Replay { config, filter }) => {
-            print!("{}", cli::dead_replay(&config.load()?, filter).await?)
+        Command::Dead(DeadCommand::Replay {
+            config,
+            filter,
+            options,
+        }) => print!("{}", cli::dead_replay(&config.load()?, filter, options).await?),
+        Command::Replay(ReplayCommand::List { config, limit }) => {
+            print!("{}", cli::replay_list(&config.load()?, limit).await?)
+        }
+        Command::Replay(ReplayCommand::Status { config, id }) => {
+            print!("{}", cli::replay_status(&config.load()?, id).await?)
+        }
+        Command::Replay(ReplayCommand::Cancel { config, id }) => {
+            print!("{}", cli::replay_cancel(&config.load()?, id).await?)
         }
         Command::Prune { config, filter, all } => print!("{}", cli::prune(&config.load()?, filter, all).await?),
         Command::Cancel {

@@ -2,10 +2,13 @@
 // playwright-core. Run by tests/tests/dashboard.rs, which starts outboxd with three targets,
 // one of whose deliveries is dead, and checks what this script prints. With CANCEL_EVENT, it
 // also cancels that event (whose delivery to a target is dead) from the event view; with
-// ERASED_EVENT, it looks that event up and prints what the page says about its payload.
+// ERASED_EVENT, it looks that event up and prints what the page says about its payload. With
+// BULK_TARGET, it filters the dead letters to that target, replays all matching (a replay job)
+// and watches the job's progress bar reach the end (screenshots while it runs and when done).
 //
 // Environment: DASHBOARD_URL, DASHBOARD_TOKEN (an admin token), SCREENSHOT (output path),
-// CHROMIUM (default /usr/bin/chromium), TIMEOUT_MS (default 30000).
+// CHROMIUM (default /usr/bin/chromium), TIMEOUT_MS (default 30000), TARGETS (how many the
+// page lists, default 3).
 import { chromium } from "playwright-core";
 
 const url = process.env.DASHBOARD_URL;
@@ -53,8 +56,9 @@ try {
   await page.fill("#token-input", token);
   await page.click("#token-save");
 
-  step("three targets");
-  await until("three targets", async () => (await page.locator("#targets tbody tr").count()) === 3);
+  const expected = Number(process.env.TARGETS || 3);
+  step(expected + " targets");
+  await until(expected + " targets", async () => (await page.locator("#targets tbody tr").count()) === expected);
   const names = await page.$$eval("#targets tbody tr", (rows) => rows.map((r) => r.dataset.target));
   console.log("targets: " + names.join(","));
 
@@ -115,6 +119,46 @@ try {
     await page.click("#event-lookup");
     await page.waitForSelector("#event-erased");
     console.log("erased: " + (await page.textContent("#event-erased")));
+  }
+
+  const bulk = process.env.BULK_TARGET;
+  if (bulk) {
+    step("filter the dead letters to " + bulk + " and replay all matching, confirming: a replay job");
+    await page.fill('#dead-filter input[name="target"]', bulk);
+    await page.click('#dead-filter button[type="submit"]');
+    await until("only " + bulk + "'s dead letters", async () =>
+      (await page.locator(`#dead tbody tr[data-target="${bulk}"]`).count()) > 0 &&
+      (await page.locator(`#dead tbody tr:not([data-target="${bulk}"])`).count()) === 0);
+    await page.click("#replay-all");
+    await page.waitForSelector("#confirm:not([hidden])");
+    console.log("bulk confirm: " + (await page.textContent("#confirm-text")));
+    await page.click("#confirm-yes");
+    await until("the job to start", async () => ((await page.textContent("#replay-result")) || "").startsWith("Replay job"));
+    console.log("bulk result: " + (await page.textContent("#replay-result")));
+    step("watch the job's progress bar reach the end");
+    const row = page.locator("#replays tbody tr").first();
+    await row.waitFor();
+    const seen = [];
+    let max = null;
+    let shotRunning = false;
+    await until("the job's progress to reach the end", async () => {
+      const bar = row.locator("progress");
+      const value = Number(await bar.getAttribute("value"));
+      max = Number(await bar.getAttribute("max"));
+      const status = await row.getAttribute("data-status");
+      if (seen[seen.length - 1] !== value) seen.push(value);
+      if (status === "running" && !shotRunning) {
+        shotRunning = true;
+        await page.screenshot({ path: screenshot.replace(/\.png$/, "-replay-running.png"), fullPage: true });
+        console.log("screenshot while running at " + value + "/" + max);
+      }
+      return status === "done" && value === max;
+    });
+    console.log("bulk progress: " + seen.join(","));
+    console.log("bulk max: " + max);
+    console.log("bulk summary: " + (await row.locator("td.summary").textContent()));
+    console.log("bulk cancel buttons: " + (await row.locator("button").count()));
+    await page.screenshot({ path: screenshot.replace(/\.png$/, "-replay-done.png"), fullPage: true });
   }
 
   await page.screenshot({ path: screenshot, fullPage: true });

@@ -1080,13 +1080,13 @@ impl Host {
     }
 
     /// Run `outboxd <args[0]> --config <dir>/outboxd.toml <args[1..]>` to completion.
-    /// For the commands with subcommands of their own (`dead list|replay`,
+    /// For the commands with subcommands of their own (`dead list|replay`, `replay status`,
     /// `target pause|resume`), `--config` follows the subcommand:
     /// `run_cli(&["dead", "replay", "--target", "crm"])`.
     pub async fn run_cli(&mut self, args: &[&str]) -> CliOutput {
         assert!(!args.is_empty(), "run_cli needs a subcommand");
         let bin = self.prepare_async().await;
-        let words = if matches!(args[0], "dead" | "target" | "source" | "config") && args.len() > 1 {
+        let words = if matches!(args[0], "dead" | "target" | "source" | "config" | "replay") && args.len() > 1 {
             2
         } else {
             1
@@ -1282,6 +1282,38 @@ impl Host {
     pub async fn wait_for_targets(&self, timeout: Duration, pred: impl FnMut(&Value) -> bool) -> Value {
         self.wait_for_document("/v1/targets", timeout, Duration::from_millis(100), pred)
             .await
+    }
+
+    /// Poll `GET /v1/replays/{id}` until the bulk replay job is no longer `running`; returns
+    /// the job.
+    pub async fn wait_for_replay(&self, id: i64, timeout: Duration) -> Value {
+        self.wait_for_document(
+            &format!("/v1/replays/{id}"),
+            timeout,
+            Duration::from_millis(50),
+            |job| job["status"] != "running",
+        )
+        .await
+    }
+
+    /// `POST /v1/deliveries/replay` with a filter: asserts that it started a bulk replay job
+    /// (`202`, `Location: /v1/replays/{id}`), then waits for the job to finish; returns it.
+    pub async fn replay_job(&self, filter: &Value) -> Value {
+        let req = self
+            .request(reqwest::Method::POST, "/v1/deliveries/replay")
+            .json(filter);
+        let resp = req.send().await.expect("POST /v1/deliveries/replay");
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let job: Value = resp.json().await.expect("a JSON answer");
+        assert_eq!(status, 202, "a filter starts a replay job: {job}");
+        let id = job["id"].as_i64().unwrap_or_else(|| panic!("a job id: {job}"));
+        assert_eq!(location, Some(format!("/v1/replays/{id}")), "{job}");
+        self.wait_for_replay(id, default_timeout() * 2).await
     }
 
     /// Poll `GET /v1/sources` until `pred` holds; returns that document.

@@ -5,18 +5,23 @@
 //! with the receiver's answer, replays it with the button (confirming), and sees it delivered,
 //! the refused attempt's answer in the event's history; then it cancels a second event's dead
 //! delivery from the event view (confirming) and sees it `cancelled`, and sees a third event's
-//! payload noted as erased. The screenshot is kept in
-//! `target/test-artifacts/dashboard.png`.
+//! payload noted as erased. Last, it filters the dead letters to a target with 10,000 of them,
+//! replays all matching (a bulk replay job) and watches the job's progress bar reach the end,
+//! with the summary. The screenshots are kept in `target/test-artifacts/dashboard.png`,
+//! `dashboard-replay-running.png` (when the page saw the job running) and
+//! `dashboard-replay-done.png`.
 //!
 //! Needs `/usr/bin/chromium` (or `CHROMIUM`), node, and `tests/browser/node_modules`
 //! (`cargo xtask test` runs `npm ci` there and sets `OUTBOXD_TEST_BROWSER_DIR`).
 
 use std::path::PathBuf;
 
-use serde_json::json;
-use testkit::{Behavior, artifacts, default_timeout, target_count};
+use serde_json::{Value, json};
+use testkit::{Behavior, Target, artifacts, default_timeout, target_count};
 
 const ADMIN: &str = "admin-token-0123456789";
+/// Dead deliveries the dashboard replays as a job.
+const BULK: usize = 10_000;
 /// What billing's receiver answers at first.
 const ANSWER: &str = r#"{"error":"upstream exploded"}"#;
 
@@ -38,6 +43,11 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
 
     let (rx, mut host) = testkit::demo(Behavior::ok().respond_with(|_| (422, ANSWER.to_owned()))).await;
     host.add_api_token("ops", ADMIN, &["admin"]).set_api_token(ADMIN);
+    // Every attempt fails for good: 10,000 dead deliveries for the bulk replay.
+    host.add_target(
+        "bulk",
+        &Target::misbehave("permanent").events(&["bulk.*"]).concurrency(32),
+    );
     host.start().await;
 
     let id = host.enqueue("order.created", json!({"order_id": 1001})).await;
@@ -49,6 +59,16 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
         target_count(targets, "billing", "dead") == 3
             && target_count(targets, "crm", "delivered") == 3
             && target_count(targets, "analytics", "delivered") == 3
+    })
+    .await;
+    for chunk in 0..BULK / 1_000 {
+        let batch: Vec<Value> = (0..1_000)
+            .map(|i| json!({"type": "bulk.created", "payload": {"n": chunk * 1_000 + i}}))
+            .collect();
+        host.enqueue_batch(batch).await;
+    }
+    host.wait_for_targets(default_timeout() * 4, |targets| {
+        target_count(targets, "bulk", "dead") == BULK as u64
     })
     .await;
     let (status, erased) = host.delete(&format!("/v1/events/{to_erase}/payload")).await;
@@ -68,6 +88,8 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
         .env("SCREENSHOT", &screenshot)
         .env("CANCEL_EVENT", &to_cancel)
         .env("ERASED_EVENT", &to_erase)
+        .env("BULK_TARGET", "bulk")
+        .env("TARGETS", "4")
         .env("CHROMIUM", &chromium)
         .env("TIMEOUT_MS", default_timeout().as_millis().to_string())
         .kill_on_drop(true)
@@ -82,7 +104,7 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
         "the browser run failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    assert!(stdout.contains("targets: analytics,billing,crm"), "{stdout}");
+    assert!(stdout.contains("targets: analytics,billing,bulk,crm"), "{stdout}");
     assert!(stdout.contains(&format!("dead: billing {id}")), "{stdout}");
     assert!(
         stdout.contains(&format!("dead response: HTTP 422: {ANSWER}")),
@@ -114,6 +136,49 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
         "nothing left to cancel: {stdout}"
     );
     assert!(screenshot.is_file(), "no screenshot at {}", screenshot.display());
+
+    // The bulk replay: a job, whose progress bar the page showed reaching the end.
+    assert!(
+        stdout.contains("bulk confirm: Replay every failed delivery matching target=bulk?"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("bulk result: Replay job 1 started: {BULK} deliveries match")),
+        "{stdout}"
+    );
+    let progress: Vec<u64> = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("bulk progress: "))
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert_eq!(
+        progress.last(),
+        Some(&(BULK as u64)),
+        "the bar reached the end: {stdout}"
+    );
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "the bar only moves forward: {progress:?}"
+    );
+    assert!(stdout.contains(&format!("bulk max: {BULK}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("bulk summary: done: replayed {BULK} of {BULK}")),
+        "the summary at the end: {stdout}"
+    );
+    assert!(
+        stdout.contains("bulk cancel buttons: 0"),
+        "a finished job cannot be cancelled: {stdout}"
+    );
+    let done = artifacts_dir.join("dashboard-replay-done.png");
+    assert!(done.is_file(), "no screenshot at {}", done.display());
+    let job = host.wait_for_replay(1, default_timeout()).await;
+    assert_eq!(
+        (&job["status"], &job["replayed"]),
+        (&json!("done"), &json!(BULK)),
+        "{job}"
+    );
 
     // The replay really happened: billing got the event a second time, and it is delivered.
     let event = host.get_event(&id).await;

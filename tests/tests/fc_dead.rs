@@ -1,5 +1,6 @@
-//! Dead letters: 10,000 dead deliveries replayed by `outboxd dead replay` while `serve`
-//! runs (progress lines, each key exactly once, replaying twice does nothing); the
+//! Dead letters: 10,000 dead deliveries replayed by `outboxd dead replay` (a replay job the
+//! CLI works while `serve` runs: progress lines, each key exactly once, replaying twice does
+//! nothing); the
 //! failed-delivery listing's filters and paging; `outboxd.delivery.dead` reaching a
 //! subscriber of `outboxd.*`; a replay through the API.
 
@@ -104,7 +105,8 @@ async fn ten_thousand_dead_deliveries_replayed_by_the_cli_arrive_exactly_once() 
         "every progress line shows the total:\n{out}"
     );
     assert!(
-        out.stdout.contains(&format!("replayed {BULK}")),
+        out.stdout
+            .contains(&format!("done: replayed {BULK} of {BULK} deliveries")),
         "the summary names the count:\n{out}"
     );
 
@@ -148,16 +150,14 @@ async fn ten_thousand_dead_deliveries_replayed_by_the_cli_arrive_exactly_once() 
     let out = host.run_cli(&["dead", "replay", "--target", "bulk"]).await;
     assert!(out.status.success(), "second replay failed:\n{out}");
     assert!(
-        out.stderr.contains("replayed 0/0") && out.stdout.contains("replayed 0"),
+        out.stderr.contains("replayed 0/0") && out.stdout.contains("done: replayed 0 of 0"),
         "a second replay finds nothing:\n{out}"
     );
-    let (status, body) = host
-        .post_json("/v1/deliveries/replay", &json!({"target": "bulk"}))
-        .await;
+    let job = host.replay_job(&json!({"target": "bulk"})).await;
     assert_eq!(
-        (status, body.clone()),
-        (200, json!({"replayed": 0, "more": false})),
-        "{body}"
+        (&job["status"], &job["total"], &job["replayed"]),
+        (&json!("done"), &json!(0), &json!(0)),
+        "{job}"
     );
     // No further requests after replaying nothing.
     rx.expect_no_more(mark + BULK, Duration::from_millis(500)).await;
@@ -277,26 +277,27 @@ async fn dead_critical_deliveries_are_listed_announced_and_replayable() {
 
     // Replay through the API, filtered by error text: only billing's come back.
     rx.behave("/billing", Behavior::ok());
-    let (status, body) = host
-        .post_json("/v1/deliveries/replay", &json!({"error": "HTTP 400", "status": "dead"}))
-        .await;
+    let job = host.replay_job(&json!({"error": "HTTP 400", "status": "dead"})).await;
     assert_eq!(
-        (status, body.clone()),
-        (200, json!({"replayed": 5, "more": false})),
-        "{body}"
+        (&job["status"], &job["total"], &job["replayed"], &job["skipped"]),
+        (&json!("done"), &json!(5), &json!(5), &json!(0)),
+        "{job}"
+    );
+    assert_eq!(
+        job["filter"],
+        json!({"status": "dead", "error": "HTTP 400"}),
+        "the job names its filter: {job}"
     );
     for id in &ids {
         let ev = host.wait_settled(id, &["billing"]).await;
         assert_eq!(testkit::status_of(&ev, "billing"), Some("delivered"), "{ev:#}");
         assert_eq!(testkit::status_of(&ev, "ledger"), Some("dead"), "{ev:#}");
     }
-    let (status, body) = host
-        .post_json("/v1/deliveries/replay", &json!({"error": "HTTP 400", "status": "dead"}))
-        .await;
+    let job = host.replay_job(&json!({"error": "HTTP 400", "status": "dead"})).await;
     assert_eq!(
-        (status, body.clone()),
-        (200, json!({"replayed": 0, "more": false})),
-        "{body}"
+        (&job["status"], &job["total"], &job["replayed"]),
+        (&json!("done"), &json!(0), &json!(0)),
+        "nothing is left to replay: {job}"
     );
 }
 

@@ -261,7 +261,19 @@ async fn tokens_and_scopes_guard_the_api() {
     })
     .await;
     let (status, body, _) = call("POST", &host.url("/v1/deliveries/replay"), Some(ADMIN), Some(json!({}))).await;
-    assert_eq!((status, &body), (200, &json!({"replayed": 1, "more": false})));
+    assert_eq!(
+        (status, &body["status"], &body["total"]),
+        (202, &json!("running"), &json!(1)),
+        "{body}"
+    );
+    let job = host
+        .wait_for_replay(body["id"].as_i64().unwrap(), default_timeout())
+        .await;
+    assert_eq!(job["replayed"], 1, "{job}");
+    // Reading a job takes the `admin` scope too.
+    let path = format!("/v1/replays/{}", job["id"]);
+    let (status, body, _) = call("GET", &host.url(&path), Some(READ), None).await;
+    assert_eq!(status, 403, "{body}");
     let (status, body, _) = call("POST", &host.url("/v1/targets/crm/pause"), Some(ADMIN), None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["paused"], true);

@@ -267,11 +267,32 @@ async fn a_replay_is_capped_and_says_how_many_it_took() {
     }
     let dead = |n| move |t: &Value| target_count(t, "crm", "dead") == n;
     host.wait_for_targets(default_timeout(), dead(3)).await;
-    let (status, body) = host.post_json("/v1/deliveries/replay", &json!({"limit": 2})).await;
-    assert_eq!((status, body), (200, json!({"replayed": 2, "more": true})));
+    let job = host.replay_job(&json!({"limit": 2})).await;
+    assert_eq!(
+        (&job["status"], &job["total"], &job["replayed"], &job["limit"]),
+        (&json!("done"), &json!(2), &json!(2), &json!(2)),
+        "the job stops at its cap: {job}"
+    );
     host.wait_for_targets(default_timeout(), dead(3)).await;
-    let (status, body) = host.post_json("/v1/deliveries/replay", &json!({"all": true})).await;
-    assert_eq!((status, body), (200, json!({"replayed": 3, "more": false})));
+    let job = host.replay_job(&json!({"all": true})).await;
+    assert_eq!(
+        (&job["status"], &job["total"], &job["replayed"], &job["limit"]),
+        (&json!("done"), &json!(3), &json!(3), &Value::Null),
+        "{job}"
+    );
+    // A list of deliveries is replayed at once, capped by `limit`.
+    host.wait_for_targets(default_timeout(), dead(3)).await;
+    let (_, failed) = host.get_json("/v1/deliveries/failed?target=crm").await;
+    let ids: Vec<i64> = failed["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["delivery_id"].as_i64())
+        .collect();
+    let (status, body) = host
+        .post_json("/v1/deliveries/replay", &json!({"delivery_ids": ids, "limit": 2}))
+        .await;
+    assert_eq!((status, body), (200, json!({"replayed": 2, "more": true})));
     let (status, body) = host.post_json("/v1/deliveries/replay", &json!({"limit": 0})).await;
     assert_eq!(status, 400, "{body}");
 }

@@ -2,7 +2,7 @@
 //! cancellation (`POST /v1/events/{id}/cancel`, `POST /v1/events/cancel`, in `cancel`), payload
 //! erasure (`DELETE /v1/events/{id}/payload`, `DELETE /v1/events/payload`, in `erase`), targets
 //! (`GET /v1/targets`, `POST /v1/targets/{name}/pause|resume`), dead letters
-//! (`GET /v1/deliveries/failed`, `POST /v1/deliveries/replay`), sources (`GET /v1/sources`)
+//! (`GET /v1/deliveries/failed`; replays and replay jobs in `replays`), sources (`GET /v1/sources`)
 //! liveness (`GET /healthz`) and readiness (`GET /readyz`, in `ready`).
 //! Every error is a JSON body `{"error": "…"}` with a 4xx or 5xx status, and a refused
 //! request changes nothing.
@@ -20,6 +20,7 @@ mod erase;
 pub mod metrics;
 pub mod openapi;
 mod ready;
+mod replays;
 pub mod sources;
 mod targets;
 
@@ -61,6 +62,8 @@ pub struct AppState {
     pub flows: Arc<Flows>,
     /// The front door: ingest goes through it; replays and resumes wake lanes through it.
     pub outbox: Outbox,
+    /// Tells the replay worker (`crate::replay`) that a job was created.
+    pub replay_kick: Arc<tokio::sync::Notify>,
     /// Relay status of every `[[sources]]` entry, for `GET /v1/sources`.
     pub sources: Arc<crate::source::Sources>,
     pub max_payload_bytes: usize,
@@ -96,7 +99,10 @@ pub fn api_routes(auth: auth::LiveAuth) -> OpenApiRouter<Arc<AppState>> {
     let admin = OpenApiRouter::new()
         .routes(routes!(targets::pause_target))
         .routes(routes!(targets::resume_target))
-        .routes(routes!(replay))
+        .routes(routes!(replays::replay))
+        .routes(routes!(replays::list_replays))
+        .routes(routes!(replays::get_replay))
+        .routes(routes!(replays::cancel_replay))
         .routes(routes!(cancel::cancel_event))
         .routes(routes!(cancel::cancel_by_key))
         .routes(routes!(erase::erase_event_payload))
@@ -488,6 +494,7 @@ impl FilterIn {
             until: self.until.as_deref().map(parse_time).transpose()?,
             error_contains: self.error,
             delivery_ids: self.delivery_ids,
+            id_range: None,
         })
     }
 }
@@ -554,86 +561,6 @@ async fn list_failed(
     Ok(Json(
         serde_json::json!({ "deliveries": deliveries, "next_after": next_after }),
     ))
-}
-
-/// Replays in chunks of this many, one transaction each.
-pub const REPLAY_CHUNK: usize = 1000;
-/// A replay without `limit` or `"all": true` takes at most this many.
-pub const REPLAY_DEFAULT_CAP: usize = 1000;
-
-#[utoipa::path(
-    post,
-    path = "/v1/deliveries/replay",
-    tag = "dead letters",
-    summary = "Make matching dead/discarded deliveries pending again",
-    description = "The body is a filter (the listing's fields plus `delivery_ids`, `after`, `limit` and `all`). \
-                   Only deliveries that failed before the request are taken, in id order, so one that \
-                   dies again meanwhile is not taken twice. At most `limit`, or 1000 when neither \
-                   `limit` nor `\"all\": true` is given; `more` says whether matches were left.",
-    request_body(content = Option<FilterIn>, content_type = "application/json"),
-    responses(
-        (status = 200, description = "How many were replayed", body = openapi::ReplayedOut),
-        (status = 400, description = "Invalid filter", body = openapi::ErrorBody),
-        openapi::NeedsAdmin,
-        (status = 415, description = "The body is not `application/json`", body = openapi::ErrorBody),
-        openapi::StoreFailure,
-    ),
-    security(("bearer" = ["admin"]), ()),
-)]
-async fn replay(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let started = now_ms();
-    let body = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    // An empty body, `null` and `{}` are all the empty filter; a body of blanks only is not
-    // JSON, and refused as any other.
-    let request: FilterIn = if body.is_empty() {
-        FilterIn::default()
-    } else {
-        serde_json::from_slice::<Option<FilterIn>>(&body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid replay filter: {e}")))?
-            .unwrap_or_default()
-    };
-    let (start_after, _) = extract::paging(request.after, None, 1, 1)?;
-    let cap = match (request.limit, request.all) {
-        (Some(0), _) => {
-            return Err(ApiError::BadRequest(
-                "`limit` must be at least 1 (or give `\"all\": true`)".into(),
-            ));
-        }
-        (Some(limit), _) => limit,
-        (None, Some(true)) => usize::MAX,
-        (None, _) => REPLAY_DEFAULT_CAP,
-    };
-    let mut filter = request.into_filter().map_err(|e| ApiError::BadRequest(e.0))?;
-    // Only what failed before this request: a delivery that dies again meanwhile is not
-    // taken a second time.
-    filter.until = Some(filter.until.map_or(started, |until| until.min(started)));
-    let (mut replayed, mut after, mut more) = (0, start_after, false);
-    loop {
-        let want = REPLAY_CHUNK.min(cap - replayed);
-        if want == 0 {
-            more = !state.store.list_failed(filter.clone(), after, 1).await?.is_empty();
-            break;
-        }
-        let page = state.store.list_failed(filter.clone(), after, want).await?;
-        let Some(last) = page.last() else { break };
-        after = last.delivery_id;
-        let ids: Vec<i64> = page.iter().map(|r| r.delivery_id).collect();
-        let chunk = FailedFilter {
-            delivery_ids: ids,
-            ..filter.clone()
-        };
-        replayed += state.store.replay(chunk, page.len(), now_ms()).await?;
-        if page.len() < want {
-            break;
-        }
-    }
-    if replayed > 0 {
-        state.outbox.wake();
-    }
-    Ok(Json(serde_json::json!({ "replayed": replayed, "more": more })))
 }
 
 /// `200` in both cases: `ok`, or `degraded` with the files that did not load and the

@@ -249,6 +249,9 @@ mod tests {
         ("post", "/v1/targets/{name}/resume"),
         ("get", "/v1/deliveries/failed"),
         ("post", "/v1/deliveries/replay"),
+        ("get", "/v1/replays"),
+        ("get", "/v1/replays/{id}"),
+        ("post", "/v1/replays/{id}/cancel"),
         ("get", "/v1/sources"),
         ("post", "/v1/events/{id}/cancel"),
         ("post", "/v1/events/cancel"),
@@ -302,12 +305,27 @@ mod tests {
         }
         let ingest = &doc["paths"]["/v1/events"]["post"];
         assert_eq!(ingest["security"][0]["bearer"][0], "ingest");
-        for admin in ["/v1/deliveries/replay", "/v1/events/{id}/cancel", "/v1/events/cancel"] {
+        for admin in [
+            "/v1/deliveries/replay",
+            "/v1/events/{id}/cancel",
+            "/v1/events/cancel",
+            "/v1/replays/{id}/cancel",
+        ] {
             assert_eq!(
                 doc["paths"][admin]["post"]["security"][0]["bearer"][0], "admin",
                 "{admin}"
             );
         }
+        for admin in ["/v1/replays", "/v1/replays/{id}"] {
+            assert_eq!(
+                doc["paths"][admin]["get"]["security"][0]["bearer"][0], "admin",
+                "{admin}"
+            );
+        }
+        // A filter starts a job (202, with where to follow it); a list is replayed at once (200).
+        let replay = &doc["paths"]["/v1/deliveries/replay"]["post"]["responses"];
+        assert!(replay["202"]["headers"]["Location"].is_object(), "{replay}");
+        assert!(replay["200"].is_object(), "{replay}");
         // The request body schema is the producer's event type, with its fields.
         let event = &doc["components"]["schemas"]["EventIn"];
         assert!(event["properties"]["type"].is_object(), "{event}");

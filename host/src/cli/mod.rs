@@ -1,10 +1,11 @@
-//! The command line: `serve`, `enqueue`, `status`, `dead list|replay`, `cancel`, `prune`, `target
-//! pause|resume`, `source status`, `plugin check|run|wit|new`, `config check` (`check.rs`),
+//! The command line: `serve`, `enqueue`, `status`, `dead list|replay` and `replay
+//! list|status|cancel` (`replay.rs`), `cancel`, `prune`, `target pause|resume`, `source status`, `plugin check|run|wit|new`, `config check` (`check.rs`),
 //! and `completions` and `man` (`shell.rs`, from the clap definition). The commands other than `serve` and `plugin` open
 //! the database directly, so they work with or without a running `serve`.
 
 mod check;
 mod plugin;
+mod replay;
 mod scaffold;
 mod shell;
 mod source;
@@ -12,6 +13,9 @@ mod table;
 
 pub use check::{ConfigCheck, config_check};
 pub use plugin::{CacheOptions, RunOptions, outcome_exit_code, plugin_check, plugin_run, run_exit_code};
+pub use replay::{
+    ReplayCommand, ReplayOptions, cancel as replay_cancel, dead_replay, list as replay_list, status as replay_status,
+};
 pub use scaffold::{Lang, NewOptions, World, plugin_new, plugin_wit};
 pub use shell::{completions, man_page};
 pub use source::source_status;
@@ -134,6 +138,9 @@ pub enum Command {
     /// List and replay dead and discarded deliveries.
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Bulk replay jobs: list them, show one's progress, cancel one.
+    #[command(subcommand)]
+    Replay(ReplayCommand),
     /// Pause or resume a target by hand.
     #[command(subcommand)]
     Target(TargetCommand),
@@ -249,13 +256,17 @@ pub enum DeadCommand {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Make matching failed deliveries pending again, attempt count reset, history kept.
-    /// Shows progress; replaying twice does nothing more.
+    /// Make matching failed deliveries pending again, attempt count reset, history kept: a
+    /// bulk replay job over those that failed before it started, worked here with a progress
+    /// bar (and by a running `serve`); `--detach` leaves it to `serve`. Replaying twice does
+    /// nothing more.
     Replay {
         #[command(flatten)]
         config: ConfigArg,
         #[command(flatten)]
         filter: FilterArgs,
+        #[command(flatten)]
+        options: ReplayOptions,
     },
 }
 
@@ -531,32 +542,6 @@ pub async fn dead_list(config: &ServiceConfig, filter: FilterArgs, limit: usize)
         ]);
     }
     Ok(table.finish())
-}
-
-/// `outboxd dead replay`: replays in chunks, reporting progress on stderr.
-pub async fn dead_replay(config: &ServiceConfig, filter: FilterArgs) -> Result<String, CliError> {
-    const CHUNK: usize = 500;
-    let store = open_store(config).await?;
-    let filter = filter.into_filter()?;
-    let total = store.count_failed(filter.clone()).await?;
-    let mut done = 0u64;
-    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    loop {
-        let n = store.replay(filter.clone(), CHUNK, now_ms()).await?;
-        done += n as u64;
-        if interactive {
-            eprint!("\rreplayed {done}/{total}");
-        } else {
-            eprintln!("replayed {done}/{total}");
-        }
-        if n < CHUNK {
-            break;
-        }
-    }
-    if interactive {
-        eprintln!();
-    }
-    Ok(format!("replayed {done} deliveries\n"))
 }
 
 /// `outboxd prune`: deletes matching failed deliveries in chunks, reporting progress on

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use crate::domain::{EventId, Millis, TargetName};
 use crate::store::{
     Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventRef, FailedDelivery, FailedFilter, Ingested,
-    NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError, StoredEvent, VersionAttempts,
+    NewEvent, NewReplayJob, ReplayChunk, ReplayJob, SettleReport, Settlement, StatusCounts, Store, StoreError,
+    StoredEvent, VersionAttempts,
 };
 use crate::targets::manifest::TargetSpec;
 
@@ -144,6 +145,26 @@ impl Store for FakeStore {
 
     async fn replay(&self, _: FailedFilter, _: usize, _: Millis) -> Result<usize, StoreError> {
         Ok(0)
+    }
+
+    async fn create_replay_job(&self, _: NewReplayJob, _: Millis) -> Result<ReplayJob, StoreError> {
+        Err(failure("create_replay_job"))
+    }
+
+    async fn replay_job(&self, _: i64) -> Result<Option<ReplayJob>, StoreError> {
+        Ok(None)
+    }
+
+    async fn replay_jobs(&self, _: usize) -> Result<Vec<ReplayJob>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn cancel_replay_job(&self, _: i64, _: Millis) -> Result<Option<ReplayJob>, StoreError> {
+        Ok(None)
+    }
+
+    async fn replay_chunk(&self, _: Option<i64>, _: usize, _: Millis) -> Result<Option<ReplayChunk>, StoreError> {
+        Ok(None)
     }
 
     async fn release(&self, _: &str, _: Millis) -> Result<usize, StoreError> {

@@ -1,5 +1,5 @@
 //! Running the service: `serve()` wires the store, the target registry, the front door, the
-//! dispatcher, the source relays, the retention task, the plugin watcher and the HTTP API
+//! dispatcher, the source relays, the retention task, the replay worker, the plugin watcher and the HTTP API
 //! together, and shuts them down in order; [`config`] is its configuration file, [`notify`]
 //! what it tells a service manager (systemd), [`reload`] what a `SIGHUP` changes.
 
@@ -138,6 +138,15 @@ pub async fn serve(
         Routing::Live(Arc::clone(&registry)),
         Arc::clone(&wake),
     );
+    // Bulk replay jobs: this host's worker, which resumes the jobs left running at start-up.
+    let replay_kick = Arc::new(Notify::new());
+    let replays = tokio::spawn(crate::replay::run(
+        Arc::clone(&store),
+        Arc::clone(&wake),
+        Arc::clone(&replay_kick),
+        crate::replay::POLL,
+        stop.clone(),
+    ));
     let dispatcher = tokio::spawn(dispatch::run(
         dispatch::Services {
             store: Arc::clone(&store),
@@ -171,6 +180,7 @@ pub async fn serve(
         breakers,
         flows,
         outbox,
+        replay_kick,
         sources,
         max_payload_bytes: config.max_payload_bytes,
         max_request_bytes: config.max_request_bytes,
@@ -209,6 +219,7 @@ pub async fn serve(
         let _ = reloading.await;
     }
     let _ = retention.await;
+    let _ = replays.await;
     for relay in relays {
         let _ = relay.await;
     }

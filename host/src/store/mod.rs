@@ -20,6 +20,7 @@ pub mod history;
 mod location;
 mod model;
 pub mod postgres;
+pub mod replay_jobs;
 pub mod retention;
 mod rows;
 #[cfg(test)]
@@ -28,6 +29,7 @@ pub mod sqlite;
 mod template;
 
 pub use location::DatabaseLocation;
+pub use replay_jobs::{NewReplayJob, REPLAY_CHUNK, ReplayChunk, ReplayJob};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -193,6 +195,30 @@ pub trait Store: Send + Sync + 'static {
     /// payload was erased is not replayed. Returns how many; a delivery
     /// that is not failed (already replayed) is left alone, so replay is idempotent.
     async fn replay(&self, filter: FailedFilter, limit: usize, now: Millis) -> Result<usize, StoreError>;
+
+    /// Creates a bulk replay job over `job.filter` at `now` ([`replay_jobs`]): bounded by
+    /// the highest delivery id stored now and by `now` as the failure time, with the number of
+    /// its matches (at most its cap) as its total. [`Store::replay_chunk`] works it.
+    async fn create_replay_job(&self, job: NewReplayJob, now: Millis) -> Result<ReplayJob, StoreError>;
+
+    /// One replay job, or `None` when there is no such job.
+    async fn replay_job(&self, id: i64) -> Result<Option<ReplayJob>, StoreError>;
+
+    /// The `limit` most recent replay jobs, newest first.
+    async fn replay_jobs(&self, limit: usize) -> Result<Vec<ReplayJob>, StoreError>;
+
+    /// Cancels a running replay job at `now`: no chunk runs after this (one running now
+    /// commits first); what earlier chunks replayed stays replayed. A final job is left as it
+    /// is. Returns the job, or `None` when there is no such job.
+    async fn cancel_replay_job(&self, id: i64, now: Millis) -> Result<Option<ReplayJob>, StoreError>;
+
+    /// Works one chunk of the oldest running replay job (or of `job` only) that no other
+    /// handle is working, in ONE transaction: up to `size` of its next matches after its cursor are replayed (as
+    /// [`Store::replay`]; those of erased events are skipped), and its cursor, counts and
+    /// status advance. The job is `done` once nothing is left up to its bound (or its cap is
+    /// reached). Returns what the chunk did, or `None` when no job is waiting.
+    async fn replay_chunk(&self, job: Option<i64>, size: usize, now: Millis)
+    -> Result<Option<ReplayChunk>, StoreError>;
 
     /// Cancels the event `event` names: its deliveries that are `pending`, `paused` or `dead`
     /// become `cancelled` (final; never claimed, replayed or counted as failed again), at

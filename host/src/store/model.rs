@@ -235,6 +235,9 @@ pub struct FailedFilter {
     pub error_contains: Option<String>,
     /// Only these deliveries.
     pub delivery_ids: Vec<i64>,
+    /// Only deliveries with an id above the first and at most the second (a replay job's
+    /// window).
+    pub id_range: Option<(i64, i64)>,
 }
 
 impl FailedFilter {

@@ -6,7 +6,7 @@
 //! - **recorded** where things happen, by one-line calls from the module that owns the event:
 //!   [`events_ingested`] (the front door, `outbox`), [`ingest_request`] (the ingest route),
 //!   [`attempt_finished`] (dispatcher), [`plugin_loaded`] and [`reload_finished`] (target
-//!   registry), [`source_lag`] (sources);
+//!   registry), [`source_lag`] (sources), [`replay_chunk`] (bulk replay jobs);
 //! - **read at scrape time** from the store, the registry and the breakers (deliveries per
 //!   status, lag, breaker state, manual pause, loaded targets): the caller reads them into a
 //!   [`Scrape`], so they are the database's truth, not a counter that could drift from it.
@@ -114,6 +114,7 @@ struct Metrics {
     retries_held: Family<TargetLabel, Counter>,
     filter_events: Family<FilterLabels, Counter>,
     store_statements: Counter,
+    replayed_by_jobs: Family<ResultLabel, Counter>,
     recent: Mutex<Recent>,
     /// Serialises scrapes: each clears and refills the scrape-time gauges.
     scrape: Mutex<()>,
@@ -237,9 +238,16 @@ impl Metrics {
             "Statements sent to a PostgreSQL store (BEGIN and COMMIT included): with the deliveries and events, the database's round trips per unit of work",
             store_statements.clone(),
         );
+        let replayed_by_jobs = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "replay_job_deliveries",
+            "Deliveries reached by bulk replay jobs in this process, by result: replayed (pending again), skipped (their event's payload was erased)",
+            replayed_by_jobs.clone(),
+        );
         Self {
             registry,
             store_statements,
+            replayed_by_jobs,
             concurrency_limit,
             refusals,
             retries_held,
@@ -289,6 +297,19 @@ pub fn events_ingested(origin: &str, accepted: usize, duplicates: usize) {
 /// Counts `n` statements sent to a PostgreSQL store.
 pub fn store_statements(n: u64) {
     METRICS.store_statements.inc_by(n);
+}
+
+/// Counts what one chunk of a bulk replay job did: `replayed` deliveries pending again,
+/// `skipped` ones of erased events.
+pub fn replay_chunk(replayed: u64, skipped: u64) {
+    for (result, n) in [("replayed", replayed), ("skipped", skipped)] {
+        if n > 0 {
+            METRICS
+                .replayed_by_jobs
+                .get_or_create(&ResultLabel { result: result.into() })
+                .inc_by(n);
+        }
+    }
 }
 
 /// Records how long one `POST /v1/events` took.

@@ -246,11 +246,87 @@ async function doReplay() {
   $("#confirm").hidden = true;
   if (!body) return;
   const res = await api("POST", "/v1/deliveries/replay", body);
-  $("#replay-result").textContent = "Replayed " + res.replayed + (res.replayed === 1 ? " delivery" : " deliveries") +
-    (res.more ? " (more match: replay again for the next ones)" : "");
+  if (res.id !== undefined) {
+    // A filter: a bulk replay job, followed below.
+    $("#replay-result").textContent = "Replay job " + res.id + " started: " + res.total +
+      (res.total === 1 ? " delivery matches" : " deliveries match");
+    followJobs();
+  } else {
+    $("#replay-result").textContent = "Replayed " + res.replayed + (res.replayed === 1 ? " delivery" : " deliveries") +
+      (res.more ? " (more match: replay again for the next ones)" : "");
+  }
   $("#dead-all").checked = false;
   await refresh();
   if (shownEvent) await loadEvent(shownEvent);
+}
+
+// ---- replay jobs ----
+
+const JOB_POLL_MS = 500;
+let followingJobs = false;
+
+function jobFilter(job) {
+  const parts = Object.entries(job.filter).map(([k, v]) => k + "=" + v);
+  if (job.after) parts.push("after=" + job.after);
+  if (job.limit !== null) parts.push("limit=" + job.limit);
+  return parts.length ? parts.join(", ") : "every failed delivery";
+}
+
+function jobSummary(job) {
+  if (job.status === "running") return Math.floor(job.progress * 100) + " %";
+  let text = job.status + ": replayed " + job.replayed + " of " + job.total;
+  if (job.skipped) text += ", skipped " + job.skipped + " (payload erased)";
+  if (job.error) text += ": " + job.error;
+  if (job.finished_at) text += " · " + job.finished_at;
+  return text;
+}
+
+async function cancelJob(id) {
+  await api("POST", "/v1/replays/" + id + "/cancel");
+  await loadJobs();
+}
+
+function renderJobs(jobs) {
+  $("#replays-none").hidden = jobs.length > 0;
+  $("#replays tbody").replaceChildren(...jobs.map((j) => el("tr", { "data-job": j.id, "data-status": j.status },
+    el("td", { class: "num", text: j.id }),
+    el("td", { class: "j-" + j.status, text: j.status }),
+    el("td", {}, el("progress", { value: j.replayed + j.skipped, max: Math.max(j.total, 1), title: Math.floor(j.progress * 100) + " %" })),
+    el("td", { class: "num", text: j.replayed }),
+    el("td", { class: "num", text: j.skipped }),
+    el("td", { class: "num", text: j.total }),
+    el("td", { class: "wrap", text: jobFilter(j) }),
+    el("td", { class: "mono", text: j.created_at }),
+    el("td", { class: "summary", text: jobSummary(j) }),
+    el("td", {}, j.status === "running"
+      ? el("button", { type: "button", class: "danger", onclick: () => cancelJob(j.id).catch(report) }, "Cancel job")
+      : ""),
+  )));
+  return jobs.some((j) => j.status === "running");
+}
+
+// The jobs; `false` when this token may not see them (they need the `admin` scope).
+async function loadJobs() {
+  try {
+    return renderJobs((await api("GET", "/v1/replays?limit=10")).jobs);
+  } catch (e) {
+    if (e instanceof Unauthorized) throw e;
+    $("#replays-section").hidden = true;
+    return false;
+  }
+}
+
+// While a job runs, its progress is shown twice a second.
+async function followJobs() {
+  if (followingJobs) return;
+  followingJobs = true;
+  try {
+    while (await loadJobs()) await new Promise((r) => setTimeout(r, JOB_POLL_MS));
+  } catch (e) {
+    report(e);
+  } finally {
+    followingJobs = false;
+  }
 }
 
 // ---- polling ----
@@ -266,6 +342,7 @@ async function refresh() {
   ]);
   renderTargets(targets);
   renderDead(dead);
+  if (!followingJobs && await loadJobs()) followJobs();
   $("#login").hidden = true;
   $("#app").hidden = false;
   $("#forget-token").hidden = !token();

@@ -11,6 +11,7 @@ mod cancel;
 mod claims;
 mod erase;
 mod history;
+mod replay_jobs;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -269,6 +270,8 @@ conformance! {
         cancel::a_cancelled_head_unblocks_its_key_and_its_event_is_pruned,
         erase::erasure_waits_for_final_deliveries_and_keeps_the_event,
         erase::retention_erases_payloads_of_old_finished_events_only,
+        replay_jobs::a_replay_job_takes_what_failed_before_it_chunk_by_chunk,
+        replay_jobs::a_capped_replay_job_stops_at_its_cap,
     ],
     backends: [
         claims::unclaimed_deliveries_are_pending_again_as_if_never_claimed,
@@ -280,5 +283,7 @@ conformance! {
         batches::a_batched_settle_changes_only_the_leases_still_held,
         batches::concurrent_ingests_of_shared_keys_make_one_event_per_key,
         cancel::a_cancellation_on_one_handle_holds_for_the_other,
+        replay_jobs::a_replay_job_resumes_from_its_cursor_and_stops_when_cancelled,
+        replay_jobs::handles_working_one_job_together_replay_each_delivery_once,
     ],
 }

@@ -69,6 +69,10 @@ fn push_failed_where(q: &mut QueryBuilder<'_, Postgres>, f: &FailedFilter) {
     if !f.delivery_ids.is_empty() {
         q.push(" AND d.id = ANY(").push_bind(f.delivery_ids.clone()).push(")");
     }
+    if let Some((above, up_to)) = f.id_range {
+        q.push(" AND d.id > ").push_bind(above);
+        q.push(" AND d.id <= ").push_bind(up_to);
+    }
 }
 
 /// A manifest-style glob (`*`, `?`, everything else literal) as a `LIKE` pattern with `\` as
@@ -129,6 +133,33 @@ pub(super) fn replay(f: &FailedFilter, limit: i64, now: Millis) -> QueryBuilder<
         .push(", updated_at = ")
         .push_bind(now)
         .push(" FROM chosen c WHERE d.id = c.id");
+    q
+}
+
+/// The ids of up to `limit` failed deliveries matching `f`, oldest first, each with whether
+/// its event's payload was erased: the window of a replay job's chunk. Nothing is locked here:
+/// [`replay_window`] takes the rows.
+pub(super) fn choose_replay_window(f: &FailedFilter, limit: i64) -> QueryBuilder<'static, Postgres> {
+    let mut q = QueryBuilder::new(
+        "SELECT d.id, EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id AND e.erased_at IS NOT NULL)
+         FROM deliveries d WHERE ",
+    );
+    push_failed_where(&mut q, f);
+    q.push(" ORDER BY d.id LIMIT ").push_bind(limit);
+    q
+}
+
+/// Every failed delivery matching `f` (a job's window) pending again, due `now`, its attempt
+/// count reset, but those of erased events. Unlike [`replay`], a row another transaction holds
+/// is waited for, not skipped (the job's cursor moves past it), and then checked again.
+pub(super) fn replay_window(f: &FailedFilter, now: Millis) -> QueryBuilder<'static, Postgres> {
+    let mut q = QueryBuilder::new(format!(
+        "UPDATE deliveries d SET status = '{}', attempts = 0, next_attempt_at = ",
+        DeliveryStatus::Pending.as_str()
+    ));
+    q.push_bind(now).push(", updated_at = ").push_bind(now).push(" WHERE ");
+    push_failed_where(&mut q, f);
+    q.push(" AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id AND e.erased_at IS NOT NULL)");
     q
 }
 

@@ -24,6 +24,7 @@ use sqlx::{Connection, Postgres};
 use tokio::sync::Semaphore;
 
 use super::history::{InFlight, settle_order};
+use super::replay_jobs::{NewReplayJob, ReplayChunk, ReplayJob};
 use super::{
     Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventRef, FailedDelivery, FailedFilter, Ingested,
     NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError, TokenGrant, VersionAttempts,
@@ -39,6 +40,7 @@ mod ingest;
 mod leases;
 mod queries;
 mod rate;
+mod replay_jobs;
 mod schema;
 mod settle;
 #[cfg(test)]
@@ -330,6 +332,44 @@ impl Store for PgStore {
         self.transaction(|mut tx| async move {
             let n = admin::replay(&mut tx, filter, limit, now).await?;
             Ok((tx, n))
+        })
+        .await
+    }
+
+    async fn create_replay_job(&self, job: NewReplayJob, now: Millis) -> Result<ReplayJob, StoreError> {
+        let job = &job;
+        self.transaction(|mut tx| async move {
+            let created = replay_jobs::create(&mut tx, job, now).await?;
+            Ok((tx, created))
+        })
+        .await
+    }
+
+    async fn replay_job(&self, id: i64) -> Result<Option<ReplayJob>, StoreError> {
+        replay_jobs::get(&self.pool, id).await
+    }
+
+    async fn replay_jobs(&self, limit: usize) -> Result<Vec<ReplayJob>, StoreError> {
+        replay_jobs::list(&self.pool, limit).await
+    }
+
+    async fn cancel_replay_job(&self, id: i64, now: Millis) -> Result<Option<ReplayJob>, StoreError> {
+        self.transaction(|mut tx| async move {
+            let job = replay_jobs::cancel(&mut tx, id, now).await?;
+            Ok((tx, job))
+        })
+        .await
+    }
+
+    async fn replay_chunk(
+        &self,
+        job: Option<i64>,
+        size: usize,
+        now: Millis,
+    ) -> Result<Option<ReplayChunk>, StoreError> {
+        self.transaction(|mut tx| async move {
+            let done = replay_jobs::chunk(&mut tx, job, size, now).await?;
+            Ok((tx, done))
         })
         .await
     }

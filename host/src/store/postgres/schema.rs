@@ -18,6 +18,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_attempt_details.sql"),
     include_str!("migrations/0006_cancelled_deliveries.sql"),
     include_str!("migrations/0007_erased_payloads.sql"),
+    include_str!("migrations/0008_replay_jobs.sql"),
 ];
 
 /// The advisory lock that serialises migrations across hosts ("outboxd" in ASCII).

@@ -69,6 +69,11 @@ pub(super) fn failed_where(f: &FailedFilter) -> (String, NamedParams) {
             .join(", ");
         clauses.push(format!("d.id IN ({ids})"));
     }
+    if let Some((above, up_to)) = f.id_range {
+        clauses.push("d.id > :above AND d.id <= :up_to".into());
+        params.push((":above", Box::new(above)));
+        params.push((":up_to", Box::new(up_to)));
+    }
     (clauses.join(" AND "), params)
 }
 
@@ -113,6 +118,15 @@ pub(super) fn replay(clause: &str) -> String {
                         AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id AND e.erased_at IS NOT NULL)
                       ORDER BY d.id LIMIT :limit)",
         pending = DeliveryStatus::Pending.as_str()
+    )
+}
+
+/// The ids of up to `:limit` failed deliveries matching `clause`, oldest first, each with
+/// whether its event's payload was erased: the window of a replay job's chunk.
+pub(super) fn choose_replay_window(clause: &str) -> String {
+    format!(
+        "SELECT d.id, EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id AND e.erased_at IS NOT NULL)
+         FROM deliveries d WHERE {clause} ORDER BY d.id LIMIT :limit"
     )
 }
 

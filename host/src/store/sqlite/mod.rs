@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::history::InFlight;
+use super::replay_jobs::{NewReplayJob, ReplayChunk, ReplayJob};
 use super::{
     Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventRef, FailedDelivery, FailedFilter, Ingested,
     MIN_FREE_BYTES, NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError, VersionAttempts,
@@ -25,6 +26,7 @@ mod filters;
 mod ingest;
 mod leases;
 mod queries;
+mod replay_jobs;
 mod schema;
 mod settle;
 
@@ -277,6 +279,34 @@ impl Store for SqliteStore {
 
     async fn replay(&self, filter: FailedFilter, limit: usize, now: Millis) -> Result<usize, StoreError> {
         self.write_tx(Synchronous::Full, move |tx| admin::replay(tx, &filter, limit, now))
+            .await
+    }
+
+    async fn create_replay_job(&self, job: NewReplayJob, now: Millis) -> Result<ReplayJob, StoreError> {
+        self.write_tx(Synchronous::Full, move |tx| replay_jobs::create(tx, &job, now))
+            .await
+    }
+
+    async fn replay_job(&self, id: i64) -> Result<Option<ReplayJob>, StoreError> {
+        self.read(move |tx| replay_jobs::get(tx, id)).await
+    }
+
+    async fn replay_jobs(&self, limit: usize) -> Result<Vec<ReplayJob>, StoreError> {
+        self.read(move |tx| replay_jobs::list(tx, limit)).await
+    }
+
+    async fn cancel_replay_job(&self, id: i64, now: Millis) -> Result<Option<ReplayJob>, StoreError> {
+        self.write_tx(Synchronous::Full, move |tx| replay_jobs::cancel(tx, id, now))
+            .await
+    }
+
+    async fn replay_chunk(
+        &self,
+        job: Option<i64>,
+        size: usize,
+        now: Millis,
+    ) -> Result<Option<ReplayChunk>, StoreError> {
+        self.write_tx(Synchronous::Full, move |tx| replay_jobs::chunk(tx, job, size, now))
             .await
     }
 

@@ -21,6 +21,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_attempt_details.sql"),
     include_str!("migrations/0008_cancelled_deliveries.sql"),
     include_str!("migrations/0009_erased_payloads.sql"),
+    include_str!("migrations/0010_replay_jobs.sql"),
 ];
 
 /// The connections of an opened database, and its lock when taken.
