@@ -250,6 +250,8 @@ mod tests {
         ("get", "/v1/deliveries/failed"),
         ("post", "/v1/deliveries/replay"),
         ("get", "/v1/sources"),
+        ("get", "/v1/history"),
+        ("get", "/v1/events"),
         ("post", "/v1/events/{id}/cancel"),
         ("post", "/v1/events/cancel"),
         ("delete", "/v1/events/{id}/payload"),
