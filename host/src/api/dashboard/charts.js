@@ -43,26 +43,30 @@ function hhmm(iso) {
 }
 
 // The frame of a chart: the SVG, its title for screen readers, the y grid and the time axis.
-function frame(id, title, points, yMax, yLabel) {
+// `ticks` are [value, label] pairs placed by `place`.
+function frame(id, title, points, ticks, place) {
   const s = svg("svg", {
     id, class: "chart", viewBox: `0 0 ${CHART_W} ${CHART_H}`, role: "img",
     "aria-labelledby": id + "-title", preserveAspectRatio: "xMidYMid meet",
   });
   s.append(svg("title", { id: id + "-title" }, document.createTextNode(title)));
-  const plotH = CHART_H - PAD.top - PAD.bottom;
-  for (const f of [0, 0.5, 1]) {
-    const y = PAD.top + plotH * (1 - f);
-    s.append(svg("line", { class: "grid", x1: PAD.left, x2: CHART_W - PAD.right, y1: y, y2: y }));
-    s.append(svg("text", { class: "tick", x: PAD.left - 4, y: y + 3, "text-anchor": "end" },
-      document.createTextNode(shortNumber(yMax * f) + (f === 1 && yLabel ? " " + yLabel : ""))));
+  for (const [v, label] of ticks) {
+    const ty = place(v);
+    s.append(svg("line", { class: "grid", x1: PAD.left, x2: CHART_W - PAD.right, y1: ty, y2: ty }));
+    s.append(svg("text", { class: "tick", x: PAD.left - 5, y: ty + 3, "text-anchor": "end" }, document.createTextNode(label)));
   }
   const n = points.length;
   const step = Math.max(1, Math.ceil(n / 6));
-  for (let i = 0; i < n; i += step) {
+  for (let i = n - 1; i >= 0; i -= step) {
     s.append(svg("text", { class: "tick", x: x(i, n) + barWidth(n) / 2, y: CHART_H - 6, "text-anchor": "middle" },
       document.createTextNode(hhmm(points[i].at))));
   }
   return s;
+}
+
+// Three ticks of a linear axis from 0 to max.
+function linearTicks(max) {
+  return [0, 0.5, 1].map((f) => [max * f, shortNumber(max * f)]);
 }
 
 function barWidth(n) { return (CHART_W - PAD.left - PAD.right) / Math.max(n, 1); }
@@ -76,7 +80,7 @@ function deliveriesChart(points) {
   const total = Object.fromEntries(kinds.map((k) => [k, points.reduce((a, p) => a + p[k], 0)]));
   const s = frame("chart-deliveries",
     `Attempts per minute over the last ${points.length} minutes: ${total.delivered} delivered, ${total.retried} retried, ${total.failed} failed`,
-    points, max, "/min");
+    points, linearTicks(max), (v) => y(v, max));
   const n = points.length;
   const w = Math.max(1, barWidth(n) - 1);
   points.forEach((p, i) => {
@@ -96,8 +100,9 @@ function deliveriesChart(points) {
   return s;
 }
 
-// A polyline per series over the minutes that have a value; a lone value is a dot.
-function lines(s, series, max, n) {
+// A polyline per series over the minutes that have a value, placed by `place`; a lone value
+// is a dot.
+function lines(s, series, place, n) {
   for (const { name, cls, values } of series) {
     const pts = [];
     const flush = () => {
@@ -111,20 +116,29 @@ function lines(s, series, max, n) {
     };
     values.forEach((v, i) => {
       if (v === null || v === undefined) { flush(); return; }
-      pts.push((x(i, n) + barWidth(n) / 2).toFixed(1) + "," + y(v, max).toFixed(1));
+      pts.push((x(i, n) + barWidth(n) / 2).toFixed(1) + "," + place(v).toFixed(1));
     });
     flush();
   }
 }
 
+// Latency on a log scale (a median of 3 ms and a p99 of 300 ms both readable), in decades.
 function latencyChart(points) {
   const p50 = points.map((p) => p.p50_ms);
   const p99 = points.map((p) => p.p99_ms);
-  const max = niceMax(Math.max(0, ...p99.filter((v) => v !== null)));
+  const known = p50.concat(p99).filter((v) => v !== null);
+  const lo = Math.floor(Math.log10(Math.max(0.1, Math.min(1, ...known))));
+  const hi = Math.max(lo + 1, Math.ceil(Math.log10(Math.max(1, ...known))));
+  const place = (v) => y(Math.log10(Math.max(v, Math.pow(10, lo))) - lo, hi - lo);
+  const ticks = [];
+  for (let d = lo; d <= hi; d++) {
+    const v = Math.pow(10, d);
+    ticks.push([v, v >= 1000 ? v / 1000 + " s" : v + " ms"]);
+  }
   const last = (vs) => { const v = vs.filter((x) => x !== null).pop(); return v === undefined ? "none" : v.toFixed(1) + " ms"; };
   const s = frame("chart-latency",
-    `Attempt latency per minute: p50 latest ${last(p50)}, p99 latest ${last(p99)}`, points, max, "ms");
-  lines(s, [{ name: "p50", cls: "p50", values: p50 }, { name: "p99", cls: "p99", values: p99 }], max, points.length);
+    `Attempt latency per minute: p50 latest ${last(p50)}, p99 latest ${last(p99)}`, points, ticks, place);
+  lines(s, [{ name: "p50", cls: "p50", values: p50 }, { name: "p99", cls: "p99", values: p99 }], place, points.length);
   return s;
 }
 
@@ -138,10 +152,10 @@ function backlogChart(history) {
   });
   const s = frame("chart-backlog",
     "Backlog per target (pending, in flight, paused), sampled every 15 s" + (latest.length ? ": " + latest.join(", ") : ": no sample yet"),
-    points, max, "");
+    points, linearTicks(max), (v) => y(v, max));
   lines(s, targets.map((t, i) => ({
     name: t.target, cls: LINE_CLASSES[i % LINE_CLASSES.length], values: t.points.map((p) => p.backlog),
-  })), max, points.length);
+  })), (v) => y(v, max), points.length);
   return { svg: s, legend: targets.map((t, i) => [t.target, LINE_CLASSES[i % LINE_CLASSES.length]]) };
 }
 

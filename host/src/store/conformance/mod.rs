@@ -11,6 +11,7 @@ mod cancel;
 mod claims;
 mod erase;
 mod history;
+mod search;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -269,6 +270,8 @@ conformance! {
         cancel::a_cancelled_head_unblocks_its_key_and_its_event_is_pruned,
         erase::erasure_waits_for_final_deliveries_and_keeps_the_event,
         erase::retention_erases_payloads_of_old_finished_events_only,
+        search::search_narrows_by_each_filter_newest_first_and_pages_by_id,
+        search::backlog_counts_what_is_still_to_be_done,
     ],
     backends: [
         claims::unclaimed_deliveries_are_pending_again_as_if_never_claimed,
