@@ -85,7 +85,7 @@ async fn the_dashboard_charts_real_traffic_finds_an_event_and_shows_sources_in_c
                         json!({
                             "type": "order.created",
                             "idempotency_key": format!("order-{n}"),
-                            "payload": {"order_id": n, "poison": n % POISON_EVERY == 0},
+                            "payload": {"order_id": n, "poison": n.is_multiple_of(POISON_EVERY)},
                         })
                     })
                     .collect();
@@ -127,7 +127,11 @@ async fn the_dashboard_charts_real_traffic_finds_an_event_and_shows_sources_in_c
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}{stderr}");
-    assert!(out.status.success(), "the browser run failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "the browser run failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
     load.await.expect("the load ran");
 
     let line = |prefix: &str| -> String {
@@ -143,7 +147,10 @@ async fn the_dashboard_charts_real_traffic_finds_an_event_and_shows_sources_in_c
 
     // Settled: the drawn bars, the API's history and the store agree.
     let targets = host.get_json("/v1/targets").await.1;
-    let delivered: u64 = DEMO_TARGETS.iter().map(|t| target_count(&targets, t, "delivered")).sum();
+    let delivered: u64 = DEMO_TARGETS
+        .iter()
+        .map(|t| target_count(&targets, t, "delivered"))
+        .sum();
     let dead = target_count(&targets, "billing", "dead");
     assert_eq!(dead, poisoned as u64, "{targets:#}");
     assert_eq!(delivered + dead, deliveries as u64, "{targets:#}");

@@ -23,7 +23,12 @@ fn now_ms() -> u64 {
 }
 
 fn sum(points: &Value, field: &str) -> u64 {
-    points.as_array().unwrap().iter().map(|p| p[field].as_u64().unwrap()).sum()
+    points
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[field].as_u64().unwrap())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,14 +52,14 @@ async fn history_counts_every_attempt_and_the_search_finds_events_by_each_filter
     let events: Vec<Value> = (0..EVENTS)
         .map(|n| {
             json!({
-                "type": if n % 2 == 0 { "order.created" } else { "order.paid" },
+                "type": if n.is_multiple_of(2) { "order.created" } else { "order.paid" },
                 "idempotency_key": format!("order-{n}"),
-                "payload": {"n": n, "refuse": n % 4 == 0},
+                "payload": {"n": n, "refuse": n.is_multiple_of(4)},
             })
         })
         .collect();
     let ids = host.enqueue_batch(events).await;
-    let refused = (0..EVENTS).filter(|n| n % 4 == 0).count() as u64;
+    let refused = (0..EVENTS).filter(|n| n.is_multiple_of(4)).count() as u64;
     let targets = host
         .wait_for_targets(default_timeout(), |t| {
             target_count(t, "billing", "dead") == refused
@@ -73,9 +78,19 @@ async fn history_counts_every_attempt_and_the_search_finds_events_by_each_filter
     let all = &history["all"];
     assert_eq!(all.as_array().unwrap().len(), 5, "one point per minute: {history}");
     assert_eq!(sum(all, "delivered"), 3 * EVENTS as u64 - refused, "{history}");
-    assert_eq!(sum(all, "failed"), refused, "one failed attempt per dead delivery: {history}");
+    assert_eq!(
+        sum(all, "failed"),
+        refused,
+        "one failed attempt per dead delivery: {history}"
+    );
     assert_eq!(sum(all, "retried"), 2 * refused, "and two retried before it: {history}");
-    let latest = all.as_array().unwrap().iter().rev().find(|p| p["p50_ms"].is_number()).expect("a minute with attempts");
+    let latest = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|p| p["p50_ms"].is_number())
+        .expect("a minute with attempts");
     let (p50, p99) = (latest["p50_ms"].as_f64().unwrap(), latest["p99_ms"].as_f64().unwrap());
     assert!(p50 > 0.0 && p99 >= p50, "{latest}");
     let by_target: BTreeSet<&str> = history["targets"]
@@ -85,7 +100,12 @@ async fn history_counts_every_attempt_and_the_search_finds_events_by_each_filter
         .map(|t| t["target"].as_str().unwrap())
         .collect();
     assert_eq!(by_target, BTreeSet::from(DEMO_TARGETS), "{history}");
-    let billing = history["targets"].as_array().unwrap().iter().find(|t| t["target"] == "billing").unwrap();
+    let billing = history["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == "billing")
+        .unwrap();
     assert_eq!(sum(&billing["points"], "failed"), refused);
     // The backlog was sampled at start-up (before any target had work: no series yet) and
     // is sampled every 15 s: the points carry a number or null, never anything else.
@@ -131,7 +151,11 @@ async fn history_counts_every_attempt_and_the_search_finds_events_by_each_filter
     assert_eq!(statuses, ["analytics=delivered", "billing=dead", "crm=delivered"]);
 
     let (found, _) = search("status=dead&target=billing").await;
-    let expected: Vec<String> = (0..EVENTS).rev().filter(|n| n % 4 == 0).map(|n| ids[n].clone()).collect();
+    let expected: Vec<String> = (0..EVENTS)
+        .rev()
+        .filter(|n| n.is_multiple_of(4))
+        .map(|n| ids[n].clone())
+        .collect();
     assert_eq!(found, expected, "the refused ones, newest first");
     let (found, _) = search("type=order.paid").await;
     assert_eq!(found.len(), EVENTS / 2);
@@ -181,12 +205,7 @@ async fn history_counts_every_attempt_and_the_search_finds_events_by_each_filter
 
     // The read scope: an ingest-only token may post to /v1/events but not search it.
     let client = reqwest::Client::new();
-    let get = |token: &'static str| {
-        client
-            .get(host.url("/v1/events?limit=1"))
-            .bearer_auth(token)
-            .send()
-    };
+    let get = |token: &'static str| client.get(host.url("/v1/events?limit=1")).bearer_auth(token).send();
     assert_eq!(get(INGEST).await.unwrap().status(), 403);
     assert_eq!(get(READ).await.unwrap().status(), 200);
     assert_eq!(client.get(host.url("/v1/events")).send().await.unwrap().status(), 401);

@@ -76,10 +76,7 @@ mod tests {
             }
         }
         for script in ["app.js", "charts.js", "events.js", "sources.js"] {
-            assert!(
-                INDEX_HTML.contains(&format!("src=\"/dashboard/{script}\"")),
-                "{script}"
-            );
+            assert!(INDEX_HTML.contains(&format!("src=\"/dashboard/{script}\"")), "{script}");
         }
         assert!(INDEX_HTML.contains("href=\"/dashboard/app.css\""));
         assert!(APP_JS.contains("sessionStorage") && !APP_JS.contains("localStorage"));

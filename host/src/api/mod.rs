@@ -19,10 +19,10 @@ mod cancel;
 pub mod dashboard;
 mod erase;
 mod history;
-mod search;
 pub mod metrics;
 pub mod openapi;
 mod ready;
+mod search;
 pub mod sources;
 mod targets;
 

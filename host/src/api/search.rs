@@ -57,7 +57,11 @@ impl SearchIn {
         let limit = match self.limit {
             None => DEFAULT_LIMIT,
             Some(l) if (1..=MAX_LIMIT).contains(&l) => l,
-            Some(l) => return Err(InvalidValue(format!("`limit` must be between 1 and {MAX_LIMIT}, not {l}"))),
+            Some(l) => {
+                return Err(InvalidValue(format!(
+                    "`limit` must be between 1 and {MAX_LIMIT}, not {l}"
+                )));
+            }
         };
         if let Some(t) = &self.event_type {
             t.parse::<crate::targets::routing::Pattern>()?;

@@ -255,7 +255,12 @@ impl Finished<'_> {
             }
             log_outcome(delivery, &outcome, decision.status, report.duration);
             metrics::attempt_finished(name.as_str(), outcome.attempt_outcome(), report.duration);
-            history::attempt_ended(name.as_str(), outcome.attempt_outcome(), decision.status, report.duration);
+            history::attempt_ended(
+                name.as_str(),
+                outcome.attempt_outcome(),
+                decision.status,
+                report.duration,
+            );
             let mut emit: Vec<NewEvent> = recovered.take().into_iter().collect();
             // Dead (not discarded: best-effort gives up quietly) needs an operator's attention.
             if decision.status == DeliveryStatus::Dead && !delivery.event.event_type.starts_with(OPERATIONAL_PREFIX) {

@@ -9,8 +9,9 @@ use async_trait::async_trait;
 
 use crate::domain::{EventId, Millis, TargetName};
 use crate::store::{
-    Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventFilter, EventRef, EventSummary, FailedDelivery, FailedFilter, Ingested,
-    NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError, StoredEvent, VersionAttempts,
+    Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventFilter, EventRef, EventSummary, FailedDelivery,
+    FailedFilter, Ingested, NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError, StoredEvent,
+    VersionAttempts,
 };
 use crate::targets::manifest::TargetSpec;
 

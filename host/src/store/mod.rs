@@ -13,10 +13,10 @@ macro_rules! sql {
     };
 }
 
+pub mod backlog;
 #[cfg(test)]
 mod conformance;
 mod group_commit;
-pub mod backlog;
 pub mod history;
 mod location;
 mod model;
@@ -42,8 +42,8 @@ use crate::domain::{EventId, Millis, TargetName};
 
 pub use model::{
     AttemptRecord, Cancellation, CancelledDelivery, ClaimRequest, Claimed, DeliveryDetail, ERASED_HEADERS,
-    ERASED_PAYLOAD, Erasure, EventDetail, EventFilter, EventRef, EventSummary, FailedDelivery, FailedFilter, Ingested, NewEvent, SettleReport,
-    Settlement, StatusCounts, StoredEvent, TokenGrant, VersionAttempts,
+    ERASED_PAYLOAD, Erasure, EventDetail, EventFilter, EventRef, EventSummary, FailedDelivery, FailedFilter, Ingested,
+    NewEvent, SettleReport, Settlement, StatusCounts, StoredEvent, TokenGrant, VersionAttempts,
 };
 
 /// A failure of the store itself (not of a delivery).
@@ -259,11 +259,7 @@ pub trait Store: Send + Sync + 'static {
             .await?
             .into_iter()
             .filter_map(|(target, counts)| {
-                let n: u64 = counts
-                    .iter()
-                    .filter(|(s, _)| s.is_backlog())
-                    .map(|(_, n)| n)
-                    .sum();
+                let n: u64 = counts.iter().filter(|(s, _)| s.is_backlog()).map(|(_, n)| n).sum();
                 (n > 0).then_some((target, n))
             })
             .collect())

@@ -47,13 +47,13 @@ impl Ended {
     pub fn of(outcome: AttemptOutcome, status: DeliveryStatus) -> Option<Self> {
         match outcome {
             AttemptOutcome::Delivered => Some(Self::Delivered),
-            AttemptOutcome::Retry | AttemptOutcome::Permanent => Some(
-                if matches!(status, DeliveryStatus::Dead | DeliveryStatus::Discarded) {
+            AttemptOutcome::Retry | AttemptOutcome::Permanent => {
+                Some(if matches!(status, DeliveryStatus::Dead | DeliveryStatus::Discarded) {
                     Self::Failed
                 } else {
                     Self::Retried
-                },
-            ),
+                })
+            }
             AttemptOutcome::Running | AttemptOutcome::Abandoned => None,
         }
     }
@@ -336,7 +336,11 @@ mod tests {
         assert_eq!(crm[0].minute, T0 + BUCKET_MS);
         let last = crm.last().unwrap();
         assert_eq!((last.delivered, last.failed), (0, 1));
-        assert_eq!(crm.iter().map(|p| p.delivered).sum::<u64>(), 1, "only the attempt at T0+10 min is left");
+        assert_eq!(
+            crm.iter().map(|p| p.delivered).sum::<u64>(),
+            1,
+            "only the attempt at T0+10 min is left"
+        );
         // Asking beyond the ring is the ring.
         assert_eq!(h.series(100_000, wrapped).all.len(), HISTORY_MINUTES);
     }

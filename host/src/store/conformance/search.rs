@@ -14,11 +14,19 @@ fn ids(found: &[crate::store::EventSummary]) -> Vec<EventId> {
 
 pub(super) async fn search_narrows_by_each_filter_newest_first_and_pages_by_id(s: &dyn Store) {
     // a: crm + billing at 100; b: crm at 200 (type invoice.sent); c: billing at 300, keyed.
-    let a = s.ingest(vec![event(Some("order-1"), &["crm", "billing"])], 100).await.unwrap()[0].id;
+    let a = s
+        .ingest(vec![event(Some("order-1"), &["crm", "billing"])], 100)
+        .await
+        .unwrap()[0]
+        .id;
     let mut invoice = event(None, &["crm"]);
     invoice.event_type = EventType::try_from("invoice.sent".to_string()).unwrap();
     let b = s.ingest(vec![invoice], 200).await.unwrap()[0].id;
-    let c = s.ingest(vec![event(Some("order-[3]"), &["billing"])], 300).await.unwrap()[0].id;
+    let c = s
+        .ingest(vec![event(Some("order-[3]"), &["billing"])], 300)
+        .await
+        .unwrap()[0]
+        .id;
     // crm's two deliveries are delivered; billing's (a's and c's) die.
     finish(s, "crm", DeliveryStatus::Delivered, 400, None).await;
     finish(s, "billing", DeliveryStatus::Dead, 400, Some("HTTP 422")).await;
@@ -28,7 +36,10 @@ pub(super) async fn search_narrows_by_each_filter_newest_first_and_pages_by_id(s
     assert_eq!(ids(&all), [c, b, a], "newest first");
     assert_eq!(
         all[2].deliveries,
-        [(t("billing"), DeliveryStatus::Dead), (t("crm"), DeliveryStatus::Delivered)],
+        [
+            (t("billing"), DeliveryStatus::Dead),
+            (t("crm"), DeliveryStatus::Delivered)
+        ],
         "each delivery's status, by target"
     );
     assert_eq!(all[0].idempotency_key.as_deref(), Some("order-[3]"));
@@ -95,7 +106,9 @@ pub(super) async fn search_narrows_by_each_filter_newest_first_and_pages_by_id(s
 /// deliveries are not in it, and a target with none is absent.
 pub(super) async fn backlog_counts_what_is_still_to_be_done(s: &dyn Store) {
     for _ in 0..4 {
-        s.ingest(vec![event(None, &["crm", "billing", "audit"])], 10).await.unwrap();
+        s.ingest(vec![event(None, &["crm", "billing", "audit"])], 10)
+            .await
+            .unwrap();
     }
     // crm: one in flight, three pending. billing: held (paused). audit: all delivered.
     assert_eq!(s.claim(super::claim("crm", 1, "w", 20, 60_000)).await.unwrap().len(), 1);

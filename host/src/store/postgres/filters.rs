@@ -7,9 +7,9 @@ use std::sync::LazyLock;
 use sqlx::{Postgres, QueryBuilder};
 
 use crate::domain::{DeliveryStatus, Millis};
-use crate::store::{EventFilter, FailedFilter};
 use crate::store::history::InFlight;
 use crate::store::template::{claim_variants, fill};
+use crate::store::{EventFilter, FailedFilter};
 
 /// The claim statement without and with the FIFO condition, composed once.
 static CLAIMS: LazyLock<[String; 2]> = LazyLock::new(|| claim_variants(sql!("claim_pending")));
@@ -93,8 +93,7 @@ fn glob_to_like(glob: &str) -> String {
 /// idempotency ledger's primary key; status and target through the deliveries'
 /// `(event_id, target)` key, per event.
 pub(super) fn search_events(f: &EventFilter, limit: i64) -> QueryBuilder<'static, Postgres> {
-    let mut q =
-        QueryBuilder::new("SELECT e.id, e.type, e.idempotency_key, e.created_at FROM events e WHERE TRUE");
+    let mut q = QueryBuilder::new("SELECT e.id, e.type, e.idempotency_key, e.created_at FROM events e WHERE TRUE");
     if let Some(glob) = &f.event_type {
         q.push(" AND e.type LIKE ")
             .push_bind(glob_to_like(glob))

@@ -25,8 +25,9 @@ use tokio::sync::Semaphore;
 
 use super::history::{InFlight, settle_order};
 use super::{
-    Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventFilter, EventRef, EventSummary, FailedDelivery, FailedFilter, Ingested,
-    NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError, TokenGrant, VersionAttempts,
+    Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventFilter, EventRef, EventSummary, FailedDelivery,
+    FailedFilter, Ingested, NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError, TokenGrant,
+    VersionAttempts,
 };
 use crate::domain::{EventId, Millis, TargetName, now_ms};
 

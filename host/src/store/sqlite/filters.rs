@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use crate::domain::DeliveryStatus;
-use crate::store::{EventFilter, FailedFilter};
 use crate::store::template::{claim_variants, fill};
+use crate::store::{EventFilter, FailedFilter};
 
 /// The claim statements: (expired leases, due pending), each without and with the FIFO
 /// condition, composed once.

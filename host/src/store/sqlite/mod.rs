@@ -14,8 +14,9 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::history::InFlight;
 use super::{
-    Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventFilter, EventRef, EventSummary, FailedDelivery, FailedFilter, Ingested,
-    MIN_FREE_BYTES, NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError, VersionAttempts,
+    Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventFilter, EventRef, EventSummary, FailedDelivery,
+    FailedFilter, Ingested, MIN_FREE_BYTES, NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError,
+    VersionAttempts,
 };
 use crate::domain::{EventId, Millis, TargetName};
 
