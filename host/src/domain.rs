@@ -268,6 +268,11 @@ impl DeliveryStatus {
     pub fn is_cancellable(self) -> bool {
         matches!(self, Self::Pending | Self::Paused | Self::Dead)
     }
+
+    /// Whether the delivery is still to be done: the backlog (`pending`, `in_flight`, `paused`).
+    pub fn is_backlog(self) -> bool {
+        matches!(self, Self::Pending | Self::InFlight | Self::Paused)
+    }
 }
 
 string_enum! {

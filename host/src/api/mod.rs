@@ -1,9 +1,10 @@
-//! The HTTP API: ingest (`POST /v1/events`), event status (`GET /v1/events/{id}`),
+//! The HTTP API: ingest (`POST /v1/events`), event search (`GET /v1/events`, in `search`),
+//! event status (`GET /v1/events/{id}`),
 //! cancellation (`POST /v1/events/{id}/cancel`, `POST /v1/events/cancel`, in `cancel`), payload
 //! erasure (`DELETE /v1/events/{id}/payload`, `DELETE /v1/events/payload`, in `erase`), targets
 //! (`GET /v1/targets`, `POST /v1/targets/{name}/pause|resume`), dead letters
-//! (`GET /v1/deliveries/failed`; replays and replay jobs in `replays`), sources (`GET /v1/sources`)
-//! liveness (`GET /healthz`) and readiness (`GET /readyz`, in `ready`).
+//! (`GET /v1/deliveries/failed`; replays and replay jobs in `replays`), sources (`GET /v1/sources`),
+//! the dashboard's history (`GET /v1/history`, in `history`), liveness (`GET /healthz`) and readiness (`GET /readyz`, in `ready`).
 //! Every error is a JSON body `{"error": "…"}` with a 4xx or 5xx status, and a refused
 //! request changes nothing.
 //!
@@ -17,10 +18,12 @@ pub mod browser;
 mod cancel;
 pub mod dashboard;
 mod erase;
+mod history;
 pub mod metrics;
 pub mod openapi;
 mod ready;
 mod replays;
+mod search;
 pub mod sources;
 mod targets;
 
@@ -93,6 +96,8 @@ pub fn api_routes(auth: auth::LiveAuth) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(targets::get_targets))
         .routes(routes!(list_failed))
         .routes(routes!(sources::get_sources))
+        .routes(routes!(history::get_history))
+        .routes(routes!(search::search_events))
         .routes(routes!(healthz))
         .routes(routes!(ready::readyz))
         .routes(routes!(metrics::get_metrics));

@@ -253,6 +253,8 @@ mod tests {
         ("get", "/v1/replays/{id}"),
         ("post", "/v1/replays/{id}/cancel"),
         ("get", "/v1/sources"),
+        ("get", "/v1/history"),
+        ("get", "/v1/events"),
         ("post", "/v1/events/{id}/cancel"),
         ("post", "/v1/events/cancel"),
         ("delete", "/v1/events/{id}/payload"),

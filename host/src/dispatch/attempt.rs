@@ -23,7 +23,7 @@ use crate::store::{Claimed, NewEvent, Settlement};
 use crate::targets::Target;
 use crate::targets::manifest::TargetSpec;
 use crate::targets::routing::{OPERATIONAL_PREFIX, Routes};
-use crate::telemetry::metrics;
+use crate::telemetry::{history, metrics};
 
 /// Starts an attempt of `deliveries` on the dispatcher's task tracker; `slot` is held until
 /// it ends. `lane_target` runs it if the target has been removed meanwhile.
@@ -255,6 +255,12 @@ impl Finished<'_> {
             }
             log_outcome(delivery, &outcome, decision.status, report.duration);
             metrics::attempt_finished(name.as_str(), outcome.attempt_outcome(), report.duration);
+            history::attempt_ended(
+                name.as_str(),
+                outcome.attempt_outcome(),
+                decision.status,
+                report.duration,
+            );
             let mut emit: Vec<NewEvent> = recovered.take().into_iter().collect();
             // Dead (not discarded: best-effort gives up quietly) needs an operator's attention.
             if decision.status == DeliveryStatus::Dead && !delivery.event.event_type.starts_with(OPERATIONAL_PREFIX) {

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 
 use crate::domain::{EventId, Millis, TargetName};
 use crate::store::{
-    Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventRef, FailedDelivery, FailedFilter, Ingested,
-    NewEvent, NewReplayJob, ReplayChunk, ReplayJob, SettleReport, Settlement, StatusCounts, Store, StoreError,
-    StoredEvent, VersionAttempts,
+    Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventFilter, EventRef, EventSummary, FailedDelivery,
+    FailedFilter, Ingested, NewEvent, NewReplayJob, ReplayChunk, ReplayJob, SettleReport, Settlement, StatusCounts,
+    Store, StoreError, StoredEvent, VersionAttempts,
 };
 use crate::targets::manifest::TargetSpec;
 
@@ -189,6 +189,10 @@ impl Store for FakeStore {
 
     async fn event(&self, _: EventId) -> Result<Option<EventDetail>, StoreError> {
         Ok(None)
+    }
+
+    async fn search_events(&self, _: EventFilter, _: usize) -> Result<Vec<EventSummary>, StoreError> {
+        Ok(Vec::new())
     }
 
     async fn probe_write(&self, _: Millis) -> Result<(), StoreError> {

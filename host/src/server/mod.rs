@@ -127,6 +127,11 @@ pub async fn serve(
         live.retention.subscribe(),
         stop.clone(),
     ));
+    let sampler = tokio::spawn(crate::store::backlog::run(
+        Arc::clone(&store),
+        crate::store::backlog::SAMPLE_EVERY,
+        stop.clone(),
+    ));
     // Wake-ups announced by other processes (other hosts' ingests, the CLI) wake idle lanes.
     let wakeups = {
         let (store, wake, stop) = (Arc::clone(&store), Arc::clone(&wake), stop.clone());
@@ -220,6 +225,7 @@ pub async fn serve(
     }
     let _ = retention.await;
     let _ = replays.await;
+    let _ = sampler.await;
     for relay in relays {
         let _ = relay.await;
     }

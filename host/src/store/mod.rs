@@ -13,6 +13,7 @@ macro_rules! sql {
     };
 }
 
+pub mod backlog;
 #[cfg(test)]
 mod conformance;
 mod group_commit;
@@ -43,8 +44,8 @@ use crate::domain::{EventId, Millis, TargetName};
 
 pub use model::{
     AttemptRecord, Cancellation, CancelledDelivery, ClaimRequest, Claimed, DeliveryDetail, ERASED_HEADERS,
-    ERASED_PAYLOAD, Erasure, EventDetail, EventRef, FailedDelivery, FailedFilter, Ingested, NewEvent, SettleReport,
-    Settlement, StatusCounts, StoredEvent, TokenGrant, VersionAttempts,
+    ERASED_PAYLOAD, Erasure, EventDetail, EventFilter, EventRef, EventSummary, FailedDelivery, FailedFilter, Ingested,
+    NewEvent, SettleReport, Settlement, StatusCounts, StoredEvent, TokenGrant, VersionAttempts,
 };
 
 /// A failure of the store itself (not of a delivery).
@@ -267,8 +268,28 @@ pub trait Store: Send + Sync + 'static {
     /// One event with its deliveries and their history.
     async fn event(&self, id: EventId) -> Result<Option<EventDetail>, StoreError>;
 
+    /// Up to `limit` events matching `filter`, newest first, each with its deliveries'
+    /// statuses.
+    async fn search_events(&self, filter: EventFilter, limit: usize) -> Result<Vec<EventSummary>, StoreError>;
+
     /// Delivery counts per target and status.
     async fn status_counts(&self) -> Result<StatusCounts, StoreError>;
+
+    /// Per target, its backlog: deliveries `pending`, `in_flight` or `paused` (targets
+    /// without any are absent). The default reads [`Store::status_counts`] (on SQLite a scan
+    /// of the `(target, status, …)` index, no table rows); PostgreSQL counts in its partial
+    /// indexes of those statuses only, so the cost follows the backlog, not the table.
+    async fn backlog_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        Ok(self
+            .status_counts()
+            .await?
+            .into_iter()
+            .filter_map(|(target, counts)| {
+                let n: u64 = counts.iter().filter(|(s, _)| s.is_backlog()).map(|(_, n)| n).sum();
+                (n > 0).then_some((target, n))
+            })
+            .collect())
+    }
 
     /// Holds a target whose plugin does not load: its `pending` deliveries become `paused`
     /// with `reason` as their last error (as do paused ones with another last error). [`Store::sync_paused`] resumes them once the target

@@ -254,6 +254,38 @@ impl FailedFilter {
     }
 }
 
+/// Which events a search returns. Every field narrows the set; the default matches every
+/// event. Events come newest first (by id, a UUIDv7), a page at a time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Event-type glob (`*`, `?`), as in manifests.
+    pub event_type: Option<String>,
+    /// The producer's idempotency key, exactly; found through the idempotency ledger, so
+    /// while the ledger keeps it (`idempotency_retention`).
+    pub key: Option<String>,
+    /// Only events with a delivery in this status (to `target`, when given).
+    pub status: Option<DeliveryStatus>,
+    /// Only events with a delivery to this target.
+    pub target: Option<TargetName>,
+    /// Accepted at or after this time.
+    pub since: Option<Millis>,
+    /// Accepted before this time.
+    pub until: Option<Millis>,
+    /// Only events older than this one (the next page).
+    pub before: Option<EventId>,
+}
+
+/// An event as a search lists it: what it is and where its deliveries stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSummary {
+    pub id: EventId,
+    pub event_type: String,
+    pub idempotency_key: Option<String>,
+    pub created_at: Millis,
+    /// Each delivery's target and status, by target.
+    pub deliveries: Vec<(TargetName, DeliveryStatus)>,
+}
+
 /// A failed delivery, for the dead-letter listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedDelivery {

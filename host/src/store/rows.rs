@@ -32,6 +32,26 @@ pub(crate) fn encode_headers(headers: &[(String, String)]) -> Result<String, Sto
 /// created_at.
 pub(crate) type EventColumns = (String, String, String, String, Option<String>, Option<String>, i64);
 
+/// An event as a search lists it: id, type, idempotency key, created at.
+pub(crate) type SummaryColumns = (String, String, Option<String>, i64);
+
+/// An event of a search, with its deliveries' `(target, status)` as stored.
+pub(crate) fn event_summary(
+    (id, event_type, idempotency_key, created_at): SummaryColumns,
+    deliveries: Vec<(String, String)>,
+) -> Result<crate::store::EventSummary, StoreError> {
+    Ok(crate::store::EventSummary {
+        id: decode(&id)?,
+        event_type,
+        idempotency_key,
+        created_at,
+        deliveries: deliveries
+            .into_iter()
+            .map(|(target, status)| Ok((decode(&target)?, decode(&status)?)))
+            .collect::<Result<_, StoreError>>()?,
+    })
+}
+
 pub(crate) fn stored_event(
     (id, event_type, payload, headers, idempotency_key, ordering_key, created_at): EventColumns,
 ) -> Result<StoredEvent, StoreError> {

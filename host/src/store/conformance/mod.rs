@@ -12,6 +12,7 @@ mod claims;
 mod erase;
 mod history;
 mod replay_jobs;
+mod search;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -272,6 +273,8 @@ conformance! {
         erase::retention_erases_payloads_of_old_finished_events_only,
         replay_jobs::a_replay_job_takes_what_failed_before_it_chunk_by_chunk,
         replay_jobs::a_capped_replay_job_stops_at_its_cap,
+        search::search_narrows_by_each_filter_newest_first_and_pages_by_id,
+        search::backlog_counts_what_is_still_to_be_done,
     ],
     backends: [
         claims::unclaimed_deliveries_are_pending_again_as_if_never_claimed,

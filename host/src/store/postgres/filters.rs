@@ -7,9 +7,9 @@ use std::sync::LazyLock;
 use sqlx::{Postgres, QueryBuilder};
 
 use crate::domain::{DeliveryStatus, Millis};
-use crate::store::FailedFilter;
 use crate::store::history::InFlight;
 use crate::store::template::{claim_variants, fill};
+use crate::store::{EventFilter, FailedFilter};
 
 /// The claim statement without and with the FIFO condition, composed once.
 static CLAIMS: LazyLock<[String; 2]> = LazyLock::new(|| claim_variants(sql!("claim_pending")));
@@ -91,6 +91,45 @@ fn glob_to_like(glob: &str) -> String {
         }
     }
     out
+}
+
+/// The events matching `f`, newest first, at most `limit`. The key goes through the
+/// idempotency ledger's primary key; status and target through the deliveries'
+/// `(event_id, target)` key, per event.
+pub(super) fn search_events(f: &EventFilter, limit: i64) -> QueryBuilder<'static, Postgres> {
+    let mut q = QueryBuilder::new("SELECT e.id, e.type, e.idempotency_key, e.created_at FROM events e WHERE TRUE");
+    if let Some(glob) = &f.event_type {
+        q.push(" AND e.type LIKE ")
+            .push_bind(glob_to_like(glob))
+            .push(" ESCAPE '\\'");
+    }
+    if let Some(key) = &f.key {
+        q.push(" AND e.id IN (SELECT event_id FROM idempotency_keys WHERE key = ")
+            .push_bind(key.clone())
+            .push(") AND e.idempotency_key = ")
+            .push_bind(key.clone());
+    }
+    if f.target.is_some() || f.status.is_some() {
+        q.push(" AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id");
+        if let Some(t) = &f.target {
+            q.push(" AND d.target = ").push_bind(t.to_string());
+        }
+        if let Some(status) = f.status {
+            q.push(" AND d.status = ").push_bind(status.as_str());
+        }
+        q.push(")");
+    }
+    if let Some(since) = f.since {
+        q.push(" AND e.created_at >= ").push_bind(since);
+    }
+    if let Some(until) = f.until {
+        q.push(" AND e.created_at < ").push_bind(until);
+    }
+    if let Some(before) = &f.before {
+        q.push(" AND e.id < ").push_bind(before.to_string());
+    }
+    q.push(" ORDER BY e.id DESC LIMIT ").push_bind(limit);
+    q
 }
 
 /// The failed deliveries matching `f` with an id above `after`, oldest first, at most `limit`.

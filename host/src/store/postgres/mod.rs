@@ -26,8 +26,9 @@ use tokio::sync::Semaphore;
 use super::history::{InFlight, settle_order};
 use super::replay_jobs::{NewReplayJob, ReplayChunk, ReplayJob};
 use super::{
-    Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventRef, FailedDelivery, FailedFilter, Ingested,
-    NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError, TokenGrant, VersionAttempts,
+    Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventFilter, EventRef, EventSummary, FailedDelivery,
+    FailedFilter, Ingested, NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError, TokenGrant,
+    VersionAttempts,
 };
 use crate::domain::{EventId, Millis, TargetName, now_ms};
 
@@ -432,6 +433,10 @@ impl Store for PgStore {
         .await
     }
 
+    async fn search_events(&self, filter: EventFilter, limit: usize) -> Result<Vec<EventSummary>, StoreError> {
+        queries::search_events(&self.pool, &filter, limit).await
+    }
+
     /// The write only: the database server's disk is not this host's to measure.
     async fn probe_write(&self, now: Millis) -> Result<(), StoreError> {
         sqlx::query(sql!("probe_write")).bind(now).execute(&self.pool).await?;
@@ -469,6 +474,10 @@ impl Store for PgStore {
 
     async fn oldest_due(&self, now: Millis) -> Result<BTreeMap<String, Millis>, StoreError> {
         queries::oldest_due(&self.pool, now).await
+    }
+
+    async fn backlog_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        queries::backlog_counts(&self.pool).await
     }
 
     fn is_shared(&self) -> bool {

@@ -8,8 +8,12 @@ use sqlx::postgres::{PgConnection, PgPool};
 
 use super::{counted, filters};
 use crate::domain::{EventId, Millis, TargetName};
-use crate::store::rows::{self, AttemptColumns, DeliveryColumns, DeliveryRow, EventColumns, FailedColumns};
-use crate::store::{EventDetail, FailedDelivery, FailedFilter, StatusCounts, StoreError, VersionAttempts};
+use crate::store::rows::{
+    self, AttemptColumns, DeliveryColumns, DeliveryRow, EventColumns, FailedColumns, SummaryColumns,
+};
+use crate::store::{
+    EventDetail, EventFilter, EventSummary, FailedDelivery, FailedFilter, StatusCounts, StoreError, VersionAttempts,
+};
 
 pub(super) async fn event(conn: &mut PgConnection, id: EventId) -> Result<Option<EventDetail>, StoreError> {
     let id = id.to_string();
@@ -45,6 +49,36 @@ pub(super) async fn event(conn: &mut PgConnection, id: EventId) -> Result<Option
     }))
 }
 
+pub(super) async fn search_events(
+    pool: &PgPool,
+    filter: &EventFilter,
+    limit: usize,
+) -> Result<Vec<EventSummary>, StoreError> {
+    let found: Vec<SummaryColumns> = filters::search_events(filter, limit as i64)
+        .build_query_as()
+        .fetch_all(pool)
+        .await?;
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = found.iter().map(|c| c.0.as_str()).collect();
+    let statuses: Vec<(String, String, String)> = counted::query_as(sql!("delivery_statuses_of_events"))
+        .bind(&ids)
+        .fetch_all(pool)
+        .await?;
+    let mut by_event: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for (event, target, status) in statuses {
+        by_event.entry(event).or_default().push((target, status));
+    }
+    found
+        .into_iter()
+        .map(|columns| {
+            let deliveries = by_event.remove(&columns.0).unwrap_or_default();
+            rows::event_summary(columns, deliveries)
+        })
+        .collect()
+}
+
 pub(super) async fn list_failed(
     pool: &PgPool,
     filter: &FailedFilter,
@@ -78,6 +112,15 @@ pub(super) async fn next_due(pool: &PgPool, target: &TargetName) -> Result<Optio
         .bind(target.as_str())
         .fetch_one(pool)
         .await?)
+}
+
+pub(super) async fn backlog_counts(pool: &PgPool) -> Result<BTreeMap<String, u64>, StoreError> {
+    let found: Vec<(String, i64)> = counted::query_as(sql!("backlog_counts")).fetch_all(pool).await?;
+    let mut out = BTreeMap::new();
+    for (target, n) in found {
+        *out.entry(target).or_insert(0) += n.max(0) as u64;
+    }
+    Ok(out)
 }
 
 pub(super) async fn oldest_due(pool: &PgPool, now: Millis) -> Result<BTreeMap<String, Millis>, StoreError> {

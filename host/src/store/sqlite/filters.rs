@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use crate::domain::DeliveryStatus;
-use crate::store::FailedFilter;
 use crate::store::template::{claim_variants, fill};
+use crate::store::{EventFilter, FailedFilter};
 
 /// The claim statements: (expired leases, due pending), each without and with the FIFO
 /// condition, composed once.
@@ -75,6 +75,60 @@ pub(super) fn failed_where(f: &FailedFilter) -> (String, NamedParams) {
         params.push((":up_to", Box::new(up_to)));
     }
     (clauses.join(" AND "), params)
+}
+
+/// The conditions of an [`EventFilter`] over `events e`, and their parameters. The key goes
+/// through the idempotency ledger's primary key; status and target through the deliveries'
+/// `(event_id, target)` key, per event.
+pub(super) fn event_where(f: &EventFilter) -> (String, NamedParams) {
+    let mut clauses: Vec<String> = vec!["TRUE".into()];
+    let mut params: NamedParams = Vec::new();
+    if let Some(t) = &f.event_type {
+        clauses.push("e.type GLOB :type".into());
+        params.push((":type", Box::new(glob_pattern(t))));
+    }
+    if let Some(key) = &f.key {
+        clauses.push(
+            "e.id IN (SELECT event_id FROM idempotency_keys WHERE key = :key) AND e.idempotency_key = :key".into(),
+        );
+        params.push((":key", Box::new(key.clone())));
+    }
+    let mut delivery = Vec::new();
+    if let Some(t) = &f.target {
+        delivery.push("d.target = :target");
+        params.push((":target", Box::new(t.to_string())));
+    }
+    if let Some(status) = f.status {
+        delivery.push("d.status = :status");
+        params.push((":status", Box::new(status.as_str())));
+    }
+    if !delivery.is_empty() {
+        clauses.push(format!(
+            "EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND {})",
+            delivery.join(" AND ")
+        ));
+    }
+    if let Some(since) = f.since {
+        clauses.push("e.created_at >= :since".into());
+        params.push((":since", Box::new(since)));
+    }
+    if let Some(until) = f.until {
+        clauses.push("e.created_at < :until".into());
+        params.push((":until", Box::new(until)));
+    }
+    if let Some(before) = &f.before {
+        clauses.push("e.id < :before".into());
+        params.push((":before", Box::new(before.to_string())));
+    }
+    (clauses.join(" AND "), params)
+}
+
+/// The events matching `clause`, newest first, at most `:limit`.
+pub(super) fn search_events(clause: &str) -> String {
+    format!(
+        "SELECT e.id, e.type, e.idempotency_key, e.created_at FROM events e
+         WHERE {clause} ORDER BY e.id DESC LIMIT :limit"
+    )
 }
 
 /// A manifest-style glob (`*`, `?`, everything else literal) as a `GLOB` pattern: SQLite's

@@ -15,8 +15,9 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use super::history::InFlight;
 use super::replay_jobs::{NewReplayJob, ReplayChunk, ReplayJob};
 use super::{
-    Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventRef, FailedDelivery, FailedFilter, Ingested,
-    MIN_FREE_BYTES, NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError, VersionAttempts,
+    Cancellation, ClaimRequest, Claimed, Erasure, EventDetail, EventFilter, EventRef, EventSummary, FailedDelivery,
+    FailedFilter, Ingested, MIN_FREE_BYTES, NewEvent, SettleReport, Settlement, StatusCounts, Store, StoreError,
+    VersionAttempts,
 };
 use crate::domain::{EventId, Millis, TargetName};
 
@@ -358,6 +359,10 @@ impl Store for SqliteStore {
 
     async fn event(&self, id: EventId) -> Result<Option<EventDetail>, StoreError> {
         self.read(move |tx| queries::event(tx, id)).await
+    }
+
+    async fn search_events(&self, filter: EventFilter, limit: usize) -> Result<Vec<EventSummary>, StoreError> {
+        self.read(move |tx| queries::search_events(tx, &filter, limit)).await
     }
 
     async fn probe_write(&self, now: Millis) -> Result<(), StoreError> {

@@ -9,7 +9,10 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use super::filters;
 use crate::domain::{EventId, Millis, TargetName};
 use crate::store::rows::{self, DeliveryRow};
-use crate::store::{EventDetail, FailedDelivery, FailedFilter, StatusCounts, StoreError, StoredEvent, VersionAttempts};
+use crate::store::{
+    EventDetail, EventFilter, EventSummary, FailedDelivery, FailedFilter, StatusCounts, StoreError, StoredEvent,
+    VersionAttempts,
+};
 
 pub(super) fn load_event(conn: &Connection, id: &str) -> Result<Option<StoredEvent>, StoreError> {
     conn.prepare_cached(sql!("select_event"))?
@@ -45,6 +48,30 @@ pub(super) fn event(tx: &Transaction<'_>, id: EventId) -> Result<Option<EventDet
         deliveries,
         erased_at,
     }))
+}
+
+pub(super) fn search_events(
+    tx: &Transaction<'_>,
+    filter: &EventFilter,
+    limit: usize,
+) -> Result<Vec<EventSummary>, StoreError> {
+    let (clause, params) = filters::event_where(filter);
+    let limit = limit as i64;
+    let bind = filters::bind(&params, &[(":limit", &limit)]);
+    let mut stmt = tx.prepare(&filters::search_events(&clause))?;
+    let found: Vec<rows::SummaryColumns> = stmt
+        .query_map(bind.as_slice(), |r| r.try_into())?
+        .collect::<Result<_, _>>()?;
+    let mut statuses = tx.prepare_cached(sql!("delivery_statuses_of_event"))?;
+    found
+        .into_iter()
+        .map(|columns| {
+            let deliveries: Vec<(String, String)> = statuses
+                .query_map([&columns.0], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            rows::event_summary(columns, deliveries)
+        })
+        .collect()
 }
 
 pub(super) fn list_failed(
