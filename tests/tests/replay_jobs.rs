@@ -45,7 +45,12 @@ async fn a_replay_job_of_100k_dead_deliveries_survives_a_sigkill_and_replays_eac
     // each replay, so a delivery replayed twice would show a third attempt.
     host.add_target(
         "bulk",
-        &Target::misbehave("permanent").events(&["bulk.*"]).concurrency(64),
+        // A fixed limit: the adaptive one would shrink under the permanent failures, and the
+        // test is about the job, not about pacing a failing receiver.
+        &Target::misbehave("permanent")
+            .events(&["bulk.*"])
+            .concurrency(64)
+            .concurrency_mode("fixed"),
     );
     host.start().await;
     let started = Instant::now();
