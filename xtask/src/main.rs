@@ -420,7 +420,9 @@ fn cmd_test(extra: &[String]) -> Result<ExitCode> {
     let plugins = build_plugins(true)?;
     let tools = install_test_tools()?;
     step("building outboxd");
-    run(cargo().args(["build", "-p", "outboxd", "--bin", "outboxd"]))?;
+    // `--workspace`: the binary's dependencies get the features the whole workspace asks for,
+    // as in the `cargo test --workspace` below, so they are built once, not once per set.
+    run(cargo().args(["build", "--workspace", "--bin", "outboxd"]))?;
     let bin = target_dir().join("debug").join(exe("outboxd"));
     if !bin.is_file() {
         return Err(format!("{} was not built", bin.display()));
