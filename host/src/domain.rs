@@ -428,9 +428,33 @@ impl Outcome {
     }
 }
 
+/// A network place as `allowed_hosts`, `oauth2.hosts` and `--allow-host` name it:
+/// `Host:Port` → `host:port`, or `None` when it is not of that shape.
+pub fn normalize_host_port(s: &str) -> Option<String> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.is_empty() || bare.contains(['/', ' ', '@']) {
+        return None;
+    }
+    Some(format!("{}:{port}", host.to_ascii_lowercase()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_port_normalisation() {
+        assert_eq!(
+            normalize_host_port("API.example.com:443").as_deref(),
+            Some("api.example.com:443")
+        );
+        assert_eq!(normalize_host_port("[::1]:8080").as_deref(), Some("[::1]:8080"));
+        assert_eq!(normalize_host_port("example.com"), None);
+        assert_eq!(normalize_host_port("example.com:http"), None);
+        assert_eq!(normalize_host_port(":80"), None);
+    }
 
     #[test]
     fn long_error_texts_are_capped_noting_their_length() {

@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::{CliError, parse_header};
+use crate::domain::normalize_host_port;
 use crate::domain::{EventId, Outcome, now_ms};
 use crate::outbox::input;
 use crate::plugin::{EventInput, Grants, Plugin, Runtime, Tail};
-use crate::targets::manifest::normalize_host_port;
 
 /// Where `plugin check` and `plugin run` keep compiled components between runs.
 #[derive(Debug, Clone, clap::Args)]

@@ -9,10 +9,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::domain::normalize_host_port;
 use crate::plugin::oauth2::{AuthStyle, OAuth2Config};
 use crate::plugin::tls::ClientTls;
 use crate::secret::{ConfigValue, Secret, Written};
-use crate::targets::manifest::normalize_host_port;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

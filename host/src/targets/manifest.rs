@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{ConfigError, read_toml};
-use crate::domain::{TargetClass, TargetName};
+use crate::domain::{TargetClass, TargetName, normalize_host_port};
 use crate::plugin::LogBudget;
 use crate::plugin::oauth2::OAuth2Config;
 use crate::plugin::tls::ClientTls;
@@ -454,17 +454,6 @@ impl TargetSpec {
     }
 }
 
-/// `Host:Port` → `host:port`, or `None` when it is not of that shape.
-pub fn normalize_host_port(s: &str) -> Option<String> {
-    let (host, port) = s.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if bare.is_empty() || bare.contains(['/', ' ', '@']) {
-        return None;
-    }
-    Some(format!("{}:{port}", host.to_ascii_lowercase()))
-}
-
 /// The `plugin = "…"` a manifest names, read leniently: from the TOML if it parses at all
 /// (unknown keys and wrong types do not matter here), else from a `plugin = "…"` line.
 fn claimed_plugin(path: &Path) -> Option<String> {
@@ -842,17 +831,5 @@ retries = 2
                 "{file}: {errors:#?}"
             );
         }
-    }
-
-    #[test]
-    fn host_port_normalisation() {
-        assert_eq!(
-            normalize_host_port("API.example.com:443").as_deref(),
-            Some("api.example.com:443")
-        );
-        assert_eq!(normalize_host_port("[::1]:8080").as_deref(), Some("[::1]:8080"));
-        assert_eq!(normalize_host_port("example.com"), None);
-        assert_eq!(normalize_host_port("example.com:http"), None);
-        assert_eq!(normalize_host_port(":80"), None);
     }
 }
