@@ -411,7 +411,8 @@ fn map_reqwest_error(e: reqwest::Error) -> http::Error {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its sources, `outer: inner: …`.
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -60,7 +60,12 @@ impl ClientTls {
                 reqwest::Client::builder()
                     .identity(identity.clone())
                     .build()
-                    .map_err(|e| format!("`tls`: the client certificate and key cannot be used: {}", chain(&e)))?;
+                    .map_err(|e| {
+                        format!(
+                            "`tls`: the client certificate and key cannot be used: {}",
+                            super::host::error_chain(&e)
+                        )
+                    })?;
                 hasher.update(pem.as_bytes());
                 Some(identity)
             }
@@ -96,15 +101,4 @@ impl ClientTls {
     pub fn mutual(&self) -> bool {
         self.identity.is_some()
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
