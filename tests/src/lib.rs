@@ -101,8 +101,13 @@ pub const DEMO_TARGETS: [&str; 3] = ["crm", "analytics", "billing"];
 /// as `billing` says, and a host (not started) with the three [`DEMO_TARGETS`], webhooks to
 /// the receiver's `/<name>` for `order.*` events with three quick attempts.
 pub async fn demo(billing: Behavior) -> (Receiver, Host) {
+    demo_with(Behavior::ok(), billing).await
+}
+
+/// [`demo`], the receiver answering `default` everywhere but at `/billing`.
+pub async fn demo_with(default: Behavior, billing: Behavior) -> (Receiver, Host) {
     let rx = Receiver::builder()
-        .default_behavior(Behavior::ok())
+        .default_behavior(default)
         .path("/billing", billing)
         .start()
         .await;

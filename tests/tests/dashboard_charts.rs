@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use testkit::sources::Source;
-use testkit::{Behavior, DEMO_TARGETS, Host, Receiver, Target, artifacts, default_timeout, target_count};
+use testkit::{Behavior, DEMO_TARGETS, artifacts, default_timeout, target_count};
 
 /// Orders posted through the API while the page is open, in batches.
 const BATCHES: usize = 30;
@@ -44,20 +44,8 @@ async fn the_dashboard_charts_real_traffic_finds_an_event_and_shows_sources_in_c
             (200, r#"{"billed":true}"#.to_owned())
         }
     });
-    let rx = Receiver::builder()
-        .default_behavior(Behavior::ok().delay_fraction(0.2, Duration::from_millis(120)))
-        .path("/billing", billing)
-        .start()
-        .await;
-    let mut host = Host::new();
-    for name in DEMO_TARGETS {
-        host.add_target(
-            name,
-            &Target::webhook(&rx.url(&format!("/{name}")))
-                .events(&["order.*"])
-                .fast_retry(3),
-        );
-    }
+    let (_rx, mut host) =
+        testkit::demo_with(Behavior::ok().delay_fraction(0.2, Duration::from_millis(120)), billing).await;
     // The application's outbox table, relayed into outboxd.
     let app_db = host.dir().join("app.db");
     let app = rusqlite::Connection::open(&app_db).expect("open app db");
