@@ -84,6 +84,7 @@ pub async fn measure(
         attempt: 1,
         created_at_ms: 1_795_827_723_456,
         headers: Vec::new(),
+        trace: None,
     };
     let reuse = if fresh { 1 } else { DEFAULT_INSTANCE_REUSE };
     let binding = Binding::new(Arc::clone(&compiled.plugin), grants, reuse);

@@ -8,7 +8,10 @@ use outboxd::cli::{
 };
 use outboxd::server::config::{LogFormat, log_filter};
 use outboxd::server::reload::{Reloads, SetLogLevel};
-use tracing_subscriber::EnvFilter;
+use outboxd::telemetry::traces;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _, reload};
 
 /// jemalloc rather than the C library's malloc: a delivery allocates and frees on several
 /// threads (the attempt, the HTTP connection, the settler), which glibc's arenas serve with
@@ -64,29 +67,30 @@ async fn run() -> anyhow::Result<u8> {
         };
         EnvFilter::new(log_filter(level))
     });
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A `SIGHUP` may replace the filter (`log_level`).
-    let set_log_level: SetLogLevel = if serve_config.as_ref().is_some_and(|c| c.log_format == LogFormat::Json) {
-        let logs = logs.json().with_filter_reloading();
-        let handle = logs.reload_handle();
-        logs.init();
-        Box::new(move |level| {
-            let filter = EnvFilter::try_new(log_filter(level)).map_err(|e| e.to_string())?;
-            handle.reload(filter).map_err(|e| e.to_string())
-        })
+    // A `SIGHUP` may replace the log filter (`log_level`); it filters the log lines only, not
+    // the spans exported over OTLP.
+    let (filter, handle) = reload::Layer::new(filter);
+    let set_log_level: SetLogLevel = Box::new(move |level| {
+        let filter = EnvFilter::try_new(log_filter(level)).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    });
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = if serve_config.as_ref().is_some_and(|c| c.log_format == LogFormat::Json) {
+        logs.json().with_filter(filter).boxed()
     } else {
-        let logs = logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_filter_reloading();
-        let handle = logs.reload_handle();
-        logs.init();
-        Box::new(move |level| {
-            let filter = EnvFilter::try_new(log_filter(level)).map_err(|e| e.to_string())?;
-            handle.reload(filter).map_err(|e| e.to_string())
-        })
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(filter)
+            .boxed()
     };
+    // Spans over OTLP when the standard variables ask for them, for `serve` only.
+    let exporter = match &serve_config {
+        Some(_) => traces::settings(|name| std::env::var(name).ok())?
+            .map(|settings| traces::Exporter::start(&settings))
+            .transpose()?,
+        None => None,
+    };
+    let spans = exporter.as_ref().map(|e| e.layer());
+    tracing_subscriber::registry().with(logs).with(spans).init();
     match cli.command {
         Command::Serve(args) => {
             let reloads = Reloads {
@@ -108,6 +112,9 @@ async fn run() -> anyhow::Result<u8> {
                 shutdown_signal()?,
             )
             .await?;
+            if let Some(exporter) = exporter {
+                tokio::task::spawn_blocking(move || exporter.shutdown()).await??;
+            }
         }
         Command::Enqueue {
             config,

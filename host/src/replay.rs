@@ -94,6 +94,7 @@ mod tests {
                 ordering_key: None,
                 targets: vec!["crm".parse().unwrap()],
                 due_at: None,
+                traceparent: None,
             })
             .collect();
         store.ingest(events, 0).await.unwrap();

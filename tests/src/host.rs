@@ -1139,6 +1139,15 @@ impl Host {
         self.send(req, "POST /v1/events").await
     }
 
+    /// `POST /v1/events` with a JSON body and extra request headers (`traceparent`, …).
+    pub async fn post_event_with_headers(&self, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = self.request(reqwest::Method::POST, "/v1/events").json(body);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        self.send(req, "POST /v1/events").await
+    }
+
     /// `GET <path>` (any API route): status and body.
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let req = self.request(reqwest::Method::GET, path);

@@ -51,6 +51,7 @@ use crate::outbox::input::{self, Batch, IngestError};
 use crate::outbox::{Origin, Outbox};
 use crate::store::{EventDetail, FailedFilter, Ingested, Store, StoreError};
 use crate::targets::Registry;
+use crate::telemetry::trace_context::TraceParent;
 
 mod extract;
 use extract::PathParam;
@@ -220,6 +221,9 @@ impl IngestedOut {
     summary = "Ingest one event or a batch",
     description = "One event object, or an array of 1 to 1000 of them (atomic: one invalid event refuses all). \
                    `202` when anything new was stored, `200` when every event was a duplicate.",
+    params(("traceparent" = Option<String>, Header, description = "A W3C Trace Context `traceparent` \
+        (`00-<trace id>-<span id>-<flags>`): the events join this trace, and every outbound request of \
+        their deliveries carries a child of it. An invalid value is ignored.")),
     request_body(content = openapi::EventsIn, content_type = "application/json"),
     responses(
         (status = 202, description = "Stored (an array answers an array, in order)", body = openapi::IngestedAnswer),
@@ -235,9 +239,16 @@ impl IngestedOut {
 async fn post_events(
     State(state): State<Arc<AppState>>,
     caller: Option<axum::Extension<auth::Caller>>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let caller = caller.map_or(auth::Caller { may_read: false }, |c| c.0);
+    // The producer's W3C trace context: every event of the request joins it. A value that is
+    // not a valid `traceparent` is ignored, as a tracer would (the events are still accepted).
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(format!(
@@ -250,7 +261,11 @@ async fn post_events(
     })?;
     let batch = input::parse_from_producer(&body, state.max_payload_bytes)?;
     let single = matches!(batch, Batch::One(_));
-    let ingested = state.outbox.accept(batch.into_vec(), Origin::Api).await?;
+    let mut events = batch.into_vec();
+    for e in &mut events {
+        e.traceparent = traceparent;
+    }
+    let ingested = state.outbox.accept(events, Origin::Api).await?;
     let status = if ingested.iter().any(|i| !i.duplicate) {
         StatusCode::ACCEPTED
     } else {
@@ -340,6 +355,9 @@ struct EventOut {
     /// When the payload and headers were erased (`DELETE /v1/events/{id}/payload`, or
     /// `payload_retention`); `null` while they are kept.
     erased_at: Option<String>,
+    /// The W3C `traceparent` its deliveries' requests are children of (the producer's, or
+    /// outboxd's ingest span when it exports traces); `null` for an untraced event.
+    traceparent: Option<String>,
     deliveries: Vec<DeliveryOut>,
 }
 
@@ -358,6 +376,7 @@ fn event_out(d: EventDetail) -> Result<EventOut, ApiError> {
         idempotency_key: e.idempotency_key,
         created_at: format_ms(e.created_at),
         erased_at: d.erased_at.map(format_ms),
+        traceparent: e.traceparent.map(|t| t.to_string()),
         deliveries: d
             .deliveries
             .into_iter()

@@ -232,6 +232,7 @@ pub async fn plugin_run(path: &Path, opts: RunOptions) -> Result<(String, Vec<Ou
             attempt: opts.attempt,
             created_at_ms: now_ms() as u64,
             headers: accepted.headers,
+            trace: None,
         };
         let _ = writeln!(
             out,

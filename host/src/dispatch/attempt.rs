@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::Shared;
 use super::lane::Slot;
@@ -23,7 +24,8 @@ use crate::store::{Claimed, NewEvent, Settlement};
 use crate::targets::Target;
 use crate::targets::manifest::TargetSpec;
 use crate::targets::routing::{OPERATIONAL_PREFIX, Routes};
-use crate::telemetry::{history, metrics};
+use crate::telemetry::trace_context::TraceParent;
+use crate::telemetry::{history, metrics, traces};
 
 /// Starts an attempt of `deliveries` on the dispatcher's task tracker; `slot` is held until
 /// it ends. `lane_target` runs it if the target has been removed meanwhile.
@@ -107,9 +109,12 @@ fn answer_of(outcomes: &[Outcome], requests: &[HttpExchange], duration: Duration
     }
 }
 
-fn input_for(delivery: &Claimed) -> EventInput {
+/// What the plugin is given of one claimed delivery; `trace` is the context its outbound
+/// requests are children of.
+fn input_for(delivery: &Claimed, trace: Option<TraceParent>) -> EventInput {
     let event = &delivery.event;
     EventInput {
+        trace: trace.or(event.traceparent),
         id: event.id.to_string(),
         event_type: event.event_type.clone(),
         payload: event.payload.clone(),
@@ -128,7 +133,22 @@ async fn run(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Target>
     // The newest version of the target runs the attempt; the lane's is the fallback when the
     // target has just been removed.
     let target = registry.snapshot().targets.get(&name).cloned().unwrap_or(lane_target);
-    let mut inputs: Vec<EventInput> = deliveries.iter().map(input_for).collect();
+    // The attempt joins the trace of its (first traced) event; a batch links the others.
+    let parent = deliveries.iter().find_map(|d| d.event.traceparent);
+    let span = traces::attempt(
+        name.as_str(),
+        &first.event.id.to_string(),
+        first.attempt,
+        deliveries.len(),
+        parent,
+    );
+    for other in deliveries.iter().filter_map(|d| d.event.traceparent) {
+        if Some(other) != parent {
+            traces::link(&span, other);
+        }
+    }
+    let handed_on = traces::handed_on(&span);
+    let mut inputs: Vec<EventInput> = deliveries.iter().map(|d| input_for(d, handed_on)).collect();
     let flow = shared.services.flows.get(&target.spec);
     flow.started();
     let report: CallReport = tokio::select! {
@@ -138,9 +158,15 @@ async fn run(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Target>
             } else {
                 target.binding.deliver(inputs.remove(0)).await.into()
             }
-        } => r,
+        }.instrument(span.clone()) => r,
         _ = shared.abort.cancelled() => return, // released at shutdown
     };
+    if !span.is_none() {
+        let failed = report.outcomes.iter().find(|o| **o != Outcome::Delivered);
+        let outcome = failed.unwrap_or(&Outcome::Delivered).attempt_outcome();
+        traces::attempt_ended(&span, outcome.as_str(), failed.is_none());
+    }
+    drop(span);
 
     // After the call: whether the target was removed meanwhile, and who subscribes to the
     // operational events it may cause.

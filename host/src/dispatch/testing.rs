@@ -251,6 +251,7 @@ pub(super) fn claimed(id: i64, target: &str, event_type: &str, attempt: u32) -> 
             idempotency_key: None,
             ordering_key: None,
             created_at: 0,
+            traceparent: None,
         },
     }
 }

@@ -13,6 +13,7 @@ use crate::domain::{EventId, EventType, Millis, ProducerKey};
 use crate::store::NewEvent;
 use crate::targets::filter::Input;
 use crate::targets::routing::Routes;
+use crate::telemetry::trace_context::TraceParent;
 
 /// Event types outboxd emits itself; producers may not use them.
 pub const RESERVED_PREFIX: &str = crate::targets::routing::OPERATIONAL_PREFIX;
@@ -151,6 +152,8 @@ pub struct Accepted {
     pub schedule: Option<Schedule>,
     /// Seconds of head start in its targets' queues (0 to [`MAX_PRIORITY`]).
     pub priority: u16,
+    /// The producer's trace (a `traceparent` header, a source's mapped column).
+    pub traceparent: Option<TraceParent>,
 }
 
 /// A producer's schedule for an event's deliveries: not before `at` (milliseconds since the
@@ -301,6 +304,7 @@ fn one(body: &[u8], max_payload_bytes: usize) -> Result<Accepted, IngestError> {
         ordering_key: e.ordering_key,
         schedule,
         priority,
+        traceparent: None,
     })
 }
 
@@ -326,6 +330,7 @@ pub fn route(accepted: Vec<Accepted>, routes: &Routes, now: Millis) -> Vec<NewEv
             idempotency_key: a.idempotency_key,
             ordering_key: a.ordering_key,
             due_at: due_at(a.schedule, a.priority, now),
+            traceparent: a.traceparent,
         })
         .collect()
 }

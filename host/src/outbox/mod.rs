@@ -14,6 +14,7 @@ mod proptests;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
+use tracing::{Instrument as _, Span};
 
 use self::input::Accepted;
 use crate::domain::{EventId, EventType, ProducerKey, now_ms};
@@ -21,6 +22,8 @@ use crate::store::{Ingested, NewEvent, Store, StoreError};
 use crate::targets::Registry;
 use crate::targets::routing::Routes;
 use crate::telemetry::metrics;
+use crate::telemetry::trace_context::TraceParent;
+use crate::telemetry::traces;
 
 /// Where events come from: the `origin` label of `outboxd_events_ingested_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,9 +106,43 @@ impl Outbox {
     /// known writes nothing and answers with the first event's id. Returns once the
     /// transaction has committed.
     pub async fn accept(&self, events: Vec<Accepted>, origin: Origin) -> Result<Vec<Ingested>, StoreError> {
+        let parent = shared_trace(&events);
+        let span = match origin {
+            Origin::Operational => Span::none(),
+            _ => traces::ingest(origin.as_str(), events.len(), parent),
+        };
+        self.accept_in(events, origin, parent, span).await
+    }
+
+    /// [`Outbox::accept`] for rows relayed from the application's outbox table `source`.
+    pub async fn relay(&self, events: Vec<Accepted>, source: &str) -> Result<Vec<Ingested>, StoreError> {
+        let parent = shared_trace(&events);
+        let span = traces::relay(source, events.len(), parent);
+        self.accept_in(events, Origin::Source, parent, span).await
+    }
+
+    /// Accepts `events` in `span`, which runs under `parent`. The events the span serves (those
+    /// under `parent`, and those that carry no trace) join the span's trace when it is
+    /// exported; an event under another trace keeps its own, and the span links to it.
+    async fn accept_in(
+        &self,
+        mut events: Vec<Accepted>,
+        origin: Origin,
+        parent: Option<TraceParent>,
+        span: Span,
+    ) -> Result<Vec<Ingested>, StoreError> {
+        if let Some(ours) = traces::handed_on(&span) {
+            for e in &mut events {
+                match e.traceparent {
+                    None => e.traceparent = Some(ours),
+                    Some(own) if Some(own) == parent => e.traceparent = Some(ours),
+                    Some(other) => traces::link(&span, other),
+                }
+            }
+        }
         let now = now_ms();
         let routed = self.routing.with(|routes| input::route(events, routes, now));
-        let ingested = self.store.ingest(routed, now).await?;
+        let ingested = self.store.ingest(routed, now).instrument(span).await?;
         let duplicates = ingested.iter().filter(|i| i.duplicate).count();
         self.stored(origin, ingested.len() - duplicates, duplicates);
         Ok(ingested)
@@ -127,6 +164,14 @@ impl Outbox {
     }
 }
 
+/// The trace every event of a request shares: the producer's `traceparent` header of an API
+/// request; for source rows, only when every row carries the same one (otherwise the relay
+/// span starts a trace of its own and links to each row's).
+fn shared_trace(events: &[Accepted]) -> Option<TraceParent> {
+    let first = events.first()?.traceparent?;
+    events.iter().all(|e| e.traceparent == Some(first)).then_some(first)
+}
+
 /// An operational event (type `outboxd.…`), routed by `routes` to the targets that subscribe to
 /// it, to be stored in the transaction that caused it (a settle: the event exists only if the
 /// settle did); `key` makes it idempotent. Report it with [`Outbox::stored`] once that
@@ -141,5 +186,6 @@ pub fn operational_event(routes: &Routes, event_type: &str, payload: serde_json:
         ordering_key: None,
         targets: routes.targets_for(event_type),
         due_at: None,
+        traceparent: None,
     }
 }

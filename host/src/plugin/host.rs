@@ -24,6 +24,11 @@ use super::bindings::outboxd::target::{config, http, log, report, types};
 use super::logbudget::LogMeter;
 use super::oauth2::TokenSource;
 use crate::domain::{ReceiverResponse, cap_text};
+use crate::telemetry::trace_context::TraceParent;
+use crate::telemetry::traces;
+
+/// The W3C Trace Context header an outbound request carries.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// A response body is cut at this size; a plugin needs the status and a little text.
 const MAX_RESPONSE_BODY: usize = 1024 * 1024;
@@ -106,6 +111,8 @@ pub(crate) struct HostState {
     /// Why the host could not authenticate a request of this invocation (no OAuth2 token):
     /// the attempt's reason, whatever the plugin made of the failed request.
     credential_failure: Option<String>,
+    /// The trace this invocation's outbound requests join (each as a new child).
+    trace: Option<TraceParent>,
 }
 
 impl HostState {
@@ -129,6 +136,7 @@ impl HostState {
             details: Vec::new(),
             transcript_bytes: 0,
             credential_failure: None,
+            trace: None,
         }
     }
 
@@ -147,9 +155,11 @@ impl HostState {
         true
     }
 
-    /// Starts an invocation that must end by `deadline`, with a full log budget.
-    pub(crate) fn begin(&mut self, deadline: Instant) {
+    /// Starts an invocation that must end by `deadline`, with a full log budget, whose
+    /// outbound requests join `trace`.
+    pub(crate) fn begin(&mut self, deadline: Instant, trace: Option<TraceParent>) {
         self.deadline = deadline;
+        self.trace = trace;
         self.log_meter = LogMeter::new(self.grants.log_budget);
         self.details.clear();
         self.credential_failure = None;
@@ -246,6 +256,14 @@ impl From<http::Error> for SendError {
     }
 }
 
+/// What the host adds to a plugin's request: the target's held headers, its OAuth2 token
+/// source (when it applies to the request's host) and the trace context to hand on.
+struct Held<'a> {
+    headers: &'a [(HeaderName, HeaderValue)],
+    oauth2: Option<&'a TokenSource>,
+    trace: Option<HeaderValue>,
+}
+
 /// Sends a permitted request with the target's credentials: its held headers, and with
 /// `oauth2`, a bearer token; a 401 answer to a token sends the request once more with a fresh
 /// one (the second answer is the plugin's, whatever it is). A free function: the future must
@@ -255,12 +273,11 @@ async fn send_authenticated(
     deadline: Instant,
     url: reqwest::Url,
     mut req: http::Request,
-    held: &[(HeaderName, HeaderValue)],
-    oauth2: Option<&TokenSource>,
+    held: Held<'_>,
 ) -> Result<http::Response, SendError> {
     let body = Bytes::from(std::mem::take(&mut req.body));
-    let Some(source) = oauth2 else {
-        return Ok(send_permitted(&client, deadline, url, &req, body, held, None).await?);
+    let Some(source) = held.oauth2 else {
+        return Ok(send_permitted(&client, deadline, url, &req, body, &held, None).await?);
     };
     let token = source
         .token(&client, deadline)
@@ -272,7 +289,7 @@ async fn send_authenticated(
         url.clone(),
         &req,
         body.clone(),
-        held,
+        &held,
         Some(token.header()),
     )
     .await?;
@@ -285,17 +302,18 @@ async fn send_authenticated(
         .await
         .map_err(|e| SendError::Credentials(e.to_string()))?;
     tracing::debug!(target: "outboxd::plugin", url = %crate::redact::origin(url.as_str()), "the receiver refused the OAuth2 token (401): sending once more with a fresh one");
-    Ok(send_permitted(&client, deadline, url, &req, body, held, Some(fresh.header())).await?)
+    Ok(send_permitted(&client, deadline, url, &req, body, &held, Some(fresh.header())).await?)
 }
 
-/// Sends a permitted request, never past `deadline`.
+/// Sends a permitted request, never past `deadline`, with what the host holds (the target's
+/// headers, the trace context) and the OAuth2 `bearer` token over the plugin's own headers.
 async fn send_permitted(
     client: &reqwest::Client,
     deadline: Instant,
     url: reqwest::Url,
     req: &http::Request,
     body: Bytes,
-    held: &[(HeaderName, HeaderValue)],
+    held: &Held<'_>,
     bearer: Option<&HeaderValue>,
 ) -> Result<http::Response, http::Error> {
     {
@@ -325,12 +343,16 @@ async fn send_permitted(
             headers.append(name, value);
         }
         // The target's own headers (parsed and marked sensitive at load), over the plugin's.
-        for (name, value) in held {
+        for (name, value) in held.headers {
             headers.insert(name.clone(), value.clone());
         }
         // The OAuth2 token (sensitive), over the plugin's and the held `authorization`.
         if let Some(bearer) = bearer {
             headers.insert(AUTHORIZATION, bearer.clone());
+        }
+        // The event's trace, handed on: the receiver's spans join the producer's trace.
+        if let Some(trace) = &held.trace {
+            headers.insert(TRACEPARENT, trace.clone());
         }
         let mut request = reqwest::Request::new(method, url);
         *request.headers_mut() = headers;
@@ -443,8 +465,18 @@ impl http::Host for HostState {
             Ok((parsed, host_port)) => {
                 let held = Arc::clone(&self.grants.headers);
                 let oauth2 = self.grants.oauth2.clone().filter(|o| o.applies_to(&host_port));
-                match send_authenticated(self.http.clone(), self.deadline, parsed, req, &held, oauth2.as_deref()).await
-                {
+                // The request's own span when exporting, else a new child of the event's trace.
+                let span = traces::request(&method, &url, self.trace);
+                let trace = traces::handed_on(&span).or_else(|| self.trace.map(TraceParent::random_child));
+                let trace = trace.and_then(|t| HeaderValue::from_str(&t.to_string()).ok());
+                let held = Held {
+                    headers: &held,
+                    oauth2: oauth2.as_deref(),
+                    trace,
+                };
+                let sent = send_authenticated(self.http.clone(), self.deadline, parsed, req, held).await;
+                traces::request_ended(&span, sent.as_ref().ok().map(|r| r.status));
+                match sent {
                     Ok(response) => Ok(response),
                     Err(SendError::Plugin(e)) => Err(e),
                     Err(SendError::Credentials(why)) => {
@@ -553,7 +585,11 @@ mod tests {
             url,
             &req,
             body,
-            &[],
+            &Held {
+                headers: &[],
+                oauth2: None,
+                trace: None,
+            },
             None,
         )
         .await
@@ -579,7 +615,7 @@ mod tests {
             grants,
             reqwest::Client::new(),
         );
-        state.begin(Instant::now() + Duration::from_secs(5));
+        state.begin(Instant::now() + Duration::from_secs(5), None);
         state
     }
 
@@ -721,7 +757,7 @@ mod tests {
         assert_eq!(details[2], None);
         assert_eq!(s.take_details(["e1"].into_iter()), [None], "taken once");
         detail(&mut s, "e1", "stale".into()).await;
-        s.begin(Instant::now() + Duration::from_secs(5));
+        s.begin(Instant::now() + Duration::from_secs(5), None);
         assert_eq!(
             s.take_details(["e1"].into_iter()),
             [None],

@@ -29,6 +29,7 @@ use wasmtime_wasi::WasiCtx;
 
 use crate::domain::{MAX_REASON_TEXT, Outcome, cap_text};
 use crate::secret::ConfigValue;
+use crate::telemetry::trace_context::TraceParent;
 use host::HostState;
 pub use host::{HttpExchange, LogLevel, LogLine};
 pub use logbudget::LogBudget;
@@ -387,6 +388,9 @@ pub struct EventInput {
     pub attempt: u32,
     pub created_at_ms: u64,
     pub headers: Vec<(String, String)>,
+    /// The trace context the host hands on, as children, in the outbound requests of this
+    /// event's attempt (the plugin never sees it; see `telemetry::traces`).
+    pub trace: Option<TraceParent>,
 }
 
 /// What one batch invocation did: one outcome per event, in order, and what the plugin
@@ -516,7 +520,9 @@ impl Plugin {
                 };
             }
         };
-        instance.store.data_mut().begin(deadline);
+        // A batch's requests join the trace of its first traced event.
+        let trace = events.iter().find_map(|e| e.trace);
+        instance.store.data_mut().begin(deadline, trace);
         // Every tick: yield to the executor (a busy plugin never starves other tasks), and
         // interrupt once the deadline has passed (see `new_instance`).
         instance.store.set_epoch_deadline(1);

@@ -114,6 +114,7 @@ pub struct ColumnsFile {
     created_at: Option<String>,
     aggregate_type: Option<String>,
     deliver_at: Option<String>,
+    traceparent: Option<String>,
 }
 
 /// One `[[sources]]` entry as written.
@@ -156,6 +157,8 @@ pub struct Columns {
     /// A date/time: the event's deliveries wait until then (`deliver_at` of `POST /v1/events`);
     /// NULL delivers at once.
     pub deliver_at: Option<String>,
+    /// A W3C `traceparent`: the trace the event's deliveries join (NULL or invalid: none).
+    pub traceparent: Option<String>,
 }
 
 impl Columns {
@@ -170,6 +173,7 @@ impl Columns {
             &self.created_at,
             &self.aggregate_type,
             &self.deliver_at,
+            &self.traceparent,
         ]
         .into_iter()
         .flatten()
@@ -304,6 +308,7 @@ impl SourceConfig {
             created_at: optional(c.created_at, None),
             aggregate_type: optional(c.aggregate_type, d_aggregate),
             deliver_at: optional(c.deliver_at, None),
+            traceparent: optional(c.traceparent, None),
         };
         let order_by = f.order_by.unwrap_or_else(|| columns.id.clone());
         for col in columns.all().into_iter().chain([order_by.as_str()]) {

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 
 use crate::domain::Millis;
 use crate::outbox::input::{self, Accepted, IngestError};
+use crate::telemetry::trace_context::TraceParent;
 
 /// A row's id, as the database gave it. SQLite keeps the native value so that updates
 /// compare like with like; the servers read it as text and cast it back in SQL.
@@ -46,6 +47,8 @@ pub struct SourceRow {
     pub deliver_at: Option<String>,
     /// ... and as milliseconds since the epoch, when the database could read it as a date/time.
     pub deliver_at_ms: Option<Millis>,
+    /// The `traceparent` column, when mapped and not NULL.
+    pub traceparent: Option<String>,
 }
 
 /// The producer idempotency key of a row: the application's own key when it maps one,
@@ -119,10 +122,14 @@ pub fn to_event(source: &str, row: &SourceRow, max_payload_bytes: usize) -> Resu
         ordering_key: row.ordering_key.as_deref(),
     };
     let body = serde_json::to_vec(&out).map_err(|e| e.to_string())?;
-    match input::parse(&body, max_payload_bytes) {
-        Ok(batch) => batch.into_vec().pop().ok_or_else(|| "no event".to_owned()),
-        Err(IngestError::Invalid(m) | IngestError::TooLarge(m)) => Err(m),
-    }
+    let mut event = match input::parse(&body, max_payload_bytes) {
+        Ok(batch) => batch.into_vec().pop().ok_or_else(|| "no event".to_owned())?,
+        Err(IngestError::Invalid(m) | IngestError::TooLarge(m)) => return Err(m),
+    };
+    // As with the HTTP header, a value that is not a valid `traceparent` is no trace (the row is
+    // still relayed: tracing never refuses an event).
+    event.traceparent = row.traceparent.as_deref().and_then(TraceParent::parse);
+    Ok(event)
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Millis, now_ms};
-use crate::outbox::{Origin, Outbox};
+use crate::outbox::Outbox;
 use crate::store::StoreError;
 
 pub use config::{OnRelayed, SourceConfig, SourceKind};
@@ -412,7 +412,7 @@ impl Relay {
 
         let mut duplicates = 0;
         if !accepted.is_empty() {
-            let ingested = self.ctx.outbox.accept(accepted, Origin::Source).await?;
+            let ingested = self.ctx.outbox.relay(accepted, &self.config.name).await?;
             duplicates = ingested.iter().filter(|i| i.duplicate).count() as u64;
         }
         let stored = started.elapsed();
@@ -575,6 +575,7 @@ where
         order_value: r.try_get(8)?,
         deliver_at: r.try_get(9)?,
         deliver_at_ms: r.try_get(10)?,
+        traceparent: r.try_get(11)?,
     })
 }
 
@@ -610,7 +611,7 @@ pub(crate) fn select_pending(config: &SourceConfig, d: &Dialect, after: Option<&
         filter.push_str(&format!(" AND {order} >= {after}"));
     }
     format!(
-        "SELECT {}, {}, {}, {}, {}, {}, {}, {created}, {}, {deliver_at} FROM {} AS {ROWS} {filter} ORDER BY {order} LIMIT {}",
+        "SELECT {}, {}, {}, {}, {}, {}, {}, {created}, {}, {deliver_at}, {} FROM {} AS {ROWS} {filter} ORDER BY {order} LIMIT {}",
         text(&c.id),
         text(&c.event_type),
         text(&c.payload),
@@ -619,6 +620,7 @@ pub(crate) fn select_pending(config: &SourceConfig, d: &Dialect, after: Option<&
         optional(&c.ordering_key),
         optional(&c.aggregate_type),
         text(&config.order_by),
+        optional(&c.traceparent),
         q(&config.table),
         d.limit,
     )

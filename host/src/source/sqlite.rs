@@ -151,6 +151,7 @@ impl SourceDb for SqliteSource {
                     order_value: v(8)?,
                     deliver_at: v(9)?,
                     deliver_at_ms: r.get::<_, Option<i64>>(10).map_err(q)?,
+                    traceparent: v(11)?,
                 });
             }
             Ok(out)

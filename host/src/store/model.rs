@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::domain::{
     AttemptOutcome, DeliveryStatus, EventId, EventType, Millis, ProducerKey, ReceiverResponse, TargetName,
 };
+use crate::telemetry::trace_context::TraceParent;
 
 /// What a shared rate limit granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,8 @@ pub struct NewEvent {
     /// When its deliveries become due; `None`: at acceptance. Later for a scheduled event,
     /// earlier for a priority's head start (see `outbox::input::route`).
     pub due_at: Option<Millis>,
+    /// The trace its deliveries join (see `telemetry::traces`).
+    pub traceparent: Option<TraceParent>,
 }
 
 /// What ingesting one event did.
@@ -54,6 +57,8 @@ pub struct StoredEvent {
     pub idempotency_key: Option<String>,
     pub ordering_key: Option<String>,
     pub created_at: Millis,
+    /// The trace its deliveries join, if it carries one.
+    pub traceparent: Option<TraceParent>,
 }
 
 /// A delivery claimed under a lease, with its event, ready to attempt.

@@ -160,6 +160,7 @@ mod tests {
             ordering_key: None,
             targets: targets.iter().map(|t| t.parse().unwrap()).collect(),
             due_at: None,
+            traceparent: None,
         }
     }
 

@@ -9,6 +9,7 @@ use crate::store::{
     AttemptRecord, Cancellation, CancelledDelivery, DeliveryDetail, FailedDelivery, StatusCounts, StoreError,
     StoredEvent, VersionAttempts,
 };
+use crate::telemetry::trace_context::TraceParent;
 
 /// Parses a stored string (an id, a name, a status).
 pub(crate) fn decode<T: FromStr>(s: &str) -> Result<T, StoreError>
@@ -29,8 +30,17 @@ pub(crate) fn encode_headers(headers: &[(String, String)]) -> Result<String, Sto
 }
 
 /// The columns of `events`: id, type, payload, headers, idempotency_key, ordering_key,
-/// created_at.
-pub(crate) type EventColumns = (String, String, String, String, Option<String>, Option<String>, i64);
+/// created_at, traceparent.
+pub(crate) type EventColumns = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<String>,
+);
 
 /// An event as a search lists it: id, type, idempotency key, created at.
 pub(crate) type SummaryColumns = (String, String, Option<String>, i64);
@@ -53,7 +63,7 @@ pub(crate) fn event_summary(
 }
 
 pub(crate) fn stored_event(
-    (id, event_type, payload, headers, idempotency_key, ordering_key, created_at): EventColumns,
+    (id, event_type, payload, headers, idempotency_key, ordering_key, created_at, traceparent): EventColumns,
 ) -> Result<StoredEvent, StoreError> {
     Ok(StoredEvent {
         id: decode(&id)?,
@@ -63,6 +73,8 @@ pub(crate) fn stored_event(
         idempotency_key,
         ordering_key,
         created_at,
+        // Validated when accepted; a value this version cannot read is no trace, not an error.
+        traceparent: traceparent.as_deref().and_then(TraceParent::parse),
     })
 }
 

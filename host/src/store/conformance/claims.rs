@@ -4,6 +4,28 @@
 use super::{Backend, claim, event, keyed, ordered, settlement, t};
 use crate::domain::{AttemptOutcome, DeliveryStatus, EventType, ProducerKey};
 use crate::store::{Ingested, NewEvent, Store};
+use crate::telemetry::trace_context::TraceParent;
+
+pub(super) async fn an_events_trace_context_comes_back_with_its_claim_and_detail(s: &dyn Store) {
+    let tp = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+    let traced = NewEvent {
+        traceparent: Some(tp),
+        ..event(None, &["crm"])
+    };
+    let traced_id = traced.id;
+    s.ingest(vec![traced, event(None, &["crm"])], 0).await.unwrap();
+    let claimed = s.claim(claim("crm", 2, "w", 0, 100)).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    for c in &claimed {
+        let want = (c.event.id == traced_id).then_some(tp);
+        assert_eq!(
+            c.event.traceparent, want,
+            "the claim returns the event's trace context as ingested"
+        );
+    }
+    let detail = s.event(traced_id).await.unwrap().unwrap();
+    assert_eq!(detail.event.traceparent, Some(tp));
+}
 
 pub(super) async fn ingest_writes_one_delivery_per_target_and_dedupes_keys(s: &dyn Store) {
     let first = s
@@ -345,6 +367,7 @@ pub(super) async fn a_delivery_given_back_to_wait_is_not_due_before_its_time(s: 
 pub(super) async fn a_delivery_is_due_at_the_time_given_and_keeps_its_keys_order(s: &dyn Store) {
     let due = |due_at: Option<i64>, target: &str, key: Option<&str>| NewEvent {
         due_at,
+        traceparent: None,
         ordering_key: key.map(Into::into),
         ..event(None, &[target])
     };

@@ -165,6 +165,7 @@ pub(crate) fn event(key: Option<&str>, targets: &[&str]) -> NewEvent {
         ordering_key: None,
         targets: targets.iter().map(|n| t(n)).collect(),
         due_at: None,
+        traceparent: None,
     }
 }
 
@@ -247,6 +248,7 @@ macro_rules! conformance {
 conformance! {
     stores: [
         claims::ingest_writes_one_delivery_per_target_and_dedupes_keys,
+        claims::an_events_trace_context_comes_back_with_its_claim_and_detail,
         claims::claims_respect_due_time_and_limit,
         claims::a_lease_is_exclusive_until_it_expires,
         claims::retry_reschedules_and_release_and_recovery_return_work,

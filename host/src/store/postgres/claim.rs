@@ -27,6 +27,7 @@ type ClaimedRow = (
     Option<String>,
     Option<String>,
     i64,
+    Option<String>,
     i64,
 );
 
@@ -57,10 +58,12 @@ pub(super) async fn claim(store: &PgStore, req: &ClaimRequest) -> Result<Vec<Cla
     // In the order they became due (ids break ties), which the lane starts them in: a
     // priority's head start holds within a claim too.
     let mut claimed = claimed;
-    claimed.sort_by_key(|row| (row.10, row.0));
+    claimed.sort_by_key(|row| (row.11, row.0));
     let mut out = Vec::with_capacity(claimed.len());
-    for (delivery_id, attempt, seq, id, event_type, payload, headers, key, ordering_key, created_at, _) in claimed {
-        let columns: EventColumns = (id, event_type, payload, headers, key, ordering_key, created_at);
+    for (delivery_id, attempt, seq, id, event_type, payload, headers, key, ordering_key, created_at, trace, _) in
+        claimed
+    {
+        let columns: EventColumns = (id, event_type, payload, headers, key, ordering_key, created_at, trace);
         out.push(Claimed {
             delivery_id,
             target: req.target.clone(),

@@ -158,6 +158,11 @@ async fn insert_events_at(
                 .collect::<Vec<_>>(),
         )
         .bind(new.iter().map(|(_, _, now)| *now).collect::<Vec<_>>())
+        .bind(
+            new.iter()
+                .map(|(_, e, _)| e.traceparent.map(|t| t.to_string()))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *conn)
         .await?;
     let deliveries: Vec<NewDelivery<'_>> = new

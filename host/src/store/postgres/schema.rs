@@ -19,6 +19,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_cancelled_deliveries.sql"),
     include_str!("migrations/0007_erased_payloads.sql"),
     include_str!("migrations/0008_replay_jobs.sql"),
+    include_str!("migrations/0009_trace_context.sql"),
 ];
 
 /// The advisory lock that serialises migrations across hosts ("outboxd" in ASCII).

@@ -64,7 +64,8 @@ pub(super) fn insert_events(tx: &Connection, events: Vec<NewEvent>, now: Millis)
             headers,
             key,
             e.ordering_key,
-            now
+            now,
+            e.traceparent.map(|t| t.to_string())
         ])?;
         if let Some(key) = key {
             insert_key.execute(params![key, id, now])?;

@@ -22,6 +22,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0008_cancelled_deliveries.sql"),
     include_str!("migrations/0009_erased_payloads.sql"),
     include_str!("migrations/0010_replay_jobs.sql"),
+    include_str!("migrations/0011_trace_context.sql"),
 ];
 
 /// The connections of an opened database, and its lock when taken.

@@ -19,4 +19,4 @@ SET status = 'in_flight', lease_owner = $4,
 FROM candidates c, events e
 WHERE d.id = c.id AND e.id = d.event_id
 RETURNING d.id, d.attempts, d.attempt_seq,
-          e.id, e.type, e.payload, e.headers, e.idempotency_key, e.ordering_key, e.created_at, d.next_attempt_at
+          e.id, e.type, e.payload, e.headers, e.idempotency_key, e.ordering_key, e.created_at, e.traceparent, d.next_attempt_at
