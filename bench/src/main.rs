@@ -142,6 +142,41 @@ const CEILING_ROUNDS: usize = 3;
 /// give the median round's ratio.
 const DRAIN_ROUNDS: usize = 3;
 
+/// Routed rounds of the paired comparison ([`Run::routing_pairs`]; 2 with `--quick`).
+const ROUTING_PAIRS: usize = 8;
+
+/// The paired rounds of [`Run::routing_pairs`]: every round's rate in order (default, routed,
+/// default, …) and each routed round against its neighbours.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Paired {
+    deliveries_per_round: u64,
+    rates: Vec<f64>,
+    ratios: Vec<f64>,
+    median_ratio: f64,
+}
+
+impl Paired {
+    fn of(rates: Vec<f64>, deliveries_per_round: u64) -> Self {
+        let ratios: Vec<f64> = (1..rates.len().saturating_sub(1))
+            .step_by(2)
+            .map(|i| rates[i] / ((rates[i - 1] + rates[i + 1]) / 2.0).max(1e-9))
+            .collect();
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median_ratio = match sorted.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => sorted[n / 2],
+            n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
+        Self {
+            deliveries_per_round,
+            rates,
+            ratios,
+            median_ratio,
+        }
+    }
+}
+
 /// The modes of the drain rounds after the first (a default one), in order. Every run's
 /// database grows by a backlog each round, and the later rounds of a run drain slower (a
 /// quarter between the first and the ninth on the recorded VM), so a mode always drained
@@ -438,7 +473,11 @@ async fn service_phases(
         }
         wait_settled(&svc, deliveries * (round + 1)).await?;
     }
-    let drained_total = deliveries * (modes.len() * DRAIN_ROUNDS) as u64;
+    let mut drained_total = deliveries * (modes.len() * DRAIN_ROUNDS) as u64;
+    let mut next_id = sizes.events * (modes.len() * DRAIN_ROUNDS) as u64;
+
+    // 5, paired: routing's cost in short rounds, default and routed in turn.
+    let pairs = run.routing_pairs(sizes, &mut next_id, &mut drained_total).await?;
 
     // 7. End to end.
     say(&format!("end to end: {} events posted one per request", sizes.e2e));
@@ -446,7 +485,7 @@ async fn service_phases(
     let before_e2e = sink.requests();
     let e2e_deliveries = sizes.e2e * TARGETS.len() as u64;
     let t0 = Instant::now();
-    let first_e2e = sizes.events * (modes.len() * DRAIN_ROUNDS) as u64;
+    let first_e2e = next_id;
     let (posted, posted_lat) =
         load::ingest(run.api.clone(), &svc.bases(), ORDER, PRODUCERS, sizes.e2e, 1, first_e2e).await;
     let e2e_done = sink
@@ -565,6 +604,21 @@ async fn service_phases(
     drain["rounds"] = json!(routed.iter().map(|d| d.deliveries.clone()).collect::<Vec<_>>());
     drain["ratio_median_round"] = json!(median_routed / ceiling.per_second.max(1e-9));
     report.insert("drain_routed".into(), drain);
+    let lowest = pairs.ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = pairs.ratios.iter().copied().fold(0.0, f64::max);
+    rows.push(row(
+        "drain, routed against default in paired rounds".to_owned(),
+        format!("{:.1} %", pairs.median_ratio * 100.0),
+        format!(
+            "median of {} routed rounds each against the mean of the default rounds either side ({:.1} to {:.1} %), \
+             {} deliveries a round",
+            pairs.ratios.len(),
+            lowest * 100.0,
+            highest * 100.0,
+            pairs.deliveries_per_round
+        ),
+    ));
+    report.insert("drain_routed_paired".into(), json!(pairs));
     report.insert(
         "drain_routed_to_default".into(),
         json!({"best_round": routed_ratio, "median_round": routed_median_ratio, "mean_round": routed_mean_ratio,
@@ -746,8 +800,12 @@ struct Drained {
 
 impl<'a> Run<'a> {
     fn new(svc: &'a Service, sink: &'a Sink, prefix: String) -> Result<Self, String> {
+        // Idle connections are dropped well before the service closes them (its header-read
+        // timeout, 10 s by default, also ends an idle keep-alive connection): a refill after a
+        // long drain must not post on a connection the service is closing at that moment.
         let api = reqwest::Client::builder()
             .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Self { svc, sink, api, prefix })
@@ -842,6 +900,36 @@ impl<'a> Run<'a> {
 
     /// Tops the backlog up with `count` events of `event_type` numbered from `first`, in arrays
     /// of `BATCH` on 4 connections, without a row in the table (the drain's further rounds).
+    /// Routing's cost on the drain (issue 27) in paired rounds: short drains of a quarter of
+    /// the backlog, default and routed in turn, [`ROUTING_PAIRS`] routed ones each between two
+    /// default ones; each routed round's rate against the mean of its two neighbours', whose
+    /// median is the figure. A round's neighbours ran seconds before and after it, so neither
+    /// the database's growth over the run nor the machine's slower minutes weigh on one mode
+    /// more than the other. Advances `next_id` (the events' numbers) and `drained` (the
+    /// deliveries recorded so far) past what it adds.
+    async fn routing_pairs(&self, sizes: &Sizes, next_id: &mut u64, drained: &mut u64) -> Result<Paired, String> {
+        let pairs = if sizes.events < 10_000 { 2 } else { ROUTING_PAIRS };
+        let events = (sizes.events / 4).max(1);
+        let deliveries = events * TARGETS.len() as u64;
+        say(&format!(
+            "{}routing in paired rounds: {pairs} routed drains of {deliveries} deliveries, each between two default ones",
+            self.prefix
+        ));
+        let mut rates = Vec::with_capacity(2 * pairs + 1);
+        for k in 0..(2 * pairs + 1) {
+            let mode = if k % 2 == 0 { Mode::Default } else { Mode::Routed };
+            let names = mode.names();
+            let paused = self.pause(&names).await?;
+            self.refill(mode.event_type(), events, *next_id).await?;
+            *next_id += events;
+            let drained_now = self.drain(paused, &names, deliveries).await?;
+            *drained += deliveries;
+            wait_settled(self.svc, *drained).await?;
+            rates.push(drained_now.deliveries.per_second);
+        }
+        Ok(Paired::of(rates, deliveries))
+    }
+
     async fn refill(&self, event_type: &str, count: u64, first: u64) -> Result<load::Throughput, String> {
         let (done, _) = load::ingest(self.api.clone(), &self.svc.bases(), event_type, 4, count, BATCH, first).await;
         if done.errors > 0 {
@@ -1152,6 +1240,17 @@ fn print_table(rows: &[Row], sizes: &Sizes, duplicates: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_routed_round_is_set_against_its_two_neighbours() {
+        // default, routed, default, routed, default
+        let p = Paired::of(vec![100.0, 90.0, 80.0, 100.0, 120.0], 30);
+        assert_eq!(p.ratios, [1.0, 1.0]);
+        assert_eq!(p.median_ratio, 1.0);
+        let p = Paired::of(vec![100.0, 50.0, 100.0, 100.0, 100.0, 95.0, 100.0], 30);
+        assert_eq!(p.ratios, [0.5, 1.0, 0.95]);
+        assert_eq!(p.median_ratio, 0.95, "one slow round does not move the median");
+    }
 
     #[test]
     fn every_mode_drains_as_often_and_at_the_same_mean_position() {

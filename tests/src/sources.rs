@@ -267,6 +267,26 @@ impl Drop for TempDb {
 }
 
 /// `examples/php` in the workspace.
+/// An application database `app.db` in `host`'s directory with an `outbox` table (`id`,
+/// `event_type`, `payload`, `status` defaulting to `pending`, and a text column `column`),
+/// relayed as the SQLite source `shop` polled every 20 ms with `role` mapped to `column`
+/// (`deliver_at`, `traceparent`, …). The connection is the application's.
+pub fn sqlite_outbox_with(host: &mut Host, column: &str, role: &str) -> (PathBuf, rusqlite::Connection) {
+    let app_db = host.dir().join("app.db");
+    let app = rusqlite::Connection::open(&app_db).expect("open app.db");
+    app.execute_batch(&format!(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY, event_type TEXT NOT NULL, payload TEXT NOT NULL,
+                              status TEXT NOT NULL DEFAULT 'pending', {column} TEXT)"
+    ))
+    .expect("schema");
+    host.add_source(
+        &Source::sqlite("shop", &app_db)
+            .set("poll_interval_ms", 20)
+            .column(role, column),
+    );
+    (app_db, app)
+}
+
 pub fn php_example_dir() -> PathBuf {
     workspace_root().join("examples").join("php")
 }

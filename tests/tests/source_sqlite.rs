@@ -5,6 +5,7 @@
 use testkit::database::sqlite_rows;
 use testkit::sources::{
     Source, expect_every_order_once, expect_scheduled_row_waits, run_php_producer, run_two_php_producers,
+    sqlite_outbox_with,
 };
 use testkit::{Host, Receiver, Target, default_timeout, eventually, source_entry};
 
@@ -83,18 +84,7 @@ async fn a_row_with_a_future_deliver_at_waits_then_is_delivered() {
     let rx = Receiver::start().await;
     let mut host = Host::new();
     host.add_target("sink", &Target::webhook(&rx.url("/sink")));
-    let app_db = host.dir().join("app.db");
-    let app = rusqlite::Connection::open(&app_db).expect("open app.db");
-    app.execute_batch(
-        "CREATE TABLE outbox (id INTEGER PRIMARY KEY, event_type TEXT NOT NULL, payload TEXT NOT NULL,
-                              status TEXT NOT NULL DEFAULT 'pending', send_at TEXT)",
-    )
-    .expect("schema");
-    host.add_source(
-        &Source::sqlite("shop", &app_db)
-            .set("poll_interval_ms", 20)
-            .column("deliver_at", "send_at"),
-    );
+    let (app_db, app) = sqlite_outbox_with(&mut host, "send_at", "deliver_at");
     host.start().await;
 
     app.execute_batch(

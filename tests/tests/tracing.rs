@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
-use testkit::sources::Source;
+use testkit::sources::sqlite_outbox_with;
 use testkit::{Behavior, Host, Receiver, Target, default_timeout, eventually_within, source_entry};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -86,6 +86,19 @@ fn traceparent_of(request: &testkit::RecordedRequest) -> (String, String) {
     (parts[1].to_owned(), parts[2].to_owned())
 }
 
+/// Posts one `order.created` event with payload `{"n": n}` and the given `traceparent`
+/// header; asserts the 202 and returns the event's id.
+async fn post_traced(host: &Host, n: u32, traceparent: &str) -> String {
+    let (status, body) = host
+        .post_event_with_headers(
+            &json!({"type": "order.created", "payload": {"n": n}}),
+            &[("traceparent", traceparent)],
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    body["id"].as_str().expect("id").to_owned()
+}
+
 fn collector_env(host: &mut Host, collector: &Receiver) {
     host.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url("").trim_end_matches('/'));
     host.set_env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json");
@@ -106,14 +119,7 @@ async fn spans_reach_the_collector_and_the_receiver_joins_the_producers_trace() 
     host.add_target("crm", &Target::webhook(&rx.url("/crm")).fast_retry(5));
     host.start().await;
 
-    let (status, body) = host
-        .post_event_with_headers(
-            &json!({"type": "order.created", "payload": {"n": 1}}),
-            &[("traceparent", &producer_traceparent())],
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let id = body["id"].as_str().expect("id").to_owned();
+    let id = post_traced(&host, 1, &producer_traceparent()).await;
     host.wait_delivered(&id, &["crm"]).await;
 
     // The receiver's requests are children of the producer's trace, each with its own parent.
@@ -234,38 +240,13 @@ async fn without_export_only_a_producers_trace_is_handed_on() {
     collector_env(&mut host, &collector);
     host.set_env("OTEL_TRACES_EXPORTER", "none");
     host.add_target("crm", &Target::webhook(&rx.url("/crm")));
-    let app_db = host.dir().join("app.db");
-    let app = rusqlite::Connection::open(&app_db).expect("open app.db");
-    app.execute_batch(
-        "CREATE TABLE outbox (id INTEGER PRIMARY KEY, event_type TEXT NOT NULL, payload TEXT NOT NULL,
-                              status TEXT NOT NULL DEFAULT 'pending', trace TEXT)",
-    )
-    .expect("schema");
-    host.add_source(
-        &Source::sqlite("shop", &app_db)
-            .set("poll_interval_ms", 20)
-            .column("traceparent", "trace"),
-    );
+    let (_, app) = sqlite_outbox_with(&mut host, "trace", "traceparent");
     host.start().await;
 
     let untraced = host.enqueue("order.created", json!({"n": 1})).await;
-    let (status, body) = host
-        .post_event_with_headers(
-            &json!({"type": "order.created", "payload": {"n": 2}}),
-            &[("traceparent", &producer_traceparent())],
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let traced = body["id"].as_str().expect("id").to_owned();
+    let traced = post_traced(&host, 2, &producer_traceparent()).await;
     // An invalid header is ignored: the event is accepted, untraced.
-    let (status, body) = host
-        .post_event_with_headers(
-            &json!({"type": "order.created", "payload": {"n": 3}}),
-            &[("traceparent", "00-not-a-trace-01")],
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let invalid = body["id"].as_str().expect("id").to_owned();
+    let invalid = post_traced(&host, 3, "00-not-a-trace-01").await;
     // Rows of the application's outbox: one with the producer's trace, one without.
     let row_trace = "0af7651916cd43dd8448eb211c80319c";
     app.execute_batch(&format!(
