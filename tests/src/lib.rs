@@ -26,6 +26,7 @@
 //!   [`database::check_pg_opt_out`]).
 
 pub mod artifacts;
+pub mod browser;
 pub mod database;
 pub mod host;
 pub mod json;

@@ -14,10 +14,9 @@
 //! Needs `/usr/bin/chromium` (or `CHROMIUM`), node, and `tests/browser/node_modules`
 //! (`cargo xtask test` runs `npm ci` there and sets `OUTBOXD_TEST_BROWSER_DIR`).
 
-use std::path::PathBuf;
-
 use serde_json::{Value, json};
-use testkit::{Behavior, Target, artifacts, default_timeout, target_count};
+use testkit::browser::Browser;
+use testkit::{Behavior, Target, default_timeout, target_count};
 
 const ADMIN: &str = "admin-token-0123456789";
 /// Dead deliveries the dashboard replays as a job.
@@ -27,19 +26,7 @@ const ANSWER: &str = r#"{"error":"upstream exploded"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
-    let browser_dir = std::env::var_os("OUTBOXD_TEST_BROWSER_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            panic!(
-                "OUTBOXD_TEST_BROWSER_DIR is not set: run the tests through `cargo xtask test`, which \
-             installs playwright-core into tests/browser (and needs Debian's chromium)"
-            )
-        });
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).is_file(),
-        "{chromium} is missing: install Debian's `chromium` package (.ci/run does)"
-    );
+    let browser = Browser::locate();
 
     let (rx, mut host) = testkit::demo(Behavior::ok().respond_with(|_| (422, ANSWER.to_owned()))).await;
     host.add_api_token("ops", ADMIN, &["admin"]).set_api_token(ADMIN);
@@ -76,34 +63,24 @@ async fn the_dashboard_replays_a_dead_delivery_in_headless_chromium() {
     // The receiver is fixed; the operator replays from the dashboard.
     rx.behave("/billing", Behavior::ok());
 
-    let artifacts_dir = artifacts::target_dir().join("test-artifacts");
-    std::fs::create_dir_all(&artifacts_dir).unwrap();
+    let artifacts_dir = Browser::artifacts_dir();
     let screenshot = artifacts_dir.join("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
-    let out = tokio::process::Command::new("node")
-        .arg(browser_dir.join("dashboard.mjs"))
-        .current_dir(&browser_dir)
-        .env("DASHBOARD_URL", host.url("/"))
-        .env("DASHBOARD_TOKEN", ADMIN)
-        .env("SCREENSHOT", &screenshot)
-        .env("CANCEL_EVENT", &to_cancel)
-        .env("ERASED_EVENT", &to_erase)
-        .env("BULK_TARGET", "bulk")
-        .env("TARGETS", "4")
-        .env("CHROMIUM", &chromium)
-        .env("TIMEOUT_MS", default_timeout().as_millis().to_string())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run node tests/browser/dashboard.mjs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}{stderr}");
-    assert!(
-        out.status.success(),
-        "the browser run failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let stdout = browser
+        .run(
+            "dashboard.mjs",
+            &[
+                ("DASHBOARD_URL", host.url("/").into()),
+                ("DASHBOARD_TOKEN", ADMIN.into()),
+                ("SCREENSHOT", screenshot.clone().into()),
+                ("CANCEL_EVENT", to_cancel.clone().into()),
+                ("ERASED_EVENT", to_erase.clone().into()),
+                ("BULK_TARGET", "bulk".into()),
+                ("TARGETS", "4".into()),
+            ],
+            default_timeout(),
+        )
+        .await;
     assert!(stdout.contains("targets: analytics,billing,bulk,crm"), "{stdout}");
     assert!(stdout.contains(&format!("dead: billing {id}")), "{stdout}");
     assert!(

@@ -12,12 +12,12 @@
 //! `target/test-artifacts/dashboard-charts.png`, `dashboard-events.png`,
 //! `dashboard-sources.png` and `dashboard-full.png`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use testkit::browser::Browser;
 use testkit::sources::Source;
-use testkit::{Behavior, DEMO_TARGETS, artifacts, default_timeout, target_count};
+use testkit::{Behavior, DEMO_TARGETS, default_timeout, target_count};
 
 /// Orders posted through the API while the page is open, in batches.
 const BATCHES: usize = 30;
@@ -31,11 +31,7 @@ const ANSWER: &str = r#"{"error":"the ledger is locked"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_charts_real_traffic_finds_an_event_and_shows_sources_in_chromium() {
-    let browser_dir = std::env::var_os("OUTBOXD_TEST_BROWSER_DIR")
-        .map(PathBuf::from)
-        .expect("OUTBOXD_TEST_BROWSER_DIR is not set: run the tests through `cargo xtask test`");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(std::path::Path::new(&chromium).is_file(), "{chromium} is missing");
+    let browser = Browser::locate();
 
     let billing = Behavior::ok().respond_with(|r| {
         if String::from_utf8_lossy(&r.body).contains("\"poison\":true") {
@@ -94,32 +90,22 @@ async fn the_dashboard_charts_real_traffic_finds_an_event_and_shows_sources_in_c
     let deliveries = (orders + SOURCE_ROWS) * DEMO_TARGETS.len();
     let poisoned = orders.div_ceil(POISON_EVERY);
 
-    let artifacts_dir = artifacts::target_dir().join("test-artifacts");
-    std::fs::create_dir_all(&artifacts_dir).unwrap();
+    let artifacts_dir = Browser::artifacts_dir();
     for name in ["charts", "events", "sources", "full"] {
         let _ = std::fs::remove_file(artifacts_dir.join(format!("dashboard-{name}.png")));
     }
-    let out = tokio::process::Command::new("node")
-        .arg(browser_dir.join("charts.mjs"))
-        .current_dir(&browser_dir)
-        .env("DASHBOARD_URL", host.url("/"))
-        .env("ARTIFACTS", &artifacts_dir)
-        .env("SEARCH_KEY", &poison_key)
-        .env("EXPECTED_DELIVERIES", deliveries.to_string())
-        .env("CHROMIUM", &chromium)
-        .env("TIMEOUT_MS", (default_timeout().as_millis() * 2).to_string())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run node tests/browser/charts.mjs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}{stderr}");
-    assert!(
-        out.status.success(),
-        "the browser run failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let stdout = browser
+        .run(
+            "charts.mjs",
+            &[
+                ("DASHBOARD_URL", host.url("/").into()),
+                ("ARTIFACTS", artifacts_dir.clone().into()),
+                ("SEARCH_KEY", poison_key.clone().into()),
+                ("EXPECTED_DELIVERIES", deliveries.to_string().into()),
+            ],
+            default_timeout() * 2,
+        )
+        .await;
     load.await.expect("the load ran");
 
     let line = |prefix: &str| -> String {
