@@ -284,14 +284,15 @@ async fn a_receiver_that_queues_keeps_the_limit_below_the_ceiling_and_is_never_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_bucket_receiver_gets_everything_and_the_metrics_count_its_refusals() {
-    const EVENTS: usize = 300;
+async fn a_token_bucket_receiver_is_paced_gets_everything_and_the_metrics_count_its_refusals() {
+    const EVENTS: usize = 600;
+    const RATE: f64 = 100.0;
     let rx = Receiver::builder().path("/bucket", Behavior::ok()).start().await;
     let mut host = Host::new();
     host.add_target("bucket", &target(&rx, "/bucket", "bucket"));
     host.start().await;
 
-    // Before any refusal: the limit is in /metrics, no refusal is counted.
+    // Before any refusal: the limit is in /metrics, no refusal is counted, nothing is paced.
     post(&host, "bucket", 1).await;
     watch(
         &host,
@@ -308,27 +309,65 @@ async fn a_token_bucket_receiver_gets_everything_and_the_metrics_count_its_refus
     );
     let before = metric(&host, "outboxd_refusals_total", "bucket").await.unwrap_or(0.0);
     assert_eq!(before, 0.0, "no refusal yet");
+    assert_eq!(metric(&host, "outboxd_pace", "bucket").await, None, "not paced");
+    let targets = host.targets().await;
+    assert_eq!(
+        target_entry(&targets, "bucket")["concurrency_limit"]["pace_per_sec"],
+        Value::Null
+    );
 
-    // 100 a second, 10 at most at once in the bucket: 16 at a time drain it at once.
+    // 100 a second, 10 at most at once in the bucket, 429 when empty: 16 at a time drain it
+    // at once, and a slot above its rate would turn out 429s as fast as it is refused.
     rx.behave(
         "/bucket",
-        Behavior::token_bucket(100.0, 10).service_time(Duration::from_millis(10)),
+        Behavior::token_bucket(RATE, 10).service_time(Duration::from_millis(10)),
     );
     post(&host, "bucket", EVENTS).await;
+    // Paced while it drains, visible in /metrics.
+    let deadline = tokio::time::Instant::now() + scaled(Duration::from_secs(30));
+    let pace = loop {
+        if let Some(pace) = metric(&host, "outboxd_pace", "bucket").await {
+            break pace;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never paced: {:#}\n--- stderr (tail) ---\n{}",
+            target_entry(&host.targets().await, "bucket"),
+            host.stderr_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        pace > 0.0 && pace < 4.0 * RATE,
+        "paced at {pace} a second against a bucket of {RATE}"
+    );
+    let mut paces = Vec::new();
     watch(
         &host,
         "bucket",
         Duration::from_secs(60),
         "every event delivered",
-        |ts, _| target_count(ts, "bucket", "delivered") == EVENTS as u64 + 1,
+        |ts, _| {
+            paces.extend(target_entry(ts, "bucket")["concurrency_limit"]["pace_per_sec"].as_f64());
+            target_count(ts, "bucket", "delivered") == EVENTS as u64 + 1
+        },
     )
     .await;
+    assert!(!paces.is_empty(), "the API showed the pace too");
     let load = rx.load_at("/bucket");
     assert_eq!(load.succeeded, EVENTS + 1);
     assert!(load.refused > 0, "the bucket ran dry at some point");
+    // Paced, the refusals are a few while the pace is learned and one now and then as it
+    // probes; unpaced, a slot above the rate turns out a 429 per round trip of its own.
+    assert!(
+        load.refused * 100 <= load.requests * 15,
+        "{} of {} requests refused",
+        load.refused,
+        load.requests
+    );
     let after = metric(&host, "outboxd_refusals_total", "bucket").await.unwrap_or(0.0);
     eprintln!(
-        "token bucket: {} requests, {} refused; outboxd_refusals_total {after}",
+        "token bucket: {} requests, {} refused; outboxd_refusals_total {after}; paces {paces:?}",
         load.requests, load.refused
     );
     assert!(

@@ -36,11 +36,15 @@ async fn scrape(state: &AppState) -> Result<Scrape, StoreError> {
         reload_errors: snapshot.errors.len(),
         breakers: Default::default(),
         limits: Default::default(),
+        paces: Default::default(),
         now,
     };
     for target in input.targets() {
         if let Some(flow) = state.flows.status(&target) {
             input.limits.insert(target.clone(), flow.limit);
+            if let Some(pace) = flow.pace {
+                input.paces.insert(target.clone(), pace);
+            }
         }
         if let Some(b) = state.breakers.status(&target) {
             input.breakers.insert(

@@ -56,13 +56,16 @@ pub(super) struct ConcurrencyOut {
     baseline_ms: Option<f64>,
     /// Attempts the receiver refused since start-up (429, 503, refused connections, timeouts).
     refusals: u64,
+    /// While the receiver limits its rate (a burst of 429s): the pace in force, attempts a
+    /// second, learned from what it takes (adaptive only); `null` otherwise.
+    pace_per_sec: Option<f64>,
 }
 
 /// A target's retry budget: retries may add a share of the first attempts over a window.
 #[derive(Serialize, ToSchema)]
 pub(super) struct RetryBudgetOut {
     /// Whether it holds retries back now: only while the receiver is under pressure (the
-    /// limit below its ceiling, or the breaker not closed).
+    /// limit below its ceiling, a pace in force, or the breaker not closed).
     engaged: bool,
     /// First attempts and retries started in the window.
     first_attempts: u64,
@@ -81,6 +84,7 @@ impl ConcurrencyOut {
             ceiling: f.ceiling,
             baseline_ms: f.baseline.map(|d| d.as_secs_f64() * 1000.0),
             refusals: f.refusals,
+            pace_per_sec: f.pace,
         }
     }
 }

@@ -85,9 +85,10 @@ fn last_response(requests: Vec<HttpExchange>) -> Option<ReceiverResponse> {
 }
 
 /// How the receiver answered a call, from the requests the plugin sent through the host: a
-/// refusal if any was answered 429 or 503, or failed to connect or timed out, or if the
-/// plugin asked for a delay (`after-ms`, a receiver's `Retry-After`); else accepted (a round
-/// trip of the call's duration) if an event was delivered; else nothing the load explains.
+/// refusal for load if any was answered 503, or failed to connect or timed out; else over a
+/// rate limit if any was answered 429; else a refusal if the plugin asked for a delay
+/// (`after-ms`, a receiver's `Retry-After`); else accepted (a round trip of the call's
+/// duration) if an event was delivered; else nothing the load explains.
 fn answer_of(outcomes: &[Outcome], requests: &[HttpExchange], duration: Duration) -> Answer {
     let delay = outcomes
         .iter()
@@ -97,10 +98,15 @@ fn answer_of(outcomes: &[Outcome], requests: &[HttpExchange], duration: Duration
         })
         .max();
     let refused = requests.iter().any(|r| match &r.result {
-        Ok(status) => matches!(status, 429 | 503),
+        Ok(status) => *status == 503,
         Err(e) => e == "timeout" || e.starts_with("connect"),
     });
-    if refused || delay.is_some() {
+    let limited = requests.iter().any(|r| r.result == Ok(429));
+    if refused {
+        Answer::Refused(delay)
+    } else if limited {
+        Answer::Limited(delay)
+    } else if delay.is_some() {
         Answer::Refused(delay)
     } else if outcomes.contains(&Outcome::Delivered) {
         Answer::Accepted(duration)

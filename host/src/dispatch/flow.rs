@@ -1,6 +1,8 @@
 //! Flow control of each target, in memory: the limit in force on its attempts (learned by a
 //! `policy::adaptive::Controller`, or the manifest's `concurrency` when fixed), the gate
-//! that enforces it on the lane, and the retry budget. Driven by the lane (which passes the
+//! that enforces it on the lane, the pace of a receiver that limits its rate (learned by a
+//! `policy::pace::Pacer`, enforced by a token bucket the lane takes from), and the retry
+//! budget. Driven by the lane (which passes the
 //! gate and asks the budget) and the attempt (which reports how each call went); shown by the
 //! API and the metrics. Like breakers, flows outlive reloads of their target: a new version
 //! of a manifest keeps what was learned about its receiver.
@@ -15,8 +17,15 @@ use tokio::time::Instant;
 use crate::domain::TargetName;
 use crate::policy::adaptive::{Answer, Cause, Change, ConcurrencyMode, Controller};
 use crate::policy::budget::{BudgetStatus, RetryBudget};
+use crate::policy::pace::{PaceChange, Pacer};
 use crate::targets::manifest::TargetSpec;
 use crate::telemetry::metrics;
+
+use super::ratelimit::TokenBucket;
+
+/// The pace's burst: the attempts of this long at its rate (at least one), so that a lane
+/// that waited a moment for a token catches up, without a burst the receiver would refuse.
+const PACE_BURST: Duration = Duration::from_millis(20);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -103,6 +112,9 @@ pub struct FlowStatus {
     pub baseline: Option<Duration>,
     /// Refusals seen (429, 503, refused connections, timeouts) since the start.
     pub refusals: u64,
+    /// The pace in force, attempts a second, while the receiver limits its rate (adaptive
+    /// only).
+    pub pace: Option<f64>,
     /// The retry budget, if the target has one: whether it holds retries back now (the
     /// receiver is under pressure), and its window.
     pub budget: Option<(bool, BudgetStatus)>,
@@ -121,6 +133,9 @@ struct Told {
 struct State {
     mode: ConcurrencyMode,
     controller: Controller,
+    pacer: Pacer,
+    /// The pace's tokens, while pacing.
+    paced: Option<TokenBucket>,
     budget: Option<RetryBudget>,
     refusals: u64,
     told: Told,
@@ -147,6 +162,8 @@ impl Flow {
             state: Mutex::new(State {
                 mode: spec.concurrency_mode,
                 controller,
+                pacer: Pacer::new(),
+                paced: None,
                 budget: spec.retry_budget.map(RetryBudget::new),
                 refusals: 0,
                 told: Told { high: limit, low: None },
@@ -166,13 +183,73 @@ impl Flow {
         self.gate.resize(Self::limit_of(&s));
     }
 
-    /// Attempts a second the receiver can take, as learned: the limit over its unloaded round
-    /// trip (0 before one is known).
+    /// Attempts a second the receiver can take, as learned: the pace, or the limit over its
+    /// unloaded round trip (0 before one is known).
     fn capacity_of(s: &State) -> f64 {
+        if let Some(rate) = Self::pace_of(s) {
+            return rate;
+        }
         s.controller
             .baseline()
             .filter(|b| !b.is_zero())
             .map_or(0.0, |b| f64::from(Self::limit_of(s)) / b.as_secs_f64())
+    }
+
+    fn pace_of(s: &State) -> Option<f64> {
+        match s.mode {
+            ConcurrencyMode::Adaptive => s.pacer.rate(),
+            ConcurrencyMode::Fixed => None,
+        }
+    }
+
+    /// Takes up to `want` of the pace's tokens, one per attempt: `Ok(granted)` with at least
+    /// one (all of them while not pacing), or `Err(wait)` until one is due.
+    pub(super) fn pace(&self, want: usize, now: Instant) -> Result<usize, Duration> {
+        let mut guard = lock(&self.state);
+        let s = &mut *guard;
+        Self::tell_pace(&self.target, s.pacer.tick(now));
+        let Some(rate) = Self::pace_of(s) else {
+            s.paced = None;
+            return Ok(want);
+        };
+        let burst = (rate * PACE_BURST.as_secs_f64()).max(1.0);
+        let bucket = s.paced.get_or_insert_with(|| TokenBucket::with_burst(rate, burst, now));
+        bucket.set_rate(rate, burst, now);
+        match bucket.take(want, now) {
+            0 => Err(bucket.wait_for_one(now)),
+            n => Ok(n),
+        }
+    }
+
+    /// Logs a change of the pace: when it starts and ends, not per cut.
+    fn tell_pace(target: &TargetName, change: Option<PaceChange>) {
+        match change {
+            Some(PaceChange::Engaged { rate }) => tracing::warn!(
+                target = %target, per_sec = format_args!("{rate:.1}"),
+                "the receiver limits its rate (429): attempts paced"
+            ),
+            Some(PaceChange::Lowered { from, to }) => tracing::debug!(
+                target = %target, from = format_args!("{from:.1}"), to = format_args!("{to:.1}"),
+                "pace lowered"
+            ),
+            Some(PaceChange::Released) => tracing::info!(
+                target = %target,
+                "the receiver no longer limits the rate: attempts no longer paced"
+            ),
+            Some(PaceChange::Pause(_)) | None => {}
+        }
+    }
+
+    /// Gives back tokens of the pace taken but not used.
+    pub(super) fn give_back_pace(&self, n: usize) {
+        if let Some(bucket) = lock(&self.state).paced.as_mut() {
+            bucket.give_back(n);
+        }
+    }
+
+    /// Whether the target is paced now (its read-ahead waits for tokens, not permits).
+    pub(super) fn paced(&self) -> bool {
+        Self::pace_of(&lock(&self.state)).is_some()
     }
 
     fn limit_of(s: &State) -> u32 {
@@ -197,7 +274,7 @@ impl Flow {
     /// counted with `retry` false.
     pub(super) fn admit(&self, retry: bool, breaker_closed: bool, now: Instant) -> Result<(), Duration> {
         let mut s = lock(&self.state);
-        let pressure = !breaker_closed || Self::limit_of(&s) < s.controller.ceiling();
+        let pressure = !breaker_closed || Self::limit_of(&s) < s.controller.ceiling() || Self::pace_of(&s).is_some();
         let capacity = Self::capacity_of(&s);
         let Some(budget) = s.budget.as_mut() else { return Ok(()) };
         if !retry {
@@ -218,21 +295,27 @@ impl Flow {
         lock(&self.state).controller.started();
     }
 
-    /// An attempt ended with `answer`: the controller learns from it and the gate follows
-    /// the limit. Returns a pause of the whole target when the receiver refuses even one
-    /// attempt at a time.
+    /// An attempt ended with `answer`: the controller and the pacer learn from it and the
+    /// gate follows the limit. Returns a pause of the whole target when the receiver refuses
+    /// even one attempt at a time, or takes nothing at any pace.
     pub(super) fn finished(&self, answer: Answer, now: Instant) -> Option<Duration> {
-        if matches!(answer, Answer::Refused(_)) {
+        let refused = matches!(answer, Answer::Refused(_) | Answer::Limited(_));
+        if refused {
             metrics::refusal(self.target.as_str());
         }
         let mut s = lock(&self.state);
-        if matches!(answer, Answer::Refused(_)) {
+        if refused {
             s.refusals += 1;
         }
         let change = s.controller.finished(answer, now);
+        let paced = s.pacer.finished(answer, now);
         if s.mode == ConcurrencyMode::Fixed {
             return None;
         }
+        if let Some(PaceChange::Pause(pause)) = paced {
+            return Some(pause);
+        }
+        Self::tell_pace(&self.target, paced);
         match change? {
             Change::Pause(pause) => Some(pause),
             Change::Decreased { from, to, cause } => {
@@ -267,15 +350,17 @@ impl Flow {
 
     pub(super) fn status(&self) -> FlowStatus {
         let mut s = lock(&self.state);
-        let limit = Self::limit_of(&s);
-        let pressure = limit < s.controller.ceiling();
         let now = Instant::now();
+        Self::tell_pace(&self.target, s.pacer.tick(now));
+        let limit = Self::limit_of(&s);
+        let pressure = limit < s.controller.ceiling() || Self::pace_of(&s).is_some();
         FlowStatus {
             mode: s.mode,
             limit,
             ceiling: s.controller.ceiling(),
             baseline: s.controller.baseline(),
             refusals: s.refusals,
+            pace: Self::pace_of(&s),
             budget: {
                 let capacity = Self::capacity_of(&s);
                 s.budget.as_mut().map(|b| (pressure, b.status(now, capacity)))
@@ -382,6 +467,36 @@ mod tests {
         assert_eq!(fixed.status().refusals, 10, "refusals are counted in both modes");
         let permits: Vec<_> = std::iter::from_fn(|| adaptive.gate().try_acquire()).collect();
         assert_eq!(permits.len(), 4, "the gate follows the limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_429s_paces_the_target_and_leaves_its_limit_alone() {
+        let adaptive = Flow::new(&spec("a", "concurrency = 8"));
+        let fixed = Flow::new(&spec("f", "concurrency = 8\nconcurrency_mode = \"fixed\""));
+        let now = grow(&[&adaptive, &fixed]).await;
+        // About 400 taken a second lately (8 every 20 ms); then the receiver's bucket is empty.
+        for flow in [&adaptive, &fixed] {
+            assert_eq!(flow.pace(100, now), Ok(100), "not paced yet");
+            for _ in 0..10 {
+                flow.started();
+                assert_eq!(flow.finished(Answer::Limited(Some(Duration::from_secs(1))), now), None);
+            }
+        }
+        assert_eq!(adaptive.limit(), 8, "a rate limit is no reason to run fewer at once");
+        let pace = adaptive.status().pace.expect("paced");
+        assert!((300.0..450.0).contains(&pace), "{pace}");
+        // A burst of at most 20 ms of the pace, then a token every 1 / pace seconds.
+        let burst = adaptive.pace(100, now).expect("a full bucket");
+        assert!((6..=9).contains(&burst), "{burst}");
+        let wait = adaptive.pace(1, now).expect_err("empty");
+        assert!(wait <= Duration::from_secs_f64(1.0 / pace), "{wait:?}");
+        adaptive.give_back_pace(1);
+        assert_eq!(adaptive.pace(5, now), Ok(1), "what was given back is taken again");
+        // Under a pace the receiver is under pressure: the budget holds retries.
+        assert!(adaptive.status().budget.is_none_or(|(engaged, _)| engaged));
+        // A fixed flow keeps today's behaviour: no pace.
+        assert_eq!(fixed.status().pace, None);
+        assert_eq!(fixed.pace(100, now), Ok(100));
     }
 
     #[tokio::test]

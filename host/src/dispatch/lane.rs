@@ -199,22 +199,54 @@ impl Lane {
                 held.truncate(want);
             }
         }
+        // The pace of a receiver that limits its rate: one token per call.
+        let calls = if self.batched { 1 } else { want };
+        let paced = match self.flow.pace(calls, Instant::now()) {
+            Ok(granted) => granted,
+            Err(wait) => {
+                drop(held);
+                self.give_back_tokens(want).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.max(MIN_IDLE)) => {}
+                    _ = token.cancelled() => {}
+                }
+                return Next::Again;
+            }
+        };
+        if !self.batched && paced < want {
+            self.give_back_tokens(want - paced).await;
+            want = paced;
+            held.truncate(want);
+        }
         let mut slots = self.pool_slots(held, token).await;
         if slots.is_empty() {
+            self.flow.give_back_pace(paced);
             return Next::Stop; // cancelled while waiting for the pool
         }
         if !self.batched {
+            self.flow.give_back_pace(want.saturating_sub(slots.len()));
             want = want.min(slots.len());
         }
 
+        // Pace tokens of calls that did not start (a batch is one call).
+        let batched = self.batched;
+        let unstarted_calls = move |started: usize| {
+            if batched {
+                usize::from(started == 0)
+            } else {
+                want.saturating_sub(started)
+            }
+        };
         let started = match self.claim_and_start(&mut slots, want, probe, token).await {
             Some(started) => started,
             None => {
                 drop(slots);
+                self.flow.give_back_pace(unstarted_calls(0));
                 self.give_back_tokens(want).await;
                 return Next::Idle(self.cx.poll_interval);
             }
         };
+        self.flow.give_back_pace(unstarted_calls(started));
         if probe {
             self.cx.breakers.with(self.spec.name.as_str(), self.spec.breaker, |b| {
                 b.probe_started(started > 0)
@@ -271,7 +303,9 @@ impl Lane {
     ) -> Option<usize> {
         let mut claimed = Vec::new();
         if self.ready.len() < want {
-            let ahead = if probe {
+            // A paced target reads no further ahead than its tokens: what it claims waits for
+            // them under a lease.
+            let ahead = if probe || self.flow.paced() {
                 0
             } else {
                 self.ahead * self.flow.limit() as usize

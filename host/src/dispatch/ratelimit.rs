@@ -27,6 +27,25 @@ impl TokenBucket {
         }
     }
 
+    /// A full bucket of `rate` tokens per second (> 0) holding at most `burst` (at least 1).
+    pub fn with_burst(rate: f64, burst: f64, now: Instant) -> Self {
+        let burst = burst.max(1.0);
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Changes the rate and the burst from `now` on (tokens due until now at the old rate).
+    pub fn set_rate(&mut self, rate: f64, burst: f64, now: Instant) {
+        self.refill(now);
+        self.rate = rate;
+        self.burst = burst.max(1.0);
+        self.tokens = self.tokens.min(self.burst);
+    }
+
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);

@@ -7,7 +7,7 @@
 //!   hostage: a hang says nothing until it times out) and doubles every window in which it was
 //!   reached without a sign of trouble, so a healthy receiver is at the ceiling within a few
 //!   round trips, and the receiver's unloaded round trip is measured before it is loaded.
-//! - **Refusals cut it at once.** A refusal (429, 503, a refused connection, a timeout) that
+//! - **Refusals cut it at once.** A refusal (503, a refused connection, a timeout) that
 //!   comes as part of a burst (at least [`BURST_REFUSALS`] of the last [`RECENT`] answers, and
 //!   at least [`BURST_SHARE`] of them) cuts the limit: halved the first time, else by
 //!   [`DECREASE`], and never above the attempts still running (those the receiver is taking:
@@ -31,8 +31,10 @@
 //!   [`BURST_REFUSALS`] refusals, whatever the share. A probe that passes forgets the
 //!   level: the receiver has grown, and the limit grows with it.
 //! - **At the floor, the target pauses.** A burst of refusals at a limit of 1 means the receiver
-//!   refuses even one request at a time (a rate limit): the controller asks for the target to
-//!   pause for the receiver's requested delay.
+//!   refuses even one request at a time (down, or limited without saying so by a 429): the
+//!   controller asks for the target to pause for the receiver's requested delay.
+//! - **429s are not its business.** A rate limit refuses one request as readily as many: the
+//!   target's pace (`policy::pace`) answers them; the limit ignores them.
 //!
 //! A window's round trips are those of the attempts it started: an answer to an attempt
 //! started at the previous level says nothing about this one. So a window stays open until it
@@ -122,9 +124,12 @@ impl std::str::FromStr for ConcurrencyMode {
 pub enum Answer {
     /// The receiver took it: a round-trip sample.
     Accepted(Duration),
-    /// The receiver refused it (429, 503, a refused connection, a timeout), possibly asking
-    /// for a delay.
+    /// The receiver refused it as more than it can take at once (503, a refused connection, a
+    /// timeout, a delay the plugin asked for), possibly asking for a delay.
     Refused(Option<Duration>),
+    /// The receiver refused it as faster than its rate limit (429), possibly asking for a
+    /// delay: a matter for the pace (`policy::pace`), not for the limit.
+    Limited(Option<Duration>),
     /// Anything else (a 500, a permanent failure): says nothing about load.
     Other,
 }
@@ -279,9 +284,9 @@ impl Controller {
                     self.refused_in_probe += 1;
                 }
             }
-            Answer::Other => {}
+            Answer::Limited(_) | Answer::Other => {}
         }
-        if !matches!(answer, Answer::Other) {
+        if !matches!(answer, Answer::Limited(_) | Answer::Other) {
             if self.recent.len() == RECENT {
                 self.recent.pop_front();
             }

@@ -18,6 +18,7 @@ pub mod backlog;
 mod conformance;
 mod group_commit;
 pub mod history;
+mod layout;
 mod location;
 mod model;
 pub mod postgres;

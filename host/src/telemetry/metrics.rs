@@ -110,6 +110,7 @@ struct Metrics {
     reload_errors: Gauge,
     source_lag: Family<SourceLabel, FloatGauge>,
     concurrency_limit: Family<TargetLabel, Gauge>,
+    pace: Family<TargetLabel, FloatGauge>,
     refusals: Family<TargetLabel, Counter>,
     retries_held: Family<TargetLabel, Counter>,
     filter_events: Family<FilterLabels, Counter>,
@@ -214,6 +215,12 @@ impl Metrics {
             "Attempts of each target that may run at once now (adaptive: learned from the receiver; fixed: its concurrency); read at scrape time",
             concurrency_limit.clone(),
         );
+        let pace = Family::<TargetLabel, FloatGauge>::default();
+        registry.register(
+            "pace",
+            "Attempts a second each target is paced at while its receiver limits its rate (429s; learned from what it takes); absent otherwise; read at scrape time",
+            pace.clone(),
+        );
         let refusals = Family::<TargetLabel, Counter>::default();
         registry.register(
             "refusals",
@@ -249,6 +256,7 @@ impl Metrics {
             store_statements,
             replayed_by_jobs,
             concurrency_limit,
+            pace,
             refusals,
             retries_held,
             filter_events,
@@ -490,6 +498,8 @@ pub struct Scrape {
     pub breakers: BTreeMap<String, BreakerGauge>,
     /// The concurrency limit in force of each target that has run.
     pub limits: BTreeMap<String, u32>,
+    /// The pace in force of each target paced now (attempts a second).
+    pub paces: BTreeMap<String, f64>,
     pub now: Millis,
 }
 
@@ -515,6 +525,7 @@ pub fn render(input: &Scrape) -> Result<String, std::fmt::Error> {
     m.breaker_failures.clear();
     m.paused.clear();
     m.concurrency_limit.clear();
+    m.pace.clear();
     for target in input.targets() {
         let counts = input.counts.get(&target);
         for status in DeliveryStatus::ALL {
@@ -537,6 +548,9 @@ pub fn render(input: &Scrape) -> Result<String, std::fmt::Error> {
             m.concurrency_limit
                 .get_or_create(&TargetLabel { target: target.clone() })
                 .set(i64::from(*limit));
+        }
+        if let Some(pace) = input.paces.get(&target) {
+            m.pace.get_or_create(&TargetLabel { target: target.clone() }).set(*pace);
         }
         if let Some(b) = input.breakers.get(&target) {
             for s in ["closed", "open", "half_open"] {

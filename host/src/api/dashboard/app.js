@@ -86,7 +86,10 @@ function renderTargets(targets) {
       : "–";
     const breaker = t.breaker ? t.breaker.state : "closed";
     const cl = t.concurrency_limit;
-    const limit = cl ? cl.limit + " / " + cl.ceiling + (cl.mode === "fixed" ? " fixed" : "") : "–";
+    const limit = cl
+      ? cl.limit + " / " + cl.ceiling + (cl.mode === "fixed" ? " fixed" : "") +
+        (cl.pace_per_sec !== null && cl.pace_per_sec !== undefined ? ", paced " + Math.round(cl.pace_per_sec) + "/s" : "")
+      : "–";
     const budget = t.retry_budget;
     const limitTitle = cl
       ? cl.mode + "; " + cl.refusals + " refused since start-up" +

@@ -11,6 +11,7 @@ use sqlx::postgres::PgConnection;
 use super::{PgStore, counted, wakeups};
 use crate::domain::Millis;
 use crate::store::group_commit::{GroupCommit, Waiter};
+use crate::store::layout;
 use crate::store::rows::{decode, encode_headers};
 use crate::store::{Ingested, NewEvent, StoreError};
 
@@ -138,6 +139,22 @@ async fn insert_events_at(
     if new.is_empty() {
         return Ok(out);
     }
+    // Written in the order of `layout`: a target's deliveries together, by due time.
+    let at: Vec<(&NewEvent, Millis)> = new.iter().map(|(_, e, now)| (*e, *now)).collect();
+    let deliveries: Vec<NewDelivery<'_>> = layout::deliveries_in_order(&at)
+        .into_iter()
+        .map(|(k, target)| {
+            let (i, e, now) = new[k];
+            NewDelivery {
+                event: ids[i].as_str(),
+                target: target.as_str(),
+                accepted: now,
+                ordering_key: e.ordering_key.as_deref(),
+                due_at: e.due_at,
+            }
+        })
+        .collect();
+    let new: Vec<(usize, &NewEvent, Millis)> = layout::events_in_order(&at).into_iter().map(|k| new[k]).collect();
     let mut headers = Vec::with_capacity(new.len());
     for (_, e, _) in &new {
         headers.push(encode_headers(&e.headers)?);
@@ -165,19 +182,6 @@ async fn insert_events_at(
         )
         .execute(&mut *conn)
         .await?;
-    let deliveries: Vec<NewDelivery<'_>> = new
-        .iter()
-        .flat_map(|(i, e, now)| {
-            let event = ids[*i].as_str();
-            e.targets.iter().map(move |t| NewDelivery {
-                event,
-                target: t.as_str(),
-                accepted: *now,
-                ordering_key: e.ordering_key.as_deref(),
-                due_at: e.due_at,
-            })
-        })
-        .collect();
     if !deliveries.is_empty() {
         counted::query(sql!("insert_deliveries"))
             .bind(deliveries.iter().map(|d| d.event).collect::<Vec<_>>())

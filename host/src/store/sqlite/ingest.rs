@@ -2,13 +2,15 @@
 //! Concurrent ingests share one transaction and one fsync (group commit), each request in a
 //! savepoint of its own so that one failing request does not undo the others.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, Synchronous, begin_write};
-use crate::domain::Millis;
+use crate::domain::{EventId, Millis};
 use crate::store::group_commit::{GroupCommit, Waiter};
+use crate::store::layout;
 use crate::store::rows::{decode, encode_headers};
 use crate::store::{Ingested, NewEvent, StoreError};
 
@@ -36,47 +38,61 @@ pub(super) async fn ingest(store: &SqliteStore, events: Vec<NewEvent>, now: Mill
 }
 
 /// Writes events, their idempotency keys and one pending delivery per target, inside the
-/// caller's transaction. Events with a known idempotency key write nothing.
+/// caller's transaction. Events with a known idempotency key (or one given earlier in
+/// `events`) write nothing. The rows go in the order of [`layout`](crate::store::layout):
+/// a target's deliveries together, by due time.
 pub(super) fn insert_events(tx: &Connection, events: Vec<NewEvent>, now: Millis) -> IngestAnswer {
     let mut out = Vec::with_capacity(events.len());
     let mut find_key = tx.prepare_cached(sql!("find_idempotency_key"))?;
-    let mut insert_event = tx.prepare_cached(sql!("insert_event"))?;
-    let mut insert_key = tx.prepare_cached(sql!("insert_idempotency_key"))?;
-    let mut insert_delivery = tx.prepare_cached(sql!("insert_delivery"))?;
-    for e in events {
+    // Which events are new, in the order given: a key's first event is the first one given.
+    let mut keys: HashMap<&str, EventId> = HashMap::new();
+    let mut new: Vec<(&NewEvent, Millis)> = Vec::with_capacity(events.len());
+    for e in &events {
         if let Some(key) = &e.idempotency_key {
-            let known: Option<String> = find_key.query_row([key.as_str()], |r| r.get(0)).optional()?;
-            if let Some(first) = known {
-                out.push(Ingested {
-                    id: decode(&first)?,
-                    duplicate: true,
-                });
+            let first = match keys.get(key.as_str()) {
+                Some(first) => Some(*first),
+                None => find_key
+                    .query_row([key.as_str()], |r| r.get::<_, String>(0))
+                    .optional()?
+                    .map(|first| decode(&first))
+                    .transpose()?,
+            };
+            if let Some(id) = first {
+                out.push(Ingested { id, duplicate: true });
                 continue;
             }
+            keys.insert(key.as_str(), e.id);
         }
-        let id = e.id.to_string();
-        let headers = encode_headers(&e.headers)?;
+        out.push(Ingested {
+            id: e.id,
+            duplicate: false,
+        });
+        new.push((e, now));
+    }
+    let ids: Vec<String> = new.iter().map(|(e, _)| e.id.to_string()).collect();
+    let mut insert_event = tx.prepare_cached(sql!("insert_event"))?;
+    let mut insert_key = tx.prepare_cached(sql!("insert_idempotency_key"))?;
+    for i in layout::events_in_order(&new) {
+        let (e, now) = new[i];
         let key = e.idempotency_key.as_ref().map(|k| k.as_str());
         insert_event.execute(params![
-            id,
+            ids[i],
             e.event_type.as_str(),
             e.payload,
-            headers,
+            encode_headers(&e.headers)?,
             key,
             e.ordering_key,
             now,
             e.traceparent.map(|t| t.to_string())
         ])?;
         if let Some(key) = key {
-            insert_key.execute(params![key, id, now])?;
+            insert_key.execute(params![key, ids[i], now])?;
         }
-        for target in &e.targets {
-            insert_delivery.execute(params![id, target.as_str(), now, e.ordering_key, e.due_at])?;
-        }
-        out.push(Ingested {
-            id: e.id,
-            duplicate: false,
-        });
+    }
+    let mut insert_delivery = tx.prepare_cached(sql!("insert_delivery"))?;
+    for (i, target) in layout::deliveries_in_order(&new) {
+        let (e, now) = new[i];
+        insert_delivery.execute(params![ids[i], target.as_str(), now, e.ordering_key, e.due_at])?;
     }
     Ok(out)
 }
