@@ -27,13 +27,13 @@ impl TokenBucket {
         }
     }
 
-    /// A full bucket of `rate` tokens per second (> 0) holding at most `burst` (at least 1).
-    pub fn with_burst(rate: f64, burst: f64, now: Instant) -> Self {
-        let burst = burst.max(1.0);
+    /// An empty bucket of `rate` tokens per second (> 0) holding at most `burst` (at least 1):
+    /// its first token is due in `1 / rate`.
+    pub fn empty(rate: f64, burst: f64, now: Instant) -> Self {
         Self {
             rate,
-            burst,
-            tokens: burst,
+            burst: burst.max(1.0),
+            tokens: 0.0,
             last: now,
         }
     }

@@ -5,17 +5,22 @@
 //! refuses one request in flight as readily as sixteen, so a concurrency limit cannot hold it
 //! (a slot above its rate turns out refusals as fast as outboxd can send, and a limit low enough
 //! to stop them leaves the rate unused). The pacer learns a rate instead, as AIMD on a send rate:
-//! - **Engaged by a burst of 429s** (at least [`BURST_LIMITED`] of the last [`RECENT`] answers,
-//!   and at least [`BURST_SHARE`] of them): the rate starts at [`DECREASE`] times what the
-//!   receiver took [`RECENTLY`] (its goodput: every answer but a refusal). 429s scattered among successes (a
-//!   flaky receiver's) make no burst and engage nothing; each waits out its own delay.
+//! - **Engaged by a burst of 429s** ([`BURST_LIMITED`] in a row, or as many of the last
+//!   [`RECENT`] answers and at least [`BURST_SHARE`] of them: a sender with many attempts in
+//!   flight turns out a 429 per attempt as fast as they come back, so waiting for the share
+//!   costs refusals): the rate starts at [`ENGAGE_FRACTION`] of what the receiver took over the
+//!   last two round trips (its goodput: every answer but a refusal; at least over
+//!   [`ENGAGE_SPAN`]) and doubles every two round trips until the first cut (slow start). 429s scattered among
+//!   successes (a flaky receiver's) make no burst and engage nothing; each waits out its own
+//!   delay.
 //! - **Cut to what was taken.** While pacing, [`CUT_AFTER`] 429s since the last change (those
 //!   after two round trips: earlier ones answer attempts started before it) cut the rate to
 //!   [`DECREASE`] times what the receiver took since that change (from two round trips after
 //!   it; over the last second, if it was longer ago), or the rate if lower, once that is
 //!   measured: [`MEASURE_COUNT`] answers taken, or [`MEASURE_MAX`]. Measured, not
 //!   halved: above a rate limit the receiver takes exactly its rate, so one cut lands just
-//!   below it.
+//!   below it. The first cut after the pace is engaged ends its slow start: measured, if
+//!   [`FIRST_MEASURE_COUNT`] answers were taken by then, else a halving (as TCP's).
 //! - **Grows multiplicatively, faster the longer it is quiet**: [`FAST_GROWTH`] a second until
 //!   the first cut and while well below where the last cut found the limit; near it
 //!   [`GROWTH`] a second at first, doubling every second without a cut (at most
@@ -24,7 +29,9 @@
 //!   seconds.
 //! - **Released when it no longer binds**: a rate that has grown past twice what the receiver
 //!   takes, [`RELEASE_AFTER`] after the last cut, means outboxd sends less than it may (the
-//!   backlog is gone, or something else limits it).
+//!   backlog is gone, or something else limits it). **Or when the 429s do not follow it**:
+//!   [`SPIRAL`] cuts in a row, each before the pace grew back to where the last one found the
+//!   limit, are a receiver that refuses a share at any rate (a flaky one caught in a burst).
 //! - **Nothing taken at all** (a burst of 429s and nothing taken for [`PAUSE_AFTER`], or a cut
 //!   below [`MIN_RATE`]): the receiver refuses even a trickle (a quota spent): the pacer asks
 //!   for the target to pause for the receiver's requested delay (and keeps the floor rate
@@ -52,14 +59,31 @@ pub const BURST_SHARE: f64 = 0.5;
 pub const CUT_AFTER: u32 = 2;
 /// The share of the measured goodput a cut leaves.
 pub const DECREASE: f64 = 0.95;
-/// Answers taken since a change before what was taken is trusted for a cut…
+/// Answers taken since a change before what was taken is trusted for a cut (and as where the
+/// limit was found)…
 pub const MEASURE_COUNT: u32 = 10;
+/// …but the first cut after the pace was engaged comes after this many: the engagement's own
+/// measure may count the receiver's burst, and every moment above its rate is a refusal. What
+/// it measures is not taken as where the limit was found: the pace grows fast from it.
+pub const FIRST_MEASURE_COUNT: u32 = 5;
 /// …or this long, if the receiver takes fewer.
 pub const MEASURE_MAX: Duration = Duration::from_secs(1);
+/// The least span over which what the receiver takes is measured when the pace is engaged
+/// (else two round trips)…
+pub const ENGAGE_SPAN: Duration = Duration::from_millis(20);
+/// …and the share of it the pace starts at: a measure over so short a span is only an upper
+/// bound (it counts the answers of a burst the receiver had saved up, sent by many attempts at
+/// once), and every moment above the receiver's rate is a refusal. From there the pace doubles
+/// every two round trips until its first cut, as TCP's slow start does.
+pub const ENGAGE_FRACTION: f64 = 0.125;
 /// What the receiver took lately, for a cut long after the last change.
 pub const RECENTLY: Duration = Duration::from_millis(300);
-/// The least time a change has to show before its 429s count (else two round trips).
-pub const SETTLE_MIN: Duration = Duration::from_millis(20);
+/// The least time a change has to show before its answers count (else a round trip and a
+/// quarter: the answers to attempts started before it are back by then).
+pub const SETTLE_MIN: Duration = Duration::from_millis(10);
+/// Cuts in a row, each before the pace grew back to where the last one found the limit, that
+/// show the 429s do not follow the pace (a flaky receiver's, at any rate): the pace is released.
+pub const SPIRAL: u32 = 3;
 /// The growth of the rate a second, right after a cut…
 pub const GROWTH: f64 = 0.02;
 /// …doubling every second without one, up to this.
@@ -81,9 +105,10 @@ pub const FLOOR_PAUSE: Duration = Duration::from_secs(1);
 /// first answers taken may still be on their way: a bucket's burst, answered after its
 /// service time, comes back after the 429s of the attempts beyond it).
 pub const PAUSE_AFTER: Duration = Duration::from_millis(250);
-/// The goodput meter: this many slots of [`SLOT`], one second.
-const SLOTS: usize = 10;
-const SLOT: Duration = Duration::from_millis(100);
+/// The goodput meter: the last answers taken, at most this many, none older than
+/// [`METER_SPAN`].
+const METER_CAP: usize = 256;
+const METER_SPAN: Duration = Duration::from_secs(1);
 
 /// What changed, for the caller to apply or tell.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -98,50 +123,39 @@ pub enum PaceChange {
     Pause(Duration),
 }
 
-/// Answers the receiver took over the last second, in tenths.
+/// When the receiver took its last answers: at most [`METER_CAP`] of them, none older than
+/// a second.
 #[derive(Debug, Clone, Default)]
 struct Meter {
-    /// (slot start, answers taken in it), oldest first.
-    slots: VecDeque<(Instant, u32)>,
+    taken: VecDeque<Instant>,
 }
 
 impl Meter {
-    fn expire(&mut self, now: Instant) {
-        while self
-            .slots
-            .front()
-            .is_some_and(|(start, _)| now.duration_since(*start) >= SLOT * SLOTS as u32)
-        {
-            self.slots.pop_front();
-        }
-    }
-
     fn record(&mut self, now: Instant) {
-        self.expire(now);
-        match self.slots.back_mut() {
-            Some((start, n)) if now.duration_since(*start) < SLOT => *n += 1,
-            _ => self.slots.push_back((now, 1)),
+        if self.taken.len() == METER_CAP {
+            self.taken.pop_front();
         }
+        self.taken.push_back(now);
     }
 
-    /// Answers taken a second over the last second, or over the time since the oldest one
-    /// counted in it (a sender that only just started, after an idle spell, is not averaged
-    /// with the idle time).
+    /// Answers taken a second over the last second (see [`Meter::rate_over`]).
     fn rate(&mut self, now: Instant) -> f64 {
-        self.rate_over(now, SLOT * SLOTS as u32)
+        self.rate_over(now, METER_SPAN)
     }
 
-    /// [`Meter::rate`] over the slots that started within `span` of `now`.
+    /// Answers taken a second over the last `span`, counted from the oldest one in it (a sender
+    /// that only just started, after an idle spell, is not averaged with the idle time; at a
+    /// high rate, over the last [`METER_CAP`] answers).
     fn rate_over(&mut self, now: Instant, span: Duration) -> f64 {
-        self.expire(now);
-        let within = |start: &Instant| now.duration_since(*start) < span;
-        let taken: u32 = self.slots.iter().filter(|(s, _)| within(s)).map(|(_, n)| n).sum();
-        let over = self
-            .slots
-            .iter()
-            .find(|(s, _)| within(s))
-            .map_or(SLOT, |(start, _)| now.duration_since(*start).max(SETTLE_MIN));
-        f64::from(taken) / over.as_secs_f64()
+        while self.taken.front().is_some_and(|t| now.duration_since(*t) >= METER_SPAN) {
+            self.taken.pop_front();
+        }
+        let first = self.taken.partition_point(|t| now.duration_since(*t) >= span);
+        let Some(oldest) = self.taken.get(first) else {
+            return 0.0;
+        };
+        let over = now.duration_since(*oldest).max(SETTLE_MIN);
+        (self.taken.len() - first) as f64 / over.as_secs_f64()
     }
 }
 
@@ -151,6 +165,10 @@ struct Pace {
     rate: f64,
     /// What the receiver took when the pace was last cut: where its limit was found.
     found: Option<f64>,
+    /// Whether it was cut since it was engaged.
+    cut: bool,
+    /// Cuts in a row before the pace grew back to `found`.
+    spiral: u32,
     /// The last change (engaged or cut), and what the receiver took since.
     changed: Instant,
     taken_since: u32,
@@ -182,15 +200,18 @@ impl Pacer {
         self.pace.as_ref().map(|p| p.rate)
     }
 
-    /// How long a change is given to show before its 429s count: two round trips (answers to
-    /// attempts started before it say nothing of it).
+    /// How long a change is given to show before its answers count: a round trip and a quarter
+    /// (answers to attempts started before it say nothing of it).
     fn settle_time(&self) -> Duration {
-        self.rtt.map_or(Duration::ZERO, |r| r * 2).max(SETTLE_MIN)
+        self.rtt.map_or(Duration::ZERO, |r| r + r / 4).max(SETTLE_MIN)
     }
 
+    /// A burst of 429s: [`BURST_LIMITED`] in a row, or as many among the last [`RECENT`] answers
+    /// and [`BURST_SHARE`] of them.
     fn burst(&self) -> bool {
         let limited = self.recent.iter().filter(|l| **l).count();
-        limited >= BURST_LIMITED && limited as f64 >= BURST_SHARE * self.recent.len() as f64
+        let in_a_row = self.recent.iter().rev().take(BURST_LIMITED).filter(|l| **l).count() == BURST_LIMITED;
+        limited >= BURST_LIMITED && (in_a_row || limited as f64 >= BURST_SHARE * self.recent.len() as f64)
     }
 
     /// An attempt ended with `answer`.
@@ -241,9 +262,11 @@ impl Pacer {
                     return Some(PaceChange::Pause(delay.unwrap_or(FLOOR_PAUSE)));
                 }
                 self.recent.clear();
-                // What it takes now: over the last second, a sender that was speeding up
-                // took less at first.
-                let rate = (self.meter.rate_over(now, RECENTLY) * DECREASE).max(MIN_RATE);
+                // What it takes now, over the last two round trips: over a longer span, a
+                // sender that was speeding up took less at first, and a receiver with a burst
+                // to give took more.
+                let span = self.rtt.map_or(ENGAGE_SPAN, |r| (r * 2).max(ENGAGE_SPAN));
+                let rate = (self.meter.rate_over(now, span) * ENGAGE_FRACTION).max(MIN_RATE);
                 self.pace = Some(Pace {
                     rate,
                     changed: now,
@@ -251,6 +274,8 @@ impl Pacer {
                     limited_since: 0,
                     grown: now,
                     found: None,
+                    cut: false,
+                    spiral: 0,
                 });
                 return Some(PaceChange::Engaged { rate });
             }
@@ -259,9 +284,26 @@ impl Pacer {
                 if elapsed >= settle {
                     p.limited_since += 1;
                 }
-                let measured = elapsed > settle && (p.taken_since >= MEASURE_COUNT || elapsed >= MEASURE_MAX);
-                if p.limited_since < CUT_AFTER || !measured {
+                let first = !p.cut;
+                let enough = if first { FIRST_MEASURE_COUNT } else { MEASURE_COUNT };
+                let measured = elapsed > settle && (p.taken_since >= enough || elapsed >= MEASURE_MAX);
+                if p.limited_since < CUT_AFTER {
                     None
+                } else if !measured {
+                    // Not measured yet since it was engaged: halve, as TCP does at the loss
+                    // that ends its slow start, and measure from there.
+                    if first {
+                        let from = p.rate;
+                        p.rate = (from / 2.0).max(MIN_RATE);
+                        p.cut = true;
+                        p.changed = now;
+                        p.grown = now;
+                        p.taken_since = 0;
+                        p.limited_since = 0;
+                        Some(PaceChange::Lowered { from, to: p.rate })
+                    } else {
+                        None
+                    }
                 } else {
                     // What it took since the change, or lately if that was long ago (a pace
                     // that has grown since took more towards its end).
@@ -272,7 +314,20 @@ impl Pacer {
                     };
                     let from = p.rate;
                     let to = from.min(took) * DECREASE;
-                    p.found = Some(took);
+                    // Cut again before it grew back to where the limit was found: 429s that
+                    // do not follow the pace.
+                    p.spiral = if p.found.is_some_and(|found| from < found) {
+                        p.spiral + 1
+                    } else {
+                        0
+                    };
+                    if p.spiral >= SPIRAL {
+                        self.pace = None;
+                        self.recent.clear();
+                        return Some(PaceChange::Released);
+                    }
+                    p.cut = true;
+                    p.found = (p.taken_since >= MEASURE_COUNT || elapsed > MEASURE_MAX).then_some(took);
                     p.changed = now;
                     p.grown = now;
                     p.taken_since = 0;
@@ -304,16 +359,23 @@ impl Pacer {
 
     fn grow(&mut self, now: Instant, goodput: f64) -> Option<PaceChange> {
         let p = self.pace.as_mut()?;
-        // Growth: fast while well below where the limit was found (or before it was), then
-        // at a rate that doubles every whole second since the last change.
         let quiet = now.duration_since(p.changed);
-        let growth = match p.found {
-            Some(found) if p.rate >= FAST_BELOW * found => {
-                (GROWTH * 2f64.powi(quiet.as_secs().min(16) as i32)).min(GROWTH_MAX)
-            }
-            _ => FAST_GROWTH,
-        };
-        p.rate *= 1.0 + growth * now.duration_since(p.grown).as_secs_f64();
+        let dt = now.duration_since(p.grown).as_secs_f64();
+        if !p.cut {
+            // Slow start: doubling every two round trips until the first cut.
+            let double = self.rtt.map_or(ENGAGE_SPAN, |r| (r * 2).max(ENGAGE_SPAN));
+            p.rate *= 2f64.powf(dt / double.as_secs_f64());
+        } else {
+            // Fast while well below where the limit was found, then at a rate that doubles
+            // every whole second since the last change.
+            let growth = match p.found {
+                Some(found) if p.rate >= FAST_BELOW * found => {
+                    (GROWTH * 2f64.powi(quiet.as_secs().min(16) as i32)).min(GROWTH_MAX)
+                }
+                _ => FAST_GROWTH,
+            };
+            p.rate *= 1.0 + growth * dt;
+        }
         p.grown = now;
         if quiet >= RELEASE_AFTER && p.rate > RELEASE_RATIO * goodput {
             self.pace = None;
@@ -448,6 +510,38 @@ mod tests {
             };
             assert_eq!(p.finished(answer, now), None);
         }
+    }
+
+    #[test]
+    fn a_flaky_receiver_paced_by_a_chance_burst_is_released_before_it_is_slowed_much() {
+        let mut now = Instant::now();
+        let mut p = Pacer::new();
+        let ms = Duration::from_millis(1);
+        for _ in 0..1_000 {
+            now += ms;
+            let _ = p.finished(Answer::Accepted(Duration::from_millis(5)), now);
+        }
+        // A chance burst of ten 429s in a row engages a pace…
+        for _ in 0..10 {
+            now += ms;
+            let _ = p.finished(Answer::Limited(AFTER), now);
+        }
+        let engaged = p.rate().expect("engaged");
+        // …but one answer in twenty stays a 429 whatever the pace: the cuts do not stop them.
+        let mut lowest = engaged;
+        let released = (0..5_000).any(|k| {
+            now += ms;
+            let answer = if k % 20 == 0 {
+                Answer::Limited(AFTER)
+            } else {
+                Answer::Accepted(Duration::from_millis(5))
+            };
+            let change = p.finished(answer, now);
+            lowest = lowest.min(p.rate().unwrap_or(lowest));
+            change == Some(PaceChange::Released)
+        });
+        assert!(released, "still paced at {:?}", p.rate());
+        assert!(lowest >= 0.7 * engaged, "down to {lowest} from {engaged}");
     }
 
     #[test]
