@@ -15,7 +15,7 @@
 //!   refusals since the last cut outnumber the new limit, whichever comes first: a receiver
 //!   that refuses instantly has every slot above its capacity turn out refusals as fast as
 //!   outboxd can send, and waiting a window per cut would multiply them.
-//!   Refusals scattered at random among successes (a flaky receiver's 5 % of 429s, its hangs
+//!   Refusals scattered at random among successes (a flaky receiver's occasional 503s, its hangs
 //!   timing out) are no sign of overload: they make no burst and leave the limit alone; each
 //!   waits out its own delay. The answers are not forgotten at a cut: a few refusals right after
 //!   one are judged among the successes around them.
