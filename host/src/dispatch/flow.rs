@@ -2,9 +2,9 @@
 //! `policy::adaptive::Controller`, or the manifest's `concurrency` when fixed), the gate
 //! that enforces it on the lane, the pace of a receiver that limits its rate (learned by a
 //! `policy::pace::Pacer`, enforced by a token bucket the lane takes from), and the retry
-//! budget. Driven by the lane (which passes the
-//! gate and asks the budget) and the attempt (which reports how each call went); shown by the
-//! API and the metrics. Like breakers, flows outlive reloads of their target: a new version
+//! budget. Driven by the lane (which passes the gate, takes the pace's tokens and asks the
+//! budget) and the attempt (which reports how each call went); shown by the API and the
+//! metrics. Like breakers, flows outlive reloads of their target: a new version
 //! of a manifest keeps what was learned about its receiver.
 
 use std::collections::HashMap;
@@ -252,6 +252,11 @@ impl Flow {
         Self::pace_of(&lock(&self.state)).is_some()
     }
 
+    /// Whether the receiver shows pressure: the limit below its ceiling, or a pace in force.
+    fn under_pressure(s: &State) -> bool {
+        Self::limit_of(s) < s.controller.ceiling() || Self::pace_of(s).is_some()
+    }
+
     fn limit_of(s: &State) -> u32 {
         match s.mode {
             ConcurrencyMode::Adaptive => s.controller.limit(),
@@ -274,7 +279,7 @@ impl Flow {
     /// counted with `retry` false.
     pub(super) fn admit(&self, retry: bool, breaker_closed: bool, now: Instant) -> Result<(), Duration> {
         let mut s = lock(&self.state);
-        let pressure = !breaker_closed || Self::limit_of(&s) < s.controller.ceiling() || Self::pace_of(&s).is_some();
+        let pressure = !breaker_closed || Self::under_pressure(&s);
         let capacity = Self::capacity_of(&s);
         let Some(budget) = s.budget.as_mut() else { return Ok(()) };
         if !retry {
@@ -312,11 +317,16 @@ impl Flow {
         if s.mode == ConcurrencyMode::Fixed {
             return None;
         }
-        if let Some(PaceChange::Pause(pause)) = paced {
-            return Some(pause);
-        }
-        Self::tell_pace(&self.target, paced);
-        match change? {
+        // The limit's change is applied whatever the pace says: a window can close on a 429.
+        let pace_pause = match paced {
+            Some(PaceChange::Pause(pause)) => Some(pause),
+            other => {
+                Self::tell_pace(&self.target, other);
+                None
+            }
+        };
+        let Some(change) = change else { return pace_pause };
+        match change {
             Change::Pause(pause) => Some(pause),
             Change::Decreased { from, to, cause } => {
                 self.gate.resize(to);
@@ -332,7 +342,7 @@ impl Flow {
                 } else if cause == Cause::Latency || from > to {
                     tracing::debug!(target = %self.target, from, to, cause = cause.as_str(), "concurrency limit lowered");
                 }
-                None
+                pace_pause
             }
             Change::Increased { to, .. } => {
                 self.gate.resize(to);
@@ -343,7 +353,7 @@ impl Flow {
                     tracing::info!(target = %self.target, from = low, to, "the receiver recovered: concurrency limit back up");
                     s.told = Told { high: to, low: None };
                 }
-                None
+                pace_pause
             }
         }
     }
@@ -353,7 +363,7 @@ impl Flow {
         let now = Instant::now();
         Self::tell_pace(&self.target, s.pacer.tick(now));
         let limit = Self::limit_of(&s);
-        let pressure = limit < s.controller.ceiling() || Self::pace_of(&s).is_some();
+        let pressure = Self::under_pressure(&s);
         FlowStatus {
             mode: s.mode,
             limit,
