@@ -38,7 +38,8 @@
 //!
 //! A window's round trips are those of the attempts it started: an answer to an attempt
 //! started at the previous level says nothing about this one. So a window stays open until it
-//! has heard from one of them (at most [`WINDOW_MAX`]), however long the round trips grow.
+//! has heard from as many of them as ran at once at its peak (at most [`WINDOW_MAX`]), however
+//! long the round trips grow: its first answers alone would be those that queued the least.
 //!
 //! The baseline is the lowest window mean seen, and is measured afresh whenever a window ran at
 //! most one attempt at a time (the receiver's unloaded latency by definition), so a receiver
@@ -307,11 +308,15 @@ impl Controller {
                 return Some(self.cut(Cause::Refusals, now));
             }
         }
-        // A window closes once it is long enough and has heard from an attempt it started:
-        // when the receiver queues, round trips outgrow the window, and a window closed before
-        // its first answer would never see the latency that should cut the limit.
+        // A window closes once it is long enough and has heard from as many attempts it
+        // started as ran at once at its peak (a round trip's worth): when the receiver queues,
+        // round trips outgrow the window, and a window closed before its answers would never
+        // see the latency that should cut the limit. Nor is its first answer enough: that one
+        // is the attempt that found the fewest in service (the others started after it, each
+        // queued behind more), and a window judged by it alone looks calm at a level the
+        // receiver already queues at.
         let elapsed = now.duration_since(self.window.start);
-        let heard = self.window.accepted + self.window.refused > 0;
+        let heard = self.window.accepted + self.window.refused >= self.window.peak.max(1);
         if elapsed >= self.window_len() && (heard || elapsed >= WINDOW_MAX) {
             return self.close_window(now);
         }
@@ -668,6 +673,62 @@ mod tests {
             settled.iter().all(|l| rtt_at(*l) <= RTT * 2),
             "latency within twice the unloaded one: {settled:?}"
         );
+    }
+
+    /// A receiver whose round trip grows with the requests it is serving (20 ms up to 4 at
+    /// once, 5 ms more for each beyond, as the benchmark's queueing receiver), fed as a lane
+    /// does: every answer frees a slot that is filled `lag` later (a claim, the plugin's start).
+    /// Returns the round trips of all requests and the highest limit reached.
+    fn queueing(lag: Duration, jitter_ms: u64, secs: u64) -> (Vec<Duration>, u32) {
+        let mut now = Instant::now();
+        let end = now + Duration::from_secs(secs);
+        let mut c = Controller::new(16, now);
+        let mut running: Vec<(Instant, Duration)> = Vec::new();
+        let mut pending: Vec<Instant> = Vec::new();
+        let (mut rtts, mut highest, mut n) = (Vec::new(), c.limit(), 0u64);
+        while now < end {
+            // Slots free under the limit are filled `lag` after they opened.
+            let free = (c.limit() as usize).saturating_sub(running.len() + pending.len());
+            pending.extend(std::iter::repeat_n(now + lag, free));
+            pending.sort();
+            while pending.first().is_some_and(|at| *at <= now) {
+                pending.remove(0);
+                if running.len() >= c.limit() as usize {
+                    continue;
+                }
+                n += 1;
+                let serving = running.len() + 1;
+                let rtt = RTT
+                    + Duration::from_millis(5) * serving.saturating_sub(4) as u32
+                    + Duration::from_millis(n * 7919 % (jitter_ms + 1));
+                c.started();
+                running.push((now + rtt, rtt));
+            }
+            running.sort_by_key(|(at, _)| *at);
+            let next = running.first().map(|(at, _)| *at).into_iter().chain(pending.first().copied()).min();
+            now = next.unwrap_or(now + Duration::from_millis(1)).max(now);
+            while running.first().is_some_and(|(at, _)| *at <= now) {
+                let (_, rtt) = running.remove(0);
+                rtts.push(rtt);
+                let _ = c.finished(Answer::Accepted(rtt), now);
+                highest = highest.max(c.limit());
+            }
+        }
+        (rtts, highest)
+    }
+
+    #[test]
+    fn a_queueing_receiver_is_never_pushed_past_twice_its_unloaded_latency() {
+        for (lag_ms, jitter_ms) in [(0, 0), (1, 2), (3, 3), (5, 4), (8, 2)] {
+            let (mut rtts, highest) = queueing(Duration::from_millis(lag_ms), jitter_ms, 10);
+            rtts.sort();
+            let p99 = rtts[rtts.len() * 99 / 100];
+            assert!(
+                p99 <= RTT * 2 + Duration::from_millis(jitter_ms),
+                "lag {lag_ms} ms, jitter {jitter_ms} ms: p99 {p99:?}, highest limit {highest}"
+            );
+            assert!(highest <= 8, "lag {lag_ms} ms, jitter {jitter_ms} ms: the limit reached {highest}");
+        }
     }
 
     #[test]
