@@ -705,7 +705,12 @@ mod tests {
                 running.push((now + rtt, rtt));
             }
             running.sort_by_key(|(at, _)| *at);
-            let next = running.first().map(|(at, _)| *at).into_iter().chain(pending.first().copied()).min();
+            let next = running
+                .first()
+                .map(|(at, _)| *at)
+                .into_iter()
+                .chain(pending.first().copied())
+                .min();
             now = next.unwrap_or(now + Duration::from_millis(1)).max(now);
             while running.first().is_some_and(|(at, _)| *at <= now) {
                 let (_, rtt) = running.remove(0);
@@ -727,7 +732,10 @@ mod tests {
                 p99 <= RTT * 2 + Duration::from_millis(jitter_ms),
                 "lag {lag_ms} ms, jitter {jitter_ms} ms: p99 {p99:?}, highest limit {highest}"
             );
-            assert!(highest <= 8, "lag {lag_ms} ms, jitter {jitter_ms} ms: the limit reached {highest}");
+            assert!(
+                highest <= 8,
+                "lag {lag_ms} ms, jitter {jitter_ms} ms: the limit reached {highest}"
+            );
         }
     }
 
