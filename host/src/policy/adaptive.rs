@@ -45,7 +45,7 @@
 //! most one attempt at a time (the receiver's unloaded latency by definition), so a receiver
 //! that became slower for good is re-learned once the limit has come down to 1.
 //!
-//! Why this shape (docs/architecture.md, "Adaptive delivery"): Vector's adaptive request
+//! Why this shape (docs/adaptive-delivery.md): Vector's adaptive request
 //! concurrency (AIMD on a window of about one round trip, latency against a moving average)
 //! grows by one every window and cuts by a tenth, which against a receiver that refuses
 //! instantly above N keeps it one above N half the time, and the slot above N turns out

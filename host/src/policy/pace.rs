@@ -37,7 +37,7 @@
 //!   for the target to pause for the receiver's requested delay (and keeps the floor rate
 //!   for afterwards, if pacing).
 //!
-//! Why this shape (docs/architecture.md, "Adaptive delivery"): TCP-like AIMD on a rate, as
+//! Why this shape (docs/adaptive-delivery.md): TCP-like AIMD on a rate, as
 //! Finagle's and gRPC's client-side throttles and the AWS SDKs' adaptive retry mode do for
 //! throttling errors (the SDKs' CUBIC growth; here a doubling growth rate, which gives the same
 //! slow approach near the last cut and fast recovery far from it).
