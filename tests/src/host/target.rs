@@ -345,7 +345,7 @@ impl Target {
 }
 
 /// `host:port` of an `http://` URL (port 80/443 implied if absent).
-pub(super) fn authority_of(url: &str) -> Option<String> {
+fn authority_of(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
     if authority.is_empty() {
@@ -359,5 +359,72 @@ pub(super) fn authority_of(url: &str) -> Option<String> {
     } else {
         let port = if scheme == "https" { 443 } else { 80 };
         Some(format!("{authority}:{port}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_from_url() {
+        assert_eq!(
+            authority_of("http://127.0.0.1:9000/crm").as_deref(),
+            Some("127.0.0.1:9000")
+        );
+        assert_eq!(
+            authority_of("https://example.com/x").as_deref(),
+            Some("example.com:443")
+        );
+    }
+
+    #[test]
+    fn manifest_serialises_tables_last() {
+        let t = Target::webhook("http://127.0.0.1:9/a")
+            .events(&["order.*"])
+            .fast_retry(5)
+            .secret("whsec_AAAA");
+        let text = t.to_toml();
+        let parsed: toml::Table = text.parse().expect("valid TOML");
+        assert_eq!(parsed["plugin"].as_str(), Some("webhook.wasm"));
+        assert_eq!(parsed["retry"]["initial_backoff_ms"].as_integer(), Some(50));
+        assert_eq!(parsed["config"]["url"].as_str(), Some("http://127.0.0.1:9/a"));
+        assert_eq!(parsed["allowed_hosts"][0].as_str(), Some("127.0.0.1:9"));
+        assert!(parsed.get("timeout_ms").is_none());
+    }
+
+    #[test]
+    fn breaker_keys_are_set_one_by_one_or_together() {
+        let t = Target::webhook("http://127.0.0.1:9/b")
+            .breaker_failures(7)
+            .breaker_retry_after("delivery");
+        let parsed: toml::Table = t.to_toml().parse().expect("valid TOML");
+        assert_eq!(parsed["breaker"]["failures"].as_integer(), Some(7));
+        assert_eq!(parsed["breaker"]["retry_after"].as_str(), Some("delivery"));
+        assert!(parsed["breaker"].get("cooldown_ms").is_none());
+        let t = t.breaker_cooldown_ms(500).breaker(3, 1000);
+        let parsed: toml::Table = t.to_toml().parse().expect("valid TOML");
+        assert_eq!(parsed["breaker"]["failures"].as_integer(), Some(3));
+        assert_eq!(parsed["breaker"]["cooldown_ms"].as_integer(), Some(1000));
+        assert_eq!(parsed["breaker"]["retry_after"].as_str(), Some("delivery"));
+    }
+
+    #[test]
+    fn manifest_serialises_failure_class_keys() {
+        let t = Target::webhook_batch("http://127.0.0.1:9/b")
+            .batch(10, 300)
+            .ordered(true)
+            .fast_retry(5)
+            .breaker(3, 1000);
+        let parsed: toml::Table = t.to_toml().parse().expect("valid TOML");
+        assert_eq!(parsed["plugin"].as_str(), Some("webhook_batch.wasm"));
+        assert_eq!(parsed["class"].as_str(), Some("batched"));
+        assert_eq!(parsed["max_batch"].as_integer(), Some(10));
+        assert_eq!(parsed["linger_ms"].as_integer(), Some(300));
+        assert_eq!(parsed["ordered"].as_bool(), Some(true));
+        assert_eq!(parsed["breaker"]["failures"].as_integer(), Some(3));
+        assert_eq!(parsed["breaker"]["cooldown_ms"].as_integer(), Some(1000));
+        assert_eq!(parsed["retry"]["max_attempts"].as_integer(), Some(5));
+        assert!(parsed.get("rate_per_sec").is_none());
     }
 }
