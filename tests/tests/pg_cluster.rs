@@ -361,3 +361,37 @@ async fn rate_per_sec_limits_the_target_not_each_host() {
     let owners = hosts[0].sql_i64("SELECT count(DISTINCT owner) FROM attempts");
     assert!(owners >= 2, "the hosts shared the target ({owners} owner)");
 }
+
+// ---------------------------------------------------------------------------------------------
+
+/// A lane that knows its target paused does not wake for new work; a resumption from another
+/// process (here the CLI) is announced to every host, so the lanes do not wait for their poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_the_command_line_reaches_a_paused_host_at_once() {
+    let rx = Receiver::start().await;
+    let mut host = Host::on_postgres();
+    host.add_target("crm", &Target::webhook(&rx.url("/crm")))
+        // Longer than this test: only an announcement can wake the lanes in time.
+        .set_config("poll_interval_ms", 120_000);
+    host.start().await;
+    let (status, body) = host.post_json("/v1/targets/crm/pause", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(host.enqueue("order.created", json!({"n": n})).await);
+    }
+    rx.expect_no_more_at("/crm", 0, Duration::from_millis(500)).await;
+
+    let resumed = Instant::now();
+    let out = host.run_cli(&["target", "resume", "crm"]).await;
+    assert!(out.status.success() && out.stdout.contains("resumed"), "{out}");
+    for id in &ids {
+        host.wait_delivered(id, &["crm"]).await;
+    }
+    let took = resumed.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "delivered {took:?} after the resumption: the lanes waited for their poll"
+    );
+    assert_eq!(rx.count_at("/crm"), 5, "{}", rx.describe());
+}

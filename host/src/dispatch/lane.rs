@@ -11,6 +11,9 @@
 //! ahead is given back (`leases::give_back`) when the breaker stops the lane and when the lane
 //! ends, unstarted and uncounted, and when the target is paused by hand: at once when the
 //! pause was made through this process (`Outbox::pauses`), else within a poll interval.
+//! A lane that knows its target paused does not wake for new work (every ingest announces
+//! some, and it would claim nothing each time): it looks again when told of a resumption
+//! (through this process, or announced by another: `store::Wakeups`) or after a poll interval.
 //! Batched lanes (a batch is claimed whole), rate-limited ones
 //! (a token per claimed delivery) and slow ones (whose attempts take long, so claims are rare
 //! anyway, and a hung receiver would hold the read-ahead hostage) do not read ahead.
@@ -90,8 +93,13 @@ pub(super) struct Lane {
     ahead: usize,
     /// Claimed, not started yet.
     ready: VecDeque<Claimed>,
-    /// When the store last said whether the target is paused (a claim says it too).
+    /// Whether the target was paused by hand when last asked (a claim that found work says
+    /// it was not).
+    paused: bool,
+    /// When that was.
     pause_checked: Instant,
+    /// Told of a pause or resumption since: ask the store again at once.
+    pause_told: bool,
 }
 
 impl Lane {
@@ -110,7 +118,9 @@ impl Lane {
             bucket,
             ahead,
             ready: VecDeque::new(),
+            paused: false,
             pause_checked: Instant::now(),
+            pause_told: true, // a lane starts by asking
             cx,
             spec,
             start,
@@ -129,6 +139,15 @@ impl Lane {
             match self.turn(&token).await {
                 Next::Again => {}
                 Next::Stop => break,
+                // Paused: new work is no reason to look, a pause or resumption is.
+                Next::Idle(wait) if self.paused => {
+                    let pauses = &mut self.cx.pauses;
+                    tokio::select! {
+                        Ok(()) = pauses.changed() => self.pause_told = true,
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = token.cancelled() => {}
+                    }
+                }
                 Next::Idle(wait) => tokio::select! {
                     _ = woken => {}
                     _ = tokio::time::sleep(wait) => {}
@@ -259,7 +278,12 @@ impl Lane {
         }
         let wait = match self.cx.store.next_due(&self.spec.name).await {
             Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64),
-            _ => self.cx.poll_interval,
+            Ok(None) => {
+                // Nothing pending, or paused: which one decides what wakes the lane.
+                self.paused().await;
+                self.cx.poll_interval
+            }
+            Err(_) => self.cx.poll_interval,
         };
         Next::Idle(wait.clamp(MIN_IDLE, self.cx.poll_interval))
     }
@@ -314,6 +338,7 @@ impl Lane {
             match self.claim(ask).await {
                 Ok(c) => {
                     if !c.is_empty() {
+                        self.paused = false;
                         self.pause_checked = Instant::now();
                     }
                     claimed = c;
@@ -357,22 +382,24 @@ impl Lane {
     }
 
     /// Whether the target is paused by hand, for a lane about to start what it read ahead
-    /// (its claims say so themselves): asked of the store at once after a pause through this
-    /// process, else at most once per poll interval.
+    /// (its claims say so themselves) or about to sleep with nothing due: asked of the store
+    /// at once when told of a pause or resumption, else at most once per poll interval (the
+    /// last answer stands in between).
     async fn paused(&mut self) -> bool {
-        let told = self.cx.pauses.has_changed().unwrap_or(false);
+        let told = std::mem::take(&mut self.pause_told) || self.cx.pauses.has_changed().unwrap_or(false);
         if !told && self.pause_checked.elapsed() < self.cx.poll_interval {
-            return false;
+            return self.paused;
         }
         self.cx.pauses.mark_unchanged();
         self.pause_checked = Instant::now();
-        match self.cx.store.paused_targets().await {
+        self.paused = match self.cx.store.paused_targets().await {
             Ok(paused) => paused.iter().any(|n| n == self.spec.name.as_str()),
             Err(e) => {
                 tracing::warn!(target = %self.spec.name, error = %e, "cannot tell whether the target is paused");
                 false
             }
-        }
+        };
+        self.paused
     }
 
     /// Asks the retry budget whether `delivery` may start now (a first attempt always may).
@@ -614,6 +641,41 @@ mod tests {
         settle().await;
         assert!(h.running().is_empty(), "{:?}", h.running());
         assert_eq!(given_back(&h.store), [3, 4, 5, 6]);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_lane_sleeps_through_new_work_and_wakes_on_its_resumption() {
+        let h = Harness::start(FIXED_2, 0);
+        h.store.with(|s| s.paused = vec!["crm".into()]);
+        h.pauses.send_modify(|n| *n += 1);
+        settle().await;
+        h.store
+            .with(|s| s.due.extend((1..=3).map(|id| claimed(id, "crm", "order.created", 1))));
+        let asleep = h.claims().len();
+        for _ in 0..20 {
+            h.wake.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(h.claims().len(), asleep, "new work does not wake a paused lane");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(h.claims().len(), asleep + 1, "it looks once per poll interval");
+        assert!(h.running().is_empty());
+
+        // Resumed (through this process, or announced by another): it claims at once.
+        h.store.with(|s| s.paused.clear());
+        h.pauses.send_modify(|n| *n += 1);
+        settle().await;
+        assert_eq!(h.running(), [[1], [2]], "a resumption wakes the lane");
+        h.finish_all();
+        settle().await;
+        assert_eq!(h.running(), [[3]]);
+        // Not paused any more: new work wakes it again.
+        h.finish_all();
+        h.store.with(|s| s.due.push_back(claimed(4, "crm", "order.created", 1)));
+        h.wake.notify_waiters();
+        settle().await;
+        assert_eq!(h.running(), [[4]]);
         h.stop().await;
     }
 

@@ -95,8 +95,9 @@ impl Outbox {
         self.pauses.send_modify(|n| *n += 1);
     }
 
-    /// What lanes watch to hear of manual pauses made through this process; pauses made by
-    /// other processes they find on their own, within a poll interval.
+    /// What lanes watch to hear of manual pauses and resumptions made through this process,
+    /// and of resumptions other processes announce ([`crate::store::Wakeups`]); the rest they
+    /// find on their own, within a poll interval.
     pub fn pauses(&self) -> tokio::sync::watch::Receiver<u64> {
         self.pauses.subscribe()
     }

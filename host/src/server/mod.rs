@@ -132,17 +132,25 @@ pub async fn serve(
         crate::store::backlog::SAMPLE_EVERY,
         stop.clone(),
     ));
-    // Wake-ups announced by other processes (other hosts' ingests, the CLI) wake idle lanes.
-    let wakeups = {
-        let (store, wake, stop) = (Arc::clone(&store), Arc::clone(&wake), stop.clone());
-        tokio::spawn(async move { store.forward_wakeups(wake, stop).await })
-    };
     // The front door: the API, the relays and the dispatcher's operational events go through it.
     let outbox = Outbox::new(
         Arc::clone(&store),
         Routing::Live(Arc::clone(&registry)),
         Arc::clone(&wake),
     );
+    // Wake-ups announced by other processes (other hosts' ingests and resumptions, the CLI)
+    // wake idle lanes, and paused ones on a resumption.
+    let wakeups = {
+        let to = crate::store::Wakeups {
+            work: Arc::clone(&wake),
+            resumed: {
+                let outbox = outbox.clone();
+                Arc::new(move || outbox.pause_changed())
+            },
+        };
+        let (store, stop) = (Arc::clone(&store), stop.clone());
+        tokio::spawn(async move { store.forward_wakeups(to, stop).await })
+    };
     // Bulk replay jobs: this host's worker, which resumes the jobs left running at start-up.
     let replay_kick = Arc::new(Notify::new());
     let replays = tokio::spawn(crate::replay::run(

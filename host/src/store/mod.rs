@@ -114,6 +114,15 @@ pub async fn open(location: &DatabaseLocation, access: Access) -> Result<Arc<dyn
     }
 }
 
+/// Where a store's announcements from other processes go (see [`Store::forward_wakeups`]).
+#[derive(Clone)]
+pub struct Wakeups {
+    /// New due work: wakes this process's idle lanes.
+    pub work: Arc<Notify>,
+    /// A target resumed by hand: its paused lanes, which do not wake for new work, look again.
+    pub resumed: Arc<dyn Fn() + Send + Sync>,
+}
+
 /// The outbox's persistence. Implementations must make every method atomic.
 ///
 /// **The attempt history** has one row per attempt, numbered by the delivery's `attempt_seq`
@@ -344,9 +353,9 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Wakes `wake` whenever another process announces new due work, until `stop`. The
-    /// default has no such channel (lanes poll).
-    async fn forward_wakeups(&self, _wake: Arc<Notify>, stop: CancellationToken) {
+    /// Passes on what other processes announce (new due work, a target resumed by hand) to
+    /// `to`, until `stop`. The default has no such channel (lanes poll).
+    async fn forward_wakeups(&self, _to: Wakeups, stop: CancellationToken) {
         stop.cancelled().await
     }
 }

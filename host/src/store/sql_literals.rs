@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use crate::domain::{AttemptOutcome, DeliveryStatus, ReplayJobStatus};
 
-/// Literals that are neither: `pg_notify`'s empty payload, and the table whose
-/// `AUTOINCREMENT` counter SQLite migration 8 keeps (`sqlite_sequence.name`).
-const OTHER_LITERALS: &[&str] = &["", "deliveries"];
+/// Literals that are neither: the table whose `AUTOINCREMENT` counter SQLite migration 8
+/// keeps (`sqlite_sequence.name`).
+const OTHER_LITERALS: &[&str] = &["deliveries"];
 
 fn sql_files() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");

@@ -33,7 +33,7 @@ pub(super) async fn set_target_paused(
             > 0;
     }
     if changed && !paused {
-        wakeups::notify(conn).await?;
+        wakeups::notify_resumed(conn).await?;
     }
     Ok(changed)
 }

@@ -497,12 +497,8 @@ impl Store for PgStore {
         rate::give_back(&self.pool, target, rate, n).await
     }
 
-    async fn forward_wakeups(
-        &self,
-        wake: std::sync::Arc<tokio::sync::Notify>,
-        stop: tokio_util::sync::CancellationToken,
-    ) {
-        wakeups::forward(&self.pool, &wake, &stop).await
+    async fn forward_wakeups(&self, to: crate::store::Wakeups, stop: tokio_util::sync::CancellationToken) {
+        wakeups::forward(&self.pool, &to, &stop).await
     }
 }
 

@@ -149,6 +149,64 @@ async fn a_target_is_paused_only_when_no_live_host_has_it() {
 }
 
 #[tokio::test]
+async fn a_resumption_is_announced_to_every_host_as_such() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::Notify;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::store::Wakeups;
+
+    let db = TempDb::new().await;
+    let (a, b) = two_hosts(&db).await;
+    let resumed = Arc::new(AtomicUsize::new(0));
+    let to = Wakeups {
+        work: Arc::new(Notify::new()),
+        resumed: {
+            let resumed = Arc::clone(&resumed);
+            Arc::new(move || {
+                resumed.fetch_add(1, Ordering::SeqCst);
+            })
+        },
+    };
+    let stop = CancellationToken::new();
+    let listening = {
+        let (to, stop) = (to.clone(), stop.clone());
+        tokio::spawn(async move { a.forward_wakeups(to, stop).await })
+    };
+    // Listening once the first (re)connection's catch-up has been passed on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while resumed.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let heard = || resumed.load(Ordering::SeqCst);
+    let before = heard();
+
+    // New work wakes idle lanes but is no resumption.
+    let work = to.work.notified();
+    tokio::pin!(work);
+    work.as_mut().enable();
+    b.ingest(vec![event(None, &["crm"])], 0).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .expect("new work announced");
+    b.set_target_paused(&t("crm"), true, 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(heard(), before, "neither new work nor a pause is a resumption");
+
+    // Host b resumes crm: host a hears it as a resumption.
+    b.set_target_paused(&t("crm"), false, 0).await.unwrap();
+    while heard() == before {
+        assert!(tokio::time::Instant::now() < deadline, "the resumption never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    listening.await.unwrap();
+}
+
+#[tokio::test]
 async fn the_rate_limit_is_one_bucket_for_all_hosts() {
     let db = TempDb::new().await;
     let (a, b) = two_hosts(&db).await;

@@ -1,29 +1,51 @@
 //! Wake-ups across hosts: a `NOTIFY` sent inside the transactions that make work due (it goes
-//! out at commit), and the `LISTEN` loop that wakes this host's idle lanes on each.
+//! out at commit), and the `LISTEN` loop that wakes this host's idle lanes on each. A manual
+//! resumption says so in its payload: the resumed target's lanes, paused, do not wake for new
+//! work (every ingest announces some) and look again only when told of a resumption.
 
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnection, PgListener, PgPool};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::counted;
-use crate::store::StoreError;
+use crate::store::{StoreError, Wakeups};
 
 /// The channel of wake-ups.
 const WAKE_CHANNEL: &str = "outboxd_wake";
+/// The payload of a manual resumption's wake-up (the others have none).
+const RESUMED: &str = "resumed";
 
 /// Announces new due work to every host (this one included), at the commit of `conn`'s
 /// transaction.
 pub(super) async fn notify(conn: &mut PgConnection) -> Result<(), StoreError> {
-    counted::query(sql!("notify")).bind(WAKE_CHANNEL).execute(conn).await?;
+    counted::query(sql!("notify"))
+        .bind(WAKE_CHANNEL)
+        .bind("")
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
-/// `LISTEN`s for wake-ups and wakes this host's idle lanes on each, until `stop`. A lost
-/// connection is re-established (with a wake-up, since notifications may have been missed
+/// Announces a target resumed by hand to every host, at the commit of `conn`'s transaction
+/// (its deliveries are due again: this wakes idle lanes too).
+pub(super) async fn notify_resumed(conn: &mut PgConnection) -> Result<(), StoreError> {
+    counted::query(sql!("notify"))
+        .bind(WAKE_CHANNEL)
+        .bind(RESUMED)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// `LISTEN`s for wake-ups and passes each on to `to` until `stop`. A lost connection is
+/// re-established (with a wake-up and a resumption, since notifications may have been missed
 /// meanwhile); polling covers the gap.
-pub(super) async fn forward(pool: &PgPool, wake: &Notify, stop: &CancellationToken) {
+pub(super) async fn forward(pool: &PgPool, to: &Wakeups, stop: &CancellationToken) {
+    let missed = || {
+        to.work.notify_waiters();
+        (to.resumed)();
+    };
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
         let listener = async {
@@ -47,15 +69,17 @@ pub(super) async fn forward(pool: &PgPool, wake: &Notify, stop: &CancellationTok
             _ = stop.cancelled() => return,
         };
         backoff = Duration::from_millis(100);
-        wake.notify_waiters();
+        missed();
         loop {
             tokio::select! {
                 n = listener.try_recv() => match n {
-                    Ok(Some(_)) => wake.notify_waiters(),
-                    Ok(None) => {
-                        // The connection dropped; the next try_recv reconnects.
-                        wake.notify_waiters();
+                    Ok(Some(n)) => {
+                        to.work.notify_waiters();
+                        if n.payload() == RESUMED {
+                            (to.resumed)();
+                        }
                     }
+                    Ok(None) => missed(), // the connection dropped; the next try_recv reconnects
                     Err(e) => {
                         tracing::warn!(error = %e, "wake-up listener failed; reconnecting");
                         break;
