@@ -1,8 +1,9 @@
 //! Accepting events in sets: whatever the number of events, one statement takes their producer
 //! keys (`ON CONFLICT DO NOTHING`, so that one key ingested by many hosts or requests at once is
-//! one event), one writes the events and one their pending deliveries, then a wake-up for
-//! every host. Concurrent requests of this host share a transaction (group commit, as on
-//! SQLite): answered only after its commit, so a `202` still means committed.
+//! one event), one writes the events and one their pending deliveries; after the commit, a
+//! wake-up for every host ([`wakeups::Announcer`]). Concurrent requests of this host share a
+//! transaction (group commit, as on SQLite): answered only after its commit, so a `202` still
+//! means committed.
 
 use std::collections::HashMap;
 
@@ -33,8 +34,11 @@ pub(super) async fn ingest(store: &PgStore, events: Vec<NewEvent>, now: Millis) 
         .ingests
         .submit((events, now), &store.ingest_gate, move |permit, group| {
             tokio::spawn(async move {
-                let _permit = permit;
-                ingest_group(&writer, group).await;
+                let wrote = ingest_group(&writer, group).await;
+                drop(permit);
+                if wrote {
+                    writer.announcer.announce(&writer.claims).await;
+                }
             });
         })
         .await
@@ -43,8 +47,9 @@ pub(super) async fn ingest(store: &PgStore, events: Vec<NewEvent>, now: Millis) 
 
 /// Writes a group of requests in one transaction and answers each. Should it fail (a request
 /// the database refuses fails its whole transaction), each request is written again alone, so
-/// that one request's failure is its own, as without grouping.
-async fn ingest_group(store: &PgStore, group: Vec<Waiter<IngestRequest, IngestAnswer>>) {
+/// that one request's failure is its own, as without grouping. Returns whether deliveries were
+/// written that are still to be announced.
+async fn ingest_group(store: &PgStore, group: Vec<Waiter<IngestRequest, IngestAnswer>>) -> bool {
     let mut requests = Vec::with_capacity(group.len());
     let mut waiters = Vec::with_capacity(group.len());
     for mut w in group {
@@ -68,11 +73,12 @@ async fn ingest_group(store: &PgStore, group: Vec<Waiter<IngestRequest, IngestAn
             .map_err(Some)
     };
     match written {
-        Ok(out) => {
+        Ok((out, deliveries)) => {
             let mut out = out.into_iter();
             for (w, (events, _)) in waiters.into_iter().zip(&requests) {
                 w.answer(Ok(out.by_ref().take(events.len()).collect()));
             }
+            deliveries
         }
         // The database refused a statement: nothing was written, so each request goes again
         // alone. Any other failure (the connection, say) may have hit the commit, whose
@@ -84,24 +90,32 @@ async fn ingest_group(store: &PgStore, group: Vec<Waiter<IngestRequest, IngestAn
             for w in waiters {
                 w.answer(Err(first.take().unwrap_or_else(|| StoreError::Task(message.clone()))));
             }
+            true // it may have been written: an announcement too many costs a claim
         }
         Err(_) => {
+            let mut announce = false;
             for (w, (events, now)) in waiters.into_iter().zip(&requests) {
-                let now = *now;
+                let at: Vec<(&NewEvent, Millis)> = events.iter().map(|e| (e, *now)).collect();
+                let at = &at;
                 let alone = store
                     .transaction(|mut tx| async move {
-                        let out = insert_events(&mut tx, events, now).await?;
+                        let out = insert_events_at(&mut tx, at).await?;
                         Ok((tx, out))
                     })
                     .await;
-                w.answer(alone);
+                w.answer(alone.map(|(out, deliveries)| {
+                    announce |= deliveries;
+                    out
+                }));
             }
+            announce
         }
     }
 }
 
 /// Writes events, their idempotency keys and one pending delivery per target, inside the
-/// caller's transaction. Events with a known idempotency key (or one given earlier in
+/// caller's transaction, with the wake-up that announces them at its commit (the operational
+/// events of a settle: rare). Events with a known idempotency key (or one given earlier in
 /// `events`) write nothing.
 pub(super) async fn insert_events(
     conn: &mut PgConnection,
@@ -109,14 +123,20 @@ pub(super) async fn insert_events(
     now: Millis,
 ) -> Result<Vec<Ingested>, StoreError> {
     let at: Vec<(&NewEvent, Millis)> = events.iter().map(|e| (e, now)).collect();
-    insert_events_at(conn, &at).await
+    let (out, deliveries) = insert_events_at(conn, &at).await?;
+    if deliveries {
+        // Delivered at commit, to every host listening (this one included).
+        wakeups::notify(conn).await?;
+    }
+    Ok(out)
 }
 
-/// [`insert_events`] for events each with its own acceptance time.
+/// [`insert_events`] for events each with its own acceptance time, unannounced: also says
+/// whether it wrote deliveries.
 async fn insert_events_at(
     conn: &mut PgConnection,
     events: &[(&NewEvent, Millis)],
-) -> Result<Vec<Ingested>, StoreError> {
+) -> Result<(Vec<Ingested>, bool), StoreError> {
     let ids: Vec<String> = events.iter().map(|(e, _)| e.id.to_string()).collect();
     let duplicates = take_keys(conn, events, &ids).await?;
     let mut out = Vec::with_capacity(events.len());
@@ -137,7 +157,7 @@ async fn insert_events_at(
         }
     }
     if new.is_empty() {
-        return Ok(out);
+        return Ok((out, false));
     }
     // Written in the order of `layout`: a target's deliveries together, by due time.
     let at: Vec<(&NewEvent, Millis)> = new.iter().map(|(_, e, now)| (*e, *now)).collect();
@@ -191,10 +211,8 @@ async fn insert_events_at(
             .bind(deliveries.iter().map(|d| d.due_at).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
-        // Delivered at commit, to every host listening (this one included).
-        wakeups::notify(conn).await?;
     }
-    Ok(out)
+    Ok((out, !deliveries.is_empty()))
 }
 
 /// Takes the producer keys of `events` (ids `ids`) in one statement; returns, by index in

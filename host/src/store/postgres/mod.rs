@@ -96,6 +96,8 @@ pub struct PgStore {
     ingests: Arc<ingest::IngestGroup>,
     /// Ingest groups written at once ([`ingest::INGEST_WRITERS`]).
     ingest_gate: Arc<Semaphore>,
+    /// Announces what ingest wrote, after its commit.
+    announcer: Arc<wakeups::Announcer>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -174,6 +176,7 @@ impl PgStore {
             clock,
             ingests: Arc::default(),
             ingest_gate: Arc::new(Semaphore::new(ingest::INGEST_WRITERS)),
+            announcer: Arc::default(),
         })
     }
 

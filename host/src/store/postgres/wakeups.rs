@@ -2,6 +2,12 @@
 //! out at commit), and the `LISTEN` loop that wakes this host's idle lanes on each. A manual
 //! resumption says so in its payload: the resumed target's lanes, paused, do not wake for new
 //! work (every ingest announces some) and look again only when told of a resumption.
+//!
+//! Ingest, the one frequent writer, announces after its commit instead ([`Announcer`]):
+//! PostgreSQL serializes the commits of all notifying transactions of a database (a lock taken
+//! before the commit and held through its WAL flush, so that notifications queue in commit
+//! order), so a `NOTIFY` inside every ingest transaction made concurrent ingests (this host's
+//! two group writers, other hosts') wait for each other's flushes one after another.
 
 use std::time::Duration;
 
@@ -36,6 +42,46 @@ pub(super) async fn notify_resumed(conn: &mut PgConnection) -> Result<(), StoreE
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Announces new due work after the commit that wrote it, outside that transaction, at most
+/// one `NOTIFY` at a time: announcements asked for while one is on its way become a single
+/// next one. It is sent on a connection whose commit does not wait for the WAL flush (a lost
+/// announcement costs a poll interval, never work). Should the process die between the commit
+/// and the announcement, other hosts find the work at their next poll.
+#[derive(Debug, Default)]
+pub(super) struct Announcer {
+    /// (one is on its way, another was asked for meanwhile)
+    state: std::sync::Mutex<(bool, bool)>,
+}
+
+impl Announcer {
+    pub(super) async fn announce(&self, relaxed: &PgPool) {
+        {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if s.0 {
+                s.1 = true;
+                return;
+            }
+            *s = (true, false);
+        }
+        loop {
+            let sent = counted::query(sql!("notify"))
+                .bind(WAKE_CHANNEL)
+                .bind("")
+                .execute(relaxed)
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "cannot announce new work to the other hosts; they will find it by polling");
+            }
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !s.1 {
+                *s = (false, false);
+                return;
+            }
+            s.1 = false;
+        }
+    }
 }
 
 /// `LISTEN`s for wake-ups and passes each on to `to` until `stop`. A lost connection is
