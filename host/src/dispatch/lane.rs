@@ -100,6 +100,8 @@ pub(super) struct Lane {
     pause_checked: Instant,
     /// Told of a pause or resumption since: ask the store again at once.
     pause_told: bool,
+    /// This turn follows a wake-up for new work.
+    woken: bool,
 }
 
 impl Lane {
@@ -121,6 +123,7 @@ impl Lane {
             paused: false,
             pause_checked: Instant::now(),
             pause_told: true, // a lane starts by asking
+            woken: true,
             cx,
             spec,
             start,
@@ -149,7 +152,7 @@ impl Lane {
                     }
                 }
                 Next::Idle(wait) => tokio::select! {
-                    _ = woken => {}
+                    _ = woken => self.woken = true,
                     _ = tokio::time::sleep(wait) => {}
                     _ = token.cancelled() => {}
                 },
@@ -279,8 +282,12 @@ impl Lane {
         let wait = match self.cx.store.next_due(&self.spec.name).await {
             Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64),
             Ok(None) => {
-                // Nothing pending, or paused: which one decides what wakes the lane.
-                self.paused().await;
+                // Nothing pending, or paused: which one decides whether wake-ups for new work
+                // reach the lane. Asked when one found nothing (a poll finding nothing leaves
+                // the last answer standing, so an idle lane's poll costs no more).
+                if std::mem::take(&mut self.woken) {
+                    self.paused().await;
+                }
                 self.cx.poll_interval
             }
             Err(_) => self.cx.poll_interval,
