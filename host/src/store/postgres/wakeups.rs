@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use sqlx::PgExecutor;
 use sqlx::postgres::{PgConnection, PgListener, PgPool};
 use tokio_util::sync::CancellationToken;
 
@@ -22,26 +23,26 @@ const WAKE_CHANNEL: &str = "outboxd_wake";
 /// The payload of a manual resumption's wake-up (the others have none).
 const RESUMED: &str = "resumed";
 
-/// Announces new due work to every host (this one included), at the commit of `conn`'s
-/// transaction.
-pub(super) async fn notify(conn: &mut PgConnection) -> Result<(), StoreError> {
+/// Sends a wake-up with `payload` to every host (this one included), at the commit of the
+/// transaction it runs in.
+async fn send<'e>(conn: impl PgExecutor<'e>, payload: &str) -> Result<(), StoreError> {
     counted::query(sql!("notify"))
         .bind(WAKE_CHANNEL)
-        .bind("")
+        .bind(payload)
         .execute(conn)
         .await?;
     Ok(())
 }
 
-/// Announces a target resumed by hand to every host, at the commit of `conn`'s transaction
-/// (its deliveries are due again: this wakes idle lanes too).
+/// Announces new due work at the commit of `conn`'s transaction.
+pub(super) async fn notify(conn: &mut PgConnection) -> Result<(), StoreError> {
+    send(conn, "").await
+}
+
+/// Announces a target resumed by hand at the commit of `conn`'s transaction (its deliveries
+/// are due again: this wakes idle lanes too).
 pub(super) async fn notify_resumed(conn: &mut PgConnection) -> Result<(), StoreError> {
-    counted::query(sql!("notify"))
-        .bind(WAKE_CHANNEL)
-        .bind(RESUMED)
-        .execute(conn)
-        .await?;
-    Ok(())
+    send(conn, RESUMED).await
 }
 
 /// Announces new due work after the commit that wrote it, outside that transaction, at most
@@ -51,35 +52,38 @@ pub(super) async fn notify_resumed(conn: &mut PgConnection) -> Result<(), StoreE
 /// and the announcement, other hosts find the work at their next poll.
 #[derive(Debug, Default)]
 pub(super) struct Announcer {
-    /// (one is on its way, another was asked for meanwhile)
-    state: std::sync::Mutex<(bool, bool)>,
+    state: std::sync::Mutex<Announcing>,
+}
+
+#[derive(Debug, Default)]
+struct Announcing {
+    /// One announcement is on its way.
+    sending: bool,
+    /// Another was asked for meanwhile.
+    again: bool,
 }
 
 impl Announcer {
     pub(super) async fn announce(&self, relaxed: &PgPool) {
+        let state = || self.state.lock().unwrap_or_else(|e| e.into_inner());
         {
-            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if s.0 {
-                s.1 = true;
+            let mut s = state();
+            if s.sending {
+                s.again = true;
                 return;
             }
-            *s = (true, false);
+            s.sending = true;
         }
         loop {
-            let sent = counted::query(sql!("notify"))
-                .bind(WAKE_CHANNEL)
-                .bind("")
-                .execute(relaxed)
-                .await;
-            if let Err(e) = sent {
+            if let Err(e) = send(relaxed, "").await {
                 tracing::warn!(error = %e, "cannot announce new work to the other hosts; they will find it by polling");
             }
-            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if !s.1 {
-                *s = (false, false);
+            let mut s = state();
+            if !s.again {
+                s.sending = false;
                 return;
             }
-            s.1 = false;
+            s.again = false;
         }
     }
 }
