@@ -1,6 +1,6 @@
 //! Accepting events in sets: whatever the number of events, one statement takes their producer
 //! keys (`ON CONFLICT DO NOTHING`, so that one key ingested by many hosts or requests at once is
-//! one event), one writes the events and one their pending deliveries; after the commit, a
+//! one event), one writes the events and their pending deliveries; after the commit, a
 //! wake-up for every host ([`wakeups::Announcer`]). Concurrent requests of this host share a
 //! transaction (group commit, as on SQLite): answered only after its commit, so a `202` still
 //! means committed.
@@ -200,18 +200,13 @@ async fn insert_events_at(
                 .map(|(_, e, _)| e.traceparent.map(|t| t.to_string()))
                 .collect::<Vec<_>>(),
         )
+        .bind(deliveries.iter().map(|d| d.event).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|d| d.target).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|d| d.accepted).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|d| d.ordering_key).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|d| d.due_at).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
-    if !deliveries.is_empty() {
-        counted::query(sql!("insert_deliveries"))
-            .bind(deliveries.iter().map(|d| d.event).collect::<Vec<_>>())
-            .bind(deliveries.iter().map(|d| d.target).collect::<Vec<_>>())
-            .bind(deliveries.iter().map(|d| d.accepted).collect::<Vec<_>>())
-            .bind(deliveries.iter().map(|d| d.ordering_key).collect::<Vec<_>>())
-            .bind(deliveries.iter().map(|d| d.due_at).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-    }
     Ok((out, !deliveries.is_empty()))
 }
 
@@ -269,7 +264,7 @@ async fn take_keys(
     Ok(duplicates)
 }
 
-/// One row of `insert_deliveries`: a pending delivery of `event` to `target`.
+/// One delivery row of `insert_events`: a pending delivery of `event` to `target`.
 struct NewDelivery<'a> {
     event: &'a str,
     target: &'a str,
