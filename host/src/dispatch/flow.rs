@@ -26,6 +26,9 @@ use super::ratelimit::TokenBucket;
 /// The pace's burst: the attempts of this long at its rate (at least one), so that a lane
 /// that waited a moment for a token catches up, without a burst the receiver would refuse.
 const PACE_BURST: Duration = Duration::from_millis(20);
+/// What a lane reads ahead may last this long at the receiver's unloaded pace (see
+/// [`Flow::read_ahead`]).
+const READ_AHEAD_SPAN: Duration = Duration::from_millis(50);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -262,6 +265,25 @@ impl Flow {
             ConcurrencyMode::Adaptive => s.controller.limit(),
             ConcurrencyMode::Fixed => s.controller.ceiling(),
         }
+    }
+
+    /// How many deliveries a lane that reads ahead `times` concurrencies claims beyond its
+    /// free permits: `times` the limit, or as many as the limit gets through in
+    /// [`READ_AHEAD_SPAN`] at the receiver's unloaded round trip if that is more, and never more
+    /// than `times` the ceiling. A cut limit shrinks the read-ahead of a slow receiver (what it
+    /// holds leased waits about `times` round trips, as at its ceiling) but not of a fast one:
+    /// a receiver that answers in a few ms and whose limit was cut for latency (on a busy
+    /// machine, the host's own CPU) would else be claimed from in small batches, each a
+    /// transaction of its own, just when the machine has the least to spare.
+    pub(super) fn read_ahead(&self, times: usize) -> usize {
+        let s = lock(&self.state);
+        let limit = Self::limit_of(&s) as usize;
+        let by_limit = times * limit;
+        let Some(baseline) = s.controller.baseline().filter(|b| !b.is_zero()) else {
+            return by_limit;
+        };
+        let by_time = (limit as f64 * READ_AHEAD_SPAN.as_secs_f64() / baseline.as_secs_f64()) as usize;
+        by_limit.max(by_time.min(times * s.controller.ceiling() as usize))
     }
 
     /// The gate the lane passes for every attempt.
@@ -515,6 +537,46 @@ mod tests {
         // A fixed flow keeps today's behaviour: no pace.
         assert_eq!(fixed.status().pace, None);
         assert_eq!(fixed.pace(100, now), Ok(100));
+    }
+
+    /// Round trips of `rtt` at the flow's limit, `rounds` times, on the paused clock.
+    async fn drive(flow: &Flow, rtt: Duration, rounds: usize) {
+        for _ in 0..rounds {
+            let limit = flow.limit();
+            (0..limit).for_each(|_| flow.started());
+            tokio::time::advance(rtt).await;
+            for _ in 0..limit {
+                let _ = flow.finished(Answer::Accepted(rtt), Instant::now());
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_receiver_keeps_its_read_ahead_when_its_limit_is_cut_and_a_slow_one_does_not() {
+        let fast = Flow::new(&spec("fast", "concurrency = 16"));
+        let slow = Flow::new(&spec("slow", "concurrency = 16"));
+        assert_eq!(fast.read_ahead(2), fast.limit() as usize * 2, "no round trip known yet: by the limit");
+        // Unloaded round trips learned at the ceiling: 20 ms and 400 ms.
+        drive(&fast, RTT, 20).await;
+        drive(&slow, Duration::from_millis(400), 20).await;
+        assert_eq!((fast.limit(), slow.limit()), (16, 16));
+        assert_eq!(fast.read_ahead(2), 32);
+        assert_eq!(slow.read_ahead(2), 32, "at its ceiling, by the limit");
+        // Both answer four times slower: latency cuts.
+        drive(&fast, RTT * 4, 3).await;
+        drive(&slow, Duration::from_millis(1600), 3).await;
+        let (f, s) = (fast.limit() as usize, slow.limit() as usize);
+        assert!(f < 16 && s < 16, "both cut: {f}, {s}");
+        assert!(f * 50 / 20 > 2 * f, "{f}");
+        assert_eq!(
+            fast.read_ahead(2),
+            (f * 50 / 20).min(32),
+            "what the cut limit gets through in 50 ms at 20 ms a round trip"
+        );
+        assert_eq!(slow.read_ahead(2), 2 * s, "a slow receiver's read-ahead follows its limit");
+        let fixed = Flow::new(&spec("f", "concurrency = 8\nconcurrency_mode = \"fixed\""));
+        assert_eq!(fixed.read_ahead(2), 16, "a fixed target: twice its concurrency, as ever");
+        assert_eq!(fast.read_ahead(0), 0, "a lane that does not read ahead");
     }
 
     #[tokio::test]

@@ -4,8 +4,9 @@
 //! starts their attempts; with nothing due it sleeps until a wake-up, the next due time or
 //! the poll interval. Lanes are independent: a waiting lane holds up no other.
 //!
-//! A plain lane reads ahead: it claims up to [`READ_AHEAD`] times its concurrency beyond the
-//! permits that are free, and the claimed deliveries wait in `ready` for a permit. Without
+//! A plain lane reads ahead: it claims up to [`READ_AHEAD`] times its concurrency limit beyond
+//! the permits that are free (a fast receiver's, up to that many times its ceiling while its
+//! limit is cut: `Flow::read_ahead`), and the claimed deliveries wait in `ready` for a permit. Without
 //! that, a busy lane claimed for each permit as it freed (one or two deliveries per claim
 //! transaction); with it, claims carry about twice a lane's concurrency each. What was read
 //! ahead is given back (`leases::give_back`) when the breaker stops the lane and when the lane
@@ -339,7 +340,7 @@ impl Lane {
             let ahead = if probe || self.flow.paced() {
                 0
             } else {
-                self.ahead * self.flow.limit() as usize
+                self.flow.read_ahead(self.ahead)
             };
             let ask = want - self.ready.len() + ahead;
             match self.claim(ask).await {
