@@ -555,7 +555,11 @@ mod tests {
     async fn a_fast_receiver_keeps_its_read_ahead_when_its_limit_is_cut_and_a_slow_one_does_not() {
         let fast = Flow::new(&spec("fast", "concurrency = 16"));
         let slow = Flow::new(&spec("slow", "concurrency = 16"));
-        assert_eq!(fast.read_ahead(2), fast.limit() as usize * 2, "no round trip known yet: by the limit");
+        assert_eq!(
+            fast.read_ahead(2),
+            fast.limit() as usize * 2,
+            "no round trip known yet: by the limit"
+        );
         // Unloaded round trips learned at the ceiling: 20 ms and 400 ms.
         drive(&fast, RTT, 20).await;
         drive(&slow, Duration::from_millis(400), 20).await;
@@ -573,9 +577,17 @@ mod tests {
             (f * 50 / 20).min(32),
             "what the cut limit gets through in 50 ms at 20 ms a round trip"
         );
-        assert_eq!(slow.read_ahead(2), 2 * s, "a slow receiver's read-ahead follows its limit");
+        assert_eq!(
+            slow.read_ahead(2),
+            2 * s,
+            "a slow receiver's read-ahead follows its limit"
+        );
         let fixed = Flow::new(&spec("f", "concurrency = 8\nconcurrency_mode = \"fixed\""));
-        assert_eq!(fixed.read_ahead(2), 16, "a fixed target: twice its concurrency, as ever");
+        assert_eq!(
+            fixed.read_ahead(2),
+            16,
+            "a fixed target: twice its concurrency, as ever"
+        );
         assert_eq!(fast.read_ahead(0), 0, "a lane that does not read ahead");
     }
 
