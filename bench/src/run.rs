@@ -360,7 +360,8 @@ impl Drained {
             .map(|(u, s)| json!({"user_percent": u, "system_percent": s}))
             .collect();
         json!({
-            "deliveries": self.deliveries, "ratio_to_ceiling": self.ratio(ceiling),
+            // No ceiling measured (`--postgres-only`): no ratio, rather than one against zero.
+            "deliveries": self.deliveries, "ratio_to_ceiling": (ceiling > 0.0).then(|| self.ratio(ceiling)),
             "cpu_user_percent": user, "cpu_system_percent": system, "cpu_per_host": per_host,
             "peak_vsz_kib": self.peak_vsz_kib, "load": self.load, "duplicates": duplicates,
         })
