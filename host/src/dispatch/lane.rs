@@ -6,9 +6,10 @@
 //!
 //! A plain lane reads ahead: it claims up to [`READ_AHEAD`] times its concurrency limit beyond
 //! the permits that are free (a fast receiver's, up to that many times its ceiling while its
-//! limit is cut: `Flow::read_ahead`), and the claimed deliveries wait in `ready` for a permit. Without
-//! that, a busy lane claimed for each permit as it freed (one or two deliveries per claim
-//! transaction); with it, claims carry about twice a lane's concurrency each. What was read
+//! limit is cut: `Flow::read_ahead`), and the claimed deliveries wait in `ready` for a
+//! permit. Without that, a busy lane claimed for each permit as it freed (one or two
+//! deliveries per claim transaction); with it, claims carry about twice a lane's concurrency
+//! each. What was read
 //! ahead is given back (`leases::give_back`) when the breaker stops the lane and when the lane
 //! ends, unstarted and uncounted, and when the target is paused by hand: at once when the
 //! pause was made through this process (`Outbox::pauses`), else within a poll interval.
