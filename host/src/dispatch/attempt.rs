@@ -14,6 +14,7 @@ use tracing::Instrument as _;
 
 use super::Shared;
 use super::lane::Slot;
+use super::settler::Queued;
 use crate::domain::{DeliveryStatus, Millis, Outcome, ReceiverResponse, TargetClass, TargetName, delivery_key, now_ms};
 use crate::outbox::operational_event;
 use crate::plugin::{BatchReport, EventInput, HttpExchange, Report};
@@ -191,7 +192,11 @@ async fn run(shared: &Shared, deliveries: Vec<Claimed>, lane_target: Arc<Target>
     };
     let settlements = finished.settlements(&deliveries, report, recovered, &mut rand::rng());
     for settlement in settlements {
-        if shared.settle_tx.send(settlement).await.is_err() {
+        let queued = Queued {
+            settlement,
+            awaited: target.spec.ordered,
+        };
+        if shared.settle_tx.send(queued).await.is_err() {
             tracing::error!(
                 target = %name,
                 "settler gone; the lease will expire and the delivery be retried"

@@ -44,7 +44,7 @@ use self::breakers::Breakers;
 use self::flow::Flows;
 use self::pool::PriorityPool;
 use crate::outbox::Outbox;
-use crate::store::{Settlement, Store};
+use crate::store::Store;
 use crate::targets::Registry;
 
 /// How the dispatcher behaves.
@@ -82,7 +82,7 @@ struct Shared {
     services: Services,
     pool: Arc<PriorityPool>,
     config: DispatchConfig,
-    settle_tx: mpsc::Sender<Settlement>,
+    settle_tx: mpsc::Sender<settler::Queued>,
     attempts: TaskTracker,
     /// Cancelled when the grace period is over: running attempts are abandoned.
     abort: CancellationToken,
