@@ -238,6 +238,18 @@ mod tests {
         assert_eq!(batch_sizes(&store), [1, 3], "one write per pace under a steady trickle");
     }
 
+    /// A settler that has just been sent 40 outcomes after a quiet moment: once they are
+    /// written, a stream is under way.
+    async fn stream_begun() -> (Arc<FakeStore>, mpsc::Sender<Queued>, JoinHandle<()>) {
+        let store = Arc::new(FakeStore::default());
+        let (tx, task) = settler(&store, &Arc::default());
+        tokio::time::sleep(SETTLE_PACE).await;
+        for id in 0..40 {
+            tx.send(outcome(id)).await.unwrap();
+        }
+        (store, tx, task)
+    }
+
     /// Sends `count` outcomes from `first` on, `per_ms` each millisecond, after a first
     /// millisecond in which the settler writes what came before.
     async fn stream(tx: &mpsc::Sender<Queued>, first: i64, count: i64, per_ms: usize) {
@@ -252,12 +264,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn under_a_stream_of_outcomes_a_write_waits_for_its_floor() {
-        let store = Arc::new(FakeStore::default());
-        let (tx, task) = settler(&store, &Arc::default());
-        tokio::time::sleep(SETTLE_PACE).await;
-        for id in 0..40 {
-            tx.send(outcome(id)).await.unwrap();
-        }
+        let (store, tx, task) = stream_begun().await;
         // Ten outcomes a millisecond: a 4 ms pace alone would write them forty at a time.
         stream(&tx, 40, 600, 10).await;
         drop(tx);
@@ -279,12 +286,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_thin_stream_waits_for_its_floor_no_longer_than_the_floor_wait() {
-        let store = Arc::new(FakeStore::default());
-        let (tx, task) = settler(&store, &Arc::default());
-        tokio::time::sleep(SETTLE_PACE).await;
-        for id in 0..40 {
-            tx.send(outcome(id)).await.unwrap();
-        }
+        let (store, tx, task) = stream_begun().await;
         // One outcome a millisecond: the floor is never reached in time.
         stream(&tx, 40, 400, 1).await;
         let sizes = batch_sizes(&store);
@@ -302,12 +304,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_awaited_outcome_is_not_held_for_a_streams_floor() {
-        let store = Arc::new(FakeStore::default());
-        let (tx, task) = settler(&store, &Arc::default());
-        tokio::time::sleep(SETTLE_PACE).await;
-        for id in 0..40 {
-            tx.send(outcome(id)).await.unwrap();
-        }
+        let (store, tx, task) = stream_begun().await;
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(batch_sizes(&store), [40], "a stream is under way");
         tx.send(outcome(40)).await.unwrap();
@@ -328,7 +325,7 @@ mod tests {
         let store = Arc::new(FakeStore::default());
         let (tx, task) = settler(&store, &Arc::default());
         tokio::time::sleep(SETTLE_PACE).await;
-        // Each outcome waits for the previous one's write, as an ordering key's deliveries do.
+        // Each outcome waits for the previous one's write: a trickle.
         for id in 0..20 {
             tx.send(outcome(id)).await.unwrap();
             let sent = Instant::now();
