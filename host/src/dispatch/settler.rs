@@ -33,8 +33,9 @@ const SETTLE_QUEUE: usize = 4096;
 /// meanwhile.
 const SETTLE_PACE: Duration = Duration::from_millis(4);
 /// Outcomes a write waits for while a stream of them is under way: about 20 ms of a busy
-/// host's deliveries on a fast 2-core machine, 40 ms on a slow one. Below it, a settle's commit (a WAL flush that every host's settles and
-/// claims queue behind) is shared by too few deliveries; above it, little more is saved.
+/// host's deliveries on a fast 2-core machine, 40 ms on a slow one. Below it, a settle's
+/// commit (a WAL flush that every host's settles and claims queue behind) is shared by too
+/// few deliveries; above it, little more is saved.
 const SETTLE_FLOOR: usize = 128;
 /// Longest a write waits for its floor, counted from the previous write's start: an outcome
 /// of a stream is written at most this late. Two PostgreSQL hosts on a slow server's two
