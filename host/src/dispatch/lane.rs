@@ -8,8 +8,8 @@
 //! the permits that are free (a fast receiver's, up to that many times its ceiling while its
 //! limit is cut: `Flow::read_ahead`), and the claimed deliveries wait in `ready` for a
 //! permit. Without that, a busy lane claimed for each permit as it freed (one or two
-//! deliveries per claim transaction); with it, claims carry about twice a lane's concurrency
-//! each. What was read ahead is given back (`leases::give_back`) when the breaker stops the
+//! deliveries per claim transaction); with it, claims carry about four times a lane's
+//! concurrency each. What was read ahead is given back (`leases::give_back`) when the breaker stops the
 //! lane and when the lane ends, unstarted and uncounted, and when the target is paused by
 //! hand: at once when the pause was made through this process (`Outbox::pauses`), else within
 //! a poll interval.
@@ -40,10 +40,12 @@ use crate::targets::manifest::TargetSpec;
 
 /// How far a plain lane reads ahead, in multiples of its concurrency. A lane whose read-ahead
 /// runs dry waits for its next claim, which may queue behind a settle's fsync on the one
-/// writer: with twice its concurrency in hand, a busy lane claims half as often, in batches
-/// twice as large, and stalls half as often (the benchmark's drain: about 30 % more
-/// deliveries/s than with one concurrency's worth).
-const READ_AHEAD: usize = 2;
+/// writer, and every claim costs the database a scan of the target's queue head and a
+/// transaction: with twice its concurrency in hand, a busy lane claimed half as often as with
+/// one (the benchmark's drain: about 30 % more deliveries/s); with four times, half as often
+/// again (PostgreSQL: write transactions per delivery 0.040 -> 0.023, the drain about 10 %
+/// faster on both stores; docs/performance.md, ninth session).
+const READ_AHEAD: usize = 4;
 /// Shortest pause of an idle lane, so that a lane never spins.
 const MIN_IDLE: Duration = Duration::from_millis(5);
 
@@ -596,30 +598,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_busy_lane_reads_ahead_twice_its_concurrency_and_runs_one_attempt_per_permit() {
-        let h = Harness::start(FIXED_2, 10);
+    async fn a_busy_lane_reads_ahead_four_times_its_concurrency_and_runs_one_attempt_per_permit() {
+        let h = Harness::start(FIXED_2, 14);
         settle().await;
         assert_eq!(h.running(), [[1], [2]], "one attempt per permit");
-        assert_eq!(h.claims(), [6], "2 for the permits and 4 ahead, in one claim");
+        assert_eq!(h.claims(), [10], "2 for the permits and 8 ahead, in one claim");
+        for next in [[[3], [4]], [[5], [6]], [[7], [8]], [[9], [10]]] {
+            h.finish_all();
+            settle().await;
+            assert_eq!(h.running(), next, "from what was read ahead");
+        }
+        assert_eq!(h.claims(), [10], "no claim while the read-ahead lasts");
         h.finish_all();
         settle().await;
-        assert_eq!(h.running(), [[3], [4]]);
-        h.finish_all();
-        settle().await;
-        assert_eq!(h.running(), [[5], [6]], "still from what was read ahead");
-        assert_eq!(h.claims(), [6], "no claim while the read-ahead lasts");
-        h.finish_all();
-        settle().await;
-        assert_eq!(h.running(), [[7], [8]]);
+        assert_eq!(h.running(), [[11], [12]]);
         assert_eq!(
             h.claims(),
-            [6, 6],
+            [10, 10],
             "then one claim for the permits and the next read-ahead"
         );
         let store = h.stop().await;
         assert_eq!(
             store.with(|s| s.unclaimed.clone()),
-            [(9, 1), (10, 1)],
+            [(13, 1), (14, 1)],
             "a stopping lane gives back what it read ahead, unstarted"
         );
     }
@@ -636,7 +637,7 @@ mod tests {
         settle().await;
         assert!(h.running().is_empty(), "a paused lane starts nothing it read ahead");
         let given_back = |store: &FakeStore| store.with(|s| s.unclaimed.iter().map(|(id, _)| *id).collect::<Vec<_>>());
-        assert_eq!(given_back(&h.store), [3, 4, 5, 6]);
+        assert_eq!(given_back(&h.store), [3, 4, 5, 6, 7, 8, 9, 10]);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(h.running().is_empty(), "and claims nothing while paused");
         h.stop().await;
@@ -649,7 +650,7 @@ mod tests {
         h.finish_all();
         settle().await;
         assert!(h.running().is_empty(), "{:?}", h.running());
-        assert_eq!(given_back(&h.store), [3, 4, 5, 6]);
+        assert_eq!(given_back(&h.store), [3, 4, 5, 6, 7, 8, 9, 10]);
         h.stop().await;
     }
 
@@ -692,7 +693,7 @@ mod tests {
     async fn an_open_breaker_gives_back_the_read_ahead_and_starts_nothing_until_its_cool_down() {
         let h = Harness::start(
             "concurrency = 2\nconcurrency_mode = \"fixed\"\n[breaker]\nfailures = 1\ncooldown_ms = 10000",
-            10,
+            14,
         );
         settle().await;
         assert_eq!(h.running(), [[1], [2]]);
@@ -704,7 +705,7 @@ mod tests {
         assert_eq!(
             h.store
                 .with(|s| s.unclaimed.iter().map(|(id, _)| *id).collect::<Vec<_>>()),
-            [3, 4, 5, 6],
+            [3, 4, 5, 6, 7, 8, 9, 10],
             "the read-ahead goes back, uncounted, for another worker or later"
         );
         tokio::time::sleep(Duration::from_millis(9_000)).await;

@@ -40,20 +40,34 @@ impl<T, R> Default for GroupCommit<T, R> {
 }
 
 impl<T: Send + 'static, R: Send + 'static> GroupCommit<T, R> {
-    /// Queues `request`, then waits for either its answer or the writer `gate`. With the gate,
-    /// hands every queued request (up to [`MAX_GROUP`]) and the gate's permit to `write`,
-    /// which must answer each of them, typically from a blocking task that holds the permit
-    /// until its commit is done. Returns `None` if the request was dropped unanswered.
-    pub(super) async fn submit<W>(&self, request: T, gate: &Arc<Semaphore>, write: W) -> Option<R>
+    /// Queues `request`, then waits for either its answer or a writer: `gate`, or `spare` when
+    /// given (a second writer the caller lets only some requests take). With a writer, hands
+    /// every queued request (up to [`MAX_GROUP`]) and the writer's permit to `write`, which
+    /// must answer each of them, typically from a task that holds the permit until its commit
+    /// is done. Returns `None` if the request was dropped unanswered.
+    pub(super) async fn submit<W>(
+        &self,
+        request: T,
+        gate: &Arc<Semaphore>,
+        spare: Option<&Arc<Semaphore>>,
+        write: W,
+    ) -> Option<R>
     where
         W: FnOnce(OwnedSemaphorePermit, Vec<Waiter<T, R>>),
     {
         let (reply, mut answer) = oneshot::channel();
         self.lock().push(Waiter { request, reply });
+        let spare = spare.map(Arc::clone);
         let permit = tokio::select! {
             biased;
             result = &mut answer => return result.ok(),
             permit = Arc::clone(gate).acquire_owned() => permit.ok()?,
+            permit = async move {
+                match spare {
+                    Some(spare) => spare.acquire_owned().await.ok(),
+                    None => std::future::pending().await,
+                }
+            } => permit?,
         };
         let group: Vec<Waiter<T, R>> = {
             let mut queue = self.lock();
@@ -91,7 +105,7 @@ mod tests {
             let (group, gate, writes) = (Arc::clone(&group), Arc::clone(&gate), Arc::clone(&writes));
             callers.push(tokio::spawn(async move {
                 group
-                    .submit(i, &gate, |permit, waiters| {
+                    .submit(i, &gate, None, |permit, waiters| {
                         writes.lock().unwrap().push(waiters.len());
                         for w in waiters {
                             let r = w.request * 10;
@@ -116,10 +130,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_spare_writer_takes_only_the_requests_let_through() {
+        let group: Arc<GroupCommit<u32, u32>> = Arc::default();
+        let (gate, spare) = (Arc::new(Semaphore::new(1)), Arc::new(Semaphore::new(1)));
+        let held = Arc::clone(&gate).acquire_owned().await.unwrap();
+        let write = |permit: OwnedSemaphorePermit, waiters: Vec<Waiter<u32, u32>>| {
+            for w in waiters {
+                let r = w.request + 100;
+                w.answer(r);
+            }
+            drop(permit);
+        };
+        // Without the spare, a request waits for the busy writer.
+        let (g, gt) = (Arc::clone(&group), Arc::clone(&gate));
+        let small = tokio::spawn(async move { g.submit(1, &gt, None, write).await });
+        while group.lock().len() < 1 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!small.is_finished(), "a request not let through to the spare waits");
+        // With it, the request is written by the spare, and so is the one queued before it.
+        let big = group.submit(2, &gate, Some(&spare), write).await;
+        assert_eq!(big, Some(102));
+        assert_eq!(small.await.unwrap(), Some(101));
+        assert_eq!(spare.available_permits(), 1, "the spare writer's permit came back");
+        drop(held);
+    }
+
+    #[tokio::test]
     async fn an_unanswered_request_is_reported() {
         let group: GroupCommit<u32, u32> = GroupCommit::default();
         let gate = Arc::new(Semaphore::new(1));
-        let r = group.submit(1, &gate, |_permit, waiters| drop(waiters)).await;
+        let r = group.submit(1, &gate, None, |_permit, waiters| drop(waiters)).await;
         assert_eq!(r, None);
     }
 }

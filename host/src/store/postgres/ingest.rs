@@ -22,17 +22,23 @@ type IngestAnswer = Result<Vec<Ingested>, StoreError>;
 /// Concurrent ingests of this host, written together (see [`GroupCommit`]).
 pub(super) type IngestGroup = GroupCommit<IngestRequest, IngestAnswer>;
 
-/// Groups written at once by one host. A group waits for its commit's WAL flush; a second
-/// one fills meanwhile and overlaps its round trips with that wait.
-pub(super) const INGEST_WRITERS: usize = 2;
+/// The fewest events of a request that may take this host's second ingest writer. One writer
+/// at a time suffices for small requests: while its group waits for the commit's WAL flush, the
+/// next group fills, and fewer, larger groups cost the server fewer transactions (a second
+/// writer halved the events per transaction of single events and lengthened their p99). A
+/// large request's own work (encoding, inserting its rows) outweighs a commit, and a second
+/// writer overlaps that work with the first's (arrays of 1,000 ingest half as fast again with
+/// it). Measured in docs/performance.md (ninth session).
+pub(super) const SPARE_WRITER_FROM: usize = 100;
 
 /// [`Store::ingest`](crate::store::Store::ingest): the request joins the group being
 /// gathered, answered once the group's transaction has committed.
 pub(super) async fn ingest(store: &PgStore, events: Vec<NewEvent>, now: Millis) -> IngestAnswer {
     let writer = store.clone();
+    let spare = (events.len() >= SPARE_WRITER_FROM).then_some(&store.spare_ingest_gate);
     store
         .ingests
-        .submit((events, now), &store.ingest_gate, move |permit, group| {
+        .submit((events, now), &store.ingest_gate, spare, move |permit, group| {
             tokio::spawn(async move {
                 let wrote = ingest_group(&writer, group).await;
                 drop(permit);

@@ -94,8 +94,10 @@ pub struct PgStore {
     clock: LeaseClock,
     /// Concurrent ingests, written together ([`ingest`]).
     ingests: Arc<ingest::IngestGroup>,
-    /// Ingest groups written at once ([`ingest::INGEST_WRITERS`]).
+    /// The ingest writer: one group written at a time.
     ingest_gate: Arc<Semaphore>,
+    /// A second ingest writer, for large requests only ([`ingest::SPARE_WRITER_FROM`]).
+    spare_ingest_gate: Arc<Semaphore>,
     /// Announces what ingest wrote, after its commit.
     announcer: Arc<wakeups::Announcer>,
 }
@@ -175,7 +177,8 @@ impl PgStore {
             host_id: uuid::Uuid::now_v7().simple().to_string(),
             clock,
             ingests: Arc::default(),
-            ingest_gate: Arc::new(Semaphore::new(ingest::INGEST_WRITERS)),
+            ingest_gate: Arc::new(Semaphore::new(1)),
+            spare_ingest_gate: Arc::new(Semaphore::new(1)),
             announcer: Arc::default(),
         })
     }

@@ -26,7 +26,7 @@ pub(super) async fn ingest(store: &SqliteStore, events: Vec<NewEvent>, now: Mill
     let conn = Arc::clone(&store.writer.conn);
     store
         .ingests
-        .submit((events, now), &store.writer.gate, move |permit, group| {
+        .submit((events, now), &store.writer.gate, None, move |permit, group| {
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
