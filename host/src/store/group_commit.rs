@@ -144,7 +144,7 @@ mod tests {
         // Without the spare, a request waits for the busy writer.
         let (g, gt) = (Arc::clone(&group), Arc::clone(&gate));
         let small = tokio::spawn(async move { g.submit(1, &gt, None, write).await });
-        while group.lock().len() < 1 {
+        while group.lock().is_empty() {
             tokio::task::yield_now().await;
         }
         for _ in 0..10 {
@@ -152,7 +152,12 @@ mod tests {
         }
         assert!(!small.is_finished(), "a request not let through to the spare waits");
         // With it, the request is written by the spare, and so is the one queued before it.
-        let big = group.submit(2, &gate, Some(&spare), write).await;
+        let big = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            group.submit(2, &gate, Some(&spare), write),
+        )
+        .await
+        .expect("written by the spare writer while the gate is held");
         assert_eq!(big, Some(102));
         assert_eq!(small.await.unwrap(), Some(101));
         assert_eq!(spare.available_permits(), 1, "the spare writer's permit came back");
