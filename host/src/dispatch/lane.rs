@@ -9,10 +9,10 @@
 //! limit is cut: `Flow::read_ahead`), and the claimed deliveries wait in `ready` for a
 //! permit. Without that, a busy lane claimed for each permit as it freed (one or two
 //! deliveries per claim transaction); with it, claims carry about four times a lane's
-//! concurrency each. What was read ahead is given back (`leases::give_back`) when the breaker stops the
-//! lane and when the lane ends, unstarted and uncounted, and when the target is paused by
-//! hand: at once when the pause was made through this process (`Outbox::pauses`), else within
-//! a poll interval.
+//! concurrency each. What was read ahead is given back (`leases::give_back`) when the breaker
+//! stops the lane and when the lane ends, unstarted and uncounted, and when the target is
+//! paused by hand: at once when the pause was made through this process (`Outbox::pauses`),
+//! else within a poll interval.
 //! A lane that knows its target paused does not wake for new work (every ingest announces
 //! some, and it would claim nothing each time): it looks again when told of a resumption
 //! (through this process, or announced by another: `store::Wakeups`) or after a poll interval.

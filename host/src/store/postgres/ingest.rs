@@ -27,8 +27,8 @@ pub(super) type IngestGroup = GroupCommit<IngestRequest, IngestAnswer>;
 /// next group fills, and fewer, larger groups cost the server fewer transactions (a second
 /// writer halved the events per transaction of single events and lengthened their p99). A
 /// large request's own work (encoding, inserting its rows) outweighs a commit, and a second
-/// writer overlaps that work with the first's (arrays of 1,000 ingest half as fast again with
-/// it). Measured in docs/performance.md (ninth session).
+/// writer overlaps that work with the first's (arrays of 1,000: about 1.5 times the events/s
+/// of one writer). Measured in docs/performance.md (eighth and ninth sessions).
 pub(super) const SPARE_WRITER_FROM: usize = 100;
 
 /// [`Store::ingest`](crate::store::Store::ingest): the request joins the group being
